@@ -1,0 +1,1 @@
+"""Annotators: captions and QA from change facts (template; LLM and change models later)."""

@@ -1,0 +1,1 @@
+"""The stages wired together: plan, pair, load, coregister, label, annotate, validate, shard."""

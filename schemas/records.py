@@ -1,0 +1,358 @@
+"""Records that cross stage boundaries.
+
+Every stage of the pipeline is a function from one of these records to the next; the Beam and
+Dask adapters only move them around. All records are frozen pydantic models: they validate on
+construction, round-trip through ``model_dump(mode="json")`` / ``model_validate`` and export a
+JSON Schema (``geodelta schema``).
+
+Conventions:
+- times are timezone-aware UTC datetimes; ``t0`` is the before date, ``t1`` the after date;
+- a ``transform`` is the 6 affine coefficients in rasterio order ``(a, b, c, d, e, f)``:
+  ``x = a*col + b*row + c``, ``y = d*col + e*row + f``;
+- a ``shape`` is ``(height, width)`` in pixels; pixel shifts are ``(dy, dx)`` in pixels;
+- a ``bbox_lonlat`` is ``(min_lon, min_lat, max_lon, max_lat)`` in EPSG:4326.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+SCHEMA_VERSION = "1.0.0"
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("datetime must be timezone-aware (UTC), e.g. 2021-06-01T10:00:00Z")
+    return value
+
+
+UTCDatetime = Annotated[datetime, AfterValidator(_utc)]
+Transform = tuple[float, float, float, float, float, float]
+BBox = tuple[float, float, float, float]
+TimeWindow = tuple[UTCDatetime, UTCDatetime]
+
+
+def strip_secret(href: str) -> str:
+    """Remove the query string and fragment of a URL (where signed URLs carry SAS tokens).
+
+    Local paths are returned unchanged.
+    """
+    parts = urlsplit(href)
+    if not parts.scheme or len(parts.scheme) == 1:  # plain path (or a Windows drive letter)
+        return href
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+class Record(BaseModel):
+    """Base of every geodelta record: frozen, no unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TileJob(Record):
+    """One cell of the output grid and the two time windows to search for it."""
+
+    cell_id: str = Field(description="Stable id of the cell: UTM zone + column/row at the cell size")
+    crs: str = Field(description="Projected CRS of the cell grid, e.g. 'EPSG:32631'")
+    transform: Transform = Field(description="Affine transform of the cell grid (rasterio order)")
+    shape: tuple[int, int] = Field(description="Cell size in pixels (height, width)")
+    bbox_lonlat: BBox = Field(description="Cell footprint in lon/lat (min_lon, min_lat, max_lon, max_lat)")
+    t0_window: TimeWindow = Field(description="Search window (start, end) for the before scene")
+    t1_window: TimeWindow = Field(description="Search window (start, end) for the after scene")
+    region: str = Field(default="aoi", description="Name of the AOI feature the cell came from")
+
+    @property
+    def resolution(self) -> float:
+        """Pixel size in CRS units (square pixels)."""
+        return abs(self.transform[0])
+
+    def bounds(self) -> BBox:
+        """Cell bounds in its own CRS (left, bottom, right, top)."""
+        a, _, c, _, e, f = self.transform
+        h, w = self.shape
+        return (c, f + e * h, c + a * w, f)
+
+
+class AssetRef(Record):
+    """One raster asset of a STAC item, with what is needed to read it as physical values."""
+
+    href: str = Field(description="Asset URL or path, with any query-string secret removed")
+    scale: float = Field(default=1.0, description="Physical value = DN * scale + offset")
+    offset: float = Field(default=0.0, description="Physical value = DN * scale + offset")
+    nodata: float | None = Field(default=None, description="DN that marks missing data")
+    roles: tuple[str, ...] = Field(default=(), description="STAC asset roles")
+
+    @field_validator("href")
+    @classmethod
+    def _no_secret(cls, href: str) -> str:
+        return strip_secret(href)
+
+
+class SceneRef(Record):
+    """A STAC item chosen as a candidate scene, reduced to what later stages need."""
+
+    collection: str = Field(description="STAC collection id")
+    item_id: str = Field(description="STAC item id")
+    datetime: UTCDatetime = Field(description="Acquisition time (UTC)")
+    crs: str | None = Field(default=None, description="Native CRS of the item (proj:epsg / proj:code)")
+    bbox_lonlat: BBox = Field(description="Item footprint bounding box in lon/lat")
+    assets: dict[str, AssetRef] = Field(description="Asset key -> asset, secrets removed")
+    cloud_cover: float | None = Field(
+        default=None, description="Scene-wide eo:cloud_cover in percent (informational only)"
+    )
+    platform: str | None = Field(default=None, description="STAC 'platform', e.g. 'sentinel-2a'")
+
+
+class ScenePair(Record):
+    """The before/after scenes chosen for one cell, with the label source for the pair."""
+
+    job: TileJob = Field(description="The cell this pair is for")
+    before: SceneRef = Field(description="The before scene (t0)")
+    after: SceneRef = Field(description="The after scene (t1)")
+    before_clear: float | None = Field(
+        description="Clear-pixel fraction of the before scene over the cell; None = unknown"
+    )
+    after_clear: float | None = Field(
+        description="Clear-pixel fraction of the after scene over the cell; None = unknown"
+    )
+    label_before: SceneRef | None = Field(
+        default=None, description="Land-cover item for the before date (landcover labels)"
+    )
+    label_after: SceneRef | None = Field(
+        default=None,
+        description="Land-cover item for the after date, or the item carrying the change mask",
+    )
+    score: float = Field(default=0.0, description="Pair score the pair stage maximised")
+
+    @property
+    def key(self) -> str:
+        """Sample key: ``{cell_id}_{t0:%Y%m%d}_{t1:%Y%m%d}`` (stable across versions)."""
+        return sample_key(self.job.cell_id, self.before.datetime, self.after.datetime)
+
+    @property
+    def gap_days(self) -> float:
+        """Days between the before and the after scene."""
+        return (self.after.datetime - self.before.datetime).total_seconds() / 86400.0
+
+
+def sample_key(cell_id: str, t0: datetime, t1: datetime) -> str:
+    """The sample key of DESIGN.md; contains no dots (webdataset splits members at dots)."""
+    return f"{cell_id}_{t0:%Y%m%d}_{t1:%Y%m%d}"
+
+
+class TransitionStat(Record):
+    """Pixels that went from one land-cover class to another."""
+
+    code: int = Field(description="Mask code (see geodelta.schemas.classes)")
+    from_class: str = Field(description="Class at t0 ('unknown' for a binary label)")
+    to_class: str = Field(description="Class at t1 ('unknown' for a binary label)")
+    pixels: int = Field(ge=0, description="Changed pixels with this transition")
+    area_m2: float = Field(ge=0, description="Their area in square metres")
+
+
+class ChangeComponent(Record):
+    """One connected region of change (8-connectivity)."""
+
+    id: int = Field(description="1-based id, by decreasing size")
+    code: int = Field(description="Dominant mask code in the region")
+    from_class: str = Field(description="Dominant transition's t0 class")
+    to_class: str = Field(description="Dominant transition's t1 class")
+    pixels: int = Field(ge=1, description="Region size in pixels")
+    area_m2: float = Field(ge=0, description="Region area in square metres")
+    centroid: tuple[float, float] = Field(description="Centroid (row, col) in pixels")
+    position: str = Field(
+        description="Cell of a 3x3 grid holding the centroid: 'north-west' ... 'centre' ... 'south-east'"
+    )
+    bbox: tuple[int, int, int, int] = Field(description="(row_min, col_min, row_max, col_max), inclusive")
+
+
+class ChangeFacts(Record):
+    """Everything a caption or an answer may claim, computed from the change mask."""
+
+    shape: tuple[int, int] = Field(description="Mask shape (height, width)")
+    pixel_area_m2: float = Field(gt=0, description="Area of one pixel in square metres")
+    valid_pixels: int = Field(ge=0, description="Pixels with a label on both dates")
+    changed_pixels: int = Field(ge=0, description="Pixels marked as changed in the mask")
+    changed_fraction: float = Field(ge=0, le=1, description="changed_pixels / valid_pixels")
+    binary: bool = Field(description="True when the label only says change / no change")
+    transitions: tuple[TransitionStat, ...] = Field(description="Per transition, by decreasing size")
+    class_pixels_before: dict[str, int] = Field(description="Class -> pixels at t0 (landcover labels)")
+    class_pixels_after: dict[str, int] = Field(description="Class -> pixels at t1 (landcover labels)")
+    components: tuple[ChangeComponent, ...] = Field(description="Regions of change, by decreasing size")
+    min_region_px: int = Field(ge=1, description="Regions smaller than this were removed from the mask")
+
+    @property
+    def n_regions(self) -> int:
+        """Number of changed regions."""
+        return len(self.components)
+
+    @property
+    def has_change(self) -> bool:
+        """Whether any region of change remains."""
+        return self.changed_pixels > 0
+
+
+QAType = Literal[
+    "has_change",
+    "class_increase",
+    "class_decrease",
+    "change_ratio",
+    "largest_change",
+    "smallest_change",
+    "change_to_what",
+    "count_regions",
+    "location",
+]
+
+#: Bins of the ``change_ratio`` answer (fraction of valid pixels that changed).
+CHANGE_RATIO_BINS: tuple[tuple[str, float, float], ...] = (
+    ("none", 0.0, 0.0),
+    ("under 1%", 0.0, 0.01),
+    ("1-5%", 0.01, 0.05),
+    ("5-10%", 0.05, 0.10),
+    ("10-25%", 0.10, 0.25),
+    ("over 25%", 0.25, 1.0),
+)
+
+
+def change_ratio_bin(fraction: float) -> str:
+    """The bin label of a changed fraction; 0 is 'none', bins are (low, high]."""
+    if fraction <= 0.0:
+        return "none"
+    for label, low, high in CHANGE_RATIO_BINS[1:]:
+        if low < fraction <= high:
+            return label
+    raise ValueError(f"changed fraction out of range (max=1.0, actual={fraction})")
+
+
+class QAItem(Record):
+    """One question-answer pair about the change, with the facts it rests on."""
+
+    type: QAType = Field(description="Question type")
+    question: str = Field(min_length=1, description="The question")
+    answer: str = Field(min_length=1, description="The answer ('yes'/'no', an integer, a bin, a class, a position)")
+    evidence: dict[str, str | int | float | bool] = Field(
+        description="The facts fields (name -> value) the answer is derived from"
+    )
+
+
+class Annotation(Record):
+    """Captions and QA for one sample, and who made them."""
+
+    captions: tuple[str, ...] = Field(description="Change captions, several wordings")
+    qa: tuple[QAItem, ...] = Field(description="Question-answer pairs")
+    annotator: str = Field(description="Annotator name, e.g. 'template'")
+    annotator_version: str = Field(description="Annotator version")
+    prompt_version: str | None = Field(default=None, description="Prompt file version (LLM annotators)")
+    model: str | None = Field(default=None, description="Model name (LLM annotators)")
+    tokens_in: int = Field(default=0, ge=0, description="LLM prompt tokens spent")
+    tokens_out: int = Field(default=0, ge=0, description="LLM completion tokens spent")
+    cost_usd: float = Field(default=0.0, ge=0, description="LLM cost in US dollars")
+
+
+class CoregResult(Record):
+    """Co-registration of the after scene onto the before scene."""
+
+    shift_px: tuple[float, float] = Field(
+        description="Shift (dy, dx) applied to the after scene to align it with the before scene"
+    )
+    residual_px: float = Field(ge=0, description="Shift still measured after the correction (px)")
+    error: float = Field(description="Phase-correlation error of the estimate (0 = perfect)")
+    applied: bool = Field(description="Whether the shift was applied")
+
+
+class SampleMeta(Record):
+    """The ``json`` member of a shard sample (DESIGN.md)."""
+
+    key: str = Field(description="Sample key {cell_id}_{t0:%Y%m%d}_{t1:%Y%m%d}")
+    schema_version: str = Field(default=SCHEMA_VERSION, description="Version of this record layout")
+    cell_id: str = Field(description="Grid cell id")
+    region: str = Field(description="AOI feature the cell belongs to")
+    split: str = Field(description="train / val / test")
+    collection: str = Field(description="Imagery STAC collection")
+    before_item: str = Field(description="STAC item id of the before scene")
+    after_item: str = Field(description="STAC item id of the after scene")
+    t0: UTCDatetime = Field(description="Before acquisition time")
+    t1: UTCDatetime = Field(description="After acquisition time")
+    gap_days: float = Field(description="Days between t0 and t1")
+    crs: str = Field(description="CRS of before.tif / after.tif / mask.png")
+    transform: Transform = Field(description="Affine transform of the sample grid")
+    shape: tuple[int, int] = Field(description="(height, width)")
+    bbox_lonlat: BBox = Field(description="Footprint in lon/lat")
+    bands: tuple[str, ...] = Field(description="Band order of before.tif / after.tif")
+    dn_scale: float = Field(description="Reflectance = DN * dn_scale + dn_offset in the tifs")
+    dn_offset: float = Field(description="Reflectance = DN * dn_scale + dn_offset in the tifs")
+    before_clear: float | None = Field(description="Clear fraction of the before scene; None = unknown")
+    after_clear: float | None = Field(description="Clear fraction of the after scene; None = unknown")
+    before_cloud_cover: float | None = Field(description="Scene-wide eo:cloud_cover of the before item")
+    after_cloud_cover: float | None = Field(description="Scene-wide eo:cloud_cover of the after item")
+    before_valid: float = Field(ge=0, le=1, description="Fraction of valid pixels, before")
+    after_valid: float = Field(ge=0, le=1, description="Fraction of valid pixels, after")
+    coreg: CoregResult = Field(description="Co-registration result")
+    label_source: str = Field(description="'landcover:<collection>' or 'change_mask:<asset>'")
+    label_items: tuple[str, ...] = Field(description="STAC item ids the label came from")
+    facts: ChangeFacts = Field(description="Facts the annotations rest on")
+    annotator: str = Field(description="Annotator name")
+    annotator_version: str = Field(description="Annotator version")
+    prompt_version: str | None = Field(description="Prompt version (LLM annotators)")
+    model: str | None = Field(description="Model (LLM annotators) or baseline change model id")
+    tokens_in: int = Field(description="LLM prompt tokens")
+    tokens_out: int = Field(description="LLM completion tokens")
+    cost_usd: float = Field(description="LLM cost in US dollars")
+    licence: str = Field(min_length=1, description="Licence of the sample (SPDX id or text)")
+    attribution: str = Field(min_length=1, description="Required attribution")
+    code_version: str = Field(description="geodelta version that built the sample")
+    config_hash: str = Field(description="sha256 of the normalised build config")
+
+
+QuarantineStage = Literal[
+    "plan", "search", "pair", "load", "coregister", "label", "annotate", "validate", "shard"
+]
+
+
+class QuarantineRecord(Record):
+    """A unit of work that did not become a sample, and why."""
+
+    key: str = Field(description="Sample key, or the cell id when no pair was chosen")
+    cell_id: str = Field(description="Grid cell id")
+    stage: QuarantineStage = Field(description="Stage that dropped it")
+    reason: str = Field(description="Short machine-readable reason, e.g. 'no_clear_pair'")
+    detail: str = Field(description="What happened and what to change, for a human")
+
+
+class ShardInfo(Record):
+    """One WebDataset tar of a release."""
+
+    path: str = Field(description="Path relative to the release directory")
+    split: str = Field(description="Split the shard belongs to")
+    samples: int = Field(ge=0, description="Number of samples")
+    bytes: int = Field(ge=0, description="File size")
+    sha256: str = Field(description="sha256 of the file")
+
+
+class FileInfo(Record):
+    """A non-shard file of a release."""
+
+    path: str = Field(description="Path relative to the release directory")
+    bytes: int = Field(ge=0, description="File size")
+    sha256: str = Field(description="sha256 of the file")
+
+
+class ReleaseManifest(Record):
+    """``manifest.json``: what a release holds, with checksums to verify it."""
+
+    name: str = Field(description="Dataset name")
+    version: str = Field(description="Dataset version")
+    schema_version: str = Field(default=SCHEMA_VERSION, description="Record layout version")
+    code_version: str = Field(description="geodelta version that built it")
+    config_hash: str = Field(description="sha256 of the normalised build config")
+    config: dict[str, Any] = Field(description="The normalised build config")
+    members: tuple[str, ...] = Field(description="Member names every sample carries")
+    splits: dict[str, int] = Field(description="Split -> number of samples")
+    quarantined: dict[str, int] = Field(description="'stage:reason' -> number of records")
+    shards: tuple[ShardInfo, ...] = Field(description="The shards")
+    files: tuple[FileInfo, ...] = Field(description="Other files (parquet tables, card, collection)")

@@ -1,0 +1,1 @@
+"""STAC access, pair selection inputs, raster reading and reprojection, the demo catalog."""
