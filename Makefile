@@ -23,7 +23,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy geodelta schemas sources annotators pipelines
+	bash tools/typecheck.sh $(VENV)/bin/mypy
 	$(PY) -m pytest -m "not network" $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -64,6 +64,7 @@ class TileJob(Record):
     t0_window: TimeWindow = Field(description="Search window (start, end) for the before scene")
     t1_window: TimeWindow = Field(description="Search window (start, end) for the after scene")
     region: str = Field(default="aoi", description="Name of the AOI feature the cell came from")
+    split: str = Field(default="train", description="Split of the cell's spatial block")
 
     @property
     def resolution(self) -> float:
