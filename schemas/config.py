@@ -71,7 +71,9 @@ class AOIConfig(Section):
         if self.bbox is not None:
             x0, y0, x1, y1 = self.bbox
             if not (-180 <= x0 < x1 <= 180 and -90 <= y0 < y1 <= 90):
-                raise ValueError(f"aoi.bbox must be (min_lon, min_lat, max_lon, max_lat), got {self.bbox}")
+                raise ValueError(
+                    f"aoi.bbox must be (min_lon, min_lat, max_lon, max_lat), got {self.bbox}"
+                )
         return self
 
 
@@ -97,7 +99,9 @@ class ImageryConfig(Section):
 
     collection: str = Field(description="Imagery collection id")
     bands: tuple[str, ...] = Field(min_length=1, description="Asset keys stacked in this order")
-    rgb: tuple[str, str, str] = Field(description="Bands rendered to before.png/after.png (R, G, B)")
+    rgb: tuple[str, str, str] = Field(
+        description="Bands rendered to before.png/after.png (R, G, B)"
+    )
     rgb_max_reflectance: float = Field(default=0.3, gt=0, description="Reflectance shown as white")
     classification_asset: str | None = Field(
         default=None, description="Scene classification asset (e.g. Sentinel-2 'SCL'); None = none"
@@ -126,16 +130,21 @@ class TimeConfig(Section):
 class PairingConfig(Section):
     """How the before/after scenes of a cell are chosen."""
 
-    min_clear_fraction: float = Field(default=0.95, ge=0, le=1, description="Per scene, over the cell")
+    min_clear_fraction: float = Field(
+        default=0.95, ge=0, le=1, description="Per scene, over the cell"
+    )
     allow_unknown_clear: bool = Field(
-        default=False, description="Keep scenes without a classification band (clear fraction unknown)"
+        default=False,
+        description="Keep scenes without a classification band (clear fraction unknown)",
     )
     min_gap_days: float = Field(default=30, ge=0, description="Smallest t1 - t0")
     max_gap_days: float = Field(default=3650, gt=0, description="Largest t1 - t0")
     season_weight: float = Field(
         default=0.5, ge=0, description="Score penalty per 30 days of day-of-year difference"
     )
-    min_valid_fraction: float = Field(default=0.98, ge=0, le=1, description="Per scene, over the cell")
+    min_valid_fraction: float = Field(
+        default=0.98, ge=0, le=1, description="Per scene, over the cell"
+    )
 
 
 class CoregConfig(Section):
@@ -143,10 +152,16 @@ class CoregConfig(Section):
 
     band: str | None = Field(default=None, description="Band used (default: the last imagery band)")
     upsample_factor: int = Field(default=50, ge=1, description="Sub-pixel precision = 1/upsample")
-    max_shift_px: float = Field(default=3.0, gt=0, description="Reject pairs shifted more than this")
-    max_residual_px: float = Field(default=0.5, gt=0, description="Reject when the residual exceeds this")
+    max_shift_px: float = Field(
+        default=3.0, gt=0, description="Reject pairs shifted more than this"
+    )
+    max_residual_px: float = Field(
+        default=0.5, gt=0, description="Reject when the residual exceeds this"
+    )
     min_shift_px: float = Field(default=0.05, ge=0, description="Smaller shifts are not applied")
-    max_error: float = Field(default=0.9, gt=0, description="Estimates less confident than this are not applied")
+    max_error: float = Field(
+        default=0.9, gt=0, description="Estimates less confident than this are not applied"
+    )
 
 
 class LabelConfig(Section):
@@ -179,7 +194,10 @@ class AnnotationConfig(Section):
     annotator: Literal["template"] = Field(default="template", description="Annotator")
     captions_per_sample: int = Field(default=5, ge=1, le=20, description="Captions per sample")
     no_change_epsilon: float = Field(
-        default=0.0, ge=0, lt=1, description="Changed fractions at or below this read as 'no change'"
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Changed fractions at or below this read as 'no change'",
     )
 
 
@@ -187,7 +205,9 @@ class ValidationConfig(Section):
     """Rule checks before sharding."""
 
     min_captions: int = Field(default=5, ge=1, description="Fewest captions per sample")
-    caption_chars: tuple[int, int] = Field(default=(10, 400), description="(min, max) caption length")
+    caption_chars: tuple[int, int] = Field(
+        default=(10, 400), description="(min, max) caption length"
+    )
     max_abs_shift_px: float = Field(default=3.0, gt=0, description="Largest recorded shift")
     max_residual_px: float = Field(default=0.5, gt=0, description="Largest recorded residual")
 
@@ -195,7 +215,9 @@ class ValidationConfig(Section):
 class SplitConfig(Section):
     """Spatially disjoint splits by blocks of cells."""
 
-    block_cells: int = Field(default=2, ge=1, description="Block side in cells; a block is in one split")
+    block_cells: int = Field(
+        default=2, ge=1, description="Block side in cells; a block is in one split"
+    )
     fractions: dict[str, float] = Field(
         default={"train": 0.8, "val": 0.1, "test": 0.1}, description="Split -> share of blocks"
     )
@@ -213,7 +235,9 @@ class ShardConfig(Section):
     """WebDataset shard sizes."""
 
     max_samples: int = Field(default=32, ge=1, description="Samples per shard at most")
-    max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, description="Bytes per shard at most")
+    max_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024, description="Bytes per shard at most"
+    )
 
 
 class RunnerConfig(Section):
@@ -256,7 +280,9 @@ class BuildConfig(Section):
     shards: ShardConfig = ShardConfig()
     runner: RunnerConfig = RunnerConfig()
     output: OutputConfig
-    base_dir: str = Field(default=".", description="Folder relative paths resolve against (set by the loader)")
+    base_dir: str = Field(
+        default=".", description="Folder relative paths resolve against (set by the loader)"
+    )
 
     def resolve(self, path: str) -> str:
         """Resolve a path from the config against ``base_dir``; URLs pass through."""
@@ -281,7 +307,9 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in loc) or "<root>"
 
 
-def parse_config(data: dict[str, Any], source: str = "<dict>", base_dir: str | None = None) -> BuildConfig:
+def parse_config(
+    data: dict[str, Any], source: str = "<dict>", base_dir: str | None = None
+) -> BuildConfig:
     """Validate a config mapping; every problem is reported with the key to change."""
     if not isinstance(data, dict):
         raise ConfigError(source, [f"the config must be a mapping, got {type(data).__name__}"])
@@ -326,4 +354,3 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
-

@@ -56,11 +56,15 @@ class Record(BaseModel):
 class TileJob(Record):
     """One cell of the output grid and the two time windows to search for it."""
 
-    cell_id: str = Field(description="Stable id of the cell: UTM zone + column/row at the cell size")
+    cell_id: str = Field(
+        description="Stable id of the cell: UTM zone + column/row at the cell size"
+    )
     crs: str = Field(description="Projected CRS of the cell grid, e.g. 'EPSG:32631'")
     transform: Transform = Field(description="Affine transform of the cell grid (rasterio order)")
     shape: tuple[int, int] = Field(description="Cell size in pixels (height, width)")
-    bbox_lonlat: BBox = Field(description="Cell footprint in lon/lat (min_lon, min_lat, max_lon, max_lat)")
+    bbox_lonlat: BBox = Field(
+        description="Cell footprint in lon/lat (min_lon, min_lat, max_lon, max_lat)"
+    )
     t0_window: TimeWindow = Field(description="Search window (start, end) for the before scene")
     t1_window: TimeWindow = Field(description="Search window (start, end) for the after scene")
     region: str = Field(default="aoi", description="Name of the AOI feature the cell came from")
@@ -99,8 +103,20 @@ class SceneRef(Record):
     collection: str = Field(description="STAC collection id")
     item_id: str = Field(description="STAC item id")
     datetime: UTCDatetime = Field(description="Acquisition time (UTC)")
-    crs: str | None = Field(default=None, description="Native CRS of the item (proj:epsg / proj:code)")
+    crs: str | None = Field(
+        default=None, description="Native CRS of the item (proj:epsg / proj:code)"
+    )
     bbox_lonlat: BBox = Field(description="Item footprint bounding box in lon/lat")
+    geometry: dict[str, Any] | None = Field(
+        default=None, description="Item footprint as a GeoJSON geometry in lon/lat"
+    )
+    start_datetime: UTCDatetime | None = Field(
+        default=None,
+        description="Start of the period the item covers (e.g. a yearly land-cover map)",
+    )
+    end_datetime: UTCDatetime | None = Field(
+        default=None, description="End of the period the item covers"
+    )
     assets: dict[str, AssetRef] = Field(description="Asset key -> asset, secrets removed")
     cloud_cover: float | None = Field(
         default=None, description="Scene-wide eo:cloud_cover in percent (informational only)"
@@ -168,7 +184,9 @@ class ChangeComponent(Record):
     position: str = Field(
         description="Cell of a 3x3 grid holding the centroid: 'north-west' ... 'centre' ... 'south-east'"
     )
-    bbox: tuple[int, int, int, int] = Field(description="(row_min, col_min, row_max, col_max), inclusive")
+    bbox: tuple[int, int, int, int] = Field(
+        description="(row_min, col_min, row_max, col_max), inclusive"
+    )
 
 
 class ChangeFacts(Record):
@@ -180,11 +198,21 @@ class ChangeFacts(Record):
     changed_pixels: int = Field(ge=0, description="Pixels marked as changed in the mask")
     changed_fraction: float = Field(ge=0, le=1, description="changed_pixels / valid_pixels")
     binary: bool = Field(description="True when the label only says change / no change")
-    transitions: tuple[TransitionStat, ...] = Field(description="Per transition, by decreasing size")
-    class_pixels_before: dict[str, int] = Field(description="Class -> pixels at t0 (landcover labels)")
-    class_pixels_after: dict[str, int] = Field(description="Class -> pixels at t1 (landcover labels)")
-    components: tuple[ChangeComponent, ...] = Field(description="Regions of change, by decreasing size")
-    min_region_px: int = Field(ge=1, description="Regions smaller than this were removed from the mask")
+    transitions: tuple[TransitionStat, ...] = Field(
+        description="Per transition, by decreasing size"
+    )
+    class_pixels_before: dict[str, int] = Field(
+        description="Class -> pixels at t0 (landcover labels)"
+    )
+    class_pixels_after: dict[str, int] = Field(
+        description="Class -> pixels at t1 (landcover labels)"
+    )
+    components: tuple[ChangeComponent, ...] = Field(
+        description="Regions of change, by decreasing size"
+    )
+    min_region_px: int = Field(
+        ge=1, description="Regions smaller than this were removed from the mask"
+    )
 
     @property
     def n_regions(self) -> int:
@@ -235,7 +263,9 @@ class QAItem(Record):
 
     type: QAType = Field(description="Question type")
     question: str = Field(min_length=1, description="The question")
-    answer: str = Field(min_length=1, description="The answer ('yes'/'no', an integer, a bin, a class, a position)")
+    answer: str = Field(
+        min_length=1, description="The answer ('yes'/'no', an integer, a bin, a class, a position)"
+    )
     evidence: dict[str, str | int | float | bool] = Field(
         description="The facts fields (name -> value) the answer is derived from"
     )
@@ -248,7 +278,9 @@ class Annotation(Record):
     qa: tuple[QAItem, ...] = Field(description="Question-answer pairs")
     annotator: str = Field(description="Annotator name, e.g. 'template'")
     annotator_version: str = Field(description="Annotator version")
-    prompt_version: str | None = Field(default=None, description="Prompt file version (LLM annotators)")
+    prompt_version: str | None = Field(
+        default=None, description="Prompt file version (LLM annotators)"
+    )
     model: str | None = Field(default=None, description="Model name (LLM annotators)")
     tokens_in: int = Field(default=0, ge=0, description="LLM prompt tokens spent")
     tokens_out: int = Field(default=0, ge=0, description="LLM completion tokens spent")
@@ -287,10 +319,18 @@ class SampleMeta(Record):
     bands: tuple[str, ...] = Field(description="Band order of before.tif / after.tif")
     dn_scale: float = Field(description="Reflectance = DN * dn_scale + dn_offset in the tifs")
     dn_offset: float = Field(description="Reflectance = DN * dn_scale + dn_offset in the tifs")
-    before_clear: float | None = Field(description="Clear fraction of the before scene; None = unknown")
-    after_clear: float | None = Field(description="Clear fraction of the after scene; None = unknown")
-    before_cloud_cover: float | None = Field(description="Scene-wide eo:cloud_cover of the before item")
-    after_cloud_cover: float | None = Field(description="Scene-wide eo:cloud_cover of the after item")
+    before_clear: float | None = Field(
+        description="Clear fraction of the before scene; None = unknown"
+    )
+    after_clear: float | None = Field(
+        description="Clear fraction of the after scene; None = unknown"
+    )
+    before_cloud_cover: float | None = Field(
+        description="Scene-wide eo:cloud_cover of the before item"
+    )
+    after_cloud_cover: float | None = Field(
+        description="Scene-wide eo:cloud_cover of the after item"
+    )
     before_valid: float = Field(ge=0, le=1, description="Fraction of valid pixels, before")
     after_valid: float = Field(ge=0, le=1, description="Fraction of valid pixels, after")
     coreg: CoregResult = Field(description="Co-registration result")
@@ -356,4 +396,6 @@ class ReleaseManifest(Record):
     splits: dict[str, int] = Field(description="Split -> number of samples")
     quarantined: dict[str, int] = Field(description="'stage:reason' -> number of records")
     shards: tuple[ShardInfo, ...] = Field(description="The shards")
-    files: tuple[FileInfo, ...] = Field(description="Other files (parquet tables, card, collection)")
+    files: tuple[FileInfo, ...] = Field(
+        description="Other files (parquet tables, card, collection)"
+    )

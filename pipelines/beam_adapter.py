@@ -1,0 +1,104 @@
+"""The Beam adapter: each stage of :class:`~geodelta.pipelines.stages.Worker` as a ParDo.
+
+Thin on purpose: a DoFn makes its worker once (``setup``), runs one stage function and routes
+quarantine records to a tagged output; the last transform commits every outcome to the staging
+area. The default engine is Beam's Python FnApiRunner (multi-processing), chosen explicitly so
+nothing tries to download a runner binary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from geodelta.pipelines.stages import Worker, guarded
+from geodelta.pipelines.staging import Staging
+from geodelta.schemas import BuildConfig, QuarantineRecord, TileJob
+from geodelta.schemas.records import QuarantineStage
+
+QUARANTINE = "quarantine"
+
+
+class StageFn(beam.DoFn):  # type: ignore[misc]
+    """One stage of the worker as a DoFn; failures go to the ``quarantine`` output."""
+
+    def __init__(self, stage: QuarantineStage, cfg: BuildConfig, code_version: str) -> None:
+        super().__init__()
+        self.stage = stage
+        self.cfg = cfg
+        self.code_version = code_version
+
+    def setup(self) -> None:
+        self.worker = Worker(self.cfg, code_version=self.code_version)
+        self.fn = dict(self.worker.steps())[self.stage]
+        self.passed = beam.metrics.Metrics.counter("geodelta", f"{self.stage}.ok")
+        self.dropped = beam.metrics.Metrics.counter("geodelta", f"{self.stage}.quarantined")
+
+    def process(self, record: Any) -> Iterator[Any]:
+        out = guarded(self.stage, self.fn, record)
+        if isinstance(out, QuarantineRecord):
+            self.dropped.inc()
+            yield beam.pvalue.TaggedOutput(QUARANTINE, out)
+        else:
+            self.passed.inc()
+            yield out
+
+
+class CommitFn(beam.DoFn):  # type: ignore[misc]
+    """Writes each outcome to the staging area (samples, then the cell marker)."""
+
+    def __init__(self, staging_root: str) -> None:
+        super().__init__()
+        self.staging_root = staging_root
+
+    def setup(self) -> None:
+        self.staging = Staging(self.staging_root)
+
+    def process(self, outcome: Any) -> Iterator[str]:
+        from geodelta.pipelines.runners import commit
+
+        commit(self.staging, outcome)
+        yield outcome.cell_id
+
+
+def pipeline_options(cfg: BuildConfig) -> PipelineOptions:
+    """FnApiRunner options from the ``runner`` section."""
+    return PipelineOptions(
+        direct_num_workers=cfg.runner.workers,
+        direct_running_mode=cfg.runner.mode,
+    )
+
+
+def build_pipeline(
+    p: beam.Pipeline,
+    jobs: Sequence[TileJob],
+    cfg: BuildConfig,
+    staging_root: Path,
+    code_version: str,
+) -> None:
+    """Add the stage transforms to ``p``."""
+    records = p | "cells" >> beam.Create(list(jobs)) | "spread" >> beam.Reshuffle()
+    quarantined = []
+    for stage, _ in Worker(cfg, code_version=code_version).steps():
+        results = records | stage >> beam.ParDo(StageFn(stage, cfg, code_version)).with_outputs(
+            QUARANTINE, main="ok"
+        )
+        records = results.ok
+        quarantined.append(results[QUARANTINE])
+    outcomes = (records, *quarantined) | "outcomes" >> beam.Flatten()
+    _ = outcomes | "commit" >> beam.ParDo(CommitFn(str(staging_root)))
+
+
+def run_beam(
+    jobs: Sequence[TileJob], cfg: BuildConfig, staging_root: Path, *, code_version: str
+) -> None:
+    """Run the pipeline on Beam's FnApiRunner and wait for it."""
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    p = beam.Pipeline(runner=FnApiRunner(), options=pipeline_options(cfg))
+    build_pipeline(p, jobs, cfg, staging_root, code_version)
+    p.run().wait_until_finish()

@@ -1,0 +1,196 @@
+"""search -> pair: choose the before and after scenes of a cell.
+
+A scene is acceptable when it covers the cell and its *pixel-level* clear fraction over the cell
+(from the classification band, never the scene-wide ``eo:cloud_cover``) reaches the threshold.
+Collections without a classification band give an unknown clear fraction: such scenes are kept
+only when ``pairing.allow_unknown_clear`` says so, and the unknown is recorded as ``None``, never
+assumed to be 1.
+
+Among acceptable (before, after) pairs within the allowed time gap the best score wins: the sum
+of the clear fractions, minus a penalty per 30 days of day-of-year difference (same season reads
+the same vegetation state), plus a small bonus for scenes on the cell's own grid (no
+reprojection). Ties break on item ids, so the choice is deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from geodelta.schemas import BuildConfig, QuarantineRecord, ScenePair, SceneRef, TileJob
+from geodelta.sources.catalog import SceneCatalog
+
+ClearFn = Callable[[SceneRef, TileJob], float | None]
+
+
+def _quarantine(job: TileJob, reason: str, detail: str) -> QuarantineRecord:
+    return QuarantineRecord(
+        key=job.cell_id, cell_id=job.cell_id, stage="pair", reason=reason, detail=detail
+    )
+
+
+def covers(scene: SceneRef, job: TileJob) -> bool:
+    """Whether the scene's footprint covers the whole cell."""
+    from shapely.geometry import box, shape
+
+    cell = box(*job.bbox_lonlat)
+    if scene.geometry is not None:
+        return bool(shape(scene.geometry).buffer(1e-9).covers(cell))
+    x0, y0, x1, y1 = scene.bbox_lonlat
+    return (
+        x0 <= cell.bounds[0]
+        and y0 <= cell.bounds[1]
+        and x1 >= cell.bounds[2]
+        and y1 >= cell.bounds[3]
+    )
+
+
+def season_gap_days(a: datetime, b: datetime) -> float:
+    """Day-of-year distance between two dates, on a circle of 365.25 days."""
+    d = abs(a.timetuple().tm_yday - b.timetuple().tm_yday)
+    return float(min(d, 365.25 - d))
+
+
+def _fmt(scenes: Sequence[tuple[SceneRef, float | None]]) -> str:
+    parts = [f"{s.item_id}={'unknown' if c is None else f'{c:.3f}'}" for s, c in scenes]
+    return ", ".join(parts) or "none"
+
+
+def choose_pair(
+    job: TileJob,
+    before: Sequence[SceneRef],
+    after: Sequence[SceneRef],
+    clear: ClearFn,
+    cfg: BuildConfig,
+) -> ScenePair | QuarantineRecord:
+    """Choose the best before/after scenes for ``job`` from the search results of both windows.
+
+    Args:
+        job: the cell.
+        before: candidate scenes of the t0 window.
+        after: candidate scenes of the t1 window.
+        clear: clear fraction of a scene over the cell (``None`` = unknown).
+        cfg: build config (``pairing``, ``imagery``).
+
+    Returns:
+        The chosen pair (without label items), or a quarantine record saying why none fits.
+    """
+    p = cfg.pairing
+    picked: dict[str, list[tuple[SceneRef, float | None]]] = {}
+    for name, scenes in (("t0", before), ("t1", after)):
+        covering = [s for s in scenes if covers(s, job)]
+        if not covering:
+            found = f"{len(scenes)} found, none covers the cell" if scenes else "none found"
+            return _quarantine(
+                job,
+                f"no_scene_{name}",
+                f"no {cfg.imagery.collection} scene covers the cell in time.{name} "
+                f"({found}); widen time.{name} or check the catalog",
+            )
+        rated = [(s, clear(s, job)) for s in covering]
+        ok = [
+            (s, c)
+            for s, c in rated
+            if (c is None and p.allow_unknown_clear)
+            or (c is not None and c >= p.min_clear_fraction)
+        ]
+        if not ok:
+            if all(c is None for _, c in rated):
+                return _quarantine(
+                    job,
+                    "unknown_clear_fraction",
+                    f"the {name} scenes have no classification band ({_fmt(rated)}); set "
+                    "pairing.allow_unknown_clear: true to keep them or imagery.classification_asset",
+                )
+            return _quarantine(
+                job,
+                f"no_clear_scene_{name}",
+                f"no {name} scene is clear enough over the cell (clear fractions: {_fmt(rated)}; "
+                f"pairing.min_clear_fraction={p.min_clear_fraction})",
+            )
+        picked[name] = ok
+
+    best: tuple[tuple[float, str, str], ScenePair] | None = None
+    for b, cb in picked["t0"]:
+        for a, ca in picked["t1"]:
+            gap = (a.datetime - b.datetime).total_seconds() / 86400.0
+            if not p.min_gap_days <= gap <= p.max_gap_days:
+                continue
+            score = (cb if cb is not None else p.min_clear_fraction) + (
+                ca if ca is not None else p.min_clear_fraction
+            )
+            score -= p.season_weight * season_gap_days(a.datetime, b.datetime) / 30.0
+            score += 0.01 * ((b.crs == job.crs) + (a.crs == job.crs))
+            rank = (-score, b.item_id, a.item_id)
+            if best is None or rank < best[0]:
+                pair = ScenePair(
+                    job=job, before=b, after=a, before_clear=cb, after_clear=ca, score=score
+                )
+                best = (rank, pair)
+    if best is None:
+        return _quarantine(
+            job,
+            "no_pair_in_gap",
+            f"no clear before/after combination is {p.min_gap_days}-{p.max_gap_days} days apart "
+            f"(t0: {_fmt(picked['t0'])}; t1: {_fmt(picked['t1'])}); "
+            "change pairing.min_gap_days / pairing.max_gap_days",
+        )
+    return best[1]
+
+
+def pick_landcover(items: Sequence[SceneRef], when: datetime) -> SceneRef | None:
+    """The land-cover item whose period holds ``when``; else the one nearest in time."""
+    holding = [
+        s
+        for s in items
+        if s.start_datetime is not None
+        and s.end_datetime is not None
+        and s.start_datetime <= when <= s.end_datetime
+    ]
+    pool = holding or list(items)
+    if not pool:
+        return None
+    return min(pool, key=lambda s: (abs((s.datetime - when).total_seconds()), s.item_id))
+
+
+def search_and_pair(
+    job: TileJob, cfg: BuildConfig, catalog: SceneCatalog, clear: ClearFn
+) -> ScenePair | QuarantineRecord:
+    """The search + pair stage for one cell, label items included."""
+    coll = [cfg.imagery.collection]
+    before = catalog.search(coll, job.bbox_lonlat, job.t0_window)
+    after = catalog.search(coll, job.bbox_lonlat, job.t1_window)
+    chosen = choose_pair(job, before, after, clear, cfg)
+    if isinstance(chosen, QuarantineRecord):
+        return chosen
+    lab = cfg.labels
+    if lab.kind == "change_mask":
+        if lab.asset not in chosen.after.assets:
+            return _quarantine(
+                job,
+                "no_change_mask",
+                f"after item {chosen.after.item_id} has no '{lab.asset}' asset "
+                f"(assets: {sorted(chosen.after.assets)}); check labels.asset",
+            )
+        return chosen.model_copy(update={"label_after": chosen.after})
+    assert lab.collection is not None  # LabelConfig guarantees it for landcover
+    t_lo = min(job.t0_window[0], chosen.before.datetime)
+    t_hi = max(job.t1_window[1], chosen.after.datetime)
+    items = catalog.search([lab.collection], job.bbox_lonlat, (t_lo, t_hi))
+    items = [s for s in items if covers(s, job)]
+    lc0 = pick_landcover(items, chosen.before.datetime)
+    lc1 = pick_landcover(items, chosen.after.datetime)
+    if lc0 is None or lc1 is None:
+        return _quarantine(
+            job,
+            "no_landcover",
+            f"no {lab.collection} item covers the cell; check labels.collection",
+        )
+    if lc0.item_id == lc1.item_id:
+        return _quarantine(
+            job,
+            "same_landcover_item",
+            f"both dates map to land-cover item {lc0.item_id}; a transition needs maps of two "
+            "different periods (check time.t0/time.t1 against the land-cover years)",
+        )
+    return chosen.model_copy(update={"label_before": lc0, "label_after": lc1})
