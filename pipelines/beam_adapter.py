@@ -70,6 +70,7 @@ def pipeline_options(cfg: BuildConfig) -> PipelineOptions:
     return PipelineOptions(
         direct_num_workers=cfg.runner.workers,
         direct_running_mode=cfg.runner.mode,
+        default_sdk_harness_log_level="WARNING",
     )
 
 
@@ -97,8 +98,12 @@ def run_beam(
     jobs: Sequence[TileJob], cfg: BuildConfig, staging_root: Path, *, code_version: str
 ) -> None:
     """Run the pipeline on Beam's FnApiRunner and wait for it."""
+    import logging
+
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+    # Beam's driver logs every worker start at INFO; geodelta's own progress says what matters.
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
     p = beam.Pipeline(runner=FnApiRunner(), options=pipeline_options(cfg))
     build_pipeline(p, jobs, cfg, staging_root, code_version)
     p.run().wait_until_finish()

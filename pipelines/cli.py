@@ -23,7 +23,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
-out = Console()
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
@@ -79,7 +78,7 @@ def build(
     mode = "resume" if resume else "overwrite" if overwrite else "fresh"
     result = _run_build(cfg, mode, progress)
     _print_summary(result)
-    out.print(str(result.release_dir))
+    typer.echo(str(result.release_dir))
 
 
 @app.command("demo-catalog")
@@ -92,7 +91,7 @@ def demo_catalog(
     from geodelta.sources.demo_catalog import write_demo_catalog
 
     cat = write_demo_catalog(out_dir, seed=seed, scale=scale)
-    out.print(str(cat.catalog_path))
+    typer.echo(str(cat.catalog_path))
 
 
 @app.command()
@@ -121,7 +120,7 @@ def demo(
         raise _fail("verify failed:\n" + "\n".join(check.problems), code=1)
     console.print(f"[green]verified[/] {check.samples} samples")
     console.print(f"report: {result.release_dir / 'report' / 'index.html'}")
-    out.print(str(result.release_dir))
+    typer.echo(str(result.release_dir))
 
 
 @app.command()
@@ -138,7 +137,7 @@ def verify(
         for problem in result.problems:
             console.print(f"[red]x[/] {problem}")
         raise _fail(f"{len(result.problems)} problem(s) in {release_dir}", code=1)
-    out.print(f"ok: {result.samples} samples verified in {release_dir}")
+    typer.echo(f"ok: {result.samples} samples verified in {release_dir}")
 
 
 @app.command()
@@ -148,7 +147,7 @@ def report(
     """(Re)write the release's HTML report."""
     from geodelta.pipelines.report import write_report
 
-    out.print(str(write_report(release_dir)))
+    typer.echo(str(write_report(release_dir)))
 
 
 @app.command()
@@ -164,7 +163,7 @@ def plan(
     except PlanError as exc:
         raise _fail(str(exc)) from None
     for job in jobs:
-        out.print(f"{job.cell_id}\t{job.crs}\t{job.split}\t{job.region}")
+        typer.echo(f"{job.cell_id}\t{job.crs}\t{job.split}\t{job.region}")
     console.print(f"{len(jobs)} cells")
 
 
@@ -180,8 +179,8 @@ def schema(
         if name not in schemas:
             raise _fail(f"unknown record {name!r}; known: {', '.join(schemas)}")
         schemas = schemas[name]
-    out.print_json(json.dumps(schemas))
+    typer.echo(json.dumps(schemas, indent=2))
 
 
-def main() -> None:  # pragma: no cover - console entry
+if __name__ == "__main__":  # python -m geodelta.pipelines.cli
     app()

@@ -292,9 +292,15 @@ class BuildConfig(Section):
         return str(p if p.is_absolute() else (Path(self.base_dir) / p).resolve())
 
     def normalised(self) -> dict[str, Any]:
-        """The config as plain JSON data, without the machine-specific ``base_dir``."""
+        """The config as plain JSON data, without what must not change the data.
+
+        ``base_dir`` (where the file lives), ``output`` (where the release goes) and ``runner``
+        (which engine ran it) are left out: the same dataset built elsewhere or on another
+        engine has the same hash and the same bytes.
+        """
         data = self.model_dump(mode="json")
-        data.pop("base_dir", None)
+        for key in ("base_dir", "output", "runner"):
+            data.pop(key, None)
         return data
 
     def config_hash(self) -> str:

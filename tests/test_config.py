@@ -58,7 +58,8 @@ def test_config_hash_ignores_where_the_file_lives() -> None:
     a = parse_config(minimal_config(), base_dir="/a")
     b = parse_config(minimal_config(), base_dir="/b")
     c = parse_config(minimal_config(version="0.0.2"), base_dir="/a")
-    assert a.config_hash() == b.config_hash() != c.config_hash()
+    elsewhere = parse_config(minimal_config(output={"dir": "/other"}, runner={"name": "inprocess"}))
+    assert a.config_hash() == b.config_hash() == elsewhere.config_hash() != c.config_hash()
 
 
 def test_shipped_demo_config_loads_and_resolves_paths() -> None:

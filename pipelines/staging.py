@@ -1,0 +1,227 @@
+"""The staging area: where workers put finished samples before the release is assembled.
+
+One unit of work is one grid cell. A worker puts the members of each of the cell's samples
+(:meth:`Staging.put_sample`), then writes the cell's completion marker
+(:meth:`Staging.mark_cell`) listing its sample keys and its quarantine records. Only markers
+count: a sample directory without a marker (a worker that died half way) is ignored, and a
+re-run of the cell overwrites it. Every write is atomic (a temp file or directory in the same
+filesystem, then :func:`os.replace`), so several worker processes can write different cells
+concurrently.
+
+Layout under ``root``::
+
+    samples/<key>/<member>     one file per member (member names as in SAMPLE_MEMBERS)
+    cells/<cell_id>.json       completion marker: {"cell_id", "keys", "quarantine"}
+    tmp/                       in-flight writes (safe to delete when no worker runs)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from geodelta.schemas import QuarantineRecord
+
+_MARKER_SUFFIX = ".json"
+_SWAP_ATTEMPTS = 5
+
+
+class StagingError(RuntimeError):
+    """A staging operation that cannot be done; carries the key or cell id concerned."""
+
+    def __init__(self, message: str, *, key: str | None = None, cell_id: str | None = None) -> None:
+        self.key = key
+        self.cell_id = cell_id
+        super().__init__(message)
+
+
+def _check_name(value: str, what: str) -> str:
+    """Reject names that would escape their directory or be hidden."""
+    if (
+        not value
+        or value in {".", ".."}
+        or value.startswith(".")
+        or "/" in value
+        or "\\" in value
+        or "\x00" in value
+    ):
+        raise StagingError(
+            f"{what} {value!r} cannot be used as a file name (empty, hidden or with a separator)",
+            key=value if what != "cell id" else None,
+            cell_id=value if what == "cell id" else None,
+        )
+    return value
+
+
+def _quarantine_sort_key(rec: QuarantineRecord) -> tuple[str, str, str, str, str]:
+    return (rec.cell_id, rec.key, rec.stage, rec.reason, rec.detail)
+
+
+class Staging:
+    """A staging area on the local filesystem (see the module docstring for the layout).
+
+    Args:
+        root: folder of the staging area; created when missing.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self._samples = self.root / "samples"
+        self._cells = self.root / "cells"
+        self._tmp = self.root / "tmp"
+        for d in (self._samples, self._cells, self._tmp):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def _tmp_path(self, stem: str) -> Path:
+        return self._tmp / f"{stem}.{os.getpid()}.{uuid.uuid4().hex}"
+
+    def put_sample(self, key: str, members: dict[str, bytes]) -> None:
+        """Store the members of one sample, replacing any earlier copy of the same key.
+
+        The members are written into a temp directory, which is then renamed into place.
+
+        Args:
+            key: sample key.
+            members: member name -> bytes.
+
+        Raises:
+            StagingError: a bad key or member name, or no members.
+        """
+        _check_name(key, "sample key")
+        if not members:
+            raise StagingError(f"sample {key} has no members", key=key)
+        tmp = self._tmp_path(key)
+        tmp.mkdir(parents=True)
+        try:
+            for name, data in members.items():
+                _check_name(name, "member name")
+                (tmp / name).write_bytes(bytes(data))
+            self._swap_in(tmp, self._samples / key)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _swap_in(self, tmp: Path, dest: Path) -> None:
+        """Rename ``tmp`` to ``dest``, replacing an existing directory (rename() cannot replace a
+        non-empty one, so the old copy is moved aside first; retried if another writer races)."""
+        for _ in range(_SWAP_ATTEMPTS):
+            try:
+                os.replace(tmp, dest)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR):
+                    raise
+            old = self._tmp_path(f"{dest.name}.old")
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(dest, old)
+            shutil.rmtree(old, ignore_errors=True)
+        raise StagingError(
+            f"sample {dest.name}: could not replace {dest} after {_SWAP_ATTEMPTS} attempts "
+            "(another worker keeps writing the same key?)",
+            key=dest.name,
+        )
+
+    def mark_cell(
+        self, cell_id: str, *, keys: Sequence[str], quarantine: Sequence[QuarantineRecord]
+    ) -> None:
+        """Write the completion marker of a cell (after all its samples were put).
+
+        Args:
+            cell_id: grid cell id.
+            keys: keys of the samples the cell produced (each already put).
+            quarantine: records of what the cell dropped.
+
+        Raises:
+            StagingError: a bad cell id, or a key whose sample was not put.
+        """
+        _check_name(cell_id, "cell id")
+        missing = [k for k in keys if not (self._samples / _check_name(k, "sample key")).is_dir()]
+        if missing:
+            raise StagingError(
+                f"cell {cell_id}: samples {missing} were not put before marking the cell",
+                cell_id=cell_id,
+            )
+        marker = {
+            "cell_id": cell_id,
+            "keys": sorted(keys),
+            "quarantine": [
+                q.model_dump(mode="json") for q in sorted(quarantine, key=_quarantine_sort_key)
+            ],
+        }
+        tmp = self._tmp_path(cell_id)
+        tmp.write_text(json.dumps(marker, sort_keys=True, indent=2))
+        os.replace(tmp, self._cells / f"{cell_id}{_MARKER_SUFFIX}")
+
+    def _markers(self) -> list[Path]:
+        return sorted(p for p in self._cells.glob(f"*{_MARKER_SUFFIX}") if p.is_file())
+
+    def done_cells(self) -> set[str]:
+        """Ids of the cells that have a completion marker."""
+        return {p.name[: -len(_MARKER_SUFFIX)] for p in self._markers()}
+
+    def outcomes(self) -> tuple[list[str], list[QuarantineRecord]]:
+        """Sample keys and quarantine records of every marked cell.
+
+        Returns:
+            (all keys sorted, all quarantine records sorted by (cell_id, key, stage, reason)).
+
+        Raises:
+            StagingError: a marker that cannot be read.
+        """
+        keys: list[str] = []
+        records: list[QuarantineRecord] = []
+        for path in self._markers():
+            try:
+                data = json.loads(path.read_text())
+                keys.extend(str(k) for k in data["keys"])
+                records.extend(QuarantineRecord.model_validate(q) for q in data["quarantine"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise StagingError(
+                    f"cell marker {path} cannot be read ({exc}); delete it to re-run the cell",
+                    cell_id=path.stem,
+                ) from exc
+        return sorted(keys), sorted(records, key=_quarantine_sort_key)
+
+    def sample_dir(self, key: str) -> Path:
+        """Directory holding the members of a sample.
+
+        Raises:
+            StagingError: the sample was never put.
+        """
+        path = self._samples / _check_name(key, "sample key")
+        if not path.is_dir():
+            raise StagingError(f"sample {key} is not in the staging area {self.root}", key=key)
+        return path
+
+    def read_member(self, key: str, name: str) -> bytes:
+        """One member of a staged sample.
+
+        Raises:
+            StagingError: the sample or the member is missing.
+        """
+        path = self.sample_dir(key) / _check_name(name, "member name")
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise StagingError(f"sample {key} has no member {name!r}", key=key) from None
+
+    def read_members(self, key: str) -> dict[str, bytes]:
+        """All members of a staged sample, by member name (sorted).
+
+        Raises:
+            StagingError: the sample is missing.
+        """
+        d = self.sample_dir(key)
+        return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
+
+    def clear(self) -> None:
+        """Delete every sample, marker and temp file (the root folder stays)."""
+        for d in (self._samples, self._cells, self._tmp):
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir(parents=True, exist_ok=True)
