@@ -1,0 +1,353 @@
+"""Windowed raster reads, reprojected onto a cell's own grid (rasterio / GDAL).
+
+Every read goes through a :class:`rasterio.vrt.WarpedVRT` built for the cell grid
+(``job.crs``, ``job.transform``, ``job.shape``), so GDAL fetches only the source blocks the
+cell touches (a few HTTP range requests on a cloud-optimised GeoTIFF) and resamples them
+straight onto the cell's pixels.
+
+* :func:`read_bands`: reflectance bands as float32 physical values (``DN * scale + offset``),
+  NaN where the source is nodata or the cell lies outside the asset.
+* :func:`read_classes`: a classification / land-cover raster as raw integer values, nearest
+  neighbour, on the cell grid or on a coarser grid over the same bounds.
+* :func:`clear_fraction`: the share of a cell's pixels with a "clear" value in a scene
+  classification band (Sentinel-2 SCL, Landsat QA), read at the band's native resolution.
+
+Open datasets are cached per thread (rasterio datasets are not thread-safe), so a worker
+reading many cells out of one COG opens it once. Hrefs are local paths or URLs, already signed
+where the catalog needs it: no signing happens here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+import rasterio
+from affine import Affine
+from pyproj import Transformer
+from rasterio._err import CPLE_BaseError
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.io import DatasetReader
+from rasterio.vrt import WarpedVRT
+
+from geodelta.schemas import AssetRef, SceneRef, TileJob
+
+#: Datasets kept open per thread; the least recently used one is closed beyond this.
+CACHE_SIZE = 64
+
+_GDAL_ERRORS = (RasterioError, CPLE_BaseError)
+
+
+class RasterReadError(RuntimeError):
+    """A raster asset could not be opened or read.
+
+    Attributes:
+        href: the asset href (secrets already removed by :class:`AssetRef`).
+        item_id: the STAC item the asset belongs to, when known.
+        reason: what failed, in a few words (the GDAL message included).
+    """
+
+    def __init__(self, href: str, item_id: str | None, reason: str, hint: str = "") -> None:
+        where = f" (item {item_id!r})" if item_id else ""
+        message = f"cannot read raster {href!r}{where}: {reason}"
+        if hint:
+            message += f"; {hint}"
+        super().__init__(message)
+        self.href = href
+        self.item_id = item_id
+        self.reason = reason
+
+
+def gdal_env_options() -> dict[str, str]:
+    """GDAL configuration options used for every read (pass to :class:`rasterio.Env`).
+
+    Kept small and safe to ship to workers: no credentials, nothing machine-specific.
+
+    Returns:
+        A fresh dict of option name -> value.
+    """
+    return {
+        # do not list the remote "folder" of a COG looking for sidecar files (.aux.xml, .ovr)
+        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+        # merge adjacent block reads into one HTTP range request
+        "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+        # transient HTTP errors (429 / 5xx) are retried instead of failing the cell
+        "GDAL_HTTP_MAX_RETRY": "3",
+        "GDAL_HTTP_RETRY_DELAY": "1",
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# per-thread dataset cache
+
+_local = threading.local()
+
+
+def _cache() -> OrderedDict[tuple[str, int, int], DatasetReader]:
+    cache: OrderedDict[tuple[str, int, int], DatasetReader] | None = getattr(
+        _local, "datasets", None
+    )
+    if cache is None:
+        cache = OrderedDict()
+        _local.datasets = cache
+    return cache
+
+
+def _cache_key(href: str) -> tuple[str, int, int]:
+    """The href, plus mtime and size for a local file (a rewritten file is reopened)."""
+    if "://" not in href:
+        try:
+            st = os.stat(href)
+        except OSError:
+            return (href, -1, -1)
+        return (href, st.st_mtime_ns, st.st_size)
+    return (href, 0, 0)
+
+
+def _open(href: str, item_id: str | None) -> DatasetReader:
+    cache = _cache()
+    key = _cache_key(href)
+    dataset = cache.get(key)
+    if dataset is not None and not dataset.closed:
+        cache.move_to_end(key)
+        return dataset
+    _forget(href)  # an older version of a rewritten local file
+    try:
+        dataset = rasterio.open(href)
+    except _GDAL_ERRORS as exc:
+        raise RasterReadError(
+            href,
+            item_id,
+            f"open failed ({exc})",
+            "check that the file exists or the URL is reachable, and that signed URLs "
+            "(Planetary Computer) have not expired",
+        ) from exc
+    if dataset.crs is None and not dataset.gcps[0]:
+        dataset.close()
+        raise RasterReadError(
+            href,
+            item_id,
+            "the raster has no CRS / georeferencing, so it cannot be placed on the cell grid",
+            "write the asset with its CRS and transform (e.g. those of a band on the same grid)",
+        )
+    cache[key] = dataset
+    while len(cache) > CACHE_SIZE:
+        _, old = cache.popitem(last=False)
+        old.close()
+    return dataset
+
+
+def _forget(href: str) -> None:
+    """Drop (and close) a cached dataset after a failed read, so the next read reopens it."""
+    cache = _cache()
+    for key in [k for k in cache if k[0] == href]:
+        cache.pop(key).close()
+
+
+def close_cached() -> None:
+    """Close every dataset this thread keeps open (e.g. at the end of a worker's bundle)."""
+    cache = _cache()
+    while cache:
+        _, dataset = cache.popitem()
+        dataset.close()
+
+
+# --------------------------------------------------------------------------------------------
+# grids and warped reads
+
+
+def _grid(job: TileJob, shape: tuple[int, int] | None) -> tuple[Affine, int, int]:
+    """Transform, height and width of the job grid, or of a grid over the same bounds."""
+    transform = Affine(*job.transform)
+    height, width = job.shape
+    if shape is None:
+        return transform, height, width
+    out_h, out_w = int(shape[0]), int(shape[1])
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"grid shape must be at least (1, 1) (actual={shape})")
+    return transform @ Affine.scale(width / out_w, height / out_h), out_h, out_w
+
+
+def _warp_read(
+    asset: AssetRef,
+    job: TileJob,
+    *,
+    shape: tuple[int, int] | None,
+    resampling: Resampling,
+    item_id: str | None,
+) -> tuple[np.ndarray, np.dtype]:
+    """Band 1 of the asset warped onto the grid as float64, NaN where invalid.
+
+    float64 holds every integer a classification raster can carry exactly, and NaN as the
+    destination nodata can never collide with a valid value. Returns the array and the
+    source dtype.
+    """
+    transform, height, width = _grid(job, shape)
+    with rasterio.Env(**gdal_env_options()):
+        src = _open(asset.href, item_id)
+        src_nodata = asset.nodata if asset.nodata is not None else src.nodata
+        try:
+            with WarpedVRT(
+                src,
+                crs=CRS.from_user_input(job.crs),
+                transform=transform,
+                width=width,
+                height=height,
+                resampling=resampling,
+                src_nodata=src_nodata,
+                nodata=np.nan,
+                dtype="float64",
+            ) as vrt:
+                data = vrt.read(1)
+        except _GDAL_ERRORS as exc:
+            _forget(asset.href)
+            raise RasterReadError(
+                asset.href,
+                item_id,
+                f"warped read onto {job.crs} {height}x{width} failed ({exc})",
+                "check that the asset is a readable raster with a CRS and a geotransform",
+            ) from exc
+    return data, np.dtype(src.dtypes[0])
+
+
+def read_bands(
+    scene: SceneRef,
+    bands: Sequence[str],
+    job: TileJob,
+    *,
+    resampling: str = "bilinear",
+) -> np.ndarray:
+    """Read reflectance bands of a scene onto the cell grid as physical values.
+
+    Args:
+        scene: the scene; ``bands`` are keys of ``scene.assets``.
+        bands: asset keys, in the order of the output stack.
+        job: the cell: its ``crs``, ``transform`` and ``shape`` define the output grid.
+        resampling: a :class:`rasterio.enums.Resampling` name ('bilinear', 'cubic', 'nearest',
+            'average', ...).
+
+    Returns:
+        (C, H, W) float32 array, ``DN * scale + offset`` per band (from each
+        :class:`AssetRef`), NaN where the source is nodata or the cell is outside the asset.
+
+    Raises:
+        RasterReadError: a band key is not an asset of the scene, or an asset cannot be read.
+        ValueError: ``resampling`` is not a known method.
+    """
+    try:
+        method = Resampling[resampling]
+    except KeyError:
+        known = ", ".join(r.name for r in Resampling)
+        raise ValueError(f"unknown resampling {resampling!r}; known: {known}") from None
+    missing = [band for band in bands if band not in scene.assets]
+    if missing:  # before any I/O
+        raise RasterReadError(
+            f"{scene.item_id}#{missing[0]}",
+            scene.item_id,
+            f"no asset {missing[0]!r} in item (asset keys: {sorted(scene.assets)})",
+            "check imagery.bands in the config against the collection's asset keys",
+        )
+    height, width = job.shape
+    out = np.empty((len(bands), height, width), dtype=np.float32)
+    for i, band in enumerate(bands):
+        asset = scene.assets[band]
+        data, _ = _warp_read(asset, job, shape=None, resampling=method, item_id=scene.item_id)
+        out[i] = data * asset.scale + asset.offset  # NaN stays NaN
+    return out
+
+
+def read_classes(
+    asset: AssetRef,
+    job: TileJob,
+    *,
+    shape: tuple[int, int] | None = None,
+    fill: int = 0,
+    item_id: str | None = None,
+) -> np.ndarray:
+    """Read a classification raster onto the cell grid, nearest neighbour, raw values.
+
+    Args:
+        asset: the classification / land-cover asset.
+        job: the cell.
+        shape: output (height, width) over the cell's bounds; default ``job.shape``. A 20 m
+            band over a 128-px 10 m cell reads natively with ``shape=(64, 64)``.
+        fill: value written where the source is nodata or the cell is outside the asset.
+        item_id: STAC item id, for error messages.
+
+    Returns:
+        (H, W) array in the source's dtype (e.g. uint8).
+
+    Raises:
+        RasterReadError: the asset cannot be read.
+    """
+    data, dtype = _warp_read(
+        asset, job, shape=shape, resampling=Resampling.nearest, item_id=item_id
+    )
+    valid = ~np.isnan(data)
+    out = np.full(data.shape, fill, dtype=dtype)
+    out[valid] = data[valid].astype(dtype)
+    return out
+
+
+def _native_shape(src: DatasetReader, job: TileJob) -> tuple[int, int]:
+    """Shape of a grid over the cell's bounds at the source's native pixel size."""
+    height, width = job.shape
+    cell_h = abs(job.transform[4]) * height
+    cell_w = abs(job.transform[0]) * width
+    res_x, res_y = src.res
+    dst_crs = CRS.from_user_input(job.crs)
+    if src.crs is not None and src.crs != dst_crs:
+        # pixel size of the source, measured in the cell's CRS at the cell's centre
+        left, bottom, right, top = job.bounds()
+        cx, cy = (left + right) / 2, (bottom + top) / 2
+        to_src = Transformer.from_crs(dst_crs, src.crs, always_xy=True)
+        sx, sy = to_src.transform(cx, cy)
+        xs, ys = to_src.transform([sx, sx + res_x, sx], [sy, sy, sy - res_y], direction="INVERSE")
+        res_x = math.hypot(xs[1] - xs[0], ys[1] - ys[0])
+        res_y = math.hypot(xs[2] - xs[0], ys[2] - ys[0])
+    return max(1, round(cell_h / res_y)), max(1, round(cell_w / res_x))
+
+
+def clear_fraction(
+    scene: SceneRef,
+    asset_key: str,
+    job: TileJob,
+    clear_classes: Sequence[int],
+) -> float:
+    """Fraction of the cell whose classification value is "clear", at native resolution.
+
+    Args:
+        scene: the scene carrying the classification asset.
+        asset_key: key of the classification asset (e.g. 'SCL').
+        job: the cell.
+        clear_classes: values that count as clear (e.g. SCL 4, 5, 6, 11).
+
+    Returns:
+        Clear pixels / all pixels of the cell grid at the asset's resolution (at least 1x1);
+        nodata and pixels outside the asset count as not clear.
+
+    Raises:
+        RasterReadError: the asset is missing or cannot be read.
+    """
+    asset = scene.assets.get(asset_key)
+    if asset is None:
+        raise RasterReadError(
+            f"{scene.item_id}#{asset_key}",
+            scene.item_id,
+            f"no asset {asset_key!r} in item (asset keys: {sorted(scene.assets)})",
+            "check imagery.classification_asset in the config against the collection's asset keys",
+        )
+    with rasterio.Env(**gdal_env_options()):
+        src = _open(asset.href, scene.item_id)
+        shape = _native_shape(src, job)
+    data, _ = _warp_read(
+        asset, job, shape=shape, resampling=Resampling.nearest, item_id=scene.item_id
+    )
+    clear = np.isin(data, np.asarray(list(clear_classes), dtype=np.float64))  # NaN never clear
+    return float(clear.mean())
