@@ -160,7 +160,10 @@ class CoregConfig(Section):
     )
     min_shift_px: float = Field(default=0.05, ge=0, description="Smaller shifts are not applied")
     max_error: float = Field(
-        default=0.9, gt=0, description="Estimates less confident than this are not applied"
+        default=0.97,
+        gt=0,
+        description="Phase-correlation error above which a shift is not applied "
+        "(unrelated images score >= 0.99)",
     )
 
 
