@@ -23,7 +23,7 @@ from geodelta.schemas.records import QuarantineStage
 QUARANTINE = "quarantine"
 
 
-class StageFn(beam.DoFn):  # type: ignore[misc]
+class StageFn(beam.DoFn):
     """One stage of the worker as a DoFn; failures go to the ``quarantine`` output."""
 
     def __init__(self, stage: QuarantineStage, cfg: BuildConfig, code_version: str) -> None:
@@ -48,7 +48,7 @@ class StageFn(beam.DoFn):  # type: ignore[misc]
             yield out
 
 
-class CommitFn(beam.DoFn):  # type: ignore[misc]
+class CommitFn(beam.DoFn):
     """Writes each outcome to the staging area (samples, then the cell marker)."""
 
     def __init__(self, staging_root: str) -> None:

@@ -194,8 +194,8 @@ def coregister(sample: Sample, cfg: CoregConfig, *, band_index: int) -> Sample |
     """Co-register the after scene of a sample onto its before scene.
 
     The shift of ``sample.after`` against ``sample.before`` is estimated on one band. It is
-    applied when its magnitude is at least ``cfg.min_shift_px`` and the estimate's error at
-    most ``cfg.max_error``; the residual is then re-estimated on the corrected band (when not
+    applied when its magnitude is at least ``cfg.min_shift_px``; an estimate whose error exceeds
+    ``cfg.max_error`` is not trusted and the pair is quarantined ('coreg_unreliable'); the residual is then re-estimated on the corrected band (when not
     applied, the residual is the magnitude of the estimate itself). The recorded
     ``CoregResult.shift_px`` is the estimate, with ``applied`` telling whether it was used.
 
@@ -206,8 +206,8 @@ def coregister(sample: Sample, cfg: CoregConfig, *, band_index: int) -> Sample |
 
     Returns:
         A copy of the sample with ``after`` corrected and ``coreg`` set, or a
-        :class:`QuarantineRecord` (stage 'coregister') with reason 'shift_too_large',
-        'residual_too_large' or 'coreg_failed'.
+        :class:`QuarantineRecord` (stage 'coregister') with reason 'coreg_unreliable',
+        'shift_too_large', 'residual_too_large' or 'coreg_failed'.
 
     Raises:
         IndexError: ``band_index`` is not a band of the stacks.
@@ -242,6 +242,16 @@ def coregister(sample: Sample, cfg: CoregConfig, *, band_index: int) -> Sample |
             "pick another coregistration.band",
         )
     magnitude = math.hypot(dy, dx)
+    if error > cfg.max_error:
+        return _quarantine(
+            sample,
+            "coreg_unreliable",
+            f"the shift estimate on band {band_index} is not reliable (phase-correlation "
+            f"error={error:.3f} > coregistration.max_error={cfg.max_error}; estimated "
+            f"dy={dy:+.2f}, dx={dx:+.2f}): the dates share too little texture to check their "
+            "alignment; raise coregistration.max_error to accept such pairs uncorrected, or pick "
+            "another coregistration.band",
+        )
     if magnitude > cfg.max_shift_px:
         return _quarantine(
             sample,
@@ -250,7 +260,7 @@ def coregister(sample: Sample, cfg: CoregConfig, *, band_index: int) -> Sample |
             f"error={error:.3f}), more than coregistration.max_shift_px={cfg.max_shift_px}; "
             "raise coregistration.max_shift_px to correct it anyway",
         )
-    applied = magnitude >= cfg.min_shift_px and error <= cfg.max_error
+    applied = magnitude >= cfg.min_shift_px
     after = sample.after
     residual = magnitude
     if applied:
@@ -271,12 +281,9 @@ def coregister(sample: Sample, cfg: CoregConfig, *, band_index: int) -> Sample |
         fix = "raise coregistration.max_residual_px to keep it"
         if applied:
             why = "after correction"
-        elif magnitude < cfg.min_shift_px:
+        else:
             why = f"uncorrected (below coregistration.min_shift_px={cfg.min_shift_px})"
             fix = "lower coregistration.min_shift_px to correct it, or " + fix
-        else:
-            why = f"uncorrected (error={error:.3f} > coregistration.max_error={cfg.max_error})"
-            fix = "raise coregistration.max_error to apply the estimate, or " + fix
         return _quarantine(
             sample,
             "residual_too_large",

@@ -159,7 +159,7 @@ def plan_jobs(cfg: BuildConfig) -> list[TileJob]:
                         crs=f"EPSG:{epsg}",
                         transform=(res, 0.0, col * size, 0.0, -res, (row + 1) * size),
                         shape=(n, n),
-                        bbox_lonlat=tuple(float(v) for v in lonlat),  # type: ignore[arg-type]
+                        bbox_lonlat=(lonlat[0], lonlat[1], lonlat[2], lonlat[3]),
                         t0_window=t0,
                         t1_window=t1,
                         region=region,
@@ -175,11 +175,15 @@ def block_id(cell_id: str, block_cells: int) -> str:
 
 
 def split_of_block(block: str, cfg: SplitConfig) -> str:
-    """Split of a block: a hash of (seed, block) in [0, 1) against cumulative fractions."""
+    """Split of a block: a hash of (seed, block) in [0, 1) against cumulative fractions.
+
+    Splits are walked in sorted name order, never in the order the mapping was written: the
+    config hash sorts keys, so two files that differ only in key order must split alike.
+    """
     digest = hashlib.sha256(f"{cfg.seed}:{block}".encode()).digest()
     u = int.from_bytes(digest[:8], "big") / 2**64
     acc = 0.0
-    names = list(cfg.fractions)
+    names = sorted(cfg.fractions)
     for name in names:
         acc += cfg.fractions[name]
         if u < acc:

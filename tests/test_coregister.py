@@ -231,14 +231,14 @@ def test_coregister_does_not_apply_a_shift_below_min_shift() -> None:
     assert out.coreg.residual_px == pytest.approx(magnitude)
 
 
-def test_coregister_residual_too_large_when_the_estimate_is_not_trusted() -> None:
+def test_coregister_quarantines_an_untrusted_estimate() -> None:
     before, after = shifted_pair((0.3, -1.7))
-    cfg = CoregConfig(max_error=1e-6)  # nothing passes: the shift is not applied
+    cfg = CoregConfig(max_error=1e-6)  # no estimate is trusted
     out = coregister(make_sample(before, after), cfg, band_index=1)
-    assert isinstance(out, QuarantineRecord) and out.reason == "residual_too_large"
+    assert isinstance(out, QuarantineRecord) and out.reason == "coreg_unreliable"
     assert "error=" in out.detail and "> coregistration.max_error=1e-06" in out.detail
     assert "raise coregistration.max_error" in out.detail
-    assert "coregistration.max_residual_px=0.5" in out.detail
+    assert "dy=-0.30, dx=+1.70" in out.detail  # the estimate is still reported
 
 
 def test_coregister_fails_without_texture() -> None:

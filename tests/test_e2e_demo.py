@@ -145,6 +145,18 @@ def test_verify_passes_then_fails_after_one_flipped_byte(demo: tuple[DemoCatalog
     assert cli.returncode == 1 and shard.name in cli.stderr
 
 
+def assert_same_release(got: Path, expected: Path) -> None:
+    """Byte-identical shards and files; on failure, show how the manifests differ."""
+    import difflib
+
+    a, b = _snapshot(got), _snapshot(expected)
+    if a != b:
+        diff = difflib.unified_diff(
+            b["manifest.json"].splitlines(), a["manifest.json"].splitlines(), lineterm="", n=2
+        )
+        raise AssertionError("releases differ:\n" + "\n".join(diff))
+
+
 def _snapshot(release: Path) -> dict[str, str]:
     manifest = json.loads((release / "manifest.json").read_text())
     files = {s["path"]: s["sha256"] for s in manifest["shards"]}
@@ -156,7 +168,7 @@ def _snapshot(release: Path) -> dict[str, str]:
 def test_same_config_builds_byte_identical_shards(demo: tuple[DemoCatalog, BuildResult], tmp_path: Path) -> None:
     cat, result = demo
     again = build(demo_config(cat, tmp_path / "again", runner={"name": "inprocess"}), mode="fresh", progress=False)
-    assert _snapshot(again.release_dir) == _snapshot(result.release_dir)
+    assert_same_release(again.release_dir, result.release_dir)
 
 
 def test_sigkill_then_resume_gives_the_same_release(demo: tuple[DemoCatalog, BuildResult], tmp_path: Path) -> None:
@@ -192,7 +204,7 @@ def test_sigkill_then_resume_gives_the_same_release(demo: tuple[DemoCatalog, Bui
 
     resumed = build(load_config(cfg_file), mode="resume", progress=False)
     assert resumed.resumed_cells >= done
-    assert _snapshot(resumed.release_dir) == _snapshot(result.release_dir)
+    assert_same_release(resumed.release_dir, result.release_dir)
 
 
 def test_fresh_build_refuses_a_non_empty_release(demo: tuple[DemoCatalog, BuildResult]) -> None:

@@ -108,6 +108,8 @@ def test_splits_are_per_block_and_follow_fractions() -> None:
     assert shares["test"] / len(cells) == pytest.approx(0.1, abs=0.03)
     other_seed = assign_splits(cells, cfg.model_copy(update={"seed": 1}))
     assert other_seed != splits
+    reordered = SplitConfig(block_cells=2, fractions={"test": 0.1, "val": 0.1, "train": 0.8})
+    assert assign_splits(cells, reordered) == splits  # key order in the file does not matter
 
 
 def test_geojson_regions(tmp_path: Path) -> None:
