@@ -74,7 +74,11 @@ def test_release_reads_with_plain_webdataset(demo: tuple[DemoCatalog, BuildResul
         assert Image.open(io.BytesIO(s["after.png"])).mode == "RGB"
         assert Image.open(io.BytesIO(s["mask.png"])).size == (meta.shape[1], meta.shape[0])
         assert len(json.loads(s["captions.json"])) >= 5
-        assert {q["type"] for q in json.loads(s["qa.json"])} >= {"has_change", "change_ratio", "count_regions"}
+        assert {q["type"] for q in json.loads(s["qa.json"])} >= {
+            "has_change",
+            "change_ratio",
+            "count_regions",
+        }
     assert crs_seen == {"EPSG:32631", "EPSG:32632"}  # cells on both zones' grids
 
 
@@ -91,7 +95,9 @@ def _truth_codes(meta: SampleMeta, truth: Any) -> np.ndarray:
         shapes.append((geom, transition_code(change["from_class"], change["to_class"])))
     if not shapes:
         return np.zeros(meta.shape, np.uint8)
-    return rasterize(shapes, out_shape=meta.shape, transform=Affine(*meta.transform), fill=0, dtype="uint8")
+    return rasterize(
+        shapes, out_shape=meta.shape, transform=Affine(*meta.transform), fill=0, dtype="uint8"
+    )
 
 
 def test_masks_match_the_generators_truth(demo: tuple[DemoCatalog, BuildResult]) -> None:
@@ -109,7 +115,9 @@ def test_masks_match_the_generators_truth(demo: tuple[DemoCatalog, BuildResult])
         both = (mask > 0) & (expected > 0)
         if both.any():
             changed_samples += 1
-            assert float((mask[both] == expected[both]).mean()) >= 0.99, meta.key  # right transition
+            assert float((mask[both] == expected[both]).mean()) >= 0.99, (
+                meta.key
+            )  # right transition
         assert meta.facts.changed_pixels == int((mask > 0).sum())
     assert changed_samples >= 3
 
@@ -129,7 +137,9 @@ def test_coregistration_recovers_the_known_shifts(demo: tuple[DemoCatalog, Build
     assert max(errors) < 0.15, errors
 
 
-def test_verify_passes_then_fails_after_one_flipped_byte(demo: tuple[DemoCatalog, BuildResult], tmp_path: Path) -> None:
+def test_verify_passes_then_fails_after_one_flipped_byte(
+    demo: tuple[DemoCatalog, BuildResult], tmp_path: Path
+) -> None:
     _, result = demo
     assert verify_release(result.release_dir).ok
     copy = tmp_path / "release"
@@ -141,7 +151,11 @@ def test_verify_passes_then_fails_after_one_flipped_byte(demo: tuple[DemoCatalog
     check = verify_release(copy)
     assert not check.ok
     assert any(shard.name in p for p in check.problems)
-    cli = subprocess.run([sys.executable, "-m", "geodelta.pipelines.cli", "verify", str(copy)], capture_output=True, text=True)
+    cli = subprocess.run(
+        [sys.executable, "-m", "geodelta.pipelines.cli", "verify", str(copy)],
+        capture_output=True,
+        text=True,
+    )
     assert cli.returncode == 1 and shard.name in cli.stderr
 
 
@@ -165,13 +179,21 @@ def _snapshot(release: Path) -> dict[str, str]:
     return files
 
 
-def test_same_config_builds_byte_identical_shards(demo: tuple[DemoCatalog, BuildResult], tmp_path: Path) -> None:
+def test_same_config_builds_byte_identical_shards(
+    demo: tuple[DemoCatalog, BuildResult], tmp_path: Path
+) -> None:
     cat, result = demo
-    again = build(demo_config(cat, tmp_path / "again", runner={"name": "inprocess"}), mode="fresh", progress=False)
+    again = build(
+        demo_config(cat, tmp_path / "again", runner={"name": "inprocess"}),
+        mode="fresh",
+        progress=False,
+    )
     assert_same_release(again.release_dir, result.release_dir)
 
 
-def test_sigkill_then_resume_gives_the_same_release(demo: tuple[DemoCatalog, BuildResult], tmp_path: Path) -> None:
+def test_sigkill_then_resume_gives_the_same_release(
+    demo: tuple[DemoCatalog, BuildResult], tmp_path: Path
+) -> None:
     cat, result = demo
     out = tmp_path / "killed"
     cfg_file = tmp_path / "demo.yaml"
