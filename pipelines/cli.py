@@ -59,7 +59,12 @@ def _run_build(cfg: Any, mode: str, progress: bool) -> Any:
     from geodelta.sources.catalog import CatalogError
 
     try:
-        return build(cfg, mode=mode, progress=progress)  # type: ignore[arg-type]
+        return build(
+            cfg,
+            mode=mode,  # type: ignore[arg-type]
+            progress=progress,
+            on_stage=(lambda name: console.print(f"[bold cyan]>[/] {name}")) if progress else None,
+        )
     except (BuildError, PlanError, CatalogError) as exc:
         raise _fail(str(exc)) from None
 

@@ -18,6 +18,7 @@ import os
 import uuid
 from collections import defaultdict
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -26,22 +27,13 @@ from PIL import Image
 from geodelta.pipelines.release import SAMPLES_TABLE, iter_tar_samples, read_manifest
 from geodelta.schemas import ReleaseManifest
 from geodelta.schemas.classes import BINARY_CHANGE, N_CLASSES
+from geodelta.schemas.records import QuarantineStage
 
 REPORT_DIR = "report"
 REPORT_FILE = "index.html"
 
 #: Pipeline order of the quarantine stages (unknown stages sort after these).
-STAGE_ORDER = (
-    "plan",
-    "search",
-    "pair",
-    "load",
-    "coregister",
-    "label",
-    "annotate",
-    "validate",
-    "shard",
-)
+STAGE_ORDER: tuple[str, ...] = get_args(QuarantineStage)
 
 #: Colour of changed pixels in the mask preview, by the class they changed *to* (index 1..11).
 _TO_CLASS_RGB: tuple[tuple[int, int, int], ...] = (

@@ -50,15 +50,6 @@ def _key_of(record: Any) -> tuple[str, str]:
 class Worker:
     """Runs the stages for one config; holds per-worker resources, made lazily once."""
 
-    STAGES: tuple[QuarantineStage, ...] = (
-        "pair",
-        "load",
-        "coregister",
-        "label",
-        "annotate",
-        "validate",
-    )
-
     def __init__(self, cfg: BuildConfig, *, code_version: str) -> None:
         self.cfg = cfg
         self.code_version = code_version

@@ -235,3 +235,30 @@ def test_fresh_build_refuses_a_non_empty_release(demo: tuple[DemoCatalog, BuildR
     cat, result = demo
     with pytest.raises(BuildError, match="--resume"):
         build(demo_config(cat, result.release_dir), mode="fresh", progress=False)
+
+
+def test_a_broken_raster_quarantines_its_cells_and_the_run_goes_on(
+    demo: tuple[DemoCatalog, BuildResult], tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq
+
+    cat, _ = demo
+    broken = tmp_path / "catalog"
+    shutil.copytree(cat.root, broken)
+    victims = sorted(broken.rglob("*UTM31_2021*/B08*.tif"))
+    assert victims, "expected after-scene B08 COGs of the zone-31 tile"
+    for path in victims:
+        path.write_bytes(b"this is not a GeoTIFF" * 10)
+    bad = DemoCatalog(
+        root=broken,
+        catalog_path=broken / "catalog.json",
+        aoi_bbox=cat.aoi_bbox,
+        truth_dir=broken / "truth",
+    )
+    out = build(demo_config(bad, tmp_path / "release", runner={"name": "inprocess"}), mode="fresh", progress=False)
+    rows = pq.read_table(out.release_dir / "quarantine.parquet").to_pylist()
+    read_errors = [r for r in rows if r["reason"] == "read_error"]
+    assert read_errors and all(r["stage"] == "load" for r in read_errors)
+    assert all("B08" in r["detail"] for r in read_errors)
+    assert out.samples + out.quarantined == out.cells  # nothing lost
+    assert out.samples > 0 and verify_release(out.release_dir).ok  # the rest of the run went on
