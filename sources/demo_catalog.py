@@ -1004,7 +1004,9 @@ def _collection(
         title=title,
         description=f"{title}. {_SYNTHETIC_NOTE}",
         extent=pystac.Extent(
-            pystac.SpatialExtent([[*bboxes[:, :2].min(axis=0), *bboxes[:, 2:].max(axis=0)]]),
+            pystac.SpatialExtent(
+                [[float(v) for v in (*bboxes[:, :2].min(axis=0), *bboxes[:, 2:].max(axis=0))]]
+            ),
             pystac.TemporalExtent([[times[0], times[-1]]]),
         ),
         license="CC0-1.0",
