@@ -9,6 +9,7 @@ empty list means consistent.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 
@@ -16,7 +17,14 @@ from geodelta.schemas import ChangeFacts, QAItem, TransitionStat
 from geodelta.schemas.classes import CLASS_LABELS
 from geodelta.schemas.records import change_ratio_bin
 
-__all__ = ["check_captions", "check_qa_item", "is_no_change_caption", "mentioned_classes"]
+__all__ = [
+    "check_captions",
+    "check_qa_item",
+    "check_text",
+    "is_no_change_caption",
+    "mentioned_classes",
+    "mentioned_classes_free",
+]
 
 _YES_NO = {"yes", "no"}
 _POSITIONS = {
@@ -313,7 +321,11 @@ def _percent_candidates(facts: ChangeFacts) -> list[float]:
 
 
 def check_captions(
-    captions: Sequence[str], facts: ChangeFacts, *, no_change_epsilon: float = 0.0
+    captions: Sequence[str],
+    facts: ChangeFacts,
+    *,
+    no_change_epsilon: float = 0.0,
+    strict: bool = False,
 ) -> list[str]:
     """Basic claims of captions against the facts.
 
@@ -326,10 +338,17 @@ def check_captions(
         captions: the captions of one sample.
         facts: the facts of the sample.
         no_change_epsilon: changed fractions at or below this read as "no change".
+        strict: also apply :func:`check_text` to each caption (free-form text, e.g. from an
+            LLM): every number, class name (synonyms too), direction and location word.
 
     Returns:
         Complaints, each starting with the caption's index; ``[]`` when all claims hold.
     """
+    if strict:
+        out = check_captions(captions, facts, no_change_epsilon=no_change_epsilon)
+        for i, caption in enumerate(captions):
+            out += [f"caption {i}: {m}" for m in check_text(caption, facts, role="claim")]
+        return list(dict.fromkeys(out))
     changed = _changed(facts, no_change_epsilon)
     allowed = (
         set()
@@ -370,3 +389,331 @@ def check_captions(
             if n != facts.n_regions:
                 out.append(f"caption {i}: {m.group(0)!r} but facts have {facts.n_regions} regions")
     return out
+
+
+# --- free-form text (LLM captions, questions and answers) ---------------------------------
+
+#: Other words for the classes; an LLM does not keep to the labels.
+CLASS_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "tree_cover": ("forest", "forests", "forested", "woodland", "woodlands", "woods", "trees"),
+    "shrubland": ("shrub", "shrubs", "scrub", "scrubland", "bushes"),
+    "grassland": ("grass", "grasses", "meadow", "meadows", "pasture", "pastures"),
+    "cropland": (
+        "crops",
+        "farmland",
+        "farmlands",
+        "agricultural land",
+        "arable land",
+        "cultivated land",
+    ),
+    "built_up": (
+        "built-up",
+        "built up",
+        "buildings",
+        "urban",
+        "settlement",
+        "settlements",
+        "houses",
+    ),
+    "bare": ("bare soil", "bare land", "barren land", "bare ground"),
+    "snow_ice": ("snow", "ice", "glacier", "glaciers"),
+    "water": ("water body", "water bodies", "lake", "lakes", "river", "rivers", "reservoir"),
+    "wetland": ("wetlands", "marsh", "marshes", "swamp", "swamps"),
+    "mangroves": ("mangrove",),
+    "moss_lichen": ("moss", "lichen", "lichens"),
+}
+
+#: Position words (and their spellings) -> the 3x3 grid position they name.
+_POSITION_WORDS: dict[str, str] = {}
+for _p in sorted(_POSITIONS):
+    _POSITION_WORDS[_p] = _p
+    if "-" in _p:
+        a, b = _p.split("-")
+        _POSITION_WORDS[f"{a}{b}"] = _p
+        _POSITION_WORDS[f"{a} {b}"] = _p
+        _POSITION_WORDS[f"{a}-{b}ern"] = _p
+        _POSITION_WORDS[f"{a}{b}ern"] = _p
+    elif _p != "centre":
+        _POSITION_WORDS[f"{_p}ern"] = _p
+_POSITION_WORDS.update({"center": "centre", "central": "centre", "middle": "centre"})
+_POSITION_RE = re.compile(
+    r"(?<![\w-])("
+    + "|".join(re.escape(w) for w in sorted(_POSITION_WORDS, key=len, reverse=True))
+    + r")(?![\w-])",
+    re.IGNORECASE,
+)
+
+_NUM_RE = re.compile(r"(?<![\w.,])(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)(?![\w])")
+_UNITS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("%", re.compile(r"\s*(?:%|per\s*cent\b|percent\b)", re.IGNORECASE)),
+    ("ha", re.compile(r"\s*(?:ha|hectares?)\b", re.IGNORECASE)),
+    ("km2", re.compile(r"\s*(?:km2|km²|sq\.?\s*km|square\s+kilomet(?:er|re)s?)", re.IGNORECASE)),
+    ("m2", re.compile(r"\s*(?:m2|m²|sq\.?\s*m\b|square\s+met(?:er|re)s?)", re.IGNORECASE)),
+    ("px", re.compile(r"\s*(?:pixels?|px)\b", re.IGNORECASE)),
+    (
+        "regions",
+        re.compile(
+            r"\s+(?:[a-z-]+\s+)?(?:regions?|patch(?:es)?|areas?|spots?|places?|zones?|sites?"
+            r"|clusters?|parts?)\b",
+            re.IGNORECASE,
+        ),
+    ),
+    ("two", re.compile(r"\s+(?:images|dates|acquisitions|scenes|times)\b", re.IGNORECASE)),
+)
+
+_UP_NET = (
+    r"increased|increases|increasing|grew|grown|grows|growing|expanded|expands|expanding|"
+    r"rose|risen|rises|spread|extended"
+)
+_DOWN_NET = (
+    r"decreased|decreases|decreasing|shrank|shrunk|shrinks|shrinking|declined|declines|"
+    r"declining|contracted|receded|diminished|dropped|fell"
+)
+_UP_GROSS = r"gained|appeared|appears|emerged|emerges|came up|was built|were built|was added"
+_DOWN_GROSS = (
+    r"lost|loses|losing|disappeared|disappears|vanished|was cleared|were cleared|"
+    r"was removed|were removed|was replaced|were replaced|being replaced|gave way|giving way|"
+    r"ceded|gave up"
+)
+_UP_NOUN_NET = r"increase|growth|expansion|rise|more"
+_DOWN_NOUN_NET = r"decrease|decline|reduction|shrinkage|shrinking|less|fewer"
+_UP_NOUN_GROSS = r"new|additional|gain|emergence"
+_DOWN_NOUN_GROSS = r"loss|removal|disappearance|clearing"
+_TRANSITION_VERBS = re.compile(
+    r"\b(?:became|become|becomes|becoming|turned|turning|turns|converted|converting|changed|"
+    r"changing|changes|gave\s+way|giving\s+way|replaced|lost|ceded|gave\s+up|went|going|"
+    r"transformed|transitioned|shifted)\b",
+    re.IGNORECASE,
+)
+
+
+_BECAME_RE = re.compile(
+    r"\s+(?:has\s+|have\s+|had\s+|partly\s+|mostly\s+|largely\s+)*"
+    r"(?:become|became|becomes|becoming|turned|turning|converted|changing|changed)\s+"
+    r"(?:the\s+|some\s+|an?\s+)?",
+    re.IGNORECASE,
+)
+
+
+def _class_patterns() -> list[tuple[str, str]]:
+    """(phrase, class) pairs, longest phrase first."""
+    pairs: list[tuple[str, str]] = []
+    for name, label in CLASS_LABELS.items():
+        if name == "unknown":
+            continue
+        for phrase in {label, name.replace("_", " "), *CLASS_SYNONYMS.get(name, ())}:
+            pairs.append((phrase.lower(), name))
+    return sorted(set(pairs), key=lambda p: (-len(p[0]), p[0]))
+
+
+_CLASS_PHRASES = _class_patterns()
+_CLASS_RE = re.compile(
+    r"(?<![\w-])(" + "|".join(re.escape(p) for p, _ in _CLASS_PHRASES) + r")(?![\w-])",
+    re.IGNORECASE,
+)
+_PHRASE_CLASS = dict(_CLASS_PHRASES)
+
+
+def mentioned_classes_free(text: str) -> list[tuple[str, int, int]]:
+    """Classes named in free text, by label, machine name or synonym: ``(class, start, end)``.
+
+    Longer phrases win ("built-up area" is one mention, not "built-up" and "area").
+    """
+    return [
+        (_PHRASE_CLASS[m.group(1).lower()], m.start(), m.end()) for m in _CLASS_RE.finditer(text)
+    ]
+
+
+_LAST_QUANTITIES: list[tuple[ChangeFacts, dict[str, list[float]], list[float]]] = []
+
+
+def _quantities_of(facts: ChangeFacts) -> tuple[dict[str, list[float]], list[float]]:
+    """:func:`_quantities` and their union, memoised for the last facts seen.
+
+    One sample's captions and questions are checked one after the other, so the quantities of
+    the same facts are needed many times in a row.
+    """
+    last = _LAST_QUANTITIES[-1] if _LAST_QUANTITIES else None
+    if last is not None and last[0] is facts:
+        return last[1], last[2]
+    quantities = _quantities(facts)
+    bare = sorted({v for k, vs in quantities.items() if k != "two" for v in vs})
+    _LAST_QUANTITIES[:] = [(facts, quantities, bare)]
+    return quantities, bare
+
+
+def _quantities(facts: ChangeFacts) -> dict[str, list[float]]:
+    """Every quantity a text may state, per unit."""
+    px_counts = [float(facts.changed_pixels), float(facts.valid_pixels)]
+    px_counts += [float(t.pixels) for t in facts.transitions]
+    px_counts += [float(c.pixels) for c in facts.components]
+    for cls in set(facts.class_pixels_before) | set(facts.class_pixels_after):
+        before = facts.class_pixels_before.get(cls, 0)
+        after = facts.class_pixels_after.get(cls, 0)
+        px_counts += [float(before), float(after), float(abs(after - before))]
+    m2 = [v * facts.pixel_area_m2 for v in px_counts]
+    return {
+        "%": _percent_candidates(facts),
+        "ha": [v / 10_000.0 for v in m2],
+        "km2": [v / 1_000_000.0 for v in m2],
+        "m2": m2,
+        "px": px_counts,
+        "regions": [float(facts.n_regions)],
+        "two": [2.0],
+    }
+
+
+def _check_numbers(text: str, facts: ChangeFacts) -> list[str]:
+    out = []
+    quantities, bare = _quantities_of(facts)
+    for m in _NUM_RE.finditer(text):
+        written = m.group(1).replace(",", "")
+        rest = text[m.end() :]
+        unit, suffix = None, ""
+        for name, rx in _UNITS:
+            um = rx.match(rest)
+            if um is not None:
+                unit, suffix = name, um.group(0)
+                break
+        if unit is None:
+            if not _matches(written, bare):
+                out.append(f"the number {m.group(1)} matches no quantity of the facts")
+        elif not _matches(written, quantities[unit]):
+            label = {"two": "count of images", "regions": "region count"}.get(unit, unit)
+            out.append(
+                f"{(m.group(1) + suffix).strip()!r}: {m.group(1)} matches no {label} of the "
+                f"facts ({unit}: {_fmt(quantities[unit])})"
+            )
+    for m in _REGIONS_RE.finditer(text):
+        word = m.group(1).lower()
+        if word.isdigit() or (m.group(2) or "").lower() in _UNIT_WORDS:
+            continue  # digits were checked above
+        if _WORDS[word] != facts.n_regions:
+            out.append(f"{m.group(0)!r} but the facts have {facts.n_regions} regions")
+    return out
+
+
+def _direction_claims(text: str) -> list[tuple[str, str, bool]]:
+    """(class, 'up'|'down', net) claims: "tree cover decreased", "new built-up area", ..."""
+    claims: list[tuple[str, str, bool]] = []
+    for cls, start, end in mentioned_classes_free(text):
+        after = text[end:]
+        # "<class> [has|have|was ...] [adverb] <verb>" with no comma or other class between
+        m = re.match(
+            r"\s+(?:(?:has|have|had|was|were|is|are|also|then|clearly|slightly|strongly|"
+            r"significantly|markedly|notably|sharply|mostly|partly|\w+ly)\s+){0,3}(\w+(?:\s+\w+)?)",
+            after,
+            re.IGNORECASE,
+        )
+        if m is not None:
+            words = m.group(1).lower()
+            first = words.split()[0]
+            for rx, direction, net in (
+                (_UP_NET, "up", True),
+                (_DOWN_NET, "down", True),
+                (_UP_GROSS, "up", False),
+                (_DOWN_GROSS, "down", False),
+            ):
+                if re.fullmatch(rx, words) or re.fullmatch(rx, first):
+                    claims.append((cls, direction, net))
+                    break
+        before = text[:start].lower()
+        m = re.search(r"(\w+)\s+(?:(?:of|in)\s+)?(?:the\s+)?(?:\w+\s+)?$", before)
+        if m is not None and not re.search(r"[,;.]", before[m.start() :]):
+            word = m.group(1)
+            for rx, direction, net in (
+                (_UP_NOUN_NET, "up", True),
+                (_DOWN_NOUN_NET, "down", True),
+                (_UP_NOUN_GROSS, "up", False),
+                (_DOWN_NOUN_GROSS, "down", False),
+            ):
+                if re.fullmatch(rx, word):
+                    claims.append((cls, direction, net))
+                    break
+    return claims
+
+
+def _transition_claims(text: str) -> list[tuple[str, str]]:
+    """(from, to) claims: "tree cover became built-up area", "from A to B", "A to B"."""
+    mentions = mentioned_classes_free(text)
+    out = []
+    for (a, _, a_end), (b, b_start, _) in itertools.pairwise(mentions):
+        gap = text[a_end:b_start]
+        if re.search(r"[,;.()]", gap) or len(gap.split()) > 8:
+            continue
+        if _BECAME_RE.fullmatch(gap):
+            if a != b:
+                out.append((a, b))
+            continue
+        if not re.search(r"\b(?:to|into|by)\s+(?:the\s+|some\s+|an?\s+)?$", gap, re.IGNORECASE):
+            continue
+        if a != b and (gap.strip().lower() in ("to", "into") or _TRANSITION_VERBS.search(gap)):
+            out.append((a, b))
+    return out
+
+
+def check_text(text: str, facts: ChangeFacts, *, role: str = "claim") -> list[str]:
+    """Every checkable statement of one free-form text against the facts.
+
+    Checked: every number (with its unit: %, ha, km², m², pixels, regions; a bare number must
+    equal some quantity of the facts at the precision written); every class named, also by a
+    synonym ("forest", "urban", ...), must be part of the facts (of a transition, for a
+    ``claim``); every increase/decrease said of a class must match its pixel counts (net words
+    such as "increased" against the totals, gross words such as "new" or "lost" against the
+    transitions); every "A became B" must be a transition; every location word must be the
+    position of a changed region.
+
+    Args:
+        text: a caption, or a question (``role="question"``: directions are not claims there).
+        facts: the facts of the sample.
+        role: ``"claim"`` (captions, answers) or ``"question"``.
+
+    Returns:
+        Complaints; ``[]`` when every claim holds.
+    """
+    out = _check_numbers(text, facts)
+    in_transitions = {c for t in facts.transitions for c in (t.from_class, t.to_class)}
+    present = (
+        in_transitions
+        | {c for c, n in facts.class_pixels_before.items() if n}
+        | {c for c, n in facts.class_pixels_after.items() if n}
+    )
+    allowed = set() if facts.binary else (in_transitions if role == "claim" else present)
+    for cls in dict.fromkeys(c for c, _, _ in mentioned_classes_free(text)):
+        if cls not in allowed:
+            out.append(
+                f"names {_label(cls)}, which is not "
+                + ("part of any transition" if role == "claim" else "in the tile")
+                + f" (allowed: {', '.join(sorted(_label(c) for c in allowed)) or 'none'})"
+            )
+    positions = {c.position for c in facts.components}
+    for m in _POSITION_RE.finditer(text):
+        pos = _POSITION_WORDS[m.group(1).lower()]
+        if pos not in positions:
+            out.append(
+                f"location {m.group(1)!r} but changed regions lie in "
+                f"{', '.join(sorted(positions)) or 'no part of the tile'}"
+            )
+    if role != "claim" or facts.binary:
+        return out
+    gains = {t.to_class for t in facts.transitions}
+    losses = {t.from_class for t in facts.transitions}
+    for cls, direction, net in _direction_claims(text):
+        before = facts.class_pixels_before.get(cls, 0)
+        after = facts.class_pixels_after.get(cls, 0)
+        if direction == "up":
+            ok = after > before if net else (cls in gains or after > before)
+        else:
+            ok = after < before if net else (cls in losses or after < before)
+        if not ok:
+            word = "increase" if direction == "up" else "decrease"
+            out.append(
+                f"says {_label(cls)} {'' if net else 'locally '}{word}d but it went from "
+                f"{before} to {after} pixels"
+                + ("" if net else f" and {'gained' if direction == 'up' else 'lost'} no area")
+            )
+    pairs = {(t.from_class, t.to_class) for t in facts.transitions}
+    for a, b in _transition_claims(text):
+        if (a, b) not in pairs:
+            out.append(f"says {_label(a)} became {_label(b)}, which is no transition of the facts")
+    return list(dict.fromkeys(out))

@@ -101,7 +101,9 @@ def build(
     from geodelta.pipelines.report import write_report
     from geodelta.pipelines.runners import run_jobs
     from geodelta.pipelines.staging import Staging
+    from geodelta.sources.profiles import apply_defaults
 
+    cfg = apply_defaults(cfg)  # keys left out of the file, from the collections' profiles
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     release_dir = Path(cfg.resolve(cfg.output.dir))

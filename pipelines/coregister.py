@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.registration import phase_cross_correlation
+from scipy.fft import fftfreq, fftn, ifftn
 
 from geodelta.pipelines.sample import Sample
 from geodelta.schemas import CoregResult, QuarantineRecord
@@ -63,13 +64,17 @@ def _gradient(image: np.ndarray, name: str) -> np.ndarray:
             "too_few_valid",
             f"{name} image has too few valid pixels (min={_MIN_VALID_PX}, actual={n_valid})",
         )
-    values = image[valid]
-    filled = np.where(valid, image, np.median(values)).astype(np.float64)
+    all_valid = n_valid == valid.size
+    values = image.ravel() if all_valid else image[valid]
+    if all_valid:  # nothing to fill (and no median to sort for)
+        filled = image.astype(np.float64)
+    else:
+        filled = np.where(valid, image, np.median(values)).astype(np.float64)
     grad = ndi.gaussian_gradient_magnitude(filled, GRADIENT_SIGMA)
     bad = ~valid
-    if bad.any():
+    if not all_valid:
         bad = ndi.binary_dilation(bad, iterations=_INVALID_MARGIN_PX)
-    good = grad[~bad]
+    good = grad.ravel() if all_valid else grad[~bad]
     scale = 1.0 + float(np.abs(values).max())
     spread = float(good.std()) if good.size else 0.0
     if good.size < _MIN_VALID_PX or spread <= 1e-9 * scale:
@@ -79,8 +84,17 @@ def _gradient(image: np.ndarray, name: str) -> np.ndarray:
             "away from no-data)",
         )
     grad -= good.mean()
-    grad[bad] = 0.0
-    return grad * np.outer(_taper(grad.shape[0]), _taper(grad.shape[1]))
+    if not all_valid:
+        grad[bad] = 0.0
+    return grad * _window(grad.shape[0], grad.shape[1])
+
+
+@lru_cache(maxsize=8)
+def _window(height: int, width: int) -> np.ndarray:
+    """The 2-D taper of an image shape (read-only, cached: every cell has the same shape)."""
+    window = np.outer(_taper(height), _taper(width))
+    window.flags.writeable = False
+    return window
 
 
 def _taper(n: int) -> np.ndarray:
@@ -130,13 +144,87 @@ def estimate_shift(
         raise CoregistrationError(
             "bad_input", f"upsample_factor must be >= 1 (actual={upsample_factor})"
         )
-    shift, error, _ = phase_cross_correlation(
-        _gradient(ref, "reference"),
-        _gradient(mov, "moving"),
-        upsample_factor=upsample_factor,
-        normalization=None,
-    )
-    return (float(shift[0]), float(shift[1])), float(error)
+    return _Reference(ref).estimate(mov, upsample_factor)
+
+
+class _Reference:
+    """A reference image prepared once (gradient and its spectrum) for several estimates.
+
+    :func:`coregister` estimates twice against the same reference (the shift, then the residual
+    after applying it), so the reference's gradient and FFT are computed once.
+    """
+
+    def __init__(self, reference: np.ndarray) -> None:
+        self.shape = reference.shape
+        self.freq = fftn(_gradient(reference, "reference"))
+        self.amp = float(np.sum(np.real(self.freq * self.freq.conj())))
+
+    def estimate(
+        self, moving: np.ndarray, upsample_factor: int
+    ) -> tuple[tuple[float, float], float]:
+        target = fftn(_gradient(moving, "moving"))
+        shift, error = _cross_correlate(self.freq, self.amp, target, upsample_factor)
+        return (float(shift[0]), float(shift[1])), float(error)
+
+
+def _cross_correlate(
+    src_freq: np.ndarray, src_amp: float, target_freq: np.ndarray, upsample_factor: int
+) -> tuple[np.ndarray, float]:
+    """Upsampled cross-correlation of two spectra: ``(shift, error)``.
+
+    The same arithmetic, operation for operation, as
+    :func:`skimage.registration.phase_cross_correlation` with ``normalization=None`` (so the
+    estimates are bit-identical to it), minus what a repeated reference makes redundant: the
+    reference spectrum and amplitude come in precomputed and the DFT kernels are cached.
+    """
+    shape = src_freq.shape
+    image_product = src_freq * target_freq.conj()
+    cross_correlation = ifftn(image_product)
+    maxima = np.unravel_index(np.argmax(np.abs(cross_correlation)), cross_correlation.shape)
+    midpoint = np.array([np.trunc(axis_size / 2) for axis_size in shape])
+    float_dtype = image_product.real.dtype
+    shift = np.stack(maxima).astype(float_dtype, copy=False)
+    shift[shift > midpoint] -= np.array(shape)[shift > midpoint]
+    if upsample_factor == 1:
+        cc_max = cross_correlation[maxima]
+        src_amp /= src_freq.size
+        target_amp = np.sum(np.real(target_freq * target_freq.conj())) / target_freq.size
+    else:
+        factor = np.array(upsample_factor, dtype=float_dtype)
+        shift = np.round(shift * factor) / factor
+        region = np.ceil(factor * 1.5)
+        dftshift = np.trunc(region / 2.0)
+        offsets = dftshift - shift * factor
+        data = image_product.conj()
+        for n_items, offset in list(zip(shape, offsets, strict=True))[::-1]:
+            kernel = _dft_kernel(n_items, int(region), float(factor), float(offset))
+            data = np.tensordot(kernel, data, axes=(1, -1))
+        cross_correlation = data.conj()
+        maxima = np.unravel_index(np.argmax(np.abs(cross_correlation)), cross_correlation.shape)
+        cc_max = cross_correlation[maxima]
+        peak = np.stack(maxima).astype(float_dtype, copy=False)
+        peak -= dftshift
+        shift += peak / factor
+        target_amp = np.sum(np.real(target_freq * target_freq.conj()))
+    for dim, size in enumerate(shape):
+        if size == 1:  # a shift along a length-1 axis has no effect
+            shift[dim] = 0
+    amp = src_amp * target_amp
+    if amp == 0 or np.isnan(cc_max) or np.isnan(amp):
+        return shift, math.nan
+    with np.errstate(invalid="ignore"):
+        error = 1.0 - cc_max * cc_max.conj() / amp
+    return shift, float(np.sqrt(np.abs(error)))
+
+
+@lru_cache(maxsize=64)
+def _dft_kernel(n_items: int, region: int, factor: float, offset: float) -> np.ndarray:
+    """One axis of the matrix-multiply DFT (skimage's ``_upsampled_dft``), cached."""
+    im2pi = 1j * 2 * np.pi
+    kernel = (np.arange(region) - offset)[:, None] * fftfreq(n_items, factor)
+    kernel = np.exp(-im2pi * kernel)
+    kernel.flags.writeable = False
+    return kernel
 
 
 def apply_shift(stack: np.ndarray, shift: tuple[float, float]) -> np.ndarray:
@@ -163,21 +251,73 @@ def apply_shift(stack: np.ndarray, shift: tuple[float, float]) -> np.ndarray:
             "bad_input", f"stack must be (C, H, W) (actual shape={arr.shape})"
         )
     dy, dx = float(shift[0]), float(shift[1])
+    valid = np.isfinite(arr)
+    whole = valid.all(axis=(1, 2))
+    if whole.all():
+        return _cubic_shift(arr, dy, dx)
     out = np.empty_like(arr)
-    for c, band in enumerate(arr):
-        valid = np.isfinite(band)
-        if not valid.any():
+    if whole.any():
+        out[whole] = _cubic_shift(arr[whole], dy, dx)
+    for c in np.flatnonzero(~whole):
+        band, ok = arr[c], valid[c]
+        if not ok.any():
             out[c] = np.nan
             continue
-        if valid.all():
-            out[c] = ndi.shift(band, (dy, dx), order=3, mode="nearest")
-            continue
-        nearest = ndi.distance_transform_edt(~valid, return_distances=False, return_indices=True)
+        nearest = ndi.distance_transform_edt(~ok, return_distances=False, return_indices=True)
         filled = band[tuple(nearest)]
-        shifted = ndi.shift(filled, (dy, dx), order=3, mode="nearest")
-        still_valid = ndi.shift(valid.astype(np.float32), (dy, dx), order=1, mode="nearest") >= 0.5
+        shifted = _cubic_shift(filled[np.newaxis], dy, dx)[0]
+        still_valid = ndi.shift(ok.astype(np.float32), (dy, dx), order=1, mode="nearest") >= 0.5
         out[c] = np.where(still_valid, shifted, np.nan)
     return out
+
+
+#: Edge padding :func:`scipy.ndimage.shift` adds before its spline prefilter (``mode='nearest'``).
+_SPLINE_PAD = 12
+
+
+def _cubic_weights(t: float) -> tuple[float, float, float, float]:
+    """Cubic B-spline weights of the four coefficients around a point at fraction ``t``."""
+    s = 1.0 - t
+    return (
+        s * s * s / 6.0,
+        (4.0 - 6.0 * t * t + 3.0 * t * t * t) / 6.0,
+        (1.0 + 3.0 * t + 3.0 * t * t - 3.0 * t * t * t) / 6.0,
+        t * t * t / 6.0,
+    )
+
+
+def _cubic_shift(stack: np.ndarray, dy: float, dx: float) -> np.ndarray:
+    """``scipy.ndimage.shift(band, (dy, dx), order=3, mode='nearest')`` for each band, faster.
+
+    The same spline (edge-padded, prefiltered in float64), evaluated separably: a shift is the
+    same for every pixel, so the four interpolation weights per axis are computed once instead
+    of per pixel (SciPy's generic path does the latter, ~2x slower on a 128 px cell). Outputs
+    match :func:`scipy.ndimage.shift` bit for bit (checked in tests/test_perf_equivalence.py).
+    Shifts beyond the padding go to SciPy itself.
+    """
+    if max(abs(dy), abs(dx)) > _SPLINE_PAD - 3:
+        return np.stack([ndi.shift(b, (dy, dx), order=3, mode="nearest") for b in stack])
+    count, height, width = stack.shape
+    pad = _SPLINE_PAD
+    # edge padding, straight into the float64 buffer the prefilter works in
+    coeffs = np.empty((count, height + 2 * pad, width + 2 * pad), dtype=np.float64)
+    coeffs[:, pad : pad + height, pad : pad + width] = stack
+    coeffs[:, :pad, pad : pad + width] = stack[:, :1]
+    coeffs[:, pad + height :, pad : pad + width] = stack[:, -1:]
+    coeffs[:, :, :pad] = coeffs[:, :, pad : pad + 1]
+    coeffs[:, :, pad + width :] = coeffs[:, :, pad + width - 1 : pad + width]
+    ndi.spline_filter1d(coeffs, 3, axis=1, output=coeffs, mode="nearest")
+    ndi.spline_filter1d(coeffs, 3, axis=2, output=coeffs, mode="nearest")
+    oy, ox = pad - dy, pad - dx
+    iy, ix = math.floor(oy) - 1, math.floor(ox) - 1
+    wy, wx = _cubic_weights(oy - math.floor(oy)), _cubic_weights(ox - math.floor(ox))
+    rows = wy[0] * coeffs[:, iy : iy + height]
+    for k in range(1, 4):
+        rows += wy[k] * coeffs[:, iy + k : iy + k + height]
+    out = wx[0] * rows[:, :, ix : ix + width]
+    for k in range(1, 4):
+        out += wx[k] * rows[:, :, ix + k : ix + k + width]
+    return out.astype(stack.dtype)
 
 
 def _quarantine(sample: Sample, reason: str, detail: str) -> QuarantineRecord:
@@ -220,13 +360,18 @@ def coregister(sample: Sample, cfg: CoregConfig, *, band_index: int) -> Sample |
             f"actual={band_index}); check coregistration.band against imagery.bands"
         )
     reference = sample.before[band_index]
+    if sample.after.shape != sample.before.shape:  # on different grids: a bug upstream
+        raise CoregistrationError(
+            "bad_input",
+            f"before and after stacks must be of one shape (actual={sample.before.shape} and "
+            f"{sample.after.shape})",
+        )
     try:
-        (dy, dx), error = estimate_shift(
-            reference, sample.after[band_index], upsample_factor=cfg.upsample_factor
+        prepared = _Reference(np.asarray(reference, dtype=np.float64))
+        (dy, dx), error = prepared.estimate(
+            np.asarray(sample.after[band_index], dtype=np.float64), cfg.upsample_factor
         )
     except CoregistrationError as exc:
-        if exc.reason == "bad_input":  # before/after stacks on different grids: a bug upstream
-            raise
         return _quarantine(
             sample,
             "coreg_failed",
@@ -266,8 +411,8 @@ def coregister(sample: Sample, cfg: CoregConfig, *, band_index: int) -> Sample |
     if applied:
         after = apply_shift(sample.after, (dy, dx))
         try:
-            (ry, rx), _ = estimate_shift(
-                reference, after[band_index], upsample_factor=cfg.upsample_factor
+            (ry, rx), _ = prepared.estimate(
+                np.asarray(after[band_index], dtype=np.float64), cfg.upsample_factor
             )
         except CoregistrationError as exc:
             return _quarantine(

@@ -163,12 +163,17 @@ def rgb_png(
     count = reflectance.shape[0]
     if any(not 0 <= i < count for i in rgb_idx):
         raise EncodeError(f"rgb band index out of range (bands={count}, actual={rgb_idx})")
-    rgb = np.stack([reflectance[i] for i in rgb_idx], axis=-1).astype(np.float64)
-    nan = ~np.isfinite(rgb).all(axis=-1)
-    scaled = np.clip(np.where(np.isfinite(rgb), rgb, 0.0) / max_reflectance, 0.0, 1.0)
-    out = np.rint(scaled * 255.0).astype(np.uint8)
-    out[nan] = 0
-    return _png(Image.fromarray(np.ascontiguousarray(out), mode="RGB"))
+    # band-first and in place: the same arithmetic, without (H, W, 3) temporaries
+    rgb = reflectance[list(rgb_idx)].astype(np.float64)
+    finite = np.isfinite(rgb)
+    rgb[~finite] = 0.0
+    rgb /= max_reflectance
+    np.clip(rgb, 0.0, 1.0, out=rgb)
+    rgb *= 255.0
+    np.rint(rgb, out=rgb)
+    out = rgb.astype(np.uint8)
+    out[:, ~finite.all(axis=0)] = 0
+    return _png(Image.fromarray(np.ascontiguousarray(out.transpose(1, 2, 0)), mode="RGB"))
 
 
 def index_png(arr: np.ndarray) -> bytes:
@@ -272,7 +277,26 @@ def build_meta(
         attribution=cfg.attribution,
         code_version=code_version,
         config_hash=config_hash,
+        **_baseline_fields(sample),
     )
+
+
+def _baseline_fields(sample: Sample) -> dict[str, Any]:
+    """The optional SampleMeta fields of the baseline change model (none without a model)."""
+    b = sample.baseline
+    if b is None:
+        return {}
+    return {"baseline_model": b.model_id, "fusion": b.fusion, "baseline_iou": b.iou}
+
+
+def meta_json(meta: SampleMeta) -> dict[str, Any]:
+    """The ``json`` member's data: optional fields that are None are left out.
+
+    Samples built without a baseline model therefore have exactly the bytes they had before
+    those fields existed, and read back to the same record (the fields default to None).
+    """
+    omit = {name for name in SampleMeta.OMIT_WHEN_NONE if getattr(meta, name) is None}
+    return meta.model_dump(mode="json", exclude=omit)
 
 
 def _check_arrays(sample: Sample, cfg: BuildConfig) -> None:
@@ -362,7 +386,7 @@ def encode_members(sample: Sample, meta: SampleMeta, cfg: BuildConfig) -> dict[s
         "mask.png": index_png(sample.mask),
         "lc_before.png": index_png(lc_before),
         "lc_after.png": index_png(lc_after),
-        "json": _json_bytes(meta.model_dump(mode="json")),
+        "json": _json_bytes(meta_json(meta)),
         "captions.json": _json_bytes(list(sample.annotation.captions)),
         "qa.json": _json_bytes([q.model_dump(mode="json") for q in sample.annotation.qa]),
     }

@@ -384,6 +384,7 @@ def label_from_landcover(
         facts=facts,
         label_source=source,
         label_items=items,
+        valid=valid,
     )
 
 
@@ -430,4 +431,5 @@ def label_from_change_mask(
         facts=facts,
         label_source=source,
         label_items=items,
+        valid=valid,
     )

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import lru_cache
+from typing import Any
 
 from geodelta.schemas import BuildConfig, QuarantineRecord, ScenePair, SceneRef, TileJob
+from geodelta.schemas.config import PairingConfig
 from geodelta.sources.catalog import SceneCatalog
 
 ClearFn = Callable[[SceneRef, TileJob], float | None]
@@ -29,13 +32,38 @@ def _quarantine(job: TileJob, reason: str, detail: str) -> QuarantineRecord:
     )
 
 
+#: id(geometry dict) -> (the dict, its buffered shapely footprint). Catalog scenes live as long as
+#: the worker, so each footprint is built once instead of once per cell; the dict is kept in the
+#: value so its id cannot be reused by another object while cached.
+_FOOTPRINTS: dict[int, tuple[dict[str, Any], Any]] = {}
+_FOOTPRINTS_MAX = 4096
+
+
+def _footprint(geometry: dict[str, Any]) -> Any:
+    from shapely.geometry import shape
+
+    hit = _FOOTPRINTS.get(id(geometry))
+    if hit is not None and hit[0] is geometry:
+        return hit[1]
+    footprint = shape(geometry).buffer(1e-9)
+    if len(_FOOTPRINTS) >= _FOOTPRINTS_MAX:
+        _FOOTPRINTS.clear()
+    _FOOTPRINTS[id(geometry)] = (geometry, footprint)
+    return footprint
+
+
+@lru_cache(maxsize=256)
+def _cell_box(bbox: tuple[float, float, float, float]) -> Any:
+    from shapely.geometry import box
+
+    return box(*bbox)
+
+
 def covers(scene: SceneRef, job: TileJob) -> bool:
     """Whether the scene's footprint covers the whole cell."""
-    from shapely.geometry import box, shape
-
-    cell = box(*job.bbox_lonlat)
+    cell = _cell_box(job.bbox_lonlat)
     if scene.geometry is not None:
-        return bool(shape(scene.geometry).buffer(1e-9).covers(cell))
+        return bool(_footprint(scene.geometry).covers(cell))
     x0, y0, x1, y1 = scene.bbox_lonlat
     return (
         x0 <= cell.bounds[0]
@@ -65,35 +93,125 @@ def choose_pair(
 ) -> ScenePair | QuarantineRecord:
     """Choose the best before/after scenes for ``job`` from the search results of both windows.
 
+    Clear fractions cost a raster read each, so scenes are rated lazily: candidate pairs are
+    visited best upper bound first (a clear fraction is at most 1), and the search stops as
+    soon as no remaining pair can beat the best one found. The choice is the same as rating
+    every scene and taking the best score (ties break on item ids); a scene that cannot win is
+    never read. When no pair fits, every covering scene is rated so the quarantine record lists
+    them all.
+
     Args:
         job: the cell.
         before: candidate scenes of the t0 window.
         after: candidate scenes of the t1 window.
-        clear: clear fraction of a scene over the cell (``None`` = unknown).
+        clear: clear fraction (0..1) of a scene over the cell (``None`` = unknown); called at
+            most once per scene.
         cfg: build config (``pairing``, ``imagery``).
 
     Returns:
         The chosen pair (without label items), or a quarantine record saying why none fits.
     """
+    rated: dict[int, float | None] = {}
+
+    def rate(scene: SceneRef) -> float | None:
+        if id(scene) not in rated:
+            rated[id(scene)] = clear(scene, job)
+        return rated[id(scene)]
+
+    covering = {
+        name: [s for s in scenes if covers(s, job)]
+        for name, scenes in (("t0", before), ("t1", after))
+    }
+    if covering["t0"] and covering["t1"]:
+        best = _best_pair(job, covering["t0"], covering["t1"], rate, cfg)
+        if best is not None:
+            return best
+    return _why_no_pair(job, {"t0": before, "t1": after}, covering, rate, cfg)
+
+
+def _acceptable(c: float | None, p: PairingConfig) -> bool:
+    return (c is None and p.allow_unknown_clear) or (c is not None and c >= p.min_clear_fraction)
+
+
+def _score(
+    cb: float | None, ca: float | None, rest: tuple[float, float], p: PairingConfig
+) -> float:
+    """Pair score: clear fractions (unknown counts as the threshold), season penalty, grid bonus."""
+    season, bonus = rest
+    score = (cb if cb is not None else p.min_clear_fraction) + (
+        ca if ca is not None else p.min_clear_fraction
+    )
+    score -= season
+    score += bonus
+    return score
+
+
+def _best_pair(
+    job: TileJob,
+    before: Sequence[SceneRef],
+    after: Sequence[SceneRef],
+    rate: Callable[[SceneRef], float | None],
+    cfg: BuildConfig,
+) -> ScenePair | None:
+    """The best acceptable pair within the gap bounds (branch and bound), or None."""
+    p = cfg.pairing
+    candidates = []
+    for i, b in enumerate(before):
+        for j, a in enumerate(after):
+            gap = (a.datetime - b.datetime).total_seconds() / 86400.0
+            if not p.min_gap_days <= gap <= p.max_gap_days:
+                continue
+            rest = (
+                p.season_weight * season_gap_days(a.datetime, b.datetime) / 30.0,
+                0.01 * ((b.crs == job.crs) + (a.crs == job.crs)),
+            )
+            # the same arithmetic as the exact score, with both clear fractions at 1: an upper
+            # bound (floating-point rounding is monotonic, so it bounds the computed score too)
+            bound = _score(1.0, 1.0, rest, p)
+            candidates.append(((-bound, b.item_id, a.item_id, i, j), b, a, rest))
+    candidates.sort(key=lambda c: c[0])
+    best: tuple[tuple[float, str, str], ScenePair] | None = None
+    for (neg_bound, b_id, a_id, _, _), b, a, rest in candidates:
+        if best is not None and best[0] < (neg_bound, b_id, a_id):
+            break  # every remaining pair scores at most its bound: none can win
+        cb = rate(b)
+        if not _acceptable(cb, p):
+            continue
+        ca = rate(a)
+        if not _acceptable(ca, p):
+            continue
+        score = _score(cb, ca, rest, p)
+        rank = (-score, b.item_id, a.item_id)
+        if best is None or rank < best[0]:
+            pair = ScenePair(
+                job=job, before=b, after=a, before_clear=cb, after_clear=ca, score=score
+            )
+            best = (rank, pair)
+    return None if best is None else best[1]
+
+
+def _why_no_pair(
+    job: TileJob,
+    found: dict[str, Sequence[SceneRef]],
+    covering: dict[str, list[SceneRef]],
+    rate: Callable[[SceneRef], float | None],
+    cfg: BuildConfig,
+) -> QuarantineRecord:
+    """The quarantine record of a cell without an acceptable pair (every scene rated)."""
     p = cfg.pairing
     picked: dict[str, list[tuple[SceneRef, float | None]]] = {}
-    for name, scenes in (("t0", before), ("t1", after)):
-        covering = [s for s in scenes if covers(s, job)]
-        if not covering:
-            found = f"{len(scenes)} found, none covers the cell" if scenes else "none found"
+    for name in ("t0", "t1"):
+        scenes = found[name]
+        if not covering[name]:
+            found_what = f"{len(scenes)} found, none covers the cell" if scenes else "none found"
             return _quarantine(
                 job,
                 f"no_scene_{name}",
                 f"no {cfg.imagery.collection} scene covers the cell in time.{name} "
-                f"({found}); widen time.{name} or check the catalog",
+                f"({found_what}); widen time.{name} or check the catalog",
             )
-        rated = [(s, clear(s, job)) for s in covering]
-        ok = [
-            (s, c)
-            for s, c in rated
-            if (c is None and p.allow_unknown_clear)
-            or (c is not None and c >= p.min_clear_fraction)
-        ]
+        rated = [(s, rate(s)) for s in covering[name]]
+        ok = [(s, c) for s, c in rated if _acceptable(c, p)]
         if not ok:
             if all(c is None for _, c in rated):
                 return _quarantine(
@@ -109,33 +227,13 @@ def choose_pair(
                 f"pairing.min_clear_fraction={p.min_clear_fraction})",
             )
         picked[name] = ok
-
-    best: tuple[tuple[float, str, str], ScenePair] | None = None
-    for b, cb in picked["t0"]:
-        for a, ca in picked["t1"]:
-            gap = (a.datetime - b.datetime).total_seconds() / 86400.0
-            if not p.min_gap_days <= gap <= p.max_gap_days:
-                continue
-            score = (cb if cb is not None else p.min_clear_fraction) + (
-                ca if ca is not None else p.min_clear_fraction
-            )
-            score -= p.season_weight * season_gap_days(a.datetime, b.datetime) / 30.0
-            score += 0.01 * ((b.crs == job.crs) + (a.crs == job.crs))
-            rank = (-score, b.item_id, a.item_id)
-            if best is None or rank < best[0]:
-                pair = ScenePair(
-                    job=job, before=b, after=a, before_clear=cb, after_clear=ca, score=score
-                )
-                best = (rank, pair)
-    if best is None:
-        return _quarantine(
-            job,
-            "no_pair_in_gap",
-            f"no clear before/after combination is {p.min_gap_days}-{p.max_gap_days} days apart "
-            f"(t0: {_fmt(picked['t0'])}; t1: {_fmt(picked['t1'])}); "
-            "change pairing.min_gap_days / pairing.max_gap_days",
-        )
-    return best[1]
+    return _quarantine(
+        job,
+        "no_pair_in_gap",
+        f"no clear before/after combination is {p.min_gap_days}-{p.max_gap_days} days apart "
+        f"(t0: {_fmt(picked['t0'])}; t1: {_fmt(picked['t1'])}); "
+        "change pairing.min_gap_days / pairing.max_gap_days",
+    )
 
 
 def pick_landcover(items: Sequence[SceneRef], when: datetime) -> SceneRef | None:
@@ -158,8 +256,9 @@ def search_and_pair(
 ) -> ScenePair | QuarantineRecord:
     """The search + pair stage for one cell, label items included."""
     coll = [cfg.imagery.collection]
-    before = catalog.search(coll, job.bbox_lonlat, job.t0_window)
-    after = catalog.search(coll, job.bbox_lonlat, job.t1_window)
+    cc = cfg.imagery.max_cloud_cover  # a pre-filter: the pixel-level clear fraction decides
+    before = catalog.search(coll, job.bbox_lonlat, job.t0_window, max_cloud_cover=cc)
+    after = catalog.search(coll, job.bbox_lonlat, job.t1_window, max_cloud_cover=cc)
     chosen = choose_pair(job, before, after, clear, cfg)
     if isinstance(chosen, QuarantineRecord):
         return chosen

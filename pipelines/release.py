@@ -8,6 +8,8 @@ A release directory holds::
     README.md                    dataset card
     collection.json              STAC Collection describing the release (one asset per shard)
     manifest.json                sizes and sha256 of everything above (written last)
+    validation/                  Great Expectations results, summary and Data Docs (not in
+                                 the manifest: they carry run times)
 
 Everything is deterministic: the same staging area and config give byte-identical files (fixed
 tar mtime/owner/mode, sorted keys, JSON with sorted keys, no wall-clock time, no absolute
@@ -378,6 +380,22 @@ def _present_codes(metas: Iterable[SampleMeta]) -> list[int]:
     return sorted(codes)
 
 
+def _llm_lines(metas: Iterable[SampleMeta]) -> list[str]:
+    """Card lines on LLM annotation (models, prompt versions, tokens, cost); none without it."""
+    llm = [m for m in metas if m.prompt_version is not None]
+    if not llm:
+        return []
+    who = sorted({f"{m.annotator} {m.annotator_version}, model `{m.model}`" for m in llm})
+    prompts = sorted({str(m.prompt_version) for m in llm})
+    return [
+        f"- LLM annotation: {len(llm)} samples by {'; '.join(who)}; prompt(s) "
+        + ", ".join(f"`{p}`" for p in prompts),
+        f"- LLM tokens: {sum(m.tokens_in for m in llm)} in, {sum(m.tokens_out for m in llm)} "
+        f"out; cost ${sum(m.cost_usd for m in llm):.6f} (samples of this release; per sample "
+        f"in `{SAMPLES_TABLE}`)",
+    ]
+
+
 def _card(
     cfg: BuildConfig,
     *,
@@ -411,6 +429,7 @@ def _card(
         f"- Labels: {cfg.labels.kind}"
         + (f" (`{cfg.labels.collection}`)" if cfg.labels.collection else ""),
         f"- Quarantined: {sum(funnel.values())}",
+        *_llm_lines(metas.values()),
         "",
         "| split | samples | shards |",
         "|---|---:|---:|",
@@ -546,6 +565,18 @@ def _clean(release_dir: Path) -> None:
         path.unlink()
 
 
+def _check_contract(
+    root: Path, cfg: BuildConfig, staging: Staging, metas: dict[str, SampleMeta]
+) -> list[QuarantineRecord]:
+    """Run the Great Expectations checkpoint (``validation/``); failing samples leave ``metas``."""
+    from geodelta.pipelines.gx_validate import validate_release
+
+    rejected = validate_release(root, cfg, metas, staging.read_member)
+    for rec in rejected:
+        metas.pop(rec.key, None)
+    return rejected
+
+
 def write_release(
     release_dir: str | Path,
     cfg: BuildConfig,
@@ -561,7 +592,10 @@ def write_release(
     ``shards.max_samples`` or the next sample would push it past ``shards.max_bytes`` (a
     single larger sample still gets a shard of its own). Stale shards of an earlier run are
     removed first. Staged samples that cannot be sharded (missing members, bad metadata) are
-    quarantined at stage ``shard``.
+    quarantined at stage ``shard``. Before any shard is written, the Great Expectations
+    checkpoint (:mod:`geodelta.pipelines.gx_validate`) runs over the sample table; samples it
+    rejects are quarantined at stage ``validate`` (reason ``gx:<expectation>:<column>``) and
+    its results and Data Docs land in ``validation/`` (not in the manifest).
 
     Args:
         release_dir: output folder (created when missing).
@@ -579,6 +613,7 @@ def write_release(
 
     keys, staged_quarantine = staging.outcomes()
     metas, dropped = _load_metas(staging, keys)
+    dropped += _check_contract(root, cfg, staging, metas)
     quarantine = sorted([*staged_quarantine, *extra_quarantine, *dropped], key=_quarantine_sort_key)
     shards, rows = _write_shards(root, cfg, staging, metas)
 

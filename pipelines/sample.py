@@ -17,6 +17,26 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class BaselineResult:
+    """What the baseline change model said about a sample, and how it changed the mask.
+
+    Attributes:
+        model_id: ``fc-siam-diff@sha256:<hash of the weights>``.
+        fusion: fusion mode applied to the label mask (``none`` | ``intersect`` | ``union``).
+        threshold: probability at and above which the model sees change.
+        prob: (H, W) float32 change probability.
+        iou: IoU of the model's change and the label's change (before fusion) over valid
+            pixels; 1.0 when both see no change.
+    """
+
+    model_id: str
+    fusion: str
+    threshold: float
+    prob: np.ndarray
+    iou: float
+
+
+@dataclass(frozen=True)
 class Sample:
     """A pair being turned into a sample.
 
@@ -33,6 +53,9 @@ class Sample:
         label_source: 'landcover:<collection>' or 'change_mask:<asset>' (label stage).
         label_items: STAC item ids the label came from (label stage).
         annotation: captions and QA (annotate stage).
+        valid: (H, W) bool, where the label is known on both dates (label stage).
+        baseline: the baseline change model's output and the mask fusion (label stage, only
+            when ``baseline.weights`` is configured).
     """
 
     pair: ScenePair
@@ -46,6 +69,8 @@ class Sample:
     label_source: str = ""
     label_items: tuple[str, ...] = ()
     annotation: Annotation | None = None
+    valid: np.ndarray | None = None
+    baseline: BaselineResult | None = None
 
     @property
     def key(self) -> str:

@@ -64,11 +64,23 @@ class Worker:
         return open_catalog(self.cfg.catalog, resolve=self.cfg.resolve)
 
     @cached_property
+    def access(self) -> Any:
+        """GDAL options (config ``gdal``) and the href signer (``catalog.signing``) for reads."""
+        from geodelta.sources.raster import RasterAccess, gdal_env_options
+        from geodelta.sources.signing import signer_for
+
+        return RasterAccess(gdal_env_options(self.cfg.gdal), signer_for(self.cfg.catalog))
+
+    @cached_property
     def annotator(self) -> Any:
-        """The annotator (once per worker process)."""
+        """The annotator (once per worker process): ``annotation.annotator`` picks it."""
         from geodelta.annotators.template import TemplateAnnotator
 
         a = self.cfg.annotation
+        if a.annotator == "openai":
+            from geodelta.annotators.llm import LLMAnnotator
+
+            return LLMAnnotator.from_config(self.cfg, scope=self.config_hash)
         return TemplateAnnotator(
             captions_per_sample=a.captions_per_sample,
             no_change_epsilon=a.no_change_epsilon,
@@ -88,15 +100,18 @@ class Worker:
             return None
         from geodelta.sources.raster import clear_fraction
 
-        return clear_fraction(scene, asset, job, self.cfg.imagery.clear_classes)
+        im = self.cfg.imagery
+        return clear_fraction(
+            scene, asset, job, im.clear_classes, cloud_bits=im.cloud_bits, access=self.access
+        )
 
     def load(self, pair: ScenePair) -> Sample | QuarantineRecord:
         """Read both scenes onto the cell grid; reject scenes with too little valid data."""
         from geodelta.sources.raster import read_bands
 
         bands = self.cfg.imagery.bands
-        before = read_bands(pair.before, bands, pair.job)
-        after = read_bands(pair.after, bands, pair.job)
+        before = read_bands(pair.before, bands, pair.job, access=self.access)
+        after = read_bands(pair.after, bands, pair.job, access=self.access)
         need = self.cfg.pairing.min_valid_fraction
         for name, arr in (("before", before), ("after", after)):
             valid = float(np.isfinite(arr).all(axis=0).mean())
@@ -119,7 +134,36 @@ class Worker:
         band = cfg.band or bands[-1]
         return coregister(sample, cfg, band_index=bands.index(band))
 
+    @cached_property
+    def baseline(self) -> Any:
+        """The baseline change model (once per worker; weights load on first use), or None."""
+        b = self.cfg.baseline
+        if b.weights is None:
+            return None
+        from geodelta.annotators.baseline import BaselineChangeAnnotator
+
+        return BaselineChangeAnnotator(self.cfg.resolve(b.weights), batch_size=b.batch_size)
+
     def label(self, sample: Sample) -> Sample | QuarantineRecord:
+        """Change mask + facts from the labels; fused with the baseline model when configured."""
+        labelled = self._label_from_source(sample)
+        if self.baseline is None or isinstance(labelled, QuarantineRecord):
+            return labelled
+        from geodelta.pipelines.baseline import fuse_sample
+
+        b = self.cfg.baseline
+        self.baseline.check_bands(self.cfg.imagery.bands)
+        (prob,) = self.baseline.run_inference([(labelled.before, labelled.after)])
+        return fuse_sample(
+            labelled,
+            prob,
+            model_id=self.baseline.model_id,
+            mode=b.fusion,
+            threshold=b.threshold,
+            min_region_px=self.cfg.labels.min_region_px,
+        )
+
+    def _label_from_source(self, sample: Sample) -> Sample | QuarantineRecord:
         """Change mask + facts from land-cover maps or a change-mask asset."""
         from geodelta.pipelines import label as lab
         from geodelta.sources.landcover import to_geodelta
@@ -130,7 +174,10 @@ class Worker:
         if lc.kind == "change_mask":
             assert pair.label_after is not None  # set by the pair stage
             values = read_classes(
-                pair.label_after.assets[lc.asset], job, item_id=pair.label_after.item_id
+                pair.label_after.assets[lc.asset],
+                job,
+                item_id=pair.label_after.item_id,
+                access=self.access,
             )
             return lab.label_from_change_mask(
                 sample,
@@ -153,7 +200,9 @@ class Worker:
                     detail=f"land-cover item {item.item_id} has no '{lc.asset}' asset "
                     f"(assets: {sorted(item.assets)}); check labels.asset",
                 )
-            raw = read_classes(item.assets[lc.asset], job, item_id=item.item_id)
+            raw = read_classes(
+                item.assets[lc.asset], job, item_id=item.item_id, access=self.access
+            )
             maps.append(to_geodelta(raw, lc.product))
         return lab.label_from_landcover(
             sample,
@@ -164,12 +213,32 @@ class Worker:
             items=(pair.label_before.item_id, pair.label_after.item_id),
         )
 
-    def annotate(self, sample: Sample) -> Sample:
-        """Captions and QA from the facts."""
+    def annotate(self, sample: Sample) -> Sample | QuarantineRecord:
+        """Captions and QA from the facts (an LLM sample that fails its checks is quarantined)."""
         assert sample.facts is not None  # set by the label stage
-        return dataclasses.replace(
-            sample, annotation=self.annotator.annotate(sample.key, sample.facts)
-        )
+        if self.cfg.annotation.annotator == "template":
+            return dataclasses.replace(
+                sample, annotation=self.annotator.annotate(sample.key, sample.facts)
+            )
+        from geodelta.annotators.llm import AnnotationFailed
+
+        images = None
+        if self.cfg.annotation.openai.vision:
+            from geodelta.pipelines.encode import rgb_indices, rgb_png
+
+            rgb, vmax = rgb_indices(self.cfg), self.cfg.imagery.rgb_max_reflectance
+            images = (rgb_png(sample.before, rgb, vmax), rgb_png(sample.after, rgb, vmax))
+        try:
+            annotation = self.annotator.annotate(sample.key, sample.facts, images=images)
+        except AnnotationFailed as exc:
+            return QuarantineRecord(
+                key=sample.key,
+                cell_id=sample.pair.job.cell_id,
+                stage="annotate",
+                reason=exc.reason,
+                detail=exc.detail,
+            )
+        return dataclasses.replace(sample, annotation=annotation)
 
     def finalize(self, sample: Sample) -> StagedSample | QuarantineRecord:
         """Metadata, rule validation, encoded members."""
@@ -221,5 +290,8 @@ def guarded(stage: QuarantineStage, fn: Callable[[Any], Any], record: Any) -> An
         reason, detail = "read_error", str(exc)
     except Exception as exc:  # dead-letter: the run goes on, the record says what broke
         reason, detail = f"error:{type(exc).__name__}", str(exc) or repr(exc)
+    from geodelta.sources.signing import redact_secrets
+
+    detail = redact_secrets(detail)  # an error message must not carry a signed URL
     key, cell_id = _key_of(record)
     return QuarantineRecord(key=key, cell_id=cell_id, stage=stage, reason=reason, detail=detail)

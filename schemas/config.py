@@ -11,9 +11,18 @@ import hashlib
 import json
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 def parse_datetime(value: str | date | datetime) -> datetime:
@@ -88,10 +97,67 @@ class GridConfig(Section):
 
 
 class CatalogConfig(Section):
-    """Where scenes come from."""
+    """Where scenes come from: a local static catalog, or a STAC API searched over HTTP.
 
-    kind: Literal["static"] = Field(default="static", description="'static': a local STAC catalog")
-    url: str = Field(description="Path or URL of catalog.json")
+    Keys in :attr:`OPERATIONAL` (how requests are made: retries, timeouts, concurrency, the
+    token endpoint) do not change the data and are left out of the config hash.
+    """
+
+    OPERATIONAL: ClassVar[tuple[str, ...]] = (
+        "page_size",
+        "retries",
+        "backoff_s",
+        "max_wait_s",
+        "timeout_s",
+        "concurrency_per_host",
+        "sas_url",
+        "token_refresh_s",
+    )
+
+    kind: Literal["static", "stac-api", "planetary-computer"] = Field(
+        default="static",
+        description="'static': a local STAC catalog; 'stac-api': any STAC API (pystac-client); "
+        "'planetary-computer': the Planetary Computer STAC API, asset hrefs signed at read time",
+    )
+    url: str = Field(
+        description="Path or URL of catalog.json (static), or the STAC API root URL "
+        "(e.g. https://planetarycomputer.microsoft.com/api/stac/v1)"
+    )
+    max_items: int | None = Field(
+        default=None, ge=1, description="Most items one search returns (None = all); a bound"
+    )
+    page_size: int = Field(default=100, ge=1, le=10000, description="Items per search page")
+    retries: int = Field(
+        default=5, ge=0, le=20, description="Retries of a request on 429 / 5xx / timeouts"
+    )
+    backoff_s: float = Field(
+        default=0.5, ge=0, description="Exponential backoff factor between retries (seconds)"
+    )
+    max_wait_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest wait before one retry (caps backoff and the server's Retry-After)",
+    )
+    timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one HTTP request")
+    concurrency_per_host: int = Field(
+        default=4, ge=1, description="Concurrent requests per host, per worker process"
+    )
+    signing: Literal["auto", "none", "planetary-computer"] = Field(
+        default="auto",
+        description="Sign asset hrefs at read time; 'auto' signs for kind planetary-computer",
+    )
+    sas_url: str | None = Field(
+        default=None,
+        description="SAS token endpoint (default: the planetary-computer package's, "
+        "env PC_SDK_SAS_URL); the subscription key comes from env PC_SDK_SUBSCRIPTION_KEY only",
+    )
+    sign_hosts: tuple[str, ...] = Field(
+        default=(".blob.core.windows.net",),
+        description="Hosts (or host suffixes) whose hrefs are signed",
+    )
+    token_refresh_s: float = Field(
+        default=300.0, ge=0, description="Refresh a SAS token when less than this is left"
+    )
 
 
 class ImageryConfig(Section):
@@ -108,6 +174,18 @@ class ImageryConfig(Section):
     )
     clear_classes: tuple[int, ...] = Field(
         default=(4, 5, 6, 7, 11), description="Classification values that count as clear"
+    )
+    cloud_bits: tuple[int, ...] = Field(
+        default=(),
+        description="Bit positions of a bit-mask classification band (Landsat QA_PIXEL) that "
+        "make a pixel not clear; when given, clear_classes is not used",
+    )
+    max_cloud_cover: float | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="Search pre-filter on the scene-wide eo:cloud_cover (percent); only "
+        "narrows the candidates: the pixel-level clear fraction over the cell still decides",
     )
 
 
@@ -175,7 +253,7 @@ class LabelConfig(Section):
     )
     collection: str | None = Field(default=None, description="Land-cover collection (landcover)")
     asset: str = Field(default="map", description="Asset key of the map or the change mask")
-    product: Literal["worldcover", "geodelta"] = Field(
+    product: Literal["worldcover", "io-lulc", "geodelta"] = Field(
         default="worldcover", description="Class table of the land-cover product"
     )
     change_values: tuple[int, ...] = Field(
@@ -191,10 +269,119 @@ class LabelConfig(Section):
         return self
 
 
+class PriceConfig(Section):
+    """Price of one model, in US dollars per million tokens."""
+
+    input: float = Field(ge=0, description="USD per 1M prompt tokens")
+    output: float = Field(ge=0, description="USD per 1M completion tokens")
+
+
+class OpenAIConfig(Section):
+    """The LLM annotator: any OpenAI-compatible endpoint (``annotation.annotator: openai``).
+
+    The API key itself is never in the config: ``api_key_env`` names the environment variable
+    holding it. Keys in :attr:`OPERATIONAL` (where and how fast requests go) do not change
+    the data and are left out of the config hash.
+    """
+
+    OPERATIONAL: ClassVar[tuple[str, ...]] = (
+        "base_url",
+        "api_key_env",
+        "timeout_s",
+        "max_retries",
+        "max_backoff_s",
+        "concurrency",
+        "requests_per_minute",
+        "tokens_per_minute",
+        "cache_dir",
+        "batch_poll_s",
+        "batch_max_wait_s",
+    )
+
+    base_url: str = Field(
+        default="https://api.openai.com/v1", description="Endpoint base URL (ends in /v1)"
+    )
+    model: str = Field(default="gpt-4o-mini", min_length=1, description="Model name")
+    api_key_env: str | None = Field(
+        default="OPENAI_API_KEY",
+        description="NAME of the environment variable holding the API key (None: no key)",
+    )
+    prompt_version: str = Field(
+        default="change_v1",
+        pattern=r"^[a-z0-9_]+$",
+        description="Prompt file annotators/prompts/<prompt_version>.txt",
+    )
+    temperature: float = Field(default=0.2, ge=0, le=2, description="Sampling temperature")
+    max_output_tokens: int = Field(
+        default=1500, ge=64, description="Completion token limit per request"
+    )
+    structured_output: Literal["auto", "json_schema", "json_object"] = Field(
+        default="auto",
+        description="Strict JSON schema, JSON mode + validation, or schema falling back to JSON mode",
+    )
+    max_fix_attempts: int = Field(
+        default=2, ge=0, le=10, description="Re-asks with the claim checker's complaint"
+    )
+    max_retries: int = Field(
+        default=4, ge=0, le=20, description="Retries per request on 429/5xx/timeouts"
+    )
+    max_backoff_s: float = Field(
+        default=30.0, gt=0, description="Longest wait between retries (Retry-After included)"
+    )
+    timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout")
+    concurrency: int = Field(default=8, ge=1, le=1024, description="Requests in flight")
+    requests_per_minute: float | None = Field(
+        default=None, gt=0, description="Request rate limit (whole build); None: no limit"
+    )
+    tokens_per_minute: float | None = Field(
+        default=None, gt=0, description="Token rate limit (whole build); None: no limit"
+    )
+    prices: dict[str, PriceConfig] = Field(
+        default={
+            "gpt-4o-mini": PriceConfig(input=0.15, output=0.60),
+            "gpt-4o": PriceConfig(input=2.50, output=10.00),
+        },
+        description="Model -> price per 1M tokens; a model not listed costs 0",
+    )
+    budget_usd: float | None = Field(
+        default=None, gt=0, description="Hard spending limit; the rest is quarantined 'budget'"
+    )
+    cache_dir: str | None = Field(
+        default=None, description="Response cache (default: <output.dir>/../llm-cache)"
+    )
+    batch: bool = Field(default=False, description="Use the Batch API (files + batches)")
+    batch_price_factor: float = Field(
+        default=0.5, gt=0, le=1, description="Batch API price relative to the price table"
+    )
+    batch_poll_s: float = Field(default=5.0, gt=0, description="Batch status poll interval")
+    batch_max_wait_s: float = Field(
+        default=86400.0, gt=0, description="Give up on a batch after this long"
+    )
+    vision: bool = Field(default=False, description="Send before.png/after.png with the prompt")
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"base_url must be an http(s) URL, got {url!r}")
+        if parts.username or parts.password or parts.query:
+            raise ValueError(
+                "base_url must not carry credentials or a query string; put the key in the "
+                "environment variable named by api_key_env"
+            )
+        return url
+
+
 class AnnotationConfig(Section):
     """Caption and QA generation."""
 
-    annotator: Literal["template"] = Field(default="template", description="Annotator")
+    annotator: Literal["template", "openai"] = Field(
+        default="template", description="'template' (offline) or 'openai' (any compatible LLM)"
+    )
+    openai: OpenAIConfig = Field(
+        default=OpenAIConfig(), description="LLM annotator settings (annotator: openai)"
+    )
     captions_per_sample: int = Field(default=5, ge=1, le=20, description="Captions per sample")
     no_change_epsilon: float = Field(
         default=0.0,
@@ -213,6 +400,39 @@ class ValidationConfig(Section):
     )
     max_abs_shift_px: float = Field(default=3.0, gt=0, description="Largest recorded shift")
     max_residual_px: float = Field(default=0.5, gt=0, description="Largest recorded residual")
+    max_captions: int | None = Field(
+        default=None, ge=1, description="Most captions per sample (None = no upper bound)"
+    )
+    great_expectations: bool = Field(
+        default=True,
+        description="Run the Great Expectations checkpoint over the release's sample table "
+        "before sharding (needs the 'validation' extra); failing rows go to quarantine",
+    )
+    data_docs: bool = Field(
+        default=True, description="Write GX Data Docs (static HTML) under <release>/validation/"
+    )
+
+
+class BaselineConfig(Section):
+    """The trained baseline change model (``geodelta baseline train``), run in the label stage.
+
+    With ``weights`` unset (the default) the label stage is exactly as without this section,
+    and the section is left out of the config hash.
+    """
+
+    weights: str | None = Field(
+        default=None,
+        description="weights.pt from `geodelta baseline train` (or its folder); None = no model",
+    )
+    threshold: float = Field(
+        default=0.5, gt=0, lt=1, description="Change probability at and above which it is change"
+    )
+    fusion: Literal["none", "intersect", "union"] = Field(
+        default="intersect",
+        description="Mask fusion: 'none' (record only), 'intersect' (a transition counts only "
+        "where the model also sees change) or 'union' (model changes added as code 255)",
+    )
+    batch_size: int = Field(default=8, ge=1, description="Pairs or tiles per forward pass")
 
 
 class SplitConfig(Section):
@@ -225,6 +445,12 @@ class SplitConfig(Section):
         default={"train": 0.8, "val": 0.1, "test": 0.1}, description="Split -> share of blocks"
     )
     seed: int = Field(default=0, description="Seed of the block -> split assignment")
+    buffer_cells: int = Field(
+        default=0,
+        ge=0,
+        description="Cells closer than this (in cells, any direction) to a cell of another split "
+        "are quarantined at validate; the split with the smaller fraction keeps its cells",
+    )
 
     @model_validator(mode="after")
     def _sum(self) -> SplitConfig:
@@ -255,6 +481,50 @@ class RunnerConfig(Section):
     )
 
 
+class GdalConfig(Section):
+    """GDAL options for remote (HTTP range) COG reads, applied around every read on every worker."""
+
+    disable_readdir_on_open: str = Field(
+        default="EMPTY_DIR",
+        description="GDAL_DISABLE_READDIR_ON_OPEN: never list a remote folder for sidecar files",
+    )
+    allowed_extensions: str = Field(
+        default=".tif,.tiff,.TIF,.TIFF,.jp2,.vrt",
+        description="CPL_VSIL_CURL_ALLOWED_EXTENSIONS: only these files are opened over HTTP",
+    )
+    http_multiplex: bool = Field(default=True, description="GDAL_HTTP_MULTIPLEX (HTTP/2)")
+    merge_consecutive_ranges: bool = Field(
+        default=True, description="GDAL_HTTP_MERGE_CONSECUTIVE_RANGES"
+    )
+    http_max_retry: int = Field(default=5, ge=0, description="GDAL_HTTP_MAX_RETRY (429 / 5xx)")
+    http_retry_delay_s: float = Field(default=1.0, ge=0, description="GDAL_HTTP_RETRY_DELAY")
+    http_timeout_s: int = Field(default=60, ge=1, description="GDAL_HTTP_TIMEOUT")
+    vsi_cache: bool = Field(default=True, description="VSI_CACHE: cache remote blocks in memory")
+    vsi_cache_size: int = Field(
+        default=64 * 1024 * 1024, ge=0, description="VSI_CACHE_SIZE in bytes (per open file)"
+    )
+    options: dict[str, str] = Field(
+        default={}, description="Further GDAL config options (name -> value); win over the above"
+    )
+
+    def env(self) -> dict[str, str]:
+        """The GDAL config options (name -> value) for :class:`rasterio.Env`."""
+        yes = {True: "YES", False: "NO"}
+        out = {
+            "GDAL_DISABLE_READDIR_ON_OPEN": self.disable_readdir_on_open,
+            "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": self.allowed_extensions,
+            "GDAL_HTTP_MULTIPLEX": yes[self.http_multiplex],
+            "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": yes[self.merge_consecutive_ranges],
+            "GDAL_HTTP_MAX_RETRY": str(self.http_max_retry),
+            "GDAL_HTTP_RETRY_DELAY": f"{self.http_retry_delay_s:g}",
+            "GDAL_HTTP_TIMEOUT": str(self.http_timeout_s),
+            "VSI_CACHE": "TRUE" if self.vsi_cache else "FALSE",
+            "VSI_CACHE_SIZE": str(self.vsi_cache_size),
+        }
+        out.update(self.options)
+        return out
+
+
 class OutputConfig(Section):
     """Where the release goes."""
 
@@ -277,11 +547,13 @@ class BuildConfig(Section):
     pairing: PairingConfig = PairingConfig()
     coregistration: CoregConfig = CoregConfig()
     labels: LabelConfig
+    baseline: BaselineConfig = BaselineConfig()
     annotation: AnnotationConfig = AnnotationConfig()
     validation: ValidationConfig = ValidationConfig()
     splits: SplitConfig = SplitConfig()
     shards: ShardConfig = ShardConfig()
     runner: RunnerConfig = RunnerConfig()
+    gdal: GdalConfig = GdalConfig()
     output: OutputConfig
     base_dir: str = Field(
         default=".", description="Folder relative paths resolve against (set by the loader)"
@@ -297,13 +569,23 @@ class BuildConfig(Section):
     def normalised(self) -> dict[str, Any]:
         """The config as plain JSON data, without what must not change the data.
 
-        ``base_dir`` (where the file lives), ``output`` (where the release goes) and ``runner``
-        (which engine ran it) are left out: the same dataset built elsewhere or on another
-        engine has the same hash and the same bytes.
+        ``base_dir`` (where the file lives), ``output`` (where the release goes), ``runner``
+        (which engine ran it) and ``gdal`` (how remote files are fetched) are left out: the
+        same dataset built elsewhere or on another engine has the same hash and the same bytes.
         """
         data = self.model_dump(mode="json")
-        for key in ("base_dir", "output", "runner"):
+        for key in ("base_dir", "output", "runner", "gdal"):
             data.pop(key, None)
+        for key in CatalogConfig.OPERATIONAL:
+            data["catalog"].pop(key, None)
+        if self.baseline.weights is None:
+            data.pop("baseline", None)  # no model: the hash of a config without the section
+        annotation = data.get("annotation", {})
+        if self.annotation.annotator != "openai":
+            annotation.pop("openai", None)  # unused settings do not change the data
+        else:
+            for key in OpenAIConfig.OPERATIONAL:
+                annotation["openai"].pop(key, None)
         return data
 
     def config_hash(self) -> str:

@@ -16,7 +16,7 @@ Conventions:
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
@@ -348,6 +348,26 @@ class SampleMeta(Record):
     attribution: str = Field(min_length=1, description="Required attribution")
     code_version: str = Field(description="geodelta version that built the sample")
     config_hash: str = Field(description="sha256 of the normalised build config")
+    baseline_model: str | None = Field(
+        default=None,
+        description="Baseline change model that saw the sample: 'fc-siam-diff@sha256:<weights "
+        "hash>'; None = no model (the key is then left out of the json member)",
+    )
+    fusion: str | None = Field(
+        default=None,
+        description="How the model's change was fused into the mask: 'none', 'intersect' or "
+        "'union'; None = no model",
+    )
+    baseline_iou: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="IoU of the model's change and the label's change before fusion (1.0 when "
+        "both see none); None = no model",
+    )
+
+    #: Optional fields left out of the json member when None (older samples have none of them).
+    OMIT_WHEN_NONE: ClassVar[tuple[str, ...]] = ("baseline_model", "fusion", "baseline_iou")
 
 
 QuarantineStage = Literal[

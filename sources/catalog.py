@@ -1,7 +1,7 @@
 """Catalog search behind one interface.
 
-Every catalog (for now a static STAC catalog searched in process; STAC APIs through
-pystac-client come behind the same :class:`SceneCatalog` protocol) answers one question: which
+Every catalog (a static STAC catalog searched in process, or a STAC API searched through
+pystac-client: :class:`geodelta.sources.stac_api.StacApiCatalog`) answers one question: which
 items of these collections intersect this lon/lat box within this time window. Items come back
 as :class:`~geodelta.schemas.SceneRef` records with asset hrefs stripped of secrets and the
 scale/offset/nodata of each asset taken from the STAC raster extension.
@@ -26,21 +26,29 @@ if TYPE_CHECKING:
 class CatalogError(RuntimeError):
     """A catalog that cannot be opened or searched; names the URL and what to check."""
 
-    def __init__(self, url: str, reason: str) -> None:
+    def __init__(self, url: str, reason: str, *, status: int | None = None) -> None:
         super().__init__(f"catalog {url}: {reason}")
         self.url = url
         self.reason = reason
+        self.status = status
 
 
 class SceneCatalog(Protocol):
     """What the pipeline needs from a catalog."""
 
     def search(
-        self, collections: Sequence[str], bbox: BBox, window: tuple[datetime, datetime]
+        self,
+        collections: Sequence[str],
+        bbox: BBox,
+        window: tuple[datetime, datetime],
+        *,
+        max_cloud_cover: float | None = None,
     ) -> list[SceneRef]:
         """Items of ``collections`` intersecting ``bbox`` (lon/lat) within ``window``.
 
-        Results are sorted by (datetime, item id) so every caller sees the same order.
+        ``max_cloud_cover`` (percent) drops items whose scene-wide ``eo:cloud_cover`` is above
+        it (items without one are kept): a pre-filter only. Results are sorted by
+        (datetime, item id) so every caller sees the same order.
         """
         ...
 
@@ -58,9 +66,13 @@ def _asset_ref(asset: pystac.Asset) -> AssetRef:
 
 
 def _is_raster_data(asset: pystac.Asset) -> bool:
-    """Data assets by role; assets without roles count when they are GeoTIFFs."""
-    if asset.roles:
-        return "data" in asset.roles
+    """Data assets by role, and GeoTIFF assets whatever their roles (Landsat's ``qa_pixel`` has
+    roles ``cloud``, ``cloud-shadow``, ...); thumbnails and overviews are left out."""
+    roles = set(asset.roles or ())
+    if "data" in roles:
+        return True
+    if roles & {"thumbnail", "overview"}:
+        return False
     return (asset.media_type or "").startswith("image/tiff")
 
 
@@ -134,9 +146,15 @@ class StaticCatalog:
         return sorted(self._items)
 
     def search(
-        self, collections: Sequence[str], bbox: BBox, window: tuple[datetime, datetime]
+        self,
+        collections: Sequence[str],
+        bbox: BBox,
+        window: tuple[datetime, datetime],
+        *,
+        max_cloud_cover: float | None = None,
     ) -> list[SceneRef]:
-        """Items intersecting ``bbox`` whose datetime (or period) overlaps ``window``."""
+        """Items intersecting ``bbox`` whose datetime (or period) overlaps ``window``, and
+        whose ``eo:cloud_cover`` is at most ``max_cloud_cover`` (when given and known)."""
         unknown = [c for c in collections if c not in self._items]
         if unknown:
             raise CatalogError(
@@ -150,6 +168,12 @@ class StaticCatalog:
                 s0 = scene.start_datetime or scene.datetime
                 s1 = scene.end_datetime or scene.datetime
                 if s1 < start or s0 > end or not _overlaps(scene.bbox_lonlat, bbox):
+                    continue
+                if (
+                    max_cloud_cover is not None
+                    and scene.cloud_cover is not None
+                    and scene.cloud_cover > max_cloud_cover
+                ):
                     continue
                 if scene.geometry is not None and not _geometry_intersects(scene.geometry, bbox):
                     continue
@@ -171,14 +195,29 @@ _LOCK = threading.Lock()
 def open_catalog(cfg: CatalogConfig, *, resolve: Any = None) -> SceneCatalog:
     """Open (once per process) the catalog a config names.
 
+    ``catalog.kind`` picks the implementation: ``static`` a local catalog.json
+    (:class:`StaticCatalog`), ``stac-api`` and ``planetary-computer`` a STAC API
+    (:class:`geodelta.sources.stac_api.StacApiCatalog`; signing for reads is separate, see
+    :func:`geodelta.sources.signing.signer_for`).
+
     Args:
         cfg: the ``catalog`` section of the build config.
         resolve: callable resolving a config-relative path (``BuildConfig.resolve``).
     """
-    url = resolve(cfg.url) if resolve is not None else cfg.url
+    if cfg.kind == "static":
+        url = resolve(cfg.url) if resolve is not None else cfg.url
+        key = f"static:{url}"
+    else:
+        url = cfg.url
+        key = f"api:{cfg.model_dump_json()}"
     with _LOCK:
-        cat = _CACHE.get(url)
+        cat = _CACHE.get(key)
         if cat is None:
-            cat = StaticCatalog(url)
-            _CACHE[url] = cat
+            if cfg.kind == "static":
+                cat = StaticCatalog(url)
+            else:
+                from geodelta.sources.stac_api import StacApiCatalog
+
+                cat = StacApiCatalog(cfg)
+            _CACHE[key] = cat
         return cat

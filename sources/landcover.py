@@ -2,7 +2,7 @@
 
 A product's table maps its raw raster values to geodelta class names
 (:data:`geodelta.schemas.classes.CLASSES`); :func:`to_geodelta` turns a raw map into geodelta
-class indices with a lookup table. Adding a product (e.g. IO LULC) is one more entry in
+class indices with a lookup table. Adding a product is one more entry in
 :data:`PRODUCTS`; raw values a table does not list become 0 ("unknown").
 """
 
@@ -19,6 +19,20 @@ from geodelta.schemas.classes import CLASS_INDEX, CLASSES, WORLDCOVER_TO_GEODELT
 PRODUCTS: Final[dict[str, dict[int, str]]] = {
     # ESA WorldCover 10 m (2020 v100, 2021 v200): legend 10, 20, ..., 100; 0 = no data
     "worldcover": dict(WORLDCOVER_TO_GEODELTA),
+    # Impact Observatory / Esri 10 m annual LULC v02 (Planetary Computer io-lulc-annual-v02):
+    # 0 no data, 1 water, 2 trees, 4 flooded vegetation, 5 crops, 7 built area, 8 bare ground,
+    # 9 snow/ice, 10 clouds (not a land cover: unknown), 11 rangeland (grass and scrub mixed;
+    # mapped to grassland, the dominant cover of the IO class definition)
+    "io-lulc": {
+        1: "water",
+        2: "tree_cover",
+        4: "wetland",
+        5: "cropland",
+        7: "built_up",
+        8: "bare",
+        9: "snow_ice",
+        11: "grassland",
+    },
     # geodelta's own class indices (the demo catalog): identity on 1..11; 0 = unknown
     "geodelta": {idx: name for idx, name in CLASSES.items() if idx != 0},
 }

@@ -13,8 +13,11 @@ straight onto the cell's pixels.
   classification band (Sentinel-2 SCL, Landsat QA), read at the band's native resolution.
 
 Open datasets are cached per thread (rasterio datasets are not thread-safe), so a worker
-reading many cells out of one COG opens it once. Hrefs are local paths or URLs, already signed
-where the catalog needs it: no signing happens here.
+reading many cells out of one COG opens it once. Hrefs are local paths or URLs, stripped of
+secrets; a :class:`RasterAccess` passed to a read function carries the GDAL options of the
+config (``gdal`` section) and, for catalogs that need it (Planetary Computer), a signer that
+turns an href into a signed URL just before GDAL opens it. The signed URL is never stored in a
+record nor shown in an error message (:func:`geodelta.sources.signing.redact_secrets`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import math
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 import rasterio
@@ -36,7 +41,9 @@ from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
 
-from geodelta.schemas import AssetRef, SceneRef, TileJob
+from geodelta.schemas import AssetRef, SceneRef, TileJob, strip_secret
+from geodelta.schemas.config import GdalConfig
+from geodelta.sources.signing import redact_secrets
 
 #: Datasets kept open per thread; the least recently used one is closed beyond this.
 CACHE_SIZE = 64
@@ -58,29 +65,52 @@ class RasterReadError(RuntimeError):
         message = f"cannot read raster {href!r}{where}: {reason}"
         if hint:
             message += f"; {hint}"
-        super().__init__(message)
-        self.href = href
+        super().__init__(redact_secrets(message))  # GDAL messages may quote a signed URL
+        self.href = strip_secret(href)
         self.item_id = item_id
-        self.reason = reason
+        self.reason = redact_secrets(reason)
 
 
-def gdal_env_options() -> dict[str, str]:
+def gdal_env_options(gdal: GdalConfig | None = None) -> dict[str, str]:
     """GDAL configuration options used for every read (pass to :class:`rasterio.Env`).
 
-    Kept small and safe to ship to workers: no credentials, nothing machine-specific.
+    Taken from the config's ``gdal`` section (defaults when None): no listing of remote folders,
+    only raster extensions over HTTP, HTTP/2 multiplexing, merged range requests, retries of
+    429/5xx, a VSI block cache. Safe to ship to workers: no credentials.
 
     Returns:
         A fresh dict of option name -> value.
     """
-    return {
-        # do not list the remote "folder" of a COG looking for sidecar files (.aux.xml, .ovr)
-        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-        # merge adjacent block reads into one HTTP range request
-        "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
-        # transient HTTP errors (429 / 5xx) are retried instead of failing the cell
-        "GDAL_HTTP_MAX_RETRY": "3",
-        "GDAL_HTTP_RETRY_DELAY": "1",
-    }
+    return (gdal or GdalConfig()).env()
+
+
+@dataclass(frozen=True)
+class RasterAccess:
+    """How a worker reads rasters: GDAL options and an optional href signer.
+
+    Attributes:
+        gdal_options: GDAL config options entered around every read.
+        signer: href -> URL to open (e.g. with a SAS token); the result is a secret.
+    """
+
+    gdal_options: Mapping[str, str] = field(default_factory=gdal_env_options)
+    signer: Callable[[str], str] | None = None
+
+
+_DEFAULT_ACCESS = RasterAccess()
+
+
+@contextmanager
+def _reading(access: RasterAccess | None) -> Iterator[None]:
+    """Enter the GDAL options of ``access`` and make its signer the thread's signer."""
+    access = access or _DEFAULT_ACCESS
+    previous = getattr(_local, "signer", None)
+    _local.signer = access.signer
+    try:
+        with rasterio.Env(**access.gdal_options):
+            yield
+    finally:
+        _local.signer = previous
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,14 +142,16 @@ def _cache_key(href: str) -> tuple[str, int, int]:
 
 def _open(href: str, item_id: str | None) -> DatasetReader:
     cache = _cache()
-    key = _cache_key(href)
+    signer: Callable[[str], str] | None = getattr(_local, "signer", None)
+    url = signer(href) if signer is not None else href  # a new token gives a new key
+    key = _cache_key(url)
     dataset = cache.get(key)
     if dataset is not None and not dataset.closed:
         cache.move_to_end(key)
         return dataset
-    _forget(href)  # an older version of a rewritten local file
+    _forget(href)  # an older version of a rewritten local file, or an older token
     try:
-        dataset = rasterio.open(href)
+        dataset = rasterio.open(url)
     except _GDAL_ERRORS as exc:
         raise RasterReadError(
             href,
@@ -146,7 +178,7 @@ def _open(href: str, item_id: str | None) -> DatasetReader:
 def _forget(href: str) -> None:
     """Drop (and close) a cached dataset after a failed read, so the next read reopens it."""
     cache = _cache()
-    for key in [k for k in cache if k[0] == href]:
+    for key in [k for k in cache if k[0] == href or strip_secret(k[0]) == href]:
         cache.pop(key).close()
 
 
@@ -181,6 +213,7 @@ def _warp_read(
     shape: tuple[int, int] | None,
     resampling: Resampling,
     item_id: str | None,
+    access: RasterAccess | None = None,
 ) -> tuple[np.ndarray, np.dtype]:
     """Band 1 of the asset warped onto the grid as float64, NaN where invalid.
 
@@ -188,31 +221,44 @@ def _warp_read(
     destination nodata can never collide with a valid value. Returns the array and the
     source dtype.
     """
+    with _reading(access):
+        return _warp_read_in_env(asset, job, shape=shape, resampling=resampling, item_id=item_id)
+
+
+def _warp_read_in_env(
+    asset: AssetRef,
+    job: TileJob,
+    *,
+    shape: tuple[int, int] | None,
+    resampling: Resampling,
+    item_id: str | None,
+) -> tuple[np.ndarray, np.dtype]:
+    """:func:`_warp_read` inside an already entered :class:`rasterio.Env` (entering one costs
+    a fraction of a millisecond: a stage reading several assets enters it once)."""
     transform, height, width = _grid(job, shape)
-    with rasterio.Env(**gdal_env_options()):
-        src = _open(asset.href, item_id)
-        src_nodata = asset.nodata if asset.nodata is not None else src.nodata
-        try:
-            with WarpedVRT(
-                src,
-                crs=CRS.from_user_input(job.crs),
-                transform=transform,
-                width=width,
-                height=height,
-                resampling=resampling,
-                src_nodata=src_nodata,
-                nodata=np.nan,
-                dtype="float64",
-            ) as vrt:
-                data = vrt.read(1)
-        except _GDAL_ERRORS as exc:
-            _forget(asset.href)
-            raise RasterReadError(
-                asset.href,
-                item_id,
-                f"warped read onto {job.crs} {height}x{width} failed ({exc})",
-                "check that the asset is a readable raster with a CRS and a geotransform",
-            ) from exc
+    src = _open(asset.href, item_id)
+    src_nodata = asset.nodata if asset.nodata is not None else src.nodata
+    try:
+        with WarpedVRT(
+            src,
+            crs=CRS.from_user_input(job.crs),
+            transform=transform,
+            width=width,
+            height=height,
+            resampling=resampling,
+            src_nodata=src_nodata,
+            nodata=np.nan,
+            dtype="float64",
+        ) as vrt:
+            data = vrt.read(1)
+    except _GDAL_ERRORS as exc:
+        _forget(asset.href)
+        raise RasterReadError(
+            asset.href,
+            item_id,
+            f"warped read onto {job.crs} {height}x{width} failed ({exc})",
+            "check that the asset is a readable raster with a CRS and a geotransform",
+        ) from exc
     return data, np.dtype(src.dtypes[0])
 
 
@@ -222,6 +268,7 @@ def read_bands(
     job: TileJob,
     *,
     resampling: str = "bilinear",
+    access: RasterAccess | None = None,
 ) -> np.ndarray:
     """Read reflectance bands of a scene onto the cell grid as physical values.
 
@@ -231,6 +278,7 @@ def read_bands(
         job: the cell: its ``crs``, ``transform`` and ``shape`` define the output grid.
         resampling: a :class:`rasterio.enums.Resampling` name ('bilinear', 'cubic', 'nearest',
             'average', ...).
+        access: GDAL options and href signer (default: the default GDAL options, no signing).
 
     Returns:
         (C, H, W) float32 array, ``DN * scale + offset`` per band (from each
@@ -255,10 +303,13 @@ def read_bands(
         )
     height, width = job.shape
     out = np.empty((len(bands), height, width), dtype=np.float32)
-    for i, band in enumerate(bands):
-        asset = scene.assets[band]
-        data, _ = _warp_read(asset, job, shape=None, resampling=method, item_id=scene.item_id)
-        out[i] = data * asset.scale + asset.offset  # NaN stays NaN
+    with _reading(access):
+        for i, band in enumerate(bands):
+            asset = scene.assets[band]
+            data, _ = _warp_read_in_env(
+                asset, job, shape=None, resampling=method, item_id=scene.item_id
+            )
+            out[i] = data * asset.scale + asset.offset  # NaN stays NaN
     return out
 
 
@@ -269,6 +320,7 @@ def read_classes(
     shape: tuple[int, int] | None = None,
     fill: int = 0,
     item_id: str | None = None,
+    access: RasterAccess | None = None,
 ) -> np.ndarray:
     """Read a classification raster onto the cell grid, nearest neighbour, raw values.
 
@@ -279,6 +331,7 @@ def read_classes(
             band over a 128-px 10 m cell reads natively with ``shape=(64, 64)``.
         fill: value written where the source is nodata or the cell is outside the asset.
         item_id: STAC item id, for error messages.
+        access: GDAL options and href signer (default: the default GDAL options, no signing).
 
     Returns:
         (H, W) array in the source's dtype (e.g. uint8).
@@ -287,12 +340,28 @@ def read_classes(
         RasterReadError: the asset cannot be read.
     """
     data, dtype = _warp_read(
-        asset, job, shape=shape, resampling=Resampling.nearest, item_id=item_id
+        asset, job, shape=shape, resampling=Resampling.nearest, item_id=item_id, access=access
     )
     valid = ~np.isnan(data)
     out = np.full(data.shape, fill, dtype=dtype)
     out[valid] = data[valid].astype(dtype)
     return out
+
+
+def _transformer(from_wkt: str, to_wkt: str) -> Transformer:
+    """A lon/lat-ordered transformer between two CRSs, made once per thread (building one costs
+    milliseconds; pyproj transformers must not be shared between threads)."""
+    cache: dict[tuple[str, str], Transformer] | None = getattr(_local, "transformers", None)
+    if cache is None:
+        cache = {}
+        _local.transformers = cache
+    key = (from_wkt, to_wkt)
+    found = cache.get(key)
+    if found is None:
+        if len(cache) >= CACHE_SIZE:
+            cache.clear()
+        found = cache[key] = Transformer.from_crs(from_wkt, to_wkt, always_xy=True)
+    return found
 
 
 def _native_shape(src: DatasetReader, job: TileJob) -> tuple[int, int]:
@@ -306,7 +375,7 @@ def _native_shape(src: DatasetReader, job: TileJob) -> tuple[int, int]:
         # pixel size of the source, measured in the cell's CRS at the cell's centre
         left, bottom, right, top = job.bounds()
         cx, cy = (left + right) / 2, (bottom + top) / 2
-        to_src = Transformer.from_crs(dst_crs, src.crs, always_xy=True)
+        to_src = _transformer(dst_crs.to_wkt(), src.crs.to_wkt())
         sx, sy = to_src.transform(cx, cy)
         xs, ys = to_src.transform([sx, sx + res_x, sx], [sy, sy, sy - res_y], direction="INVERSE")
         res_x = math.hypot(xs[1] - xs[0], ys[1] - ys[0])
@@ -319,6 +388,9 @@ def clear_fraction(
     asset_key: str,
     job: TileJob,
     clear_classes: Sequence[int],
+    *,
+    cloud_bits: Sequence[int] = (),
+    access: RasterAccess | None = None,
 ) -> float:
     """Fraction of the cell whose classification value is "clear", at native resolution.
 
@@ -327,6 +399,9 @@ def clear_fraction(
         asset_key: key of the classification asset (e.g. 'SCL').
         job: the cell.
         clear_classes: values that count as clear (e.g. SCL 4, 5, 6, 11).
+        cloud_bits: bit positions that make a pixel not clear (a bit mask such as Landsat
+            QA_PIXEL); when given, ``clear_classes`` is not used (see :func:`clear_mask`).
+        access: GDAL options and href signer (default: the default GDAL options, no signing).
 
     Returns:
         Clear pixels / all pixels of the cell grid at the asset's resolution (at least 1x1);
@@ -343,11 +418,37 @@ def clear_fraction(
             f"no asset {asset_key!r} in item (asset keys: {sorted(scene.assets)})",
             "check imagery.classification_asset in the config against the collection's asset keys",
         )
-    with rasterio.Env(**gdal_env_options()):
+    with _reading(access):
         src = _open(asset.href, scene.item_id)
         shape = _native_shape(src, job)
-    data, _ = _warp_read(
-        asset, job, shape=shape, resampling=Resampling.nearest, item_id=scene.item_id
-    )
-    clear = np.isin(data, np.asarray(list(clear_classes), dtype=np.float64))  # NaN never clear
-    return float(clear.mean())
+        data, _ = _warp_read_in_env(
+            asset, job, shape=shape, resampling=Resampling.nearest, item_id=scene.item_id
+        )
+    return float(clear_mask(data, clear_classes, cloud_bits).mean())
+
+
+def clear_mask(
+    values: np.ndarray, clear_classes: Sequence[int], cloud_bits: Sequence[int] = ()
+) -> np.ndarray:
+    """Which classification values are clear: class values, or no "cloud" bit set.
+
+    Args:
+        values: classification values (float, NaN = nodata / outside the asset).
+        clear_classes: values that count as clear (class-valued bands, e.g. Sentinel-2 SCL).
+        cloud_bits: bit positions that make a pixel not clear (bit masks, e.g. Landsat
+            QA_PIXEL bits 0 fill, 1 dilated cloud, 2 cirrus, 3 cloud, 4 shadow, 5 snow);
+            when given, ``clear_classes`` is ignored.
+
+    Returns:
+        Boolean array of the same shape; NaN is never clear.
+    """
+    if not cloud_bits:
+        return np.isin(values, np.asarray(list(clear_classes), dtype=np.float64))
+    valid = np.isfinite(values)
+    mask = 0
+    for bit in cloud_bits:
+        if not 0 <= bit < 63:
+            raise ValueError(f"cloud bit out of range (min=0, max=62, actual={bit})")
+        mask |= 1 << bit
+    ints = np.where(valid, values, 0).astype(np.int64)
+    return valid & ((ints & mask) == 0)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.pgstac_server import PgstacServer
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -40,3 +46,33 @@ def minimal_config(**overrides: Any) -> dict[str, Any]:
     }
     cfg.update(overrides)
     return cfg
+
+
+@pytest.fixture(scope="session")
+def pgstac_api(
+    shared_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PgstacServer]:
+    """A real STAC API (stac-fastapi-pgstac on a throwaway PostgreSQL + PostGIS cluster) on
+    127.0.0.1, loaded with OSCD (``tests.pgstac_server.OSCD_CITIES``) and ESA WorldCover
+    2020/2021 (``esa-worldcover``), whose COG assets another local server serves over HTTP with
+    byte ranges; everything is stopped at the end of the session.
+
+    Skips when the PostgreSQL/PostGIS binaries are missing, except in CI (``CI=true``), where
+    that is a failure: CI installs them (.ci/run).
+    """
+    from tests import pgstac_server as pgs
+
+    missing = pgs.missing_prerequisites()
+    if missing:
+        if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
+            pytest.fail(f"CI=true but the pgstac server cannot start: {missing}")
+        pytest.skip(missing)
+    root = tmp_path_factory.mktemp("pgstac")
+    assets = root / "assets"
+    oscd = pgs.oscd_stac(shared_data / "oscd", pgs.OSCD_CITIES, assets / "oscd")
+    worldcover = pgs.worldcover_stac(shared_data / "esa_worldcover_pair", assets / "worldcover")
+    items = oscd[1] + worldcover[1]
+    with pgs.RangeFileServer(assets) as files:
+        pgs.publish(items, files)  # the COGs are read over HTTP, as from blob storage
+        with pgs.run_pgstac_server(root / "server", [oscd[0], worldcover[0]], items) as server:
+            yield dataclasses.replace(server, asset_server=files)

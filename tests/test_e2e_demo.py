@@ -255,7 +255,11 @@ def test_a_broken_raster_quarantines_its_cells_and_the_run_goes_on(
         aoi_bbox=cat.aoi_bbox,
         truth_dir=broken / "truth",
     )
-    out = build(demo_config(bad, tmp_path / "release", runner={"name": "inprocess"}), mode="fresh", progress=False)
+    out = build(
+        demo_config(bad, tmp_path / "release", runner={"name": "inprocess"}),
+        mode="fresh",
+        progress=False,
+    )
     rows = pq.read_table(out.release_dir / "quarantine.parquet").to_pylist()
     read_errors = [r for r in rows if r["reason"] == "read_error"]
     assert read_errors and all(r["stage"] == "load" for r in read_errors)

@@ -1,0 +1,381 @@
+"""Signing asset hrefs at read time (Planetary Computer SAS tokens), and keeping them secret.
+
+Scene records keep *stripped* hrefs (:func:`geodelta.schemas.strip_secret`): a signed query
+string is a secret that must never reach a shard, a manifest, a parquet row, a log line or a
+report. Signing happens only when a raster is opened (:mod:`geodelta.sources.raster` calls
+the signer of its :class:`~geodelta.sources.raster.RasterAccess`), and the signed URL lives only
+in GDAL's open dataset.
+
+* :class:`PlanetaryComputerSigner` appends a SAS token per storage account/container. Tokens
+  come from the Planetary Computer token endpoint (the ``planetary-computer`` package's
+  settings and token model), are cached, and are refreshed *before* they expire (tokens last
+  about 45 minutes; by default one with less than 5 minutes left is replaced), so a long build
+  never reads with an expired token. The token endpoint's 429/5xx answers are retried with
+  backoff, honouring ``Retry-After`` (bounded).
+* :func:`redact_secrets` removes query strings and known secret parameters from any text
+  (error messages become quarantine details); :func:`install_log_redaction` applies it to every
+  log record made in the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    import requests
+
+    from geodelta.schemas.config import CatalogConfig
+
+HrefSigner = Callable[[str], str]
+
+logger = logging.getLogger(__name__)
+
+
+class SigningError(RuntimeError):
+    """A SAS token could not be obtained; names the token URL (never a token) and what to do."""
+
+    def __init__(self, url: str, reason: str, status: int | None = None) -> None:
+        super().__init__(f"cannot get a SAS token from {url}: {reason}")
+        self.url = url
+        self.reason = reason
+        self.status = status
+
+
+@dataclass(frozen=True)
+class SasToken:
+    """A SAS token (a query string without the '?') and when it expires (UTC)."""
+
+    token: str
+    expiry: datetime
+
+    def ttl(self, now: float) -> float:
+        """Seconds left at unix time ``now``."""
+        return self.expiry.timestamp() - now
+
+    def __repr__(self) -> str:  # never print the token itself
+        return f"SasToken(token=<redacted>, expiry={self.expiry.isoformat()})"
+
+
+#: (account, container) -> token; fetches a fresh token.
+TokenFetcher = Callable[[str, str], SasToken]
+
+
+# --------------------------------------------------------------------------------------------
+# redaction
+
+_URL_QUERY = re.compile(r"((?:https?|s3|gs|az|abfs)://[^\s'\"?#<>]+)\?[^\s'\"<>]*", re.IGNORECASE)
+_SECRET_PARAMS = re.compile(
+    r"\b(sig|se|st|sp|sv|sr|spr|skoid|sktid|skt|ske|sks|skv|token|signature|"
+    r"x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature)=[^&\s'\"<>]+",
+    re.IGNORECASE,
+)
+_SECRET_HEADERS = re.compile(
+    r"((?:ocp-apim-subscription-key|authorization|x-api-key)['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}]+",
+    re.IGNORECASE,
+)
+REDACTED = "<redacted>"
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with URL query strings, SAS/signature parameters and API-key headers removed.
+
+    >>> redact_secrets("open /vsicurl/https://a.blob.core.windows.net/c/x.tif?sv=1&sig=abc failed")
+    'open /vsicurl/https://a.blob.core.windows.net/c/x.tif?<redacted> failed'
+    """
+    if "=" not in text and "?" not in text and ":" not in text:
+        return text
+    out = _URL_QUERY.sub(lambda m: f"{m.group(1)}?{REDACTED}", text)
+    out = _SECRET_PARAMS.sub(lambda m: f"{m.group(1)}={REDACTED}", out)
+    return _SECRET_HEADERS.sub(lambda m: f"{m.group(1)}{REDACTED}", out)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter (for handlers) that redacts secrets from each record's message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        _redact_record(record)
+        return True
+
+
+def _redact_record(record: logging.LogRecord) -> None:
+    try:
+        message = record.getMessage()
+    except Exception:  # a malformed record: leave it to the logging machinery
+        return
+    clean = redact_secrets(message)
+    if clean != message:
+        record.msg, record.args = clean, ()
+    if record.exc_info and record.exc_info[1] is not None:
+        exc = record.exc_info[1]
+        text = str(exc)
+        if redact_secrets(text) != text:  # the traceback would print the secret: drop it
+            record.msg = f"{record.msg} ({type(exc).__name__}: {redact_secrets(text)})"
+            record.exc_info, record.exc_text = None, None
+
+
+_INSTALL_LOCK = threading.Lock()
+_installed = False
+
+
+def install_log_redaction() -> None:
+    """Redact secrets from every log record created in this process (idempotent).
+
+    Wraps the log-record factory, so records of every logger (rasterio, urllib3, pystac-client,
+    Beam) are cleaned before any handler sees them. Called whenever a signer is made.
+    """
+    global _installed
+    with _INSTALL_LOCK:
+        if _installed:
+            return
+        previous = logging.getLogRecordFactory()
+
+        def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = previous(*args, **kwargs)
+            _redact_record(record)
+            return record
+
+        logging.setLogRecordFactory(factory)
+        _installed = True
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP retries shared with the STAC API client
+
+
+def make_retry(
+    *, retries: int, backoff_s: float, max_wait_s: float, allowed_methods: frozenset[str]
+) -> Any:
+    """A bounded urllib3 ``Retry``: 429/5xx and timeouts, exponential backoff with jitter,
+    ``Retry-After`` honoured but capped at ``max_wait_s``.
+
+    The last response is returned (``raise_on_status=False``) once retries run out, so callers
+    see its HTTP status.
+    """
+    from urllib3.util.retry import Retry
+
+    class _CappedRetry(Retry):
+        cap_s = max_wait_s
+
+        def get_retry_after(self, response: Any) -> float | None:
+            value = super().get_retry_after(response)
+            return None if value is None else min(value, self.cap_s)
+
+    return _CappedRetry(
+        total=retries,
+        connect=retries,
+        read=retries,
+        status=retries,
+        other=0,
+        backoff_factor=backoff_s,
+        backoff_max=max_wait_s,
+        backoff_jitter=min(backoff_s, 1.0),
+        status_forcelist=(429, 500, 502, 503, 504),
+        allowed_methods=allowed_methods,
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
+
+
+def _session(retry: Any, *, pool: int = 10) -> requests.Session:
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry, pool_maxsize=pool)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+# --------------------------------------------------------------------------------------------
+# Planetary Computer
+
+
+def _planetary_computer() -> Any:
+    """Import the ``planetary-computer`` package (the ``stac`` extra).
+
+    planetary-computer 1.0 declares a pydantic model with a class-based ``Config``; pydantic 2
+    warns about it (PydanticDeprecatedSince20) once, at import. That warning is about the
+    package's code, not ours, so it is silenced for this import only.
+    """
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message="Support for class-based `config` is deprecated"
+            )
+            import planetary_computer.sas
+            import planetary_computer.settings
+    except ImportError:  # pragma: no cover - the extra is installed in dev and CI
+        raise ImportError(
+            "Planetary Computer signing needs the 'stac' extra: pip install 'geodelta[stac]'"
+        ) from None
+    return planetary_computer
+
+
+def default_sas_url() -> str:
+    """The token endpoint of the ``planetary-computer`` package (env ``PC_SDK_SAS_URL``)."""
+    pc = _planetary_computer()
+    return str(pc.settings.Settings.get().sas_url)
+
+
+def http_token_fetcher(
+    sas_url: str,
+    *,
+    retries: int = 5,
+    backoff_s: float = 0.5,
+    max_wait_s: float = 30.0,
+    timeout_s: float = 30.0,
+) -> TokenFetcher:
+    """A fetcher of SAS tokens from ``{sas_url}/{account}/{container}``.
+
+    The subscription key (if any) is read from the ``planetary-computer`` package's settings
+    (env ``PC_SDK_SUBSCRIPTION_KEY`` or ``~/.planetarycomputer/settings.env``) and sent as a
+    header; it is never stored in the config. 429/5xx answers are retried (``Retry-After``
+    honoured, capped at ``max_wait_s``).
+    """
+    pc = _planetary_computer()
+    SASToken, Settings = pc.sas.SASToken, pc.settings.Settings
+
+    retry = make_retry(
+        retries=retries,
+        backoff_s=backoff_s,
+        max_wait_s=max_wait_s,
+        allowed_methods=frozenset({"GET"}),
+    )
+    session = _session(retry)
+    base = sas_url.rstrip("/")
+
+    def fetch(account: str, container: str) -> SasToken:
+        import requests
+
+        url = f"{base}/{account}/{container}"
+        key = Settings.get().subscription_key
+        headers = {"Ocp-Apim-Subscription-Key": key} if key else None
+        try:
+            response = session.get(url, headers=headers, timeout=timeout_s)
+        except requests.RequestException as exc:
+            raise SigningError(
+                url,
+                f"{type(exc).__name__} after {retries} retries ({redact_secrets(str(exc))}); "
+                "check the network, catalog.sas_url, or raise catalog.retries",
+            ) from None
+        if response.status_code != 200:
+            hint = (
+                "set PC_SDK_SUBSCRIPTION_KEY"
+                if response.status_code in (401, 403)
+                else "retry later or raise catalog.retries"
+            )
+            raise SigningError(
+                url,
+                f"HTTP {response.status_code} ({redact_secrets(response.text[:200])}); {hint}",
+                status=response.status_code,
+            )
+        parsed = SASToken.model_validate(response.json())
+        expiry = parsed.expiry if parsed.expiry.tzinfo else parsed.expiry.replace(tzinfo=UTC)
+        return SasToken(token=parsed.token, expiry=expiry)
+
+    return fetch
+
+
+def _account_container(href: str) -> tuple[str, str]:
+    """(storage account, container) of a blob URL; (host, first path segment) otherwise."""
+    parts = urlsplit(href)
+    host = parts.netloc
+    segment = parts.path.lstrip("/").split("/", 1)[0]
+    if host.endswith(".blob.core.windows.net"):
+        return host.split(".", 1)[0], segment
+    return host, segment
+
+
+class PlanetaryComputerSigner:
+    """Signs hrefs of the configured hosts with cached, refreshed-before-expiry SAS tokens.
+
+    Thread-safe; one instance per worker process. Local paths and other hosts pass through.
+
+    Args:
+        fetch: fetches a fresh token for (account, container); default: the Planetary Computer
+            token endpoint (:func:`http_token_fetcher`).
+        hosts: host names, or suffixes starting with '.', whose hrefs are signed.
+        refresh_margin_s: a cached token with less than this left is replaced before use.
+        clock: unix time source (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        fetch: TokenFetcher | None = None,
+        *,
+        hosts: tuple[str, ...] = (".blob.core.windows.net",),
+        refresh_margin_s: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._fetch = fetch or http_token_fetcher(default_sas_url())
+        self.hosts = tuple(hosts)
+        self.refresh_margin_s = refresh_margin_s
+        self._clock = clock
+        self._tokens: dict[tuple[str, str], SasToken] = {}
+        self._lock = threading.Lock()
+        self.fetches = 0
+        install_log_redaction()
+
+    def _signs(self, host: str) -> bool:
+        name = host.split(":", 1)[0]
+        return any(
+            (h.startswith(".") and name.endswith(h)) or name == h or host == h for h in self.hosts
+        )
+
+    def token(self, account: str, container: str) -> SasToken:
+        """The cached token of (account, container), fetched anew when it is about to expire."""
+        key = (account, container)
+        with self._lock:
+            token = self._tokens.get(key)
+            if token is None or token.ttl(self._clock()) < self.refresh_margin_s:
+                token = self._fetch(account, container)
+                self.fetches += 1
+                if token.ttl(self._clock()) <= 0:
+                    raise SigningError(
+                        f"{account}/{container}",
+                        f"the token endpoint returned an expired token (expiry {token.expiry})",
+                    )
+                self._tokens[key] = token
+                logger.debug("SAS token for %s/%s valid until %s", account, container, token.expiry)
+            return token
+
+    def __call__(self, href: str) -> str:
+        """The signed href (a secret: use it to open the file, never store or log it)."""
+        parts = urlsplit(href)
+        if parts.scheme not in ("http", "https") or not self._signs(parts.netloc):
+            return href
+        token = self.token(*_account_container(href))
+        return f"{href}{'&' if parts.query else '?'}{token.token}"
+
+
+def signer_for(cfg: CatalogConfig) -> HrefSigner | None:
+    """The signer a catalog config asks for, or None (hrefs are read as they are).
+
+    ``catalog.signing: auto`` signs for ``kind: planetary-computer`` only.
+    """
+    mode = cfg.signing
+    if mode == "auto":
+        mode = "planetary-computer" if cfg.kind == "planetary-computer" else "none"
+    if mode == "none":
+        return None
+    fetch = http_token_fetcher(
+        cfg.sas_url or default_sas_url(),
+        retries=cfg.retries,
+        backoff_s=cfg.backoff_s,
+        max_wait_s=cfg.max_wait_s,
+        timeout_s=cfg.timeout_s,
+    )
+    return PlanetaryComputerSigner(
+        fetch, hosts=cfg.sign_hosts, refresh_margin_s=cfg.token_refresh_s
+    )
