@@ -296,6 +296,7 @@ def markdown(report: dict[str, Any]) -> str:
         "the figures and why they are not directly comparable.",
         "",
         report.get("anchor_note", ""),
+        *(["", report["extra_note"]] if report.get("extra_note") else []),
         END,
     ]
     return "\n".join(lines) + "\n"

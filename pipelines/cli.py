@@ -324,8 +324,8 @@ def search(
             labels,
             f"{c.estimated_bytes / 1e6:.1f}",
         )
-    out = Console()
-    (out if out.is_terminal else Console(width=200)).print(table)
+    stdout = Console()
+    (stdout if stdout.is_terminal else Console(width=200)).print(table)
     how = (
         "scene-wide eo:cloud_cover estimates (the pixel-level fraction over each cell is computed "
         "at build time; --read-clear reads it now)"

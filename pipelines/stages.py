@@ -200,9 +200,7 @@ class Worker:
                     detail=f"land-cover item {item.item_id} has no '{lc.asset}' asset "
                     f"(assets: {sorted(item.assets)}); check labels.asset",
                 )
-            raw = read_classes(
-                item.assets[lc.asset], job, item_id=item.item_id, access=self.access
-            )
+            raw = read_classes(item.assets[lc.asset], job, item_id=item.item_id, access=self.access)
             maps.append(to_geodelta(raw, lc.product))
         return lab.label_from_landcover(
             sample,

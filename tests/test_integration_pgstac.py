@@ -324,13 +324,49 @@ def _geodelta_build(cfg: dict[str, Any], folder: Path) -> Release:
 
 
 def _comparable(sample: dict[str, bytes]) -> dict[str, Any]:
-    """The members of a sample, with the json's config hash left out (the configs differ in
-    ``catalog`` and ``output`` only)."""
+    """The members of a sample, with the json parsed and its config hash left out (the configs
+    differ in ``catalog``, ``runner`` and ``validation``)."""
     out: dict[str, Any] = dict(sample)
     meta = json.loads(sample["json"])
     meta.pop("config_hash")
     out["json"] = meta
     return out
+
+
+def _same(a: Any, b: Any, where: str = "") -> list[str]:
+    """Where two JSON values differ: exact, except floats, which may differ in the last bits.
+
+    The in-process runner and Beam's worker processes were seen to give phase-correlation
+    errors one ulp apart (0.9133855082510964 vs ...63): float noise, not a different result.
+    """
+    if isinstance(a, dict) and isinstance(b, dict):
+        if set(a) != set(b):
+            return [f"{where}: keys {sorted(set(a) ^ set(b))}"]
+        return [p for k in sorted(a) for p in _same(a[k], b[k], f"{where}.{k}")]
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{where}: {len(a)} vs {len(b)} entries"]
+        return [
+            p
+            for i, (x, y) in enumerate(zip(a, b, strict=True))
+            for p in _same(x, y, f"{where}[{i}]")
+        ]
+    if isinstance(a, float) and isinstance(b, float):
+        return [] if a == pytest.approx(b, rel=1e-12, abs=1e-15) else [f"{where}: {a!r} vs {b!r}"]
+    return [] if (type(a), a) == (type(b), b) else [f"{where}: {a!r} vs {b!r}"]
+
+
+def _assert_same_samples(a: Release, b: Release) -> None:
+    """Same keys; every member byte-identical except the json (see :func:`_same`)."""
+    assert sorted(a.samples) == sorted(b.samples)
+    for key, sample in a.samples.items():
+        other = b.samples[key]
+        assert set(sample) == set(other), key
+        for member in sample:
+            if member != "json":
+                assert sample[member] == other[member], (key, member)
+        problems = _same(_comparable(sample)["json"], _comparable(other)["json"], "json")
+        assert not problems, (key, problems)
 
 
 @dataclass(frozen=True)
@@ -406,11 +442,9 @@ def test_api_release_equals_the_static_catalog_release(builds: Builds) -> None:
     the static path (the original GeoTIFFs) build the same dataset."""
     ref, api = builds.reference, builds.api
     assert len(ref.samples) >= 40  # 56 cells planned over bercy + paris; most become samples
-    assert sorted(api.samples) == sorted(ref.samples)
     assert api.manifest["quarantined"] == ref.manifest["quarantined"]
     assert api.manifest["splits"] == ref.manifest["splits"]
-    for key, sample in ref.samples.items():
-        assert _comparable(api.samples[key]) == _comparable(sample), key
+    _assert_same_samples(ref, api)
 
 
 def test_samples_name_the_api_items(builds: Builds, shared_data: Path) -> None:
@@ -436,7 +470,6 @@ def test_build_through_a_503_proxy_loses_nothing(builds: Builds) -> None:
     assert check.ok, "\n".join(check.problems[:20])
     api, proxied = builds.api, builds.proxied
     assert len(proxied.samples) >= 40
-    assert sorted(proxied.samples) == sorted(api.samples)
     assert proxied.manifest["quarantined"] == api.manifest["quarantined"]
-    for key, sample in api.samples.items():
-        assert _comparable(proxied.samples[key]) == _comparable(sample), key
+    assert proxied.manifest["splits"] == api.manifest["splits"]
+    _assert_same_samples(api, proxied)

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from geodelta.annotators.claims import check_captions, check_qa_item
 from geodelta.pipelines.build import BuildResult, build
 from geodelta.pipelines.cli import app
+from geodelta.pipelines.qa_balance import qa_balance
 from geodelta.pipelines.release import iter_tar_samples
 from geodelta.pipelines.verify import verify_release
 from geodelta.schemas import QAItem, SampleMeta
@@ -127,6 +128,9 @@ def test_release_carries_verified_llm_captions_qa_costs_prompt_versions(
     assert total == pytest.approx(sum(m.cost_usd for m in metas))
     card = (release / "README.md").read_text()
     assert f"cost ${total:.6f}" in card and "prompt(s) `change_v1`" in card
+    balance = qa_balance(release)
+    assert balance.samples == len(metas)
+    assert sum(balance.answers["has_change"].values()) == len(metas)
 
 
 def test_the_key_never_reaches_the_release(built: tuple[BuildResult, int, Path]) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pystac
 import pytest
 
-from geodelta.schemas import parse_config
+from geodelta.schemas import load_config, parse_config
 from geodelta.schemas.classes import CLASS_INDEX
 from geodelta.sources.catalog import item_to_scene
 from geodelta.sources.landcover import to_geodelta
@@ -23,7 +23,7 @@ from geodelta.sources.profiles import (
     complete_item,
 )
 from geodelta.sources.raster import AssetRef, clear_fraction, clear_mask
-from tests.conftest import minimal_config
+from tests.conftest import REPO, minimal_config
 from tests.test_raster import from_origin, make_job, make_scene, write_tif
 
 S2_ITEM = "S2B_MSIL2A_20190629T212529_R043_T06VVN_20201006T080531.json"
@@ -160,3 +160,31 @@ def test_check_config_names_the_key() -> None:
     assert len(problems) == 2
     assert problems[0].startswith("imagery.bands: ['blue']")
     assert problems[1].startswith("labels.product: 'io-lulc'") and "'worldcover'" in problems[1]
+
+
+PC_CONFIG = REPO / "configs" / "pc-sentinel2-lulc.yaml"
+
+
+def test_planetary_computer_config_validates_and_plans() -> None:
+    from geodelta.pipelines.plan import plan_jobs
+    from geodelta.sources.signing import PlanetaryComputerSigner, signer_for
+
+    cfg = load_config(PC_CONFIG)
+    assert cfg.catalog.kind == "planetary-computer"
+    assert cfg.imagery.collection == "sentinel-2-l2a" and cfg.imagery.max_cloud_cover == 10
+    assert cfg.labels.collection == "io-lulc-annual-v02" and cfg.labels.product == "io-lulc"
+    assert check_config(cfg) == []
+    assert apply_defaults(cfg) == cfg  # everything the profiles know is stated explicitly
+    assert isinstance(signer_for(cfg.catalog), PlanetaryComputerSigner)  # no network used
+    jobs = plan_jobs(cfg)
+    assert len(jobs) >= 20 and {j.crs for j in jobs} == {"EPSG:32636"}
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_planetary_computer_config_builds(tmp_path: Path) -> None:  # pragma: no cover - internet
+    from geodelta.pipelines.build import build
+
+    cfg = load_config(PC_CONFIG, {"output": {"dir": str(tmp_path / "release")}})
+    result = build(cfg, mode="overwrite", progress=False)
+    assert result.samples > 0
