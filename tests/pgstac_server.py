@@ -19,7 +19,9 @@ cluster, temporary folders) on the way out, also when the body raises.
 
 The data the tests load come from ``../shared/data`` (:func:`oscd_stac`,
 :func:`worldcover_stac`): every raster asset is a Cloud-Optimized GeoTIFF written here (GDAL's
-COG driver) from the original files, so the pipeline reads COGs through the API's hrefs.
+COG driver) from the original files. :class:`RangeFileServer` serves them over HTTP with byte
+ranges and :func:`publish` points the hrefs at it, so the pipeline reads COGs through GDAL's
+``/vsicurl/`` as it would from blob storage.
 
 :class:`Flaky503Proxy` is a test double: a local HTTP proxy that answers 503 to the first N
 requests and passes every later one through to the server unchanged (method, path, query,
@@ -100,12 +102,14 @@ class PgstacServerError(RuntimeError):
 def find_pg_bin() -> Path | None:
     """The folder holding PostgreSQL's ``initdb`` and ``postgres``, or None when not installed.
 
-    ``$GEODELTA_PG_BIN`` wins; otherwise the newest ``/usr/lib/postgresql/<major>/bin``; otherwise
+    ``$GEODELTA_PG_BIN``, when set, is the only folder tried; otherwise the newest ``/usr/lib/postgresql/<major>/bin``; otherwise
     the folder of ``initdb`` on PATH.
     """
+    if os.environ.get(PG_BIN_ENV):  # explicit: that folder or nothing
+        folder = Path(os.environ[PG_BIN_ENV])
+        ok = (folder / "initdb").is_file() and (folder / "postgres").is_file()
+        return folder if ok else None
     candidates: list[Path] = []
-    if os.environ.get(PG_BIN_ENV):
-        candidates.append(Path(os.environ[PG_BIN_ENV]))
     versions = sorted(
         Path("/").glob(PG_BIN_GLOB.lstrip("/")),
         key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
@@ -735,7 +739,8 @@ _HOP_BY_HOP = {
 
 class Flaky503Proxy:
     """Test double: an HTTP proxy on 127.0.0.1 that answers 503 to its first ``fail_first``
-    requests, then forwards every request to ``upstream`` unchanged.
+    requests (those whose path starts with ``path_prefix``, when given; with a ``Retry-After``
+    of ``retry_after_s`` unless None), then forwards every request to ``upstream`` unchanged.
 
     Forwarded requests keep their method, path, query, body and headers (``Host`` included, so
     the API's own links, e.g. ``next`` pages, point back through the proxy); responses are passed
@@ -744,12 +749,19 @@ class Flaky503Proxy:
     Use as a context manager; ``url`` is the proxy's root and ``log`` records each request.
     """
 
-    def __init__(self, upstream: str, fail_first: int = 2, retry_after_s: int | None = 0) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        fail_first: int = 2,
+        retry_after_s: int | None = 0,
+        path_prefix: str | None = None,
+    ) -> None:
         host, _, port = upstream.removeprefix("http://").rstrip("/").partition(":")
         self.upstream_host = host
         self.upstream_port = int(port or 80)
         self.fail_first = fail_first
         self.retry_after_s = retry_after_s
+        self.path_prefix = path_prefix
         self.log = ProxyLog()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -782,8 +794,9 @@ class Flaky503Proxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 line = f"{self.command} {self.path}"
+                targeted = proxy.path_prefix is None or self.path.startswith(proxy.path_prefix)
                 with proxy.log.lock:
-                    refuse = len(proxy.log.refused) < proxy.fail_first
+                    refuse = targeted and len(proxy.log.refused) < proxy.fail_first
                     (proxy.log.refused if refuse else proxy.log.passed).append(line)
                 if refuse:
                     payload = b'{"code": "ServiceUnavailable", "description": "test double"}'

@@ -7,11 +7,17 @@ WorldCover 2020/2021 crops. The tests:
 * search it with plain pystac-client (collections, bbox, intersects, datetime, paging) and check
   the items and their COGs against the original files;
 * run ``geodelta build`` (the CLI, in a subprocess) with ``catalog: {kind: stac-api, url: ...}``
-  against it: the release verifies and equals, sample by sample and byte by byte, the release
-  built from a static catalog over the original GeoTIFFs (so every truth test_e2e_oscd.py checks
-  holds for the API path too);
-* run the same build through :class:`~tests.pgstac_server.Flaky503Proxy`, which answers 503
-  twice before passing requests through: the build completes with the same samples.
+  against it: the release verifies and equals, sample by sample and byte by byte (json floats
+  to 1e-12), the release built from a static catalog over the original GeoTIFFs (so every truth
+  test_e2e_oscd.py checks holds for the API path too);
+* run the same build through :class:`~tests.pgstac_server.Flaky503Proxy`, which answers the
+  first two searches with 503 before passing requests through: the build completes with the
+  same samples;
+* search the WorldCover collection with geodelta's ``StacApiCatalog`` and read its maps over
+  HTTP onto cells (equal to the original crops).
+
+Every asset is a COG served over HTTP with byte ranges by a local file server, so the reads go
+through GDAL's ``/vsicurl/`` as they would from blob storage.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import urllib.error
 import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +46,7 @@ from shapely.geometry import box, shape
 from geodelta.pipelines.plan import plan_jobs
 from geodelta.pipelines.verify import verify_release
 from geodelta.schemas import SampleMeta, parse_config
+from tests.conftest import minimal_config
 from tests.oscd_catalog import (
     ATTRIBUTION,
     BANDS,
@@ -401,7 +409,10 @@ def builds(
     )
     after = files.stats()
     read = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-    with Flaky503Proxy(pgstac_api.url, fail_first=2, retry_after_s=0) as proxy:
+    # the first two searches (POSTs, which requests does not retry unless told) answer 503
+    with Flaky503Proxy(
+        pgstac_api.url, fail_first=2, retry_after_s=0, path_prefix="/search"
+    ) as proxy:
         proxied = _geodelta_build(
             _quick(_config({"kind": "stac-api", "url": proxy.url}, aoi, root / "px" / "release")),
             root / "px",
@@ -464,7 +475,7 @@ def test_samples_name_the_api_items(builds: Builds, shared_data: Path) -> None:
 
 
 def test_build_through_a_503_proxy_loses_nothing(builds: Builds) -> None:
-    assert len(builds.proxy_refused) == 2
+    assert builds.proxy_refused == ["POST /search", "POST /search"]
     assert len(builds.proxy_passed) >= 3  # the root, then at least the searches of one cell
     check = verify_release(builds.proxied.path)
     assert check.ok, "\n".join(check.problems[:20])
@@ -473,3 +484,50 @@ def test_build_through_a_503_proxy_loses_nothing(builds: Builds) -> None:
     assert proxied.manifest["quarantined"] == api.manifest["quarantined"]
     assert proxied.manifest["splits"] == api.manifest["splits"]
     _assert_same_samples(api, proxied)
+
+
+def test_stac_api_catalog_reads_the_land_cover_of_a_year(
+    pgstac_api: PgstacServer, shared_data: Path
+) -> None:
+    """geodelta's own StacApiCatalog against pgstac: the year window picks the right WorldCover
+    item, and its map read over HTTP onto cells equals the original crop read from disk."""
+    from geodelta.sources.raster import read_classes
+    from geodelta.sources.stac_api import StacApiCatalog
+
+    cfg = parse_config(
+        minimal_config(
+            aoi={"bbox": [6.70, 0.30, 6.75, 0.35]},
+            grid={"cell_size_px": 64},
+            catalog={"kind": "stac-api", "url": pgstac_api.url},
+            labels={"kind": "landcover", "collection": WORLDCOVER_COLLECTION},
+        ),
+        source="test",
+    )
+    jobs = plan_jobs(cfg)
+    assert len(jobs) >= 20
+    catalog = StacApiCatalog(cfg.catalog)
+    maps: dict[int, list[np.ndarray]] = {}
+    for year, (name, _) in sorted(WORLDCOVER_FILES.items()):
+        window = (datetime(year, 3, 1, tzinfo=UTC), datetime(year, 4, 1, tzinfo=UTC))
+        for job in jobs[:: max(len(jobs) // 6, 1)]:
+            scenes = catalog.search([WORLDCOVER_COLLECTION], job.bbox_lonlat, window)
+            assert [s.item_id for s in scenes] == [f"esa-worldcover-{year}-saotome"]
+            scene = scenes[0]
+            assert scene.crs == "EPSG:4326"
+            assert scene.start_datetime == datetime(year, 1, 1, tzinfo=UTC)
+            asset = scene.assets[WORLDCOVER_ASSET]
+            assert pgstac_api.asset_server is not None
+            assert asset.href.startswith(pgstac_api.asset_server.url + "/"), asset.href
+            assert asset.nodata == 0
+            remote = read_classes(asset, job, item_id=scene.item_id)
+            local_asset = asset.model_copy(
+                update={"href": str(shared_data / "esa_worldcover_pair" / name)}
+            )
+            local = read_classes(local_asset, job)
+            assert remote.shape == job.shape and remote.dtype == np.uint8
+            assert np.array_equal(remote, local), (year, job.cell_id)
+            assert set(np.unique(remote).tolist()) <= {0, 10, 20, 30, 40, 50, 60, 80, 90, 95, 100}
+            maps.setdefault(year, []).append(remote)
+    assert catalog.searches == 2 * len(maps[2020])
+    changed = sum(int((a != b).sum()) for a, b in zip(maps[2020], maps[2021], strict=True))
+    assert changed > 0  # 2020 (v100) and 2021 (v200) differ (PROVENANCE: 4.76 % of pixels)

@@ -116,7 +116,12 @@ def test_falls_back_to_json_mode_when_schemas_are_unsupported(
         assert all(isinstance(x, Annotation) for x in out)
         assert a.mode == "json_object"
         kinds = [b["response_format"]["type"] for b in d.bodies]
-        assert kinds.count("json_schema") >= 1 and kinds[-3:] == ["json_object"] * 3
+        # each sample: at most one rejected schema request (concurrent ones race the switch),
+        # then one JSON-mode request; later samples go straight to JSON mode
+        assert 1 <= kinds.count("json_schema") <= 3 and kinds.count("json_object") == 3
+        with_schema = len(d.bodies)
+        a.annotate_batch(batch_of(2, seed=5))
+        assert [b["response_format"]["type"] for b in d.bodies[with_schema:]] == ["json_object"] * 2
     with OpenAIDouble(api_key=SECRET, json_schema=False) as d:
         with LLMAnnotator(settings(d, structured_output="json_schema")) as a:
             (res,) = a.annotate_batch(batch_of(1))
@@ -374,9 +379,11 @@ def test_rate_limit_paces_requests(monkeypatch: pytest.MonkeyPatch) -> None:
         OpenAIDouble(api_key=SECRET) as d,
         LLMAnnotator(settings(d, concurrency=16, requests_per_minute=600)) as a,
     ):
-        a.annotate_batch(batch_of(11))
-        times = sorted(t for ts in d.times.values() for t in ts)
-    # 10 per second, a bucket of one second's worth: the 11th request waits ~0.1 s after the
-    # 10th that came in the first burst; 11 requests span at least 0.1 s, and the first 10
-    # came at once
-    assert len(times) == 11 and times[-1] - times[0] >= 0.09
+        a.annotate("warm_20200101_20210101", hand_facts())  # client start-up; bucket refills
+        t = time.perf_counter()
+        out = a.annotate_batch(batch_of(20))
+        seconds = time.perf_counter() - t
+    assert all(isinstance(x, Annotation) for x in out)
+    # 10 per second, a bucket of one second's worth (10): the last 10 of 20 requests wait for
+    # tokens that come at 10 per second, so the batch takes at least 1 s (0.2 s unlimited)
+    assert 0.95 <= seconds < 6.0, seconds
