@@ -83,17 +83,24 @@ def build_pipeline(
     staging_root: Path,
     code_version: str,
 ) -> None:
-    """Add the stage transforms to ``p``."""
+    """Add the stage transforms to ``p``.
+
+    Every output (each stage's quarantine, the finished samples) is committed by its own
+    ``CommitFn`` rather than through one ``Flatten``: the FnApiRunner cannot fuse across a
+    Flatten, so a single commit after it ran only once every cell had passed every stage, with
+    all encoded samples held by the runner (3 GB peak RSS for 761 samples) and nothing in the
+    staging area to resume from until the end. Consumed directly, the commits fuse into the
+    stage chain: each cell is committed as soon as it is done.
+    """
     records = p | "cells" >> beam.Create(list(jobs)) | "spread" >> beam.Reshuffle()
-    quarantined = []
+    root = str(staging_root)
     for stage, _ in Worker(cfg, code_version=code_version).steps():
         results = records | stage >> beam.ParDo(StageFn(stage, cfg, code_version)).with_outputs(
             QUARANTINE, main="ok"
         )
         records = results.ok
-        quarantined.append(results[QUARANTINE])
-    outcomes = (records, *quarantined) | "outcomes" >> beam.Flatten()
-    _ = outcomes | "commit" >> beam.ParDo(CommitFn(str(staging_root)))
+        _ = results[QUARANTINE] | f"commit {stage} quarantine" >> beam.ParDo(CommitFn(root))
+    _ = records | "commit" >> beam.ParDo(CommitFn(root))
 
 
 #: Thread pools of numeric libraries, pinned to one thread in worker processes.

@@ -119,7 +119,7 @@ def test_token_bucket_paces_to_its_rate() -> None:
         return time.monotonic() - t
 
     elapsed = asyncio.run(run())
-    assert 0.24 <= elapsed < 0.6  # 5 waits of 0.05 s after the first token
+    assert 0.24 <= elapsed < 2.0  # 5 waits of 0.05 s after the first token (slack: busy CI)
 
 
 def test_backoff_is_jittered_bounded_and_honours_retry_after() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -280,3 +281,29 @@ def test_worker_environment_pins_blas_threads_and_restores(
     threaded = parse_config(minimal_config(runner={"mode": "multi_threading"}))
     with worker_environment(threaded) as added:
         assert added == {} and "OPENBLAS_NUM_THREADS" not in os.environ
+
+
+@pytest.mark.slow  # imports apache_beam (~5 s)
+def test_beam_commits_each_output_without_a_flatten(tmp_path: Path) -> None:
+    """A Flatten before the commit stops the FnApiRunner from fusing it into the stage chain:
+    every encoded sample would be held until all cells are done (see build_pipeline)."""
+    import apache_beam as beam
+
+    from geodelta.pipelines.beam_adapter import CommitFn, build_pipeline
+    from geodelta.pipelines.stages import Worker
+
+    cfg = parse_config(minimal_config())
+    p = beam.Pipeline()
+    build_pipeline(p, [JOB], cfg, tmp_path, "0")
+    proto = p.to_runner_api()
+    names = [t.unique_name for t in proto.components.transforms.values()]
+    assert not any("Flatten" in n or n == "outcomes" for n in names)
+    commits = [n for n in names if n.startswith("commit") and "/" not in n]
+    n_stages = len(Worker(cfg, code_version="0").steps())
+    assert len(commits) == n_stages + 1  # each stage's quarantine, and the samples
+    commit_fns = [
+        t
+        for t in proto.components.transforms.values()
+        if t.unique_name.startswith("commit") and "ParDo(CommitFn)" in t.unique_name
+    ]
+    assert len(commit_fns) == n_stages + 1 and CommitFn.__name__ in commit_fns[0].unique_name
