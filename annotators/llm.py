@@ -196,7 +196,7 @@ def qa_types_for(facts: ChangeFacts, no_change_epsilon: float = 0.0) -> list[str
     """The QA types that have a well-defined answer for these facts (as the template asks)."""
     changed = has_change(facts, no_change_epsilon)
     types = ["has_change", "change_ratio", "count_regions"]
-    if not facts.binary and (facts.class_pixels_before or facts.class_pixels_after):
+    if changed and not facts.binary and (facts.class_pixels_before or facts.class_pixels_after):
         types += ["class_increase", "class_decrease"]
     ts = facts.transitions
     if changed and not facts.binary and ts:

@@ -561,7 +561,9 @@ class TemplateAnnotator:
                 {"regions": facts.n_regions, "min_region_px": facts.min_region_px},
             ),
         ]
-        if not facts.binary and (facts.class_pixels_before or facts.class_pixels_after):
+        # Class trends only on changed tiles: on an unchanged tile every answer would be "no",
+        # which skews the yes/no balance of a release towards "no" (measured: 80% on the demo).
+        if changed and not facts.binary and (facts.class_pixels_before or facts.class_pixels_after):
             items.append(self._class_trend(rng, facts, increase=True))
             items.append(self._class_trend(rng, facts, increase=False))
         if changed and not facts.binary:

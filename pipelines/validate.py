@@ -185,9 +185,14 @@ def rule_qa_answers(
 def rule_caption_claims(
     meta: SampleMeta, ann: Annotation, mask: np.ndarray, cfg: BuildConfig
 ) -> list[str]:
-    """Captions claim nothing the facts contradict (:func:`~geodelta.annotators.claims.check_captions`)."""
+    """Captions claim nothing the facts contradict (:func:`~geodelta.annotators.claims.check_captions`).
+
+    Free text from an LLM gets the strict check (every number, class, direction and location
+    word); the template's own wording gets the basic one.
+    """
     eps = cfg.annotation.no_change_epsilon
-    return check_captions(ann.captions, meta.facts, no_change_epsilon=eps)
+    strict = ann.annotator != "template"
+    return check_captions(ann.captions, meta.facts, no_change_epsilon=eps, strict=strict)
 
 
 def rule_mask_codes(
