@@ -1,9 +1,10 @@
 """The Beam adapter: each stage of :class:`~geodelta.pipelines.stages.Worker` as a ParDo.
 
 Thin on purpose: a DoFn makes its worker once (``setup``), runs one stage function and routes
-quarantine records to a tagged output; the last transform commits every outcome to the staging
-area. The default engine is Beam's Python FnApiRunner (multi-processing), chosen explicitly so
-nothing tries to download a runner binary.
+quarantine records to a tagged output; a commit transform on each of those outputs (and on the
+finished samples) writes every outcome to the staging area as soon as it exists. The default
+engine is Beam's Python FnApiRunner (multi-processing), chosen explicitly so nothing tries to
+download a runner binary.
 """
 
 from __future__ import annotations

@@ -289,7 +289,7 @@ def test_beam_commits_each_output_without_a_flatten(tmp_path: Path) -> None:
     every encoded sample would be held until all cells are done (see build_pipeline)."""
     import apache_beam as beam
 
-    from geodelta.pipelines.beam_adapter import CommitFn, build_pipeline
+    from geodelta.pipelines.beam_adapter import build_pipeline
     from geodelta.pipelines.stages import Worker
 
     cfg = parse_config(minimal_config())
@@ -304,6 +304,16 @@ def test_beam_commits_each_output_without_a_flatten(tmp_path: Path) -> None:
     commit_fns = [
         t
         for t in proto.components.transforms.values()
-        if t.unique_name.startswith("commit") and "ParDo(CommitFn)" in t.unique_name
+        if t.unique_name in commits and t.spec.urn == "beam:transform:pardo:v1"
     ]
-    assert len(commit_fns) == n_stages + 1 and CommitFn.__name__ in commit_fns[0].unique_name
+    assert len(commit_fns) == n_stages + 1
+    # each commit reads a stage's output directly (a ParDo's, never a Flatten's)
+    producers = {
+        pc: t.unique_name
+        for t in proto.components.transforms.values()
+        if not t.subtransforms
+        for pc in t.outputs.values()
+    }
+    for t in commit_fns:
+        (source,) = t.inputs.values()
+        assert producers[source].split("/")[0] in dict(Worker(cfg, code_version="0").steps())

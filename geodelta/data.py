@@ -1,0 +1,303 @@
+"""Load a geodelta release for training: ``geodelta.data.load(...)`` -> a torch IterableDataset.
+
+Every sample comes out shaped like a TorchGeo change-detection sample::
+
+    {
+        "image": float32 tensor [2, C, H, W]   # before/after, reflectance
+        "mask": int64 tensor [H, W]            # 0 no change, k = transition class
+        "captions": list[str],
+        "qa": list[dict],                      # {type, question, answer, evidence}
+        "meta": dict,                          # the sample's ``json`` member + "__key__"/"__url__"
+    }
+
+Reflectance is ``DN * dn_scale + dn_offset`` with ``dn_scale``/``dn_offset`` read from each
+sample's ``json`` member. DN 0 is the GeoTIFF nodata value: those pixels become ``nodata``
+(NaN by default) in ``image``; pass ``nodata=0.0`` to get zeros instead.
+
+Shards are split first by rank (``torch.distributed`` if initialised, else the ``RANK`` /
+``WORLD_SIZE`` environment variables, else a single node) and then by DataLoader worker, so every
+sample is seen exactly once per epoch when the shard count is a multiple of ``world_size``.
+
+This module imports torch and webdataset lazily (inside the functions), so ``import geodelta``
+and ``import geodelta.data`` stay light.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import math
+import os
+import urllib.request
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urljoin
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    from torch.utils.data import IterableDataset
+
+__all__ = ["Decode", "LoaderError", "decode_sample", "load", "rank_info", "resolve_shards"]
+
+Decode = Literal["torch", "numpy", "raw"]
+MANIFEST = "manifest.json"
+_HTTP_TIMEOUT_S = 60.0
+
+
+class LoaderError(ValueError):
+    """A release cannot be loaded as asked (unknown split or band, missing manifest, bad URL).
+
+    Attributes:
+        source: the folder, URL or shard the problem is about.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None) -> None:
+        self.source = source
+        super().__init__(f"{message} (source={source})" if source else message)
+
+
+def _is_url(s: str) -> bool:
+    return s.startswith(("http://", "https://"))
+
+
+def _fetch_manifest(source: str) -> dict[str, Any]:
+    try:
+        if _is_url(source):
+            with urllib.request.urlopen(source, timeout=_HTTP_TIMEOUT_S) as resp:
+                data: dict[str, Any] = json.loads(resp.read())
+        else:
+            data = json.loads(Path(source).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LoaderError(
+            f"cannot read the release manifest: {exc}; pass a release folder/URL holding "
+            f"{MANIFEST}, or explicit .tar shard paths/URLs",
+            source=source,
+        ) from exc
+    if not isinstance(data, dict) or not isinstance(data.get("shards"), list):
+        raise LoaderError(f"{MANIFEST} has no 'shards' list", source=source)
+    return data
+
+
+def resolve_shards(url_or_dir: str | Path | Sequence[str | Path], split: str | None) -> list[str]:
+    """Turn a release folder/URL or explicit shards into the list of shard paths/URLs to read.
+
+    Args:
+        url_or_dir: a local release folder, an http(s) release URL (its ``manifest.json`` is
+            fetched), a path/URL of ``manifest.json`` itself, one ``.tar`` shard, or a list of
+            ``.tar`` shard paths/URLs.
+        split: keep only this split's shards (from the manifest); ``None`` keeps all. Explicit
+            shards are taken as given (the split is then not checked).
+
+    Returns:
+        Shard paths or URLs, in manifest order.
+
+    Raises:
+        LoaderError: the manifest cannot be read, or the split is not in it.
+    """
+    if not isinstance(url_or_dir, (str, Path)):
+        shards = [str(s) for s in url_or_dir]
+        if not shards:
+            raise LoaderError("no shards given")
+        return shards
+    src = str(url_or_dir)
+    if src.endswith(".tar"):
+        return [src]
+    if _is_url(src):
+        manifest_url = src if src.endswith(MANIFEST) else src.rstrip("/") + "/" + MANIFEST
+        base = manifest_url[: -len(MANIFEST)]
+    else:
+        path = Path(src)
+        manifest_url = str(path if path.name == MANIFEST else path / MANIFEST)
+        base = str(Path(manifest_url).parent)
+    manifest = _fetch_manifest(manifest_url)
+    entries = manifest["shards"]
+    if split is not None:
+        splits = sorted({str(e.get("split")) for e in entries})
+        entries = [e for e in entries if e.get("split") == split]
+        if not entries:
+            raise LoaderError(
+                f"split {split!r} has no shards in this release (splits: {splits})",
+                source=manifest_url,
+            )
+    if _is_url(src):
+        return [urljoin(base, str(e["path"])) for e in entries]
+    return [str(Path(base) / str(e["path"])) for e in entries]
+
+
+def rank_info() -> tuple[int, int]:
+    """This process's (rank, world_size) for shard splitting.
+
+    ``torch.distributed`` when it is initialised, else the ``RANK`` and ``WORLD_SIZE``
+    environment variables, else ``(0, 1)``.
+
+    Returns:
+        ``(rank, world_size)``.
+    """
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return int(dist.get_rank()), int(dist.get_world_size())
+    except ImportError:  # pragma: no cover - torch is a requirement of load()
+        pass
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return 0, 1
+
+
+def _split_by_rank(src: Iterable[Any], rank: int, world_size: int) -> Iterator[Any]:
+    for i, item in enumerate(src):
+        if i % world_size == rank:
+            yield item
+
+
+def _open_shards(src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """webdataset stage: open each shard (local file or http(s) URL) as a byte stream."""
+    for sample in src:
+        url = str(sample["url"])
+        if _is_url(url):
+            stream: Any = urllib.request.urlopen(url, timeout=_HTTP_TIMEOUT_S)
+        else:
+            stream = open(url, "rb")  # noqa: SIM115 - closed below, after the tar is consumed
+        try:
+            yield {**sample, "stream": stream}
+        finally:
+            stream.close()
+
+
+def _tif_reflectance(
+    data: bytes, idx: list[int], scale: float, offset: float, nodata: float
+) -> np.ndarray:
+    import numpy as np
+    from rasterio.io import MemoryFile
+
+    with MemoryFile(data) as mf, mf.open() as ds:
+        dn = ds.read([i + 1 for i in idx])
+    out = dn.astype(np.float32) * np.float32(scale) + np.float32(offset)
+    out[dn == 0] = nodata
+    return out
+
+
+def decode_sample(
+    raw: dict[str, Any],
+    *,
+    bands: Sequence[str] | None = None,
+    decode: Decode = "torch",
+    nodata: float = math.nan,
+) -> dict[str, Any]:
+    """Decode one raw webdataset sample (member name -> bytes) into the TorchGeo-like dict.
+
+    Args:
+        raw: the sample as webdataset yields it (``__key__``, ``__url__``, member bytes).
+        bands: band names to keep, in this order (``None`` = all, in the file's order).
+        decode: ``"torch"`` (tensors), ``"numpy"`` (arrays) or ``"raw"`` (the member bytes,
+            untouched, plus ``meta``).
+        nodata: value put where DN is 0 (the tifs' nodata).
+
+    Returns:
+        ``{"image", "mask", "captions", "qa", "meta"}`` (see the module docstring).
+
+    Raises:
+        LoaderError: a requested band is not in the sample.
+    """
+    import numpy as np
+    from PIL import Image
+
+    key = str(raw.get("__key__"))
+    meta: dict[str, Any] = json.loads(raw["json"])
+    meta["__key__"] = key
+    meta["__url__"] = raw.get("__url__")
+    if decode == "raw":
+        return {k: v for k, v in raw.items() if not k.startswith("__")} | {"meta": meta}
+    names = list(meta["bands"])
+    wanted = list(bands) if bands is not None else names
+    missing = [b for b in wanted if b not in names]
+    if missing:
+        raise LoaderError(f"bands {missing} not in sample {key} (it has {names})", source=key)
+    idx = [names.index(b) for b in wanted]
+    scale, offset = float(meta["dn_scale"]), float(meta["dn_offset"])
+    image = np.stack(
+        [
+            _tif_reflectance(raw["before.tif"], idx, scale, offset, nodata),
+            _tif_reflectance(raw["after.tif"], idx, scale, offset, nodata),
+        ]
+    )
+    mask = np.asarray(Image.open(io.BytesIO(raw["mask.png"])), dtype=np.int64)
+    out: dict[str, Any] = {
+        "image": image,
+        "mask": mask,
+        "captions": [str(c) for c in json.loads(raw["captions.json"])],
+        "qa": list(json.loads(raw["qa.json"])),
+        "meta": meta,
+    }
+    if decode == "torch":
+        import torch
+
+        out["image"] = torch.from_numpy(image)
+        out["mask"] = torch.from_numpy(mask)
+    return out
+
+
+def load(
+    url_or_dir: str | Path | Sequence[str | Path],
+    split: str | None = "train",
+    bands: Sequence[str] | None = None,
+    decode: Decode = "torch",
+    *,
+    nodata: float = math.nan,
+    shuffle: int = 0,
+    seed: int = 0,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> IterableDataset[dict[str, Any]]:
+    """A torch IterableDataset over a release's shards, one decoded sample at a time.
+
+    Use it straight in a ``torch.utils.data.DataLoader`` (any ``num_workers``; use
+    ``collate_fn=list`` or a custom collate because ``captions``/``qa``/``meta`` vary in length).
+
+    Args:
+        url_or_dir: a local release folder, an http(s) release URL (``manifest.json`` is fetched
+            and the split's shards are read relative to it), ``manifest.json`` itself, one
+            ``.tar`` shard, or a list of shard paths/URLs.
+        split: ``"train"``, ``"val"``, ``"test"`` or ``None`` for every shard.
+        bands: band names to keep, in this order; ``None`` keeps all bands.
+        decode: ``"torch"`` (default), ``"numpy"`` or ``"raw"`` (member bytes).
+        nodata: value for nodata pixels (DN 0) in ``image``; NaN by default.
+        shuffle: sample shuffle buffer size; 0 keeps shard order (deterministic).
+        seed: seed of the shard and sample shuffles (used when ``shuffle > 0``).
+        rank: this node's rank; ``None`` = :func:`rank_info`.
+        world_size: number of nodes; ``None`` = :func:`rank_info`.
+
+    Returns:
+        A ``torch.utils.data.IterableDataset`` (a ``webdataset.DataPipeline``).
+
+    Raises:
+        LoaderError: unknown split or decode mode, bad rank, unreadable manifest.
+    """
+    import webdataset as wds
+    from webdataset import tariterators
+
+    if decode not in ("torch", "numpy", "raw"):
+        raise LoaderError(f"decode must be 'torch', 'numpy' or 'raw' (got {decode!r})")
+    shards = resolve_shards(url_or_dir, split)
+    env_rank, env_world = rank_info()
+    r = env_rank if rank is None else rank
+    w = env_world if world_size is None else world_size
+    if w < 1 or not 0 <= r < w:
+        raise LoaderError(f"rank must be in [0, world_size) (rank={r}, world_size={w})")
+    stages: list[Any] = [wds.SimpleShardList(shards)]
+    if shuffle > 0:
+        stages.append(wds.shuffle(len(shards), seed=seed))
+    stages += [
+        functools.partial(_split_by_rank, rank=r, world_size=w),
+        wds.split_by_worker,
+        _open_shards,
+        tariterators.tar_file_expander,
+        tariterators.group_by_keys,
+    ]
+    if shuffle > 0:
+        stages.append(wds.shuffle(shuffle, seed=seed))
+    stages.append(wds.map(functools.partial(decode_sample, bands=bands, decode=decode, nodata=nodata)))
+    return wds.DataPipeline(*stages)
