@@ -55,6 +55,10 @@ class CoregistrationError(ValueError):
         self.reason = reason
 
 
+#: Decimals kept in the recorded shift, residual and error.
+RECORD_DECIMALS = 6
+
+
 def _gradient(image: np.ndarray, name: str) -> np.ndarray:
     """Mean-removed gradient magnitude; zero on and next to NaN pixels."""
     valid = np.isfinite(image)
@@ -436,5 +440,13 @@ def coregister(sample: Sample, cfg: CoregConfig, *, band_index: int) -> Sample |
             f"coregistration.max_residual_px={cfg.max_residual_px} (estimated shift "
             f"dy={dy:+.2f}, dx={dx:+.2f}); {fix}",
         )
-    result = CoregResult(shift_px=(dy, dx), residual_px=residual, error=error, applied=applied)
+    # Recorded at a fixed precision (1e-6 px / 1e-6): far below what the estimate can resolve,
+    # and it keeps the bytes of a sample the same whatever the engine (a BLAS with more threads
+    # sums in another order and can move the last bit).
+    result = CoregResult(
+        shift_px=(round(dy, RECORD_DECIMALS), round(dx, RECORD_DECIMALS)),
+        residual_px=round(residual, RECORD_DECIMALS),
+        error=round(error, RECORD_DECIMALS),
+        applied=applied,
+    )
     return dataclasses.replace(sample, after=after, coreg=result)
