@@ -299,5 +299,7 @@ def load(
     ]
     if shuffle > 0:
         stages.append(wds.shuffle(shuffle, seed=seed))
-    stages.append(wds.map(functools.partial(decode_sample, bands=bands, decode=decode, nodata=nodata)))
+    stages.append(
+        wds.map(functools.partial(decode_sample, bands=bands, decode=decode, nodata=nodata))
+    )
     return wds.DataPipeline(*stages)
