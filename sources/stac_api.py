@@ -21,8 +21,9 @@ pixel-level clear fraction over each cell still decides the pair.
 
 Items are reduced to :class:`~geodelta.schemas.SceneRef` records (hrefs stripped of any query
 string) after the collection's profile filled missing scale/offsets
-(:func:`geodelta.sources.profiles.complete_item`). Asset hrefs may be http(s) URLs or absolute
-local paths. Signing for reads is not done here (see :mod:`geodelta.sources.signing`).
+(:func:`geodelta.sources.profiles.complete_item`). Asset hrefs may be http(s) URLs or
+``file://`` URIs (a bare absolute path in an API response resolves against the item's own URL,
+as RFC 3986 says, so it becomes an http URL on the API host). Signing for reads is not done here (see :mod:`geodelta.sources.signing`).
 """
 
 from __future__ import annotations
