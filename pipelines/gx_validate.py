@@ -66,6 +66,7 @@ import shutil
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +182,18 @@ def _caption_no_change(captions: Sequence[Any]) -> str:
     return "no" if not any(says) else "mixed"
 
 
+def _text(value: Any) -> str:
+    """A table cell as text; a missing value (None, or NaN in pandas >= 3 string columns) is "None"."""
+    return (
+        "None" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+    )
+
+
+def _naive_utc(when: datetime) -> datetime:
+    """The same instant as a timezone-naive UTC datetime."""
+    return when.astimezone(UTC).replace(tzinfo=None)
+
+
 def _sample_row(rec: ReleaseRecord, cfg: BuildConfig) -> dict[str, Any]:
     m = rec.meta
     facts = m.facts
@@ -194,8 +207,9 @@ def _sample_row(rec: ReleaseRecord, cfg: BuildConfig) -> dict[str, Any]:
         "split": m.split,
         "region": m.region,
         "crs": m.crs,
-        "t0": m.t0,
-        "t1": m.t1,
+        # naive UTC: pandas >= 3.1 deprecates .values on tz-aware columns, which GX uses
+        "t0": _naive_utc(m.t0),
+        "t1": _naive_utc(m.t1),
         "gap_days": m.gap_days,
         "min_lon": min_lon,
         "min_lat": min_lat,
@@ -581,7 +595,7 @@ def _outcomes(
                 element_count=int(res.get("element_count") or len(table)),
                 unexpected_count=int(res.get("unexpected_count") or 0),
                 unexpected_rows=idx,
-                unexpected_keys=tuple(sorted({str(keys[i]) for i in idx})),
+                unexpected_keys=tuple(sorted({_text(keys[i]) for i in idx})),
             )
         )
         for i in idx:
@@ -653,12 +667,13 @@ def run_checkpoint(
             )
         )
         for i, fails in rows.items():
-            key = str(table.at[i, "key"])
+            key = _text(table.at[i, "key"])
             outcome.failures.setdefault(key, []).extend(fails)
     samples = tables["samples"]
-    outcome.cell_ids = dict(
-        zip(samples["key"].astype(str), samples["cell_id"].astype(str), strict=True)
-    )
+    outcome.cell_ids = {
+        _text(k): _text(c)
+        for k, c in zip(samples["key"].tolist(), samples["cell_id"].tolist(), strict=True)
+    }
     if site is not None:
         # once for all suites: each UpdateDataDocsAction would rebuild the whole site
         context.build_data_docs(site_names=[_SITE])
