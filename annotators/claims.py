@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 
 from geodelta.schemas import ChangeFacts, QAItem, TransitionStat
 from geodelta.schemas.classes import CLASS_LABELS
-from geodelta.schemas.records import change_ratio_bin
+from geodelta.schemas.records import POSITION_WORDS, change_ratio_bin
 
 __all__ = [
     "check_captions",
@@ -27,17 +27,7 @@ __all__ = [
 ]
 
 _YES_NO = {"yes", "no"}
-_POSITIONS = {
-    "north-west",
-    "north",
-    "north-east",
-    "west",
-    "centre",
-    "east",
-    "south-west",
-    "south",
-    "south-east",
-}
+_POSITIONS = frozenset(POSITION_WORDS)
 _WORDS = {
     w: i
     for i, w in enumerate(

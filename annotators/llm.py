@@ -70,7 +70,7 @@ from geodelta.annotators.template import (
 from geodelta.schemas import SCHEMA_VERSION, Annotation, BuildConfig, ChangeFacts, QAItem
 from geodelta.schemas.classes import CLASS_LABELS
 from geodelta.schemas.config import OpenAIConfig
-from geodelta.schemas.records import CHANGE_RATIO_BINS, QAType, change_ratio_bin
+from geodelta.schemas.records import CHANGE_RATIO_BINS, POSITION_WORDS, QAType, change_ratio_bin
 
 __all__ = [
     "AnnotationFailed",
@@ -90,17 +90,7 @@ REASON_MALFORMED = "malformed_output"
 REASON_UNAVAILABLE = "llm_unavailable"
 REASON_REJECTED = "llm_request_rejected"
 
-_POSITIONS = (
-    "north-west",
-    "north",
-    "north-east",
-    "west",
-    "centre",
-    "east",
-    "south-west",
-    "south",
-    "south-east",
-)
+_POSITIONS = POSITION_WORDS
 _IMAGE_TOKENS = 100  # estimate per low-detail image
 
 

@@ -24,6 +24,7 @@ from scipy import ndimage
 from geodelta.pipelines.sample import Sample
 from geodelta.schemas import ChangeComponent, ChangeFacts, TransitionStat
 from geodelta.schemas.classes import BINARY_CHANGE, CLASSES, N_CLASSES, decode_transition
+from geodelta.schemas.records import POSITION_GRID
 
 __all__ = [
     "POSITION_WORDS",
@@ -38,11 +39,7 @@ __all__ = [
 ]
 
 #: Position words of the 3x3 grid of a tile, row by row from the north-west corner.
-POSITION_WORDS: tuple[tuple[str, str, str], ...] = (
-    ("north-west", "north", "north-east"),
-    ("west", "centre", "east"),
-    ("south-west", "south", "south-east"),
-)
+POSITION_WORDS: tuple[tuple[str, str, str], ...] = POSITION_GRID
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 

@@ -171,6 +171,16 @@ class TransitionStat(Record):
     area_m2: float = Field(ge=0, description="Their area in square metres")
 
 
+#: Position words of the 3x3 grid of a tile, row by row from the north-west corner.
+POSITION_GRID: tuple[tuple[str, str, str], ...] = (
+    ("north-west", "north", "north-east"),
+    ("west", "centre", "east"),
+    ("south-west", "south", "south-east"),
+)
+#: The nine position words, in grid order.
+POSITION_WORDS: tuple[str, ...] = tuple(w for row in POSITION_GRID for w in row)
+
+
 class ChangeComponent(Record):
     """One connected region of change (8-connectivity)."""
 
