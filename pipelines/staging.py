@@ -17,8 +17,6 @@ Layout under ``root``::
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import os
 import shutil
@@ -29,7 +27,6 @@ from pathlib import Path
 from geodelta.schemas import QuarantineRecord
 
 _MARKER_SUFFIX = ".json"
-_SWAP_ATTEMPTS = 5
 
 
 class StagingError(RuntimeError):
@@ -108,24 +105,24 @@ class Staging:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def _swap_in(self, tmp: Path, dest: Path) -> None:
-        """Rename ``tmp`` to ``dest``, replacing an existing directory (rename() cannot replace a
-        non-empty one, so the old copy is moved aside first; retried if another writer races)."""
-        for _ in range(_SWAP_ATTEMPTS):
-            try:
-                os.replace(tmp, dest)
-                return
-            except OSError as exc:
-                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR):
-                    raise
-            old = self._tmp_path(f"{dest.name}.old")
-            with contextlib.suppress(FileNotFoundError):
+        """Rename ``tmp`` to ``dest``, replacing an existing directory.
+
+        rename() cannot replace a non-empty directory, so an old copy is moved aside first. Two
+        workers re-putting the same key would interleave those steps, so the swap holds an
+        exclusive lock on the key (``flock`` on ``locks/<key>.lock``, released when the file
+        closes, also when the process dies).
+        """
+        import fcntl
+
+        locks = self._tmp.parent / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with open(locks / f"{dest.name}.lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if dest.exists():
+                old = self._tmp_path(f"{dest.name}.old")
                 os.replace(dest, old)
-            shutil.rmtree(old, ignore_errors=True)
-        raise StagingError(
-            f"sample {dest.name}: could not replace {dest} after {_SWAP_ATTEMPTS} attempts "
-            "(another worker keeps writing the same key?)",
-            key=dest.name,
-        )
+                shutil.rmtree(old, ignore_errors=True)
+            os.replace(tmp, dest)
 
     def mark_cell(
         self, cell_id: str, *, keys: Sequence[str], quarantine: Sequence[QuarantineRecord]
