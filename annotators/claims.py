@@ -13,6 +13,7 @@ import itertools
 import re
 from collections.abc import Iterable, Sequence
 
+from geodelta.annotators.vocabulary import NUMBER_WORDS
 from geodelta.schemas import ChangeFacts, QAItem, TransitionStat
 from geodelta.schemas.classes import CLASS_LABELS
 from geodelta.schemas.records import POSITION_WORDS, change_ratio_bin
@@ -28,34 +29,7 @@ __all__ = [
 
 _YES_NO = {"yes", "no"}
 _POSITIONS = frozenset(POSITION_WORDS)
-_WORDS = {
-    w: i
-    for i, w in enumerate(
-        [
-            "zero",
-            "one",
-            "two",
-            "three",
-            "four",
-            "five",
-            "six",
-            "seven",
-            "eight",
-            "nine",
-            "ten",
-            "eleven",
-            "twelve",
-            "thirteen",
-            "fourteen",
-            "fifteen",
-            "sixteen",
-            "seventeen",
-            "eighteen",
-            "nineteen",
-            "twenty",
-        ]
-    )
-}
+_WORDS = {w: i for i, w in enumerate(NUMBER_WORDS)}
 
 #: Phrases that say "nothing changed".
 _NO_CHANGE_RE = re.compile(

@@ -20,6 +20,7 @@ from functools import partial
 
 import numpy as np
 
+from geodelta.annotators.vocabulary import NUMBER_WORDS
 from geodelta.schemas import Annotation, ChangeComponent, ChangeFacts, QAItem, TransitionStat
 from geodelta.schemas.classes import CLASS_LABELS
 from geodelta.schemas.records import change_ratio_bin
@@ -33,21 +34,8 @@ __all__ = [
     "has_change",
 ]
 
-_NUMBER_WORDS = (
-    "zero",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-    "eleven",
-    "twelve",
-)
+# Counts up to twelve are written as words in captions; larger ones as digits.
+_NUMBER_WORDS = NUMBER_WORDS[:13]
 
 
 class AnnotatorConfigError(ValueError):

@@ -16,10 +16,13 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from geodelta import __version__
 from geodelta.schemas import BuildConfig, ReleaseManifest
+
+if TYPE_CHECKING:
+    from geodelta.pipelines.staging import Staging
 
 Mode = Literal["fresh", "resume", "overwrite"]
 STAGING = ".staging"
@@ -128,10 +131,13 @@ def build(
     stage("process")
     t = time.perf_counter()
     with _Progress(progress, "cells", len(jobs), len(jobs) - len(todo)) as bar:
-        watcher = _watch(staging, bar, len(jobs)) if cfg.runner.name != "inprocess" else None
-        run_jobs(todo, cfg, staging_root, code_version=__version__, progress=bar.advance)
-        if watcher is not None:
-            watcher.stop()
+        # Beam's workers report nothing back while they run: poll the completion markers.
+        watcher = _Watcher(staging, bar) if cfg.runner.name != "inprocess" else None
+        try:
+            run_jobs(todo, cfg, staging_root, code_version=__version__, progress=bar.advance)
+        finally:
+            if watcher is not None:
+                watcher.stop()
         bar.set(len(staging.done_cells()))
     missing = {j.cell_id for j in jobs} - staging.done_cells()
     if missing:
@@ -215,22 +221,20 @@ class _Progress:
 
 
 class _Watcher:
-    def __init__(self, staging: object, bar: _Progress, total: int) -> None:
+    """Sets the progress bar from the staging area's completion markers every half second."""
+
+    def __init__(self, staging: Staging, bar: _Progress) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(staging, bar, total), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(staging, bar), daemon=True)
         self._thread.start()
 
-    def _run(self, staging: object, bar: _Progress, total: int) -> None:
+    def _run(self, staging: Staging, bar: _Progress) -> None:
         while not self._stop.wait(0.5):
-            bar.set(len(staging.done_cells()))  # type: ignore[attr-defined]
+            bar.set(len(staging.done_cells()))
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def _watch(staging: object, bar: _Progress, total: int) -> _Watcher:
-    return _Watcher(staging, bar, total)
 
 
 def summary_rows(result: BuildResult) -> list[tuple[str, str]]:
