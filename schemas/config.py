@@ -435,6 +435,67 @@ class BaselineConfig(Section):
     batch_size: int = Field(default=8, ge=1, description="Pairs or tiles per forward pass")
 
 
+class ReferenceConfig(Section):
+    """The reference model that ``geodelta train-reference`` trains on a release.
+
+    Part of the config hash (it decides ``reference/``); it does not change shard bytes.
+    """
+
+    train_split: str = Field(default="train", description="Split the models train on")
+    eval_split: str = Field(default="test", description="Split the metrics are computed on")
+    epochs: int = Field(default=30, ge=1, description="Epochs of the change model")
+    retrieval_epochs: int = Field(default=60, ge=1, description="Epochs of the pair encoder")
+    batch_size: int = Field(default=8, ge=1, description="Samples per batch")
+    workers: int = Field(default=2, ge=0, description="DataLoader worker processes")
+    shuffle_buffer: int = Field(default=64, ge=0, description="webdataset shuffle buffer (samples)")
+    seed: int = Field(default=0, description="Seed of weights, shuffling and augmentation")
+    review_top: int = Field(
+        default=20, ge=0, description="Samples the report lists to review first (by disagreement)"
+    )
+
+
+class GateRule(Section):
+    """One release-gate rule over a reference metric (``geodelta.schemas.reference``)."""
+
+    metric: str = Field(description="Dotted metric name, e.g. 'masks.f1' (see GATE_METRICS)")
+    min: float | None = Field(default=None, description="Lowest acceptable value (None = none)")
+    max_drop: float | None = Field(
+        default=None,
+        ge=0,
+        description="Largest acceptable drop below the previous release's value, in the "
+        "metric's own units (None = not compared)",
+    )
+
+    @model_validator(mode="after")
+    def _known(self) -> GateRule:
+        from geodelta.schemas.reference import GATE_METRICS
+
+        if self.metric not in GATE_METRICS:
+            raise ValueError(
+                f"gate metric {self.metric!r} is unknown; use one of: {', '.join(GATE_METRICS)}"
+            )
+        if self.min is None and self.max_drop is None:
+            raise ValueError(f"gate rule for {self.metric!r} sets neither 'min' nor 'max_drop'")
+        return self
+
+
+class GateConfig(Section):
+    """What ``geodelta release`` checks before it publishes a release."""
+
+    require_reference: bool = Field(
+        default=True,
+        description="Refuse a release without reference/metrics.json (run train-reference)",
+    )
+    rules: list[GateRule] = Field(
+        default_factory=lambda: [
+            GateRule(metric="masks.f1", max_drop=0.05),
+            GateRule(metric="retrieval.recall_at_5", max_drop=0.1),
+            GateRule(metric="captions.cider", max_drop=0.2),
+        ],
+        description="Rules; every one must hold",
+    )
+
+
 class SplitConfig(Section):
     """Spatially disjoint splits by blocks of cells."""
 
@@ -552,6 +613,8 @@ class BuildConfig(Section):
     validation: ValidationConfig = ValidationConfig()
     splits: SplitConfig = SplitConfig()
     shards: ShardConfig = ShardConfig()
+    reference: ReferenceConfig = ReferenceConfig()
+    gate: GateConfig = GateConfig()
     runner: RunnerConfig = RunnerConfig()
     gdal: GdalConfig = GdalConfig()
     output: OutputConfig
