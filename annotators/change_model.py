@@ -244,6 +244,7 @@ class TrainConfig:
         augment: random flips and 90-degree rotations.
         workers: DataLoader worker processes.
         threads: torch intra-op threads in the training process (None = leave as is).
+        shuffle_buffer: samples in the loader's shuffle buffer (0 = shard order only).
     """
 
     epochs: int = 10
@@ -259,6 +260,7 @@ class TrainConfig:
     augment: bool = True
     workers: int = 2
     threads: int | None = None
+    shuffle_buffer: int = 64
 
     def __post_init__(self) -> None:
         checks = {
@@ -268,6 +270,7 @@ class TrainConfig:
             "base_channels": self.base_channels >= 1,
             "patch": self.patch is None or self.patch >= 8,
             "workers": self.workers >= 0,
+            "shuffle_buffer": self.shuffle_buffer >= 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:

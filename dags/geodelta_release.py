@@ -9,6 +9,7 @@ the task that uses it, so the DAG processor never loads rasterio, Beam or torch.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -35,21 +36,31 @@ One run = one dataset version, built from a geodelta build config (the YAML `geo
 takes).
 
 `plan` -> `build` (one mapped task per group of grid cells) -> `release` (shards, manifest,
-quality report) -> `validate` (`geodelta verify`) -> `train_reference` -> `publish`.
+quality report) -> `validate` (`geodelta verify`) -> `train_reference` (reference model:
+`reference/metrics.json`, disagreement scores, the report re-rendered with them) -> `publish`
+(the release gate of the config's `gate` section, then the atomic move, `geodelta release`).
 
 **Params**
 - `config`: path of the build config (absolute, or relative to the DAG run's working directory).
 - `version`: dataset version; overrides the config's `version` when set.
-- `previous`: an earlier release folder for the report's diff; by default the release `LATEST`
-  points at, when it is another version.
+- `previous`: an earlier release folder for the report's diff and the gate's `max_drop` rules;
+  by default the release `LATEST` points at, when it is another version.
 - `releases_dir`: where published releases go; default `releases/` beside `output.dir`.
 - `cells_per_task`: grid cells per mapped build task.
+- `promote`: after publishing, make the release's reference change model the baseline of the
+  next version (`<releases_dir>/baselines/<hash>/`, `<releases_dir>/BASELINE`; the config line
+  to use is in the `publish` task's log).
+
+**Gate.** `publish` refuses (the task fails, nothing moves, `LATEST` unchanged) when a rule of
+the config's `gate` section fails; the log names the metric, e.g. `gate: masks.f1 = 0.12, 0.31
+below the previous release 0.43 (gate.rules[0] max_drop 0.05)`.
 
 **Idempotence.** Every cell's outcome lands in `<output.dir>/.staging` with a completion marker
 (written atomically); a retried or re-run build task skips the cells already marked, so nothing
 is produced twice. `release` rewrites the release from the staging area (same bytes every time);
-`publish` renames the verified release into `<releases_dir>/<name>-<version>` and then replaces
-the `LATEST` pointer file atomically; re-running it after success changes nothing.
+`train_reference` is skipped when this version is already published from this config;
+`publish` renames the verified, gated release into `<releases_dir>/<name>-<version>` and then
+replaces the `LATEST` pointer file atomically; re-running it after success changes nothing.
 
 **Pool.** Build tasks run in the `geodelta_llm` pool: its size bounds how many cells are
 annotated at once, hence the load on the LLM endpoint (`airflow pools set geodelta_llm 2 ...`).
@@ -97,6 +108,19 @@ def _write_atomic(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _previous(cfg: BuildConfig, params: dict[str, Any]) -> Path | None:
+    """The release to diff and gate against: the param, else LATEST when another version."""
+    if params.get("previous"):
+        return Path(str(params["previous"])).expanduser()
+    releases = _releases_dir(cfg, params)
+    pointer = releases / LATEST
+    if pointer.exists():
+        candidate = releases / pointer.read_text().strip()
+        if candidate.name != _published_name(cfg) and candidate.is_dir():
+            return candidate
+    return None
+
+
 def _manifest_hash(release_dir: Path) -> str | None:
     try:
         return str(json.loads((release_dir / "manifest.json").read_text())["config_hash"])
@@ -117,6 +141,9 @@ def _manifest_hash(release_dir: Path) -> str | None:
         "previous": Param(None, type=["null", "string"], description="earlier release to diff"),
         "releases_dir": Param(None, type=["null", "string"], description="publish folder"),
         "cells_per_task": Param(8, type="integer", minimum=1, description="cells per build task"),
+        "promote": Param(
+            False, type="boolean", description="promote the reference model to the next baseline"
+        ),
     },
     default_args={
         "retries": 2,
@@ -221,17 +248,7 @@ def geodelta_release() -> None:
         cfg = _load(params)
         release_dir = _build_dir(cfg)
         write_release(release_dir, cfg, Staging(release_dir / STAGING), code_version=__version__)
-        previous: Path | None = None
-        if params.get("previous"):
-            previous = Path(str(params["previous"])).expanduser()
-        else:
-            releases = _releases_dir(cfg, params)
-            pointer = releases / LATEST
-            if pointer.exists():
-                candidate = releases / pointer.read_text().strip()
-                if candidate.name != _published_name(cfg) and candidate.is_dir():
-                    previous = candidate
-        write_report(release_dir, previous=previous)
+        write_report(release_dir, previous=_previous(cfg, params))
         return str(release_dir)
 
     @task(
@@ -254,60 +271,90 @@ def geodelta_release() -> None:
     @task(
         retries=0,
         execution_timeout=timedelta(hours=4),
-        doc_md="Train the reference model on the release. Not available yet: skipped.",
+        doc_md="Train the reference model on the release (`geodelta train-reference`): "
+        "reference/metrics.json, model card, weights, disagreement scores; re-render the report.",
     )
-    def train_reference(samples: int) -> None:
-        """Skipped: the reference model (issue 6) does not exist yet; no metrics are made up."""
-        raise AirflowSkipException(
-            "train_reference: geodelta has no reference model yet (issue 6); nothing was "
-            f"trained and no metrics are reported for this release ({samples} samples)"
+    def train_reference(release_dir: str, samples: int, **context: Any) -> dict[str, float]:
+        """Train and evaluate the reference model (epochs etc. from the config's ``reference``).
+
+        Skipped when this version is already published from this config: its metrics are there,
+        and training again would only duplicate them.
+        """
+        from geodelta import __version__
+        from geodelta.pipelines.reference import train_reference as train
+        from geodelta.pipelines.report import write_report
+
+        params = _params(context)
+        cfg = _load(params)
+        published = _releases_dir(cfg, params) / _published_name(cfg)
+        if published.exists() and _manifest_hash(published) == cfg.config_hash():
+            raise AirflowSkipException(
+                f"train_reference: {published} is already published from this config, with "
+                "its reference metrics; nothing to train"
+            )
+        metrics = train(release_dir, code_version=__version__, report=False)
+        write_report(release_dir, previous=_previous(cfg, params))  # with the reference section
+        out = {
+            name: metrics.metric(name)
+            for name in ("masks.f1", "retrieval.recall_at_5", "captions.cider")
+        }
+        logging.getLogger(__name__).info(
+            "reference model on %s (%d samples): %s", release_dir, samples, out
         )
+        return out
 
     @task(
         trigger_rule="none_failed",
-        execution_timeout=timedelta(minutes=10),
-        doc_md="Move the release into the releases folder, then point LATEST at it (atomic).",
+        execution_timeout=timedelta(minutes=30),
+        doc_md="Gate the release on its reference metrics, move it into the releases folder, "
+        "then point LATEST at it (atomic); optionally promote its model to the next baseline.",
     )
     def publish(release_dir: str, **context: Any) -> str:
-        """Rename the release to ``<releases_dir>/<name>-<version>``, then rewrite ``LATEST``.
+        """``geodelta release``: verify, gate, rename to ``<releases_dir>/<name>-<version>``,
+        rewrite ``LATEST`` (``publish_release``).
 
-        Idempotent: when the target already holds this config's release (a re-run after
-        success), the fresh copy is dropped and only ``LATEST`` is rewritten. A target built from
-        another config fails the task: versions are never overwritten.
+        A gate refusal fails the task with the rule's message and moves nothing. Idempotent:
+        when the target already holds this config's release (a re-run after success), the
+        fresh copy is dropped and only ``LATEST`` is rewritten. A target built from another
+        config fails the task: versions are never overwritten.
         """
+        from geodelta.pipelines.publish import PublishError, publish_release
+
         params = _params(context)
         cfg = _load(params)
         src = Path(release_dir)
         releases = _releases_dir(cfg, params)
-        releases.mkdir(parents=True, exist_ok=True)
         target = releases / _published_name(cfg)
-        if target.exists():
-            if _manifest_hash(target) != cfg.config_hash():
-                raise AirflowFailException(
-                    f"{target} already holds version {cfg.version} built from another config; "
-                    "bump 'version' (published versions are never overwritten)"
-                )
-            if src.exists() and src.resolve() != target.resolve():
-                shutil.rmtree(src)
-        else:
-            if _manifest_hash(src) != cfg.config_hash():
-                raise AirflowFailException(f"{src} holds no release of this config to publish")
-            shutil.rmtree(src / STAGING, ignore_errors=True)
-            try:
-                os.replace(src, target)  # atomic: same filesystem
-            except OSError as exc:
-                raise AirflowFailException(
-                    f"cannot rename {src} to {target} ({exc}); releases_dir must be on the "
-                    "same filesystem as output.dir"
-                ) from exc
-        _write_atomic(releases / LATEST, target.name + "\n")
-        return str(target)
+        if not src.exists() and target.exists():
+            src = target  # an earlier try moved it; finish the pointer (and promotion)
+        if _manifest_hash(src) != cfg.config_hash():
+            raise AirflowFailException(f"{src} holds no release of this config to publish")
+        previous = Path(str(params["previous"])).expanduser() if params.get("previous") else None
+        try:
+            out = publish_release(
+                src, releases, previous=previous, promote=bool(params.get("promote"))
+            )
+        except PublishError as exc:  # GateError included: the message names the metric
+            raise AirflowFailException(str(exc)) from None
+        log = logging.getLogger(__name__)
+        if out.gate is not None:
+            for note in out.gate.notes:
+                log.info("gate note: %s", note)
+        if out.leftover is not None:
+            shutil.rmtree(out.leftover)  # this run's duplicate of a published version
+        if out.promotion is not None:
+            log.info(
+                "promoted %s; next version's config: %s",
+                out.promotion.model_id,
+                out.promotion.config_line,
+            )
+        return str(out.target)
 
     groups = plan()
     built = build.expand(group=groups)
     release_dir = release(built)
     samples = validate(release_dir)
-    trained = train_reference(samples)
+    trained = train_reference(release_dir, samples)
     published = publish(release_dir)
     trained >> published
 

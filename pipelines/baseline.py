@@ -200,7 +200,8 @@ def make_loader(urls: Sequence[str], cfg: TrainConfig, epoch: int) -> Any:
     """A torch DataLoader over the shards for one epoch.
 
     A webdataset pipeline: the shard list shuffled with ``seed + epoch``, shards split by node
-    and by worker, a seeded 64-sample shuffle buffer, decoding and augmentation in the workers.
+    and by worker, a seeded shuffle buffer of ``cfg.shuffle_buffer`` samples, decoding and
+    augmentation in the workers.
     Deterministic for a given seed, epoch and number of workers.
     """
     import torch
@@ -216,7 +217,7 @@ def make_loader(urls: Sequence[str], cfg: TrainConfig, epoch: int) -> Any:
             workersplitter=wds.split_by_worker,
             empty_check=False,
         )
-        .shuffle(64, rng=random.Random(cfg.seed * 7919 + epoch))
+        .shuffle(cfg.shuffle_buffer, rng=random.Random(cfg.seed * 7919 + epoch))
         .map(partial(_to_example, patch=cfg.patch, augment=cfg.augment, seed=cfg.seed, epoch=epoch))
     )
     workers = min(cfg.workers, len(order))

@@ -4,10 +4,16 @@ Runs are resumable and idempotent: every cell's outcome lands in the staging are
 (``<release>/.staging``) with a completion marker, written atomically; ``resume`` skips the cells
 that have one. The release itself is assembled from the staging area in key order, so a resumed
 build is byte-identical to an uninterrupted one.
+
+When ``output.dir`` is an fsspec URL, the release is assembled in a local work folder and then
+uploaded with ``manifest.json`` last (:mod:`geodelta.pipelines.output`); the work folder, its
+staging area included, is kept until the upload has succeeded, so ``resume`` finishes a failed
+upload without running any cell again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import threading
@@ -42,6 +48,15 @@ class BuildResult:
     resumed_cells: int
     seconds: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    url: str | None = None
+    """The fsspec URL the release was uploaded to, without query string or user info
+    (``release_dir`` was the local work folder, removed after the upload unless
+    ``keep_staging``); None for a local release."""
+
+    @property
+    def location(self) -> str:
+        """Where the release is: its URL, or its local folder."""
+        return self.url if self.url is not None else str(self.release_dir)
 
     @property
     def samples(self) -> int:
@@ -93,7 +108,8 @@ def build(
         mode: ``fresh`` (refuse a non-empty release dir), ``resume`` (skip finished cells) or
             ``overwrite`` (start from scratch).
         progress: show rich progress bars.
-        keep_staging: keep ``.staging`` after a successful build.
+        keep_staging: keep ``.staging`` after a successful build (for a URL release: keep the
+            whole local work folder).
         on_stage: called with each top-level stage name as it starts (for logs and tests).
 
     Returns:
@@ -102,14 +118,24 @@ def build(
     from geodelta.pipelines.plan import plan_jobs
     from geodelta.pipelines.release import write_release
     from geodelta.pipelines.report import write_report
-    from geodelta.pipelines.runners import run_jobs
+    from geodelta.pipelines.runners import check_runner, run_jobs
     from geodelta.pipelines.staging import Staging
     from geodelta.sources.profiles import apply_defaults
 
     cfg = apply_defaults(cfg)  # keys left out of the file, from the collections' profiles
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    release_dir = Path(cfg.resolve(cfg.output.dir))
+    check_runner(cfg)
+    dest = cfg.resolve(cfg.output.dir)
+    url: str | None = None
+    if "://" in dest:  # an fsspec URL: build in a local work folder, then upload
+        from geodelta.pipelines.output import check_target, shown, work_dir_for
+
+        url = dest
+        check_target(url, cfg, mode)  # before any work
+        release_dir = work_dir_for(cfg, url)
+    else:
+        release_dir = Path(dest)
     staging_root = _prepare(release_dir, cfg, mode)
     staging = Staging(staging_root)
 
@@ -157,7 +183,19 @@ def build(
     write_report(release_dir)
     timings["report"] = time.perf_counter() - t
 
-    if not keep_staging:
+    if url is not None:
+        from geodelta.pipelines.output import upload_release
+
+        stage("upload")
+        t = time.perf_counter()
+        upload_release(release_dir, url)  # raises before the work folder is removed
+        timings["upload"] = time.perf_counter() - t
+        if not keep_staging:
+            shutil.rmtree(release_dir, ignore_errors=True)
+            if cfg.output.work_dir is None:  # the default .geodelta-work/, once it is empty
+                with contextlib.suppress(OSError):
+                    release_dir.parent.rmdir()
+    elif not keep_staging:
         shutil.rmtree(staging_root, ignore_errors=True)
     return BuildResult(
         release_dir=release_dir,
@@ -166,6 +204,7 @@ def build(
         resumed_cells=len(jobs) - len(todo),
         seconds=time.perf_counter() - t_start,
         stage_seconds=timings,
+        url=None if url is None else shown(url),
     )
 
 
@@ -241,7 +280,7 @@ def summary_rows(result: BuildResult) -> list[tuple[str, str]]:
     """Label/value rows for the end-of-build summary table."""
     m = result.manifest
     rows = [
-        ("release", str(result.release_dir)),
+        ("release", result.location),
         ("dataset", f"{m.name} {m.version}"),
         ("cells planned", str(result.cells)),
         ("cells resumed", str(result.resumed_cells)),

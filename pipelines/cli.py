@@ -69,22 +69,74 @@ def _run_build(cfg: Any, mode: str, progress: bool) -> Any:
         raise _fail(str(exc)) from None
 
 
-@app.command()
+def _runner_overrides(
+    runner: str | None, dask_address: str | None, options: list[str]
+) -> dict[str, Any]:
+    """The ``runner`` part of the config overrides from ``build``'s options."""
+    out: dict[str, Any] = {}
+    if runner is not None:
+        out["name"] = runner
+    if dask_address is not None:
+        out["dask_address"] = dask_address
+        out.setdefault("name", "dask")
+    if options:
+        out["options"] = options
+    return out
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def build(
+    ctx: typer.Context,
     config: Annotated[Path, typer.Argument(help="Build config (YAML), one per dataset version")],
     resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted build")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Rebuild from scratch")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars")] = True,
+    runner: Annotated[
+        str | None,
+        typer.Option(
+            help="Override runner.name: direct (Beam FnApiRunner), inprocess, dask (Beam "
+            "DaskRunner), beam (the runner named by the pipeline options after `--`)"
+        ),
+    ] = None,
+    dask_address: Annotated[
+        str | None,
+        typer.Option(help="Dask scheduler address (runner.dask_address); none: a LocalCluster"),
+    ] = None,
+    out: Annotated[
+        str | None,
+        typer.Option("--out", help="Override output.dir: a folder or an fsspec URL"),
+    ] = None,
+    work_dir: Annotated[
+        Path | None,
+        typer.Option(help="Override output.work_dir (local folder a URL release is built in)"),
+    ] = None,
 ) -> None:
-    """Build the release a config describes."""
+    """Build the release a config describes.
+
+    Beam pipeline options after `--` pass straight through to the runner (runner.options),
+    e.g. `geodelta build CONFIG --runner beam -- --runner=FlinkRunner --flink_master=HOST:8081`.
+    """
     if resume and overwrite:
         raise _fail("--resume and --overwrite exclude each other")
-    cfg = _load(config)
+    if ctx.args and not ctx.args[0].startswith("-"):  # an option's value may follow it
+        raise _fail(f"unexpected argument {ctx.args[0]!r}; Beam options go after `--`")
+    overrides: dict[str, Any] = {}
+    runner_part = _runner_overrides(runner, dask_address, list(ctx.args))
+    if runner_part:
+        overrides["runner"] = runner_part
+    output: dict[str, Any] = {}
+    if out is not None:
+        output["dir"] = out if "://" in out else str(Path(out).resolve())
+    if work_dir is not None:
+        output["work_dir"] = str(work_dir.resolve())
+    if output:
+        overrides["output"] = output
+    cfg = _load(config, overrides)
     _check_annotator(cfg)
     mode = "resume" if resume else "overwrite" if overwrite else "fresh"
     result = _run_build(cfg, mode, progress)
     _print_summary(result)
-    typer.echo(str(result.release_dir))
+    typer.echo(result.location)
 
 
 def _annotation_overrides(
@@ -171,6 +223,15 @@ def demo(
     cfg = _load(config, overrides)
     result = _run_build(cfg, "overwrite", progress)
     _print_summary(result)
+    console.print("training the reference model (geodelta train-reference)")
+    from geodelta.pipelines.reference import ReferenceError
+
+    try:
+        ref = _train_reference(result.release_dir, None, report=True, verbose=False, strict=True)
+        for line in _reference_lines(ref):
+            console.print(line)
+    except ReferenceError as exc:  # e.g. a --scale too small for a test split
+        console.print(f"[yellow]reference model skipped:[/] {exc}")
     check = verify_release(result.release_dir)
     if not check.ok:
         raise _fail("verify failed:\n" + "\n".join(check.problems), code=1)
@@ -181,19 +242,115 @@ def demo(
 
 @app.command()
 def verify(
-    release_dir: Annotated[Path, typer.Argument(help="Release folder (holds manifest.json)")],
+    release: Annotated[
+        str, typer.Argument(help="Release folder or fsspec URL (holds manifest.json)")
+    ],
 ) -> None:
     """Recompute every checksum and decode every member of a release."""
     from geodelta.pipelines.verify import verify_release
 
-    if not (release_dir / "manifest.json").exists():
-        raise _fail(f"{release_dir} has no manifest.json; is it a release folder?")
-    result = verify_release(release_dir)
+    if "://" in release:  # downloaded to a temp folder first unless file://
+        from geodelta.pipelines.output import OutputError, verify_url
+
+        try:
+            result = verify_url(release)
+        except OutputError as exc:
+            raise _fail(str(exc)) from None
+    else:
+        if not (Path(release) / "manifest.json").exists():
+            raise _fail(f"{release} has no manifest.json; is it a release folder?")
+        result = verify_release(release)
     if not result.ok:
         for problem in result.problems:
             console.print(f"[red]x[/] {problem}")
-        raise _fail(f"{len(result.problems)} problem(s) in {release_dir}", code=1)
-    typer.echo(f"ok: {result.samples} samples verified in {release_dir}")
+        raise _fail(f"{len(result.problems)} problem(s) in {release}", code=1)
+    typer.echo(f"ok: {result.samples} samples verified in {release}")
+
+
+def _print_gate(gate: Any) -> None:
+    from geodelta.pipelines.publish import format_rules
+
+    table = Table(title=f"gate: {gate.release_name}")
+    for col in ("metric", "value", "previous", "min", "max_drop", "result"):
+        table.add_column(col)
+    for row in format_rules(gate):
+        style = "red" if row[-1] == "FAIL" else None
+        table.add_row(*row, style=style)
+    console.print(table)
+    console.print(f"previous release: {gate.previous or 'none'}")
+    for note in gate.notes:
+        console.print(f"[yellow]note:[/] {note}")
+
+
+@app.command("release")
+def release_cmd(
+    release_dir: Annotated[Path, typer.Argument(help="Built release folder (holds manifest.json)")],
+    releases: Annotated[
+        Path, typer.Option("--releases", help="Folder of published releases (LATEST lives there)")
+    ],
+    previous: Annotated[
+        Path | None,
+        typer.Option("--previous", help="Release the gate compares with (default: LATEST)"),
+    ] = None,
+    promote: Annotated[
+        bool,
+        typer.Option("--promote", help="Make the reference change model the next baseline"),
+    ] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Verify and run the gate only; move nothing")
+    ] = False,
+) -> None:
+    """Verify, gate (reference metrics vs the config's gate rules) and publish a release."""
+    from geodelta.pipelines.publish import (
+        GateError,
+        PublishError,
+        check_gate,
+        latest_release,
+        publish_release,
+    )
+    from geodelta.pipelines.verify import verify_release
+
+    if check and promote:
+        raise _fail("--check moves nothing; it cannot --promote")
+    for path, what in ((release_dir, "RELEASE_DIR"), (previous, "--previous")):
+        if path is not None and not (path / "manifest.json").exists():
+            raise _fail(f"{what} {path} has no manifest.json; is it a release folder?")
+    if check:
+        result = verify_release(release_dir)
+        if not result.ok:
+            for problem in result.problems:
+                console.print(f"[red]x[/] {problem}")
+            raise _fail(f"{len(result.problems)} problem(s) in {release_dir}", code=1)
+        try:
+            gate = check_gate(release_dir, previous or latest_release(releases))
+        except PublishError as exc:
+            raise _fail(str(exc)) from None
+        _print_gate(gate)
+        if not gate.ok:
+            raise _fail("\n".join(gate.problems), code=1)
+        typer.echo(f"ok: {result.samples} samples verified; the gate passes for {release_dir}")
+        return
+    try:
+        out = publish_release(release_dir, releases, previous=previous, promote=promote)
+    except GateError as exc:
+        _print_gate(exc.result)
+        raise _fail(str(exc), code=1) from None
+    except PublishError as exc:
+        raise _fail(str(exc), code=1) from None
+    if out.gate is not None:
+        _print_gate(out.gate)
+    if out.already_published:
+        console.print(f"{out.target} was already published from this config; LATEST points at it")
+        if out.leftover is not None:
+            console.print(f"[yellow]note:[/] {out.leftover} was left in place (a duplicate)")
+    else:
+        console.print(f"[green]published[/] {out.samples} samples to {out.target}")
+    if out.promotion is not None:
+        p = out.promotion
+        console.print(f"promoted {p.model_id} from {p.release} to {p.directory}", soft_wrap=True)
+        console.print(f"next version: {p.config_line}", markup=False, soft_wrap=True)
+        console.print(p.config_yaml, markup=False, highlight=False, soft_wrap=True)
+    typer.echo(str(out.target))
 
 
 @app.command("qa-balance")
@@ -357,6 +514,116 @@ def schema(
             raise _fail(f"unknown record {name!r}; known: {', '.join(schemas)}")
         schemas = schemas[name]
     typer.echo(json.dumps(schemas, indent=2))
+
+
+def _train_reference(
+    release_dir: Path, cfg: Any, report: bool, verbose: bool, strict: bool = False
+) -> Any:
+    """Run train_reference with progress on stderr; a user-fixable error exits cleanly
+    (``strict``: it is raised for the caller)."""
+    from geodelta import __version__
+    from geodelta.pipelines.reference import ReferenceError, train_reference
+
+    try:
+        return train_reference(
+            release_dir,
+            cfg=cfg,
+            code_version=__version__,
+            report=report,
+            on_progress=(lambda line: console.print(f"[dim]{line}[/]")) if verbose else None,
+        )
+    except ReferenceError as exc:
+        if strict:
+            raise
+        raise _fail(str(exc)) from None
+
+
+def _reference_lines(m: Any) -> list[str]:
+    """One line per metric group (what `demo` prints)."""
+    r, c, k = m.retrieval, m.captions, m.masks
+    return [
+        f"reference masks ({m.eval_split}, {k.samples} samples): precision {k.precision:.3f} "
+        f"recall {k.recall:.3f} F1 {k.f1:.3f} IoU {k.iou:.3f}",
+        f"reference retrieval ({r.queries} queries, gallery {r.gallery}): R@1 "
+        f"{r.recall_at_1:.3f} R@5 {r.recall_at_5:.3f} R@10 {r.recall_at_10:.3f} "
+        f"(chance R@1 {r.chance_recall_at_1:.3f})",
+        f"reference captions ({c.samples} samples): BLEU-4 {c.bleu4:.3f} ROUGE-L "
+        f"{c.rouge_l:.3f} CIDEr {c.cider:.3f}",
+    ]
+
+
+@app.command("train-reference")
+def train_reference_cmd(
+    release_dir: Annotated[Path, typer.Argument(help="Release folder (holds manifest.json)")],
+    epochs: Annotated[
+        int | None, typer.Option(help="Change-model epochs (reference.epochs)")
+    ] = None,
+    retrieval_epochs: Annotated[
+        int | None, typer.Option(help="Pair-encoder epochs (reference.retrieval_epochs)")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="DataLoader worker processes (reference.workers)")
+    ] = None,
+    no_report: Annotated[
+        bool, typer.Option("--no-report", help="Do not re-render report/index.html")
+    ] = False,
+) -> None:
+    """Train the reference model on a release: mask, retrieval and caption metrics, disagreement.
+
+    Settings come from the release config's `reference:` section; the options override them.
+    Writes reference/ (weights, metrics.json, MODEL_CARD.md), a `disagreement` column in
+    samples.parquet, and the manifest entries that `geodelta verify` checks.
+    """
+    import time
+
+    from geodelta.pipelines.reference import ReferenceError, reference_config
+
+    if not (release_dir / "manifest.json").exists():
+        raise _fail(f"{release_dir} has no manifest.json; is it a release folder?")
+    overrides = {
+        k: v
+        for k, v in (
+            ("epochs", epochs),
+            ("retrieval_epochs", retrieval_epochs),
+            ("workers", workers),
+        )
+        if v is not None
+    }
+    try:
+        cfg = reference_config(release_dir, **overrides)
+    except ReferenceError as exc:
+        raise _fail(str(exc)) from None
+    start = time.perf_counter()
+    m = _train_reference(release_dir, cfg, not no_report, verbose=True)
+    seconds = time.perf_counter() - start
+    table = Table(title=f"geodelta train-reference: {m.release} ({seconds:.0f} s)")
+    for col in ("group", "metric", "value", "reference point"):
+        table.add_column(col)
+    g = max(m.retrieval.gallery, 1)
+    base = m.training.get("baselines", {}).get("captions_random_train_caption", {})
+    rows = [
+        ("masks", "precision", m.masks.precision, None),
+        ("masks", "recall", m.masks.recall, None),
+        ("masks", "F1", m.masks.f1, None),
+        ("masks", "IoU", m.masks.iou, None),
+        ("retrieval", "Recall@1", m.retrieval.recall_at_1, ("chance", 1 / g)),
+        ("retrieval", "Recall@5", m.retrieval.recall_at_5, ("chance", min(5, g) / g)),
+        ("retrieval", "Recall@10", m.retrieval.recall_at_10, ("chance", min(10, g) / g)),
+        ("captions", "BLEU-4", m.captions.bleu4, ("random caption", base.get("bleu4"))),
+        ("captions", "ROUGE-L", m.captions.rouge_l, ("random caption", base.get("rouge_l"))),
+        ("captions", "CIDEr", m.captions.cider, ("random caption", base.get("cider"))),
+    ]
+    for group, name, value, point in rows:
+        ref = "" if point is None or point[1] is None else f"{point[0]} {float(point[1]):.3f}"
+        table.add_row(group, name, f"{value:.3f}", ref)
+    console.print(table)
+    console.print(
+        f"trained on {m.train_split} ({m.train_samples} samples), evaluated on {m.eval_split} "
+        f"({m.eval_samples} samples)"
+    )
+    if m.disagreement is not None and m.disagreement.top:
+        console.print(f"review first: {', '.join(m.disagreement.top[:5])}")
+    typer.echo(str(release_dir / "reference" / "metrics.json"))
 
 
 baseline_app = typer.Typer(

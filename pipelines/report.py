@@ -115,6 +115,7 @@ VALIDATION_DIR = "validation"
 VALIDATION_SUMMARY = "validation/summary.json"
 #: Written by the reference-model training.
 REFERENCE_METRICS = "reference/metrics.json"
+REFERENCE_CARD = "reference/MODEL_CARD.md"
 #: The ``format`` of the summary that pipelines/gx_validate.py writes.
 GX_SUMMARY_FORMAT = "geodelta.gx-summary/1"
 
@@ -1212,7 +1213,163 @@ def _sample_card(key: str, split: str, members: dict[str, bytes], score: SampleS
     )
 
 
-def _reference(rel: _Release) -> str:
+#: Review-list samples shown with their before/after/mask thumbnails (the rest as table rows).
+_REVIEW_THUMBNAILS = 8
+
+
+def _review_keys(rows: Sequence[dict[str, Any]], n: int) -> list[str]:
+    """The ``n`` keys with the highest ``disagreement`` (samples.parquet), ties by key."""
+    scored = [r for r in rows if isinstance(r.get("disagreement"), int | float)]
+    scored.sort(key=lambda r: (-float(r["disagreement"]), str(r["key"])))
+    return [str(r["key"]) for r in scored[: max(n, 0)]]
+
+
+def _review_count(root: Path) -> int:
+    """How many samples the review list shows (``reference.review_top`` of the metrics)."""
+    try:
+        data = json.loads((root / REFERENCE_METRICS).read_text(encoding="utf-8"))
+        return int(data["training"]["reference_config"]["review_top"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 20
+
+
+def _reference_generic(data: Any) -> list[str]:
+    rows = [(k, _scalar(v)) for k, v in _flatten(data)]
+    return [
+        f"<p>From <a href='{_e(_rel_href(REFERENCE_METRICS))}'>{REFERENCE_METRICS}</a>.</p>",
+        _table(["metric", "value"], rows),
+    ]
+
+
+def _thumbs(members: dict[str, bytes]) -> str:
+    figs = []
+    for name, label in (("before.png", "before"), ("after.png", "after"), ("mask.png", "label")):
+        if name in members:
+            png = _mask_preview(members[name]) if name == "mask.png" else members[name]
+            figs.append(
+                f"<figure><img src='{_data_uri(png)}' alt='{_e(label)}'>"
+                f"<figcaption>{_e(label)}</figcaption></figure>"
+            )
+    return "".join(figs)
+
+
+def _review(rel: _Release, review: Sequence[str], definition: str) -> list[str]:
+    out = ["<h3 id='review'>Samples to review first</h3>"]
+    if not review:
+        out.append(f"<p class='muted'>No <code>disagreement</code> column in {SAMPLES_TABLE}.</p>")
+        return out
+    by_key = {str(r["key"]): r for r in rel.rows}
+    out.append(
+        f"<p>Highest disagreement between the reference change model and the label first "
+        f"({_e(definition)}). Train-split samples were seen in training.</p>"
+    )
+    out.append(
+        _table(
+            ["#", "key", "split", "disagreement", "label changed"],
+            [
+                (
+                    i + 1,
+                    k,
+                    str(by_key[k].get("split", "")),
+                    f"{float(by_key[k]['disagreement']):.3f}",
+                    _pct(float(by_key[k].get("changed_fraction") or 0.0)),
+                )
+                for i, k in enumerate(review)
+            ],
+            numeric=(0, 3, 4),
+        )
+    )
+    cards = []
+    for k in review[:_REVIEW_THUMBNAILS]:
+        if k in rel.kept:
+            cards.append(
+                f"<div class='sample'><p><span class='key'>{_e(k)}</span> &middot; "
+                f"{_e(by_key[k].get('split', ''))} &middot; disagreement "
+                f"{float(by_key[k]['disagreement']):.3f}</p>"
+                f"<div class='imgs'>{_thumbs(rel.kept[k])}</div></div>"
+            )
+    if cards:
+        out.append("<div id='review-samples'>" + "\n".join(cards) + "</div>")
+    return out
+
+
+def _reference_tables(rel: _Release, m: Any, review: Sequence[str]) -> list[str]:
+    """Readable tables of a :class:`~geodelta.schemas.reference.ReferenceMetrics`."""
+    masks, ret, caps = m.masks, m.retrieval, m.captions
+    base = m.training.get("baselines", {}) if isinstance(m.training, dict) else {}
+    rand = base.get("captions_random_train_caption", {})
+    gallery = max(int(ret.gallery), 1)
+
+    def chance(k: int) -> str:
+        return f"{min(k, gallery) / gallery:.3f}"
+
+    def ref(key: str) -> str:
+        value = rand.get(key)
+        return f"{float(value):.3f}" if isinstance(value, int | float) else "–"
+
+    out = [
+        f"<p>Trained on split <b>{_e(m.train_split)}</b> ({m.train_samples} samples), "
+        f"evaluated on split <b>{_e(m.eval_split)}</b> ({m.eval_samples} samples) of "
+        f"{_e(m.release)}; geodelta {_e(m.code_version or '?')}. From "
+        f"<a href='{_e(_rel_href(REFERENCE_METRICS))}'>{REFERENCE_METRICS}</a>; model card "
+        f"<a href='{_e(_rel_href(REFERENCE_CARD))}'>{REFERENCE_CARD}</a>.</p>",
+        "<h3>Change masks</h3>",
+        _table(
+            ["precision", "recall", "F1", "IoU", "threshold", "samples", "pixels", "changed"],
+            [
+                (
+                    f"{masks.precision:.3f}",
+                    f"{masks.recall:.3f}",
+                    f"{masks.f1:.3f}",
+                    f"{masks.iou:.3f}",
+                    masks.threshold,
+                    masks.samples,
+                    masks.pixels,
+                    _pct(masks.changed_fraction),
+                )
+            ],
+            numeric=range(8),
+        ),
+        "<h3>Text-to-pair retrieval</h3>",
+        _table(
+            ["metric", "value", "chance"],
+            [
+                ("Recall@1", f"{ret.recall_at_1:.3f}", chance(1)),
+                ("Recall@5", f"{ret.recall_at_5:.3f}", chance(5)),
+                ("Recall@10", f"{ret.recall_at_10:.3f}", chance(10)),
+            ],
+            numeric=(1, 2),
+        ),
+        f"<p class='muted'>{ret.queries} caption queries, gallery of {ret.gallery} pairs; text "
+        f"encoder {_e(ret.text_encoder)}.</p>",
+        "<h3>Captions</h3>",
+        _table(
+            ["metric", "value", "random training caption"],
+            [
+                ("BLEU-4", f"{caps.bleu4:.3f}", ref("bleu4")),
+                ("ROUGE-L", f"{caps.rouge_l:.3f}", ref("rouge_l")),
+                ("CIDEr", f"{caps.cider:.3f}", ref("cider")),
+            ],
+            numeric=(1, 2),
+        ),
+        f"<p class='muted'>{caps.samples} samples; {_e(caps.method)}; tokenizer "
+        f"{_e(caps.tokenizer)}.</p>",
+        "<h3>Weights</h3>",
+        _table(
+            ["model", "file", "sha256", "bytes"],
+            [(n, w.path, w.sha256[:16], w.bytes) for n, w in sorted(m.weights.items())],
+            numeric=(3,),
+        ),
+    ]
+    definition = m.disagreement.definition if m.disagreement is not None else ""
+    return out + _review(rel, review, definition)
+
+
+def _reference(rel: _Release, review: Sequence[str] = ()) -> str:
+    from pydantic import ValidationError
+
+    from geodelta.schemas.reference import ReferenceMetrics
+
     path = rel.root / REFERENCE_METRICS
     if not path.is_file():
         return _section(
@@ -1231,15 +1388,11 @@ def _reference(rel: _Release) -> str:
             "Reference model",
             [f"<p class='neg'>{REFERENCE_METRICS} cannot be read: {_e(exc)}</p>"],
         )
-    rows = [(k, _scalar(v)) for k, v in _flatten(data)]
-    return _section(
-        "reference",
-        "Reference model",
-        [
-            f"<p>From <a href='{_e(_rel_href(REFERENCE_METRICS))}'>{REFERENCE_METRICS}</a>.</p>",
-            _table(["metric", "value"], rows),
-        ],
-    )
+    try:
+        metrics = ReferenceMetrics.model_validate(data)
+    except ValidationError:
+        return _section("reference", "Reference model", _reference_generic(data))
+    return _section("reference", "Reference model", _reference_tables(rel, metrics, review))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1533,7 +1686,8 @@ def render_report(
     gx_summary, _ = _read_gx_summary(rel.root)
     scores = validation_scores(rel.rows, manifest.config, _gx_failed_keys(gx_summary))
     worst, others = _gallery_keys(rel.rows, scores, max_gallery)
-    _scan(rel, keep=[*worst, *others])
+    review = _review_keys(rel.rows, _review_count(rel.root))
+    _scan(rel, keep=[*worst, *others, *review[:_REVIEW_THUMBNAILS]])
     prev = _load(Path(previous)) if previous is not None else None
     title = f"{manifest.name} {manifest.version}: quality report"
     toc = [(i, t) for i, t in _TOC if i != "diff" or prev is not None]
@@ -1556,7 +1710,7 @@ def render_report(
         _time(rel),
         _gx(rel, scores, gx_summary),
         _gallery(rel, worst, others, scores),
-        _reference(rel),
+        _reference(rel, review),
     ]
     if prev is not None:
         body.append(_diff(rel, prev, scores))

@@ -443,14 +443,44 @@ class ReferenceConfig(Section):
 
     train_split: str = Field(default="train", description="Split the models train on")
     eval_split: str = Field(default="test", description="Split the metrics are computed on")
-    epochs: int = Field(default=30, ge=1, description="Epochs of the change model")
-    retrieval_epochs: int = Field(default=60, ge=1, description="Epochs of the pair encoder")
+    epochs: int = Field(default=8, ge=1, description="Epochs of the change model")
+    retrieval_epochs: int = Field(default=20, ge=1, description="Epochs of the pair encoder")
     batch_size: int = Field(default=8, ge=1, description="Samples per batch")
     workers: int = Field(default=2, ge=0, description="DataLoader worker processes")
     shuffle_buffer: int = Field(default=64, ge=0, description="webdataset shuffle buffer (samples)")
     seed: int = Field(default=0, description="Seed of weights, shuffling and augmentation")
     review_top: int = Field(
         default=20, ge=0, description="Samples the report lists to review first (by disagreement)"
+    )
+    lr: float = Field(default=3e-3, gt=0, description="Adam learning rate of the change model")
+    base_channels: int = Field(
+        default=8, ge=1, description="Width of the change model's first level (FC-Siam-diff)"
+    )
+    patch: int | None = Field(
+        default=64, ge=8, description="Random crop of the change model's training (None = whole)"
+    )
+    threshold: float = Field(
+        default=0.5, gt=0, lt=1, description="Change probability of the mask metrics"
+    )
+    retrieval_lr: float = Field(default=2e-3, gt=0, description="AdamW lr of the pair encoder")
+    retrieval_width: int = Field(
+        default=16, ge=1, description="Channels of the pair encoder's first convolution"
+    )
+    caption_neighbours: int = Field(
+        default=3, ge=1, description="Training pairs pooled by the nearest-neighbour captioner"
+    )
+    disagreement_smoothing: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Smoothing of the per-sample disagreement, as a share of the sample's valid "
+        "pixels (0 = plain 1 - IoU; see geodelta.pipelines.reference)",
+    )
+    threads: int = Field(
+        default=1,
+        ge=0,
+        description="torch intra-op threads while training (0 = torch's default); 1 gives the "
+        "same metrics on any machine",
     )
 
 
@@ -533,12 +563,28 @@ class ShardConfig(Section):
 class RunnerConfig(Section):
     """Which engine runs the stages."""
 
-    name: Literal["direct", "inprocess"] = Field(
-        default="direct", description="'direct': Beam FnApiRunner; 'inprocess': a plain loop"
+    name: Literal["direct", "inprocess", "dask", "beam"] = Field(
+        default="direct",
+        description="'direct': Beam FnApiRunner; 'inprocess': a plain loop; 'dask': Beam's "
+        "DaskRunner (a LocalCluster, or the scheduler at dask_address); 'beam': the runner the "
+        "pass-through options name (e.g. --runner=DataflowRunner)",
     )
-    workers: int = Field(default=2, ge=1, description="Worker processes (direct runner)")
+    workers: int = Field(
+        default=2, ge=1, description="Worker processes (direct runner, dask LocalCluster)"
+    )
     mode: Literal["multi_processing", "multi_threading", "in_memory"] = Field(
         default="multi_processing", description="FnApiRunner running mode"
+    )
+    dask_address: str | None = Field(
+        default=None,
+        description="Scheduler address of an existing Dask cluster (dask runner); none: "
+        "geodelta starts a LocalCluster of `workers` processes and closes it after the run",
+    )
+    options: list[str] = Field(
+        default=[],
+        description="Beam pipeline options passed straight through, e.g. "
+        "['--runner=FlinkRunner', '--flink_master=host:8081'] (dask, beam; direct: added to "
+        "the FnApiRunner's own)",
     )
 
 
@@ -589,7 +635,16 @@ class GdalConfig(Section):
 class OutputConfig(Section):
     """Where the release goes."""
 
-    dir: str = Field(description="Release directory (relative to the config file)")
+    dir: str = Field(
+        description="Release directory (relative to the config file) or an fsspec URL "
+        "(file://, memory://, s3://, gs://, az://...): a URL release is assembled in work_dir, "
+        "then uploaded with manifest.json last"
+    )
+    work_dir: str | None = Field(
+        default=None,
+        description="Local folder a URL release is assembled in (relative to the config file); "
+        "default: .geodelta-work/<name>-<version>-<hash of the URL> next to the config",
+    )
 
 
 class BuildConfig(Section):

@@ -18,7 +18,7 @@ from pydantic import Field
 from geodelta.schemas.records import Record
 
 #: Version of the metrics.json layout.
-REFERENCE_SCHEMA = "geodelta.reference/1"
+REFERENCE_SCHEMA: Literal["geodelta.reference/1"] = "geodelta.reference/1"
 
 #: Where train-reference writes into a release (paths relative to the release folder).
 REFERENCE_DIR = "reference"

@@ -48,6 +48,13 @@ from geodelta.sources.signing import redact_secrets
 #: Datasets kept open per thread; the least recently used one is closed beyond this.
 CACHE_SIZE = 64
 
+#: GDAL's raster block cache (decoded blocks) while geodelta reads, in MB per process. GDAL's
+#: own default is 5 % of the machine's RAM in every process: a worker reading a large AOI kept
+#: decoded blocks of every scene it had touched, its memory growing with the AOI (350 MB at 75
+#: cells, 840 MB at 800 cells per worker, benchmarks/bench_scale.py). A config's
+#: ``gdal.options: {GDAL_CACHEMAX: ...}`` (MB, bytes, ``NNMB``/``NNGB`` or ``NN%``) overrides it.
+BLOCK_CACHE_MB = 64
+
 _GDAL_ERRORS = (RasterioError, CPLE_BaseError)
 
 
@@ -69,6 +76,10 @@ class RasterReadError(RuntimeError):
         self.href = strip_secret(href)
         self.item_id = item_id
         self.reason = redact_secrets(reason)
+
+
+class RasterConfigError(ValueError):
+    """A GDAL option in the config's ``gdal`` section that cannot be used."""
 
 
 def gdal_env_options(gdal: GdalConfig | None = None) -> dict[str, str]:
@@ -106,11 +117,45 @@ def _reading(access: RasterAccess | None) -> Iterator[None]:
     access = access or _DEFAULT_ACCESS
     previous = getattr(_local, "signer", None)
     _local.signer = access.signer
+    options: dict[str, str | int] = dict(access.gdal_options)
+    options["GDAL_CACHEMAX"] = block_cache_bytes(options.get("GDAL_CACHEMAX"))
+    _local.vsi_cache = str(options.get("VSI_CACHE", "FALSE")).upper() in {"TRUE", "YES", "ON"}
     try:
-        with rasterio.Env(**access.gdal_options):
+        with rasterio.Env(**options):
             yield
     finally:
         _local.signer = previous
+
+
+def block_cache_bytes(value: str | int | None) -> int:
+    """GDAL_CACHEMAX as bytes, the integer :class:`rasterio.Env` needs (it calls
+    ``GDALSetCacheMax64`` with it, and restores the previous size on exit).
+
+    Args:
+        value: None (:data:`BLOCK_CACHE_MB`), an integer or digits (megabytes below 100000,
+            bytes from there on, as GDAL reads them), ``"NNMB"``, ``"NNGB"`` or ``"NN%"`` (of
+            the machine's physical memory).
+
+    Raises:
+        RasterConfigError: a value in none of these forms.
+    """
+    if value is None:
+        return BLOCK_CACHE_MB * 2**20
+    text = str(value).strip().upper()
+    try:
+        if text.endswith("%"):
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            return int(total * float(text[:-1]) / 100)
+        for suffix, unit in (("GB", 2**30), ("MB", 2**20)):
+            if text.endswith(suffix):
+                return int(float(text[: -len(suffix)]) * unit)
+        number = int(text)
+    except ValueError:
+        raise RasterConfigError(
+            f"GDAL_CACHEMAX {value!r} is not a size (expected megabytes such as 64, bytes, "
+            "64MB, 1GB or 5%); change gdal.options.GDAL_CACHEMAX in the config"
+        ) from None
+    return number * 2**20 if number < 100_000 else number
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,7 +196,14 @@ def _open(href: str, item_id: str | None) -> DatasetReader:
         return dataset
     _forget(href)  # an older version of a rewritten local file, or an older token
     try:
-        dataset = rasterio.open(url)
+        if getattr(_local, "vsi_cache", False) and _is_local(url):
+            # VSI_CACHE wraps every file GDAL opens, local ones too: up to VSI_CACHE_SIZE of
+            # raw bytes per open dataset (64 of them per thread), for data the OS page cache
+            # already holds. It is meant for remote reads only.
+            with rasterio.Env(VSI_CACHE=False):
+                dataset = rasterio.open(url)
+        else:
+            dataset = rasterio.open(url)
     except _GDAL_ERRORS as exc:
         raise RasterReadError(
             href,
@@ -173,6 +225,11 @@ def _open(href: str, item_id: str | None) -> DatasetReader:
         _, old = cache.popitem(last=False)
         old.close()
     return dataset
+
+
+def _is_local(url: str) -> bool:
+    """A path or ``file://`` URL (not a remote or ``/vsi...`` one)."""
+    return url.startswith("file://") or ("://" not in url and not url.startswith("/vsi"))
 
 
 def _forget(href: str) -> None:

@@ -77,3 +77,165 @@ def test_write_results_replaces_only_its_section(tmp_path: Path) -> None:
     assert text.startswith("# Benchmark results\n")
     assert text.count("## Build throughput") == 1 and "second" in text and "first" not in text
     assert text.endswith("## Later section\n\nkept\n")
+
+
+# --------------------------------------------------------------------------------------------
+# bench_scale.py: workers, AOI size, memory
+
+
+def load_bench_scale() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "bench_scale", REPO / "benchmarks" / "bench_scale.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_scale_splits_wall_time_into_fixed_and_per_tile() -> None:
+    bench = load_bench_scale()
+    # a build process started at t=100 s: plan at 103, cells from 104, release at 125,
+    # report at 133, end at 136, exited at 137; 11 markers from 106 to 121 (10 intervals)
+    marks = {
+        "start": 100.0,
+        "plan": 103.0,
+        "process": 104.0,
+        "release": 125.0,
+        "report": 133.0,
+        "end": 136.0,
+        "exit": 137.0,
+    }
+    run = {
+        "cells": 11,
+        "samples": 10,
+        "wall_s": 37.0,
+        "marks": marks,
+        "markers": {"count": 11, "first": 106.0, "last": 121.0},
+    }
+    split = bench.split_wall(run)
+    assert split["per_tile_part_s"] == pytest.approx(15.0 * 11 / 10)  # 16.5 s
+    assert split["fixed_s"] == pytest.approx(37.0 - 16.5)
+    assert split["s_per_tile_part"] == pytest.approx(1.65)
+    assert split["tiles_s"] == pytest.approx(10 / 37.0)
+    parts = split["split"]
+    assert (parts["startup"], parts["plan"], parts["to_first_cell"]) == (3.0, 1.0, 2.0)
+    assert (parts["after_last_cell"], parts["release"], parts["report"], parts["exit"]) == (
+        4.0,
+        8.0,
+        3.0,
+        1.0,
+    )
+    # every second of the wall time is in exactly one part (cells counted once)
+    fixed_parts = sum(v for k, v in parts.items() if k != "cells")
+    assert fixed_parts + 15.0 == pytest.approx(37.0)
+
+    # one marker: no steady state, the whole process stage counts as per-tile time
+    one = bench.split_wall({**run, "markers": {"count": 1, "first": 106.0, "last": 106.0}})
+    assert one["per_tile_part_s"] == pytest.approx(21.0)
+
+
+def test_bench_scale_memory_peaks_per_phase() -> None:
+    bench = load_bench_scale()
+    mb = 2**20
+    marks = {
+        "start": 0.0,
+        "plan": 1.0,
+        "process": 2.0,
+        "release": 5.0,
+        "report": 7.0,
+        "end": 8.0,
+        "exit": 9.0,
+    }
+    # (time, tree RSS, build-process RSS)
+    samples = [
+        (0.5, 100 * mb, 100 * mb),
+        (1.5, 120 * mb, 120 * mb),
+        (3.0, 700 * mb, 150 * mb),
+        (4.9, 650 * mb, 160 * mb),
+        (6.0, 300 * mb, 300 * mb),
+        (7.5, 280 * mb, 280 * mb),
+    ]
+    mem = bench.memory_figures(samples, {11: 250 * mb, 12: 280 * mb}, marks)
+    assert mem["tree_peak_mb"] == 700 and mem["main_sampled_peak_mb"] == 300
+    assert mem["worker_sampled_peak_mb"] == 280 and mem["workers_seen"] == 2
+    assert mem["tree_peak_by_phase_mb"] == {
+        "startup": 100,
+        "plan": 120,
+        "process": 700,
+        "release": 300,
+        "report": 280,
+        "exit": 0,
+    }
+    assert mem["main_peak_by_phase_mb"]["process"] == 160
+
+
+def test_bench_scale_aoi_and_results_section(tmp_path: Path) -> None:
+    bench = load_bench_scale()
+    from geodelta.sources.demo_catalog import DEMO_AOI
+
+    assert bench.aoi_bbox(1.0) == pytest.approx(list(DEMO_AOI))
+    w, h = DEMO_AOI[2] - DEMO_AOI[0], DEMO_AOI[3] - DEMO_AOI[1]
+    big = bench.aoi_bbox(3.0)
+    assert big[2] - big[0] == pytest.approx(3 * w) and big[3] - big[1] == pytest.approx(3 * h)
+    assert big[0] < 6.0 < big[2]  # still straddles the UTM 31/32 boundary
+
+    path = tmp_path / "RESULTS.md"
+    path.write_text(
+        "# Benchmark results\n\n<!-- bench_build:start -->\nbuild\n<!-- bench_build:end -->\n"
+    )
+    bench.write_results(path, f"{bench.START}\n## Scaling\n\nfirst\n{bench.END}\n")
+    bench.write_results(path, f"{bench.START}\n## Scaling\n\nsecond\n{bench.END}\n")
+    text = path.read_text()
+    assert text.count(bench.START) == 1 and "second" in text and "first" not in text
+    assert "<!-- bench_build:start -->\nbuild\n<!-- bench_build:end -->" in text
+
+
+@pytest.mark.slow
+def test_bench_scale_quick_writes_results(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## Another section\n\nkept as is\n")
+    work = tmp_path / "work"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench_scale.py"),
+            "--quick",
+            "--out",
+            str(work),
+            "--results",
+            str(results),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    figures = json.loads((work / "bench_scale.json").read_text())
+    series, one = figures["series"], figures["one_worker"]
+    # quick AOIs: 2, 8 and 15 cells, the same cells as the plan gives for those bboxes
+    assert [r["cells"] for r in series] == [2, 8, 15]
+    assert [r["workers"] for r in series] == [2, 2, 2] and one["workers"] == 1
+    assert one["cells"] == 15 and one["samples"] == series[-1]["samples"] >= 1
+    for run in [*series, one]:
+        assert run["markers"]["count"] == run["cells"]  # one completion marker per cell
+        assert 0 < run["per_tile_part_s"] < run["wall_s"]
+        assert run["fixed_s"] + run["per_tile_part_s"] == pytest.approx(run["wall_s"])
+        mem = run["memory"]
+        assert mem["samples"] > 20  # sampled every 50 ms over a build of several seconds
+        # the tree holds the build process, so its peak is at least the process's own
+        assert mem["tree_peak_mb"] >= mem["main_sampled_peak_mb"] > 100
+        assert mem["main_peak_mb"] >= mem["main_sampled_peak_mb"]
+    # Beam's worker processes (and the /bin/sh that starts each) were seen
+    assert all(r["memory"]["workers_seen"] >= 4 for r in series)
+    assert one["memory"]["workers_seen"] >= 1
+    # two workers hold more memory than one (each a Python process with Beam and the stages)
+    assert series[-1]["memory"]["tree_peak_mb"] > one["memory"]["tree_peak_mb"]
+
+    text = results.read_text()
+    assert "## Another section\n\nkept as is" in text
+    section = text.split("<!-- bench_scale:start -->")[1].split("<!-- bench_scale:end -->")[0]
+    assert "## Scaling" in section and "--quick" in section
+    for row in ("2 workers / 1 worker throughput", "time per tile", "peak memory", "tree peak"):
+        assert row in section, row

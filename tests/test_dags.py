@@ -119,6 +119,7 @@ def test_dagbag_imports_without_errors_quickly(airflow_venv: Path, tmp_path: Pat
 def test_airflow_dags_test_publishes_a_verified_release(airflow_venv: Path, tmp_path: Path) -> None:
     from geodelta.pipelines.verify import verify_release
     from geodelta.schemas import load_config
+    from geodelta.schemas.reference import REFERENCE_METRICS, ReferenceMetrics
     from geodelta.sources.demo_catalog import write_demo_catalog
 
     cat = write_demo_catalog(tmp_path / "catalog", seed=0, scale=0.5)
@@ -127,6 +128,7 @@ def test_airflow_dags_test_publishes_a_verified_release(airflow_venv: Path, tmp_
     data["output"]["dir"] = str(tmp_path / "work" / "release")
     data["aoi"] = {"bbox": list(cat.aoi_bbox)}
     data["runner"] = {"name": "inprocess"}
+    data["reference"] = {"epochs": 2, "retrieval_epochs": 4, "workers": 0}  # short training
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(data, sort_keys=False))
     cfg = load_config(config)
@@ -146,8 +148,8 @@ def test_airflow_dags_test_publishes_a_verified_release(airflow_venv: Path, tmp_
 
     run("db", "migrate", timeout=300)
     run("pools", "set", "geodelta_llm", "2", "bounds LLM concurrency", timeout=120)
-    conf = {"config": str(config), "cells_per_task": 4, "version": "0.1.0-af"}
-    proc = run("dags", "test", "geodelta_release", "-c", json.dumps(conf), timeout=600)
+    conf = {"config": str(config), "cells_per_task": 4, "version": "0.1.0-af", "promote": True}
+    proc = run("dags", "test", "geodelta_release", "-c", json.dumps(conf), timeout=900)
     log = proc.stdout + proc.stderr
 
     releases = tmp_path / "work" / "releases"
@@ -161,17 +163,33 @@ def test_airflow_dags_test_publishes_a_verified_release(airflow_venv: Path, tmp_
     manifest = json.loads((target / "manifest.json").read_text())
     assert manifest["version"] == "0.1.0-af"
     assert (target / "report" / "index.html").exists()
-    # the run succeeded with exactly one skipped task: train_reference, which says plainly why
+    # every task ran: the reference model was trained and gated the release
     assert re.search(r"Marking run <DagRun geodelta_release .*> successful", log)
-    assert log.count("new_state=skipped") == 1
-    assert "no reference model yet (issue 6)" in log
-    assert "metrics" not in {p.name for p in target.iterdir()}
+    assert "new_state=skipped" not in log
+    ref = ReferenceMetrics.model_validate_json((target / REFERENCE_METRICS).read_bytes())
+    assert ref.config_hash == manifest["config_hash"] == cfg.config_hash()
+    assert ref.release == target.name
+    assert "reference/metrics.json" in {f["path"] for f in manifest["files"]}
+    # promote=true: the reference change model is the next version's baseline
+    baseline = json.loads((releases / "BASELINE").read_text())
+    assert baseline["release"] == target.name
+    assert baseline["file_sha256"] == ref.weights["change_model"].sha256
+    assert (releases / baseline["weights"]).is_file()
+    assert f"baseline.weights: {(releases / baseline['weights']).resolve()}" in log
 
     # a second run of the same version changes nothing that was published
     before = {p.relative_to(target): p.stat().st_mtime_ns for p in target.rglob("*")}
-    run("dags", "test", "geodelta_release", "-c", json.dumps(conf), timeout=600)
+    proc = run("dags", "test", "geodelta_release", "-c", json.dumps(conf), timeout=900)
+    log = proc.stdout + proc.stderr
+    assert log.count("new_state=skipped") == 1  # train_reference: nothing new to train
+    assert "is already published from this config" in log
     assert (releases / "LATEST").read_text() == target.name + "\n"
-    assert sorted(p.name for p in releases.iterdir()) == ["LATEST", target.name]
+    assert sorted(p.name for p in releases.iterdir()) == [
+        "BASELINE",
+        "LATEST",
+        "baselines",
+        target.name,
+    ]
     assert not (tmp_path / "work" / "release").exists()
     after = {p.relative_to(target): p.stat().st_mtime_ns for p in target.rglob("*")}
     assert after == before
