@@ -78,18 +78,23 @@ class PairEncoder(nn.Module):
         in_channels: channels of one date (3 for the RGB renderings).
         width: channels of the first convolution (x1, x2, x4, x4 after it).
         embed_dim: output width (the text encoder's, 384 for all-MiniLM-L6-v2).
+        downsample: average-pool the input by this factor first (1 = none; 2 is a quarter of
+            the cost, but scored lower on the demo: R@5 0.78 against 0.85).
     """
 
-    def __init__(self, in_channels: int = 3, width: int = 16, embed_dim: int = 384) -> None:
+    def __init__(
+        self, in_channels: int = 3, width: int = 16, embed_dim: int = 384, downsample: int = 1
+    ) -> None:
         super().__init__()
-        if in_channels < 1 or width < 1 or embed_dim < 1:
+        if min(in_channels, width, embed_dim, downsample) < 1:
             raise ValueError(
-                f"need in_channels, width, embed_dim >= 1 (actual {in_channels}, {width}, "
-                f"{embed_dim})"
+                f"need in_channels, width, embed_dim, downsample >= 1 (actual {in_channels}, "
+                f"{width}, {embed_dim}, {downsample})"
             )
         self.in_channels = in_channels
         self.width = width
         self.embed_dim = embed_dim
+        self.downsample = downsample
         c = 3 * in_channels
         self.features = nn.Sequential(
             nn.BatchNorm2d(c),
@@ -108,7 +113,10 @@ class PairEncoder(nn.Module):
                 f"before/after must be (N, {self.in_channels}, H, W) of one shape (actual "
                 f"{tuple(before.shape)}, {tuple(after.shape)})"
             )
-        x = self.features(torch.cat([before, after, after - before], dim=1))
+        x = torch.cat([before, after, after - before], dim=1)
+        if self.downsample > 1:
+            x = F.avg_pool2d(x, self.downsample, ceil_mode=True)
+        x = self.features(x)
         grid = F.adaptive_avg_pool2d(x, _GRID).flatten(1)
         peak = torch.amax(x, dim=(2, 3))
         return F.normalize(self.project(torch.cat([grid, peak], dim=1)), dim=1)
@@ -119,7 +127,12 @@ class PairEncoder(nn.Module):
 
     def hparams(self) -> dict[str, Any]:
         """Constructor arguments (stored with the weights)."""
-        return {"in_channels": self.in_channels, "width": self.width, "embed_dim": self.embed_dim}
+        return {
+            "in_channels": self.in_channels,
+            "width": self.width,
+            "embed_dim": self.embed_dim,
+            "downsample": self.downsample,
+        }
 
 
 def info_nce(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

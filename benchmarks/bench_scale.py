@@ -23,8 +23,8 @@ to the first finished cell, the release (Great Expectations import and checkpoin
 tables) and the report.
 
 Memory is sampled every 50 ms from the build process and all its descendants (Beam's worker
-processes): the peak of the summed RSS of the tree, the build process's own peak (exact, from
-``getrusage``), the largest single worker's peak (sampled), and the peaks of the tree and of the
+processes): the peak of the summed RSS of the tree, the build process's own peak (``getrusage``
+up to the end of ``build()``, or the samples when higher), the largest single worker's peak (sampled), and the peaks of the tree and of the
 build process within each phase (start-up, plan, process, release, report).
 
 Every process runs numeric libraries single-threaded (``OPENBLAS_NUM_THREADS=1`` and friends,
@@ -43,6 +43,7 @@ for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
@@ -155,10 +156,14 @@ class TreeSampler:
 
         self.root = psutil.Process(pid)
         self.every = every
-        #: (epoch seconds, summed RSS of the tree, RSS of the root) per sample
-        self.samples: list[tuple[float, int, int]] = []
+        #: (epoch seconds, summed RSS of the tree, RSS of the root, CPU seconds of the root)
+        self.samples: list[tuple[float, int, int, float]] = []
         #: peak RSS per descendant pid
         self.peaks: dict[int, int] = {}
+        #: last seen CPU seconds (user + system) per descendant pid
+        self.cpu: dict[int, float] = {}
+        #: (epoch seconds, CPU seconds per descendant pid) per sample
+        self.worker_cpu: list[tuple[float, dict[int, float]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -175,15 +180,20 @@ class TreeSampler:
             tick += 1
             try:
                 main = self.root.memory_info().rss
+                t = self.root.cpu_times()
             except psutil.Error:  # the build process has exited
                 break
             total = main
             for child in children:
                 with contextlib.suppress(psutil.Error):  # a worker that just exited
                     rss = child.memory_info().rss
+                    c = child.cpu_times()
                     total += rss
                     self.peaks[child.pid] = max(self.peaks.get(child.pid, 0), rss)
-            self.samples.append((time.time(), total, main))
+                    self.cpu[child.pid] = c.user + c.system
+            now = time.time()
+            self.samples.append((now, total, main, t.user + t.system))
+            self.worker_cpu.append((now, dict(self.cpu)))
             self._stop.wait(self.every)
 
     def stop(self) -> None:
@@ -211,7 +221,17 @@ def run_build(args: dict[str, Any]) -> dict[str, Any]:
     run["wall_s"] = wall
     run["cpu_s"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     run["memory"] = memory_figures(sampler.samples, sampler.peaks, run["marks"])
-    run["memory"]["main_peak_mb"] = run.pop("main_peak_rss") / 2**20
+    run["cpu"] = cpu_figures(sampler.samples, sampler.cpu, run["marks"])
+    m = run["markers"]
+    if m["count"] >= 2:
+        span = span_cpu(sampler.worker_cpu, m["first"], m["last"])
+        scale = m["count"] / (m["count"] - 1)  # as the per-tile part
+        run["cpu"]["cells_by_worker_s"] = sorted((c * scale for c in span), reverse=True)
+    # getrusage is exact up to the end of build(); the samples also see the interpreter's exit
+    run["memory"]["main_rusage_mb"] = run.pop("main_peak_rss") / 2**20
+    run["memory"]["main_peak_mb"] = max(
+        run["memory"]["main_rusage_mb"], run["memory"]["main_sampled_peak_mb"]
+    )
     run["memory"]["worker_peak_mb"] = run["memory"]["worker_sampled_peak_mb"]
     run.update(split_wall(run))
     return run
@@ -254,13 +274,49 @@ def memory_figures(
     }
 
 
+def cpu_figures(
+    samples: Sequence[tuple[float, int, int, float]],
+    workers: dict[int, float],
+    marks: dict[str, float],
+) -> dict[str, Any]:
+    """CPU seconds of the build process per phase (from the samples) and of each worker."""
+    per_phase = {}
+    for phase, (lo, hi) in phase_bounds(marks).items():
+        inside = [s[3] for s in samples if lo <= s[0] < hi]
+        before = [s[3] for s in samples if s[0] < lo]
+        start = before[-1] if before else 0.0
+        per_phase[phase] = (inside[-1] - start) if inside else 0.0
+    busy = sorted((c for c in workers.values() if c >= 0.5), reverse=True)  # not the /bin/sh
+    return {"main_by_phase_s": per_phase, "workers_s": busy}
+
+
+def span_cpu(
+    worker_cpu: Sequence[tuple[float, dict[int, float]]], first: float, last: float
+) -> list[float]:
+    """CPU seconds each worker spent between two times (the first and last cell markers).
+
+    Counts workers with at least 0.1 s in the span (not the ``/bin/sh`` that starts each).
+    """
+    at_first: dict[int, float] = {}
+    at_last: dict[int, float] = {}
+    for t, cpu in worker_cpu:
+        if t <= first:
+            at_first = cpu
+        if t <= last:
+            at_last = cpu
+    spent = [c - at_first.get(pid, 0.0) for pid, c in at_last.items()]
+    return [c for c in spent if c >= 0.1]
+
+
 def split_wall(run: dict[str, Any]) -> dict[str, Any]:
     """Wall time split into the per-tile part (the cells' steady state) and the fixed part.
 
     The per-tile part is the time from the first to the last cell completion marker, scaled by
-    ``cells / (cells - 1)`` (n markers bound n - 1 intervals of cell work); the fixed part is
-    the rest of the wall time. With fewer than two markers there is no steady state: the whole
-    ``process`` stage counts as per-tile time.
+    ``cells / (cells - 1)`` (n markers bound n - 1 intervals of cell work); ``serial_s`` is the
+    release and the report (one process, after the cells: they grow with the tiles too); the
+    fixed part is the rest of the wall time (start-up, plan, Beam's start-up to the first
+    finished cell, the end of the Beam run, exit). With fewer than two markers there is no
+    steady state: the whole ``process`` stage counts as per-tile time.
     """
     m, marks = run["markers"], run["marks"]
     cells, samples, wall = run["cells"], run["samples"], run["wall_s"]
@@ -272,10 +328,11 @@ def split_wall(run: dict[str, Any]) -> dict[str, Any]:
     else:
         per_tile_part = marks["release"] - marks["process"]
         to_first = after_last = 0.0
-    fixed = wall - per_tile_part
+    serial = marks["end"] - marks["release"]
     return {
         "per_tile_part_s": per_tile_part,
-        "fixed_s": fixed,
+        "serial_s": serial,
+        "fixed_s": wall - per_tile_part - serial,
         "split": {
             "startup": marks["plan"] - marks["start"],
             "plan": marks["process"] - marks["plan"],
@@ -288,6 +345,7 @@ def split_wall(run: dict[str, Any]) -> dict[str, Any]:
         },
         "s_per_tile": wall / samples if samples else float("nan"),
         "s_per_tile_part": per_tile_part / samples if samples else float("nan"),
+        "s_per_tile_serial": serial / samples if samples else float("nan"),
         "s_per_cell_part": per_tile_part / cells if cells else float("nan"),
         "tiles_s": samples / wall,
         "tiles_s_part": samples / per_tile_part if per_tile_part > 0 else float("nan"),
@@ -307,6 +365,35 @@ def median_run(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return chosen
 
 
+def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """Least-squares (intercept, slope) of ys over xs."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
+    return my - slope * mx, slope
+
+
+def fits(series: Sequence[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """(seconds, seconds per tile) of wall, per-tile part and release + report over tiles."""
+    tiles = [float(r["samples"]) for r in series]
+    return {
+        "wall": linear_fit(tiles, [r["wall_s"] for r in series]),
+        "cells": linear_fit(tiles, [r["per_tile_part_s"] for r in series]),
+        "serial": linear_fit(tiles, [r["serial_s"] for r in series]),
+    }
+
+
+def _cpu_per_tile(run: dict[str, Any]) -> float:
+    """Worker CPU seconds per tile in the per-tile part (NaN without a steady state)."""
+    spent = sum(run["cpu"].get("cells_by_worker_s", []))
+    return spent / run["samples"] if spent and run["samples"] else float("nan")
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
 def targets(series: Sequence[dict[str, Any]], one_worker: dict[str, Any]) -> dict[str, Any]:
     """The three ratios of the issue, each on the end-to-end and on the per-tile figure."""
     small, large = series[0], series[-1]
@@ -316,11 +403,21 @@ def targets(series: Sequence[dict[str, Any]], one_worker: dict[str, Any]) -> dic
         "speedup_part": two["tiles_s_part"] / one_worker["tiles_s_part"],
         "time_ratio_e2e": large["s_per_tile"] / small["s_per_tile"],
         "time_ratio_part": large["s_per_tile_part"] / small["s_per_tile_part"],
+        "time_ratio_part_serial": (large["per_tile_part_s"] + large["serial_s"])
+        / large["samples"]
+        / ((small["per_tile_part_s"] + small["serial_s"]) / small["samples"]),
         "memory_ratio_tree": large["memory"]["tree_peak_mb"] / small["memory"]["tree_peak_mb"],
         "memory_ratio_main": large["memory"]["main_peak_mb"] / small["memory"]["main_peak_mb"],
         "memory_ratio_worker": large["memory"]["worker_peak_mb"]
         / small["memory"]["worker_peak_mb"],
         "cells_ratio": large["cells"] / small["cells"],
+        # CPU-time figures (steadier on a shared machine): worker CPU seconds per tile during
+        # the cells; 2-worker speedup if each worker had a core of its own
+        "cpu_time_ratio_part": _ratio(_cpu_per_tile(large), _cpu_per_tile(small)),
+        "cpu_speedup_part": _ratio(
+            sum(one_worker["cpu"].get("cells_by_worker_s", [])),
+            max(two["cpu"].get("cells_by_worker_s", []), default=0.0),
+        ),
     }
 
 
@@ -328,13 +425,16 @@ def targets(series: Sequence[dict[str, Any]], one_worker: dict[str, Any]) -> dic
 # report
 
 
-def _verdict(ok: bool) -> str:
+def _verdict(ok: bool, value: float = 0.0) -> str:
+    if math.isnan(value):
+        return "(n/a: too few cells)"
     return "**met**" if ok else "**not met**"
 
 
 def render(res: dict[str, Any]) -> str:
     """The "Scaling" section of RESULTS.md."""
     m, series, one, t = res["machine"], res["series"], res["one_worker"], res["targets"]
+    runs = [*series, one]
     base_cells = series[0]["cells"]
 
     def label(run: dict[str, Any]) -> str:
@@ -351,61 +451,91 @@ def render(res: dict[str, Any]) -> str:
         f"GDAL {m['gdal']}, apache-beam {m['apache_beam']}  ",
         f"Load average at start: {res['load_start']}, at end: {res['load_end']} (other jobs "
         "share this machine; figures on a busy machine are noisy)  ",
-        f"Total benchmark time: {res['total_s'] / 60:.1f} min (catalog generation "
-        f"{res['catalog_s']:.0f} s, not in any figure)",
+        f"Benchmark time: {res['total_s'] / 60:.1f} min (catalog generation "
+        f"{res['catalog_s']:.0f} s, not in any figure; 0 = reused)",
         "",
-        f"Catalog: synthetic demo, seed {res['seed']}, scale {res['catalog_scale']:g}; every "
+        f"Catalog: synthetic demo, seed {res['seed']}, scale {res['catalog_scale']:g}. Every "
         "build is `configs/demo.yaml` (Beam FnApiRunner, multi-processing) over an AOI cut from "
-        "it around the demo centre, in a fresh process: plan, cells, release (Great "
-        "Expectations checkpoint, shards, tables), report. AOI size is given as cells relative "
-        "to the smallest AOI (linear demo scale in brackets). Tiles = output samples. "
-        f"Repeats per build: {res['repeat']} (median wall time; memory: max).",
+        "that catalog around the demo centre, in a fresh process: plan, cells, release (Great "
+        "Expectations checkpoint, shards, tables), report. AOI size = cells relative to the "
+        "smallest AOI (linear demo scale in brackets). Tiles = output samples. Builds per "
+        f"setting: {res['repeat']} (median wall time; memory: max).",
         "",
-        "| AOI | workers | cells | tiles | wall s | fixed s | per-tile part s | s/tile "
-        "end to end | s/tile per-tile part | tiles/s end to end | tiles/s per-tile part |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "Wall time in three parts: **per-tile part** = the cells' steady state (first to last "
+        "cell completion marker in the staging area, times cells / (cells - 1)); **release + "
+        "report** = after the cells, in the build process alone (they grow with the tiles); "
+        "**fixed** = the rest (process start-up and imports, plan, Beam's worker start-up to "
+        "the first finished cell, end of the Beam run, exit).",
+        "",
+        "| AOI | workers | cells | tiles | wall s | per-tile part s | release + report s | "
+        "fixed s | s/tile end to end | s/tile per-tile part | tiles/s end to end | tiles/s "
+        "per-tile part |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for run in [*series, one]:
+    for run in runs:
         lines.append(
             f"| {label(run)} | {run['workers']} | {run['cells']} | {run['samples']} | "
-            f"{run['wall_s']:.1f} | {run['fixed_s']:.1f} | {run['per_tile_part_s']:.1f} | "
-            f"{run['s_per_tile']:.3f} | {run['s_per_tile_part']:.3f} | {run['tiles_s']:.2f} | "
-            f"{run['tiles_s_part']:.2f} |"
+            f"{run['wall_s']:.1f} | {run['per_tile_part_s']:.1f} | {run['serial_s']:.1f} | "
+            f"{run['fixed_s']:.1f} | {run['s_per_tile']:.3f} | {run['s_per_tile_part']:.3f} | "
+            f"{run['tiles_s']:.2f} | {run['tiles_s_part']:.2f} |"
         )
     lines += [
         "",
-        "Per-tile part = first to last cell completion marker in the staging area, times "
-        "cells / (cells - 1): the cells' steady state. Fixed = the rest of the wall time. "
         "Where the wall time goes (seconds):",
         "",
         "| AOI | workers | start-up + imports | plan | Beam start to 1st cell | cells | last "
         "cell to end of run | release | report | exit |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for run in [*series, one]:
+    for run in runs:
         s = run["split"]
         lines.append(
             f"| {label(run)} | {run['workers']} | {s['startup']:.1f} | {s['plan']:.2f} | "
             f"{s['to_first_cell']:.1f} | {s['cells']:.1f} | {s['after_last_cell']:.1f} | "
             f"{s['release']:.1f} | {s['report']:.1f} | {s['exit']:.1f} |"
         )
+    f = res["fits"]
+    lines += [
+        "",
+        "Least-squares line over the AOI series (2 workers), seconds = a + b x tiles: "
+        f"wall a = {f['wall'][0]:.1f} s, b = {f['wall'][1]:.3f} s/tile; per-tile part "
+        f"a = {f['cells'][0]:.1f} s, b = {f['cells'][1]:.3f} s/tile; release + report "
+        f"a = {f['serial'][0]:.1f} s, b = {f['serial'][1]:.3f} s/tile.",
+        "",
+        "CPU seconds (user + system; build process sampled with the memory, per phase):",
+        "",
+        "| AOI | workers | each worker, whole run | each worker, per-tile part | worker CPU "
+        "ms per tile, per-tile part | build process during the cells (process phase) | "
+        "build process, release + report |",
+        "|---|---:|---|---|---:|---:|---:|",
+    ]
+    for run in runs:
+        c = run["cpu"]
+        each = ", ".join(f"{w:.1f}" for w in c["workers_s"]) or "-"
+        cells = ", ".join(f"{w:.1f}" for w in c.get("cells_by_worker_s", [])) or "-"
+        main = c["main_by_phase_s"]
+        lines.append(
+            f"| {label(run)} | {run['workers']} | {each} | {cells} | "
+            f"{1000 * _cpu_per_tile(run):.0f} | {main['process']:.1f} | "
+            f"{main['release'] + main['report']:.1f} |"
+        )
     lines += [
         "",
         "Peak memory (MB of RSS; tree = build process + Beam worker processes, summed, sampled "
-        "every 50 ms; build process: exact peak from `getrusage`; largest worker: sampled; "
-        "per phase: start-up / plan / process / release / report):",
+        "every 50 ms; build process: the larger of its `getrusage` peak and the samples; "
+        "largest worker: sampled; per phase: start-up / plan / process / release / report):",
         "",
         "| AOI | workers | tree peak | build process peak | largest worker peak | tree peak "
         "per phase | build process peak per phase |",
         "|---|---:|---:|---:|---:|---|---|",
     ]
-    for run in [*series, one]:
+    for run in runs:
         mem = run["memory"]
         tree = " / ".join(f"{mem['tree_peak_by_phase_mb'][p]:.0f}" for p in PHASES)
-        main = " / ".join(f"{mem['main_peak_by_phase_mb'][p]:.0f}" for p in PHASES)
+        main_mb = " / ".join(f"{mem['main_peak_by_phase_mb'][p]:.0f}" for p in PHASES)
         lines.append(
             f"| {label(run)} | {run['workers']} | {mem['tree_peak_mb']:.0f} | "
-            f"{mem['main_peak_mb']:.0f} | {mem['worker_peak_mb']:.0f} | {tree} | {main} |"
+            f"{mem['main_peak_mb']:.0f} | {mem['worker_peak_mb']:.0f} | {tree} | {main_mb} |"
         )
     large = series[-1]
     lines += [
@@ -416,12 +546,23 @@ def render(res: dict[str, Any]) -> str:
         "|---|---:|---:|---|",
         f"| 2 workers / 1 worker throughput >= {TARGET_SPEEDUP} | {t['speedup_e2e']:.2f} "
         f"{_verdict(t['speedup_e2e'] >= TARGET_SPEEDUP)} | {t['speedup_part']:.2f} "
-        f"{_verdict(t['speedup_part'] >= TARGET_SPEEDUP)} | per-tile part (fixed costs do not "
-        "parallelise: GX import, release, report run once in the build process) |",
+        f"{_verdict(t['speedup_part'] >= TARGET_SPEEDUP)} | per-tile part: only the cells run "
+        "on the workers; start-up, release and report run once, in the build process |",
         f"| time per tile at ~10x / 1x <= {TARGET_TIME_RATIO} | {t['time_ratio_e2e']:.2f} "
         f"{_verdict(t['time_ratio_e2e'] <= TARGET_TIME_RATIO)} | {t['time_ratio_part']:.2f} "
         f"{_verdict(t['time_ratio_part'] <= TARGET_TIME_RATIO)} | per-tile part (end to end, "
-        "the fixed cost spread over 10x the tiles makes the ratio small by construction) |",
+        "the fixed cost spread over 10x the tiles makes the ratio small by construction); "
+        "per-tile part + release + report: "
+        f"{t['time_ratio_part_serial']:.2f} "
+        f"{_verdict(t['time_ratio_part_serial'] <= TARGET_TIME_RATIO)} |",
+        f"| 2 / 1 workers, from CPU time (if each worker had a core: 1-worker CPU of the "
+        f"cells / busiest worker's) | - | {t['cpu_speedup_part']:.2f} | an estimate for an idle "
+        "machine, not a measurement |",
+        f"| time per tile at ~10x / 1x, worker CPU per tile | - | "
+        f"{t['cpu_time_ratio_part']:.2f} "
+        f"{_verdict(t['cpu_time_ratio_part'] <= TARGET_TIME_RATIO, t['cpu_time_ratio_part'])}"
+        " | steadier than wall "
+        "time on a shared machine |",
         f"| peak memory at ~10x / 1x <= {TARGET_MEMORY_RATIO}: tree | "
         f"{t['memory_ratio_tree']:.2f} {_verdict(t['memory_ratio_tree'] <= TARGET_MEMORY_RATIO)}"
         " | - | tree (build process + workers) |",
@@ -526,6 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         "series": series,
         "one_worker": one_worker,
         "targets": targets(series, one_worker),
+        "fits": fits(series),
         "notes": NOTES,
         "total_s": time.perf_counter() - t_total,
     }

@@ -205,8 +205,12 @@ def demo(
         str | None,
         typer.Option(help="NAME of the environment variable holding the API key"),
     ] = None,
+    reference: Annotated[
+        bool, typer.Option(help="Train the reference model on the release (train-reference)")
+    ] = True,
 ) -> None:
-    """Write the synthetic demo catalog, build a release from it, verify it."""
+    """Write the synthetic demo catalog, build a release from it, train the reference model on
+    it, verify it."""
     from geodelta.pipelines.verify import verify_release
     from geodelta.sources.demo_catalog import write_demo_catalog
 
@@ -223,15 +227,18 @@ def demo(
     cfg = _load(config, overrides)
     result = _run_build(cfg, "overwrite", progress)
     _print_summary(result)
-    console.print("training the reference model (geodelta train-reference)")
-    from geodelta.pipelines.reference import ReferenceError
+    if reference:
+        console.print("training the reference model (geodelta train-reference)")
+        from geodelta.pipelines.reference import ReferenceError
 
-    try:
-        ref = _train_reference(result.release_dir, None, report=True, verbose=False, strict=True)
-        for line in _reference_lines(ref):
-            console.print(line)
-    except ReferenceError as exc:  # e.g. a --scale too small for a test split
-        console.print(f"[yellow]reference model skipped:[/] {exc}")
+        try:
+            ref = _train_reference(
+                result.release_dir, None, report=True, verbose=False, strict=True
+            )
+            for line in _reference_lines(ref):
+                console.print(line)
+        except ReferenceError as exc:  # e.g. a --scale too small for a test split
+            console.print(f"[yellow]reference model skipped:[/] {exc}")
     check = verify_release(result.release_dir)
     if not check.ok:
         raise _fail("verify failed:\n" + "\n".join(check.problems), code=1)
@@ -305,7 +312,7 @@ def release_cmd(
         GateError,
         PublishError,
         check_gate,
-        latest_release,
+        default_previous,
         publish_release,
     )
     from geodelta.pipelines.verify import verify_release
@@ -322,7 +329,7 @@ def release_cmd(
                 console.print(f"[red]x[/] {problem}")
             raise _fail(f"{len(result.problems)} problem(s) in {release_dir}", code=1)
         try:
-            gate = check_gate(release_dir, previous or latest_release(releases))
+            gate = check_gate(release_dir, previous or default_previous(release_dir, releases))
         except PublishError as exc:
             raise _fail(str(exc)) from None
         _print_gate(gate)

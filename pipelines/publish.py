@@ -56,6 +56,7 @@ __all__ = [
     "PublishResult",
     "RuleResult",
     "check_gate",
+    "default_previous",
     "format_rules",
     "latest_release",
     "promote_reference",
@@ -327,6 +328,16 @@ def latest_release(releases_dir: str | Path) -> Path | None:
     return candidate if name and candidate.is_dir() else None
 
 
+def default_previous(release_dir: str | Path, releases_dir: str | Path) -> Path | None:
+    """The release a gate compares with by default: the one ``LATEST`` points at, unless that
+    is the same version as ``release_dir`` (then None)."""
+    latest = latest_release(releases_dir)
+    if latest is None:
+        return None
+    manifest = _manifest(Path(release_dir), "release")
+    return None if latest.name == f"{manifest.name}-{manifest.version}" else latest
+
+
 # -- the gate ---------------------------------------------------------------------------------
 
 
@@ -481,8 +492,10 @@ def format_rules(result: GateResult) -> list[tuple[str, str, str, str, str, str]
     for r in result.rules:
         if not r.passed:
             state = "FAIL"
+        elif r.value is None:
+            state = "not checked"
         elif r.skipped:
-            state = "pass (" + "; ".join(s.split(": ", 1)[-1] for s in r.skipped) + ")"
+            state = "pass (max_drop skipped)"
         else:
             state = "pass"
         rows.append(
@@ -570,7 +583,7 @@ def publish_release(
             problems=check.problems,
         )
     if previous is None:
-        previous = latest_release(releases)
+        previous = default_previous(src, releases)
     gate = check_gate(src, previous)
     if not gate.ok:
         raise GateError(gate)

@@ -86,8 +86,10 @@ __all__ = [
     "ReferenceError",
     "disagreement_score",
     "encode_texts",
+    "make_pair_loader",
     "recall_at_k",
     "reference_config",
+    "text_encoder_name",
     "train_reference",
 ]
 
@@ -330,6 +332,13 @@ def _weights_ref(root: Path, path: Path) -> WeightsRef:
     return WeightsRef(path=info.path, sha256=info.sha256, bytes=info.bytes)
 
 
+def _owned(rel: str) -> bool:
+    """A release path that train-reference writes (and rewrites on every run)."""
+    return rel in (REFERENCE_METRICS, REFERENCE_CARD, CAPTION_CANDIDATES) or rel.startswith(
+        (f"{CHANGE_MODEL_DIR}/", f"{PAIR_ENCODER_DIR}/")
+    )
+
+
 def _clean_reference(root: Path) -> None:
     """Remove what an earlier train-reference run wrote (this run rewrites all of it)."""
     for sub in (CHANGE_MODEL_DIR, PAIR_ENCODER_DIR):
@@ -362,10 +371,11 @@ def _add_disagreement(root: Path, scores: dict[str, float]) -> None:
 
 
 def _update_manifest(root: Path, manifest: ReleaseManifest, reference_files: list[str]) -> None:
-    """samples.parquet's entry updated, reference/ entries replaced; written atomically."""
+    """samples.parquet's entry updated, train-reference's entries replaced (other reference/
+    files, e.g. a promotion record, are kept); written atomically."""
     files: list[FileInfo] = []
     for info in manifest.files:
-        if info.path.startswith(f"{REFERENCE_DIR}/"):
+        if _owned(info.path):
             continue
         files.append(_file_info(root, SAMPLES_TABLE) if info.path == SAMPLES_TABLE else info)
     files += [_file_info(root, rel) for rel in sorted(reference_files)]
@@ -714,8 +724,16 @@ def _train(
     _add_disagreement(root, scores)
     written = [
         p.relative_to(root).as_posix()
-        for p in sorted((root / REFERENCE_DIR).rglob("*"))
-        if p.is_file() and not p.name.startswith(".")
+        for p in (
+            saved.weights,
+            saved.card_json,
+            saved.card_md,
+            saved_pair.weights,
+            saved_pair.card_json,
+            root / REFERENCE_METRICS,
+            root / REFERENCE_CARD,
+            root / CAPTION_CANDIDATES,
+        )
     ]
     _update_manifest(root, manifest, written)
     say(

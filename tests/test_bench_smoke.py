@@ -115,7 +115,8 @@ def test_bench_scale_splits_wall_time_into_fixed_and_per_tile() -> None:
     }
     split = bench.split_wall(run)
     assert split["per_tile_part_s"] == pytest.approx(15.0 * 11 / 10)  # 16.5 s
-    assert split["fixed_s"] == pytest.approx(37.0 - 16.5)
+    assert split["serial_s"] == pytest.approx(11.0)  # release 8 s + report 3 s
+    assert split["fixed_s"] == pytest.approx(37.0 - 16.5 - 11.0)
     assert split["s_per_tile_part"] == pytest.approx(1.65)
     assert split["tiles_s"] == pytest.approx(10 / 37.0)
     parts = split["split"]
@@ -169,6 +170,36 @@ def test_bench_scale_memory_peaks_per_phase() -> None:
     }
     assert mem["main_peak_by_phase_mb"]["process"] == 160
 
+    # CPU of the build process per phase: the counter at the phase's last sample minus the
+    # counter at the last sample before the phase; workers below 0.5 s (/bin/sh) left out
+    counters = [1.0, 1.5, 2.0, 2.5, 6.0, 7.0]
+    timed = [(t, 0, 0, cpu) for (t, _, _), cpu in zip(samples, counters, strict=True)]
+    cpu = bench.cpu_figures(timed, {11: 30.0, 12: 0.01, 13: 31.5}, marks)
+    assert cpu["workers_s"] == [31.5, 30.0]
+    assert cpu["main_by_phase_s"]["process"] == pytest.approx(1.0)  # 2.5 - 1.5
+    assert cpu["main_by_phase_s"]["release"] == pytest.approx(3.5)  # 6.0 - 2.5
+    assert cpu["main_by_phase_s"]["startup"] == pytest.approx(1.0)
+
+
+def test_bench_scale_worker_cpu_between_markers() -> None:
+    bench = load_bench_scale()
+    # CPU counters of two workers (pids 1, 2) and a /bin/sh (pid 3), sampled at t = 0..4
+    samples = [
+        (0.0, {1: 0.0, 2: 0.0, 3: 0.0}),
+        (1.0, {1: 2.0, 2: 1.5, 3: 0.0}),
+        (2.0, {1: 3.0, 2: 2.5, 3: 0.0}),
+        (3.0, {1: 4.0, 2: 3.0, 3: 0.0}),
+        (4.0, {1: 5.0, 2: 3.5, 3: 0.0}),
+    ]
+    # markers at 1.5 s and 3.5 s: counters at the last samples before them (t=1 and t=3)
+    assert bench.span_cpu(samples, 1.5, 3.5) == [2.0, 1.5]
+
+
+def test_bench_scale_linear_fit() -> None:
+    bench = load_bench_scale()
+    a, b = bench.linear_fit([75, 221, 761], [20 + 0.1 * 75, 20 + 0.1 * 221, 20 + 0.1 * 761])
+    assert (a, b) == (pytest.approx(20.0), pytest.approx(0.1))
+
 
 def test_bench_scale_aoi_and_results_section(tmp_path: Path) -> None:
     bench = load_bench_scale()
@@ -221,12 +252,18 @@ def test_bench_scale_quick_writes_results(tmp_path: Path) -> None:
     for run in [*series, one]:
         assert run["markers"]["count"] == run["cells"]  # one completion marker per cell
         assert 0 < run["per_tile_part_s"] < run["wall_s"]
-        assert run["fixed_s"] + run["per_tile_part_s"] == pytest.approx(run["wall_s"])
+        parts = run["fixed_s"] + run["per_tile_part_s"] + run["serial_s"]
+        assert parts == pytest.approx(run["wall_s"])
         mem = run["memory"]
         assert mem["samples"] > 20  # sampled every 50 ms over a build of several seconds
         # the tree holds the build process, so its peak is at least the process's own
         assert mem["tree_peak_mb"] >= mem["main_sampled_peak_mb"] > 100
-        assert mem["main_peak_mb"] >= mem["main_sampled_peak_mb"]
+        # getrusage's exact peak and the 50 ms samples agree on the build process
+        assert mem["main_rusage_mb"] == pytest.approx(mem["main_sampled_peak_mb"], rel=0.1)
+        assert run["cpu"]["main_by_phase_s"]["release"] > 0  # the release runs in the build
+    # the cells ran on both workers (and on the one worker of the 1-worker run)
+    assert len(series[-1]["cpu"]["cells_by_worker_s"]) == 2
+    assert len(one["cpu"]["cells_by_worker_s"]) == 1
     # Beam's worker processes (and the /bin/sh that starts each) were seen
     assert all(r["memory"]["workers_seen"] >= 4 for r in series)
     assert one["memory"]["workers_seen"] >= 1

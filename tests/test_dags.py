@@ -128,7 +128,9 @@ def test_airflow_dags_test_publishes_a_verified_release(airflow_venv: Path, tmp_
     data["output"]["dir"] = str(tmp_path / "work" / "release")
     data["aoi"] = {"bbox": list(cat.aoi_bbox)}
     data["runner"] = {"name": "inprocess"}
-    data["reference"] = {"epochs": 2, "retrieval_epochs": 4, "workers": 0}  # short training
+    data["reference"] = {"epochs": 2, "retrieval_epochs": 2, "workers": 0}  # short training
+    # the demo's floors are for its full scale; at this scale only drops are gated
+    data["gate"] = {"rules": [{"metric": "masks.f1", "max_drop": 0.05}]}
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(data, sort_keys=False))
     cfg = load_config(config)
@@ -167,9 +169,12 @@ def test_airflow_dags_test_publishes_a_verified_release(airflow_venv: Path, tmp_
     assert re.search(r"Marking run <DagRun geodelta_release .*> successful", log)
     assert "new_state=skipped" not in log
     ref = ReferenceMetrics.model_validate_json((target / REFERENCE_METRICS).read_bytes())
-    assert ref.config_hash == manifest["config_hash"] == cfg.config_hash()
+    assert ref.config_hash == manifest["config_hash"]
     assert ref.release == target.name
     assert "reference/metrics.json" in {f["path"] for f in manifest["files"]}
+    report = (target / "report" / "index.html").read_text()  # re-rendered after training
+    assert "not trained yet" not in report and "Text-to-pair retrieval" in report
+    assert f"<td class='n'>{ref.masks.f1:.3f}</td>" in report
     # promote=true: the reference change model is the next version's baseline
     baseline = json.loads((releases / "BASELINE").read_text())
     assert baseline["release"] == target.name
@@ -215,3 +220,34 @@ def test_airflow_dags_test_publishes_a_verified_release(airflow_venv: Path, tmp_
     assert (releases / "LATEST").read_text() == target.name + "\n"
     after = {p.relative_to(target): p.stat().st_mtime_ns for p in target.rglob("*")}
     assert after == before
+
+    # a new version the gate refuses: publish fails at once with the metric named, moves nothing
+    data.pop("shards")
+    data["gate"] = {"rules": [{"metric": "masks.f1", "min": 1.0}]}  # only a perfect model
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    conf2 = {**conf, "version": "0.2.0-af", "promote": False}
+    proc = subprocess.run(
+        [airflow, "dags", "test", "geodelta_release", "-c", json.dumps(conf2)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert re.search(
+        r"gate: masks\.f1 = [0-9.e-]+, below the minimum 1 \(gate\.rules\[0\]\.min\)", log
+    )
+    assert log.count("new_state=failed") == 1  # publish, without retry
+    assert "up_for_retry" not in log
+    assert (releases / "LATEST").read_text() == target.name + "\n"
+    assert sorted(p.name for p in releases.iterdir()) == [
+        "BASELINE",
+        "LATEST",
+        "baselines",
+        target.name,
+    ]
+    refused = tmp_path / "work" / "release"
+    assert json.loads((refused / "manifest.json").read_text())["version"] == "0.2.0-af"
+    assert (refused / REFERENCE_METRICS).is_file()

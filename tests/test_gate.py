@@ -23,6 +23,7 @@ from geodelta.pipelines.publish import (
     GateError,
     PublishError,
     check_gate,
+    default_previous,
     latest_release,
     promote_reference,
     publish_release,
@@ -282,6 +283,9 @@ def test_publish_moves_then_points_latest_and_is_idempotent(tmp_path: Path) -> N
     assert not (target / ".staging").exists()
     assert (releases / LATEST).read_text() == "demo-1\n"
     assert latest_release(releases) == target
+    assert default_previous(target, releases) is None  # never compared with itself
+    v2 = fake_release(tmp_path / "build" / "v2", version="2")
+    assert default_previous(v2, releases) == target
 
     again = publish_release(target, releases)  # re-run: nothing moves
     assert again.already_published and again.leftover is None
@@ -485,7 +489,7 @@ def _demo_config(root: Path, catalog: Any, version: str, **overrides: Any) -> An
 
 
 #: Short reference training for the tests (the reference section is part of the config).
-E2E_REFERENCE: dict[str, Any] = {"epochs": 8, "retrieval_epochs": 20, "workers": 0}
+E2E_REFERENCE: dict[str, Any] = {"epochs": 20, "batch_size": 2, "retrieval_epochs": 2, "workers": 0}
 
 
 def _build_and_train(cfg: Any) -> Path:

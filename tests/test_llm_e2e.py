@@ -163,6 +163,7 @@ def test_demo_command_with_openai_annotator(
                 "--scale",
                 "0.5",
                 "--no-progress",
+                "--no-reference",  # the LLM path is under test; test_reference covers training
                 "--annotator",
                 "openai",
                 "--base-url",
