@@ -452,6 +452,80 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
+def write_checkpoint(
+    model: nn.Module,
+    architecture: str,
+    hparams: dict[str, Any],
+    out_dir: str | Path,
+    card: dict[str, Any],
+) -> tuple[Path, Path, Path, str, dict[str, Any]]:
+    """Save weights under their content hash: ``<out_dir>/<sha256[:16]>/{weights.pt,card.json}``.
+
+    Shared by every geodelta model (the change model, the reference pair encoder).
+
+    Returns:
+        ``(folder, weights.pt, card.json, sha256, full card)``; the card gains the architecture,
+        hyper-parameters, sha256 and ``<architecture>@sha256:<hash>`` model id.
+    """
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    digest = state_dict_sha256(sd)
+    folder = Path(out_dir) / digest[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    full_card = {
+        **card,
+        "architecture": architecture,
+        "hparams": hparams,
+        "sha256": digest,
+        "model_id": f"{architecture}@sha256:{digest}",
+    }
+    buf = io.BytesIO()
+    torch.save({"architecture": architecture, "hparams": hparams, "state_dict": sd}, buf)
+    weights = folder / "weights.pt"
+    card_json = folder / "card.json"
+    _write_atomic(weights, buf.getvalue())
+    _write_atomic(card_json, (json.dumps(full_card, indent=2, sort_keys=True) + "\n").encode())
+    return folder, weights, card_json, digest, full_card
+
+
+def read_checkpoint(
+    path: str | Path, architecture: str, *, missing: str, foreign: str
+) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """Read what :func:`write_checkpoint` saved and check the weights' content hash.
+
+    Args:
+        path: the ``weights.pt`` file or its folder.
+        architecture: the architecture the file must hold.
+        missing: message when there are no weights (``{weights}`` is filled in).
+        foreign: message when the file holds another architecture.
+
+    Returns:
+        ``(payload with hparams and state_dict, card, sha256)``; the card is ``{}`` when
+        ``card.json`` is missing.
+
+    Raises:
+        FileNotFoundError: no weights there.
+        ModelIntegrityError: another architecture, or the weights' hash differs from the card's.
+    """
+    p = Path(path)
+    weights = p / "weights.pt" if p.is_dir() else p
+    if not weights.exists():
+        raise FileNotFoundError(missing.format(weights=weights))
+    blob = torch.load(weights, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("architecture") != architecture:
+        raise ModelIntegrityError(foreign, path=str(weights))
+    digest = state_dict_sha256(blob["state_dict"])
+    card_path = weights.parent / "card.json"
+    card: dict[str, Any] = json.loads(card_path.read_text()) if card_path.exists() else {}
+    expected = card.get("sha256")
+    if expected is not None and expected != digest:
+        raise ModelIntegrityError(
+            f"weights sha256 {digest[:16]} differs from the card's {str(expected)[:16]}; "
+            "the file was changed after training",
+            path=str(weights),
+        )
+    return blob, card, digest
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return "n/a" if math.isnan(value) else f"{value:.4f}"
@@ -505,24 +579,10 @@ def save_model(model: FCSiamDiff, out_dir: str | Path, card: dict[str, Any]) -> 
     Returns:
         The paths and the hash.
     """
-    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    digest = state_dict_sha256(sd)
-    folder = Path(out_dir) / digest[:16]
-    folder.mkdir(parents=True, exist_ok=True)
-    full_card = {
-        **card,
-        "architecture": ARCHITECTURE,
-        "hparams": model.hparams(),
-        "sha256": digest,
-        "model_id": f"{ARCHITECTURE}@sha256:{digest}",
-    }
-    buf = io.BytesIO()
-    torch.save({"architecture": ARCHITECTURE, "hparams": model.hparams(), "state_dict": sd}, buf)
-    weights = folder / "weights.pt"
-    card_json = folder / "card.json"
+    folder, weights, card_json, digest, full_card = write_checkpoint(
+        model, ARCHITECTURE, model.hparams(), out_dir, card
+    )
     card_md = folder / "card.md"
-    _write_atomic(weights, buf.getvalue())
-    _write_atomic(card_json, (json.dumps(full_card, indent=2, sort_keys=True) + "\n").encode())
     _write_atomic(card_md, _card_markdown(full_card).encode())
     return SavedModel(folder, weights, card_json, card_md, digest)
 
@@ -541,29 +601,15 @@ def load_model(path: str | Path) -> tuple[FCSiamDiff, dict[str, Any]]:
         ModelIntegrityError: not a geodelta baseline model, or the weights' hash differs from
             the card's.
     """
-    p = Path(path)
-    weights = p / "weights.pt" if p.is_dir() else p
-    if not weights.exists():
-        raise FileNotFoundError(f"no baseline weights at {weights}; check baseline.weights")
-    blob = torch.load(weights, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or blob.get("architecture") != ARCHITECTURE:
-        raise ModelIntegrityError(
-            f"not a {ARCHITECTURE} weights file (train one with `geodelta baseline train`)",
-            path=str(weights),
-        )
+    blob, card, digest = read_checkpoint(
+        path,
+        ARCHITECTURE,
+        missing="no baseline weights at {weights}; check baseline.weights",
+        foreign=f"not a {ARCHITECTURE} weights file (train one with `geodelta baseline train`)",
+    )
     model = FCSiamDiff(**blob["hparams"])
     model.load_state_dict(blob["state_dict"])
     model.eval()
-    digest = state_dict_sha256(blob["state_dict"])
-    card_path = weights.parent / "card.json"
-    card: dict[str, Any] = json.loads(card_path.read_text()) if card_path.exists() else {}
-    expected = card.get("sha256")
-    if expected is not None and expected != digest:
-        raise ModelIntegrityError(
-            f"weights sha256 {digest[:16]} differs from the card's {str(expected)[:16]}; "
-            "the file was changed after training",
-            path=str(weights),
-        )
     card.setdefault("sha256", digest)
     card.setdefault("model_id", f"{ARCHITECTURE}@sha256:{digest}")
     return model, card

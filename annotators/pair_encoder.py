@@ -18,10 +18,7 @@ This module imports torch; nothing imports it at package import.
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - torch is in the 'model' extra
         "the pair encoder needs torch; install it with: pip install 'geodelta[model]'"
     ) from exc
 
-from geodelta.annotators.change_model import ModelIntegrityError, state_dict_sha256
+from geodelta.annotators.change_model import read_checkpoint, write_checkpoint
 
 __all__ = [
     "ARCHITECTURE",
@@ -242,12 +239,6 @@ class SavedPairEncoder:
         return f"{ARCHITECTURE}@sha256:{self.sha256}"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def save_pair_encoder(
     model: PairEncoder, out_dir: str | Path, card: dict[str, Any]
 ) -> SavedPairEncoder:
@@ -262,23 +253,9 @@ def save_pair_encoder(
     Returns:
         The paths and the hash.
     """
-    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    digest = state_dict_sha256(sd)
-    folder = Path(out_dir) / digest[:16]
-    folder.mkdir(parents=True, exist_ok=True)
-    full = {
-        **card,
-        "architecture": ARCHITECTURE,
-        "hparams": model.hparams(),
-        "sha256": digest,
-        "model_id": f"{ARCHITECTURE}@sha256:{digest}",
-    }
-    buf = io.BytesIO()
-    torch.save({"architecture": ARCHITECTURE, "hparams": model.hparams(), "state_dict": sd}, buf)
-    weights = folder / "weights.pt"
-    card_json = folder / "card.json"
-    _write_atomic(weights, buf.getvalue())
-    _write_atomic(card_json, (json.dumps(full, indent=2, sort_keys=True) + "\n").encode())
+    folder, weights, card_json, digest, _ = write_checkpoint(
+        model, ARCHITECTURE, model.hparams(), out_dir, card
+    )
     return SavedPairEncoder(folder, weights, card_json, digest)
 
 
@@ -295,23 +272,13 @@ def load_pair_encoder(path: str | Path) -> tuple[PairEncoder, dict[str, Any]]:
         FileNotFoundError: no weights there.
         ModelIntegrityError: not a pair-encoder file, or the weights' hash differs from the card's.
     """
-    p = Path(path)
-    weights = p / "weights.pt" if p.is_dir() else p
-    if not weights.exists():
-        raise FileNotFoundError(f"no pair-encoder weights at {weights}")
-    blob = torch.load(weights, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or blob.get("architecture") != ARCHITECTURE:
-        raise ModelIntegrityError(f"not a {ARCHITECTURE} weights file", path=str(weights))
+    blob, card, _ = read_checkpoint(
+        path,
+        ARCHITECTURE,
+        missing="no pair-encoder weights at {weights}",
+        foreign=f"not a {ARCHITECTURE} weights file",
+    )
     model = PairEncoder(**blob["hparams"])
     model.load_state_dict(blob["state_dict"])
     model.eval()
-    digest = state_dict_sha256(blob["state_dict"])
-    card_path = weights.parent / "card.json"
-    card: dict[str, Any] = json.loads(card_path.read_text()) if card_path.exists() else {}
-    if card.get("sha256", digest) != digest:
-        raise ModelIntegrityError(
-            f"weights sha256 {digest[:16]} differs from the card's {str(card['sha256'])[:16]}; "
-            "the file was changed after training",
-            path=str(weights),
-        )
     return model, card

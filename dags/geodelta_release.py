@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -99,15 +97,6 @@ def _published_name(cfg: BuildConfig) -> str:
     return f"{cfg.name}-{cfg.version}"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _previous(cfg: BuildConfig, params: dict[str, Any]) -> Path | None:
     """The release to diff and gate against: the param, else LATEST when another version."""
     if params.get("previous"):
@@ -160,12 +149,14 @@ def geodelta_release() -> None:
     def plan(**context: Any) -> list[list[str]]:
         """Plan the cells, stamp the staging area with the config hash, return groups of ids.
 
-        Fails at once when this version was already published from another config.  Groups follow the AOI regions (a group never mixes two regions), chunked to
+        Fails at once when this version was already published from another config. Groups
+        follow the AOI regions (a group never mixes two regions), chunked to
         ``cells_per_task`` cells. A staging area left by another config fails the task: its
         cells are not this version's.
         """
         from geodelta import __version__
         from geodelta.pipelines.plan import plan_jobs
+        from geodelta.pipelines.release import write_atomic
 
         params = _params(context)
         cfg = _load(params)
@@ -185,8 +176,9 @@ def geodelta_release() -> None:
                     f"{cfg.config_hash()[:12]}); remove {_build_dir(cfg)} or change output.dir"
                 )
         staging.mkdir(parents=True, exist_ok=True)
-        _write_atomic(
-            stamp, json.dumps({"config_hash": cfg.config_hash(), "code_version": __version__})
+        write_atomic(
+            stamp,
+            json.dumps({"config_hash": cfg.config_hash(), "code_version": __version__}).encode(),
         )
         jobs = plan_jobs(cfg)
         if not jobs:

@@ -28,7 +28,6 @@ release, and the exact config line for the next version is returned. A build wit
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -39,7 +38,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from geodelta.pipelines.release import ReleaseError, read_manifest
+from geodelta.pipelines.release import ReleaseError, read_manifest, sha256_file, write_atomic
 from geodelta.schemas import ReleaseManifest
 from geodelta.schemas.config import GateConfig, GateRule
 from geodelta.schemas.reference import REFERENCE_DIR, REFERENCE_METRICS, ReferenceMetrics
@@ -243,15 +242,6 @@ class PublishResult:
 # -- small helpers ----------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_if_changed(path: Path, text: str) -> None:
     """Atomic write, skipped when the file already holds ``text`` (re-runs touch nothing)."""
     try:
@@ -259,15 +249,7 @@ def _write_if_changed(path: Path, text: str) -> None:
             return
     except OSError:
         pass
-    _write_atomic(path, text)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    write_atomic(path, text.encode("utf-8"))
 
 
 def _fmt(value: float | None) -> str:
@@ -656,7 +638,7 @@ def promote_reference(release_dir: str | Path, releases_dir: str | Path) -> Prom
     src = root / ref.path
     if not src.is_file():
         raise PublishError(f"cannot promote: {src} (metrics.json weights) is missing", release=root)
-    file_sha = _sha256_file(src)
+    file_sha = sha256_file(src)
     if file_sha != ref.sha256:
         raise PublishError(
             f"cannot promote: {src} has sha256 {file_sha[:16]}, metrics.json records "
@@ -671,7 +653,7 @@ def promote_reference(release_dir: str | Path, releases_dir: str | Path) -> Prom
 
     dest = releases / BASELINES_DIR / digest[:16]
     weights = dest / "weights.pt"
-    if not (weights.is_file() and _sha256_file(weights) == file_sha):
+    if not (weights.is_file() and sha256_file(weights) == file_sha):
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
         tmp.mkdir(parents=True)
         try:

@@ -47,7 +47,6 @@ import json
 import os
 import random
 import shutil
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache, partial
 from pathlib import Path
@@ -60,7 +59,13 @@ from pydantic import ValidationError
 
 from geodelta.pipelines.baseline import ShardError, decode_sample, train_from_shards
 from geodelta.pipelines.caption_metrics import TOKENIZER, caption_scores
-from geodelta.pipelines.release import MANIFEST, SAMPLES_TABLE, ReleaseError, read_manifest
+from geodelta.pipelines.release import (
+    MANIFEST,
+    SAMPLES_TABLE,
+    ReleaseError,
+    read_manifest,
+    write_atomic,
+)
 from geodelta.schemas import FileInfo, ReleaseManifest
 from geodelta.schemas.config import ReferenceConfig
 from geodelta.schemas.reference import (
@@ -307,16 +312,6 @@ def _split_urls(root: Path, manifest: ReleaseManifest, split: str) -> list[str]:
 # Release files
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _json_bytes(data: Any) -> bytes:
     # the layout write_release uses for manifest.json (sorted keys, indent 2, final newline)
     return (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
@@ -367,7 +362,7 @@ def _add_disagreement(root: Path, scores: dict[str, float]) -> None:
         table = table.append_column(pa.field(DISAGREEMENT_COLUMN, pa.float64()), column)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")  # as write_release writes it
-    _write_atomic(path, bytes(sink.getvalue().to_pybytes()))
+    write_atomic(path, bytes(sink.getvalue().to_pybytes()))
 
 
 def _update_manifest(root: Path, manifest: ReleaseManifest, reference_files: list[str]) -> None:
@@ -382,7 +377,7 @@ def _update_manifest(root: Path, manifest: ReleaseManifest, reference_files: lis
     data = manifest.model_dump(mode="json")
     data["files"] = [f.model_dump(mode="json") for f in files]
     ReleaseManifest.model_validate(data)
-    _write_atomic(root / MANIFEST, _json_bytes(data))
+    write_atomic(root / MANIFEST, _json_bytes(data))
 
 
 # --------------------------------------------------------------------------------------------
@@ -713,9 +708,9 @@ def _train(
         },
         disagreement=disagreement,
     )
-    _write_atomic(root / REFERENCE_METRICS, _json_bytes(metrics.model_dump(mode="json")))
-    _write_atomic(root / REFERENCE_CARD, _model_card(metrics, manifest).encode())
-    _write_atomic(
+    write_atomic(root / REFERENCE_METRICS, _json_bytes(metrics.model_dump(mode="json")))
+    write_atomic(root / REFERENCE_CARD, _model_card(metrics, manifest).encode())
+    write_atomic(
         root / CAPTION_CANDIDATES,
         _json_bytes(
             {k: {"candidate": candidates[k], "references": eval_caps[k]} for k in eval_keys}

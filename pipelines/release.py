@@ -136,7 +136,8 @@ class ReleaseError(RuntimeError):
         super().__init__(message)
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -148,7 +149,9 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file atomically (temp file in the same folder, then :func:`os.replace`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
     try:
         tmp.write_bytes(data)
@@ -218,7 +221,7 @@ def _close_shard(shard: _ShardOut, release_dir: Path) -> ShardInfo:
         split=shard.split,
         samples=shard.samples,
         bytes=shard.path.stat().st_size,
-        sha256=_sha256_file(shard.path),
+        sha256=sha256_file(shard.path),
     )
 
 
@@ -623,7 +626,7 @@ def write_release(
     files: list[FileInfo] = []
 
     def put(name: str, data: bytes) -> None:
-        _write_atomic(root / name, data)
+        write_atomic(root / name, data)
         files.append(FileInfo(path=name, bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
 
     put(SAMPLES_TABLE, _parquet_bytes(rows, SAMPLES_SCHEMA))
@@ -656,7 +659,7 @@ def write_release(
         shards=tuple(shards),
         files=tuple(files),
     )
-    _write_atomic(root / MANIFEST, _json_text(manifest.model_dump(mode="json")))
+    write_atomic(root / MANIFEST, _json_text(manifest.model_dump(mode="json")))
     return manifest
 
 
