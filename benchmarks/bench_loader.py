@@ -477,11 +477,11 @@ without added latency.)
 Where a sample's time goes (128 x 128 px, 4 bands; cProfile of `load` and each step timed on
 its own, CPU ms per sample, quiet moments of this machine): inflating the two deflate tifs
 with zlib ~1.6, tifffile's header parse ~0.56, undoing the predictor ~0.34, reflectance
-~0.2, mask PNG + 3 JSON members ~0.3; reading the 6 members from the tar ~0.14 (per-file
-open + read: ~0.13; `webdataset`'s tarfile-based reader, used before: ~0.59; a GDAL
-MemoryFile per tif, used before: ~2.4 per tif instead of ~1.5). Reading is ~3 % of a sample,
-which is all a storage layout can win or lose on a warm local disk: locally the loader sits
-at the floor and level with per-file folders, not ahead. The tar format pays off where each
+~0.2, mask PNG + 3 JSON members ~0.3; reading a sample's members with `webdataset`'s
+tarfile-based reader ~0.59 (the floor slices pre-indexed offsets: ~0.14; per-file open + read:
+~0.13; a GDAL MemoryFile per tif, used before: ~2.4 per tif instead of ~1.5). Reading is a
+small part of a sample, which is all a storage layout can win or lose on a warm local disk:
+locally the loader is level with per-file folders, not ahead. The tar format pays off where each
 request costs something (HTTP, object stores). Not measured: a cold page cache or a network
 filesystem, and worker scaling (2 CPUs shared with other jobs: the DataLoader row shows
 contention, not scaling).
