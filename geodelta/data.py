@@ -19,9 +19,8 @@ Decoding: the GeoTIFFs geodelta writes (little-endian strips, one band per plane
 the horizontal predictor) are decoded by :func:`tif_dn_fast` (tifffile parses the header, zlib
 inflates only the requested bands' strips), about 1.5x faster than opening each member with
 GDAL; any other layout goes through rasterio, with the same result. The tar shards are read
-by a small ustar reader (webdataset's tarfile-based one takes over at the first pax/GNU/
-compressed header), and the members a decoded sample does not use (RGB and land-cover PNGs)
-are skipped without being copied.
+by webdataset's ``tar_file_iterator``, which passes over the members a decoded sample does not
+use (RGB and land-cover PNGs).
 
 Shards are split first by rank (``torch.distributed`` if initialised, else the ``RANK`` /
 ``WORLD_SIZE`` environment variables, else a single node) and then by DataLoader worker, so every
