@@ -196,19 +196,28 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # one core per loader worker
 
 
-def make_loader(urls: Sequence[str], cfg: TrainConfig, epoch: int) -> Any:
-    """A torch DataLoader over the shards for one epoch.
+def epoch_loader(
+    urls: Sequence[str],
+    *,
+    seed: int,
+    epoch: int,
+    shuffle_buffer: int,
+    batch_size: int,
+    workers: int,
+    to_example: Callable[[dict[str, Any]], Any],
+) -> Any:
+    """A torch DataLoader over shards for one epoch (shared by every geodelta training loop).
 
     A webdataset pipeline: the shard list shuffled with ``seed + epoch``, shards split by node
-    and by worker, a seeded shuffle buffer of ``cfg.shuffle_buffer`` samples, decoding and
-    augmentation in the workers.
-    Deterministic for a given seed, epoch and number of workers.
+    (rank) and by worker, a seeded shuffle buffer of ``shuffle_buffer`` samples, ``to_example``
+    (decoding, augmentation) in the workers. Deterministic for a given seed, epoch and number
+    of workers.
     """
     import torch
     import webdataset as wds
 
     order = list(urls)
-    random.Random(cfg.seed * 100_003 + epoch).shuffle(order)
+    random.Random(seed * 100_003 + epoch).shuffle(order)
     dataset = (
         wds.WebDataset(
             order,
@@ -217,15 +226,30 @@ def make_loader(urls: Sequence[str], cfg: TrainConfig, epoch: int) -> Any:
             workersplitter=wds.split_by_worker,
             empty_check=False,
         )
-        .shuffle(cfg.shuffle_buffer, rng=random.Random(cfg.seed * 7919 + epoch))
-        .map(partial(_to_example, patch=cfg.patch, augment=cfg.augment, seed=cfg.seed, epoch=epoch))
+        .shuffle(shuffle_buffer, rng=random.Random(seed * 7919 + epoch))
+        .map(to_example)
     )
-    workers = min(cfg.workers, len(order))
+    n_workers = min(workers, len(order))
     return torch.utils.data.DataLoader(
         dataset,
+        batch_size=batch_size,
+        num_workers=n_workers,
+        worker_init_fn=_worker_init if n_workers else None,
+    )
+
+
+def make_loader(urls: Sequence[str], cfg: TrainConfig, epoch: int) -> Any:
+    """The change model's DataLoader for one epoch (:func:`epoch_loader` over ``_to_example``)."""
+    return epoch_loader(
+        urls,
+        seed=cfg.seed,
+        epoch=epoch,
+        shuffle_buffer=cfg.shuffle_buffer,
         batch_size=cfg.batch_size,
-        num_workers=workers,
-        worker_init_fn=_worker_init if workers else None,
+        workers=cfg.workers,
+        to_example=partial(
+            _to_example, patch=cfg.patch, augment=cfg.augment, seed=cfg.seed, epoch=epoch
+        ),
     )
 
 

@@ -57,7 +57,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from geodelta.pipelines.baseline import ShardError, decode_sample, train_from_shards
+from geodelta.pipelines.baseline import (
+    ShardError,
+    decode_sample,
+    epoch_loader,
+    train_from_shards,
+)
 from geodelta.pipelines.caption_metrics import TOKENIZER, caption_scores
 from geodelta.pipelines.release import (
     MANIFEST,
@@ -260,41 +265,21 @@ def _pair_example(raw: dict[str, Any], *, seed: int, epoch: int) -> tuple[Any, .
     return _png(raw["before.png"]), _png(raw["after.png"]), key, pick
 
 
-def _worker_init(_: int) -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
 def make_pair_loader(urls: Sequence[str], cfg: ReferenceConfig, epoch: int) -> Any:
     """A torch DataLoader of (before, after, key, caption index) batches for one epoch.
 
-    The same shape as :func:`geodelta.pipelines.baseline.make_loader`: a webdataset pipeline,
+    :func:`geodelta.pipelines.baseline.epoch_loader` (as the change model): a webdataset pipeline,
     the shard list shuffled per epoch, shards split by node (rank) and by worker, a seeded
     shuffle buffer of ``cfg.shuffle_buffer`` samples, PNG decoding in the workers.
     """
-    import torch
-    import webdataset as wds
-
-    order = list(urls)
-    random.Random(cfg.seed * 100_003 + epoch).shuffle(order)
-    dataset = (
-        wds.WebDataset(
-            order,
-            shardshuffle=False,
-            nodesplitter=wds.split_by_node,
-            workersplitter=wds.split_by_worker,
-            empty_check=False,
-        )
-        .shuffle(cfg.shuffle_buffer, rng=random.Random(cfg.seed * 7919 + epoch))
-        .map(partial(_pair_example, seed=cfg.seed, epoch=epoch))
-    )
-    workers = min(cfg.workers, len(order))
-    return torch.utils.data.DataLoader(
-        dataset,
+    return epoch_loader(
+        urls,
+        seed=cfg.seed,
+        epoch=epoch,
+        shuffle_buffer=cfg.shuffle_buffer,
         batch_size=cfg.batch_size,
-        num_workers=workers,
-        worker_init_fn=_worker_init if workers else None,
+        workers=cfg.workers,
+        to_example=partial(_pair_example, seed=cfg.seed, epoch=epoch),
     )
 
 
