@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -341,3 +342,26 @@ def make_sample(
         label_items=(label_before.item_id, label_after.item_id),
         annotation=annotation,
     )
+
+
+def build_demo_release(root: Path, *, scale: float, max_samples: int) -> Path:
+    """Write the SYNTHETIC demo catalog at ``scale`` under ``root/catalog`` and build
+    ``configs/demo.yaml`` over it (in-process runner, ``max_samples`` per shard) into
+    ``root/release``; returns the release folder."""
+    from geodelta.pipelines.build import build
+    from geodelta.schemas import load_config
+    from geodelta.sources.demo_catalog import write_demo_catalog
+
+    repo = Path(__file__).resolve().parent.parent
+    cat = write_demo_catalog(root / "catalog", seed=0, scale=scale)
+    cfg = load_config(
+        repo / "configs" / "demo.yaml",
+        {
+            "catalog": {"url": str(cat.catalog_path)},
+            "output": {"dir": str(root / "release")},
+            "aoi": {"bbox": list(cat.aoi_bbox)},
+            "runner": {"name": "inprocess"},
+            "shards": {"max_samples": max_samples},
+        },
+    )
+    return Path(build(cfg, mode="overwrite", progress=False).release_dir)

@@ -24,10 +24,8 @@ from geodelta.data import (
     tif_dn,
     tif_dn_fast,
 )
-from geodelta.pipelines.build import build
-from geodelta.schemas import load_config
-from geodelta.sources.demo_catalog import write_demo_catalog
 from tests.conftest import REPO
+from tests.factories import build_demo_release
 
 SCALE = 0.5
 
@@ -35,20 +33,7 @@ SCALE = 0.5
 @pytest.fixture(scope="module")
 def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One small demo release, 2 samples per shard so train has several shards."""
-    root = tmp_path_factory.mktemp("loader")
-    cat = write_demo_catalog(root / "catalog", seed=0, scale=SCALE)
-    cfg = load_config(
-        REPO / "configs" / "demo.yaml",
-        {
-            "catalog": {"url": str(cat.catalog_path)},
-            "output": {"dir": str(root / "release")},
-            "aoi": {"bbox": list(cat.aoi_bbox)},
-            "runner": {"name": "inprocess"},
-            "shards": {"max_samples": 2},
-        },
-    )
-    result = build(cfg, mode="overwrite", progress=False)
-    return Path(result.release_dir)
+    return build_demo_release(tmp_path_factory.mktemp("loader"), scale=SCALE, max_samples=2)
 
 
 def manifest(release: Path) -> dict[str, Any]:

@@ -17,13 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from geodelta.pipelines.build import build
 from geodelta.pipelines.release import iter_tar_samples, read_manifest
 from geodelta.pipelines.verify import verify_release
-from geodelta.schemas import load_config
 from geodelta.schemas.reference import ReferenceMetrics
-from geodelta.sources.demo_catalog import write_demo_catalog
-from tests.conftest import REPO
+from tests.factories import build_demo_release
 
 torch = pytest.importorskip("torch")
 
@@ -59,18 +56,7 @@ def one_torch_thread() -> Iterator[None]:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One demo release (4 samples per shard), trained once with few epochs."""
     root = tmp_path_factory.mktemp("reference")
-    cat = write_demo_catalog(root / "catalog", seed=0, scale=SCALE)
-    cfg = load_config(
-        REPO / "configs" / "demo.yaml",
-        {
-            "catalog": {"url": str(cat.catalog_path)},
-            "output": {"dir": str(root / "release")},
-            "aoi": {"bbox": list(cat.aoi_bbox)},
-            "runner": {"name": "inprocess"},
-            "shards": {"max_samples": 4},
-        },
-    )
-    release = Path(build(cfg, mode="overwrite", progress=False).release_dir)
+    release = build_demo_release(root, scale=SCALE, max_samples=4)
     before = {
         "table": pq.read_table(release / "samples.parquet"),
         "manifest": json.loads((release / "manifest.json").read_text()),
