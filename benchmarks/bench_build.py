@@ -10,7 +10,7 @@ timed) the script measures, for the same cells and the same scene pairs:
   once on the Beam direct runner (2 worker processes) and once on the in-process runner (one
   core): wall time, tiles/s and the peak RSS of the whole process tree (Beam's workers
   included), plus the build's own plan/process/release/report split; then every stage of
-  :class:`geodelta.pipelines.stages.Worker` timed in this process over the cells; and the fixed
+  :class:`geodelta.pipelines.stages.worker.Worker` timed in this process over the cells; and the fixed
   cost of a Beam run (worker start-up and imports, a 2-cell run);
 * **naive**: one process, per tile: open each band COG afresh, read the window covering the cell,
   reproject it onto the cell grid, write the before/after/land-cover/mask PNGs to files; no
@@ -69,7 +69,7 @@ TARGET_FLOOR_RATIO = 0.7
 
 def demo_catalog(out: Path, seed: int, scale: float) -> tuple[Path, list[float], float]:
     """The demo catalog for (seed, scale) under ``out``, written once; (catalog.json, aoi, s)."""
-    from geodelta.sources.demo_catalog import write_demo_catalog
+    from geodelta.sources.demo.catalog import write_demo_catalog
 
     root = out / f"catalog-seed{seed}-scale{scale:g}"
     stamp = out / f"catalog-seed{seed}-scale{scale:g}.json"
@@ -97,7 +97,7 @@ def overrides(catalog: Path, aoi: list[float], release: Path, runner: str) -> di
 
 
 def _driver_build(args: dict[str, Any]) -> dict[str, Any]:
-    from geodelta.pipelines.build import build
+    from geodelta.pipelines.api import build
     from geodelta.schemas import load_config
 
     t = time.perf_counter()
@@ -115,8 +115,8 @@ def _driver_build(args: dict[str, Any]) -> dict[str, Any]:
 def _driver_beam_fixed(args: dict[str, Any]) -> dict[str, Any]:
     """The real Beam pipeline over 2 cells: what a run costs before the cells (start-up)."""
     from geodelta import __version__
-    from geodelta.pipelines.plan import plan_jobs
-    from geodelta.pipelines.runners import run_jobs
+    from geodelta.pipelines.engines.runners import run_jobs
+    from geodelta.pipelines.stages.plan import plan_jobs
     from geodelta.schemas import load_config
 
     cfg = load_config(CONFIG, args["overrides"])
@@ -191,8 +191,8 @@ def work_list(catalog: Path, aoi: list[float], release: Path) -> list[dict[str, 
     """Per sample of the release: its TileJob, before/after scenes and land-cover items."""
     import pyarrow.parquet as pq
 
-    from geodelta.pipelines.pair import pick_landcover
-    from geodelta.pipelines.plan import plan_jobs
+    from geodelta.pipelines.stages.pair import pick_landcover
+    from geodelta.pipelines.stages.plan import plan_jobs
     from geodelta.schemas import load_config
     from geodelta.sources.catalog import open_catalog
 
@@ -297,7 +297,7 @@ def run_floor(work: list[dict[str, Any]], bands: list[str]) -> tuple[float, floa
     """The I/O floor over the work list; (wall seconds, CPU seconds, bytes encoded)."""
     import numpy as np
 
-    from geodelta.pipelines.encode import geotiff_bytes, index_png, rgb_png, to_dn
+    from geodelta.pipelines.stages.encode import geotiff_bytes, index_png, rgb_png, to_dn
     from geodelta.sources.raster import close_cached, read_bands, read_classes
 
     rgb = (bands.index("B04"), bands.index("B03"), bands.index("B02"))
@@ -331,8 +331,8 @@ def run_floor(work: list[dict[str, Any]], bands: list[str]) -> tuple[float, floa
 def stage_times(catalog: Path, aoi: list[float], release: Path, limit: int) -> dict[str, Any]:
     """Seconds per stage over the first ``limit`` cells (every stage a cell reaches)."""
     from geodelta import __version__
-    from geodelta.pipelines.plan import plan_jobs
-    from geodelta.pipelines.stages import Worker, guarded
+    from geodelta.pipelines.stages.plan import plan_jobs
+    from geodelta.pipelines.stages.worker import Worker, guarded
     from geodelta.schemas import QuarantineRecord, load_config
     from geodelta.sources.raster import close_cached
 

@@ -51,7 +51,7 @@ def _samples(n: int, seed: int) -> list[tuple[str, object]]:
 
 
 def run(levels: list[int], latency: float, rpm: float, min_requests: int) -> list[dict[str, float]]:
-    from geodelta.annotators.llm import LLMAnnotator
+    from geodelta.annotators.llm.annotator import LLMAnnotator
     from geodelta.schemas.config import OpenAIConfig
 
     os.environ.setdefault(KEY_ENV, "sk-bench-not-a-secret")

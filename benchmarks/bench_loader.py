@@ -74,9 +74,9 @@ RATIOS = (
 
 
 def build_release(out: Path, scale: float) -> Path:
-    from geodelta.pipelines.build import build
+    from geodelta.pipelines.api import build
     from geodelta.schemas import load_config
-    from geodelta.sources.demo_catalog import write_demo_catalog
+    from geodelta.sources.demo.catalog import write_demo_catalog
 
     cat = write_demo_catalog(out / "catalog", seed=0, scale=scale)
     cfg = load_config(

@@ -157,8 +157,8 @@ def make_batches(
 
 
 def run_fold(test: City, train: list[City], args: argparse.Namespace) -> dict[str, Any]:
-    from geodelta.annotators.baseline import change_metrics
-    from geodelta.annotators.change_model import (
+    from geodelta.annotators.models.baseline import change_metrics
+    from geodelta.annotators.models.change_model import (
         FCSiamDiff,
         TrainConfig,
         fit,

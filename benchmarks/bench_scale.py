@@ -85,7 +85,7 @@ TARGET_MEMORY_RATIO = 1.2  # peak memory at 10x vs 1x, at most
 
 def aoi_bbox(scale: float) -> list[float]:
     """The demo AOI scaled (linearly) by ``scale`` around its centre, as demo_catalog does."""
-    from geodelta.sources.demo_catalog import DEMO_AOI
+    from geodelta.sources.demo.catalog import DEMO_AOI
 
     half_w = (DEMO_AOI[2] - DEMO_AOI[0]) / 2 * scale
     half_h = (DEMO_AOI[3] - DEMO_AOI[1]) / 2 * scale
@@ -115,7 +115,7 @@ def overrides(catalog: Path, aoi: list[float], release: Path, workers: int) -> d
 def _driver_build(args: dict[str, Any]) -> dict[str, Any]:
     """One real build; stage start times (epoch s), marker times, exact peak RSS."""
     marks = {"driver": time.time()}
-    from geodelta.pipelines.build import build
+    from geodelta.pipelines.api import build
     from geodelta.schemas import load_config
 
     cfg = load_config(CONFIG, args["overrides"])

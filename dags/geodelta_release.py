@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 DAG_ID = "geodelta_release"
 LLM_POOL = "geodelta_llm"  # bounds concurrent build tasks, hence concurrent LLM requests
-STAGING = ".staging"  # same folder name as geodelta.pipelines.build.STAGING
+STAGING = ".staging"  # same folder name as geodelta.pipelines.api.STAGING
 RELEASES = "releases"
 LATEST = "LATEST"
 
@@ -155,8 +155,8 @@ def geodelta_release() -> None:
         cells are not this version's.
         """
         from geodelta import __version__
-        from geodelta.pipelines.plan import plan_jobs
-        from geodelta.pipelines.release import write_atomic
+        from geodelta._io import write_atomic
+        from geodelta.pipelines.stages.plan import plan_jobs
 
         params = _params(context)
         cfg = _load(params)
@@ -204,9 +204,9 @@ def geodelta_release() -> None:
     def build(group: list[str], **context: Any) -> dict[str, int]:
         """Run geodelta's stages over the group's unfinished cells (``runners.run_jobs``)."""
         from geodelta import __version__
-        from geodelta.pipelines.plan import plan_jobs
-        from geodelta.pipelines.runners import run_jobs
-        from geodelta.pipelines.staging import Staging
+        from geodelta.pipelines.engines.runners import run_jobs
+        from geodelta.pipelines.release.staging import Staging
+        from geodelta.pipelines.stages.plan import plan_jobs
 
         cfg = _load(_params(context))
         staging_root = _build_dir(cfg) / STAGING
@@ -232,9 +232,9 @@ def geodelta_release() -> None:
     def release(built: list[dict[str, int]], **context: Any) -> str:
         """Assemble the release from the staging area (``write_release``), then its report."""
         from geodelta import __version__
-        from geodelta.pipelines.release import write_release
-        from geodelta.pipelines.report import write_report
-        from geodelta.pipelines.staging import Staging
+        from geodelta.pipelines.release.assemble import write_release
+        from geodelta.pipelines.release.staging import Staging
+        from geodelta.pipelines.report.render import write_report
 
         params = _params(context)
         cfg = _load(params)
@@ -250,7 +250,7 @@ def geodelta_release() -> None:
     )
     def validate(release_dir: str) -> int:
         """``geodelta verify``: the run stops here when the release has a problem."""
-        from geodelta.pipelines.verify import verify_release
+        from geodelta.pipelines.release.verify import verify_release
 
         result = verify_release(release_dir)
         if not result.ok:
@@ -273,8 +273,8 @@ def geodelta_release() -> None:
         and training again would only duplicate them.
         """
         from geodelta import __version__
-        from geodelta.pipelines.reference import train_reference as train
-        from geodelta.pipelines.report import write_report
+        from geodelta.pipelines.report.render import write_report
+        from geodelta.pipelines.training.reference import train_reference as train
 
         params = _params(context)
         cfg = _load(params)
@@ -310,7 +310,7 @@ def geodelta_release() -> None:
         fresh copy is dropped and only ``LATEST`` is rewritten. A target built from another
         config fails the task: versions are never overwritten.
         """
-        from geodelta.pipelines.publish import PublishError, publish_release
+        from geodelta.pipelines.release.publish import PublishError, publish_release
 
         params = _params(context)
         cfg = _load(params)

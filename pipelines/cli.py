@@ -43,7 +43,7 @@ def _load(config: Path, overrides: dict[str, Any] | None = None) -> Any:
 
 
 def _print_summary(result: Any) -> None:
-    from geodelta.pipelines.build import summary_rows
+    from geodelta.pipelines.api import summary_rows
 
     table = Table(title="geodelta build", show_header=False)
     table.add_column("what", style="bold")
@@ -54,8 +54,8 @@ def _print_summary(result: Any) -> None:
 
 
 def _run_build(cfg: Any, mode: str, progress: bool) -> Any:
-    from geodelta.pipelines.build import BuildError, build
-    from geodelta.pipelines.plan import PlanError
+    from geodelta.pipelines.api import BuildError, build
+    from geodelta.pipelines.stages.plan import PlanError
     from geodelta.sources.catalog import CatalogError
 
     try:
@@ -176,7 +176,7 @@ def demo_catalog(
     scale: Annotated[float, typer.Option(help="AOI size factor (1 = the demo AOI)")] = 1.0,
 ) -> None:
     """Write the SYNTHETIC demo STAC catalog (scenes, land cover, truth)."""
-    from geodelta.sources.demo_catalog import write_demo_catalog
+    from geodelta.sources.demo.catalog import write_demo_catalog
 
     cat = write_demo_catalog(out_dir, seed=seed, scale=scale)
     typer.echo(str(cat.catalog_path))
@@ -211,8 +211,8 @@ def demo(
 ) -> None:
     """Write the synthetic demo catalog, build a release from it, train the reference model on
     it, verify it."""
-    from geodelta.pipelines.verify import verify_release
-    from geodelta.sources.demo_catalog import write_demo_catalog
+    from geodelta.pipelines.release.verify import verify_release
+    from geodelta.sources.demo.catalog import write_demo_catalog
 
     out_dir = out_dir.resolve()
     annotation = _annotation_overrides(annotator, base_url, model, api_key_env)
@@ -229,7 +229,7 @@ def demo(
     _print_summary(result)
     if reference:
         console.print("training the reference model (geodelta train-reference)")
-        from geodelta.pipelines.reference import ReferenceError
+        from geodelta.pipelines.training.reference import ReferenceError
 
         try:
             ref = _train_reference(
@@ -254,10 +254,10 @@ def verify(
     ],
 ) -> None:
     """Recompute every checksum and decode every member of a release."""
-    from geodelta.pipelines.verify import verify_release
+    from geodelta.pipelines.release.verify import verify_release
 
     if "://" in release:  # downloaded to a temp folder first unless file://
-        from geodelta.pipelines.output import OutputError, verify_url
+        from geodelta.pipelines.release.upload import OutputError, verify_url
 
         try:
             result = verify_url(release)
@@ -275,7 +275,7 @@ def verify(
 
 
 def _print_gate(gate: Any) -> None:
-    from geodelta.pipelines.publish import format_rules
+    from geodelta.pipelines.release.publish import format_rules
 
     table = Table(title=f"gate: {gate.release_name}")
     for col in ("metric", "value", "previous", "min", "max_drop", "result"):
@@ -308,14 +308,14 @@ def release_cmd(
     ] = False,
 ) -> None:
     """Verify, gate (reference metrics vs the config's gate rules) and publish a release."""
-    from geodelta.pipelines.publish import (
+    from geodelta.pipelines.release.publish import (
         GateError,
         PublishError,
         check_gate,
         default_previous,
         publish_release,
     )
-    from geodelta.pipelines.verify import verify_release
+    from geodelta.pipelines.release.verify import verify_release
 
     if check and promote:
         raise _fail("--check moves nothing; it cannot --promote")
@@ -365,7 +365,7 @@ def qa_balance_cmd(
     release_dir: Annotated[Path, typer.Argument(help="Release folder")],
 ) -> None:
     """Print the yes/no and answer-class balance of a release's QA (Markdown)."""
-    from geodelta.pipelines.qa_balance import format_balance, qa_balance
+    from geodelta.pipelines.release.qa_balance import format_balance, qa_balance
 
     if not (release_dir / "manifest.json").exists():
         raise _fail(f"{release_dir} has no manifest.json; is it a release folder?")
@@ -382,8 +382,8 @@ def report(
     max_gallery: Annotated[int, typer.Option(help="Samples shown in the gallery")] = 8,
 ) -> None:
     """(Re)write the release's HTML report (report/index.html), optionally with a diff."""
-    from geodelta.pipelines.release import ReleaseError
-    from geodelta.pipelines.report import write_report
+    from geodelta.errors import ReleaseError
+    from geodelta.pipelines.report.render import write_report
 
     for path, what in ((release_dir, "RELEASE_DIR"), (previous, "--previous")):
         if path is not None and not (path / "manifest.json").exists():
@@ -400,7 +400,7 @@ def plan(
     config: Annotated[Path, typer.Argument(help="Build config (YAML)")],
 ) -> None:
     """List the cells a config plans, with their splits (reads no pixels)."""
-    from geodelta.pipelines.plan import PlanError, plan_jobs
+    from geodelta.pipelines.stages.plan import PlanError, plan_jobs
 
     cfg = _load(config)
     try:
@@ -434,8 +434,8 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
 ) -> None:
     """Per cell: candidate scenes, the chosen pair, clear fractions and estimated bytes to read."""
-    from geodelta.pipelines.plan import PlanError
-    from geodelta.pipelines.search import dry_run as run_dry
+    from geodelta.pipelines.stages.plan import PlanError
+    from geodelta.pipelines.stages.search import dry_run as run_dry
     from geodelta.sources.catalog import CatalogError
     from geodelta.sources.profiles import check_config
 
@@ -529,7 +529,7 @@ def _train_reference(
     """Run train_reference with progress on stderr; a user-fixable error exits cleanly
     (``strict``: it is raised for the caller)."""
     from geodelta import __version__
-    from geodelta.pipelines.reference import ReferenceError, train_reference
+    from geodelta.pipelines.training.reference import ReferenceError, train_reference
 
     try:
         return train_reference(
@@ -583,7 +583,7 @@ def train_reference_cmd(
     """
     import time
 
-    from geodelta.pipelines.reference import ReferenceError, reference_config
+    from geodelta.pipelines.training.reference import ReferenceError, reference_config
 
     if not (release_dir / "manifest.json").exists():
         raise _fail(f"{release_dir} has no manifest.json; is it a release folder?")
@@ -664,8 +664,8 @@ def baseline_train(
 ) -> None:
     """Train FC-Siam-diff on a release's shards; save weights under their hash + a model card."""
     from geodelta import __version__
-    from geodelta.annotators.change_model import TrainConfig
-    from geodelta.pipelines.baseline import ShardError, train_from_shards
+    from geodelta.annotators.models.change_model import TrainConfig
+    from geodelta.pipelines.training.baseline import ShardError, train_from_shards
 
     try:
         cfg = TrainConfig(
@@ -707,8 +707,8 @@ def baseline_eval(
     batch_size: Annotated[int, typer.Option(help="Pairs per forward pass")] = 8,
 ) -> None:
     """Score baseline weights on one split of a release (change-class metrics, JSON)."""
-    from geodelta.annotators.baseline import BaselineChangeAnnotator
-    from geodelta.pipelines.baseline import ShardError, evaluate_on_shards, find_shards
+    from geodelta.annotators.models.baseline import BaselineChangeAnnotator
+    from geodelta.pipelines.training.baseline import ShardError, evaluate_on_shards, find_shards
 
     try:
         found = find_shards(shards, split)

@@ -474,7 +474,7 @@ class ReferenceConfig(Section):
         ge=0,
         le=1,
         description="Smoothing of the per-sample disagreement, as a share of the sample's valid "
-        "pixels (0 = plain 1 - IoU; see geodelta.pipelines.reference)",
+        "pixels (0 = plain 1 - IoU; see geodelta.pipelines.training.reference)",
     )
     threads: int = Field(
         default=1,

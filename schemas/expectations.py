@@ -3,7 +3,7 @@
 This module only *describes* the validation contract: three tables, their columns, and for each
 table a suite of expectations whose bounds come from the build config. It imports neither
 Great Expectations nor pandas (importing :mod:`geodelta.schemas` stays light);
-:mod:`geodelta.pipelines.gx_validate` builds the tables, turns these specs into GX
+:mod:`geodelta.pipelines.release.gx` builds the tables, turns these specs into GX
 ``ExpectationSuite`` objects and runs them as a checkpoint before the shards are written.
 
 The tables (one pandas DataFrame each, see :data:`TABLE_COLUMNS` for every column):
@@ -56,7 +56,7 @@ TABLES: tuple[TableName, ...] = ("samples", "captions", "qa")
 
 #: Every QA type a sample may carry (the ``QAItem.type`` literal).
 QA_TYPES: tuple[str, ...] = get_args(QAType)
-#: QA types every sample must carry (same as ``geodelta.pipelines.validate.REQUIRED_QA_TYPES``).
+#: QA types every sample must carry (same as ``geodelta.pipelines.stages.validate.REQUIRED_QA_TYPES``).
 REQUIRED_QA_TYPES: tuple[str, ...] = ("has_change", "change_ratio", "count_regions")
 #: QA types answered 'yes' or 'no'.
 YES_NO_QA_TYPES: tuple[str, ...] = ("has_change", "class_increase", "class_decrease")

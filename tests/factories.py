@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from pyproj import Transformer
 
-from geodelta.pipelines.sample import Sample
+from geodelta.pipelines.stages.sample import Sample
 from geodelta.schemas import (
     Annotation,
     AssetRef,
@@ -348,9 +348,9 @@ def build_demo_release(root: Path, *, scale: float, max_samples: int) -> Path:
     """Write the SYNTHETIC demo catalog at ``scale`` under ``root/catalog`` and build
     ``configs/demo.yaml`` over it (in-process runner, ``max_samples`` per shard) into
     ``root/release``; returns the release folder."""
-    from geodelta.pipelines.build import build
+    from geodelta.pipelines.api import build
     from geodelta.schemas import load_config
-    from geodelta.sources.demo_catalog import write_demo_catalog
+    from geodelta.sources.demo.catalog import write_demo_catalog
 
     repo = Path(__file__).resolve().parent.parent
     cat = write_demo_catalog(root / "catalog", seed=0, scale=scale)

@@ -203,7 +203,7 @@ def test_bench_scale_linear_fit() -> None:
 
 def test_bench_scale_aoi_and_results_section(tmp_path: Path) -> None:
     bench = load_bench_scale()
-    from geodelta.sources.demo_catalog import DEMO_AOI
+    from geodelta.sources.demo.catalog import DEMO_AOI
 
     assert bench.aoi_bbox(1.0) == pytest.approx(list(DEMO_AOI))
     w, h = DEMO_AOI[2] - DEMO_AOI[0], DEMO_AOI[3] - DEMO_AOI[1]

@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from geodelta.annotators.baseline import (
+from geodelta.annotators.models.baseline import (
     BaselineChangeAnnotator,
     BaselineError,
     change_metrics,
     fuse_masks,
 )
-from geodelta.pipelines.encode import build_meta, meta_json
-from geodelta.pipelines.label import label_from_landcover
+from geodelta.pipelines.stages.encode import build_meta, meta_json
+from geodelta.pipelines.stages.label import label_from_landcover
 from geodelta.schemas import SampleMeta, parse_config
 from geodelta.schemas.classes import BINARY_CHANGE, CLASS_INDEX, transition_code
 from tests.conftest import REPO, minimal_config
@@ -28,7 +28,7 @@ from tests.factories import make_config, make_sample
 
 torch = pytest.importorskip("torch")
 
-from geodelta.annotators.change_model import (  # noqa: E402  (after the torch skip)
+from geodelta.annotators.models.change_model import (  # noqa: E402  (after the torch skip)
     FCSiamDiff,
     ModelIntegrityError,
     TrainConfig,
@@ -255,7 +255,7 @@ def test_tiled_inference_covers_every_pixel() -> None:
 
 def test_importing_the_annotator_does_not_import_torch() -> None:
     code = (
-        "import sys, geodelta.annotators.baseline, geodelta.pipelines.baseline;"
+        "import sys, geodelta.annotators.models.baseline, geodelta.pipelines.training.baseline;"
         "print('torch' in sys.modules)"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -312,7 +312,7 @@ def _landcover_sample(flicker: bool = True) -> Any:
 
 
 def test_fuse_sample_intersect_drops_flicker_and_recomputes_facts() -> None:
-    from geodelta.pipelines.baseline import fuse_sample
+    from geodelta.pipelines.stages.fuse import fuse_sample
 
     sample = _landcover_sample()
     assert sample.facts.changed_pixels == 36 + 9 and sample.valid.sum() == 24 * 24 - 1
@@ -335,7 +335,7 @@ def test_fuse_sample_intersect_drops_flicker_and_recomputes_facts() -> None:
 
 
 def test_meta_records_model_and_fusion_only_when_present() -> None:
-    from geodelta.pipelines.baseline import fuse_sample
+    from geodelta.pipelines.stages.fuse import fuse_sample
 
     cfg = make_config()
     plain = make_sample(0)
@@ -371,9 +371,9 @@ def test_config_without_weights_hashes_as_before() -> None:
 # -- end to end on a demo release -------------------------------------------------------------
 @pytest.fixture(scope="module")
 def demo_release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
-    from geodelta.pipelines.build import build
+    from geodelta.pipelines.api import build
     from geodelta.schemas import load_config
-    from geodelta.sources.demo_catalog import write_demo_catalog
+    from geodelta.sources.demo.catalog import write_demo_catalog
 
     root = tmp_path_factory.mktemp("baseline-demo")
     cat = write_demo_catalog(root / "catalog", seed=0, scale=0.5)
@@ -400,7 +400,7 @@ def test_cli_trains_on_demo_shards_and_a_build_records_the_model(
 ) -> None:
     from typer.testing import CliRunner
 
-    from geodelta.pipelines.build import build
+    from geodelta.pipelines.api import build
     from geodelta.pipelines.cli import app
     from geodelta.schemas import load_config
 

@@ -12,13 +12,13 @@ import pytest
 import rasterio
 from scipy import ndimage as ndi
 
-from geodelta.pipelines.coregister import (
+from geodelta.pipelines.stages.coregister import (
     CoregistrationError,
     apply_shift,
     coregister,
     estimate_shift,
 )
-from geodelta.pipelines.sample import Sample
+from geodelta.pipelines.stages.sample import Sample
 from geodelta.schemas import AssetRef, QuarantineRecord, ScenePair, SceneRef, TileJob
 from geodelta.schemas.config import CoregConfig
 

@@ -117,10 +117,10 @@ def test_dagbag_imports_without_errors_quickly(airflow_venv: Path, tmp_path: Pat
 @pytest.mark.slow
 @pytest.mark.integration
 def test_airflow_dags_test_publishes_a_verified_release(airflow_venv: Path, tmp_path: Path) -> None:
-    from geodelta.pipelines.verify import verify_release
+    from geodelta.pipelines.release.verify import verify_release
     from geodelta.schemas import load_config
     from geodelta.schemas.reference import REFERENCE_METRICS, ReferenceMetrics
-    from geodelta.sources.demo_catalog import write_demo_catalog
+    from geodelta.sources.demo.catalog import write_demo_catalog
 
     cat = write_demo_catalog(tmp_path / "catalog", seed=0, scale=0.5)
     data = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())

@@ -59,7 +59,7 @@ def test_decode_sample_scales_dn_and_maps_nodata() -> None:
     import torch
     from PIL import Image
 
-    from geodelta.pipelines.encode import geotiff_bytes
+    from geodelta.pipelines.stages.encode import geotiff_bytes
 
     dn = np.array([[[0, 100], [5000, 65535]], [[1, 2], [3, 0]]], dtype=np.uint16)
     tif = geotiff_bytes(
@@ -120,7 +120,7 @@ def gdal_tif(arr: np.ndarray, **profile: Any) -> bytes:
 
 
 def test_fast_tif_path_equals_rasterio_on_geodelta_tifs() -> None:
-    from geodelta.pipelines.encode import geotiff_bytes
+    from geodelta.pipelines.stages.encode import geotiff_bytes
 
     rng = np.random.default_rng(6)
     # 300 rows of 70 px: GDAL writes 58-row strips, the last one partial (300 = 5 * 58 + 10)

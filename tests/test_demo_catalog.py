@@ -21,7 +21,7 @@ from skimage.filters import window
 from skimage.registration import phase_cross_correlation
 
 from geodelta.schemas.classes import WORLDCOVER_TO_GEODELTA
-from geodelta.sources.demo_catalog import (
+from geodelta.sources.demo.catalog import (
     BANDS,
     DEMO_AOI,
     IMAGERY_COLLECTION,

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import yaml
 
-from geodelta.pipelines.build import BuildResult, build
-from geodelta.pipelines.verify import verify_release
+from geodelta.pipelines.api import BuildResult, build
+from geodelta.pipelines.release.verify import verify_release
 from geodelta.schemas import SAMPLE_MEMBERS, SampleMeta, load_config
 from geodelta.schemas.classes import transition_code
-from geodelta.sources.demo_catalog import DemoCatalog, load_truth, write_demo_catalog
+from geodelta.sources.demo.catalog import DemoCatalog, load_truth, write_demo_catalog
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -230,7 +230,7 @@ def test_sigkill_then_resume_gives_the_same_release(
 
 
 def test_fresh_build_refuses_a_non_empty_release(demo: tuple[DemoCatalog, BuildResult]) -> None:
-    from geodelta.pipelines.build import BuildError
+    from geodelta.pipelines.api import BuildError
 
     cat, result = demo
     with pytest.raises(BuildError, match="--resume"):

@@ -31,8 +31,8 @@ from rasterio.warp import reproject
 from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 
-from geodelta.pipelines.build import BuildResult, build, funnel
-from geodelta.pipelines.verify import verify_release
+from geodelta.pipelines.api import BuildResult, build, funnel
+from geodelta.pipelines.release.verify import verify_release
 from geodelta.schemas import SAMPLE_MEMBERS, SampleMeta, parse_config
 from tests.oscd_catalog import (
     ATTRIBUTION,

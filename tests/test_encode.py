@@ -13,7 +13,7 @@ import rasterio
 from PIL import Image
 from rasterio.io import MemoryFile
 
-from geodelta.pipelines.encode import (
+from geodelta.pipelines.stages.encode import (
     OUTPUT_DN_OFFSET,
     OUTPUT_DN_SCALE,
     EncodeError,

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from geodelta.pipelines.cli import app
-from geodelta.pipelines.publish import (
+from geodelta.pipelines.release.publish import (
     BASELINE_POINTER,
     LATEST,
     PROMOTION_RECORD,
@@ -382,7 +382,7 @@ def _release_with_model(root: Path, version: str = "1") -> tuple[Path, str]:
 
     import torch
 
-    from geodelta.annotators.change_model import FCSiamDiff, save_model
+    from geodelta.annotators.models.change_model import FCSiamDiff, save_model
 
     torch.manual_seed(0)
     model = FCSiamDiff(in_channels=4, base_channels=4)
@@ -401,7 +401,7 @@ def _release_with_model(root: Path, version: str = "1") -> tuple[Path, str]:
 
 
 def test_promote_copies_weights_under_their_content_hash(tmp_path: Path) -> None:
-    from geodelta.annotators.baseline import BaselineChangeAnnotator
+    from geodelta.annotators.models.baseline import BaselineChangeAnnotator
 
     releases = tmp_path / "releases"
     src, digest = _release_with_model(tmp_path / "b1")
@@ -493,8 +493,8 @@ E2E_REFERENCE: dict[str, Any] = {"epochs": 20, "batch_size": 2, "retrieval_epoch
 
 
 def _build_and_train(cfg: Any) -> Path:
-    from geodelta.pipelines.build import build
-    from geodelta.pipelines.reference import train_reference
+    from geodelta.pipelines.api import build
+    from geodelta.pipelines.training.reference import train_reference
 
     result = build(cfg, mode="overwrite", progress=False)
     train_reference(result.release_dir, code_version="test", report=True)
@@ -520,7 +520,7 @@ def _upside_down_land_cover(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """v1 (a good demo release) built, trained and published with --promote."""
-    from geodelta.sources.demo_catalog import write_demo_catalog
+    from geodelta.sources.demo.catalog import write_demo_catalog
 
     root = tmp_path_factory.mktemp("gate_e2e")
     catalog = write_demo_catalog(root / "catalog", seed=0, scale=E2E_SCALE)
@@ -532,7 +532,7 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_e2e_good_release_publishes_with_reference_metrics(e2e: dict[str, Any]) -> None:
-    from geodelta.pipelines.verify import verify_release
+    from geodelta.pipelines.release.verify import verify_release
 
     out = e2e["v1"]
     assert out.target == e2e["releases"] / "geodelta-demo-1.0.0"
@@ -582,8 +582,8 @@ def test_e2e_promoted_weights_are_recorded_in_the_next_versions_samples(
 ) -> None:
     import pyarrow.parquet as pq
 
-    from geodelta.pipelines.build import build
-    from geodelta.pipelines.release import iter_tar_samples
+    from geodelta.pipelines.api import build
+    from geodelta.pipelines.release.layout import iter_tar_samples
 
     promotion = e2e["v1"].promotion
     assert promotion is not None

@@ -18,8 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geodelta.pipelines.encode import build_meta
-from geodelta.pipelines.gx_validate import (
+from geodelta.pipelines.release.gx import (
     GXOutcome,
     ReleaseRecord,
     build_tables,
@@ -28,6 +27,7 @@ from geodelta.pipelines.gx_validate import (
     run_checkpoint,
     split_conflicts,
 )
+from geodelta.pipelines.stages.encode import build_meta
 from geodelta.schemas import BuildConfig
 from geodelta.schemas.expectations import (
     NON_NULL_COLUMNS,

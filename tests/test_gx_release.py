@@ -10,11 +10,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from geodelta.pipelines.encode import build_meta, encode_members
-from geodelta.pipelines.gx_validate import SUMMARY_FILE, VALIDATION_DIR
-from geodelta.pipelines.release import iter_tar_samples, write_release
-from geodelta.pipelines.staging import Staging
-from geodelta.pipelines.verify import verify_release
+from geodelta.pipelines.release.assemble import write_release
+from geodelta.pipelines.release.gx import SUMMARY_FILE, VALIDATION_DIR
+from geodelta.pipelines.release.layout import iter_tar_samples
+from geodelta.pipelines.release.staging import Staging
+from geodelta.pipelines.release.verify import verify_release
+from geodelta.pipelines.stages.encode import build_meta, encode_members
 from geodelta.schemas import BuildConfig, ReleaseManifest
 from tests.factories import make_config, make_sample
 

@@ -43,8 +43,8 @@ import yaml
 from pystac.extensions.projection import ProjectionExtension
 from shapely.geometry import box, shape
 
-from geodelta.pipelines.plan import plan_jobs
-from geodelta.pipelines.verify import verify_release
+from geodelta.pipelines.release.verify import verify_release
+from geodelta.pipelines.stages.plan import plan_jobs
 from geodelta.schemas import SampleMeta, parse_config
 from tests.conftest import minimal_config
 from tests.oscd_catalog import (

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geodelta.pipelines.label import (
+from geodelta.pipelines.stages.label import (
     LabelError,
     binary_mask,
     clean_mask,
@@ -18,7 +18,7 @@ from geodelta.pipelines.label import (
     position_word,
     transition_mask,
 )
-from geodelta.pipelines.sample import Sample
+from geodelta.pipelines.stages.sample import Sample
 from geodelta.schemas import ScenePair, SceneRef, TileJob
 from geodelta.schemas.classes import (
     BINARY_CHANGE,

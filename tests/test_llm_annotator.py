@@ -12,9 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from geodelta.annotators.cache import BudgetLedger, ResponseCache, cache_key
 from geodelta.annotators.claims import check_captions, check_qa_item
-from geodelta.annotators.llm import (
+from geodelta.annotators.llm.annotator import (
     AnnotationFailed,
     LLMAnnotator,
     PromptTemplate,
@@ -22,6 +21,7 @@ from geodelta.annotators.llm import (
     qa_types_for,
     response_schema,
 )
+from geodelta.annotators.llm.cache import BudgetLedger, ResponseCache, cache_key
 from geodelta.annotators.template import AnnotatorConfigError
 from geodelta.schemas import Annotation, ChangeFacts
 from geodelta.schemas.config import OpenAIConfig

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geodelta.annotators.cache import BudgetLedger
 from geodelta.annotators.claims import check_captions, check_text, mentioned_classes_free
-from geodelta.annotators.llm import PromptTemplate, qa_types_for
-from geodelta.annotators.ratelimit import TokenBucket, backoff_delay, retry_after_seconds
+from geodelta.annotators.llm.annotator import PromptTemplate, qa_types_for
+from geodelta.annotators.llm.cache import BudgetLedger
+from geodelta.annotators.llm.ratelimit import TokenBucket, backoff_delay, retry_after_seconds
 from geodelta.annotators.template import TemplateAnnotator
 from geodelta.schemas import ConfigError, parse_config
 from tests.conftest import minimal_config

@@ -13,13 +13,13 @@ import pytest
 from typer.testing import CliRunner
 
 from geodelta.annotators.claims import check_captions, check_qa_item
-from geodelta.pipelines.build import BuildResult, build
+from geodelta.pipelines.api import BuildResult, build
 from geodelta.pipelines.cli import app
-from geodelta.pipelines.qa_balance import qa_balance
-from geodelta.pipelines.release import iter_tar_samples
-from geodelta.pipelines.verify import verify_release
+from geodelta.pipelines.release.layout import iter_tar_samples
+from geodelta.pipelines.release.qa_balance import qa_balance
+from geodelta.pipelines.release.verify import verify_release
 from geodelta.schemas import QAItem, SampleMeta
-from geodelta.sources.demo_catalog import DemoCatalog, write_demo_catalog
+from geodelta.sources.demo.catalog import DemoCatalog, write_demo_catalog
 from tests.openai_double import OpenAIDouble
 from tests.test_e2e_demo import demo_config
 

@@ -16,8 +16,8 @@ import fsspec
 import pytest
 from typer.testing import CliRunner
 
-from geodelta.pipelines.build import BuildResult, build
-from geodelta.pipelines.output import (
+from geodelta.pipelines.api import BuildResult, build
+from geodelta.pipelines.release.upload import (
     UPLOAD_STAMP,
     OutputError,
     Target,
@@ -28,7 +28,7 @@ from geodelta.pipelines.output import (
     work_dir_for,
 )
 from geodelta.schemas import load_config, parse_config
-from geodelta.sources.demo_catalog import DemoCatalog, write_demo_catalog
+from geodelta.sources.demo.catalog import DemoCatalog, write_demo_catalog
 from tests.conftest import REPO, minimal_config
 
 pytestmark = pytest.mark.slow  # the module fixture builds the demo (~15 s)
@@ -232,7 +232,7 @@ def test_cli_out_accepts_a_url(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_urls_are_shown_without_secrets() -> None:
-    from geodelta.pipelines.output import shown
+    from geodelta.pipelines.release.upload import shown
 
     assert shown("az://user:pw@container/rel?sv=1&sig=SECRET") == "az://container/rel"
     assert shown("memory://b/r") == "memory://b/r"

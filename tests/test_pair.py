@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from geodelta.pipelines.pair import choose_pair, pick_landcover, season_gap_days
+from geodelta.pipelines.stages.pair import choose_pair, pick_landcover, season_gap_days
 from geodelta.schemas import AssetRef, QuarantineRecord, ScenePair, SceneRef, TileJob, parse_config
 from tests.conftest import minimal_config
 

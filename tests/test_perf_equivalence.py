@@ -17,9 +17,9 @@ import pytest
 from scipy import ndimage as ndi
 from skimage.registration import phase_cross_correlation
 
-from geodelta.pipelines.coregister import _gradient, apply_shift, estimate_shift
-from geodelta.pipelines.encode import rgb_png
-from geodelta.pipelines.pair import choose_pair, season_gap_days
+from geodelta.pipelines.stages.coregister import _gradient, apply_shift, estimate_shift
+from geodelta.pipelines.stages.encode import rgb_png
+from geodelta.pipelines.stages.pair import choose_pair, season_gap_days
 from geodelta.schemas import AssetRef, QuarantineRecord, ScenePair, SceneRef, TileJob, parse_config
 from tests.conftest import minimal_config
 
@@ -266,7 +266,7 @@ def test_rgb_png_pixels_match_the_plain_formula() -> None:
 def test_worker_environment_pins_blas_threads_and_restores(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from geodelta.pipelines.beam_adapter import WORKER_THREAD_ENV, worker_environment
+    from geodelta.pipelines.engines.beam import WORKER_THREAD_ENV, worker_environment
 
     cfg = parse_config(minimal_config())
     for name in WORKER_THREAD_ENV:
@@ -289,8 +289,8 @@ def test_beam_commits_each_output_without_a_flatten(tmp_path: Path) -> None:
     every encoded sample would be held until all cells are done (see build_pipeline)."""
     import apache_beam as beam
 
-    from geodelta.pipelines.beam_adapter import build_pipeline
-    from geodelta.pipelines.stages import Worker
+    from geodelta.pipelines.engines.beam import build_pipeline
+    from geodelta.pipelines.stages.worker import Worker
 
     cfg = parse_config(minimal_config())
     p = beam.Pipeline()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pyproj import Transformer
 
-from geodelta.pipelines.plan import (
+from geodelta.pipelines.stages.plan import (
     PlanError,
     assign_splits,
     block_id,

@@ -166,7 +166,7 @@ PC_CONFIG = REPO / "configs" / "pc-sentinel2-lulc.yaml"
 
 
 def test_planetary_computer_config_validates_and_plans() -> None:
-    from geodelta.pipelines.plan import plan_jobs
+    from geodelta.pipelines.stages.plan import plan_jobs
     from geodelta.sources.signing import PlanetaryComputerSigner, signer_for
 
     cfg = load_config(PC_CONFIG)
@@ -183,7 +183,7 @@ def test_planetary_computer_config_validates_and_plans() -> None:
 @pytest.mark.network
 @pytest.mark.slow
 def test_planetary_computer_config_builds(tmp_path: Path) -> None:  # pragma: no cover - internet
-    from geodelta.pipelines.build import build
+    from geodelta.pipelines.api import build
 
     cfg = load_config(PC_CONFIG, {"output": {"dir": str(tmp_path / "release")}})
     result = build(cfg, mode="overwrite", progress=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from geodelta.pipelines.qa_balance import balance_of, format_balance
+from geodelta.pipelines.release.qa_balance import balance_of, format_balance
 
 
 def qa(changed: bool, inc: str, loc: str | None = None) -> list[dict[str, str]]:

@@ -17,22 +17,22 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from geodelta.pipelines.release import iter_tar_samples, read_manifest
-from geodelta.pipelines.verify import verify_release
+from geodelta.pipelines.release.layout import iter_tar_samples, read_manifest
+from geodelta.pipelines.release.verify import verify_release
 from geodelta.schemas.reference import ReferenceMetrics
 from tests.factories import build_demo_release
 
 torch = pytest.importorskip("torch")
 
-from geodelta.annotators.baseline import BaselineChangeAnnotator, change_metrics  # noqa: E402
-from geodelta.annotators.pair_encoder import (  # noqa: E402
+from geodelta.annotators.models.baseline import BaselineChangeAnnotator, change_metrics  # noqa: E402
+from geodelta.annotators.models.pair_encoder import (  # noqa: E402
     PairEncoder,
     fit_pair_encoder,
     load_pair_encoder,
 )
-from geodelta.pipelines.baseline import decode_sample  # noqa: E402
 from geodelta.pipelines.cli import app  # noqa: E402
-from geodelta.pipelines.reference import (  # noqa: E402
+from geodelta.pipelines.training.baseline import decode_sample  # noqa: E402
+from geodelta.pipelines.training.reference import (  # noqa: E402
     ReferenceError,
     disagreement_score,
     encode_texts,
@@ -159,7 +159,7 @@ def test_retrieval_recomputed_by_brute_force_and_above_chance(trained: dict[str,
 
 @pytest.mark.slow
 def test_captions_scored_against_the_references(trained: dict[str, Any]) -> None:
-    from geodelta.pipelines.caption_metrics import caption_scores
+    from geodelta.pipelines.training.caption_metrics import caption_scores
 
     release, c = trained["release"], trained["metrics"].captions
     chosen = json.loads((release / "reference/captions.json").read_text())
@@ -258,7 +258,7 @@ def test_report_shows_metrics_and_review_list(trained: dict[str, Any]) -> None:
     assert review.count("<div class='sample'>") == 5  # thumbnails of the listed samples
     assert "href='../reference/MODEL_CARD.md'" in ref
     # the re-render is byte-identical (nothing time-dependent)
-    from geodelta.pipelines.report import render_report
+    from geodelta.pipelines.report.render import render_report
 
     assert render_report(release) == page
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from geodelta.pipelines.caption_metrics import CaptionScoreError, caption_scores, tokenize
-from geodelta.pipelines.reference import disagreement_score, recall_at_k
+from geodelta.pipelines.training.caption_metrics import CaptionScoreError, caption_scores, tokenize
+from geodelta.pipelines.training.reference import disagreement_score, recall_at_k
 
 
 # -- tokenizer ---------------------------------------------------------------------------------

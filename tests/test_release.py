@@ -19,11 +19,11 @@ import webdataset as wds
 from PIL import Image
 from rasterio.io import MemoryFile
 
-from geodelta.pipelines.encode import build_meta, encode_members
-from geodelta.pipelines.release import write_release
-from geodelta.pipelines.report import write_report
-from geodelta.pipelines.staging import Staging
-from geodelta.pipelines.verify import verify_release
+from geodelta.pipelines.release.assemble import write_release
+from geodelta.pipelines.release.staging import Staging
+from geodelta.pipelines.release.verify import verify_release
+from geodelta.pipelines.report.render import write_report
+from geodelta.pipelines.stages.encode import build_meta, encode_members
 from geodelta.schemas import (
     SAMPLE_MEMBERS,
     BuildConfig,

@@ -22,16 +22,16 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from geodelta.pipelines.cli import app
-from geodelta.pipelines.encode import build_meta, encode_members
-from geodelta.pipelines.release import write_release
-from geodelta.pipelines.report import (
+from geodelta.pipelines.release.assemble import write_release
+from geodelta.pipelines.release.staging import Staging
+from geodelta.pipelines.report.render import (
     diff_releases,
     ks_distance,
     tv_distance,
     validation_scores,
     write_report,
 )
-from geodelta.pipelines.staging import Staging
+from geodelta.pipelines.stages.encode import build_meta, encode_members
 from geodelta.schemas import BuildConfig, QuarantineRecord
 from tests.factories import make_config, make_sample
 

@@ -23,10 +23,10 @@ from urllib.parse import unquote
 import pyarrow.parquet as pq
 import pytest
 
-from geodelta.pipelines.build import BuildResult, build
-from geodelta.pipelines.report import PROVENANCE_FIELDS, write_report
+from geodelta.pipelines.api import BuildResult, build
+from geodelta.pipelines.report.render import PROVENANCE_FIELDS, write_report
 from geodelta.schemas import load_config
-from geodelta.sources.demo_catalog import write_demo_catalog
+from geodelta.sources.demo.catalog import write_demo_catalog
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

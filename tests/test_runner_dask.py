@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from geodelta.pipelines.build import BuildResult, build
-from geodelta.pipelines.runners import RunnerError, check_runner
+from geodelta.pipelines.api import BuildResult, build
+from geodelta.pipelines.engines.runners import RunnerError, check_runner
 from geodelta.schemas import QuarantineRecord, TileJob, load_config, parse_config
-from geodelta.sources.demo_catalog import DemoCatalog, write_demo_catalog
+from geodelta.sources.demo.catalog import DemoCatalog, write_demo_catalog
 from tests.conftest import REPO, minimal_config
 
 SCALE = 0.5  # 15 cells: 12 samples in train/val/test, 3 quarantined at pair
@@ -94,8 +94,8 @@ def test_single_chain_has_one_commit_after_the_last_stage(tmp_path: Path) -> Non
     """DaskRunner computes only the last transform and mixes tagged outputs: one chain."""
     import apache_beam as beam
 
-    from geodelta.pipelines.beam_adapter import build_pipeline
-    from geodelta.pipelines.stages import Worker
+    from geodelta.pipelines.engines.beam import build_pipeline
+    from geodelta.pipelines.stages.worker import Worker
 
     cfg = parse_config(minimal_config())
     p = beam.Pipeline()
@@ -117,7 +117,7 @@ def test_single_chain_has_one_commit_after_the_last_stage(tmp_path: Path) -> Non
 def test_stage_fn_passes_quarantine_through_and_emits_its_own_on_the_main_output() -> None:
     import apache_beam as beam
 
-    from geodelta.pipelines.beam_adapter import StageFn
+    from geodelta.pipelines.engines.beam import StageFn
 
     cfg = parse_config(minimal_config())
     earlier = QuarantineRecord(
@@ -145,7 +145,7 @@ def test_stage_fn_passes_quarantine_through_and_emits_its_own_on_the_main_output
 def test_dask_options_scheduler_partitions_and_user_options() -> None:
     from apache_beam.runners.dask.dask_runner import DaskOptions
 
-    from geodelta.pipelines.beam_adapter import dask_partitions, dask_pipeline_options
+    from geodelta.pipelines.engines.beam import dask_partitions, dask_pipeline_options
 
     assert dask_partitions(15, 2) == 4  # two per worker
     assert dask_partitions(1000, 2) == 125  # at most 8 cells a partition
@@ -227,7 +227,7 @@ def test_engine_options_pass_straight_through_to_pipeline_options(
     import apache_beam as beam
     from apache_beam.options import pipeline_options
 
-    from geodelta.pipelines import beam_adapter
+    from geodelta.pipelines.engines import beam as beam_adapter
 
     cfg = _cli_config(monkeypatch, ["--runner", "beam", "--", *options])
     assert cfg.runner.name == "beam" and cfg.runner.options == options

@@ -21,9 +21,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from geodelta.pipelines.build import build
+from geodelta.pipelines.api import build
 from geodelta.schemas import AssetRef, load_config
-from geodelta.sources.demo_catalog import write_demo_catalog
+from geodelta.sources.demo.catalog import write_demo_catalog
 from geodelta.sources.raster import RasterAccess, RasterReadError, read_classes
 from geodelta.sources.signing import PlanetaryComputerSigner, http_token_fetcher
 from tests.conftest import REPO

@@ -385,7 +385,7 @@ def _feature(item_id: str, collection: str, when: str, **props: Any) -> dict[str
 
 
 def test_search_dry_run_reads_no_pixels() -> None:
-    from geodelta.pipelines.search import dry_run
+    from geodelta.pipelines.stages.search import dry_run
 
     items = [
         _feature("s2-2020-a", "sentinel-2-l2a", "2020-07-01T10:00:00Z", **{"eo:cloud_cover": 30.0}),

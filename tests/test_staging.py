@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from geodelta.pipelines.staging import Staging, StagingError
+from geodelta.pipelines.release.staging import Staging, StagingError
 from geodelta.schemas import QuarantineRecord
 from geodelta.schemas.records import QuarantineStage
 

@@ -17,7 +17,7 @@ from geodelta.annotators.template import (
     format_hectares,
     format_percent,
 )
-from geodelta.pipelines.label import binary_mask, compute_facts, transition_mask
+from geodelta.pipelines.stages.label import binary_mask, compute_facts, transition_mask
 from geodelta.schemas import ChangeFacts, QAItem
 from geodelta.schemas.classes import CLASS_INDEX
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from geodelta.annotators.template import TemplateAnnotator
-from geodelta.pipelines.label import label_from_landcover
-from geodelta.pipelines.sample import Sample
-from geodelta.pipelines.validate import RULES, validate_sample, validate_stage
+from geodelta.pipelines.stages.label import label_from_landcover
+from geodelta.pipelines.stages.sample import Sample
+from geodelta.pipelines.stages.validate import RULES, validate_sample, validate_stage
 from geodelta.schemas import (
     Annotation,
     BuildConfig,

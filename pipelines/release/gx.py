@@ -1,0 +1,829 @@
+"""Great Expectations checkpoint over a release's sample table, before the shards are written.
+
+The per-sample rule checks (:mod:`geodelta.pipelines.stages.validate`) run in the workers; this module
+runs the release-wide contract of :mod:`geodelta.schemas.expectations` once per release, on
+three pandas tables (samples, captions, QA) built from the staged samples, in one ephemeral GX
+context. Samples with a failing row are quarantined (stage ``validate``, reason = the name of
+the first failing expectation, e.g. ``gx:expect_column_values_to_be_between:before_valid``) and
+never reach a shard. Great Expectations is imported lazily, only when a checkpoint runs.
+
+What a release keeps under ``<release>/validation/`` (outside ``manifest.json``: GX results
+carry run times and ids, so these files are not byte-deterministic)::
+
+    summary.json                  machine-readable summary (shape below)
+    suites/<table>.json           the expectation suites, GX 1.x JSON
+    results/<table>.json          GX validation results (ExpectationSuiteValidationResult)
+    data_docs/index.html          GX Data Docs, made readable offline: no script, no CDN
+                                  stylesheet, no remote image (see :func:`make_offline`)
+
+``summary.json``::
+
+    {
+      "format": "geodelta.gx-summary/1",
+      "gx_version": "1.24.1",
+      "success": false,                    # every expectation of every suite held
+      "samples_checked": 12,               # rows of the samples table
+      "samples_quarantined": 1,
+      "quarantined": [{"key": ..., "reason": "gx:...", "detail": ...}],   # sorted by key
+      "data_docs": "data_docs/index.html", # relative to validation/; null when not written
+      "suites": [                          # samples, captions, qa
+        {
+          "name": "geodelta-samples", "table": "samples", "rows": 12, "success": false,
+          "evaluated": 48, "failed": 1,
+          "suite_file": "suites/samples.json", "results_file": "results/samples.json",
+          "data_docs_page": "data_docs/validations/geodelta-samples/<run>/<time>/....html",
+                                           # or null (all paths relative to validation/)
+          "expectations": [
+            {"name": "gx:expect_column_values_to_be_between:before_valid",
+             "type": "expect_column_values_to_be_between", "column": "before_valid",
+             "kwargs": {...}, "description": "...", "per_row": true,
+             "success": false, "element_count": 12, "unexpected_count": 1,
+             "unexpected_keys": ["31N-1280-0001-0002_20200615_20220620"]}
+          ]
+        }
+      ]
+    }
+
+``column`` is the column (``A,B`` for a column pair); ``element_count``/``unexpected_count``
+are GX's (rows of that table: captions and QA tables have several rows per sample);
+``unexpected_keys`` are the sorted distinct sample keys of the failing rows (empty for
+table-level expectations, ``per_row: false``).
+
+Per batch: the tables can be built and checked for any subset of samples
+(:func:`build_tables` + :func:`run_checkpoint`), e.g. a staging batch in a DAG; the release
+writer runs it once over the whole release, which release-wide expectations (key uniqueness,
+split disjointness) need anyway, and which pays GX's start-up (about 5 s) once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from geodelta.annotators.claims import is_no_change_caption
+from geodelta.schemas import BuildConfig, QuarantineRecord, SampleMeta
+from geodelta.schemas.expectations import (
+    COUNT_QA_TYPES,
+    RATIO_QA_TYPES,
+    REQUIRED_QA_TYPES,
+    TABLE_COLUMNS,
+    YES_NO_QA_TYPES,
+    ExpectationSpec,
+    SuiteSpec,
+    TableName,
+    qa_count_column,
+    release_suites,
+)
+
+__all__ = [
+    "SUMMARY_FILE",
+    "VALIDATION_DIR",
+    "ExpectationOutcome",
+    "GXEvaluationError",
+    "GXOutcome",
+    "GXUnavailableError",
+    "ReleaseRecord",
+    "SuiteOutcome",
+    "build_tables",
+    "make_offline",
+    "offline_html",
+    "refresh_split_conflicts",
+    "run_checkpoint",
+    "split_conflicts",
+    "validate_release",
+]
+
+VALIDATION_DIR = "validation"
+SUMMARY_FILE = "summary.json"
+SUMMARY_FORMAT = "geodelta.gx-summary/1"
+DATA_DOCS_DIR = "data_docs"
+_SITE = "geodelta"
+_ROW = "row"
+_UTM_RE = re.compile(r"^EPSG:32([67])([0-9]{2})$")
+
+
+class GXUnavailableError(ImportError):
+    """Great Expectations is not installed; says how to install it or switch the check off."""
+
+
+class GXEvaluationError(RuntimeError):
+    """GX could not evaluate an expectation (a bug in a suite or a table, not bad data)."""
+
+    def __init__(self, message: str, *, name: str) -> None:
+        self.name = name
+        super().__init__(message)
+
+
+def _gx() -> Any:
+    """Import Great Expectations (slow: about 5 s), with analytics off."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # tests and builds are offline
+    try:
+        with warnings.catch_warnings():
+            # GX 1.24 imports the stdlib's deprecated sre_constants/sre_parse modules (a
+            # DeprecationWarning on Python >= 3.11); nothing we can change on our side.
+            warnings.filterwarnings(
+                "ignore",
+                message=r"module 'sre_(constants|parse)' is deprecated",
+                category=DeprecationWarning,
+            )
+            import great_expectations as gx
+    except ImportError as exc:
+        raise GXUnavailableError(
+            "the Great Expectations checkpoint needs great_expectations: "
+            "pip install 'geodelta[validation]' (or set validation.great_expectations: false)"
+        ) from exc
+    return gx
+
+
+# --- tables -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReleaseRecord:
+    """What the contract reads of one sample: its metadata, captions and QA (as in qa.json)."""
+
+    meta: SampleMeta
+    captions: Sequence[Any]
+    qa: Sequence[Mapping[str, Any]]
+
+
+def _utm_zone(lon: float) -> int:
+    return min(60, max(1, math.floor((lon + 180.0) / 6.0) + 1))
+
+
+def _zone_offset(crs: str, lon: float) -> float | None:
+    m = _UTM_RE.match(crs)
+    if m is None or not math.isfinite(lon):
+        return None
+    d = abs(int(m.group(2)) - _utm_zone(lon))
+    return float(min(d, 60 - d))
+
+
+def _caption_no_change(captions: Sequence[Any]) -> str:
+    texts = [c for c in captions if isinstance(c, str)]
+    if not captions:
+        return "none"
+    says = [is_no_change_caption(c) for c in texts]
+    if len(texts) == len(captions) and all(says):
+        return "yes"
+    return "no" if not any(says) else "mixed"
+
+
+def _text(value: Any) -> str:
+    """A table cell as text; a missing value (None, or NaN in pandas >= 3 string columns) is "None"."""
+    return (
+        "None" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+    )
+
+
+def _naive_utc(when: datetime) -> datetime:
+    """The same instant as a timezone-naive UTC datetime."""
+    return when.astimezone(UTC).replace(tzinfo=None)
+
+
+def _sample_row(rec: ReleaseRecord, cfg: BuildConfig) -> dict[str, Any]:
+    m = rec.meta
+    facts = m.facts
+    min_lon, min_lat, max_lon, max_lat = m.bbox_lonlat
+    dy, dx = m.coreg.shift_px
+    changed = facts.n_regions > 0 and facts.changed_fraction > cfg.annotation.no_change_epsilon
+    types = [q.get("type") for q in rec.qa]
+    row: dict[str, Any] = {
+        "key": m.key,
+        "cell_id": m.cell_id,
+        "split": m.split,
+        "region": m.region,
+        "crs": m.crs,
+        # naive UTC: pandas >= 3.1 deprecates .values on tz-aware columns, which GX uses
+        "t0": _naive_utc(m.t0),
+        "t1": _naive_utc(m.t1),
+        "gap_days": m.gap_days,
+        "min_lon": min_lon,
+        "min_lat": min_lat,
+        "max_lon": max_lon,
+        "max_lat": max_lat,
+        "before_item": m.before_item,
+        "after_item": m.after_item,
+        "before_clear": m.before_clear,
+        "after_clear": m.after_clear,
+        "before_valid": m.before_valid,
+        "after_valid": m.after_valid,
+        "shift_dy": dy,
+        "shift_dx": dx,
+        "shift_px": math.hypot(dy, dx),
+        "residual_px": m.coreg.residual_px,
+        "changed_fraction": facts.changed_fraction,
+        "n_regions": facts.n_regions,
+        "n_captions": len(rec.captions),
+        "n_qa": len(rec.qa),
+        "annotator": m.annotator,
+        "licence": m.licence,
+        "attribution": m.attribution,
+        "mask_no_change": "no" if changed else "yes",
+        "caption_no_change": _caption_no_change(rec.captions),
+        "split_cell_conflicts": 0,
+        "split_buffer_conflicts": 0,
+        "crs_zone_offset": _zone_offset(m.crs, (min_lon + max_lon) / 2.0),
+    }
+    for t in REQUIRED_QA_TYPES:
+        row[qa_count_column(t)] = types.count(t)
+    return row
+
+
+def _qa_rows(rec: ReleaseRecord) -> list[dict[str, Any]]:
+    rows = []
+    for i, q in enumerate(rec.qa):
+        kind, answer = q.get("type"), q.get("answer")
+        rows.append(
+            {
+                "key": rec.meta.key,
+                "index": i,
+                "type": kind,
+                "question": q.get("question"),
+                "answer": answer,
+                "answer_yes_no": answer if kind in YES_NO_QA_TYPES else None,
+                "answer_count": answer if kind in COUNT_QA_TYPES else None,
+                "answer_ratio": answer if kind in RATIO_QA_TYPES else None,
+            }
+        )
+    return rows
+
+
+def _split_rank(cfg: BuildConfig) -> dict[str, int]:
+    """Split -> priority (0 = highest): smaller configured fraction first, then name."""
+    fr = cfg.splits.fractions
+    return {s: i for i, s in enumerate(sorted(fr, key=lambda s: (fr[s], s)))}
+
+
+def split_conflicts(samples: pd.DataFrame, cfg: BuildConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Count, per row, the conflicts of its cell with cells of a split of higher priority.
+
+    Priority: the split with the smaller ``splits.fractions`` share keeps its cells (ties by
+    name; a split not in the config comes last), so evaluation splits stay whole and the
+    training cells around them are the ones given up. Distances are measured on the lon/lat
+    footprints, in cells (a footprint's own width/height), so they work across UTM zones and
+    whatever the cell id format: two footprints are the *same cell* when their centres are
+    less than half a cell apart on both axes (or their cell ids are equal), and *within the
+    buffer* when fewer than ``splits.buffer_cells`` cells separate them (Chebyshev; the half
+    cell of slack absorbs the slight inflation of the lon/lat bbox of a UTM square).
+
+    Args:
+        samples: the samples table (``cell_id``, ``split``, ``min_lon`` ... ``max_lat``).
+        cfg: the build config (``splits``).
+
+    Returns:
+        ``(cell_conflicts, buffer_conflicts)``: per row, how many splits of higher priority hold
+        the same cell, and how many cells of a split of higher priority lie within the buffer
+        (0 everywhere when ``splits.buffer_cells`` is 0).
+    """
+    n = len(samples)
+    cell = np.zeros(n, dtype=np.int64)
+    buffer = np.zeros(n, dtype=np.int64)
+    if n == 0:
+        return cell, buffer
+    ranks = _split_rank(cfg)
+    rank = np.array([ranks.get(s, len(ranks)) for s in samples["split"]], dtype=np.int64)
+    splits = samples["split"].to_numpy()
+    cells = samples["cell_id"].to_numpy()
+    x0, x1 = samples["min_lon"].to_numpy(float), samples["max_lon"].to_numpy(float)
+    y0, y1 = samples["min_lat"].to_numpy(float), samples["max_lat"].to_numpy(float)
+    cx, cy, w, h = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
+    buf = cfg.splits.buffer_cells
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for i in range(n):
+            better = rank < rank[i]
+            if not better.any():
+                continue
+            half_w, half_h = (w[i] + w) / 2, (h[i] + h) / 2
+            # gap between the footprints in cells (negative = overlap), per axis
+            gap_x = (np.abs(cx - cx[i]) - half_w) / half_w
+            gap_y = (np.abs(cy - cy[i]) - half_h) / half_h
+            same = (cells == cells[i]) | (
+                (np.abs(cx - cx[i]) < half_w / 2) & (np.abs(cy - cy[i]) < half_h / 2)
+            )
+            cell[i] = len(set(splits[better & same]))
+            if buf > 0:
+                near = np.maximum(gap_x, gap_y) < buf - 0.5
+                buffer[i] = int(np.count_nonzero(better & near & ~same))
+    return cell, buffer
+
+
+def build_tables(
+    records: Iterable[ReleaseRecord], cfg: BuildConfig
+) -> dict[TableName, pd.DataFrame]:
+    """The three tables the suites run on (columns: ``expectations.TABLE_COLUMNS``).
+
+    Args:
+        records: the samples (any subset: a batch or the whole release).
+        cfg: the build config (epsilon, splits).
+
+    Returns:
+        ``{"samples": ..., "captions": ..., "qa": ...}``, each with a fresh RangeIndex.
+    """
+    samples, captions, qa = [], [], []
+    for rec in records:
+        samples.append(_sample_row(rec, cfg))
+        captions += [
+            {"key": rec.meta.key, "index": i, "caption": c} for i, c in enumerate(rec.captions)
+        ]
+        qa += _qa_rows(rec)
+    tables: dict[TableName, pd.DataFrame] = {
+        "samples": pd.DataFrame(samples, columns=list(TABLE_COLUMNS["samples"])),
+        "captions": pd.DataFrame(captions, columns=list(TABLE_COLUMNS["captions"])),
+        "qa": pd.DataFrame(qa, columns=list(TABLE_COLUMNS["qa"])),
+    }
+    refresh_split_conflicts(tables["samples"], cfg)
+    return tables
+
+
+def refresh_split_conflicts(samples: pd.DataFrame, cfg: BuildConfig) -> None:
+    """(Re)compute the ``split_*_conflicts`` columns in place (after editing rows)."""
+    cell, buffer = split_conflicts(samples, cfg)
+    samples["split_cell_conflicts"] = cell
+    samples["split_buffer_conflicts"] = buffer
+
+
+# --- checkpoint ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExpectationOutcome:
+    """What one expectation said."""
+
+    spec: ExpectationSpec
+    success: bool
+    element_count: int
+    unexpected_count: int
+    unexpected_rows: tuple[int, ...]
+    unexpected_keys: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``expectations[]`` entry of ``summary.json``."""
+        return {
+            "name": self.spec.name,
+            "type": self.spec.type,
+            "column": self.spec.target,
+            "kwargs": dict(self.spec.kwargs),
+            "description": self.spec.description,
+            "per_row": self.spec.per_row,
+            "success": self.success,
+            "element_count": self.element_count,
+            "unexpected_count": self.unexpected_count,
+            "unexpected_keys": list(self.unexpected_keys),
+        }
+
+
+@dataclass(frozen=True)
+class SuiteOutcome:
+    """What one suite said about its table."""
+
+    suite: SuiteSpec
+    rows: int
+    expectations: tuple[ExpectationOutcome, ...]
+    results: dict[str, Any]
+    data_docs_page: str | None = None
+
+    @property
+    def success(self) -> bool:
+        """Every expectation held."""
+        return all(e.success for e in self.expectations)
+
+
+@dataclass
+class GXOutcome:
+    """The checkpoint's verdict over a set of tables.
+
+    Attributes:
+        suites: one outcome per suite, in :data:`~geodelta.schemas.expectations.TABLES` order.
+        failures: sample key -> ``(expectation name, detail)`` per failing row, suite order.
+        cell_ids: sample key -> cell id (for quarantine records).
+        gx_version: the Great Expectations version that ran.
+        data_docs: Data Docs index relative to the validation folder, when written.
+    """
+
+    suites: list[SuiteOutcome]
+    failures: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    cell_ids: dict[str, str] = field(default_factory=dict)
+    gx_version: str = ""
+    data_docs: str | None = None
+
+    @property
+    def success(self) -> bool:
+        """Every expectation of every suite held."""
+        return all(s.success for s in self.suites)
+
+    def outcome(self, name: str) -> ExpectationOutcome:
+        """The outcome of the expectation called ``name`` (``gx:<type>:<column>``)."""
+        for s in self.suites:
+            for e in s.expectations:
+                if e.spec.name == name:
+                    return e
+        raise KeyError(name)
+
+    def quarantine_records(self) -> list[QuarantineRecord]:
+        """One record per failing sample: reason = first failing expectation, detail = all."""
+        out = []
+        for key in sorted(self.failures):
+            fails = self.failures[key]
+            out.append(
+                QuarantineRecord(
+                    key=key,
+                    cell_id=self.cell_ids.get(key, key.rsplit("_", 2)[0]),
+                    stage="validate",
+                    reason=fails[0][0],
+                    detail="; ".join(f"{name}: {detail}" for name, detail in fails),
+                )
+            )
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """The content of ``validation/summary.json`` (shape in the module docstring)."""
+        samples_rows = next((s.rows for s in self.suites if s.suite.table == "samples"), 0)
+        quarantined = self.quarantine_records()
+        return {
+            "format": SUMMARY_FORMAT,
+            "gx_version": self.gx_version,
+            "success": self.success,
+            "samples_checked": samples_rows,
+            "samples_quarantined": len(quarantined),
+            "quarantined": [
+                {"key": q.key, "reason": q.reason, "detail": q.detail} for q in quarantined
+            ],
+            "data_docs": self.data_docs,
+            "suites": [
+                {
+                    "name": s.suite.name,
+                    "table": s.suite.table,
+                    "rows": s.rows,
+                    "success": s.success,
+                    "evaluated": len(s.expectations),
+                    "failed": sum(not e.success for e in s.expectations),
+                    "suite_file": f"suites/{s.suite.table}.json",
+                    "results_file": f"results/{s.suite.table}.json",
+                    "data_docs_page": s.data_docs_page,
+                    "expectations": [e.to_json() for e in s.expectations],
+                }
+                for s in self.suites
+            ],
+        }
+
+
+def _context(gx: Any, site_dir: Path | None) -> Any:
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    sites: dict[str, Any] = {}
+    if site_dir is not None:
+        sites[_SITE] = {
+            "class_name": "SiteBuilder",
+            "show_how_to_buttons": False,
+            "store_backend": {
+                "class_name": "TupleFilesystemStoreBackend",
+                "base_directory": str(site_dir),
+            },
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        }
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(),
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False),
+        data_docs_sites=sites,
+    )
+    return gx.get_context(mode="ephemeral", project_config=config)
+
+
+def _gx_suite(gx: Any, spec: SuiteSpec) -> Any:
+    from great_expectations.expectations.expectation_configuration import (
+        ExpectationConfiguration,
+    )
+
+    suite = gx.ExpectationSuite(name=spec.name, meta={"table": spec.table})
+    for e in spec.expectations:
+        # no ``description``: Data Docs would show it instead of GX's own wording with the
+        # bounds; the name and the reason go to the notes, which Data Docs show beside it
+        notes = {"format": "string", "content": [e.name, e.description]}
+        conf = ExpectationConfiguration(
+            type=e.type,
+            kwargs=dict(e.kwargs),
+            meta={"name": e.name, "per_row": e.per_row, "notes": notes},
+        )
+        suite.add_expectation(conf.to_domain_obj())
+    return suite
+
+
+def _plain(value: Any) -> str:
+    """A table value as a reader wants it: 0.5, 'x', null, an ISO time."""
+    if isinstance(value, pd.Timestamp):
+        return "null" if pd.isna(value) else value.isoformat()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "null"
+    return repr(value)
+
+
+def _value(table: pd.DataFrame, row: int, spec: ExpectationSpec) -> str:
+    cols = [spec.kwargs[k] for k in ("column", "column_A", "column_B") if k in spec.kwargs]
+    return ", ".join(
+        f"{c}={_plain(table.at[row, c] if c in table.columns else None)}" for c in cols
+    )
+
+
+def _bounds(spec: ExpectationSpec) -> str:
+    k = spec.kwargs
+    if "min_value" in k or "max_value" in k:
+        return f"expected [{k.get('min_value', '-inf')}, {k.get('max_value', 'inf')}]"
+    if "value_set" in k:
+        return f"expected one of {k['value_set']}"
+    if "regex" in k:
+        return f"expected to match {k['regex']!r}"
+    return "expected otherwise"
+
+
+def _exception(info: Any) -> str | None:
+    """The message of an exception GX caught while evaluating an expectation, if any."""
+    if not isinstance(info, Mapping):
+        return None
+    if info.get("raised_exception"):
+        return str(info.get("exception_message") or "unknown error")
+    for value in info.values():  # keyed by metric id in some GX code paths
+        found = _exception(value)
+        if found is not None:
+            return found
+    return None
+
+
+def _row(entry: Any) -> int:
+    """Row number of an ``unexpected_index_list`` entry ({..., "row": n} or a bare index)."""
+    return int(entry[_ROW] if isinstance(entry, Mapping) else entry)
+
+
+def _outcomes(
+    spec: SuiteSpec, table: pd.DataFrame, result: Any
+) -> tuple[list[ExpectationOutcome], dict[int, list[tuple[str, str]]]]:
+    by_name = {e.name: e for e in spec.expectations}
+    outcomes: list[ExpectationOutcome] = []
+    rows: dict[int, list[tuple[str, str]]] = {}
+    keys = table["key"].to_numpy() if len(table) else np.array([], dtype=object)
+    for r in result.results:
+        e = by_name[r.expectation_config.meta["name"]]
+        res = r.result or {}
+        problem = _exception(r.exception_info)
+        if problem is not None:
+            raise GXEvaluationError(f"GX could not evaluate {e.name}: {problem}", name=e.name)
+        idx = tuple(_row(i) for i in (res.get("unexpected_index_list") or ()) if e.per_row)
+        outcomes.append(
+            ExpectationOutcome(
+                spec=e,
+                success=bool(r.success),
+                element_count=int(res.get("element_count") or len(table)),
+                unexpected_count=int(res.get("unexpected_count") or 0),
+                unexpected_rows=idx,
+                unexpected_keys=tuple(sorted({_text(keys[i]) for i in idx})),
+            )
+        )
+        for i in idx:
+            detail = f"{_value(table, i, e)}; {_bounds(e)} ({e.description})"
+            rows.setdefault(i, []).append((e.name, detail))
+    order = {e.name: n for n, e in enumerate(spec.expectations)}
+    outcomes.sort(key=lambda o: order[o.spec.name])
+    for fails in rows.values():
+        fails.sort(key=lambda f: order[f[0]])
+    return outcomes, rows
+
+
+def run_checkpoint(
+    tables: Mapping[TableName, pd.DataFrame],
+    cfg: BuildConfig,
+    *,
+    site_dir: str | Path | None = None,
+    run_name: str | None = None,
+) -> GXOutcome:
+    """Run the release suites on the tables as GX checkpoints (one context, one per table).
+
+    Args:
+        tables: :func:`build_tables` output (every table of
+            :data:`~geodelta.schemas.expectations.TABLES`).
+        cfg: the build config (bounds of the suites).
+        site_dir: where to build GX Data Docs (None = no Data Docs). The pages are left as GX
+            writes them; :func:`make_offline` strips their network references.
+        run_name: GX run name (default ``<name>-<version>``).
+
+    Returns:
+        The verdict: per-expectation outcomes and failing rows per sample key.
+    """
+    gx = _gx()
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    site = Path(site_dir).resolve() if site_dir is not None else None
+    context = _context(gx, site)
+    source = context.data_sources.add_pandas("geodelta")
+    run_id = RunIdentifier(run_name=run_name or f"{cfg.name}-{cfg.version}")
+    outcome = GXOutcome(suites=[], gx_version=str(gx.__version__))
+    for spec in release_suites(cfg):
+        # GX reports failing rows by these columns (Data Docs show them): the key for readers,
+        # the row number to find the row again
+        table = tables[spec.table].reset_index(drop=True)
+        table = table.assign(**{_ROW: np.arange(len(table), dtype=np.int64)})
+        batch = source.add_dataframe_asset(spec.table).add_batch_definition_whole_dataframe(
+            "release"
+        )
+        suite = context.suites.add(_gx_suite(gx, spec))
+        vd = context.validation_definitions.add(
+            gx.ValidationDefinition(name=spec.name, data=batch, suite=suite)
+        )
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(
+                name=spec.name,
+                validation_definitions=[vd],
+                result_format={
+                    "result_format": "COMPLETE",
+                    "unexpected_index_column_names": ["key", _ROW],
+                },
+            )
+        )
+        result = checkpoint.run(batch_parameters={"dataframe": table}, run_id=run_id)
+        (vr,) = result.run_results.values()
+        exps, rows = _outcomes(spec, table, vr)
+        outcome.suites.append(
+            SuiteOutcome(
+                suite=spec, rows=len(table), expectations=tuple(exps), results=vr.to_json_dict()
+            )
+        )
+        for i, fails in rows.items():
+            key = _text(table.at[i, "key"])
+            outcome.failures.setdefault(key, []).extend(fails)
+    samples = tables["samples"]
+    outcome.cell_ids = {
+        _text(k): _text(c)
+        for k, c in zip(samples["key"].tolist(), samples["cell_id"].tolist(), strict=True)
+    }
+    if site is not None:
+        # once for all suites: each UpdateDataDocsAction would rebuild the whole site
+        context.build_data_docs(site_names=[_SITE])
+        outcome.data_docs = (site / "index.html").relative_to(site.parent).as_posix()
+        for i, s in enumerate(outcome.suites):
+            pages = sorted((site / "validations" / s.suite.name).rglob("*.html"))
+            page = pages[-1].relative_to(site.parent).as_posix() if pages else None
+            outcome.suites[i] = dataclasses.replace(s, data_docs_page=page)
+    return outcome
+
+
+# --- offline Data Docs --------------------------------------------------------------------
+
+_SCRIPT_RE = re.compile(r"<script\b[^>]*>.*?</script\s*>", re.IGNORECASE | re.DOTALL)
+_REMOTE_TAG_RE = re.compile(
+    r"<(?:link|img|iframe|source|embed)\b[^>]*\b(?:href|src)\s*=\s*[\"']?(?:https?:)?//[^>]*>",
+    re.IGNORECASE,
+)
+_REMOTE_ATTR_RE = re.compile(
+    r"\s(?:href|src|srcset|action)\s*=\s*([\"'])(?:https?:)?//.*?\1", re.IGNORECASE | re.DOTALL
+)
+# GX links the favicon one folder too shallow from validation pages; a broken link, so it goes
+_ICON_RE = re.compile(
+    r"<link\b[^>]*\brel\s*=\s*[\"'](?:shortcut\s+)?icon[\"'][^>]*>", re.IGNORECASE
+)
+_REMOTE_CSS_RE = re.compile(r"url\(\s*([\"']?)(?:https?:)?//[^)]*\)", re.IGNORECASE)
+_LOCAL_REF_RE = re.compile(r"\b(?:href|src)\s*=\s*[\"']([^\"'#?:]+)", re.IGNORECASE)
+_OFFLINE_STYLE = (
+    "<style>/* geodelta: offline copy, CDN styles and scripts removed */"
+    "body{font-family:system-ui,sans-serif;margin:1em 2em;color:#222}"
+    "table{border-collapse:collapse;margin:.5em 0}"
+    "td,th{border:1px solid #ccc;padding:.2em .5em;vertical-align:top;text-align:left}"
+    ".collapse{display:block}.d-none{display:none}.text-danger{color:#b00}"
+    # status icons came from Font Awesome (a CDN): draw them with plain characters
+    ".fas{font-style:normal}.fa-check-circle::before{content:'\\2714';color:#1a7f37}"
+    ".fa-times::before{content:'\\2718';color:#b00}"
+    ".fa-exclamation-triangle::before{content:'!';color:#b60}</style>"
+)
+
+
+def offline_html(html: str) -> str:
+    """Strip every network reference from a GX Data Docs page.
+
+    Scripts go (they only drive CDN libraries: jQuery, Bootstrap, Vega), as do stylesheet
+    links, images and other embeds loaded from ``http(s)://`` or ``//``; remote CSS
+    ``url(...)`` become ``none``; links to remote pages lose their ``href``; the favicon link
+    goes (GX points validation pages at a path that does not exist). A small inline
+    stylesheet keeps the tables readable.
+    """
+    out = _SCRIPT_RE.sub("", html)
+    out = _REMOTE_TAG_RE.sub("", out)
+    out = _ICON_RE.sub("", out)
+    out = _REMOTE_CSS_RE.sub("none", out)
+    out = _REMOTE_ATTR_RE.sub("", out)
+    if "</head>" in out:
+        out = out.replace("</head>", _OFFLINE_STYLE + "</head>", 1)
+    return out
+
+
+def make_offline(site_dir: str | Path) -> list[Path]:
+    """Rewrite every HTML page of a Data Docs site with :func:`offline_html`, in place.
+
+    Static assets that no page refers to any more (GX ships fonts and animations, ~4 MB) are
+    deleted.
+
+    Returns:
+        The HTML pages rewritten.
+    """
+    site = Path(site_dir)
+    pages = sorted(site.rglob("*.html"))
+    used: set[Path] = set()
+    for page in pages:
+        text = offline_html(page.read_text(encoding="utf-8"))
+        page.write_text(text, encoding="utf-8")
+        for ref in _LOCAL_REF_RE.findall(text):
+            used.add((page.parent / ref).resolve())
+    static = site / "static"
+    if static.is_dir():
+        for path in sorted(static.rglob("*"), reverse=True):
+            if path.is_file() and path.resolve() not in used:
+                path.unlink()
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        if static.is_dir() and not any(static.iterdir()):
+            static.rmdir()
+    return pages
+
+
+# --- the release hook ---------------------------------------------------------------------
+
+
+def _json_bytes(data: Any) -> bytes:
+    return (
+        json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False, default=str) + "\n"
+    ).encode()
+
+
+def _read_json_list(read: Callable[[str, str], bytes], key: str, member: str) -> list[Any]:
+    try:
+        value = json.loads(read(key, member))
+    except (OSError, ValueError):
+        return []  # fails the count expectations, so the sample is quarantined, not lost
+    return value if isinstance(value, list) else []
+
+
+def validate_release(
+    release_dir: str | Path,
+    cfg: BuildConfig,
+    metas: Mapping[str, SampleMeta],
+    read_member: Callable[[str, str], bytes],
+) -> list[QuarantineRecord]:
+    """Run the checkpoint over a release's samples and keep the results under ``validation/``.
+
+    Called by :func:`geodelta.pipelines.release.assemble.write_release` before any shard is written.
+    ``<release>/validation/`` is replaced (or removed when
+    ``validation.great_expectations`` is off).
+
+    Args:
+        release_dir: the release folder.
+        cfg: the build config.
+        metas: key -> metadata of every sample about to be sharded.
+        read_member: ``(key, member name) -> bytes`` (e.g. ``Staging.read_member``), used for
+            ``captions.json`` and ``qa.json``.
+
+    Returns:
+        One quarantine record (stage ``validate``) per sample with a failing row; the caller
+        leaves those samples out of the shards.
+    """
+    out = Path(release_dir) / VALIDATION_DIR
+    shutil.rmtree(out, ignore_errors=True)
+    if not cfg.validation.great_expectations:
+        return []
+    records = [
+        ReleaseRecord(
+            meta=metas[key],
+            captions=_read_json_list(read_member, key, "captions.json"),
+            qa=[q for q in _read_json_list(read_member, key, "qa.json") if isinstance(q, dict)],
+        )
+        for key in sorted(metas)
+    ]
+    tables = build_tables(records, cfg)
+    out.mkdir(parents=True)
+    site = out / DATA_DOCS_DIR if cfg.validation.data_docs else None
+    outcome = run_checkpoint(tables, cfg, site_dir=site)
+    if site is not None:
+        make_offline(site)
+    (out / "suites").mkdir()
+    (out / "results").mkdir()
+    for s in outcome.suites:
+        (out / "suites" / f"{s.suite.table}.json").write_bytes(_json_bytes(s.suite.to_json()))
+        (out / "results" / f"{s.suite.table}.json").write_bytes(_json_bytes(s.results))
+    (out / SUMMARY_FILE).write_bytes(_json_bytes(outcome.summary()))
+    return outcome.quarantine_records()

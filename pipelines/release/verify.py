@@ -1,0 +1,246 @@
+"""Verify a release against its manifest: checksums, sample layout, and that every member decodes.
+
+The check streams each shard once (one sample in memory at a time), so it scales to thousands
+of samples. Every problem is reported with the file and, where it applies, the sample key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from PIL import Image
+from pydantic import TypeAdapter, ValidationError
+from rasterio.io import MemoryFile
+
+from geodelta.errors import ReleaseError
+from geodelta.pipelines.release.layout import (
+    MANIFEST,
+    SAMPLES_TABLE,
+    SHARDS_DIR,
+    iter_tar_samples,
+    read_manifest,
+)
+from geodelta.schemas import QAItem, ReleaseManifest, SampleMeta
+
+_RGB_MEMBERS = ("before.png", "after.png")
+_INDEX_MEMBERS = ("mask.png", "lc_before.png", "lc_after.png")
+_TIF_MEMBERS = ("before.tif", "after.tif")
+_QA_LIST = TypeAdapter(list[QAItem])
+_MAX_PROBLEMS_PER_SHARD = 50
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of :func:`verify_release`.
+
+    Attributes:
+        ok: True when no problem was found.
+        samples: number of samples found in the shards.
+        problems: one precise message per problem (file, sample key, what differs).
+    """
+
+    ok: bool
+    samples: int
+    problems: tuple[str, ...]
+
+
+def _hash_file(path: Path) -> tuple[int, str]:
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+def _check_file(root: Path, rel: str, size: int, sha256: str) -> list[str]:
+    path = root / rel
+    if not path.is_file():
+        return [f"{rel}: missing"]
+    actual_size, actual_sha = _hash_file(path)
+    problems = []
+    if actual_size != size:
+        problems.append(f"{rel}: size mismatch (expected {size}, actual {actual_size})")
+    if actual_sha != sha256:
+        problems.append(f"{rel}: sha256 mismatch (expected {sha256}, actual {actual_sha})")
+    return problems
+
+
+def _check_sample(
+    shard: str, key: str, members: dict[str, bytes], manifest: ReleaseManifest, split: str
+) -> list[str]:
+    """Problems of one sample of a shard."""
+    where = f"{shard}: {key}"
+    problems: list[str] = []
+    expected = set(manifest.members)
+    present = set(members)
+    if present != expected:
+        missing, extra = sorted(expected - present), sorted(present - expected)
+        problems.append(f"{where}: members differ (missing={missing}, extra={extra})")
+    meta: SampleMeta | None = None
+    if "json" in members:
+        try:
+            meta = SampleMeta.model_validate_json(members["json"])
+        except ValidationError as exc:
+            problems.append(f"{where}: json is not a valid SampleMeta ({exc.error_count()} errors)")
+    if meta is not None:
+        if meta.key != key:
+            problems.append(f"{where}: json key is {meta.key!r}")
+        if meta.split != split:
+            problems.append(f"{where}: json split is {meta.split!r} but the shard is {split!r}")
+    height, width = meta.shape if meta is not None else (None, None)
+    for name in (*_RGB_MEMBERS, *_INDEX_MEMBERS):
+        if name not in members:
+            continue
+        mode = "RGB" if name in _RGB_MEMBERS else "L"
+        try:
+            with Image.open(io.BytesIO(members[name])) as img:
+                img.load()
+                if img.format != "PNG" or img.mode != mode:
+                    problems.append(
+                        f"{where}: {name} is {img.format} mode {img.mode}, expected PNG mode {mode}"
+                    )
+                if meta is not None and img.size != (width, height):
+                    problems.append(
+                        f"{where}: {name} size {img.size} != (width, height) {(width, height)}"
+                    )
+        except (OSError, ValueError, SyntaxError) as exc:
+            problems.append(f"{where}: {name} does not decode as PNG ({exc})")
+    for name in _TIF_MEMBERS:
+        if name not in members:
+            continue
+        try:
+            with MemoryFile(members[name]) as mem, mem.open() as ds:
+                if ds.crs is None:
+                    problems.append(f"{where}: {name} has no CRS")
+                if meta is not None:
+                    if ds.count != len(meta.bands):
+                        problems.append(
+                            f"{where}: {name} has {ds.count} bands, json lists {len(meta.bands)}"
+                        )
+                    if (ds.height, ds.width) != tuple(meta.shape):
+                        problems.append(
+                            f"{where}: {name} shape {(ds.height, ds.width)} != json shape "
+                            f"{tuple(meta.shape)}"
+                        )
+                if any(dt != "uint16" for dt in ds.dtypes):
+                    problems.append(f"{where}: {name} dtype {ds.dtypes[0]}, expected uint16")
+                ds.read(1, window=((0, 1), (0, 1)))  # the data decodes
+        except Exception as exc:  # rasterio raises several unrelated types on corrupt input
+            problems.append(f"{where}: {name} does not decode as GeoTIFF ({exc})")
+    if "captions.json" in members:
+        try:
+            caps = json.loads(members["captions.json"])
+            if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+                problems.append(f"{where}: captions.json is not a list of strings")
+        except ValueError as exc:
+            problems.append(f"{where}: captions.json is not JSON ({exc})")
+    if "qa.json" in members:
+        try:
+            _QA_LIST.validate_json(members["qa.json"])
+        except ValidationError as exc:
+            problems.append(
+                f"{where}: qa.json is not a list of QA items ({exc.error_count()} errors)"
+            )
+    return problems
+
+
+def _check_shard(
+    root: Path, rel: str, split: str, manifest: ReleaseManifest
+) -> tuple[list[str], list[str]]:
+    """Problems and the keys of one shard."""
+    problems: list[str] = []
+    keys: list[str] = []
+    seen: set[str] = set()
+    try:
+        for key, members in iter_tar_samples(root / rel):
+            if key in seen:
+                problems.append(f"{rel}: {key}: members are not contiguous or the key repeats")
+            seen.add(key)
+            keys.append(key)
+            if len(problems) < _MAX_PROBLEMS_PER_SHARD:
+                problems.extend(_check_sample(rel, key, members, manifest, split))
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        problems.append(f"{rel}: not a readable tar after {len(keys)} samples ({exc})")
+    return problems, keys
+
+
+def verify_release(release_dir: str | Path) -> VerifyResult:
+    """Check a release against its ``manifest.json``.
+
+    Recomputes the size and sha256 of every shard and file in the manifest, reads every shard
+    and checks each sample has exactly the manifest's members, that the PNGs, GeoTIFFs and JSON
+    members decode and agree with the sample's metadata, and that the per-shard and per-split
+    sample counts match the manifest. Shards on disk that the manifest does not list, and
+    sample keys that ``samples.parquet`` and the shards disagree on, are problems too.
+
+    Args:
+        release_dir: the release folder.
+
+    Returns:
+        The result; ``ok`` is True when ``problems`` is empty.
+    """
+    root = Path(release_dir)
+    try:
+        manifest = read_manifest(root)
+    except ReleaseError as exc:
+        return VerifyResult(ok=False, samples=0, problems=(f"{MANIFEST}: {exc}",))
+
+    problems: list[str] = []
+    for info in manifest.files:
+        problems.extend(_check_file(root, info.path, info.bytes, info.sha256))
+
+    listed = {s.path for s in manifest.shards}
+    shards_dir = root / SHARDS_DIR
+    if shards_dir.is_dir():
+        for path in sorted(shards_dir.glob("*.tar")):
+            rel = path.relative_to(root).as_posix()
+            if rel not in listed:
+                problems.append(f"{rel}: shard on disk is not in the manifest")
+
+    split_totals: Counter[str] = Counter()
+    all_keys: list[str] = []
+    for shard in manifest.shards:
+        file_problems = _check_file(root, shard.path, shard.bytes, shard.sha256)
+        problems.extend(file_problems)
+        if file_problems and file_problems[0].endswith(": missing"):
+            continue
+        shard_problems, keys = _check_shard(root, shard.path, shard.split, manifest)
+        problems.extend(shard_problems)
+        if len(keys) != shard.samples:
+            problems.append(
+                f"{shard.path}: sample count mismatch (expected {shard.samples}, actual {len(keys)})"
+            )
+        split_totals[shard.split] += len(keys)
+        all_keys.extend(keys)
+
+    for split in sorted(set(manifest.splits) | set(split_totals)):
+        expected, actual = manifest.splits.get(split, 0), split_totals.get(split, 0)
+        if expected != actual:
+            problems.append(
+                f"split {split}: sample count mismatch (expected {expected}, actual {actual})"
+            )
+
+    if any(f.path == SAMPLES_TABLE for f in manifest.files) and (root / SAMPLES_TABLE).is_file():
+        try:
+            table_keys = pq.read_table(root / SAMPLES_TABLE, columns=["key"]).column("key")
+            in_table = set(table_keys.to_pylist())
+            in_shards = set(all_keys)
+            if in_table != in_shards:
+                problems.append(
+                    f"{SAMPLES_TABLE}: keys differ from the shards (only in table: "
+                    f"{sorted(in_table - in_shards)[:5]}, only in shards: "
+                    f"{sorted(in_shards - in_table)[:5]})"
+                )
+        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, KeyError...
+            problems.append(f"{SAMPLES_TABLE}: cannot be read ({exc})")
+
+    return VerifyResult(ok=not problems, samples=len(all_keys), problems=tuple(problems))

@@ -1,0 +1,312 @@
+"""Rule checks on a finished sample before it is sharded.
+
+Each rule is a small function ``(meta, annotation, mask, cfg) -> list[str]`` returning what is
+wrong (human-readable, with the limit, the actual value and the config key where one applies);
+an empty list means the rule holds. :data:`RULES` names them (stable snake_case names: they are
+the quarantine reasons). The Great Expectations suites over the sample table come on top of
+these and can reuse the same functions.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+
+import numpy as np
+
+from geodelta.annotators.claims import check_captions, check_qa_item
+from geodelta.pipelines.stages.sample import Sample
+from geodelta.schemas import Annotation, BuildConfig, QuarantineRecord, SampleMeta, sample_key
+from geodelta.schemas.classes import BINARY_CHANGE, CLASSES, N_CLASSES, transition_code
+
+__all__ = ["REQUIRED_QA_TYPES", "RULES", "Rule", "validate_sample", "validate_stage"]
+
+Rule = Callable[[SampleMeta, Annotation, np.ndarray, BuildConfig], list[str]]
+
+#: QA types every sample must carry.
+REQUIRED_QA_TYPES: tuple[str, ...] = ("has_change", "change_ratio", "count_regions")
+
+_CRS_RE = re.compile(r"EPSG:[1-9][0-9]*")
+
+
+def _valid_code_table() -> np.ndarray:
+    ok = np.zeros(256, dtype=bool)
+    ok[0] = ok[BINARY_CHANGE] = True
+    for a in range(1, N_CLASSES + 1):
+        for b in range(1, N_CLASSES + 1):
+            if a != b:
+                ok[transition_code(CLASSES[a], CLASSES[b])] = True
+    return ok
+
+
+_VALID_CODES = _valid_code_table()
+
+
+def _in_unit(value: float) -> bool:
+    return math.isfinite(value) and 0.0 <= value <= 1.0
+
+
+def rule_key_format(
+    meta: SampleMeta, ann: Annotation, mask: np.ndarray, cfg: BuildConfig
+) -> list[str]:
+    """The key is ``{cell_id}_{t0:%Y%m%d}_{t1:%Y%m%d}`` and has no '.' (webdataset member split)."""
+    out = []
+    expected = sample_key(meta.cell_id, meta.t0, meta.t1)
+    if meta.key != expected:
+        out.append(f"key {meta.key!r} is not {expected!r} (cell_id_t0_t1)")
+    if "." in meta.key:
+        out.append(f"key {meta.key!r} contains '.', which webdataset reads as a member suffix")
+    return out
+
+
+def rule_time_order(
+    meta: SampleMeta, ann: Annotation, mask: np.ndarray, cfg: BuildConfig
+) -> list[str]:
+    """The before date comes first."""
+    if meta.t0 < meta.t1:
+        return []
+    return [f"t0 {meta.t0.isoformat()} is not before t1 {meta.t1.isoformat()}"]
+
+
+def rule_bbox_lonlat(
+    meta: SampleMeta, ann: Annotation, mask: np.ndarray, cfg: BuildConfig
+) -> list[str]:
+    """The footprint is (min_lon, min_lat, max_lon, max_lat) within lon/lat ranges."""
+    x0, y0, x1, y1 = meta.bbox_lonlat
+    finite = all(math.isfinite(v) for v in meta.bbox_lonlat)
+    if finite and -180.0 <= x0 < x1 <= 180.0 and -90.0 <= y0 < y1 <= 90.0:
+        return []
+    return [
+        f"bbox_lonlat {meta.bbox_lonlat} is not (min_lon, min_lat, max_lon, max_lat) with "
+        "-180 <= min_lon < max_lon <= 180 and -90 <= min_lat < max_lat <= 90"
+    ]
+
+
+def rule_crs(meta: SampleMeta, ann: Annotation, mask: np.ndarray, cfg: BuildConfig) -> list[str]:
+    """The CRS is written as ``EPSG:<code>``."""
+    if _CRS_RE.fullmatch(meta.crs):
+        return []
+    return [f"crs {meta.crs!r} is not of the form 'EPSG:<code>'"]
+
+
+def rule_fractions(
+    meta: SampleMeta, ann: Annotation, mask: np.ndarray, cfg: BuildConfig
+) -> list[str]:
+    """Clear fractions are in [0, 1] or None (unknown); valid fractions are in [0, 1]."""
+    out = []
+    for name in ("before_clear", "after_clear"):
+        value = getattr(meta, name)
+        if value is not None and not _in_unit(value):
+            out.append(f"{name}={value} is not in [0, 1] (or None for unknown)")
+    for name in ("before_valid", "after_valid"):
+        value = getattr(meta, name)
+        if not _in_unit(value):
+            out.append(f"{name}={value} is not in [0, 1]")
+    return out
+
+
+def rule_valid_fraction(
+    meta: SampleMeta, ann: Annotation, mask: np.ndarray, cfg: BuildConfig
+) -> list[str]:
+    """Both scenes have at least ``pairing.min_valid_fraction`` valid pixels."""
+    need = cfg.pairing.min_valid_fraction
+    return [
+        f"{name}={getattr(meta, name):.4f} < pairing.min_valid_fraction={need}"
+        for name in ("before_valid", "after_valid")
+        if not getattr(meta, name) >= need
+    ]
+
+
+def rule_coreg_shift(
+    meta: SampleMeta, ann: Annotation, mask: np.ndarray, cfg: BuildConfig
+) -> list[str]:
+    """The applied shift (magnitude of (dy, dx)) is at most ``validation.max_abs_shift_px``."""
+    dy, dx = meta.coreg.shift_px
+    size = math.hypot(dy, dx)
+    limit = cfg.validation.max_abs_shift_px
+    if size <= limit:  # False for NaN too
+        return []
+    return [
+        f"shift (dy={dy}, dx={dx}) has |shift|={size:.3f} px > validation.max_abs_shift_px={limit}"
+    ]
+
+
+def rule_coreg_residual(
+    meta: SampleMeta, ann: Annotation, mask: np.ndarray, cfg: BuildConfig
+) -> list[str]:
+    """The co-registration residual is at most ``validation.max_residual_px``."""
+    residual = meta.coreg.residual_px
+    limit = cfg.validation.max_residual_px
+    if residual <= limit:
+        return []
+    return [f"residual {residual:.3f} px > validation.max_residual_px={limit}"]
+
+
+def rule_caption_count(
+    meta: SampleMeta, ann: Annotation, mask: np.ndarray, cfg: BuildConfig
+) -> list[str]:
+    """At least ``validation.min_captions`` captions."""
+    need = cfg.validation.min_captions
+    if len(ann.captions) >= need:
+        return []
+    return [f"{len(ann.captions)} captions < validation.min_captions={need}"]
+
+
+def rule_caption_length(
+    meta: SampleMeta, ann: Annotation, mask: np.ndarray, cfg: BuildConfig
+) -> list[str]:
+    """Every caption is ``validation.caption_chars`` = (min, max) characters long."""
+    low, high = cfg.validation.caption_chars
+    return [
+        f"caption {i} has {len(c)} characters, outside validation.caption_chars=({low}, {high})"
+        for i, c in enumerate(ann.captions)
+        if not low <= len(c) <= high
+    ]
+
+
+def rule_qa_types(
+    meta: SampleMeta, ann: Annotation, mask: np.ndarray, cfg: BuildConfig
+) -> list[str]:
+    """The QA holds at least the required types (:data:`REQUIRED_QA_TYPES`)."""
+    present = {q.type for q in ann.qa}
+    missing = [t for t in REQUIRED_QA_TYPES if t not in present]
+    return [f"missing QA types: {', '.join(missing)}"] if missing else []
+
+
+def rule_qa_answers(
+    meta: SampleMeta, ann: Annotation, mask: np.ndarray, cfg: BuildConfig
+) -> list[str]:
+    """Every answer agrees with the facts (:func:`~geodelta.annotators.claims.check_qa_item`)."""
+    eps = cfg.annotation.no_change_epsilon
+    return [m for q in ann.qa for m in check_qa_item(q, meta.facts, no_change_epsilon=eps)]
+
+
+def rule_caption_claims(
+    meta: SampleMeta, ann: Annotation, mask: np.ndarray, cfg: BuildConfig
+) -> list[str]:
+    """Captions claim nothing the facts contradict (:func:`~geodelta.annotators.claims.check_captions`).
+
+    Free text from an LLM gets the strict check (every number, class, direction and location
+    word); the template's own wording gets the basic one.
+    """
+    eps = cfg.annotation.no_change_epsilon
+    strict = ann.annotator != "template"
+    return check_captions(ann.captions, meta.facts, no_change_epsilon=eps, strict=strict)
+
+
+def rule_mask_codes(
+    meta: SampleMeta, ann: Annotation, mask: np.ndarray, cfg: BuildConfig
+) -> list[str]:
+    """The mask holds only 0, 255 and transition codes between two different known classes."""
+    if mask.dtype != np.uint8:
+        return [f"mask dtype is {mask.dtype}, not uint8"]
+    values = np.unique(mask)
+    bad = values[~_VALID_CODES[values]]
+    if bad.size == 0:
+        return []
+    return [f"mask holds codes that are not transitions: {bad[:10].tolist()}"]
+
+
+def rule_mask_facts(
+    meta: SampleMeta, ann: Annotation, mask: np.ndarray, cfg: BuildConfig
+) -> list[str]:
+    """The mask has the sample's shape and as many changed pixels as the facts say."""
+    out = []
+    if tuple(mask.shape) != tuple(meta.shape):
+        out.append(f"mask shape {mask.shape} != sample shape {meta.shape}")
+    if tuple(meta.facts.shape) != tuple(meta.shape):
+        out.append(f"facts shape {meta.facts.shape} != sample shape {meta.shape}")
+    changed = int(np.count_nonzero(mask))
+    if changed != meta.facts.changed_pixels:
+        out.append(f"mask has {changed} changed pixels, facts say {meta.facts.changed_pixels}")
+    return out
+
+
+def rule_licence(
+    meta: SampleMeta, ann: Annotation, mask: np.ndarray, cfg: BuildConfig
+) -> list[str]:
+    """Licence and attribution are given (config ``licence`` / ``attribution``)."""
+    return [
+        f"{name} is empty; set it in the config"
+        for name in ("licence", "attribution")
+        if not getattr(meta, name).strip()
+    ]
+
+
+#: The rules, in the order they are checked (the first failure is the quarantine reason).
+RULES: tuple[tuple[str, Rule], ...] = (
+    ("key_format", rule_key_format),
+    ("time_order", rule_time_order),
+    ("bbox_lonlat", rule_bbox_lonlat),
+    ("crs", rule_crs),
+    ("fractions", rule_fractions),
+    ("valid_fraction", rule_valid_fraction),
+    ("coreg_shift", rule_coreg_shift),
+    ("coreg_residual", rule_coreg_residual),
+    ("caption_count", rule_caption_count),
+    ("caption_length", rule_caption_length),
+    ("qa_types", rule_qa_types),
+    ("qa_answers", rule_qa_answers),
+    ("caption_claims", rule_caption_claims),
+    ("mask_codes", rule_mask_codes),
+    ("mask_facts", rule_mask_facts),
+    ("licence", rule_licence),
+)
+
+
+def validate_sample(
+    meta: SampleMeta, annotation: Annotation, mask: np.ndarray, cfg: BuildConfig
+) -> list[tuple[str, str]]:
+    """Check every rule of :data:`RULES` on one sample.
+
+    Args:
+        meta: the sample's metadata (with its facts).
+        annotation: its captions and QA.
+        mask: its (H, W) uint8 change mask.
+        cfg: the build config (limits under ``validation``, ``pairing``, ``annotation``).
+
+    Returns:
+        ``(rule_name, detail)`` for each failed rule, in :data:`RULES` order; ``[]`` = valid.
+    """
+    failures = []
+    for name, rule in RULES:
+        problems = rule(meta, annotation, mask, cfg)
+        if problems:
+            failures.append((name, "; ".join(problems)))
+    return failures
+
+
+def validate_stage(sample: Sample, meta: SampleMeta, cfg: BuildConfig) -> Sample | QuarantineRecord:
+    """The validate stage: the sample unchanged, or a quarantine record saying why not.
+
+    Args:
+        sample: a finished sample (``annotation`` and ``mask`` set).
+        meta: its metadata (:func:`geodelta.pipelines.stages.encode.build_meta`).
+        cfg: the build config.
+
+    Returns:
+        ``sample`` when every rule holds; else a :class:`QuarantineRecord` with
+        ``stage="validate"``, ``reason`` = the first failed rule's name and ``detail`` =
+        every failure as ``"rule: detail"`` joined by ``"; "``. A sample without annotation
+        or mask gets ``reason="incomplete_sample"``.
+    """
+    if sample.annotation is None or sample.mask is None:
+        missing = [n for n in ("annotation", "mask") if getattr(sample, n) is None]
+        return QuarantineRecord(
+            key=meta.key,
+            cell_id=meta.cell_id,
+            stage="validate",
+            reason="incomplete_sample",
+            detail=f"sample has no {' or '.join(missing)}; run the label and annotate stages first",
+        )
+    failures = validate_sample(meta, sample.annotation, sample.mask, cfg)
+    if not failures:
+        return sample
+    return QuarantineRecord(
+        key=meta.key,
+        cell_id=meta.cell_id,
+        stage="validate",
+        reason=failures[0][0],
+        detail="; ".join(f"{name}: {detail}" for name, detail in failures),
+    )
