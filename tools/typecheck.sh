@@ -7,5 +7,5 @@ MYPY=${1:-mypy}
 root=build/typecheck/geodelta
 rm -rf build/typecheck && mkdir -p "$root"
 for d in schemas sources annotators pipelines; do ln -s "../../../$d" "$root/$d"; done
-for f in __init__.py py.typed data.py; do ln -s "../../../geodelta/$f" "$root/$f"; done
+for f in geodelta/*.py geodelta/py.typed; do ln -s "../../../geodelta/$(basename "$f")" "$root/$(basename "$f")"; done
 MYPYPATH=build/typecheck "$MYPY" -p geodelta
