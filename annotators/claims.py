@@ -1,7 +1,8 @@
 """Claim checker: is what a caption or an answer says true of the facts?
 
-Independent of :mod:`geodelta.annotators.template`: every answer is re-derived here from the
-:class:`~geodelta.schemas.ChangeFacts`, and caption numbers are compared with the facts at the
+Independent of :mod:`geodelta.annotators.template`: every answer is re-derived from the
+:class:`~geodelta.schemas.ChangeFacts` (by the ``check`` of its QA type, through
+:data:`geodelta.annotators.qa.REGISTRY`), and caption numbers are compared with the facts at the
 precision they are written with ("1.2 ha" matches 1.15..1.25 ha), so the same checks apply to
 captions written by an LLM. Each function returns complaints (human-readable strings); an
 empty list means consistent.
@@ -13,10 +14,17 @@ import itertools
 import re
 from collections.abc import Iterable, Sequence
 
-from geodelta.annotators.vocabulary import NUMBER_WORDS
-from geodelta.schemas import ChangeFacts, QAItem, TransitionStat
-from geodelta.schemas.classes import CLASS_LABELS
-from geodelta.schemas.records import POSITION_WORDS, change_ratio_bin
+from geodelta.annotators.qa import REGISTRY
+from geodelta.annotators.qa.base import has_change
+from geodelta.annotators.vocabulary import (
+    NUMBER_WORDS,
+    class_label,
+    mentioned_classes,
+    mentioned_classes_free,
+    norm_answer,
+)
+from geodelta.schemas import ChangeFacts, QAItem
+from geodelta.schemas.records import POSITION_WORDS
 
 __all__ = [
     "check_captions",
@@ -27,7 +35,6 @@ __all__ = [
     "mentioned_classes_free",
 ]
 
-_YES_NO = {"yes", "no"}
 _POSITIONS = frozenset(POSITION_WORDS)
 _WORDS = {w: i for i, w in enumerate(NUMBER_WORDS)}
 
@@ -53,35 +60,6 @@ _REGIONS_RE = re.compile(
 )
 
 
-def _label(name: str) -> str:
-    return CLASS_LABELS.get(name, name.replace("_", " "))
-
-
-def _forms(name: str) -> set[str]:
-    """Accepted spellings of a class in an answer: its label or its machine name."""
-    return {_norm(_label(name)), name, name.replace("_", " ")}
-
-
-def _changed(facts: ChangeFacts, eps: float) -> bool:
-    return facts.n_regions > 0 and facts.changed_fraction > eps
-
-
-def _norm(text: str) -> str:
-    return " ".join(text.lower().strip().rstrip(".!").split())
-
-
-def mentioned_classes(text: str) -> set[str]:
-    """Class names whose human label occurs in ``text`` (whole words, case-insensitive)."""
-    low = text.lower()
-    found = set()
-    for name, label in CLASS_LABELS.items():
-        if name == "unknown":
-            continue
-        if re.search(rf"(?<![\w-]){re.escape(label)}(?![\w-])", low):
-            found.add(name)
-    return found
-
-
 def is_no_change_caption(caption: str) -> bool:
     """Whether a caption says that nothing changed."""
     return _NO_CHANGE_RE.search(caption) is not None
@@ -100,28 +78,6 @@ def _fmt(values: Iterable[float]) -> str:
 
 
 # --- QA -----------------------------------------------------------------------------------
-
-
-def _class_of(item: QAItem, key: str) -> tuple[str | None, list[str]]:
-    """The class a question is about: from the evidence, cross-checked with the question."""
-    complaints = []
-    in_question = mentioned_classes(item.question)
-    named = item.evidence.get(key)
-    cls = str(named) if isinstance(named, str) else None
-    if cls is not None and cls not in CLASS_LABELS:
-        complaints.append(f"{item.type}: evidence {key}={cls!r} is not a class")
-        cls = None
-    if cls is None:
-        if len(in_question) == 1:
-            cls = next(iter(in_question))
-        else:
-            complaints.append(f"{item.type}: cannot tell which class the question is about")
-    elif in_question and cls not in in_question:
-        complaints.append(
-            f"{item.type}: evidence names {cls} but the question asks about "
-            f"{', '.join(sorted(in_question))}"
-        )
-    return cls, complaints
 
 
 def _check_evidence(item: QAItem, facts: ChangeFacts) -> list[str]:
@@ -143,19 +99,6 @@ def _check_evidence(item: QAItem, facts: ChangeFacts) -> list[str]:
     return out
 
 
-def _extreme_transitions(facts: ChangeFacts, *, largest: bool) -> list[TransitionStat]:
-    """The transitions with the most (or fewest) pixels; several on a tie."""
-    if not facts.transitions:
-        return []
-    pick = max if largest else min
-    target = pick(t.pixels for t in facts.transitions)
-    return [t for t in facts.transitions if t.pixels == target]
-
-
-def _names_transition(answer: str, t: TransitionStat) -> bool:
-    return any(answer == f"{a} to {b}" for a in _forms(t.from_class) for b in _forms(t.to_class))
-
-
 def check_qa_item(item: QAItem, facts: ChangeFacts, *, no_change_epsilon: float = 0.0) -> list[str]:
     """Re-derive the answer of a QA item from the facts.
 
@@ -168,94 +111,9 @@ def check_qa_item(item: QAItem, facts: ChangeFacts, *, no_change_epsilon: float 
         Complaints such as ``"count_regions: answer 3 but facts have 2 regions"``; ``[]`` when
         the answer (and any evidence field naming a fact) agrees with the facts.
     """
-    answer = _norm(item.answer)
-    changed = _changed(facts, no_change_epsilon)
     out = _check_evidence(item, facts)
-    kind = item.type
-
-    if kind == "has_change":
-        expected = "yes" if changed else "no"
-        if answer != expected:
-            out.append(
-                f"has_change: answer {answer!r} but facts say {expected!r} "
-                f"(changed_fraction={facts.changed_fraction:.4g}, regions={facts.n_regions})"
-            )
-    elif kind == "change_ratio":
-        expected = change_ratio_bin(facts.changed_fraction)
-        if answer != expected:
-            out.append(
-                f"change_ratio: answer {answer!r} but changed_fraction="
-                f"{facts.changed_fraction:.4g} is in bin {expected!r}"
-            )
-    elif kind == "count_regions":
-        if not answer.isdigit() or int(answer) != facts.n_regions:
-            out.append(f"count_regions: answer {answer} but facts have {facts.n_regions} regions")
-    elif kind in ("class_increase", "class_decrease"):
-        if facts.binary:
-            out.append(f"{kind}: a binary label has no classes to ask about")
-            return out
-        cls, problems = _class_of(item, "class")
-        out.extend(problems)
-        if cls is not None:
-            before = facts.class_pixels_before.get(cls, 0)
-            after = facts.class_pixels_after.get(cls, 0)
-            for name, value in (("pixels_before", before), ("pixels_after", after)):
-                given = item.evidence.get(name)
-                if given is not None and given != value:
-                    out.append(f"{kind}: evidence {name}={given} but facts have {value} for {cls}")
-            went = after > before if kind == "class_increase" else after < before
-            expected = "yes" if went else "no"
-            if answer != expected:
-                out.append(
-                    f"{kind}: answer {answer!r} but {cls} went from {before} to {after} pixels "
-                    f"(expected {expected!r})"
-                )
-    elif kind in ("largest_change", "smallest_change"):
-        if facts.binary:
-            out.append(f"{kind}: a binary label has no transitions to name")
-        elif not changed:
-            out.append(f"{kind}: asked about a tile without change")
-        else:
-            best = _extreme_transitions(facts, largest=kind == "largest_change")
-            if not any(_names_transition(answer, t) for t in best):
-                expected = " or ".join(
-                    f"{_label(t.from_class)} to {_label(t.to_class)}" for t in best
-                )
-                out.append(f"{kind}: answer {answer!r} but facts say {expected}")
-    elif kind == "change_to_what":
-        if facts.binary or not changed:
-            out.append("change_to_what: needs a land-cover label with change")
-            return out
-        src, problems = _class_of(item, "from_class")
-        out.extend(problems)
-        if src is not None:
-            from_src = [t for t in facts.transitions if t.from_class == src]
-            if not from_src:
-                out.append(f"change_to_what: no transition from {src} in the facts")
-            else:
-                top = max(t.pixels for t in from_src)
-                best_to = [t.to_class for t in from_src if t.pixels == top]
-                if not any(answer in _forms(c) for c in best_to):
-                    out.append(
-                        f"change_to_what: answer {answer!r} but {src} mostly became "
-                        f"{' or '.join(_label(c) for c in best_to)}"
-                    )
-    elif kind == "location":
-        if not changed:
-            out.append("location: asked about a tile without change")
-        else:
-            top = max(c.pixels for c in facts.components)
-            accepted = {c.position for c in facts.components if c.pixels == top}
-            if answer not in _POSITIONS:
-                out.append(f"location: answer {answer!r} is not a position word")
-            elif answer not in accepted:
-                out.append(
-                    f"location: answer {answer!r} but the largest region is in the "
-                    f"{' or '.join(sorted(accepted))}"
-                )
-    if kind in ("has_change", "class_increase", "class_decrease") and answer not in _YES_NO:
-        out.append(f"{kind}: answer {answer!r} is not 'yes' or 'no'")
-    return out
+    changed = has_change(facts, no_change_epsilon)
+    return out + REGISTRY[item.type].check(item, norm_answer(item.answer), facts, changed)
 
 
 # --- captions -----------------------------------------------------------------------------
@@ -313,7 +171,7 @@ def check_captions(
         for i, caption in enumerate(captions):
             out += [f"caption {i}: {m}" for m in check_text(caption, facts, role="claim")]
         return list(dict.fromkeys(out))
-    changed = _changed(facts, no_change_epsilon)
+    changed = has_change(facts, no_change_epsilon)
     allowed = (
         set()
         if facts.binary
@@ -356,36 +214,6 @@ def check_captions(
 
 
 # --- free-form text (LLM captions, questions and answers) ---------------------------------
-
-#: Other words for the classes; an LLM does not keep to the labels.
-CLASS_SYNONYMS: dict[str, tuple[str, ...]] = {
-    "tree_cover": ("forest", "forests", "forested", "woodland", "woodlands", "woods", "trees"),
-    "shrubland": ("shrub", "shrubs", "scrub", "scrubland", "bushes"),
-    "grassland": ("grass", "grasses", "meadow", "meadows", "pasture", "pastures"),
-    "cropland": (
-        "crops",
-        "farmland",
-        "farmlands",
-        "agricultural land",
-        "arable land",
-        "cultivated land",
-    ),
-    "built_up": (
-        "built-up",
-        "built up",
-        "buildings",
-        "urban",
-        "settlement",
-        "settlements",
-        "houses",
-    ),
-    "bare": ("bare soil", "bare land", "barren land", "bare ground"),
-    "snow_ice": ("snow", "ice", "glacier", "glaciers"),
-    "water": ("water body", "water bodies", "lake", "lakes", "river", "rivers", "reservoir"),
-    "wetland": ("wetlands", "marsh", "marshes", "swamp", "swamps"),
-    "mangroves": ("mangrove",),
-    "moss_lichen": ("moss", "lichen", "lichens"),
-}
 
 #: Position words (and their spellings) -> the 3x3 grid position they name.
 _POSITION_WORDS: dict[str, str] = {}
@@ -457,35 +285,6 @@ _BECAME_RE = re.compile(
     r"(?:the\s+|some\s+|an?\s+)?",
     re.IGNORECASE,
 )
-
-
-def _class_patterns() -> list[tuple[str, str]]:
-    """(phrase, class) pairs, longest phrase first."""
-    pairs: list[tuple[str, str]] = []
-    for name, label in CLASS_LABELS.items():
-        if name == "unknown":
-            continue
-        for phrase in {label, name.replace("_", " "), *CLASS_SYNONYMS.get(name, ())}:
-            pairs.append((phrase.lower(), name))
-    return sorted(set(pairs), key=lambda p: (-len(p[0]), p[0]))
-
-
-_CLASS_PHRASES = _class_patterns()
-_CLASS_RE = re.compile(
-    r"(?<![\w-])(" + "|".join(re.escape(p) for p, _ in _CLASS_PHRASES) + r")(?![\w-])",
-    re.IGNORECASE,
-)
-_PHRASE_CLASS = dict(_CLASS_PHRASES)
-
-
-def mentioned_classes_free(text: str) -> list[tuple[str, int, int]]:
-    """Classes named in free text, by label, machine name or synonym: ``(class, start, end)``.
-
-    Longer phrases win ("built-up area" is one mention, not "built-up" and "area").
-    """
-    return [
-        (_PHRASE_CLASS[m.group(1).lower()], m.start(), m.end()) for m in _CLASS_RE.finditer(text)
-    ]
 
 
 _LAST_QUANTITIES: list[tuple[ChangeFacts, dict[str, list[float]], list[float]]] = []
@@ -646,9 +445,9 @@ def check_text(text: str, facts: ChangeFacts, *, role: str = "claim") -> list[st
     for cls in dict.fromkeys(c for c, _, _ in mentioned_classes_free(text)):
         if cls not in allowed:
             out.append(
-                f"names {_label(cls)}, which is not "
+                f"names {class_label(cls)}, which is not "
                 + ("part of any transition" if role == "claim" else "in the tile")
-                + f" (allowed: {', '.join(sorted(_label(c) for c in allowed)) or 'none'})"
+                + f" (allowed: {', '.join(sorted(class_label(c) for c in allowed)) or 'none'})"
             )
     positions = {c.position for c in facts.components}
     for m in _POSITION_RE.finditer(text):
@@ -672,12 +471,14 @@ def check_text(text: str, facts: ChangeFacts, *, role: str = "claim") -> list[st
         if not ok:
             word = "increase" if direction == "up" else "decrease"
             out.append(
-                f"says {_label(cls)} {'' if net else 'locally '}{word}d but it went from "
+                f"says {class_label(cls)} {'' if net else 'locally '}{word}d but it went from "
                 f"{before} to {after} pixels"
                 + ("" if net else f" and {'gained' if direction == 'up' else 'lost'} no area")
             )
     pairs = {(t.from_class, t.to_class) for t in facts.transitions}
     for a, b in _transition_claims(text):
         if (a, b) not in pairs:
-            out.append(f"says {_label(a)} became {_label(b)}, which is no transition of the facts")
+            out.append(
+                f"says {class_label(a)} became {class_label(b)}, which is no transition of the facts"
+            )
     return list(dict.fromkeys(out))

@@ -3,7 +3,9 @@
 Shaped like Beam's ``ModelHandler``: construct once per worker, then :meth:`annotate_batch`.
 Every sentence is filled from :class:`~geodelta.schemas.ChangeFacts` only, so each claim can be
 checked against the facts (:mod:`geodelta.annotators.claims`). Output is deterministic per
-sample: the wording is drawn from a numpy Generator seeded with ``sha256(f"{seed}:{key}")``.
+sample: the wording is drawn from a numpy Generator seeded with ``sha256(f"{seed}:{key}")``,
+first for the captions, then for the QA items, which the QA types of
+:mod:`geodelta.annotators.qa` ask in registry order.
 
 Numbers in captions: hectares and percentages with two significant figures below 10 and whole
 numbers from 10 up (:func:`format_hectares`, :func:`format_percent`); region counts as words up
@@ -20,10 +22,11 @@ from functools import partial
 
 import numpy as np
 
-from geodelta.annotators.vocabulary import NUMBER_WORDS
+from geodelta.annotators.errors import AnnotatorConfigError
+from geodelta.annotators.qa import REGISTRY, types_for
+from geodelta.annotators.qa.base import has_change
+from geodelta.annotators.vocabulary import NUMBER_WORDS, cap, class_label, is_plural, pick
 from geodelta.schemas import Annotation, ChangeComponent, ChangeFacts, QAItem, TransitionStat
-from geodelta.schemas.classes import CLASS_LABELS
-from geodelta.schemas.records import change_ratio_bin
 
 __all__ = [
     "AnnotatorConfigError",
@@ -36,14 +39,6 @@ __all__ = [
 
 # Counts up to twelve are written as words in captions; larger ones as digits.
 _NUMBER_WORDS = NUMBER_WORDS[:13]
-
-
-class AnnotatorConfigError(ValueError):
-    """An annotator setting out of range; names the config key to change."""
-
-    def __init__(self, key: str, message: str) -> None:
-        self.key = key
-        super().__init__(f"annotation.{key}: {message}")
 
 
 def _two_significant(value: float) -> str:
@@ -73,28 +68,6 @@ def format_percent(fraction: float) -> str:
 def count_word(n: int) -> str:
     """A count as English words up to twelve, digits above."""
     return _NUMBER_WORDS[n] if 0 <= n < len(_NUMBER_WORDS) else str(n)
-
-
-def has_change(facts: ChangeFacts, no_change_epsilon: float = 0.0) -> bool:
-    """Whether a tile reads as changed: more than ``no_change_epsilon`` changed, in some region."""
-    return facts.changed_fraction > no_change_epsilon and facts.n_regions > 0
-
-
-def _label(name: str) -> str:
-    return CLASS_LABELS.get(name, name.replace("_", " "))
-
-
-def _area_of(label: str) -> str:
-    """'the area of tree cover', but 'the built-up area' (not 'the area of built-up area')."""
-    return f"the {label}" if label.endswith(" area") else f"the area of {label}"
-
-
-def _plural(name: str) -> bool:
-    return name == "mangroves"
-
-
-def _cap(text: str) -> str:
-    return text[:1].upper() + text[1:]
 
 
 def _seed(seed: int, key: str) -> int:
@@ -130,16 +103,12 @@ class _Ctx:
 Template = Callable[[np.random.Generator, _Ctx], str]
 
 
-def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
-    return options[int(rng.integers(len(options)))]
-
-
 def _scene(rng: np.random.Generator) -> str:
-    return _pick(rng, ("tile", "image", "scene"))
+    return pick(rng, ("tile", "image", "scene"))
 
 
 def _dates(rng: np.random.Generator) -> str:
-    return _pick(rng, ("dates", "acquisitions"))
+    return pick(rng, ("dates", "acquisitions"))
 
 
 def _where(rng: np.random.Generator, pos: str) -> str:
@@ -150,116 +119,116 @@ def _where(rng: np.random.Generator, pos: str) -> str:
 
 
 def _lc_amount(rng: np.random.Generator, c: _Ctx) -> str:
-    verb = _pick(rng, ("became", "turned into", "was converted to", "changed to", "gave way to"))
-    about = _pick(rng, ("About", "Some", "Roughly", "Around"))
+    verb = pick(rng, ("became", "turned into", "was converted to", "changed to", "gave way to"))
+    about = pick(rng, ("About", "Some", "Roughly", "Around"))
     m = c.main
-    return f"{about} {format_hectares(m.area_m2)} ha of {_label(m.from_class)} {verb} {_label(m.to_class)}."
+    return f"{about} {format_hectares(m.area_m2)} ha of {class_label(m.from_class)} {verb} {class_label(m.to_class)}."
 
 
 def _lc_main(rng: np.random.Generator, c: _Ctx) -> str:
-    adj = _pick(rng, ("main", "largest", "most extensive", "dominant"))
-    verb = _pick(rng, ("turning into", "becoming", "being replaced by", "giving way to"))
-    cover = _pick(rng, ("covering about", "which covers some", "over an area of about"))
+    adj = pick(rng, ("main", "largest", "most extensive", "dominant"))
+    verb = pick(rng, ("turning into", "becoming", "being replaced by", "giving way to"))
+    cover = pick(rng, ("covering about", "which covers some", "over an area of about"))
     m = c.main
     return (
-        f"The {adj} change is {_label(m.from_class)} {verb} {_label(m.to_class)}, "
+        f"The {adj} change is {class_label(m.from_class)} {verb} {class_label(m.to_class)}, "
         f"{cover} {format_hectares(m.area_m2)} ha."
     )
 
 
 def _lc_position(rng: np.random.Generator, c: _Ctx) -> str:
-    verb = _pick(rng, ("has become", "has turned into", "was replaced by", "has been converted to"))
-    return f"In {_where(rng, c.pos)}, {_label(c.big.from_class)} {verb} {_label(c.big.to_class)}."
+    verb = pick(rng, ("has become", "has turned into", "was replaced by", "has been converted to"))
+    return f"In {_where(rng, c.pos)}, {class_label(c.big.from_class)} {verb} {class_label(c.big.to_class)}."
 
 
 def _lc_regions(rng: np.random.Generator, c: _Ctx) -> str:
     if c.n == 1:
-        one = _pick(rng, ("A single", "One"))
-        noun = _pick(rng, ("region", "patch", "area"))
-        seen = _pick(rng, ("is visible", "appears", "can be seen"))
+        one = pick(rng, ("A single", "One"))
+        noun = pick(rng, ("region", "patch", "area"))
+        seen = pick(rng, ("is visible", "appears", "can be seen"))
         return (
-            f"{one} {noun} of change {seen}, where {_label(c.big.from_class)} became "
-            f"{_label(c.big.to_class)} in {_where(rng, c.pos)}."
+            f"{one} {noun} of change {seen}, where {class_label(c.big.from_class)} became "
+            f"{class_label(c.big.to_class)} in {_where(rng, c.pos)}."
         )
-    adj = _pick(rng, ("separate ", "distinct ", ""))
-    noun = _pick(rng, ("regions", "patches", "areas"))
-    verb = _pick(rng, ("changed", "show change", "have changed"))
+    adj = pick(rng, ("separate ", "distinct ", ""))
+    noun = pick(rng, ("regions", "patches", "areas"))
+    verb = pick(rng, ("changed", "show change", "have changed"))
     return (
-        f"{_cap(count_word(c.n))} {adj}{noun} {verb}; the largest, in the {c.pos}, went from "
-        f"{_label(c.big.from_class)} to {_label(c.big.to_class)}."
+        f"{cap(count_word(c.n))} {adj}{noun} {verb}; the largest, in the {c.pos}, went from "
+        f"{class_label(c.big.from_class)} to {class_label(c.big.to_class)}."
     )
 
 
 def _lc_totals(rng: np.random.Generator, c: _Ctx) -> str:
-    subject = _pick(rng, ("Land-cover changes", "Changes", "The changes"))
-    about = _pick(rng, ("about", "roughly", "around"))
+    subject = pick(rng, ("Land-cover changes", "Changes", "The changes"))
+    about = pick(rng, ("about", "roughly", "around"))
     return f"{subject} cover {c.total_ha} ha, {about} {c.pct}% of the {_scene(rng)}."
 
 
 def _lc_percent(rng: np.random.Generator, c: _Ctx) -> str:
-    about = _pick(rng, ("About", "Roughly", "Around"))
+    about = pick(rng, ("About", "Roughly", "Around"))
     m = c.main
     lead = "mostly" if 2 * m.pixels > c.facts.changed_pixels else "the largest part"
     return (
         f"{about} {c.pct}% of the {_scene(rng)} changed between the two {_dates(rng)}, "
-        f"{lead} from {_label(m.from_class)} to {_label(m.to_class)}."
+        f"{lead} from {class_label(m.from_class)} to {class_label(m.to_class)}."
     )
 
 
 def _lc_ranking(rng: np.random.Generator, c: _Ctx) -> str:
     m, s = c.main, c.second
     if s is None:
-        kind = _pick(rng, ("The only kind of change is", "All of the change is"))
-        verb = _pick(rng, ("becoming", "turning into"))
-        return f"{kind} {_label(m.from_class)} {verb} {_label(m.to_class)}."
+        kind = pick(rng, ("The only kind of change is", "All of the change is"))
+        verb = pick(rng, ("becoming", "turning into"))
+        return f"{kind} {class_label(m.from_class)} {verb} {class_label(m.to_class)}."
     if rng.random() < 0.5:
-        adj = _pick(rng, ("largest", "main", "biggest"))
+        adj = pick(rng, ("largest", "main", "biggest"))
         return (
-            f"{_cap(_label(m.from_class))} to {_label(m.to_class)} is the {adj} change, "
-            f"followed by {_label(s.from_class)} to {_label(s.to_class)}."
+            f"{cap(class_label(m.from_class))} to {class_label(m.to_class)} is the {adj} change, "
+            f"followed by {class_label(s.from_class)} to {class_label(s.to_class)}."
         )
-    verb = _pick(rng, ("became", "turned into"))
+    verb = pick(rng, ("became", "turned into"))
     return (
-        f"Besides {_label(m.from_class)} becoming {_label(m.to_class)}, some "
-        f"{_label(s.from_class)} {verb} {_label(s.to_class)} ({format_hectares(s.area_m2)} ha)."
+        f"Besides {class_label(m.from_class)} becoming {class_label(m.to_class)}, some "
+        f"{class_label(s.from_class)} {verb} {class_label(s.to_class)} ({format_hectares(s.area_m2)} ha)."
     )
 
 
 def _lc_new(rng: np.random.Generator, c: _Ctx) -> str:
-    if _plural(c.big.to_class):
-        verb = _pick(rng, ("appear", "have appeared", "show up"))
+    if is_plural(c.big.to_class):
+        verb = pick(rng, ("appear", "have appeared", "show up"))
     else:
-        verb = _pick(rng, ("appears", "has appeared", "shows up"))
+        verb = pick(rng, ("appears", "has appeared", "shows up"))
     return (
-        f"New {_label(c.big.to_class)} {verb} in {_where(rng, c.pos)}, where there was "
-        f"{_label(c.big.from_class)} before."
+        f"New {class_label(c.big.to_class)} {verb} in {_where(rng, c.pos)}, where there was "
+        f"{class_label(c.big.from_class)} before."
     )
 
 
 def _lc_lost(rng: np.random.Generator, c: _Ctx) -> str:
-    verb = _pick(rng, ("lost", "gave up", "ceded"))
+    verb = pick(rng, ("lost", "gave up", "ceded"))
     m = c.main
     return (
-        f"Between the two {_dates(rng)}, {_label(m.from_class)} {verb} "
-        f"{format_hectares(m.area_m2)} ha to {_label(m.to_class)}."
+        f"Between the two {_dates(rng)}, {class_label(m.from_class)} {verb} "
+        f"{format_hectares(m.area_m2)} ha to {class_label(m.to_class)}."
     )
 
 
 def _lc_compare(rng: np.random.Generator, c: _Ctx) -> str:
-    pair = _pick(rng, ("before and after images", "two images", "two dates"))
-    adj = _pick(rng, ("clearest", "most visible", "largest"))
-    verb = _pick(rng, ("became", "turned into", "was converted to"))
+    pair = pick(rng, ("before and after images", "two images", "two dates"))
+    adj = pick(rng, ("clearest", "most visible", "largest"))
+    verb = pick(rng, ("became", "turned into", "was converted to"))
     return (
         f"Comparing the {pair}, the {adj} change is in the {c.pos}, where "
-        f"{_label(c.big.from_class)} {verb} {_label(c.big.to_class)}."
+        f"{class_label(c.big.from_class)} {verb} {class_label(c.big.to_class)}."
     )
 
 
 def _lc_share(rng: np.random.Generator, c: _Ctx) -> str:
     m = c.main
     share = format_percent(m.pixels / c.facts.changed_pixels)
-    verb = _pick(rng, ("accounts for", "makes up", "represents"))
-    return f"{_cap(_label(m.from_class))} to {_label(m.to_class)} {verb} {share}% of all change."
+    verb = pick(rng, ("accounts for", "makes up", "represents"))
+    return f"{cap(class_label(m.from_class))} to {class_label(m.to_class)} {verb} {share}% of all change."
 
 
 _LANDCOVER: tuple[Template, ...] = (
@@ -282,32 +251,32 @@ _LANDCOVER: tuple[Template, ...] = (
 
 def _bin_regions(rng: np.random.Generator, c: _Ctx) -> str:
     if c.n == 1:
-        one = _pick(rng, ("A single", "One"))
-        noun = _pick(rng, ("region", "patch", "area"))
-        verb = _pick(rng, ("has changed", "shows change"))
+        one = pick(rng, ("A single", "One"))
+        noun = pick(rng, ("region", "patch", "area"))
+        verb = pick(rng, ("has changed", "shows change"))
         return f"{one} {noun} {verb}, in {_where(rng, c.pos)}."
-    adj = _pick(rng, ("separate ", "distinct ", ""))
-    noun = _pick(rng, ("regions", "patches", "areas"))
-    verb = _pick(rng, ("changed", "show change"))
-    return f"{_cap(count_word(c.n))} {adj}{noun} {verb} between the two {_dates(rng)}."
+    adj = pick(rng, ("separate ", "distinct ", ""))
+    noun = pick(rng, ("regions", "patches", "areas"))
+    verb = pick(rng, ("changed", "show change"))
+    return f"{cap(count_word(c.n))} {adj}{noun} {verb} between the two {_dates(rng)}."
 
 
 def _bin_totals(rng: np.random.Generator, c: _Ctx) -> str:
-    subject = _pick(rng, ("Changes", "Changed areas", "The changes"))
-    about = _pick(rng, ("about", "roughly", "around"))
+    subject = pick(rng, ("Changes", "Changed areas", "The changes"))
+    about = pick(rng, ("about", "roughly", "around"))
     return f"{subject} cover {c.total_ha} ha, {about} {c.pct}% of the {_scene(rng)}."
 
 
 def _bin_largest(rng: np.random.Generator, c: _Ctx) -> str:
-    adj = _pick(rng, ("largest", "biggest"))
-    noun = _pick(rng, ("changed area", "region of change", "patch of change"))
-    verb = _pick(rng, ("lies", "is", "can be found"))
+    adj = pick(rng, ("largest", "biggest"))
+    noun = pick(rng, ("changed area", "region of change", "patch of change"))
+    verb = pick(rng, ("lies", "is", "can be found"))
     return f"The {adj} {noun} {verb} in {_where(rng, c.pos)}."
 
 
 def _bin_amount(rng: np.random.Generator, c: _Ctx) -> str:
-    about = _pick(rng, ("About", "Roughly", "Some"))
-    verb = _pick(rng, ("changed", "were altered", "show change"))
+    about = pick(rng, ("About", "Roughly", "Some"))
+    verb = pick(rng, ("changed", "were altered", "show change"))
     return (
         f"{about} {c.total_ha} ha {verb} between the two {_dates(rng)}, with the largest "
         f"part in the {c.pos}."
@@ -315,27 +284,27 @@ def _bin_amount(rng: np.random.Generator, c: _Ctx) -> str:
 
 
 def _bin_spread(rng: np.random.Generator, c: _Ctx) -> str:
-    seen = _pick(rng, ("is visible", "can be seen", "appears"))
+    seen = pick(rng, ("is visible", "can be seen", "appears"))
     if c.n == 1:
         return f"Change {seen} in one region only, in {_where(rng, c.pos)}."
-    noun = _pick(rng, ("places", "spots", "regions"))
+    noun = pick(rng, ("places", "spots", "regions"))
     return f"Change {seen} in {count_word(c.n)} {noun}, the biggest in the {c.pos}."
 
 
 def _bin_percent(rng: np.random.Generator, c: _Ctx) -> str:
-    about = _pick(rng, ("About", "Roughly", "Around"))
-    verb = _pick(rng, ("changed", "has changed", "is different"))
+    about = pick(rng, ("About", "Roughly", "Around"))
+    verb = pick(rng, ("changed", "has changed", "is different"))
     return f"{about} {c.pct}% of the {_scene(rng)} {verb} between the two {_dates(rng)}."
 
 
 def _bin_component(rng: np.random.Generator, c: _Ctx) -> str:
-    noun = _pick(rng, ("largest region of change", "biggest changed patch", "main changed area"))
-    verb = _pick(rng, ("covers", "spans", "takes up"))
+    noun = pick(rng, ("largest region of change", "biggest changed patch", "main changed area"))
+    verb = pick(rng, ("covers", "spans", "takes up"))
     return f"The {noun} {verb} about {format_hectares(c.big.area_m2)} ha in {_where(rng, c.pos)}."
 
 
 def _bin_where(rng: np.random.Generator, c: _Ctx) -> str:
-    adj = _pick(rng, ("biggest", "most extensive", "most visible"))
+    adj = pick(rng, ("biggest", "most extensive", "most visible"))
     return f"The {adj} change between the two {_dates(rng)} is in the {c.pos}."
 
 
@@ -355,40 +324,40 @@ _BINARY: tuple[Template, ...] = (
 
 
 def _nc_none(rng: np.random.Generator) -> str:
-    adj = _pick(rng, ("", "visible ", "noticeable ", "apparent "))
+    adj = pick(rng, ("", "visible ", "noticeable ", "apparent "))
     return f"There is no {adj}change between the two {_dates(rng)}."
 
 
 def _nc_nothing(rng: np.random.Generator) -> str:
-    return f"Nothing has changed in this {_pick(rng, ('scene', 'tile', 'image', 'place'))}."
+    return f"Nothing has changed in this {pick(rng, ('scene', 'tile', 'image', 'place'))}."
 
 
 def _nc_same(rng: np.random.Generator) -> str:
-    state = _pick(rng, ("is unchanged", "remains the same", "stayed the same"))
-    return f"The {_scene(rng)} {state} between the two {_pick(rng, ('dates', 'acquisitions'))}."
+    state = pick(rng, ("is unchanged", "remains the same", "stayed the same"))
+    return f"The {_scene(rng)} {state} between the two {pick(rng, ('dates', 'acquisitions'))}."
 
 
 def _nc_show(rng: np.random.Generator) -> str:
-    subject = _pick(rng, ("The two images", "The two scenes", "Both acquisitions"))
-    what = _pick(rng, ("change", "difference", "visible change"))
+    subject = pick(rng, ("The two images", "The two scenes", "Both acquisitions"))
+    what = pick(rng, ("change", "difference", "visible change"))
     return f"{subject} show no {what}."
 
 
 def _nc_seen(rng: np.random.Generator) -> str:
-    verb = _pick(rng, ("seen", "detected", "observed"))
-    where = _pick(rng, ("here", "in this tile", "in the scene"))
+    verb = pick(rng, ("seen", "detected", "observed"))
+    where = pick(rng, ("here", "in this tile", "in the scene"))
     return f"No change can be {verb} {where}."
 
 
 def _nc_looks(rng: np.random.Generator) -> str:
-    same = _pick(rng, ("looks the same", "looks identical", "is identical"))
-    when = _pick(rng, ("at both dates", "on both dates", "as before"))
+    same = pick(rng, ("looks the same", "looks identical", "is identical"))
+    when = pick(rng, ("at both dates", "on both dates", "as before"))
     return f"The {_scene(rng)} {same} {when}."
 
 
 def _nc_landscape(rng: np.random.Generator) -> str:
-    what = _pick(rng, ("the same landscape", "the same scene", "the same land cover"))
-    return f"{_pick(rng, ('Both images', 'The two acquisitions'))} show {what}."
+    what = pick(rng, ("the same landscape", "the same scene", "the same land cover"))
+    return f"{pick(rng, ('Both images', 'The two acquisitions'))} show {what}."
 
 
 _NO_CHANGE: tuple[Callable[[np.random.Generator], str], ...] = (
@@ -415,21 +384,6 @@ def _distinct(rng: np.random.Generator, make: Sequence[Callable[[], str]], count
         elif attempts > 200 * count:
             raise RuntimeError(f"could not word {count} distinct captions (got {len(out)})")
     return out
-
-
-# --- QA -----------------------------------------------------------------------------------
-
-
-def _transition_answer(t: TransitionStat) -> str:
-    return f"{_label(t.from_class)} to {_label(t.to_class)}"
-
-
-def _qa(
-    kind: str, question: str, answer: str, evidence: dict[str, str | int | float | bool]
-) -> QAItem:
-    return QAItem.model_validate(
-        {"type": kind, "question": question, "answer": answer, "evidence": evidence}
-    )
 
 
 class TemplateAnnotator:
@@ -502,182 +456,6 @@ class TemplateAnnotator:
     # QA
 
     def _qa(self, rng: np.random.Generator, facts: ChangeFacts) -> list[QAItem]:
-        changed = has_change(facts, self.no_change_epsilon)
-        items = [
-            _qa(
-                "has_change",
-                _pick(
-                    rng,
-                    (
-                        "Has anything changed between the two images?",
-                        "Is there any change in this area?",
-                        "Did the scene change between the two dates?",
-                        "Are there any changes between the before and after images?",
-                    ),
-                ),
-                "yes" if changed else "no",
-                {
-                    "changed_pixels": facts.changed_pixels,
-                    "valid_pixels": facts.valid_pixels,
-                    "regions": facts.n_regions,
-                },
-            ),
-            _qa(
-                "change_ratio",
-                _pick(
-                    rng,
-                    (
-                        "What fraction of the area changed?",
-                        "How much of the scene has changed?",
-                        "What share of the tile changed between the two dates?",
-                    ),
-                ),
-                change_ratio_bin(facts.changed_fraction),
-                {"changed_fraction": facts.changed_fraction},
-            ),
-            _qa(
-                "count_regions",
-                _pick(
-                    rng,
-                    (
-                        "How many regions of change are there?",
-                        "How many separate areas changed?",
-                        "In how many places did the scene change?",
-                    ),
-                ),
-                str(facts.n_regions),
-                {"regions": facts.n_regions, "min_region_px": facts.min_region_px},
-            ),
-        ]
-        # Class trends only on changed tiles: on an unchanged tile every answer would be "no",
-        # which skews the yes/no balance of a release towards "no" (measured: 80% on the demo).
-        if changed and not facts.binary and (facts.class_pixels_before or facts.class_pixels_after):
-            items.append(self._class_trend(rng, facts, increase=True))
-            items.append(self._class_trend(rng, facts, increase=False))
-        if changed and not facts.binary:
-            items.extend(self._transition_items(rng, facts))
-        if changed:
-            big = facts.components[0]
-            items.append(
-                _qa(
-                    "location",
-                    _pick(
-                        rng,
-                        (
-                            "Where is the largest change?",
-                            "In which part of the image is the biggest changed region?",
-                            "Where does the largest region of change lie?",
-                        ),
-                    ),
-                    big.position,
-                    {
-                        "component": big.id,
-                        "pixels": big.pixels,
-                        "centroid_row": big.centroid[0],
-                        "centroid_col": big.centroid[1],
-                    },
-                )
-            )
-        return items
-
-    def _class_trend(
-        self, rng: np.random.Generator, facts: ChangeFacts, *, increase: bool
-    ) -> QAItem:
-        before, after = facts.class_pixels_before, facts.class_pixels_after
-        classes = sorted(set(before) | set(after))
-        sign = 1 if increase else -1
-
-        def moved(c: str) -> bool:
-            return sign * (after.get(c, 0) - before.get(c, 0)) > 0
-
-        yes = [c for c in classes if moved(c)]
-        no = [c for c in classes if not moved(c)]
-        want_yes = bool(rng.random() < 0.5)
-        pool = yes if (want_yes and yes) or not no else no
-        cls = pool[int(rng.integers(len(pool)))]
-        label = _label(cls)
-        is_are, has_have = ("are", "have") if _plural(cls) else ("is", "has")
-        if increase:
-            kind = "class_increase"
-            question = _pick(
-                rng,
-                (
-                    f"Did {_area_of(label)} increase?",
-                    f"{_cap(is_are)} there more {label} in the second image than in the first?",
-                    f"{_cap(has_have)} {label} expanded between the two dates?",
-                ),
-            )
-        else:
-            kind = "class_decrease"
-            question = _pick(
-                rng,
-                (
-                    f"Did {_area_of(label)} decrease?",
-                    f"{_cap(is_are)} there less {label} in the second image than in the first?",
-                    f"{_cap(has_have)} {label} shrunk between the two dates?",
-                ),
-            )
-        return _qa(
-            kind,
-            question,
-            "yes" if moved(cls) else "no",
-            {"class": cls, "pixels_before": before.get(cls, 0), "pixels_after": after.get(cls, 0)},
-        )
-
-    def _transition_items(self, rng: np.random.Generator, facts: ChangeFacts) -> list[QAItem]:
-        ts = facts.transitions
-        items = []
-        if len(ts) == 1 or ts[0].pixels > ts[1].pixels:  # a unique largest transition
-            t = ts[0]
-            items.append(
-                _qa(
-                    "largest_change",
-                    _pick(
-                        rng,
-                        (
-                            "What is the largest change between the two images?",
-                            "Which land-cover transition covers the most area?",
-                            "What is the main type of change?",
-                        ),
-                    ),
-                    _transition_answer(t),
-                    {"from_class": t.from_class, "to_class": t.to_class, "pixels": t.pixels},
-                )
-            )
-        if facts.n_regions >= 2 and len(ts) >= 2 and ts[-1].pixels < ts[-2].pixels:
-            t = ts[-1]
-            items.append(
-                _qa(
-                    "smallest_change",
-                    _pick(
-                        rng,
-                        (
-                            "What is the smallest change between the two images?",
-                            "Which land-cover transition covers the least area?",
-                            "What is the least extensive type of change?",
-                        ),
-                    ),
-                    _transition_answer(t),
-                    {"from_class": t.from_class, "to_class": t.to_class, "pixels": t.pixels},
-                )
-            )
-        sources = sorted({t.from_class for t in ts})
-        src = sources[int(rng.integers(len(sources)))]
-        top = next(t for t in ts if t.from_class == src)  # ts is sorted by decreasing size
-        label = _label(src)
-        items.append(
-            _qa(
-                "change_to_what",
-                _pick(
-                    rng,
-                    (
-                        f"What did {label} turn into?",
-                        f"What has most of the changed {label} become?",
-                        f"Into what was {label} mostly converted?",
-                    ),
-                ),
-                _label(top.to_class),
-                {"from_class": src, "to_class": top.to_class, "pixels": top.pixels},
-            )
-        )
-        return items
+        """One item per QA type that applies (:mod:`geodelta.annotators.qa`), in registry order."""
+        eps = self.no_change_epsilon
+        return [REGISTRY[t].ask(rng, facts, eps) for t in types_for(facts, eps)]

@@ -115,7 +115,7 @@ def _driver_build(args: dict[str, Any]) -> dict[str, Any]:
 def _driver_beam_fixed(args: dict[str, Any]) -> dict[str, Any]:
     """The real Beam pipeline over 2 cells: what a run costs before the cells (start-up)."""
     from geodelta import __version__
-    from geodelta.pipelines.engines.runners import run_jobs
+    from geodelta.pipelines.engines.run import run_cells
     from geodelta.pipelines.stages.plan import plan_jobs
     from geodelta.schemas import load_config
 
@@ -125,7 +125,7 @@ def _driver_beam_fixed(args: dict[str, Any]) -> dict[str, Any]:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     t = time.perf_counter()
-    run_jobs(jobs, cfg, staging, code_version=__version__)
+    run_cells(jobs, cfg, staging, code_version=__version__)
     return {"beam_2_cells_s": time.perf_counter() - t, "cells": len(jobs)}
 
 
@@ -191,7 +191,7 @@ def work_list(catalog: Path, aoi: list[float], release: Path) -> list[dict[str, 
     """Per sample of the release: its TileJob, before/after scenes and land-cover items."""
     import pyarrow.parquet as pq
 
-    from geodelta.pipelines.stages.pair import pick_landcover
+    from geodelta.pipelines.stages.labels.landcover import pick_landcover
     from geodelta.pipelines.stages.plan import plan_jobs
     from geodelta.schemas import load_config
     from geodelta.sources.catalog import open_catalog

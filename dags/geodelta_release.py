@@ -2,13 +2,13 @@
 
 Airflow 3 TaskFlow DAG. It needs an Airflow environment with geodelta installed (``pip install -e
 .`` next to ``apache-airflow>=3.3``; ``make test`` builds one in ``.venv-airflow``). Parsing
-imports only the standard library and ``airflow.sdk``: every geodelta module is imported inside
+imports only the standard library and ``airflow.sdk``: geodelta's public API
+(:mod:`geodelta.pipelines.api`, the only part of geodelta the tasks call) is imported inside
 the task that uses it, so the DAG processor never loads rasterio, Beam or torch.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from datetime import timedelta
@@ -19,13 +19,11 @@ from airflow.sdk import Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 if TYPE_CHECKING:
-    from geodelta.schemas import BuildConfig
+    from geodelta.pipelines.api import BuildConfig
 
 DAG_ID = "geodelta_release"
 LLM_POOL = "geodelta_llm"  # bounds concurrent build tasks, hence concurrent LLM requests
-STAGING = ".staging"  # same folder name as geodelta.pipelines.api.STAGING
 RELEASES = "releases"
-LATEST = "LATEST"
 
 DOC_MD = """
 ### geodelta_release
@@ -53,10 +51,13 @@ quality report) -> `validate` (`geodelta verify`) -> `train_reference` (referenc
 the config's `gate` section fails; the log names the metric, e.g. `gate: masks.f1 = 0.12, 0.31
 below the previous release 0.43 (gate.rules[0] max_drop 0.05)`.
 
-**Idempotence.** Every cell's outcome lands in `<output.dir>/.staging` with a completion marker
-(written atomically); a retried or re-run build task skips the cells already marked, so nothing
-is produced twice. `release` rewrites the release from the staging area (same bytes every time);
-`train_reference` is skipped when this version is already published from this config;
+**Idempotence.** Every cell's outcome lands in the release's staging area (`<output.dir>/.staging`,
+or the local work folder of a URL output) with a completion marker (written atomically); a
+retried or re-run build task skips the cells already marked, so nothing is produced twice; a
+staging area of another config is refused. `release` rewrites the release from the staging
+area (same bytes every time) and uploads it when `output.dir` is a URL (`s3://`, `gs://`...);
+`train_reference` is skipped when this version is already published from this config (and,
+like `publish`, for a URL output: both work on a local release folder);
 `publish` renames the verified, gated release into `<releases_dir>/<name>-<version>` and then
 replaces the `LATEST` pointer file atomically; re-running it after success changes nothing.
 
@@ -71,8 +72,7 @@ def _params(context: dict[str, Any]) -> dict[str, Any]:
 
 def _load(params: dict[str, Any]) -> BuildConfig:
     """The run's build config (with profile defaults), version overridden by the params."""
-    from geodelta.schemas import load_config
-    from geodelta.sources.profiles import apply_defaults
+    from geodelta.pipelines import api
 
     overrides: dict[str, Any] = {}
     if params.get("version"):
@@ -80,40 +80,50 @@ def _load(params: dict[str, Any]) -> BuildConfig:
     path = Path(str(params["config"])).expanduser()
     if not path.exists():
         raise AirflowFailException(f"param 'config': {path} does not exist")
-    return apply_defaults(load_config(path, overrides or None))
+    try:
+        return api.load_config(path, overrides or None)
+    except api.ConfigError as exc:
+        raise AirflowFailException(str(exc)) from None
 
 
-def _build_dir(cfg: BuildConfig) -> Path:
-    return Path(cfg.resolve(cfg.output.dir))
+def _releases_dir(cfg: BuildConfig, params: dict[str, Any]) -> Path | None:
+    """The publish folder: the param, else ``releases/`` beside a local ``output.dir``."""
+    from geodelta.pipelines import api
 
-
-def _releases_dir(cfg: BuildConfig, params: dict[str, Any]) -> Path:
     if params.get("releases_dir"):
         return Path(str(params["releases_dir"])).expanduser().resolve()
-    return _build_dir(cfg).parent / RELEASES
-
-
-def _published_name(cfg: BuildConfig) -> str:
-    return f"{cfg.name}-{cfg.version}"
+    out = api.output_location(cfg)
+    return None if api.is_url(out) else Path(out).parent / RELEASES
 
 
 def _previous(cfg: BuildConfig, params: dict[str, Any]) -> Path | None:
     """The release to diff and gate against: the param, else LATEST when another version."""
+    from geodelta.pipelines import api
+
     if params.get("previous"):
         return Path(str(params["previous"])).expanduser()
     releases = _releases_dir(cfg, params)
-    pointer = releases / LATEST
-    if pointer.exists():
-        candidate = releases / pointer.read_text().strip()
-        if candidate.name != _published_name(cfg) and candidate.is_dir():
-            return candidate
-    return None
+    latest = api.latest_release(releases) if releases is not None else None
+    return latest if latest is not None and latest.name != api.release_name(cfg) else None
 
 
-def _manifest_hash(release_dir: Path) -> str | None:
+def _published(cfg: BuildConfig, params: dict[str, Any]) -> Path | None:
+    """This version's published release (None: not published); refuses another config's."""
+    from geodelta.pipelines import api
+
+    releases = _releases_dir(cfg, params)
     try:
-        return str(json.loads((release_dir / "manifest.json").read_text())["config_hash"])
-    except (OSError, ValueError, KeyError):
+        return api.published_release(cfg, releases) if releases is not None else None
+    except api.ReleaseError as exc:
+        raise AirflowFailException(str(exc)) from None
+
+
+def _config_hash_of(release: Path) -> str | None:
+    from geodelta.pipelines import api
+
+    try:
+        return api.read_manifest(release).config_hash
+    except api.ReleaseError:
         return None
 
 
@@ -147,54 +157,24 @@ def geodelta_release() -> None:
 
     @task(execution_timeout=timedelta(minutes=10), doc_md="Plan the grid cells; group them.")
     def plan(**context: Any) -> list[list[str]]:
-        """Plan the cells, stamp the staging area with the config hash, return groups of ids.
+        """Check the build can go ahead, plan the cells, return groups of ids (``api.cell_groups``).
 
-        Fails at once when this version was already published from another config. Groups
+        Fails at once (no retry: a retry cannot fix it) when this version was already
+        published from another config, or the build cannot start (``api.check_build``: a
+        runner that cannot run, a staging area or URL target of another config). Groups
         follow the AOI regions (a group never mixes two regions), chunked to
-        ``cells_per_task`` cells. A staging area left by another config fails the task: its
-        cells are not this version's.
+        ``cells_per_task`` cells. Writes nothing.
         """
-        from geodelta import __version__
-        from geodelta._io import write_atomic
-        from geodelta.pipelines.stages.plan import plan_jobs
+        from geodelta.pipelines import api
 
         params = _params(context)
         cfg = _load(params)
-        published = _releases_dir(cfg, params) / _published_name(cfg)
-        if published.exists() and _manifest_hash(published) != cfg.config_hash():
-            raise AirflowFailException(
-                f"{published} already holds version {cfg.version} built from another config; "
-                "bump 'version' (published versions are never overwritten)"
-            )
-        staging = _build_dir(cfg) / STAGING
-        stamp = staging / "config.json"
-        if stamp.exists():
-            built_from = json.loads(stamp.read_text()).get("config_hash")
-            if built_from != cfg.config_hash():
-                raise AirflowFailException(
-                    f"{staging} was made from another config (hash {str(built_from)[:12]}, now "
-                    f"{cfg.config_hash()[:12]}); remove {_build_dir(cfg)} or change output.dir"
-                )
-        staging.mkdir(parents=True, exist_ok=True)
-        write_atomic(
-            stamp,
-            json.dumps({"config_hash": cfg.config_hash(), "code_version": __version__}).encode(),
-        )
-        jobs = plan_jobs(cfg)
-        if not jobs:
-            raise AirflowFailException(
-                "the AOI holds no whole cell; enlarge aoi, reduce grid.cell_size_px or set "
-                "grid.keep: intersects"
-            )
-        size = int(params["cells_per_task"])
-        by_region: dict[str, list[str]] = {}
-        for job in jobs:
-            by_region.setdefault(job.region, []).append(job.cell_id)
-        return [
-            ids[i : i + size]
-            for _, ids in sorted(by_region.items())
-            for i in range(0, len(ids), size)
-        ]
+        _published(cfg, params)
+        try:
+            api.check_build(cfg, "resume")
+            return api.cell_groups(cfg, int(params["cells_per_task"]))
+        except api.GeodeltaError as exc:
+            raise AirflowFailException(str(exc)) from None
 
     @task(
         pool=LLM_POOL,
@@ -202,46 +182,53 @@ def geodelta_release() -> None:
         doc_md="Process one group of cells into the staging area (skips cells already marked).",
     )
     def build(group: list[str], **context: Any) -> dict[str, int]:
-        """Run geodelta's stages over the group's unfinished cells (``runners.run_jobs``)."""
-        from geodelta import __version__
-        from geodelta.pipelines.engines.runners import run_jobs
-        from geodelta.pipelines.release.staging import Staging
-        from geodelta.pipelines.stages.plan import plan_jobs
+        """Run geodelta's stages over the group's unfinished cells (``api.build_cells``).
+
+        A refusal (the plan changed since the plan task, a staging area of another config)
+        fails the task without retry; cells left without an outcome (a worker that died) are
+        retried, and the retry runs only those.
+        """
+        from geodelta.pipelines import api
 
         cfg = _load(_params(context))
-        staging_root = _build_dir(cfg) / STAGING
-        staging = Staging(staging_root)
-        wanted = set(group)
-        done = staging.done_cells()
-        jobs = [j for j in plan_jobs(cfg) if j.cell_id in wanted]
-        if len(jobs) != len(wanted):
-            raise AirflowFailException(
-                f"{len(wanted) - len(jobs)} cells of the group are not in the plan any more "
-                "(the config changed since the plan task ran); clear the whole run"
+        try:
+            done = api.build_cells(cfg, group)
+        except api.IncompleteBuildError:
+            raise  # a retry finishes the cells without an outcome
+        except api.GeodeltaError as exc:
+            raise AirflowFailException(str(exc)) from None
+        for stage, passed, quarantined in done.counts:
+            logging.getLogger(__name__).info(
+                "%s: %d passed, %d quarantined", stage, passed, quarantined
             )
-        todo = [j for j in jobs if j.cell_id not in done]
-        run_jobs(todo, cfg, staging_root, code_version=__version__)
-        missing = wanted - staging.done_cells()
-        if missing:
-            raise RuntimeError(
-                f"{len(missing)} cells have no outcome after the run (e.g. {sorted(missing)[:3]})"
-            )
-        return {"cells": len(jobs), "processed": len(todo), "resumed": len(jobs) - len(todo)}
+        return {"cells": done.cells, "processed": done.processed, "resumed": done.resumed}
 
     @task(execution_timeout=timedelta(hours=1), doc_md="Write shards, manifest and report.")
     def release(built: list[dict[str, int]], **context: Any) -> str:
-        """Assemble the release from the staging area (``write_release``), then its report."""
-        from geodelta import __version__
-        from geodelta.pipelines.release.assemble import write_release
-        from geodelta.pipelines.release.staging import Staging
-        from geodelta.pipelines.report.render import write_report
+        """Assemble the release from the staging area, then its report (``api.build``, resume).
+
+        Every cell is done (the build tasks), so this writes the release, the report (diff
+        against ``previous``) and, for a URL output, uploads it. A local release keeps its
+        staging area until ``publish``; returns where the release is (a folder or a URL).
+        """
+        from geodelta.pipelines import api
 
         params = _params(context)
         cfg = _load(params)
-        release_dir = _build_dir(cfg)
-        write_release(release_dir, cfg, Staging(release_dir / STAGING), code_version=__version__)
-        write_report(release_dir, previous=_previous(cfg, params))
-        return str(release_dir)
+        local = not api.is_url(api.output_location(cfg))
+        try:
+            result = api.build(
+                cfg,
+                mode="resume",
+                progress=False,
+                keep_staging=local,
+                previous=_previous(cfg, params),
+            )
+        except api.IncompleteBuildError:
+            raise
+        except api.GeodeltaError as exc:
+            raise AirflowFailException(str(exc)) from None
+        return result.location
 
     @task(
         retries=0,
@@ -249,10 +236,14 @@ def geodelta_release() -> None:
         doc_md="Verify every checksum and member of the release; fail on any problem.",
     )
     def validate(release_dir: str) -> int:
-        """``geodelta verify``: the run stops here when the release has a problem."""
-        from geodelta.pipelines.release.verify import verify_release
+        """``geodelta verify`` (a folder or a URL): the run stops here when the release has a
+        problem."""
+        from geodelta.pipelines import api
 
-        result = verify_release(release_dir)
+        try:
+            result = api.verify(release_dir)
+        except api.GeodeltaError as exc:
+            raise AirflowFailException(str(exc)) from None
         if not result.ok:
             shown = "\n".join(result.problems[:20])
             raise AirflowFailException(
@@ -267,25 +258,32 @@ def geodelta_release() -> None:
         "reference/metrics.json, model card, weights, disagreement scores; re-render the report.",
     )
     def train_reference(release_dir: str, samples: int, **context: Any) -> dict[str, float]:
-        """Train and evaluate the reference model (epochs etc. from the config's ``reference``).
+        """Train and evaluate the reference model (epochs etc. from the config's ``reference``),
+        then re-render the report with it (``api.train_reference``).
 
-        Skipped when this version is already published from this config: its metrics are there,
-        and training again would only duplicate them.
+        Skipped when this version is already published from this config (its metrics are
+        there, and training again would only duplicate them), and for a release at a URL
+        (training reads a local release folder).
         """
-        from geodelta import __version__
-        from geodelta.pipelines.report.render import write_report
-        from geodelta.pipelines.training.reference import train_reference as train
+        from geodelta.pipelines import api
 
         params = _params(context)
         cfg = _load(params)
-        published = _releases_dir(cfg, params) / _published_name(cfg)
-        if published.exists() and _manifest_hash(published) == cfg.config_hash():
+        published = _published(cfg, params)
+        if published is not None:
             raise AirflowSkipException(
                 f"train_reference: {published} is already published from this config, with "
                 "its reference metrics; nothing to train"
             )
-        metrics = train(release_dir, code_version=__version__, report=False)
-        write_report(release_dir, previous=_previous(cfg, params))  # with the reference section
+        if api.is_url(release_dir):
+            raise AirflowSkipException(
+                f"train_reference: {release_dir} is a URL; the reference model trains on a "
+                "local release folder (geodelta train-reference)"
+            )
+        try:
+            metrics = api.train_reference(release_dir, previous=_previous(cfg, params))
+        except api.GeodeltaError as exc:
+            raise AirflowFailException(str(exc)) from None
         out = {
             name: metrics.metric(name)
             for name in ("masks.f1", "retrieval.recall_at_5", "captions.cider")
@@ -303,30 +301,33 @@ def geodelta_release() -> None:
     )
     def publish(release_dir: str, **context: Any) -> str:
         """``geodelta release``: verify, gate, rename to ``<releases_dir>/<name>-<version>``,
-        rewrite ``LATEST`` (``publish_release``).
+        rewrite ``LATEST`` (``api.publish``).
 
         A gate refusal fails the task with the rule's message and moves nothing. Idempotent:
         when the target already holds this config's release (a re-run after success), the
         fresh copy is dropped and only ``LATEST`` is rewritten. A target built from another
-        config fails the task: versions are never overwritten.
+        config fails the task: versions are never overwritten. A release at a URL is not
+        moved (the task is skipped; publishing renames a local folder).
         """
-        from geodelta.pipelines.release.publish import PublishError, publish_release
+        from geodelta.pipelines import api
 
         params = _params(context)
         cfg = _load(params)
-        src = Path(release_dir)
         releases = _releases_dir(cfg, params)
-        target = releases / _published_name(cfg)
-        if not src.exists() and target.exists():
-            src = target  # an earlier try moved it; finish the pointer (and promotion)
-        if _manifest_hash(src) != cfg.config_hash():
+        if api.is_url(release_dir) or releases is None:
+            raise AirflowSkipException(
+                f"publish: {release_dir} is a URL; `geodelta release` publishes a local "
+                "release folder (set releases_dir and a local output.dir)"
+            )
+        src = Path(release_dir)
+        if not src.exists():
+            src = _published(cfg, params) or src  # an earlier try moved it; finish the pointer
+        if _config_hash_of(src) != cfg.config_hash():
             raise AirflowFailException(f"{src} holds no release of this config to publish")
         previous = Path(str(params["previous"])).expanduser() if params.get("previous") else None
         try:
-            out = publish_release(
-                src, releases, previous=previous, promote=bool(params.get("promote"))
-            )
-        except PublishError as exc:  # GateError included: the message names the metric
+            out = api.publish(src, releases, previous=previous, promote=bool(params.get("promote")))
+        except api.PublishError as exc:  # GateError included: the message names the metric
             raise AirflowFailException(str(exc)) from None
         log = logging.getLogger(__name__)
         if out.gate is not None:

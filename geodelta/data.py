@@ -15,7 +15,16 @@ sample's ``json`` member. Pixels equal to the GeoTIFF's nodata value (0 in every
 release; 0 too when a file has no nodata tag) become ``nodata`` (NaN by default) in ``image``;
 pass ``nodata=0.0`` to get zeros instead.
 
-Decoding: the GeoTIFFs geodelta writes (little-endian strips, one band per plane, deflate with
+Decoding: this module is the one decoder of released samples. Each member is decoded by its
+codec in the members table (:mod:`geodelta.schemas.members`): :func:`decode_member` decodes one
+member (GeoTIFF -> float32 reflectance, RGB PNG -> uint8 (H, W, 3), index PNG -> uint8 (H, W),
+JSON -> Python values), :func:`decode_members` every member of a sample, :func:`decode_sample`
+the TorchGeo-like sample above. A member name the table does not know is reported, never
+dropped silently: :func:`load` warns (:class:`UnknownMemberWarning`, naming the shard, the
+sample key and the member; ``decode="raw"`` keeps its bytes), :func:`decode_member` raises
+:class:`LoaderError`.
+
+The GeoTIFFs geodelta writes (little-endian strips, one band per plane, deflate with
 the horizontal predictor) are decoded by :func:`tif_dn_fast` (tifffile parses the header, zlib
 inflates only the requested bands' strips), about 1.5x faster than opening each member with
 GDAL; any other layout goes through rasterio, with the same result. The tar shards are read
@@ -27,7 +36,9 @@ Shards are split first by rank (``torch.distributed`` if initialised, else the `
 sample is seen exactly once per epoch when the shard count is a multiple of ``world_size``.
 
 This module imports torch and webdataset lazily (inside the functions), so ``import geodelta``
-and ``import geodelta.data`` stay light.
+and ``import geodelta.data`` stay light. It is on the ground floor and reads one module above
+it, the members table ``geodelta.schemas.members`` (pure data, importing nothing from
+geodelta): the one allowed upward edge of the ground floor.
 """
 
 from __future__ import annotations
@@ -39,20 +50,28 @@ import math
 import os
 import tarfile
 import urllib.request
+import warnings
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urljoin
+
+from geodelta.errors import GeodeltaError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     from torch.utils.data import IterableDataset
 
+    from geodelta.schemas.members import Codec, Member
+
 __all__ = [
     "DECODED_MEMBERS",
     "Decode",
     "LoaderError",
+    "UnknownMemberWarning",
+    "decode_member",
+    "decode_members",
     "decode_sample",
     "load",
     "rank_info",
@@ -71,7 +90,19 @@ _TIFF_DEFLATE = (8, 32946)
 DECODED_MEMBERS = ("json", "before.tif", "after.tif", "mask.png", "captions.json", "qa.json")
 
 
-class LoaderError(ValueError):
+def _member(name: str) -> Member | None:
+    """The members-table row of a member name, None for a name the table does not know.
+
+    The one upward edge of the ground floor (``geodelta.schemas.members`` is pure data),
+    imported here, not at module import: ``geodelta.schemas`` imports pydantic, and
+    ``import geodelta.data`` stays light.
+    """
+    from geodelta.schemas.members import member
+
+    return member(name)
+
+
+class LoaderError(GeodeltaError, ValueError):
     """A release cannot be loaded as asked (unknown split or band, missing manifest, bad URL).
 
     Attributes:
@@ -81,6 +112,15 @@ class LoaderError(ValueError):
     def __init__(self, message: str, *, source: str | None = None) -> None:
         self.source = source
         super().__init__(f"{message} (source={source})" if source else message)
+
+
+class UnknownMemberWarning(UserWarning):
+    """A shard holds a member the members table (:mod:`geodelta.schemas.members`) does not know.
+
+    :func:`load` warns once per shard and member name; the message names the shard, the first
+    sample key and the member. Decoded samples leave the member out; ``decode="raw"`` keeps its
+    bytes. (A newer release read by an older geodelta: upgrade geodelta to decode it.)
+    """
 
 
 def _is_url(s: str) -> bool:
@@ -178,9 +218,36 @@ def _split_by_rank(src: Iterable[Any], rank: int, world_size: int) -> Iterator[A
             yield item
 
 
+def _split_name(fname: str) -> tuple[str, str]:
+    """``(key, member)`` of a tar member name, as webdataset splits it (at the first dot)."""
+    key, _, name = fname.rsplit("/", 1)[-1].partition(".")
+    return key, name.lower()
+
+
 def _is_decoded_member(fname: str) -> bool:
     """True for the tar members :func:`decode_sample` reads (webdataset's key/suffix split)."""
-    return fname.rsplit("/", 1)[-1].partition(".")[2].lower() in DECODED_MEMBERS
+    return _split_name(fname)[1] in DECODED_MEMBERS
+
+
+def _reporting_unknown(url: str, select: Callable[[str], bool] | None) -> Callable[[str], bool]:
+    """``select`` (None = every member) that also warns of members the table does not know."""
+    reported: set[str] = set()
+
+    def pick(fname: str) -> bool:
+        key, name = _split_name(fname)
+        if _member(name) is None and name not in reported:
+            reported.add(name)
+            warnings.warn(
+                UnknownMemberWarning(
+                    f"{url}: sample {key}: unknown member {name!r} (not in the members table "
+                    "geodelta.schemas.members; a newer release? upgrade geodelta); decoded "
+                    "samples leave it out, decode='raw' keeps its bytes"
+                ),
+                stacklevel=2,
+            )
+        return select is None or select(fname)
+
+    return pick
 
 
 def _open_shards(src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -203,17 +270,19 @@ def _expand_tars(
     """webdataset stage: opened shards -> tar members, then ``{}`` at the end of each shard.
 
     Members ``select`` rejects are passed over by webdataset's ``tar_file_iterator`` without
-    being handed on; a shard that is not a readable tar (truncated download, not a tar) raises
-    :class:`LoaderError` naming it.
+    being handed on; a member the members table does not know is reported
+    (:class:`UnknownMemberWarning`, once per shard and name); a shard that is not a readable tar
+    (truncated download, not a tar) raises :class:`LoaderError` naming it.
     """
     from webdataset import tariterators
 
     for source in src:
         url = str(source["url"])
+        pick = _reporting_unknown(url, select)
         try:
-            for member in tariterators.tar_file_iterator(source["stream"], select_files=select):
-                member["__url__"] = url
-                yield member
+            for entry in tariterators.tar_file_iterator(source["stream"], select_files=pick):
+                entry["__url__"] = url
+                yield entry
         except (tarfile.TarError, EOFError) as exc:
             raise LoaderError(
                 f"shard is not a readable tar (truncated?): {exc}", source=url
@@ -345,6 +414,150 @@ def _reflectance_into(
     out[dn == dn_nodata] = nodata
 
 
+def _band_plan(
+    meta: Mapping[str, Any], bands: Sequence[str] | None, key: str
+) -> tuple[list[int], float, float]:
+    """``(band indexes, dn_scale, dn_offset)`` of a sample's GeoTIFFs for the bands asked."""
+    names = list(meta["bands"])
+    wanted = list(bands) if bands is not None else names
+    missing = [b for b in wanted if b not in names]
+    if missing:
+        raise LoaderError(f"bands {missing} not in sample {key} (it has {names})", source=key)
+    return [names.index(b) for b in wanted], float(meta["dn_scale"]), float(meta["dn_offset"])
+
+
+def _decode_geotiff(
+    data: bytes,
+    *,
+    meta: Mapping[str, Any] | None,
+    bands: Sequence[str] | None,
+    nodata: float,
+    key: str,
+) -> np.ndarray:
+    """GeoTIFF -> float32 reflectance (band, y, x): ``DN * dn_scale + dn_offset``, nodata mapped."""
+    import numpy as np
+
+    if meta is None:
+        raise LoaderError(
+            "a GeoTIFF member decodes with its sample's json member (bands, dn_scale, "
+            "dn_offset); pass meta=",
+            source=key,
+        )
+    idx, scale, offset = _band_plan(meta, bands, key)
+    dn, dn_nodata = tif_dn(data, idx)
+    out = np.empty(dn.shape, dtype=np.float32)
+    _reflectance_into(out, dn, dn_nodata, scale, offset, nodata)
+    return out
+
+
+def _decode_png_rgb(data: bytes, **_: Any) -> np.ndarray:
+    """RGB PNG -> uint8 (y, x, 3)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
+
+
+def _decode_png_index(data: bytes, **_: Any) -> np.ndarray:
+    """Single-band PNG of codes or class indexes -> its values (y, x), uint8 as geodelta writes."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img)
+
+
+def _decode_json(data: bytes, **_: Any) -> Any:
+    """JSON -> Python values."""
+    return json.loads(data)
+
+
+#: One decoder per codec of the members table.
+_DECODERS: dict[Codec, Callable[..., Any]] = {
+    "geotiff": _decode_geotiff,
+    "png-rgb": _decode_png_rgb,
+    "png-index": _decode_png_index,
+    "json": _decode_json,
+}
+
+
+def decode_member(
+    name: str,
+    data: bytes,
+    *,
+    meta: Mapping[str, Any] | None = None,
+    bands: Sequence[str] | None = None,
+    nodata: float = math.nan,
+    key: str | None = None,
+) -> Any:
+    """Decode one member of a released sample by its codec (:mod:`geodelta.schemas.members`).
+
+    Args:
+        name: the member name (``before.tif``, ``mask.png``, ``json`` ...).
+        data: its bytes.
+        meta: the sample's decoded ``json`` member; needed by the GeoTIFFs (bands, scale,
+            offset), ignored by the others.
+        bands: GeoTIFF bands to keep, in this order (``None`` = all).
+        nodata: value put where a GeoTIFF's DN equals its nodata value.
+        key: the sample key, for messages.
+
+    Returns:
+        The member's decoded form (the table's ``decoded``): float32 reflectance
+        (band, y, x) for a GeoTIFF, uint8 (y, x, 3) for an RGB PNG, uint8 (y, x) for an index
+        PNG, Python values for JSON.
+
+    Raises:
+        LoaderError: a member name the table does not know (named), a GeoTIFF without
+            ``meta``, or a band that is not in the sample.
+    """
+    row = _member(name)
+    if row is None:
+        raise LoaderError(
+            f"unknown member {name!r}: not in the members table geodelta.schemas.members "
+            "(a newer release? upgrade geodelta)",
+            source=key,
+        )
+    return _DECODERS[row.codec](data, meta=meta, bands=bands, nodata=nodata, key=str(key))
+
+
+def decode_members(
+    raw: Mapping[str, Any], *, bands: Sequence[str] | None = None, nodata: float = math.nan
+) -> dict[str, Any]:
+    """Decode every member of a raw sample (member name -> bytes) by its codec.
+
+    Args:
+        raw: the sample as webdataset yields it (``__key__``, ``__url__``, member bytes).
+        bands: GeoTIFF bands to keep, in this order (``None`` = all).
+        nodata: value put where a GeoTIFF's DN equals its nodata value.
+
+    Returns:
+        Member name -> decoded form (see :func:`decode_member`), with ``__key__`` and
+        ``__url__`` passed through. A member the table does not know is reported with an
+        :class:`UnknownMemberWarning` naming it and kept as bytes.
+    """
+    key = str(raw.get("__key__"))
+    meta = json.loads(raw["json"]) if "json" in raw else None
+    out: dict[str, Any] = {k: v for k, v in raw.items() if k.startswith("__")}
+    for name, data in raw.items():
+        if name.startswith("__"):
+            continue
+        if _member(name) is None:
+            warnings.warn(
+                UnknownMemberWarning(
+                    f"{raw.get('__url__')}: sample {key}: unknown member {name!r} (not in the "
+                    "members table geodelta.schemas.members); kept as bytes"
+                ),
+                stacklevel=2,
+            )
+            out[name] = data
+        elif name == "json":
+            out[name] = meta
+        else:
+            out[name] = decode_member(name, data, meta=meta, bands=bands, nodata=nodata, key=key)
+    return out
+
+
 def decode_sample(
     raw: dict[str, Any],
     *,
@@ -353,6 +566,8 @@ def decode_sample(
     nodata: float = math.nan,
 ) -> dict[str, Any]:
     """Decode one raw webdataset sample (member name -> bytes) into the TorchGeo-like dict.
+
+    Each member it reads (:data:`DECODED_MEMBERS`) is decoded by :func:`decode_member`.
 
     Args:
         raw: the sample as webdataset yields it (``__key__``, ``__url__``, member bytes).
@@ -368,38 +583,32 @@ def decode_sample(
         LoaderError: a requested band is not in the sample.
     """
     import numpy as np
-    from PIL import Image
 
     key = str(raw.get("__key__"))
-    meta: dict[str, Any] = json.loads(raw["json"])
+    meta: dict[str, Any] = decode_member("json", raw["json"], key=key)
     meta["__key__"] = key
     meta["__url__"] = raw.get("__url__")
     if decode == "raw":
         return {k: v for k, v in raw.items() if not k.startswith("__")} | {"meta": meta}
-    names = list(meta["bands"])
-    wanted = list(bands) if bands is not None else names
-    missing = [b for b in wanted if b not in names]
-    if missing:
-        raise LoaderError(f"bands {missing} not in sample {key} (it has {names})", source=key)
-    idx = [names.index(b) for b in wanted]
-    scale, offset = float(meta["dn_scale"]), float(meta["dn_offset"])
-    before, before_nodata = tif_dn(raw["before.tif"], idx)
-    after, after_nodata = tif_dn(raw["after.tif"], idx)
+
+    def member_of(name: str) -> Any:
+        return decode_member(name, raw[name], meta=meta, bands=bands, nodata=nodata, key=key)
+
+    _band_plan(meta, bands, key)  # a missing band fails before any GeoTIFF is read
+    before, after = member_of("before.tif"), member_of("after.tif")
     if before.shape != after.shape:
         raise LoaderError(
             f"before.tif {before.shape} and after.tif {after.shape} of sample {key} differ in "
             "shape",
             source=key,
         )
-    image = np.empty((2, *before.shape), dtype=np.float32)
-    _reflectance_into(image[0], before, before_nodata, scale, offset, nodata)
-    _reflectance_into(image[1], after, after_nodata, scale, offset, nodata)
-    mask = np.asarray(Image.open(io.BytesIO(raw["mask.png"])), dtype=np.int64)
+    image = np.stack((before, after))
+    mask = np.asarray(member_of("mask.png"), dtype=np.int64)
     out: dict[str, Any] = {
         "image": image,
         "mask": mask,
-        "captions": [str(c) for c in json.loads(raw["captions.json"])],
-        "qa": list(json.loads(raw["qa.json"])),
+        "captions": [str(c) for c in member_of("captions.json")],
+        "qa": list(member_of("qa.json")),
         "meta": meta,
     }
     if decode == "torch":

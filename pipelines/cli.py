@@ -2,6 +2,8 @@
 
 Every command has ``--help``. Errors a user can fix (a bad config key, an existing release
 directory, a failed verification) print one clear message and exit non-zero, without a traceback.
+Commands call :mod:`geodelta.pipelines.api` only; the errors caught are the ones it exports
+(the :mod:`geodelta.errors` family).
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from geodelta import __version__
+from geodelta.errors import GeodeltaError
+from geodelta.pipelines import api
 
 app = typer.Typer(
     name="geodelta",
@@ -33,39 +39,39 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _load(config: Path, overrides: dict[str, Any] | None = None) -> Any:
-    from geodelta.schemas import ConfigError, load_config
-
+def _load(config: Path, overrides: dict[str, Any] | None = None) -> api.BuildConfig:
     try:
-        return load_config(config, overrides)
-    except ConfigError as exc:
+        return api.load_config(config, overrides)
+    except api.ConfigError as exc:
         raise _fail(str(exc)) from None
 
 
-def _print_summary(result: Any) -> None:
-    from geodelta.pipelines.api import summary_rows
+def _release(path: Path, what: str | None = None) -> Path:
+    """``path`` if it is a release folder; else exit with one line naming it."""
+    try:
+        return api.require_release(path, what)
+    except api.ReleaseError as exc:
+        raise _fail(str(exc)) from None
 
+
+def _print_summary(result: api.BuildResult) -> None:
     table = Table(title="geodelta build", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
-    for label, value in summary_rows(result):
+    for label, value in api.summary_rows(result):
         table.add_row(label, value)
     console.print(table)
 
 
 def _run_build(cfg: Any, mode: str, progress: bool) -> Any:
-    from geodelta.pipelines.api import BuildError, build
-    from geodelta.pipelines.stages.plan import PlanError
-    from geodelta.sources.catalog import CatalogError
-
     try:
-        return build(
+        return api.build(
             cfg,
             mode=mode,  # type: ignore[arg-type]
             progress=progress,
             on_stage=(lambda name: console.print(f"[bold cyan]>[/] {name}")) if progress else None,
         )
-    except (BuildError, PlanError, CatalogError) as exc:
+    except GeodeltaError as exc:  # BuildError, PlanError, CatalogError, OutputError...
         raise _fail(str(exc)) from None
 
 
@@ -176,9 +182,7 @@ def demo_catalog(
     scale: Annotated[float, typer.Option(help="AOI size factor (1 = the demo AOI)")] = 1.0,
 ) -> None:
     """Write the SYNTHETIC demo STAC catalog (scenes, land cover, truth)."""
-    from geodelta.sources.demo.catalog import write_demo_catalog
-
-    cat = write_demo_catalog(out_dir, seed=seed, scale=scale)
+    cat = api.write_demo_catalog(out_dir, seed=seed, scale=scale)
     typer.echo(str(cat.catalog_path))
 
 
@@ -211,15 +215,12 @@ def demo(
 ) -> None:
     """Write the synthetic demo catalog, build a release from it, train the reference model on
     it, verify it."""
-    from geodelta.pipelines.release.verify import verify_release
-    from geodelta.sources.demo.catalog import write_demo_catalog
-
     out_dir = out_dir.resolve()
     annotation = _annotation_overrides(annotator, base_url, model, api_key_env)
     overrides: dict[str, Any] = {"annotation": annotation} if annotation else {}
     _check_annotator(_load(config, overrides))  # before minutes of catalog writing
     console.print(f"writing the synthetic demo catalog to {out_dir / 'catalog'}")
-    cat = write_demo_catalog(out_dir / "catalog", scale=scale)
+    cat = api.write_demo_catalog(out_dir / "catalog", scale=scale)
     overrides["catalog"] = {"url": str(cat.catalog_path)}
     overrides["output"] = {"dir": str(out_dir / "release")}
     if scale != 1.0:
@@ -229,17 +230,15 @@ def demo(
     _print_summary(result)
     if reference:
         console.print("training the reference model (geodelta train-reference)")
-        from geodelta.pipelines.training.reference import ReferenceError
-
         try:
             ref = _train_reference(
                 result.release_dir, None, report=True, verbose=False, strict=True
             )
             for line in _reference_lines(ref):
                 console.print(line)
-        except ReferenceError as exc:  # e.g. a --scale too small for a test split
+        except api.ReferenceError as exc:  # e.g. a --scale too small for a test split
             console.print(f"[yellow]reference model skipped:[/] {exc}")
-    check = verify_release(result.release_dir)
+    check = api.verify(result.release_dir)
     if not check.ok:
         raise _fail("verify failed:\n" + "\n".join(check.problems), code=1)
     console.print(f"[green]verified[/] {check.samples} samples")
@@ -254,19 +253,10 @@ def verify(
     ],
 ) -> None:
     """Recompute every checksum and decode every member of a release."""
-    from geodelta.pipelines.release.verify import verify_release
-
-    if "://" in release:  # downloaded to a temp folder first unless file://
-        from geodelta.pipelines.release.upload import OutputError, verify_url
-
-        try:
-            result = verify_url(release)
-        except OutputError as exc:
-            raise _fail(str(exc)) from None
-    else:
-        if not (Path(release) / "manifest.json").exists():
-            raise _fail(f"{release} has no manifest.json; is it a release folder?")
-        result = verify_release(release)
+    try:  # a URL is downloaded to a temp folder first unless file://
+        result = api.verify(release)
+    except GeodeltaError as exc:  # OutputError, ReleaseError
+        raise _fail(str(exc)) from None
     if not result.ok:
         for problem in result.problems:
             console.print(f"[red]x[/] {problem}")
@@ -275,12 +265,10 @@ def verify(
 
 
 def _print_gate(gate: Any) -> None:
-    from geodelta.pipelines.release.publish import format_rules
-
     table = Table(title=f"gate: {gate.release_name}")
     for col in ("metric", "value", "previous", "min", "max_drop", "result"):
         table.add_column(col)
-    for row in format_rules(gate):
+    for row in api.format_rules(gate):
         style = "red" if row[-1] == "FAIL" else None
         table.add_row(*row, style=style)
     console.print(table)
@@ -308,29 +296,20 @@ def release_cmd(
     ] = False,
 ) -> None:
     """Verify, gate (reference metrics vs the config's gate rules) and publish a release."""
-    from geodelta.pipelines.release.publish import (
-        GateError,
-        PublishError,
-        check_gate,
-        default_previous,
-        publish_release,
-    )
-    from geodelta.pipelines.release.verify import verify_release
-
     if check and promote:
         raise _fail("--check moves nothing; it cannot --promote")
-    for path, what in ((release_dir, "RELEASE_DIR"), (previous, "--previous")):
-        if path is not None and not (path / "manifest.json").exists():
-            raise _fail(f"{what} {path} has no manifest.json; is it a release folder?")
+    _release(release_dir, "RELEASE_DIR")
+    if previous is not None:
+        _release(previous, "--previous")
     if check:
-        result = verify_release(release_dir)
+        result = api.verify(release_dir)
         if not result.ok:
             for problem in result.problems:
                 console.print(f"[red]x[/] {problem}")
             raise _fail(f"{len(result.problems)} problem(s) in {release_dir}", code=1)
         try:
-            gate = check_gate(release_dir, previous or default_previous(release_dir, releases))
-        except PublishError as exc:
+            gate = api.check_gate(release_dir, previous, releases_dir=releases)
+        except api.PublishError as exc:
             raise _fail(str(exc)) from None
         _print_gate(gate)
         if not gate.ok:
@@ -338,11 +317,11 @@ def release_cmd(
         typer.echo(f"ok: {result.samples} samples verified; the gate passes for {release_dir}")
         return
     try:
-        out = publish_release(release_dir, releases, previous=previous, promote=promote)
-    except GateError as exc:
+        out = api.publish(release_dir, releases, previous=previous, promote=promote)
+    except api.GateError as exc:
         _print_gate(exc.result)
         raise _fail(str(exc), code=1) from None
-    except PublishError as exc:
+    except api.PublishError as exc:
         raise _fail(str(exc), code=1) from None
     if out.gate is not None:
         _print_gate(out.gate)
@@ -365,11 +344,7 @@ def qa_balance_cmd(
     release_dir: Annotated[Path, typer.Argument(help="Release folder")],
 ) -> None:
     """Print the yes/no and answer-class balance of a release's QA (Markdown)."""
-    from geodelta.pipelines.release.qa_balance import format_balance, qa_balance
-
-    if not (release_dir / "manifest.json").exists():
-        raise _fail(f"{release_dir} has no manifest.json; is it a release folder?")
-    typer.echo(format_balance(qa_balance(release_dir)), nl=False)
+    typer.echo(api.format_balance(api.qa_balance(_release(release_dir))), nl=False)
 
 
 @app.command()
@@ -382,15 +357,9 @@ def report(
     max_gallery: Annotated[int, typer.Option(help="Samples shown in the gallery")] = 8,
 ) -> None:
     """(Re)write the release's HTML report (report/index.html), optionally with a diff."""
-    from geodelta.errors import ReleaseError
-    from geodelta.pipelines.report.render import write_report
-
-    for path, what in ((release_dir, "RELEASE_DIR"), (previous, "--previous")):
-        if path is not None and not (path / "manifest.json").exists():
-            raise _fail(f"{what} {path} has no manifest.json; is it a release folder?")
     try:
-        out = write_report(release_dir, previous=previous, max_gallery=max_gallery)
-    except ReleaseError as exc:
+        out = api.report(release_dir, previous=previous, max_gallery=max_gallery)
+    except api.ReleaseError as exc:
         raise _fail(str(exc)) from None
     typer.echo(str(out))
 
@@ -400,12 +369,10 @@ def plan(
     config: Annotated[Path, typer.Argument(help="Build config (YAML)")],
 ) -> None:
     """List the cells a config plans, with their splits (reads no pixels)."""
-    from geodelta.pipelines.stages.plan import PlanError, plan_jobs
-
     cfg = _load(config)
     try:
-        jobs = plan_jobs(cfg)
-    except PlanError as exc:
+        jobs = api.plan(cfg)
+    except GeodeltaError as exc:  # PlanError
         raise _fail(str(exc)) from None
     for job in jobs:
         typer.echo(f"{job.cell_id}\t{job.crs}\t{job.split}\t{job.region}")
@@ -434,19 +401,14 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
 ) -> None:
     """Per cell: candidate scenes, the chosen pair, clear fractions and estimated bytes to read."""
-    from geodelta.pipelines.stages.plan import PlanError
-    from geodelta.pipelines.stages.search import dry_run as run_dry
-    from geodelta.sources.catalog import CatalogError
-    from geodelta.sources.profiles import check_config
-
     if not dry_run:
         raise _fail("search only has --dry-run (it writes nothing); use 'geodelta build' to build")
     cfg = _load(config)
-    for problem in check_config(cfg):
+    for problem in api.check_config(cfg):
         console.print(f"[yellow]warning:[/] {problem}")
     try:
-        report = run_dry(cfg, max_cells=max_cells or None, read_clear=read_clear)
-    except (PlanError, CatalogError) as exc:
+        report = api.search(cfg, max_cells=max_cells or None, read_clear=read_clear)
+    except GeodeltaError as exc:  # PlanError, CatalogError
         raise _fail(str(exc)) from None
     if as_json:
         out = {
@@ -513,9 +475,7 @@ def schema(
     name: Annotated[str | None, typer.Argument(help="One record name (default: all)")] = None,
 ) -> None:
     """Print the JSON Schema of the records that cross stage boundaries."""
-    from geodelta.schemas import json_schemas
-
-    schemas = json_schemas()
+    schemas = api.json_schemas()
     if name is not None:
         if name not in schemas:
             raise _fail(f"unknown record {name!r}; known: {', '.join(schemas)}")
@@ -528,18 +488,15 @@ def _train_reference(
 ) -> Any:
     """Run train_reference with progress on stderr; a user-fixable error exits cleanly
     (``strict``: it is raised for the caller)."""
-    from geodelta import __version__
-    from geodelta.pipelines.training.reference import ReferenceError, train_reference
-
     try:
-        return train_reference(
+        return api.train_reference(
             release_dir,
             cfg=cfg,
             code_version=__version__,
             report=report,
             on_progress=(lambda line: console.print(f"[dim]{line}[/]")) if verbose else None,
         )
-    except ReferenceError as exc:
+    except api.ReferenceError as exc:
         if strict:
             raise
         raise _fail(str(exc)) from None
@@ -583,10 +540,7 @@ def train_reference_cmd(
     """
     import time
 
-    from geodelta.pipelines.training.reference import ReferenceError, reference_config
-
-    if not (release_dir / "manifest.json").exists():
-        raise _fail(f"{release_dir} has no manifest.json; is it a release folder?")
+    _release(release_dir)
     overrides = {
         k: v
         for k, v in (
@@ -597,8 +551,8 @@ def train_reference_cmd(
         if v is not None
     }
     try:
-        cfg = reference_config(release_dir, **overrides)
-    except ReferenceError as exc:
+        cfg = api.reference_config(release_dir, **overrides)
+    except api.ReferenceError as exc:
         raise _fail(str(exc)) from None
     start = time.perf_counter()
     m = _train_reference(release_dir, cfg, not no_report, verbose=True)
@@ -663,12 +617,10 @@ def baseline_train(
     ] = 0,
 ) -> None:
     """Train FC-Siam-diff on a release's shards; save weights under their hash + a model card."""
-    from geodelta import __version__
-    from geodelta.annotators.models.change_model import TrainConfig
-    from geodelta.pipelines.training.baseline import ShardError, train_from_shards
-
     try:
-        cfg = TrainConfig(
+        saved, metrics = api.train_baseline(
+            shards,
+            out,
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,
@@ -677,17 +629,11 @@ def baseline_train(
             patch=patch or None,
             base_channels=base_channels,
             threads=threads or None,
-        )
-        saved, metrics = train_from_shards(
-            shards,
-            out,
-            cfg,
             split=split,
             threshold=threshold,
-            code_version=__version__,
             on_epoch=lambda e, loss: console.print(f"epoch {e + 1}/{epochs}: loss {loss:.4f}"),
         )
-    except (ShardError, ValueError) as exc:
+    except (GeodeltaError, ValueError) as exc:  # ShardError, ModelError, a bad setting
         raise _fail(str(exc)) from None
     for name, m in metrics.items():
         console.print(
@@ -707,19 +653,13 @@ def baseline_eval(
     batch_size: Annotated[int, typer.Option(help="Pairs per forward pass")] = 8,
 ) -> None:
     """Score baseline weights on one split of a release (change-class metrics, JSON)."""
-    from geodelta.annotators.models.baseline import BaselineChangeAnnotator
-    from geodelta.pipelines.training.baseline import ShardError, evaluate_on_shards, find_shards
-
     try:
-        found = find_shards(shards, split)
-        if not found.urls:
-            raise ShardError(f"no {split}-*.tar shards under {shards}")
-        annotator = BaselineChangeAnnotator(weights, batch_size=batch_size)
-        metrics = evaluate_on_shards(annotator, found.urls, threshold=threshold)
-    except (ShardError, FileNotFoundError, ValueError) as exc:
+        out = api.evaluate_baseline(
+            weights, shards, split=split, threshold=threshold, batch_size=batch_size
+        )
+    except (GeodeltaError, FileNotFoundError, ValueError) as exc:  # ShardError, bad weights
         raise _fail(str(exc)) from None
-    out = {"model_id": annotator.model_id, "split": split, "threshold": threshold}
-    typer.echo(json.dumps({**out, **metrics.as_dict()}, indent=2))
+    typer.echo(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":  # python -m geodelta.pipelines.cli

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from geodelta.schemas.config import BuildConfig, ConfigError, load_config, parse_config
+from geodelta.schemas.config import (
+    BuildConfig,
+    ConfigError,
+    InvalidConfigError,
+    load_config,
+    parse_config,
+)
+from geodelta.schemas.members import SAMPLE_MEMBERS
 from geodelta.schemas.records import (
     CHANGE_RATIO_BINS,
     SCHEMA_VERSION,
@@ -29,20 +36,6 @@ from geodelta.schemas.records import (
     change_ratio_bin,
     sample_key,
     strip_secret,
-)
-
-#: The members every sample of a shard carries (DESIGN.md), in tar order.
-SAMPLE_MEMBERS: tuple[str, ...] = (
-    "before.tif",
-    "after.tif",
-    "before.png",
-    "after.png",
-    "mask.png",
-    "lc_before.png",
-    "lc_after.png",
-    "json",
-    "captions.json",
-    "qa.json",
 )
 
 RECORDS: dict[str, type] = {
@@ -79,6 +72,7 @@ __all__ = [
     "ConfigError",
     "CoregResult",
     "FileInfo",
+    "InvalidConfigError",
     "QAItem",
     "QuarantineRecord",
     "ReleaseManifest",

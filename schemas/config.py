@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from geodelta.errors import ConfigError
+
 
 def parse_datetime(value: str | date | datetime) -> datetime:
     """Normalise an ISO string, a date or a datetime to an aware UTC datetime.
@@ -48,8 +50,12 @@ ConfigDatetime = Annotated[datetime, BeforeValidator(parse_datetime)]
 TimeWindow = tuple[ConfigDatetime, ConfigDatetime]
 
 
-class ConfigError(ValueError):
-    """A config file that cannot be used; the message names each key to change."""
+class InvalidConfigError(ConfigError):
+    """A config file that cannot be used; the message names each key to change.
+
+    A :class:`geodelta.errors.ConfigError` (``geodelta.schemas.ConfigError`` is that family
+    class, so catching it catches this and every other config mistake).
+    """
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
@@ -262,11 +268,23 @@ class LabelConfig(Section):
     nodata_values: tuple[int, ...] = Field(default=(0,), description="Values meaning 'no label'")
     min_region_px: int = Field(default=4, ge=1, description="Drop change regions smaller than this")
 
+    #: ``kind`` -> the keys that kind needs set (a kind not listed needs none). ``collection``
+    #: among them means the labels are items searched in that collection (its profile then
+    #: fills ``asset`` / ``product``); how they are read is the kind's label source
+    #: (``geodelta.pipelines.stages.labels``).
+    REQUIRED_KEYS: ClassVar[dict[str, tuple[str, ...]]] = {"landcover": ("collection",)}
+
     @model_validator(mode="after")
-    def _collection(self) -> LabelConfig:
-        if self.kind == "landcover" and not self.collection:
-            raise ValueError("labels.collection is required when labels.kind is 'landcover'")
+    def _required_keys(self) -> LabelConfig:
+        for key in self.REQUIRED_KEYS.get(self.kind, ()):
+            if not getattr(self, key):
+                raise ValueError(f"labels.{key} is required when labels.kind is {self.kind!r}")
         return self
+
+    @property
+    def searched_collection(self) -> str | None:
+        """The collection the pair stage searches for label items; None when the kind has none."""
+        return self.collection if "collection" in self.REQUIRED_KEYS.get(self.kind, ()) else None
 
 
 class PriceConfig(Section):
@@ -721,7 +739,9 @@ def parse_config(
 ) -> BuildConfig:
     """Validate a config mapping; every problem is reported with the key to change."""
     if not isinstance(data, dict):
-        raise ConfigError(source, [f"the config must be a mapping, got {type(data).__name__}"])
+        raise InvalidConfigError(
+            source, [f"the config must be a mapping, got {type(data).__name__}"]
+        )
     if base_dir is not None:
         data = {**data, "base_dir": base_dir}
     try:
@@ -736,7 +756,7 @@ def parse_config(
                 problems.append(f"{key}: required key is missing")
             else:
                 problems.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
-        raise ConfigError(source, problems) from None
+        raise InvalidConfigError(source, problems) from None
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> BuildConfig:
@@ -747,9 +767,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Bu
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(str(path), ["file not found"]) from None
+        raise InvalidConfigError(str(path), ["file not found"]) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+        raise InvalidConfigError(str(path), [f"not valid YAML: {exc}"]) from None
     if overrides:
         data = _merge(data or {}, overrides)
     return parse_config(data or {}, source=str(path), base_dir=str(path.resolve().parent))

@@ -26,10 +26,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from geodelta.schemas.config import BuildConfig
-from geodelta.schemas.records import CHANGE_RATIO_BINS, QAType
+from geodelta.schemas.qa import (
+    COUNT_QA_TYPES,
+    QA_TYPES,
+    RATIO_QA_TYPES,
+    REQUIRED_QA_TYPES,
+    YES_NO_QA_TYPES,
+)
+from geodelta.schemas.records import CHANGE_RATIO_BINS
 
 __all__ = [
     "COUNT_PATTERN",
@@ -53,17 +60,6 @@ __all__ = [
 
 TableName = Literal["samples", "captions", "qa"]
 TABLES: tuple[TableName, ...] = ("samples", "captions", "qa")
-
-#: Every QA type a sample may carry (the ``QAItem.type`` literal).
-QA_TYPES: tuple[str, ...] = get_args(QAType)
-#: QA types every sample must carry (same as ``geodelta.pipelines.stages.validate.REQUIRED_QA_TYPES``).
-REQUIRED_QA_TYPES: tuple[str, ...] = ("has_change", "change_ratio", "count_regions")
-#: QA types answered 'yes' or 'no'.
-YES_NO_QA_TYPES: tuple[str, ...] = ("has_change", "class_increase", "class_decrease")
-#: QA types answered with a non-negative integer, written in digits.
-COUNT_QA_TYPES: tuple[str, ...] = ("count_regions",)
-#: QA types answered with a bin label of :data:`~geodelta.schemas.CHANGE_RATIO_BINS`.
-RATIO_QA_TYPES: tuple[str, ...] = ("change_ratio",)
 
 #: Sample keys: ``{cell_id}_{t0:%Y%m%d}_{t1:%Y%m%d}``, no '.' (webdataset splits members at dots).
 KEY_PATTERN = r"^[^.]+_[0-9]{8}_[0-9]{8}$"

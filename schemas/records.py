@@ -21,6 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from geodelta.schemas.qa import QAType
+
 SCHEMA_VERSION = "1.0.0"
 
 
@@ -234,18 +236,6 @@ class ChangeFacts(Record):
         """Whether any region of change remains."""
         return self.changed_pixels > 0
 
-
-QAType = Literal[
-    "has_change",
-    "class_increase",
-    "class_decrease",
-    "change_ratio",
-    "largest_change",
-    "smallest_change",
-    "change_to_what",
-    "count_regions",
-    "location",
-]
 
 #: Bins of the ``change_ratio`` answer (fraction of valid pixels that changed).
 CHANGE_RATIO_BINS: tuple[tuple[str, float, float], ...] = (

@@ -13,6 +13,7 @@ from typing import Final
 
 import numpy as np
 
+from geodelta.errors import ConfigError
 from geodelta.schemas.classes import CLASS_INDEX, CLASSES, WORLDCOVER_TO_GEODELTA
 
 #: Product name -> {raw value: geodelta class name}.
@@ -38,8 +39,9 @@ PRODUCTS: Final[dict[str, dict[int, str]]] = {
 }
 
 
-class UnknownProductError(KeyError):
-    """A land-cover product that has no table in :data:`PRODUCTS`."""
+class UnknownProductError(ConfigError, KeyError):
+    """A land-cover product that has no table in :data:`PRODUCTS` (a
+    :class:`~geodelta.errors.ConfigError`, and still a ``KeyError``)."""
 
     def __init__(self, product: str) -> None:
         super().__init__(
@@ -49,8 +51,9 @@ class UnknownProductError(KeyError):
         self.product = product
 
 
-class UnmappedClassError(ValueError):
-    """A product table names a class that is not a geodelta class."""
+class UnmappedClassError(ConfigError):
+    """A product table names a class that is not a geodelta class (a
+    :class:`~geodelta.errors.ConfigError`, hence still a ``ValueError``)."""
 
 
 @cache

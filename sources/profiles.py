@@ -252,7 +252,7 @@ def apply_defaults(cfg: BuildConfig) -> BuildConfig:
         }
         if unset:
             update["imagery"] = imagery.model_copy(update={k: values[k] for k in sorted(unset)})
-    lp = get_profile(labels.collection) if labels.kind == "landcover" else None
+    lp = get_profile(labels.searched_collection)
     if lp is not None and lp.kind == "landcover":
         values = {"asset": lp.landcover_asset, "product": lp.landcover_product}
         unset = {k for k, v in values.items() if v is not None} - labels.model_fields_set
@@ -273,7 +273,7 @@ def check_config(cfg: BuildConfig) -> list[str]:
                     f"imagery.{key}: {wrong} not bands of {ip.collection} "
                     f"(known: {sorted(ip.bands)})"
                 )
-    lp = get_profile(cfg.labels.collection) if cfg.labels.kind == "landcover" else None
+    lp = get_profile(cfg.labels.searched_collection)
     if lp is not None and lp.landcover_product and cfg.labels.product != lp.landcover_product:
         problems.append(
             f"labels.product: {cfg.labels.product!r} is not the class table of "

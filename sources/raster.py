@@ -41,6 +41,7 @@ from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
 
+from geodelta.errors import ConfigError, SourceError
 from geodelta.schemas import AssetRef, SceneRef, TileJob, strip_secret
 from geodelta.schemas.config import GdalConfig
 from geodelta.sources.signing import redact_secrets
@@ -58,8 +59,9 @@ BLOCK_CACHE_MB = 64
 _GDAL_ERRORS = (RasterioError, CPLE_BaseError)
 
 
-class RasterReadError(RuntimeError):
-    """A raster asset could not be opened or read.
+class RasterReadError(SourceError):
+    """A raster asset could not be opened or read (a :class:`~geodelta.errors.SourceError`,
+    hence still a ``RuntimeError``).
 
     Attributes:
         href: the asset href (secrets already removed by :class:`AssetRef`).
@@ -78,8 +80,9 @@ class RasterReadError(RuntimeError):
         self.reason = redact_secrets(reason)
 
 
-class RasterConfigError(ValueError):
-    """A GDAL option in the config's ``gdal`` section that cannot be used."""
+class RasterConfigError(ConfigError):
+    """A GDAL option in the config's ``gdal`` section that cannot be used (a
+    :class:`~geodelta.errors.ConfigError`, hence still a ``ValueError``)."""
 
 
 def gdal_env_options(gdal: GdalConfig | None = None) -> dict[str, str]:

@@ -29,6 +29,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from geodelta._optional import optional_import
+from geodelta.errors import SourceError
+
 if TYPE_CHECKING:
     import requests
 
@@ -39,8 +42,11 @@ HrefSigner = Callable[[str], str]
 logger = logging.getLogger(__name__)
 
 
-class SigningError(RuntimeError):
-    """A SAS token could not be obtained; names the token URL (never a token) and what to do."""
+class SigningError(SourceError):
+    """A SAS token could not be obtained; names the token URL (never a token) and what to do.
+
+    A :class:`~geodelta.errors.SourceError`, hence still a ``RuntimeError``.
+    """
 
     def __init__(self, url: str, reason: str, status: int | None = None) -> None:
         super().__init__(f"cannot get a SAS token from {url}: {reason}")
@@ -200,26 +206,25 @@ def _session(retry: Any, *, pool: int = 10) -> requests.Session:
 
 
 def _planetary_computer() -> Any:
-    """Import the ``planetary-computer`` package (the ``stac`` extra).
+    """Import the ``planetary-computer`` package (the ``stac`` extra) with its ``sas`` and
+    ``settings`` modules.
 
     planetary-computer 1.0 declares a pydantic model with a class-based ``Config``; pydantic 2
     warns about it (PydanticDeprecatedSince20) once, at import. That warning is about the
     package's code, not ours, so it is silenced for this import only.
+
+    Raises:
+        MissingDependencyError: the package is not installed; the message names the extra.
     """
     import warnings
 
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore", message="Support for class-based `config` is deprecated"
-            )
-            import planetary_computer.sas
-            import planetary_computer.settings
-    except ImportError:  # pragma: no cover - the extra is installed in dev and CI
-        raise ImportError(
-            "Planetary Computer signing needs the 'stac' extra: pip install 'geodelta[stac]'"
-        ) from None
-    return planetary_computer
+    purpose = "Planetary Computer signing"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Support for class-based `config` is deprecated")
+        pc = optional_import("planetary_computer", "stac", purpose=purpose)
+        optional_import("planetary_computer.sas", "stac", purpose=purpose)
+        optional_import("planetary_computer.settings", "stac", purpose=purpose)
+    return pc
 
 
 def default_sas_url() -> str:

@@ -1,6 +1,6 @@
 """STAC API search (Planetary Computer, Earth Search, pgstac, any STAC API) via pystac-client.
 
-:class:`StacApiCatalog` implements :class:`~geodelta.sources.catalog.SceneCatalog` over HTTP:
+:class:`StacApiCatalog` implements :class:`~geodelta.sources.scenes.SceneCatalog` over HTTP:
 ``POST /search`` with collections, a bbox (or an ``intersects`` geometry), a datetime range and,
 for imagery, a scene cloud-cover pre-filter; pages are followed up to ``catalog.max_items``.
 
@@ -11,7 +11,7 @@ HTTP behaviour, all from the ``catalog`` config section:
   server's ``Retry-After`` but never waiting more than ``catalog.max_wait_s`` per retry;
 * at most ``catalog.concurrency_per_host`` requests in flight per host, shared by every client
   of the process (one semaphore per host);
-* failures raise :class:`~geodelta.sources.catalog.CatalogError` with the URL, the HTTP status and
+* failures raise :class:`~geodelta.sources.scenes.CatalogError` with the URL, the HTTP status and
   the config key to change.
 
 The cloud-cover pre-filter (``imagery.max_cloud_cover``) is sent as a CQL2 ``filter`` when the
@@ -23,7 +23,8 @@ Items are reduced to :class:`~geodelta.schemas.SceneRef` records (hrefs stripped
 string) after the collection's profile filled missing scale/offsets
 (:func:`geodelta.sources.profiles.complete_item`). Asset hrefs may be http(s) URLs or
 ``file://`` URIs (a bare absolute path in an API response resolves against the item's own URL,
-as RFC 3986 says, so it becomes an http URL on the API host). Signing for reads is not done here (see :mod:`geodelta.sources.signing`).
+as RFC 3986 says, so it becomes an http URL on the API host). Signing for reads is not done
+here (see :mod:`geodelta.sources.signing`).
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ from pystac_client.stac_api_io import StacApiIO
 from requests.adapters import HTTPAdapter
 
 from geodelta.schemas import SceneRef
-from geodelta.schemas.config import CatalogConfig
+from geodelta.schemas.config import CatalogConfig, parse_datetime
 from geodelta.schemas.records import BBox
-from geodelta.sources.catalog import CatalogError, item_to_scene
 from geodelta.sources.profiles import complete_item
+from geodelta.sources.scenes import CatalogError, item_to_scene
 from geodelta.sources.signing import make_retry, redact_secrets
 
 logger = logging.getLogger(__name__)
@@ -70,16 +71,30 @@ def host_semaphore(host: str, limit: int) -> threading.BoundedSemaphore:
 
 
 class HostLimitedAdapter(HTTPAdapter):
-    """A requests adapter that holds its host's semaphore for each request (retries included)."""
+    """A requests adapter that holds its host's semaphore for each whole exchange: the request,
+    its retries, and reading the response body.
+
+    ``HTTPAdapter.send`` returns as soon as the response headers are in; requests reads the
+    body afterwards (``Session.send``). Releasing the slot there would let the next request
+    start while this body is still being sent, so the body is read here, inside the slot
+    (``stream=True`` included: the body is then served from memory).
+    """
 
     def __init__(self, limit: int, **kwargs: Any) -> None:
         self.limit = limit
         super().__init__(**kwargs)
 
     def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
+        """Send ``request`` and read its answer's body while holding the host's slot."""
         host = urlsplit(request.url or "").netloc
         with host_semaphore(host, self.limit):
-            return super().send(request, *args, **kwargs)
+            response = super().send(request, *args, **kwargs)
+            try:
+                _ = response.content  # read (and keep) the body before the slot goes
+            except BaseException:
+                response.close()
+                raise
+            return response
 
 
 def stac_api_io(cfg: CatalogConfig) -> StacApiIO:
@@ -169,8 +184,6 @@ def _in_window(item: pystac.Item, window: tuple[datetime, datetime] | None) -> b
     APIs differ at the edges, and a double-check keeps static and API catalogs alike)."""
     if window is None:
         return True
-    from geodelta.schemas.config import parse_datetime
-
     props = item.properties
     start = props.get("start_datetime") or props.get("datetime")
     end = props.get("end_datetime") or props.get("datetime")

@@ -7,6 +7,8 @@ a SAS token endpoint, and a static file server with HTTP range support.
   come back here. A request matches a recorded one when it carries every key of the recorded
   body with the same value (extra keys such as ``limit`` are allowed). ``faults`` are answered
   first, one per request: (status, headers, delay) to play 429s, 503s and slow answers.
+  ``delay_s`` delays every answer; ``body_delay_s`` sends the headers, then waits that long
+  before the body (a slow body: a request is in flight until its body is sent).
 * :class:`FileServer` serves a folder with ``Range`` support (what GDAL's /vsicurl/ needs), can
   require a query parameter (a fake SAS signature) and answer SAS tokens under ``/sas/``.
 
@@ -64,6 +66,7 @@ class _Double:
         self.seen: list[Seen] = []
         self.faults: list[Fault] = []
         self.delay_s = 0.0
+        self.body_delay_s = 0.0
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -83,6 +86,9 @@ class _Double:
         double = self
 
         class Handler(BaseHTTPRequestHandler):
+            # the last byte of a body leaves in its own write (see _send): no Nagle delay on it
+            disable_nagle_algorithm = True
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -122,6 +128,7 @@ class _Double:
             fault = self.faults.pop(0) if self.faults else None
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        h.counted_in = True  # type: ignore[attr-defined]
         try:
             delay = fault.delay_s if fault else self.delay_s
             if delay:
@@ -133,25 +140,47 @@ class _Double:
         except (BrokenPipeError, ConnectionResetError):
             pass
         finally:
+            self._done(h)
+
+    def _done(self, h: BaseHTTPRequestHandler) -> None:
+        """Count the request of ``h`` out of flight (once)."""
+        if getattr(h, "counted_in", False):
+            h.counted_in = False  # type: ignore[attr-defined]
             with self._lock:
                 self.in_flight -= 1
 
-    @staticmethod
     def _send(
+        self,
         h: BaseHTTPRequestHandler,
         status: int,
         data: bytes,
         content_type: str,
         headers: dict[str, str] | None = None,
     ) -> None:
+        """Answer: status, headers, then the body (``body_delay_s`` after the headers).
+
+        The request leaves the in-flight count just before the last byte the client waits for
+        is sent. Once the client has the whole answer it may send its next request at once,
+        before this thread runs again; counted out after the last byte, this request would
+        overlap that next one here although it no longer does at the client. Counted out
+        before it, the count never exceeds what the client really has in flight.
+        """
+        body = data if h.command != "HEAD" else b""
         h.send_response(status)
         h.send_header("Content-Type", content_type)
         h.send_header("Content-Length", str(len(data)))
         for k, v in (headers or {}).items():
             h.send_header(k, v)
-        h.end_headers()
-        if h.command != "HEAD":
-            h.wfile.write(data)
+        if not body:
+            self._done(h)  # the headers are the whole answer
+        h.end_headers()  # the headers leave now (unbuffered): the client may act on them
+        if not body:
+            return
+        if self.body_delay_s:
+            time.sleep(self.body_delay_s)
+        h.wfile.write(body[:-1])
+        self._done(h)
+        h.wfile.write(body[-1:])
 
     def answer(
         self,
@@ -319,13 +348,10 @@ class FileServer(_Double):
             start = int(first) if first else max(0, len(data) - int(last))
             end = min(int(last), len(data) - 1) if first and last else len(data) - 1
             chunk = data[start : end + 1]
-            h.send_response(206)
-            h.send_header("Content-Type", "image/tiff")
-            h.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
-            h.send_header("Content-Length", str(len(chunk)))
-            h.send_header("Accept-Ranges", "bytes")
-            h.end_headers()
-            if method != "HEAD":
-                h.wfile.write(chunk)
+            headers = {
+                "Content-Range": f"bytes {start}-{end}/{len(data)}",
+                "Accept-Ranges": "bytes",
+            }
+            self._send(h, 206, chunk, "image/tiff", headers)
             return
         self._send(h, 200, data, "image/tiff", {"Accept-Ranges": "bytes"})

@@ -20,7 +20,7 @@ from geodelta.annotators.models.baseline import (
     fuse_masks,
 )
 from geodelta.pipelines.stages.encode import build_meta, meta_json
-from geodelta.pipelines.stages.label import label_from_landcover
+from geodelta.pipelines.stages.labels.landcover import label_from_landcover
 from geodelta.schemas import SampleMeta, parse_config
 from geodelta.schemas.classes import BINARY_CHANGE, CLASS_INDEX, transition_code
 from tests.conftest import REPO, minimal_config
@@ -255,7 +255,7 @@ def test_tiled_inference_covers_every_pixel() -> None:
 
 def test_importing_the_annotator_does_not_import_torch() -> None:
     code = (
-        "import sys, geodelta.annotators.models.baseline, geodelta.pipelines.training.baseline;"
+        "import sys, geodelta.annotators.models.baseline, geodelta.pipelines.training.change_model;"
         "print('torch' in sys.modules)"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

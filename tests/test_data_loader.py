@@ -6,6 +6,7 @@ import functools
 import http.server
 import io
 import json
+import math
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -18,6 +19,9 @@ import pytest
 from geodelta.data import (
     DECODED_MEMBERS,
     LoaderError,
+    UnknownMemberWarning,
+    decode_member,
+    decode_members,
     decode_sample,
     load,
     resolve_shards,
@@ -250,6 +254,82 @@ def test_tar_reader_matches_webdataset_on_every_tar_format(tmp_path: Path) -> No
             with pytest.raises(LoaderError, match="not a readable tar") as err:
                 list(load([tmp_path / "cut.tar"], split=None, decode=decode))
             assert err.value.source == str(tmp_path / "cut.tar")
+
+
+def full_sample(key: str) -> list[tuple[str, bytes]]:
+    """Every member of the members table for one 2x2 sample, in tar order."""
+    from PIL import Image
+
+    from geodelta.pipelines.stages.encode import geotiff_bytes
+    from geodelta.schemas.members import SAMPLE_MEMBERS
+
+    dn = np.array([[[0, 100], [5000, 65535]], [[1, 2], [3, 0]]], dtype=np.uint16)
+    tif = geotiff_bytes(dn, crs="EPSG:32631", transform=TRANSFORM, band_names=["B04", "B08"])
+    rgb = io.BytesIO()
+    Image.fromarray(np.arange(12, dtype=np.uint8).reshape(2, 2, 3), mode="RGB").save(rgb, "PNG")
+    meta = {"bands": ["B04", "B08"], "dn_scale": 1e-4, "dn_offset": -0.1, "key": key}
+    members = {
+        "before.tif": tif,
+        "after.tif": tif,
+        "before.png": rgb.getvalue(),
+        "after.png": rgb.getvalue(),
+        "mask.png": png([[0, 3], [7, 0]]),
+        "lc_before.png": png([[1, 2], [3, 4]]),
+        "lc_after.png": png([[4, 3], [2, 1]]),
+        "json": json.dumps(meta).encode(),
+        "captions.json": b'["a"]',
+        "qa.json": b'[{"type": "has_change", "question": "q", "answer": "yes"}]',
+    }
+    assert tuple(members) == SAMPLE_MEMBERS
+    return [(f"{key}.{name}", data) for name, data in members.items()]
+
+
+def test_every_member_decodes_by_its_codec() -> None:
+    raw = {n.split(".", 1)[1]: d for n, d in full_sample("k")} | {"__key__": "k"}
+    out = decode_members(raw)
+    assert out["__key__"] == "k"
+    for name in ("before.png", "after.png"):
+        assert out[name].dtype == np.uint8 and out[name].shape == (2, 2, 3)
+        assert out[name].tolist() == np.arange(12).reshape(2, 2, 3).tolist()
+    assert out["mask.png"].dtype == np.uint8 and out["mask.png"].tolist() == [[0, 3], [7, 0]]
+    assert out["lc_before.png"].tolist() == [[1, 2], [3, 4]]
+    assert out["lc_after.png"].dtype == np.uint8 and out["lc_after.png"].shape == (2, 2)
+    assert out["before.tif"].dtype == np.float32 and out["before.tif"].shape == (2, 2, 2)
+    assert math.isnan(out["before.tif"][0, 0, 0])
+    np.testing.assert_allclose(out["after.tif"][0, 0, 1], 100 * 1e-4 - 0.1, rtol=1e-6)
+    assert out["json"]["key"] == "k" and out["captions.json"] == ["a"]
+    assert out["qa.json"][0]["answer"] == "yes"
+    # the TorchGeo-like sample is made of the same decoders
+    sample = decode_sample(raw, decode="numpy")
+    assert np.array_equal(sample["image"][0], out["before.tif"], equal_nan=True)
+    assert np.array_equal(sample["mask"], out["mask.png"]) and sample["mask"].dtype == np.int64
+    with pytest.raises(LoaderError, match="pass meta="):
+        decode_member("before.tif", raw["before.tif"])
+
+
+def test_an_unknown_member_is_reported_not_dropped_silently(tmp_path: Path) -> None:
+    """The loader warns (naming shard, key and member); decode="raw" keeps the bytes."""
+    import tarfile
+
+    shard = tmp_path / "train-000000.tar"
+    members = full_sample("k1")
+    write_tar(shard, [*members[:3], ("k1.depth.npy", b"xyz"), *members[3:]], tarfile.USTAR_FORMAT)
+    for decode in ("numpy", "raw"):
+        with pytest.warns(UnknownMemberWarning) as caught:
+            samples = list(load([shard], split=None, decode=decode))  # type: ignore[arg-type]
+        assert len(samples) == 1 and len(caught) == 1
+        message = str(caught[0].message)
+        assert str(shard) in message and "sample k1" in message
+        assert "unknown member 'depth.npy'" in message
+        if decode == "raw":
+            assert samples[0]["depth.npy"] == b"xyz"
+        else:
+            assert math.isnan(float(samples[0]["image"][0, 0, 0, 0]))
+    raw = {n.split(".", 1)[1]: d for n, d in full_sample("k")} | {"depth.npy": b"xyz"}
+    with pytest.warns(UnknownMemberWarning, match=r"unknown member 'depth\.npy'"):
+        assert decode_members(raw)["depth.npy"] == b"xyz"
+    with pytest.raises(LoaderError, match=r"unknown member 'depth\.npy'"):
+        decode_member("depth.npy", b"xyz", key="k")
 
 
 # --- on a demo release -------------------------------------------------------------------------

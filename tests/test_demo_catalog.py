@@ -1,4 +1,4 @@
-"""The synthetic demo STAC catalog (sources/demo_catalog.py) against its own truth."""
+"""The synthetic demo STAC catalog (sources/demo/) against its own truth."""
 
 from __future__ import annotations
 
@@ -30,10 +30,10 @@ from geodelta.sources.demo.catalog import (
     T1_WINDOW,
     DemoCatalog,
     DemoCatalogError,
-    _demo_cells,
     load_truth,
     write_demo_catalog,
 )
+from geodelta.sources.demo.world import demo_cells
 
 SCALE = 0.3
 CLEAR = (4, 5, 6, 7, 11)
@@ -155,6 +155,28 @@ def test_refuses_foreign_folder_and_bad_scale(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]  # no temporary folder left
     with pytest.raises(DemoCatalogError, match="no demo truth"):
         load_truth(tmp_path)
+
+
+def test_error_family_and_cheap_package_import() -> None:
+    """DemoCatalogError is a geodelta ConfigError (still a ValueError); importing the package
+    does not import the generator (rasterio, pystac) until one of its names is used."""
+    import subprocess
+    import sys
+
+    from geodelta.errors import ConfigError, GeodeltaError
+
+    assert issubclass(DemoCatalogError, ConfigError)
+    assert issubclass(DemoCatalogError, GeodeltaError)
+    assert issubclass(DemoCatalogError, ValueError)
+    code = (
+        "import sys, geodelta.sources.demo as d\n"
+        "assert 'rasterio' not in sys.modules and 'pystac' not in sys.modules\n"
+        "assert d.DemoCatalogError is d.constants.DemoCatalogError\n"
+        "from geodelta.sources.demo import DemoCatalog, DemoTruth, load_truth, write_demo_catalog\n"
+        "from geodelta.sources.demo import catalog\n"
+        "assert write_demo_catalog is catalog.write_demo_catalog and 'rasterio' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # ---------------------------------------------------------------------------- structure
@@ -460,7 +482,7 @@ def test_full_scale_cells_have_clear_pairs(tmp_path: Path) -> None:
     """scale=1: ~75 cells, at least 55 with a clear before and after scene, some quarantined."""
     demo = write_demo_catalog(tmp_path / "full", seed=0)
     assert demo.aoi_bbox == DEMO_AOI
-    cells = _demo_cells(demo.aoi_bbox)
+    cells = demo_cells(demo.aoi_bbox)
     assert 65 <= len(cells) <= 85
     assert {epsg for epsg, _, _ in cells} == {32631, 32632}
     coll = pystac.Catalog.from_file(str(demo.catalog_path)).get_child(IMAGERY_COLLECTION)

@@ -16,13 +16,9 @@ import pytest
 from typer.testing import CliRunner
 
 from geodelta.pipelines.cli import app
+from geodelta.pipelines.release.gate import GateError, PublishError, check_gate
+from geodelta.pipelines.release.layout import BASELINE_POINTER, LATEST, PROMOTION_RECORD
 from geodelta.pipelines.release.publish import (
-    BASELINE_POINTER,
-    LATEST,
-    PROMOTION_RECORD,
-    GateError,
-    PublishError,
-    check_gate,
     default_previous,
     latest_release,
     promote_reference,
@@ -493,8 +489,7 @@ E2E_REFERENCE: dict[str, Any] = {"epochs": 20, "batch_size": 2, "retrieval_epoch
 
 
 def _build_and_train(cfg: Any) -> Path:
-    from geodelta.pipelines.api import build
-    from geodelta.pipelines.training.reference import train_reference
+    from geodelta.pipelines.api import build, train_reference
 
     result = build(cfg, mode="overwrite", progress=False)
     train_reference(result.release_dir, code_version="test", report=True)

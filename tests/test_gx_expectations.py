@@ -1,4 +1,4 @@
-"""The Great Expectations suites (schemas/expectations.py) on seeded tables (pipelines/gx_validate.py).
+"""The Great Expectations suites (schemas/expectations.py) on seeded tables (pipelines/release/gx.py).
 
 One checkpoint run holds every seeded defect, each on its own sample: for every expectation of
 the suites, the test checks that it fails on exactly the rows of its seeded sample and that the
@@ -18,13 +18,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geodelta.pipelines.release.gx import (
-    GXOutcome,
+from geodelta.pipelines.release.datadocs import offline_html
+from geodelta.pipelines.release.gx import GXOutcome, run_checkpoint
+from geodelta.pipelines.release.gx_tables import (
     ReleaseRecord,
     build_tables,
-    offline_html,
     refresh_split_conflicts,
-    run_checkpoint,
     split_conflicts,
 )
 from geodelta.pipelines.stages.encode import build_meta

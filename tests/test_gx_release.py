@@ -11,8 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from geodelta.pipelines.release.assemble import write_release
-from geodelta.pipelines.release.gx import SUMMARY_FILE, VALIDATION_DIR
-from geodelta.pipelines.release.layout import iter_tar_samples
+from geodelta.pipelines.release.layout import GX_SUMMARY_FILE, VALIDATION_DIR, iter_tar_samples
 from geodelta.pipelines.release.staging import Staging
 from geodelta.pipelines.release.verify import verify_release
 from geodelta.pipelines.stages.encode import build_meta, encode_members
@@ -82,7 +81,7 @@ def test_rejected_samples_never_reach_a_shard(release: tuple[Path, dict[str, str
 
 def test_summary_json(release: tuple[Path, dict[str, str]]) -> None:
     rel, keys = release
-    summary = json.loads((rel / VALIDATION_DIR / SUMMARY_FILE).read_text())
+    summary = json.loads((rel / VALIDATION_DIR / GX_SUMMARY_FILE).read_text())
     assert summary["format"] == "geodelta.gx-summary/1"
     assert summary["success"] is False
     assert summary["samples_checked"] == 8
@@ -161,7 +160,7 @@ def test_data_docs_can_be_switched_off(tmp_path: Path) -> None:
     manifest = write_release(tmp_path / "rel", cfg, staging, code_version="0.1.0")
     assert manifest.splits == {"train": 1}
     out = tmp_path / "rel" / VALIDATION_DIR
-    summary = json.loads((out / SUMMARY_FILE).read_text())
+    summary = json.loads((out / GX_SUMMARY_FILE).read_text())
     assert summary["success"] is True and summary["data_docs"] is None
     assert not (out / "data_docs").exists()
     assert all(s["data_docs_page"] is None for s in summary["suites"])

@@ -13,11 +13,11 @@ from geodelta.pipelines.stages.label import (
     binary_mask,
     clean_mask,
     compute_facts,
-    label_from_change_mask,
-    label_from_landcover,
     position_word,
     transition_mask,
 )
+from geodelta.pipelines.stages.labels.change_mask import label_from_change_mask
+from geodelta.pipelines.stages.labels.landcover import label_from_landcover
 from geodelta.pipelines.stages.sample import Sample
 from geodelta.schemas import ScenePair, SceneRef, TileJob
 from geodelta.schemas.classes import (
@@ -384,3 +384,50 @@ def test_real_worldcover_pair() -> None:
     )
     assert cleaned.changed_pixels < facts.changed_pixels
     assert min(c.pixels for c in cleaned.components) >= 4
+
+
+def test_every_label_kind_has_one_source() -> None:
+    """The registry serves exactly the kinds the config accepts, each under its own name."""
+    from typing import get_args
+
+    from geodelta.pipelines.stages.labels.registry import SOURCES, label_source
+    from geodelta.schemas.config import LabelConfig
+
+    kinds = set(get_args(LabelConfig.model_fields["kind"].annotation))
+    assert set(SOURCES) == kinds == {"landcover", "change_mask"}
+    for kind, source in SOURCES.items():
+        assert source.kind == kind and label_source(kind) is source
+    with pytest.raises(ValueError, match="has no label source"):
+        label_source("nope")
+
+
+def test_searched_collection_follows_the_kind() -> None:
+    from geodelta.schemas.config import LabelConfig
+
+    assert LabelConfig(kind="landcover", collection="lc").searched_collection == "lc"
+    # a change mask is an asset of the after item: its collection key is not searched
+    assert LabelConfig(kind="change_mask", collection="lc").searched_collection is None
+    with pytest.raises(ValueError, match=r"labels\.collection is required"):
+        LabelConfig(kind="landcover")
+
+
+def test_landcover_source_rejects_an_item_without_the_asset() -> None:
+    from geodelta.pipelines.stages.labels.registry import label_sample
+    from geodelta.schemas import AssetRef, QuarantineRecord
+    from geodelta.schemas.config import LabelConfig
+
+    sample = make_sample((12, 12))
+    lc = {
+        year: sample.pair.before.model_copy(
+            update={"item_id": f"wc{year}", "assets": {"data": AssetRef(href="/lc.tif")}}
+        )
+        for year in (2020, 2021)
+    }
+    pair = sample.pair.model_copy(update={"label_before": lc[2020], "label_after": lc[2021]})
+    labelled = Sample(pair=pair, before=sample.before, after=sample.after)
+    out = label_sample(labelled, LabelConfig(kind="landcover", collection="lc"), access=None)  # type: ignore[arg-type]
+    assert isinstance(out, QuarantineRecord)
+    assert (out.stage, out.reason, out.key) == ("label", "no_landcover_asset", sample.key)
+    assert "wc2020 has no 'map' asset" in out.detail and "check labels.asset" in out.detail
+    with pytest.raises(LabelError, match="run the pair stage first"):
+        label_sample(sample, LabelConfig(kind="landcover", collection="lc"), access=None)  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""The LLM annotator (annotators/llm.py) through the real openai client against the test double."""
+"""The LLM annotator (annotators/llm/) through the real openai client against the test double."""
 
 from __future__ import annotations
 
@@ -13,16 +13,10 @@ import numpy as np
 import pytest
 
 from geodelta.annotators.claims import check_captions, check_qa_item
-from geodelta.annotators.llm.annotator import (
-    AnnotationFailed,
-    LLMAnnotator,
-    PromptTemplate,
-    check_output,
-    qa_types_for,
-    response_schema,
-)
+from geodelta.annotators.errors import AnnotationFailed, AnnotatorConfigError
+from geodelta.annotators.llm import LLMAnnotator, PromptTemplate, check_output, response_schema
 from geodelta.annotators.llm.cache import BudgetLedger, ResponseCache, cache_key
-from geodelta.annotators.template import AnnotatorConfigError
+from geodelta.annotators.qa import types_for
 from geodelta.schemas import Annotation, ChangeFacts
 from geodelta.schemas.config import OpenAIConfig
 from geodelta.schemas.records import QAType
@@ -83,7 +77,7 @@ def test_annotations_are_checked_and_carry_model_prompt_tokens_cost(
         assert ann.annotator == "openai" and ann.model == "gpt-4o-mini"
         assert ann.prompt_version == "change_v1"
         assert len(ann.captions) == 5
-        assert {q.type for q in ann.qa} == set(qa_types_for(facts))
+        assert {q.type for q in ann.qa} == set(types_for(facts))
         assert_verified(ann, facts)
         # usage of the double: chars // 4; cost from the price table
         assert ann.tokens_in > 0 and ann.tokens_out > 0
@@ -181,7 +175,7 @@ def test_no_change_tile(double: OpenAIDouble) -> None:
 
 def test_check_output_rejects_what_the_facts_contradict() -> None:
     facts = hand_facts()
-    good = answer("k", facts, {"captions": 5, "qa_types": qa_types_for(facts)})
+    good = answer("k", facts, {"captions": 5, "qa_types": types_for(facts)})
     parsed, complaints, malformed = check_output(good, facts, captions_per_sample=5)
     assert parsed is not None and complaints == [] and not malformed
     data = json.loads(good)

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from geodelta.annotators.claims import check_captions, check_text, mentioned_classes_free
-from geodelta.annotators.llm.annotator import PromptTemplate, qa_types_for
 from geodelta.annotators.llm.cache import BudgetLedger
+from geodelta.annotators.llm.prompt import PromptTemplate
 from geodelta.annotators.llm.ratelimit import TokenBucket, backoff_delay, retry_after_seconds
+from geodelta.annotators.qa import types_for
 from geodelta.annotators.template import TemplateAnnotator
 from geodelta.schemas import ConfigError, parse_config
 from tests.conftest import minimal_config
@@ -101,7 +102,7 @@ def test_prompt_is_a_versioned_file_with_facts_and_task() -> None:
     assert "Sample: k_1" in text and '"changed_pixels": 17' in text
     assert '"captions": 6' in text and "north-west, south-east" in text
     assert '"changed_area_ha": "0.17"' in text
-    assert all(f'"{t}"' in text for t in qa_types_for(facts))
+    assert all(f'"{t}"' in text for t in types_for(facts))
     assert "$" not in text  # every placeholder filled
     fix = p.fix(["caption 0: wrong"])
     assert fix["role"] == "user" and "- caption 0: wrong" in fix["content"]

@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from geodelta.pipelines.stages.pair import choose_pair, pick_landcover, season_gap_days
+from geodelta.pipelines.stages.labels.landcover import pick_landcover
+from geodelta.pipelines.stages.pair import choose_pair, season_gap_days
 from geodelta.schemas import AssetRef, QuarantineRecord, ScenePair, SceneRef, TileJob, parse_config
 from tests.conftest import minimal_config
 
@@ -145,3 +146,73 @@ def test_pick_landcover_by_period() -> None:
     assert pick_landcover(items, datetime(2021, 2, 1, tzinfo=UTC)).item_id == "lc2021"  # type: ignore[union-attr]
     assert pick_landcover(items, datetime(2019, 12, 1, tzinfo=UTC)).item_id == "lc2020"  # type: ignore[union-attr]
     assert pick_landcover([], datetime(2019, 12, 1, tzinfo=UTC)) is None
+
+
+class RecordingCatalog:
+    """A catalog over fixed scenes per collection that records every search."""
+
+    def __init__(self, scenes: dict[str, list[SceneRef]]) -> None:
+        self.scenes = scenes
+        self.searches: list[tuple[tuple[str, ...], tuple[datetime, datetime]]] = []
+
+    def search(self, collections, bbox, window, *, max_cloud_cover=None):  # type: ignore[no-untyped-def]
+        self.searches.append((tuple(collections), window))
+        lo, hi = window
+        return [s for c in collections for s in self.scenes.get(c, []) if lo <= s.datetime <= hi]
+
+
+def _landcover_item(item_id: str, year: int) -> SceneRef:
+    return scene(item_id, year, 7, 1).model_copy(
+        update={
+            "collection": "lc",
+            "start_datetime": datetime(year, 1, 1, tzinfo=UTC),
+            "end_datetime": datetime(year, 12, 31, 23, tzinfo=UTC),
+        }
+    )
+
+
+def test_search_and_pair_picks_landcover_items_per_date() -> None:
+    from geodelta.pipelines.stages.pair import search_and_pair
+
+    catalog = RecordingCatalog(
+        {
+            "s2": [scene("b1", 2020, 7, 10), scene("a1", 2021, 7, 11)],
+            "lc": [_landcover_item("lc2020", 2020), _landcover_item("lc2021", 2021)],
+        }
+    )
+    out = search_and_pair(JOB, cfg(), catalog, clear_table({"b1": 1.0, "a1": 1.0}))  # type: ignore[arg-type]
+    assert isinstance(out, ScenePair)
+    assert (out.label_before.item_id, out.label_after.item_id) == ("lc2020", "lc2021")  # type: ignore[union-attr]
+    # the land-cover collection is searched once, from the start of t0 to the end of t1
+    assert catalog.searches[-1] == (("lc",), (JOB.t0_window[0], JOB.t1_window[1]))
+
+    one_map = RecordingCatalog({**catalog.scenes, "lc": [_landcover_item("lc2020", 2020)]})
+    out = search_and_pair(JOB, cfg(), one_map, clear_table({"b1": 1.0, "a1": 1.0}))  # type: ignore[arg-type]
+    assert isinstance(out, QuarantineRecord)
+    assert (out.stage, out.reason) == ("pair", "same_landcover_item")
+    none = RecordingCatalog({**catalog.scenes, "lc": []})
+    out = search_and_pair(JOB, cfg(), none, clear_table({"b1": 1.0, "a1": 1.0}))  # type: ignore[arg-type]
+    assert isinstance(out, QuarantineRecord) and out.reason == "no_landcover"
+    assert "check labels.collection" in out.detail
+
+
+def test_search_and_pair_change_mask_rides_on_the_after_item() -> None:
+    from geodelta.pipelines.stages.pair import search_and_pair
+
+    labels = {"kind": "change_mask", "asset": "cm", "collection": "lc", "change_values": [2]}
+    config = parse_config(minimal_config(labels=labels))
+    after = scene("a1", 2021, 7, 11).model_copy(
+        update={"assets": {"B04": AssetRef(href="/x.tif"), "cm": AssetRef(href="/cm.tif")}}
+    )
+    catalog = RecordingCatalog({"s2": [scene("b1", 2020, 7, 10), after], "lc": []})
+    out = search_and_pair(JOB, config, catalog, clear_table({"b1": 1.0, "a1": 1.0}))  # type: ignore[arg-type]
+    assert isinstance(out, ScenePair)
+    assert out.label_after == out.after and out.label_before is None
+    # labels.collection is not a change mask's: nothing but the imagery is searched
+    assert [c for c, _ in catalog.searches] == [("s2",), ("s2",)]
+
+    catalog = RecordingCatalog({"s2": [scene("b1", 2020, 7, 10), scene("a1", 2021, 7, 11)]})
+    out = search_and_pair(JOB, config, catalog, clear_table({"b1": 1.0, "a1": 1.0}))  # type: ignore[arg-type]
+    assert isinstance(out, QuarantineRecord)
+    assert (out.stage, out.reason) == ("pair", "no_change_mask")
+    assert "has no 'cm' asset" in out.detail

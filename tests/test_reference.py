@@ -31,15 +31,15 @@ from geodelta.annotators.models.pair_encoder import (  # noqa: E402
     load_pair_encoder,
 )
 from geodelta.pipelines.cli import app  # noqa: E402
-from geodelta.pipelines.training.baseline import decode_sample  # noqa: E402
+from geodelta.pipelines.report.render import write_report  # noqa: E402
+from geodelta.pipelines.training.disagreement import disagreement_score  # noqa: E402
 from geodelta.pipelines.training.reference import (  # noqa: E402
     ReferenceError,
-    disagreement_score,
-    encode_texts,
-    make_pair_loader,
     reference_config,
     train_reference,
 )
+from geodelta.pipelines.training.retrieval import encode_texts, make_pair_loader  # noqa: E402
+from geodelta.pipelines.training.shards import change_sample  # noqa: E402
 
 SCALE = 0.75  # 35 samples: 23 train / 6 val / 6 test
 
@@ -64,6 +64,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     rcfg = reference_config(release, epochs=4, retrieval_epochs=15, review_top=5)
     lines: list[str] = []
     metrics = train_reference(release, cfg=rcfg, code_version="test", on_progress=lines.append)
+    write_report(release)  # what the public API does after training
     return {"release": release, "metrics": metrics, "cfg": rcfg, "before": before, "lines": lines}
 
 
@@ -110,7 +111,7 @@ def test_mask_metrics_recomputed_from_the_saved_weights(trained: dict[str, Any])
     tp = fp = fn = 0
     pixels = 0
     for key, members in _eval_samples(release, "test"):
-        s = decode_sample({**members, "__key__": key})
+        s = change_sample({**members, "__key__": key})
         (prob,) = annotator.run_inference([(s["before"], s["after"])])
         valid = np.isfinite(s["before"]).all(axis=0) & np.isfinite(s["after"]).all(axis=0)
         c = change_metrics(prob >= m.masks.threshold, s["target"] > 0, valid)
@@ -206,7 +207,7 @@ def test_disagreement_column_and_summary(trained: dict[str, Any]) -> None:
     annotator = BaselineChangeAnnotator(release / m.weights["change_model"].path)
     split = next(r["split"] for r in rows if r["key"] == key)
     members = dict(_eval_samples(release, split))[key]
-    s = decode_sample({**members, "__key__": key})
+    s = change_sample({**members, "__key__": key})
     (prob,) = annotator.run_inference([(s["before"], s["after"])])
     valid = np.isfinite(s["before"]).all(axis=0) & np.isfinite(s["after"]).all(axis=0)
     expected = disagreement_score(prob >= m.masks.threshold, s["target"] > 0, valid, smoothing=0.01)
@@ -287,9 +288,9 @@ def test_pair_loader_is_seeded_and_splits_by_worker(trained: dict[str, Any]) -> 
 def test_errors_say_what_to_change(trained: dict[str, Any], tmp_path: Path) -> None:
     release = trained["release"]
     with pytest.raises(ReferenceError, match=r"no samples in split 'nope'.*reference\.eval_split"):
-        train_reference(release, cfg=reference_config(release, eval_split="nope"), report=False)
+        train_reference(release, cfg=reference_config(release, eval_split="nope"))
     with pytest.raises(ReferenceError, match="both 'train'"):
-        train_reference(release, cfg=reference_config(release, eval_split="train"), report=False)
+        train_reference(release, cfg=reference_config(release, eval_split="train"))
     with pytest.raises(ReferenceError, match="not a complete release"):
         train_reference(tmp_path)
     res = CliRunner().invoke(app, ["train-reference", str(tmp_path)])
@@ -309,7 +310,7 @@ def test_a_rerun_gives_the_same_bytes(trained: dict[str, Any]) -> None:
         "reference/MODEL_CARD.md",
     )
     first = {n: (release / n).read_bytes() for n in names}
-    again = train_reference(release, cfg=trained["cfg"], code_version="test", report=False)
+    again = train_reference(release, cfg=trained["cfg"], code_version="test")
     assert again == trained["metrics"]
     assert {n: (release / n).read_bytes() for n in names} == first
     manifest = json.loads(first["manifest.json"])

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from geodelta.pipelines.training.caption_metrics import CaptionScoreError, caption_scores, tokenize
-from geodelta.pipelines.training.reference import disagreement_score, recall_at_k
+from geodelta.pipelines.training.disagreement import disagreement_score
+from geodelta.pipelines.training.retrieval import recall_at_k
 
 
 # -- tokenizer ---------------------------------------------------------------------------------

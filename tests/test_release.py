@@ -1,4 +1,4 @@
-"""Releases (pipelines/release.py), their verification (verify.py) and first report (report.py)."""
+"""Releases (pipelines/release/: assemble, shards, card, collection), verify, and the first report."""
 
 from __future__ import annotations
 
@@ -382,6 +382,45 @@ def test_verify_names_a_sample_missing_a_member(
         f"shards/val-000000.tar: {victim}: members differ (missing=['captions.json'], extra=[])"
         in result.problems
     )
+
+
+def test_verify_names_an_unknown_member(
+    built: tuple[Path, Staging, list[SampleMeta]], tmp_path: Path
+) -> None:
+    """A member the members table does not know is a problem line naming shard, key, member."""
+    root, _, _ = built
+    rel = _copy_release(root / "rel", tmp_path / "rel")
+    shard = rel / "shards" / "val-000000.tar"
+    with tarfile.open(shard) as tar:
+        entries = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+    victim = entries[0][0].name.split(".")[0]
+    extra = tarfile.TarInfo(f"{victim}.depth.npy")
+    extra.size = 3
+    with tarfile.open(shard, "w") as tar:
+        for i, (info, data) in enumerate(entries):
+            tar.addfile(info, io.BytesIO(data))
+            if i == 0:  # right after the victim's first member: still one run of its members
+                tar.addfile(extra, io.BytesIO(b"abc"))
+    problems = verify_release(rel).problems
+    unknown = [p for p in problems if "unknown member" in p]
+    assert len(unknown) == 1, problems
+    assert unknown[0].startswith(f"shards/val-000000.tar: {victim}: unknown member 'depth.npy'")
+    assert "geodelta.schemas.members" in unknown[0]
+    assert (
+        f"shards/val-000000.tar: {victim}: members differ (missing=[], extra=['depth.npy'])"
+        in problems
+    )
+    assert not any("contiguous" in p for p in problems)
+
+
+def test_card_member_lines_come_from_the_members_table(
+    built: tuple[Path, Staging, list[SampleMeta]],
+) -> None:
+    from geodelta.schemas.members import MEMBERS
+
+    card = (built[0] / "rel" / "README.md").read_text()
+    lines = [f"| `{m.name}` | {m.description} |" for m in MEMBERS]
+    assert "\n".join(["| member | content |", "|---|---|", *lines]) in card
 
 
 def test_verify_reports_missing_manifest_and_unlisted_shard(

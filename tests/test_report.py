@@ -1,4 +1,4 @@
-"""The quality report (pipelines/report.py) on small factory releases: figures, score, diff.
+"""The quality report (pipelines/report/) on small factory releases: figures, score, diff.
 
 The releases here are built from :mod:`tests.factories` samples (32 x 32 px, one 8 x 8
 cropland -> built_up rectangle per changed sample), with the Great Expectations checkpoint off
@@ -330,6 +330,49 @@ def test_gx_summary_and_reference_metrics(release: Path, tmp_path: Path) -> None
     ref = _section(page, "reference")
     assert "<td>test.f1</td><td>0.8125</td>" in ref and "<td>model</td><td>fc-siam-diff</td>" in ref
     assert "href='../reference/metrics.json'" in ref
+
+
+def test_values_are_escaped_and_side_file_problems_named(release: Path, tmp_path: Path) -> None:
+    # the templates autoescape: markup in a side file shows as text, never as markup
+    rel = _copy(release, tmp_path / "rel")
+    (rel / "validation").mkdir()
+    summary = {"format": "other/<b>2</b>", "note": "<script>alert(1)</script>", "ok": True}
+    (rel / "validation" / "summary.json").write_text(json.dumps(summary))
+    (rel / "reference").mkdir()
+    (rel / "reference" / "metrics.json").write_text(json.dumps({"<img src=x>": "a & b"}))
+    page = write_report(rel, max_gallery=0).read_text()
+    val = _section(page, "validation")
+    assert (
+        "<p>Unknown summary format other/&lt;b&gt;2&lt;/b&gt;; its fields as they are:</p>" in val
+    )
+    assert "<td>note</td><td>&lt;script&gt;alert(1)&lt;/script&gt;</td>" in val
+    assert "<script" not in page and "<img src=x" not in page
+    assert "<td>&lt;img src=x&gt;</td><td>a &amp; b</td>" in _section(page, "reference")
+    assert "<p class='muted'>No samples.</p>" in _section(page, "gallery")  # max_gallery=0
+    # unreadable side files: the problem is named relative to the release (no absolute path)
+    (rel / "validation" / "summary.json").write_text("{nope")
+    (rel / "reference" / "metrics.json").write_bytes(b"\xff\xfe{")
+    page = write_report(rel, max_gallery=0).read_text()
+    assert "<p class='neg'>validation/summary.json is not valid JSON: " in page
+    assert "<p class='neg'>reference/metrics.json " in _section(page, "reference")
+    assert str(tmp_path) not in page
+    (rel / "validation" / "summary.json").write_text("[1, 2]")
+    page = write_report(rel, max_gallery=0).read_text()
+    assert "<p class='neg'>validation/summary.json is not a JSON object</p>" in page
+
+
+def test_package_exports_lazily() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, geodelta.pipelines.report as r; "
+        "assert 'geodelta.pipelines.report.render' not in sys.modules; "
+        "assert 'jinja2' not in sys.modules and 'numpy' not in sys.modules; "
+        "from geodelta.pipelines.report.render import render_report, write_report; "
+        "assert r.write_report is write_report and r.render_report is render_report"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_self_contained_and_deterministic(release: Path, page: str, tmp_path: Path) -> None:

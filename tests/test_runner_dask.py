@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from geodelta.pipelines.api import BuildResult, build
-from geodelta.pipelines.engines.runners import RunnerError, check_runner
+from geodelta.pipelines.engines.run import RunnerError, check_runner
 from geodelta.schemas import QuarantineRecord, TileJob, load_config, parse_config
 from geodelta.sources.demo.catalog import DemoCatalog, write_demo_catalog
 from tests.conftest import REPO, minimal_config
@@ -145,7 +145,7 @@ def test_stage_fn_passes_quarantine_through_and_emits_its_own_on_the_main_output
 def test_dask_options_scheduler_partitions_and_user_options() -> None:
     from apache_beam.runners.dask.dask_runner import DaskOptions
 
-    from geodelta.pipelines.engines.beam import dask_partitions, dask_pipeline_options
+    from geodelta.pipelines.engines.dask import dask_partitions, dask_pipeline_options
 
     assert dask_partitions(15, 2) == 4  # two per worker
     assert dask_partitions(1000, 2) == 125  # at most 8 cells a partition
@@ -290,3 +290,17 @@ def test_runner_and_output_location_leave_the_config_hash_alone() -> None:
         )
     )
     assert moved.config_hash() == base.config_hash()
+
+
+def test_stage_counts_pass_every_stage_before_the_one_that_quarantined() -> None:
+    from geodelta.pipelines.engines.commit import StageCounts
+    from geodelta.pipelines.stages.worker import StagedSample
+
+    stages = ["pair", "load", "coregister"]
+    counts = StageCounts()
+    dropped = QuarantineRecord(
+        key=JOB.cell_id, cell_id=JOB.cell_id, stage="load", reason="read_error", detail="x"
+    )
+    counts.add_outcome(stages, dropped)
+    counts.add_outcome(stages, StagedSample(cell_id=JOB.cell_id, key="k", members={"json": b""}))
+    assert counts.rows() == [("pair", 2, 0), ("load", 1, 1), ("coregister", 1, 0)]

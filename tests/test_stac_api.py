@@ -323,6 +323,37 @@ def test_per_host_concurrency_limit(responses: Path) -> None:
     assert elapsed >= 3 * 0.2 * 0.9  # 6 requests, 2 at a time, 0.2 s each
 
 
+def test_per_host_slot_held_until_body_read(responses: Path) -> None:
+    """The slot covers the whole answer: a client that has the headers but not yet the body
+    still holds it (released at the headers, the next request starts while the server is
+    still sending: what made the limit test above flaky)."""
+    api = RecordedStacApi(responses / "TestItemSearch.test_intersects_results.json")
+    with api.running():
+        cfg = catalog_cfg(api.url, concurrency_per_host=1)
+        cats = [StacApiCatalog(cfg) for _ in range(3)]
+        for cat in cats:
+            _ = cat.client
+        api.body_delay_s = 0.2  # headers at once, the body 0.2 s later
+        errors: list[BaseException] = []
+
+        def run(cat: StacApiCatalog) -> None:
+            try:
+                assert len(cat.search_scenes(["naip"], intersects=NAIP_POLYGON)) == 42
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(c,)) for c in cats]
+        t0 = time.monotonic()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        elapsed = time.monotonic() - t0
+    assert not errors
+    assert api.max_in_flight == 1
+    assert elapsed >= 3 * 0.2 * 0.9  # 3 requests, one at a time, each body 0.2 s late
+
+
 # --------------------------------------------------------------------------------------------
 # config and dispatch
 

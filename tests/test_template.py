@@ -11,8 +11,9 @@ from geodelta.annotators.claims import (
     is_no_change_caption,
     mentioned_classes,
 )
+from geodelta.annotators.errors import AnnotatorConfigError
+from geodelta.annotators.qa import REGISTRY, types_for
 from geodelta.annotators.template import (
-    AnnotatorConfigError,
     TemplateAnnotator,
     format_hectares,
     format_percent,
@@ -20,6 +21,7 @@ from geodelta.annotators.template import (
 from geodelta.pipelines.stages.label import binary_mask, compute_facts, transition_mask
 from geodelta.schemas import ChangeFacts, QAItem
 from geodelta.schemas.classes import CLASS_INDEX
+from geodelta.schemas.qa import QA_TYPES, REQUIRED_QA_TYPES, YES_NO_QA_TYPES
 
 CLASS_TYPES = {
     "class_increase",
@@ -293,6 +295,23 @@ def test_claims_catch_wrong_yes_and_wrong_class() -> None:
     # class questions on a binary label are wrong by construction
     binary = random_facts(np.random.default_rng(0), binary=True, p_change=1.0)
     assert check_qa_item(_item("class_increase", "Did the area of water increase?", "no"), binary)
+
+
+def test_qa_registry_is_the_one_list_of_types() -> None:
+    """Every schema QA type has behaviour; required types apply always; groups match kinds."""
+    assert set(REGISTRY) == set(QA_TYPES)
+    assert REQUIRED_QA_TYPES == ("has_change", "change_ratio", "count_regions")
+    assert YES_NO_QA_TYPES == ("has_change", "class_increase", "class_decrease")
+    assert all(REGISTRY[t].answer_kind == "yes_no" for t in YES_NO_QA_TYPES)
+    rng = np.random.default_rng(5)
+    for i in range(40):
+        facts = random_facts(rng, binary=i % 3 == 0, p_change=0.7)
+        types = types_for(facts)
+        assert types[: len(REQUIRED_QA_TYPES)] == list(REQUIRED_QA_TYPES)
+        ann = TemplateAnnotator().annotate(f"k{i}_20200101_20210101", facts)
+        assert [q.type for q in ann.qa] == types  # the template asks in registry order
+        for q in ann.qa:  # the evidence an LLM answer gets is the template's evidence
+            assert REGISTRY[q.type].evidence(q.question, facts) == (dict(q.evidence), [])
 
 
 def test_claims_catch_wrong_evidence() -> None:

@@ -1,4 +1,4 @@
-"""Rule checks before sharding (pipelines/validate.py): one clean sample, one break per rule."""
+"""Rule checks before sharding (pipelines/stages/validate.py): one clean sample, one break per rule."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from geodelta.annotators.template import TemplateAnnotator
-from geodelta.pipelines.stages.label import label_from_landcover
+from geodelta.pipelines.stages.labels.landcover import label_from_landcover
 from geodelta.pipelines.stages.sample import Sample
 from geodelta.pipelines.stages.validate import RULES, validate_sample, validate_stage
 from geodelta.schemas import (
@@ -39,7 +40,7 @@ SHAPE = (16, 16)
 CODE = 5  # tree_cover -> built_up
 
 
-def make_cfg(**validation: Any) -> BuildConfig:
+def make_cfg(coregistration: dict[str, Any] | None = None, **validation: Any) -> BuildConfig:
     return parse_config(
         {
             "name": "test",
@@ -57,6 +58,7 @@ def make_cfg(**validation: Any) -> BuildConfig:
             "labels": {"kind": "landcover", "collection": "esa-worldcover"},
             "output": {"dir": "release"},
             "validation": validation,
+            "coregistration": coregistration or {},
         }
     )
 
@@ -242,18 +244,19 @@ BREAKS: dict[str, list[Callable[[Case], Case]]] = {
         _meta(bbox_lonlat=(float("nan"), 48.93, 2.19, 48.94)),
     ],
     "crs": [_meta(crs="32631"), _meta(crs="epsg:32631"), _meta(crs="EPSG:")],
-    "fractions": [_meta(before_clear=1.2), _meta(after_clear=-0.1)],
     "valid_fraction": [_meta(after_valid=0.9)],
-    "coreg_shift": [
-        _meta(coreg=CoregResult(shift_px=(3.0, 1.0), residual_px=0.05, error=0.2, applied=True)),
+    "coreg_applied": [
+        # below coregistration.min_shift_px=0.05, yet marked applied
+        _meta(coreg=CoregResult(shift_px=(0.03, 0.0), residual_px=0.01, error=0.2, applied=True)),
+        # large enough to be applied, yet marked not applied
+        _meta(coreg=CoregResult(shift_px=(0.4, -0.3), residual_px=0.5, error=0.2, applied=False)),
+        # not applied: what is left is the shift itself, not another residual
+        _meta(coreg=CoregResult(shift_px=(0.03, 0.0), residual_px=0.2, error=0.2, applied=False)),
         _meta(
             coreg=CoregResult(
                 shift_px=(float("nan"), 0.0), residual_px=0.05, error=0.2, applied=True
             )
         ),
-    ],
-    "coreg_residual": [
-        _meta(coreg=CoregResult(shift_px=(0.4, -0.3), residual_px=0.6, error=0.2, applied=True))
     ],
     "caption_count": [_ann(captions=CAPTIONS[:4])],
     "caption_length": [
@@ -309,13 +312,52 @@ def test_details_name_limits_and_values() -> None:
     (fail,) = validate_sample(*_replace_qa("count_regions", answer="2")(clean_case()))
     assert fail == ("qa_answers", "count_regions: answer 2 but facts have 1 regions")
     meta, ann, mask, _ = clean_case()
-    # a looser config lets the same shift through
-    shifted = meta.model_copy(
-        update={
-            "coreg": CoregResult(shift_px=(3.0, 1.0), residual_px=0.05, error=0.2, applied=True)
-        }
+    small = CoregResult(shift_px=(0.03, 0.0), residual_px=0.01, error=0.2, applied=True)
+    (fail,) = validate_sample(meta.model_copy(update={"coreg": small}), ann, mask, make_cfg())
+    assert fail == (
+        "coreg_applied",
+        "shift (dy=0.03, dx=0.0) of 0.030000 px is marked applied, but shifts below "
+        "coregistration.min_shift_px=0.05 are not applied",
     )
-    assert validate_sample(shifted, ann, mask, make_cfg(max_abs_shift_px=4.0)) == []
+    # a config that applies smaller shifts lets the same record through
+    looser = make_cfg({"min_shift_px": 0.01})
+    assert validate_sample(meta.model_copy(update={"coreg": small}), ann, mask, looser) == []
+    # an unapplied shift whose residual is the shift (to the recorded precision) holds
+    kept = CoregResult(shift_px=(0.0300004, 0.0), residual_px=0.03, error=0.2, applied=False)
+    assert validate_sample(meta.model_copy(update={"coreg": kept}), ann, mask, make_cfg()) == []
+
+
+def test_coregister_stage_records_hold_the_coreg_rule() -> None:
+    """The real path: what the coregister stage records (applied or not) passes coreg_applied,
+    and the same record with its flag flipped does not."""
+    from geodelta.pipelines.stages.coregister import coregister
+    from tests.test_coregister import make_sample as coreg_sample
+    from tests.test_coregister import shifted_pair
+
+    meta, ann, mask, cfg = clean_case()
+    for displacement, applied in (((0.3, -1.7), True), ((0.02, 0.0), False)):
+        out = coregister(
+            coreg_sample(*shifted_pair(displacement)), cfg.coregistration, band_index=1
+        )
+        assert isinstance(out, Sample) and out.coreg is not None and out.coreg.applied is applied
+        recorded = meta.model_copy(update={"coreg": out.coreg})
+        assert validate_sample(recorded, ann, mask, cfg) == []
+        flipped = meta.model_copy(
+            update={"coreg": out.coreg.model_copy(update={"applied": not applied})}
+        )
+        assert [name for name, _ in validate_sample(flipped, ann, mask, cfg)] == ["coreg_applied"]
+
+
+def test_fractions_are_bounded_by_the_record() -> None:
+    """Why no rule checks the valid fractions: SampleMeta refuses one outside [0, 1] (NaN too).
+
+    (The clear fractions come from the pair stage: a mean of a clear-pixel mask, kept only at or
+    above pairing.min_clear_fraction, or None.)
+    """
+    data = make_meta().model_dump()
+    for bad in (1.2, -0.1, float("nan")):
+        with pytest.raises(ValidationError, match="after_valid"):
+            SampleMeta.model_validate({**data, "after_valid": bad})
 
 
 def make_sample_record(mask: np.ndarray | None, annotation: Annotation | None) -> Sample:

@@ -9,12 +9,14 @@ worker (it owns one ``openai.AsyncOpenAI`` client on a private event-loop thread
 For each sample:
 
 1. the prompt is rendered from the versioned prompt file ``prompts/<prompt_version>.txt`` and
-   the sample's :class:`~geodelta.schemas.ChangeFacts` (optionally with before/after PNGs);
+   the sample's :class:`~geodelta.schemas.ChangeFacts` (optionally with before/after PNGs;
+   :mod:`geodelta.annotators.llm.prompt`);
 2. the request asks for structured output: a strict JSON schema derived from the records
-   (:func:`response_schema`), or JSON mode where the server does not support schemas
-   (``structured_output: auto`` falls back on the first 400 that names ``response_format``);
+   (:func:`~geodelta.annotators.llm.prompt.response_schema`), or JSON mode where the server
+   does not support schemas (``structured_output: auto`` falls back on the first 400 that
+   names ``response_format``);
 3. the reply is validated (pydantic) and every claim is checked against the facts
-   (:mod:`geodelta.annotators.claims`): numbers, classes, directions, locations, answers;
+   (:mod:`geodelta.annotators.llm.checks`): numbers, classes, directions, locations, answers;
 4. a reply that fails is sent back with the checker's complaints, at most
    ``max_fix_attempts`` times; then the sample fails with :class:`AnnotationFailed`
    (the annotate stage quarantines it). Nothing unchecked is ever returned.
@@ -25,7 +27,8 @@ samples fail with reason ``budget`` without a request), the rate limiter (reques
 per minute) and bounded retries with jittered exponential back-off honouring ``Retry-After``
 on 429, 5xx, timeouts and connection errors. With ``batch: true`` the requests of
 :meth:`~LLMAnnotator.annotate_batch` go through the Batch API instead (JSONL file upload,
-batch, poll, download), with the same cache, checks and fix rounds.
+batch, poll, download; :mod:`geodelta.annotators.llm.batch`), with the same cache, checks and
+fix rounds.
 
 The API key is read from the environment variable named by ``api_key_env`` when the client is
 made; it is never logged, cached, returned or written anywhere.
@@ -34,459 +37,48 @@ made; it is never logged, cached, returned or written anywhere.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import functools
-import json
 import os
-import re
-import string
 import threading
-import time
 import weakref
-from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from geodelta.annotators.claims import (
-    check_captions,
-    check_qa_item,
-    check_text,
-    mentioned_classes_free,
-)
-from geodelta.annotators.llm.cache import BudgetLedger, ResponseCache, cache_key
-from geodelta.annotators.llm.ratelimit import RateLimiter, backoff_delay, retry_after_seconds
-from geodelta.annotators.template import (
+from geodelta._optional import optional_import
+from geodelta.annotators.errors import (
+    REASON_BUDGET,
+    REASON_CLAIMS,
+    REASON_MALFORMED,
+    REASON_REJECTED,
+    REASON_UNAVAILABLE,
+    AnnotationFailed,
     AnnotatorConfigError,
-    format_hectares,
-    format_percent,
-    has_change,
+    redact,
 )
-from geodelta.schemas import SCHEMA_VERSION, Annotation, BuildConfig, ChangeFacts, QAItem
-from geodelta.schemas.classes import CLASS_LABELS
+from geodelta.annotators.llm.batch import run_batch_api
+from geodelta.annotators.llm.cache import BudgetLedger, ResponseCache, cache_key
+from geodelta.annotators.llm.checks import check_output
+from geodelta.annotators.llm.prompt import PromptTemplate, response_schema
+from geodelta.annotators.llm.ratelimit import RateLimiter, backoff_delay, retry_after_seconds
+from geodelta.annotators.llm.usage import LLMStats, Reply, Spend
+from geodelta.errors import GeodeltaError
+from geodelta.schemas import SCHEMA_VERSION, Annotation, BuildConfig, ChangeFacts
 from geodelta.schemas.config import OpenAIConfig
-from geodelta.schemas.records import CHANGE_RATIO_BINS, POSITION_WORDS, QAType, change_ratio_bin
 
 __all__ = [
+    "REASON_BUDGET",
+    "REASON_CLAIMS",
+    "REASON_MALFORMED",
+    "REASON_REJECTED",
+    "REASON_UNAVAILABLE",
     "AnnotationFailed",
     "LLMAnnotator",
-    "LLMOutput",
     "LLMStats",
-    "PromptTemplate",
-    "check_output",
-    "qa_types_for",
-    "response_schema",
 ]
 
-#: Quarantine reasons of the annotate stage.
-REASON_BUDGET = "budget"
-REASON_CLAIMS = "claims_failed"
-REASON_MALFORMED = "malformed_output"
-REASON_UNAVAILABLE = "llm_unavailable"
-REASON_REJECTED = "llm_request_rejected"
-
-_POSITIONS = POSITION_WORDS
 _IMAGE_TOKENS = 100  # estimate per low-detail image
-
-
-class AnnotationFailed(Exception):
-    """A sample the LLM annotator could not annotate; the annotate stage quarantines it.
-
-    Attributes:
-        key: sample key.
-        reason: short machine-readable reason (``budget``, ``claims_failed``, ...).
-        detail: what happened and what to change.
-    """
-
-    def __init__(self, key: str, reason: str, detail: str) -> None:
-        self.key = key
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{key}: {reason}: {detail}")
-
-
-@dataclass
-class LLMStats:
-    """Counters of one annotator (one worker)."""
-
-    requests: int = 0
-    cache_hits: int = 0
-    retries: int = 0
-    fix_rounds: int = 0
-    batches: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost_usd: float = 0.0
-    annotated: int = 0
-    failed: Counter[str] = field(default_factory=Counter)
-
-
-# --- structured output ----------------------------------------------------------------------
-
-
-class LLMQAItem(BaseModel):
-    """One QA item as the model writes it (the evidence is added from the facts)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: QAType = Field(description=QAItem.model_fields["type"].description)
-    question: str = Field(min_length=1, description=QAItem.model_fields["question"].description)
-    answer: str = Field(min_length=1, description=QAItem.model_fields["answer"].description)
-
-
-class LLMOutput(BaseModel):
-    """What the model must return: captions and QA items."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    captions: list[str] = Field(description=Annotation.model_fields["captions"].description)
-    qa: list[LLMQAItem] = Field(description=Annotation.model_fields["qa"].description)
-
-
-def _strict(schema: Any) -> Any:
-    """OpenAI strict mode: every object closed and every property required."""
-    if isinstance(schema, dict):
-        out = {k: _strict(v) for k, v in schema.items() if k not in ("title", "default")}
-        if out.get("type") == "object" and "properties" in out:
-            out["additionalProperties"] = False
-            out["required"] = list(out["properties"])
-        return out
-    if isinstance(schema, list):
-        return [_strict(v) for v in schema]
-    return schema
-
-
-@functools.lru_cache(maxsize=32)
-def response_schema(captions_per_sample: int) -> dict[str, Any]:
-    """The JSON schema of the reply, derived from :class:`LLMOutput` (hence from the records).
-
-    The QA ``type`` enum is :data:`~geodelta.schemas.records.QAType`; the caption count is
-    fixed to ``captions_per_sample``. Strict-mode ready (closed objects, all required). Cached:
-    do not modify the returned dict.
-    """
-    schema = _strict(LLMOutput.model_json_schema())
-    schema["properties"]["captions"]["minItems"] = captions_per_sample
-    schema["properties"]["captions"]["maxItems"] = captions_per_sample
-    return {"name": "geodelta_annotation", "strict": True, "schema": schema}
-
-
-# --- prompt ---------------------------------------------------------------------------------
-
-
-def _label(name: str) -> str:
-    return CLASS_LABELS.get(name, name.replace("_", " "))
-
-
-def qa_types_for(facts: ChangeFacts, no_change_epsilon: float = 0.0) -> list[str]:
-    """The QA types that have a well-defined answer for these facts (as the template asks)."""
-    changed = has_change(facts, no_change_epsilon)
-    types = ["has_change", "change_ratio", "count_regions"]
-    if changed and not facts.binary and (facts.class_pixels_before or facts.class_pixels_after):
-        types += ["class_increase", "class_decrease"]
-    ts = facts.transitions
-    if changed and not facts.binary and ts:
-        if len(ts) == 1 or ts[0].pixels > ts[1].pixels:
-            types.append("largest_change")
-        if facts.n_regions >= 2 and len(ts) >= 2 and ts[-1].pixels < ts[-2].pixels:
-            types.append("smallest_change")
-        types.append("change_to_what")
-    if changed:
-        types.append("location")
-    return types
-
-
-_ANSWER_FORMATS: dict[str, str] = {
-    "has_change": "'yes' or 'no'",
-    "change_ratio": "one of: " + ", ".join(f"'{b[0]}'" for b in CHANGE_RATIO_BINS),
-    "count_regions": "the number of regions, as digits",
-    "class_increase": "'yes' or 'no'; the question names exactly one class of the class totals",
-    "class_decrease": "'yes' or 'no'; the question names exactly one class of the class totals",
-    "largest_change": "'<from class> to <to class>' with the labels of the summary",
-    "smallest_change": "'<from class> to <to class>' with the labels of the summary",
-    "change_to_what": "the label of a class; the question names one from-class of the transitions",
-    "location": "one of: " + ", ".join(f"'{p}'" for p in _POSITIONS),
-}
-
-
-def _summary(facts: ChangeFacts, no_change_epsilon: float) -> dict[str, Any]:
-    px_ha = facts.pixel_area_m2 / 10_000.0
-    valid = max(facts.valid_pixels, 1)
-    changed = max(facts.changed_pixels, 1)
-    out: dict[str, Any] = {
-        "has_change": has_change(facts, no_change_epsilon),
-        "label": "binary change mask (no classes)" if facts.binary else "land-cover maps",
-        "changed_area_ha": format_hectares(facts.changed_pixels * facts.pixel_area_m2),
-        "changed_percent_of_tile": format_percent(facts.changed_fraction),
-        "change_ratio_bin": change_ratio_bin(facts.changed_fraction),
-        "regions": facts.n_regions,
-    }
-    if not facts.binary:
-        out["transitions"] = [
-            {
-                "from": _label(t.from_class),
-                "to": _label(t.to_class),
-                "area_ha": format_hectares(t.area_m2),
-                "percent_of_tile": format_percent(t.pixels / valid),
-                "percent_of_change": format_percent(t.pixels / changed),
-            }
-            for t in facts.transitions
-        ]
-        totals = []
-        for cls in sorted(set(facts.class_pixels_before) | set(facts.class_pixels_after)):
-            before = facts.class_pixels_before.get(cls, 0)
-            after = facts.class_pixels_after.get(cls, 0)
-            trend = "increased" if after > before else "decreased" if after < before else "same"
-            totals.append(
-                {
-                    "class": _label(cls),
-                    "before_ha": format_hectares(before * px_ha * 10_000.0),
-                    "after_ha": format_hectares(after * px_ha * 10_000.0),
-                    "trend": trend,
-                }
-            )
-        out["class_totals"] = totals
-    out["regions_detail"] = [
-        {
-            "id": c.id,
-            "position": c.position,
-            "area_ha": format_hectares(c.area_m2),
-            **({} if facts.binary else {"from": _label(c.from_class), "to": _label(c.to_class)}),
-        }
-        for c in facts.components
-    ]
-    return out
-
-
-def _load_prompt_text(version: str) -> str:
-    try:
-        return (
-            resources.files("geodelta.annotators.llm") / "prompts" / f"{version}.txt"
-        ).read_text()
-    except FileNotFoundError:
-        raise AnnotatorConfigError(
-            "openai.prompt_version",
-            f"no prompt file prompts/{version}.txt in geodelta.annotators",
-        ) from None
-
-
-class PromptTemplate:
-    """A versioned prompt file: ``=== system ===``, ``=== user ===`` and ``=== fix ===``.
-
-    Args:
-        version: file stem under ``annotators/prompts/`` (config ``openai.prompt_version``).
-    """
-
-    SECTIONS = ("system", "user", "fix")
-
-    def __init__(self, version: str) -> None:
-        self.version = version
-        text = _load_prompt_text(version)
-        parts = re.split(r"^=== (\w+) ===\n", text, flags=re.MULTILINE)
-        sections = {parts[i]: parts[i + 1].strip() for i in range(1, len(parts) - 1, 2)}
-        missing = [s for s in self.SECTIONS if s not in sections]
-        if missing:
-            raise AnnotatorConfigError(
-                "openai.prompt_version",
-                f"prompt file {version}.txt lacks section(s) {', '.join(missing)}",
-            )
-        self.templates = {k: string.Template(sections[k]) for k in self.SECTIONS}
-
-    def messages(
-        self,
-        key: str,
-        facts: ChangeFacts,
-        *,
-        captions_per_sample: int,
-        no_change_epsilon: float = 0.0,
-        images: tuple[bytes, bytes] | None = None,
-    ) -> list[dict[str, Any]]:
-        """The chat messages for one sample (system + user, images appended when given)."""
-        types = qa_types_for(facts, no_change_epsilon)
-        task = {
-            "captions": captions_per_sample,
-            "qa_types": types,
-            "answer_formats": {t: _ANSWER_FORMATS[t] for t in types},
-        }
-        changed = has_change(facts, no_change_epsilon)
-        positions = sorted({c.position for c in facts.components})
-        user = self.templates["user"].substitute(
-            key=key,
-            facts=json.dumps(facts.model_dump(mode="json"), sort_keys=True),
-            summary=json.dumps(_summary(facts, no_change_epsilon), indent=1),
-            task=json.dumps(task),
-            n_captions=captions_per_sample,
-            positions=", ".join(positions) if positions else "none (no region changed)",
-            no_change_rule=(
-                "The tile changed: never say that nothing changed."
-                if changed
-                else "Nothing changed in this tile: every caption must say so (e.g. 'no "
-                "change', 'unchanged'), with no class, number or location."
-            ),
-        )
-        content: Any = user
-        if images is not None:
-            content = [{"type": "text", "text": user}]
-            for name, png in zip(("before", "after"), images, strict=True):
-                content.append({"type": "text", "text": f"The {name} image:"})
-                url = "data:image/png;base64," + base64.b64encode(png).decode()
-                content.append({"type": "image_url", "image_url": {"url": url, "detail": "low"}})
-        return [
-            {"role": "system", "content": self.templates["system"].substitute()},
-            {"role": "user", "content": content},
-        ]
-
-    def fix(self, complaints: Sequence[str]) -> dict[str, Any]:
-        """The follow-up user message carrying the checker's complaints."""
-        text = "\n".join(f"- {c}" for c in complaints[:20])
-        return {"role": "user", "content": self.templates["fix"].substitute(complaints=text)}
-
-
-# --- checking a reply -----------------------------------------------------------------------
-
-
-def _parse_json(text: str) -> Any:
-    stripped = text.strip()
-    fence = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", stripped, flags=re.DOTALL)
-    return json.loads(fence.group(1) if fence else stripped)
-
-
-def _evidence(item: LLMQAItem, facts: ChangeFacts) -> tuple[dict[str, Any], list[str]]:
-    """The facts an answer rests on, found from the facts (never from the model)."""
-    kind = item.type
-    if kind == "has_change":
-        ev: dict[str, Any] = {
-            "changed_pixels": facts.changed_pixels,
-            "valid_pixels": facts.valid_pixels,
-            "regions": facts.n_regions,
-        }
-        return ev, []
-    if kind == "change_ratio":
-        return {"changed_fraction": facts.changed_fraction}, []
-    if kind == "count_regions":
-        return {"regions": facts.n_regions, "min_region_px": facts.min_region_px}, []
-    named = list(dict.fromkeys(c for c, _, _ in mentioned_classes_free(item.question)))
-    if kind in ("class_increase", "class_decrease", "change_to_what"):
-        if len(named) != 1:
-            return {}, [
-                f"the {kind} question must name exactly one land-cover class "
-                f"(it names {', '.join(_label(c) for c in named) or 'none'})"
-            ]
-        cls = named[0]
-        if kind == "change_to_what":
-            from_cls = [t for t in facts.transitions if t.from_class == cls]
-            if not from_cls:
-                return {}, [f"change_to_what asks about {_label(cls)}, which did not change"]
-            top = max(from_cls, key=lambda t: t.pixels)
-            return {"from_class": cls, "to_class": top.to_class, "pixels": top.pixels}, []
-        return {
-            "class": cls,
-            "pixels_before": facts.class_pixels_before.get(cls, 0),
-            "pixels_after": facts.class_pixels_after.get(cls, 0),
-        }, []
-    if kind in ("largest_change", "smallest_change") and facts.transitions:
-        pick = max if kind == "largest_change" else min
-        t = pick(facts.transitions, key=lambda t: t.pixels)
-        return {"from_class": t.from_class, "to_class": t.to_class, "pixels": t.pixels}, []
-    if kind == "location" and facts.components:
-        big = facts.components[0]
-        return {
-            "component": big.id,
-            "pixels": big.pixels,
-            "centroid_row": big.centroid[0],
-            "centroid_col": big.centroid[1],
-        }, []
-    return {}, []
-
-
-_CANONICAL_ANSWER = {"has_change", "class_increase", "class_decrease", "count_regions"}
-
-
-def check_output(
-    text: str,
-    facts: ChangeFacts,
-    *,
-    captions_per_sample: int,
-    no_change_epsilon: float = 0.0,
-    caption_chars: tuple[int, int] = (10, 400),
-) -> tuple[tuple[tuple[str, ...], tuple[QAItem, ...]] | None, list[str], bool]:
-    """Validate and fact-check one reply.
-
-    Args:
-        text: the reply's message content.
-        facts: the sample's facts.
-        captions_per_sample: captions required (extra ones are dropped).
-        no_change_epsilon: changed fractions at or below this read as "no change".
-        caption_chars: (min, max) caption length (config ``validation.caption_chars``).
-
-    Returns:
-        ``(captions, qa)`` or None, the complaints (``[]`` = accepted), and whether the reply
-        was malformed (not JSON or not of the schema) rather than wrong.
-    """
-    try:
-        data = _parse_json(text)
-    except json.JSONDecodeError as exc:
-        return None, [f"the reply is not valid JSON ({exc.msg} at char {exc.pos})"], True
-    try:
-        out = LLMOutput.model_validate(data)
-    except ValidationError as exc:
-        problems = [
-            f"{'.'.join(str(p) for p in e['loc']) or 'reply'}: {e['msg']}" for e in exc.errors()
-        ]
-        return None, ["the reply does not match the JSON schema: " + "; ".join(problems[:8])], True
-    complaints: list[str] = []
-    captions = [" ".join(c.split()) for c in out.captions]
-    if len(captions) < captions_per_sample:
-        complaints.append(f"{len(captions)} captions, {captions_per_sample} are required")
-    captions = captions[:captions_per_sample]
-    if len(set(captions)) < len(captions):
-        complaints.append("captions repeat each other; each must be worded differently")
-    low, high = caption_chars
-    complaints += [
-        f"caption {i} has {len(c)} characters, outside {low}..{high}"
-        for i, c in enumerate(captions)
-        if not low <= len(c) <= high
-    ]
-    complaints += check_captions(captions, facts, no_change_epsilon=no_change_epsilon, strict=True)
-    qa: list[QAItem] = []
-    for i, item in enumerate(out.qa):
-        prefix = f"qa {i} ({item.type})"
-        complaints += [
-            f"{prefix} question: {m}" for m in check_text(item.question, facts, role="question")
-        ]
-        evidence, problems = _evidence(item, facts)
-        complaints += [f"{prefix}: {m}" for m in problems]
-        answer = item.answer.strip().rstrip(".").strip()
-        if item.type in _CANONICAL_ANSWER or item.type in ("location", "change_ratio"):
-            answer = answer.lower()
-        try:
-            qa_item = QAItem(
-                type=item.type, question=item.question.strip(), answer=answer, evidence=evidence
-            )
-        except ValidationError as exc:
-            complaints.append(f"{prefix}: {exc.errors()[0]['msg']}")
-            continue
-        if not problems:
-            complaints += [
-                f"{prefix}: {m}"
-                for m in check_qa_item(qa_item, facts, no_change_epsilon=no_change_epsilon)
-            ]
-        qa.append(qa_item)
-    present = {q.type for q in qa}
-    required = ("has_change", "change_ratio", "count_regions")
-    missing = [t for t in required if t not in present]
-    if missing:
-        complaints.append(f"QA items of type(s) {', '.join(missing)} are missing")
-    if complaints:
-        return None, list(dict.fromkeys(complaints)), False
-    return (tuple(captions), tuple(qa)), [], False
-
-
-# --- the annotator --------------------------------------------------------------------------
 
 
 class _LoopThread:
@@ -519,18 +111,6 @@ def _shutdown(loop_thread: _LoopThread, holder: dict[str, Any]) -> None:
         loop_thread.thread.join(timeout=10)
     if not loop.is_running():
         loop.close()
-
-
-@dataclass
-class _Reply:
-    text: str
-    tokens_in: int
-    tokens_out: int
-    cost_usd: float
-    cached: bool
-
-
-_SECRET_RE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,})")
 
 
 class LLMAnnotator:
@@ -644,14 +224,9 @@ class LLMAnnotator:
     def _client(self) -> Any:
         client = self._holder.get("client")
         if client is None:
-            try:
-                from openai import AsyncOpenAI
-            except ImportError:  # pragma: no cover - the llm extra is installed in dev
-                raise AnnotatorConfigError(
-                    "annotator", "the openai annotator needs: pip install 'geodelta[llm]'"
-                ) from None
+            openai = optional_import("openai", "llm", purpose="the openai annotator")
             env = self.settings.api_key_env
-            client = AsyncOpenAI(
+            client = openai.AsyncOpenAI(
                 api_key=os.environ[env] if env is not None else "not-needed",
                 base_url=self.settings.base_url,
                 timeout=self.settings.timeout_s,
@@ -713,8 +288,11 @@ class LLMAnnotator:
         imgs: list[tuple[bytes, bytes] | None] = (
             list(images) if images is not None else [None] * len(batch)
         )
-        run = self._run_batch_api if self.settings.batch else self._run_concurrent
-        out: list[Annotation | AnnotationFailed] = self._loop.run(run(list(batch), imgs))
+        if self.settings.batch:
+            run = run_batch_api(self, list(batch), imgs)
+        else:
+            run = self._run_concurrent(list(batch), imgs)
+        out: list[Annotation | AnnotationFailed] = self._loop.run(run)
         return out
 
     # -- one sample ----------------------------------------------------------------------------
@@ -744,7 +322,7 @@ class LLMAnnotator:
         self, key: str, facts: ChangeFacts, images: tuple[bytes, bytes] | None
     ) -> Annotation | AnnotationFailed:
         messages = self._messages(key, facts, images)
-        spent = _Spend()
+        spent = Spend()
         async with self._semaphore():
             for attempt in range(self.settings.max_fix_attempts + 1):
                 try:
@@ -767,7 +345,7 @@ class LLMAnnotator:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _accept(
-        self, key: str, facts: ChangeFacts, text: str, spent: _Spend
+        self, key: str, facts: ChangeFacts, text: str, spent: Spend
     ) -> Annotation | tuple[list[str], bool]:
         parsed, complaints, malformed = check_output(
             text,
@@ -793,7 +371,7 @@ class LLMAnnotator:
         )
 
     def _rejected(
-        self, key: str, complaints: list[str], malformed: bool, spent: _Spend
+        self, key: str, complaints: list[str], malformed: bool, spent: Spend
     ) -> AnnotationFailed:
         rounds = self.settings.max_fix_attempts + 1
         return AnnotationFailed(
@@ -848,33 +426,18 @@ class LLMAnnotator:
                         chars += len(part.get("text", ""))
         return chars // 3 + 16 * len(messages) + _IMAGE_TOKENS * images
 
-    def _cached(self, body: dict[str, Any]) -> tuple[str, _Reply | None]:
+    def _cached(self, body: dict[str, Any]) -> tuple[str, Reply | None]:
         ck = cache_key(body, schema_version=SCHEMA_VERSION)
         if self.cache is not None:
             hit = self.cache.get(ck)
             if hit is not None:
                 self.stats.cache_hits += 1
-                return ck, _Reply(
-                    text=str(hit["text"]),
-                    tokens_in=int(hit["tokens_in"]),
-                    tokens_out=int(hit["tokens_out"]),
-                    cost_usd=float(hit["cost_usd"]),
-                    cached=True,
-                )
+                return ck, Reply.from_cache(hit)
         return ck, None
 
-    def _store(self, ck: str, reply: _Reply) -> None:
+    def _store(self, ck: str, reply: Reply) -> None:
         if self.cache is not None:
-            self.cache.put(
-                ck,
-                {
-                    "text": reply.text,
-                    "tokens_in": reply.tokens_in,
-                    "tokens_out": reply.tokens_out,
-                    "cost_usd": reply.cost_usd,
-                    "model": self.settings.model,
-                },
-            )
+            self.cache.put(ck, reply.cache_entry(self.settings.model))
 
     def _reserve(self, key: str, estimate_usd: float) -> None:
         """Book the worst case of one request, or fail the sample with reason ``budget``."""
@@ -904,7 +467,7 @@ class LLMAnnotator:
         else:
             self._memory_spent += actual - reserved
 
-    async def _complete(self, key: str, messages: list[dict[str, Any]]) -> _Reply:
+    async def _complete(self, key: str, messages: list[dict[str, Any]]) -> Reply:
         """One chat completion: cache, budget, rate limit, bounded retries."""
         while True:
             body = self._body(messages)
@@ -939,7 +502,7 @@ class LLMAnnotator:
             self.stats.cost_usd += cost
             choices = getattr(response, "choices", None) or []
             text = (choices[0].message.content or "") if choices else ""
-            reply = _Reply(text, tokens_in, tokens_out, cost, cached=False)
+            reply = Reply(text, tokens_in, tokens_out, cost, cached=False)
             self._store(ck, reply)
             return reply
 
@@ -952,8 +515,7 @@ class LLMAnnotator:
         schema_request: bool = False,
     ) -> Any:
         """Run one API call with bounded, jittered retries on 429/5xx/timeouts/connection errors."""
-        import openai
-
+        openai = optional_import("openai", "llm", purpose="the openai annotator")
         s = self.settings
         last = ""
         for attempt in range(s.max_retries + 1):
@@ -967,7 +529,7 @@ class LLMAnnotator:
                 last = f"429 rate limited (Retry-After={retry_after})"
             except openai.APIStatusError as exc:
                 status = exc.status_code
-                message = _redact(str(exc))
+                message = redact(str(exc))
                 if (
                     status == 400
                     and schema_request
@@ -987,7 +549,7 @@ class LLMAnnotator:
             except openai.APITimeoutError:
                 last = f"timeout after {s.timeout_s} s"
             except openai.APIConnectionError as exc:
-                last = f"connection error: {_redact(str(exc))[:200]}"
+                last = f"connection error: {redact(str(exc))[:200]}"
             if attempt < s.max_retries:
                 self.stats.retries += 1
                 delay = backoff_delay(attempt, cap_s=s.max_backoff_s, retry_after_s=retry_after)
@@ -999,206 +561,11 @@ class LLMAnnotator:
             "annotation.openai.max_retries or lower the rate limits, then re-run with --resume",
         )
 
-    # -- Batch API -----------------------------------------------------------------------------
 
-    async def _run_batch_api(
-        self,
-        batch: list[tuple[str, ChangeFacts]],
-        images: list[tuple[bytes, bytes] | None],
-    ) -> list[Annotation | AnnotationFailed]:
-        states = [
-            _State(key, facts, self._messages(key, facts, img))
-            for (key, facts), img in zip(batch, images, strict=True)
-        ]
-        factor = self.settings.batch_price_factor
-        for attempt in range(self.settings.max_fix_attempts + 1):
-            todo = [st for st in states if st.result is None]
-            if not todo:
-                break
-            replies: dict[int, _Reply] = {}
-            submit: list[tuple[int, str, dict[str, Any], float]] = []
-            for i, st in enumerate(states):
-                if st.result is not None:
-                    continue
-                body = self._body(st.messages)
-                ck, hit = self._cached(body)
-                if hit is not None:
-                    replies[i] = hit
-                    continue
-                reserved = self._cost(
-                    self._estimate_tokens(st.messages), self.settings.max_output_tokens, factor
-                )
-                try:
-                    self._reserve(st.key, reserved)
-                except AnnotationFailed as exc:
-                    st.result = self._failed(exc)
-                    continue
-                submit.append((i, ck, body, reserved))
-            if submit:
-                try:
-                    outputs = await self._submit_batch(submit)
-                except AnnotationFailed as exc:
-                    for i, _, _, reserved in submit:
-                        self._settle(reserved, 0.0)
-                        states[i].result = self._failed(
-                            AnnotationFailed(states[i].key, exc.reason, exc.detail)
-                        )
-                    outputs = {}
-                for i, ck, _, reserved in submit:
-                    if states[i].result is not None:
-                        continue
-                    out = outputs.get(ck)
-                    if out is None or "error" in out:
-                        self._settle(reserved, 0.0)
-                        problem = (out or {}).get("error", "no output line for the request")
-                        states[i].result = self._failed(
-                            AnnotationFailed(
-                                states[i].key, REASON_UNAVAILABLE, f"batch request: {problem}"
-                            )
-                        )
-                        continue
-                    cost = self._cost(out["tokens_in"], out["tokens_out"], factor)
-                    self._settle(reserved, cost)
-                    self.stats.tokens_in += out["tokens_in"]
-                    self.stats.tokens_out += out["tokens_out"]
-                    self.stats.cost_usd += cost
-                    reply = _Reply(out["text"], out["tokens_in"], out["tokens_out"], cost, False)
-                    self._store(ck, reply)
-                    replies[i] = reply
-            for i, reply in replies.items():
-                st = states[i]
-                st.spent.add(reply)
-                outcome = self._accept(st.key, st.facts, reply.text, st.spent)
-                if isinstance(outcome, Annotation):
-                    st.result = outcome
-                    continue
-                complaints, malformed = outcome
-                if attempt == self.settings.max_fix_attempts:
-                    st.result = self._failed(
-                        self._rejected(st.key, complaints, malformed, st.spent)
-                    )
-                    continue
-                self.stats.fix_rounds += 1
-                st.messages = [
-                    *st.messages,
-                    {"role": "assistant", "content": reply.text},
-                    self.prompt.fix(complaints),
-                ]
-        return [
-            st.result
-            if st.result is not None
-            else AnnotationFailed(st.key, REASON_CLAIMS, "no reply was accepted")
-            for st in states
-        ]
-
-    async def _submit_batch(
-        self, submit: list[tuple[int, str, dict[str, Any], float]]
-    ) -> dict[str, dict[str, Any]]:
-        """Upload a JSONL of requests, create a batch, poll it, read its output lines."""
-        s = self.settings
-        lines = [
-            json.dumps(
-                {"custom_id": ck, "method": "POST", "url": "/v1/chat/completions", "body": body}
-            )
-            for _, ck, body, _ in submit
-        ]
-        data = ("\n".join(lines) + "\n").encode()
-        client = self._client()
-        est = sum(self._estimate_tokens(b["messages"]) for _, _, b, _ in submit)
-        upload = await self._with_retries(
-            "batch",
-            lambda: client.files.create(file=("requests.jsonl", data), purpose="batch"),
-            est,
-        )
-        batch = await self._with_retries(
-            "batch",
-            lambda: client.batches.create(
-                input_file_id=upload.id,
-                endpoint="/v1/chat/completions",
-                completion_window="24h",
-            ),
-            0,
-        )
-        self.stats.batches += 1
-        started = time.monotonic()
-        terminal = {"completed", "failed", "expired", "cancelled"}
-        while batch.status not in terminal:
-            if time.monotonic() - started > s.batch_max_wait_s:
-                raise AnnotationFailed(
-                    "batch",
-                    REASON_UNAVAILABLE,
-                    f"batch {batch.id} not done after annotation.openai.batch_max_wait_s="
-                    f"{s.batch_max_wait_s} s (status {batch.status})",
-                )
-            await asyncio.sleep(s.batch_poll_s)
-            batch = await self._with_retries(
-                "batch", functools.partial(client.batches.retrieve, batch.id), 0
-            )
-        if batch.status != "completed":
-            raise AnnotationFailed(
-                "batch", REASON_UNAVAILABLE, f"batch {batch.id} ended with status {batch.status}"
-            )
-        outputs: dict[str, dict[str, Any]] = {}
-        for file_id in (batch.output_file_id, batch.error_file_id):
-            if not file_id:
-                continue
-            content = await self._with_retries(
-                "batch", functools.partial(client.files.content, file_id), 0
-            )
-            for line in content.text.splitlines():
-                if line.strip():
-                    ck, out = _batch_line(json.loads(line))
-                    outputs[ck] = out
-        return outputs
-
-
-class _SchemaUnsupported(Exception):
+class _SchemaUnsupported(GeodeltaError):
     """The server rejected ``response_format: json_schema`` (fall back to JSON mode)."""
 
 
 def _names_response_format(exc: Any) -> bool:
     text = str(exc).lower()
     return "response_format" in text or "json_schema" in text
-
-
-def _redact(text: str) -> str:
-    """Mask anything that looks like an API key in an error message."""
-    return _SECRET_RE.sub("sk-***", text)
-
-
-def _batch_line(line: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    ck = str(line.get("custom_id"))
-    response = line.get("response") or {}
-    if line.get("error") or response.get("status_code") != 200:
-        problem = line.get("error") or {"status_code": response.get("status_code")}
-        return ck, {"error": _redact(json.dumps(problem))[:300]}
-    body = response.get("body") or {}
-    usage = body.get("usage") or {}
-    choices = body.get("choices") or [{}]
-    text = (choices[0].get("message") or {}).get("content") or ""
-    return ck, {
-        "text": text,
-        "tokens_in": int(usage.get("prompt_tokens", 0)),
-        "tokens_out": int(usage.get("completion_tokens", 0)),
-    }
-
-
-@dataclass
-class _Spend:
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost_usd: float = 0.0
-
-    def add(self, reply: _Reply) -> None:
-        self.tokens_in += reply.tokens_in
-        self.tokens_out += reply.tokens_out
-        self.cost_usd += reply.cost_usd
-
-
-@dataclass
-class _State:
-    key: str
-    facts: ChangeFacts
-    messages: list[dict[str, Any]]
-    spent: _Spend = field(default_factory=_Spend)
-    result: Annotation | AnnotationFailed | None = None

@@ -18,12 +18,12 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from geodelta._io import write_atomic
 
 __all__ = ["BudgetLedger", "ResponseCache", "cache_key"]
 
@@ -41,13 +41,6 @@ def cache_key(body: Mapping[str, Any], *, schema_version: str) -> str:
         ensure_ascii=False,
     )
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class ResponseCache:
@@ -73,7 +66,7 @@ class ResponseCache:
 
     def put(self, key: str, entry: Mapping[str, Any]) -> None:
         """Store an entry (atomically; a concurrent writer of the same key is harmless)."""
-        _write_atomic(self._path(key), json.dumps(dict(entry), sort_keys=True).encode())
+        write_atomic(self._path(key), json.dumps(dict(entry), sort_keys=True).encode())
 
     def __len__(self) -> int:
         if not self.root.exists():
@@ -104,7 +97,7 @@ class BudgetLedger:
                 except (FileNotFoundError, json.JSONDecodeError):
                     state = {"spent_usd": 0.0}
                 yield state
-                _write_atomic(self.path, json.dumps(state, sort_keys=True).encode())
+                write_atomic(self.path, json.dumps(state, sort_keys=True).encode())
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 

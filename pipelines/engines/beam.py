@@ -1,19 +1,20 @@
-"""The Beam adapter: each stage of :class:`~geodelta.pipelines.stages.worker.Worker` as a ParDo.
+"""The Beam engine: each stage of :class:`~geodelta.pipelines.stages.worker.Worker` as a ParDo.
 
 Thin on purpose: a DoFn makes its worker once (``setup``), runs one stage function and routes
 quarantine records to a tagged output; a commit transform on each of those outputs (and on the
-finished samples) writes every outcome to the staging area as soon as it exists. The default
-engine is Beam's Python FnApiRunner (multi-processing), chosen explicitly so nothing tries to
+finished samples) writes every outcome to the staging area as soon as it exists
+(:func:`~geodelta.pipelines.engines.commit.commit`). The default engine is Beam's Python
+FnApiRunner (multi-processing, :func:`run_beam`), chosen explicitly so nothing tries to
 download a runner binary.
 
-The same stages and commit run on Beam's DaskRunner (:func:`run_dask`) and on any runner the
-pass-through pipeline options name (:func:`run_beam_options`: Dataflow, Flink, Spark...). On
-Dask the pipeline is laid out as one chain (see :func:`build_pipeline`'s ``single_chain``).
+The same stages and commit run on any runner the pass-through pipeline options name
+(:func:`run_beam_options`: Dataflow, Flink, Spark...) and on Beam's DaskRunner
+(:mod:`geodelta.pipelines.engines.dask`), where the pipeline is laid out as one chain (see
+:func:`build_pipeline`'s ``single_chain``).
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +24,13 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from geodelta.pipelines.engines.commit import (
+    COUNTER_NAMESPACE,
+    VERDICTS,
+    StageCounts,
+    commit,
+    counter_name,
+)
 from geodelta.pipelines.release.staging import Staging
 from geodelta.pipelines.stages.worker import Worker, guarded
 from geodelta.schemas import BuildConfig, QuarantineRecord, TileJob
@@ -51,8 +59,9 @@ class StageFn(beam.DoFn):
     def setup(self) -> None:
         self.worker = Worker(self.cfg, code_version=self.code_version)
         self.fn = dict(self.worker.steps())[self.stage]
-        self.passed = beam.metrics.Metrics.counter("geodelta", f"{self.stage}.ok")
-        self.dropped = beam.metrics.Metrics.counter("geodelta", f"{self.stage}.quarantined")
+        counter = beam.metrics.Metrics.counter
+        self.passed = counter(COUNTER_NAMESPACE, counter_name(self.stage, "ok"))
+        self.dropped = counter(COUNTER_NAMESPACE, counter_name(self.stage, "quarantined"))
 
     def process(self, record: Any) -> Iterator[Any]:
         if isinstance(record, QuarantineRecord):  # single chain: an earlier stage dropped it
@@ -78,8 +87,6 @@ class CommitFn(beam.DoFn):
         self.staging = Staging(self.staging_root)
 
     def process(self, outcome: Any) -> Iterator[str]:
-        from geodelta.pipelines.engines.runners import commit
-
         commit(self.staging, outcome)
         yield outcome.cell_id
 
@@ -164,10 +171,31 @@ def worker_environment(cfg: BuildConfig) -> Iterator[dict[str, str]]:
             os.environ.pop(name, None)
 
 
+def stage_counts(result: Any, cfg: BuildConfig) -> StageCounts:
+    """The per-stage counters of a finished pipeline (empty where the runner keeps no metrics)."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    counts = StageCounts()
+    try:
+        found = result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))
+    except (AttributeError, NotImplementedError):  # e.g. the DaskRunner's result
+        return counts
+    totals: dict[str, int] = {}
+    for c in found.get("counters", []):
+        n = c.committed if c.committed is not None else c.attempted
+        totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + int(n or 0)
+    for stage, _ in Worker(cfg, code_version="").steps():
+        for verdict in VERDICTS:
+            n = totals.get(counter_name(stage, verdict), 0)
+            if n:
+                counts.add(stage, verdict, n)
+    return counts
+
+
 def run_beam(
     jobs: Sequence[TileJob], cfg: BuildConfig, staging_root: Path, *, code_version: str
-) -> None:
-    """Run the pipeline on Beam's FnApiRunner and wait for it."""
+) -> StageCounts:
+    """Run the pipeline on Beam's FnApiRunner, wait for it; returns the per-stage counters."""
     import logging
 
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
@@ -177,102 +205,27 @@ def run_beam(
     p = beam.Pipeline(runner=FnApiRunner(), options=pipeline_options(cfg))
     build_pipeline(p, jobs, cfg, staging_root, code_version)
     with worker_environment(cfg):  # workers start inside run()
-        p.run().wait_until_finish()
-
-
-#: Cells in one Dask partition at most: a partition is one task that runs every stage over its
-#: cells, holding that stage's outputs for all of them, so its size bounds a worker's memory.
-DASK_CELLS_PER_PARTITION = 8
-
-
-def dask_partitions(n_jobs: int, workers: int) -> int:
-    """Partitions for ``n_jobs`` cells: at least two per worker, at most 8 cells in each."""
-    return max(1, math.ceil(n_jobs / DASK_CELLS_PER_PARTITION), min(n_jobs, 2 * workers))
-
-
-def dask_pipeline_options(cfg: BuildConfig, n_jobs: int, address: str | None) -> PipelineOptions:
-    """DaskRunner options: the scheduler, the partitions, then ``runner.options`` as given.
-
-    ``--dask_npartitions`` defaults to :func:`dask_partitions` (Beam's own default is 128 cells
-    a partition, i.e. one task, one core, for any build under 128 cells); a
-    ``--dask_npartitions`` or ``--dask_partition_size`` in ``runner.options`` wins.
-    """
-    user = list(cfg.runner.options)
-    args: list[str] = []
-    if address is not None:
-        args += ["--dask_client_address", address]
-    if not any(o.startswith(("--dask_npartitions", "--dask_partition_size")) for o in user):
-        args += ["--dask_npartitions", str(dask_partitions(n_jobs, cfg.runner.workers))]
-    return PipelineOptions([*args, *user])
-
-
-def _names_a_scheduler(options: Sequence[str]) -> bool:
-    return any(o.startswith(("--dask_client_address", "--dask_scheduler_file")) for o in options)
-
-
-def run_dask(
-    jobs: Sequence[TileJob], cfg: BuildConfig, staging_root: Path, *, code_version: str
-) -> None:
-    """Run the pipeline on Beam's DaskRunner and wait for it.
-
-    The scheduler is ``runner.dask_address`` (or a ``--dask_client_address`` /
-    ``--dask_scheduler_file`` in ``runner.options``); without one, a ``distributed.LocalCluster``
-    of ``runner.workers`` worker processes (one thread each) is started here and closed after
-    the run. Its workers are spawned processes: a script that calls this must do so under
-    ``if __name__ == "__main__":``. Dask's nanny starts each worker with one BLAS/OpenMP
-    thread, as :func:`worker_environment` does for the FnApiRunner.
-
-    Every worker must see ``staging_root`` at the same path (a LocalCluster does; on a remote
-    cluster it must be a shared mount). A task that Dask runs again (a worker that died, up
-    to ``distributed.scheduler.allowed-failures`` times) re-commits the same cells: commits
-    are idempotent, so the staging area and the release are the same.
-    """
-    import logging
-
-    from apache_beam.runners.dask.dask_runner import DaskRunner
-
-    for name in ("apache_beam", "distributed"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    address = cfg.runner.dask_address
-
-    def run(addr: str | None) -> None:
-        p = beam.Pipeline(runner=DaskRunner(), options=dask_pipeline_options(cfg, len(jobs), addr))
-        build_pipeline(p, jobs, cfg, staging_root, code_version, single_chain=True)
-        result: Any = p.run()  # a DaskRunnerResult
-        try:
-            result.wait_until_finish()
-        finally:
-            result.client.close()  # the runner's own client; it never closes it
-
-    if address is not None or _names_a_scheduler(cfg.runner.options):
-        run(address)
-        return
-    from distributed import LocalCluster
-
-    # Processes, not threads: with in-process workers Beam 2.77's DaskRunner shares each
-    # ParDo's output list between the tasks of a stage, so every stage re-sends the outputs
-    # of earlier partitions (a 20-cell test ran each cell up to 7 times).
-    with LocalCluster(
-        n_workers=cfg.runner.workers,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        silence_logs=logging.WARNING,
-    ) as cluster:
-        run(cluster.scheduler_address)
+        result = p.run()
+        result.wait_until_finish()
+    return stage_counts(result, cfg)
 
 
 def run_beam_options(
     jobs: Sequence[TileJob], cfg: BuildConfig, staging_root: Path, *, code_version: str
-) -> None:
+) -> StageCounts:
     """Run the pipeline on the runner ``runner.options`` names (``--runner=...``), and wait.
 
     The options reach :class:`PipelineOptions` unchanged, so any engine Beam supports runs the
     same pipeline with no code change (Dataflow, Flink, Spark...). Its workers need geodelta
     installed and must see ``staging_root`` and the catalog at the same paths.
+
+    Returns:
+        The per-stage counters, where the runner reports metrics (else empty).
     """
     opts = PipelineOptions(list(cfg.runner.options))
     runner = opts.view_as(StandardOptions).runner or ""
     p = beam.Pipeline(options=opts)
     build_pipeline(p, jobs, cfg, staging_root, code_version, single_chain="dask" in runner.lower())
-    p.run().wait_until_finish()
+    result = p.run()
+    result.wait_until_finish()
+    return stage_counts(result, cfg)

@@ -1,4 +1,4 @@
-"""Assemble a release from the staging area: shards, tables, dataset card, STAC collection.
+"""Assemble a release from the staging area: the orchestration (:func:`write_release`) and tables.
 
 A release directory holds::
 
@@ -15,56 +15,50 @@ Everything is deterministic: the same staging area and config give byte-identica
 tar mtime/owner/mode, sorted keys, JSON with sorted keys, no wall-clock time, no absolute
 path). Each file is written atomically (temp file + :func:`os.replace`); ``manifest.json`` is
 removed first and written last, so a release with a manifest is a complete one.
+
+The parts live beside it: :mod:`~geodelta.pipelines.release.shards` (tars),
+:mod:`~geodelta.pipelines.release.card` (``README.md``),
+:mod:`~geodelta.pipelines.release.collection` (``collection.json``) and
+:mod:`~geodelta.pipelines.release.gx` (the contract); this module writes the two parquet tables
+and the manifest.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pystac
-import webdataset as wds
 from pydantic import ValidationError
 
-from geodelta._io import sha256_file, tmp_name, write_atomic
+from geodelta._io import json_bytes, write_atomic
+from geodelta.pipelines.release.card import dataset_card
+from geodelta.pipelines.release.collection import stac_collection
 from geodelta.pipelines.release.layout import (
     CARD,
     COLLECTION,
     MANIFEST,
     QUARANTINE_TABLE,
     SAMPLES_TABLE,
-    SHARDS_DIR,
 )
-from geodelta.pipelines.release.staging import Staging, StagingError
+from geodelta.pipelines.release.shards import clean_shards, write_shards
+from geodelta.pipelines.release.staging import Staging, StagingError, quarantine_sort_key
 from geodelta.schemas import (
-    SAMPLE_MEMBERS,
     BuildConfig,
     FileInfo,
     QuarantineRecord,
     ReleaseManifest,
     SampleMeta,
-    ShardInfo,
     strip_secret,
 )
-from geodelta.schemas.classes import BINARY_CHANGE, decode_transition
+from geodelta.schemas.members import SAMPLE_MEMBERS
 
-#: Fixed tar header fields, so shards are byte-deterministic.
-TAR_MTIME = 0
-TAR_USER = "geodelta"
-TAR_GROUP = "geodelta"
-TAR_MODE = 0o444
-
-
-FILE_EXTENSION = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
+__all__ = ["QUARANTINE_SCHEMA", "SAMPLES_SCHEMA", "write_release"]
 
 SAMPLES_SCHEMA = pa.schema(
     [
@@ -113,30 +107,6 @@ QUARANTINE_SCHEMA = pa.schema(
     ]
 )
 
-#: Member table of the dataset card (DESIGN.md, "A sample in a shard").
-MEMBER_DOCS: dict[str, str] = {
-    "before.tif": "before scene, multispectral uint16 GeoTIFF (CRS + transform in the file)",
-    "after.tif": "after scene, co-registered onto the before scene, same layout",
-    "before.png": "8-bit true-colour rendering of the before scene",
-    "after.png": "8-bit true-colour rendering of the after scene",
-    "mask.png": "change mask: 0 no change, k = transition code (table below)",
-    "lc_before.png": "land-cover class index at t0 (0 = unknown; all 0 for change-mask labels)",
-    "lc_after.png": "land-cover class index at t1 (0 = unknown; all 0 for change-mask labels)",
-    "json": "metadata (SampleMeta): STAC items, times, CRS, transform, bbox, cloud/valid "
-    "fractions, co-registration, facts, annotator, licence",
-    "captions.json": "list of change captions",
-    "qa.json": "list of {type, question, answer, evidence}",
-}
-
-
-def _json_text(data: Any) -> bytes:
-    return (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
-
-
-def _tar_entry_bytes(name: str, size: int) -> int:
-    """Bytes one member takes in a tar: a 512-byte header plus the data padded to 512."""
-    return 512 + (size + 511) // 512 * 512 + (1024 if len(name) > 100 else 0)
-
 
 def _scrub_urls(value: Any) -> Any:
     """Strip query strings (SAS tokens) from every URL string in a JSON-like value."""
@@ -147,51 +117,6 @@ def _scrub_urls(value: Any) -> Any:
     if isinstance(value, str) and "://" in value:
         return strip_secret(value)
     return value
-
-
-def _quarantine_sort_key(rec: QuarantineRecord) -> tuple[str, str, str, str, str]:
-    return (rec.cell_id, rec.key, rec.stage, rec.reason, rec.detail)
-
-
-@dataclass
-class _ShardOut:
-    """A shard being written: a temp file that becomes ``path`` on close."""
-
-    path: Path
-    tmp: Path
-    stream: IO[bytes]
-    writer: wds.TarWriter
-    split: str
-    samples: int = 0
-    nbytes: int = 0
-
-
-def _open_shard(path: Path, split: str) -> _ShardOut:
-    tmp = tmp_name(path)
-    stream = tmp.open("wb")
-    writer = wds.TarWriter(
-        stream,
-        user=TAR_USER,
-        group=TAR_GROUP,
-        mode=TAR_MODE,
-        encoder=False,
-        mtime=TAR_MTIME,
-        compress=False,
-    )
-    return _ShardOut(path=path, tmp=tmp, stream=stream, writer=writer, split=split)
-
-
-def _close_shard(shard: _ShardOut, release_dir: Path) -> ShardInfo:
-    shard.writer.close()
-    shard.stream.close()
-    os.replace(shard.tmp, shard.path)
-    return ShardInfo(
-        path=shard.path.relative_to(release_dir).as_posix(),
-        split=shard.split,
-        samples=shard.samples,
-        bytes=shard.path.stat().st_size,
-        sha256=sha256_file(shard.path),
-    )
 
 
 def _sample_row(meta: SampleMeta, shard: str, members: dict[str, bytes]) -> dict[str, Any]:
@@ -311,228 +236,10 @@ def _load_metas(
     return metas, dropped
 
 
-def _write_shards(
-    release_dir: Path, cfg: BuildConfig, staging: Staging, metas: dict[str, SampleMeta]
-) -> tuple[list[ShardInfo], list[dict[str, Any]]]:
-    """Write every split's shards; returns the shard infos and the sample-table rows."""
-    by_split: dict[str, list[str]] = defaultdict(list)
-    for key, meta in metas.items():
-        by_split[meta.split].append(key)
-    shards_dir = release_dir / SHARDS_DIR
-    infos: list[ShardInfo] = []
-    rows: list[dict[str, Any]] = []
-    max_samples, max_bytes = cfg.shards.max_samples, cfg.shards.max_bytes
-    for split in sorted(by_split):
-        index = 0
-        current: _ShardOut | None = None
-        for key in sorted(by_split[split]):
-            members = staging.read_members(key)
-            size = sum(_tar_entry_bytes(f"{key}.{n}", len(v)) for n, v in members.items())
-            if current is not None and (
-                current.samples >= max_samples or current.nbytes + size > max_bytes
-            ):
-                infos.append(_close_shard(current, release_dir))
-                current = None
-            if current is None:
-                current = _open_shard(shards_dir / f"{split}-{index:06d}.tar", split)
-                index += 1
-            current.writer.write({"__key__": key, **members})
-            current.samples += 1
-            current.nbytes += size
-            rel = current.path.relative_to(release_dir).as_posix()
-            rows.append(_sample_row(metas[key], rel, members))
-        if current is not None:
-            infos.append(_close_shard(current, release_dir))
-    return infos, rows
-
-
-def _present_codes(metas: Iterable[SampleMeta]) -> list[int]:
-    codes = {t.code for m in metas for t in m.facts.transitions}
-    codes.add(BINARY_CHANGE)
-    return sorted(codes)
-
-
-def _llm_lines(metas: Iterable[SampleMeta]) -> list[str]:
-    """Card lines on LLM annotation (models, prompt versions, tokens, cost); none without it."""
-    llm = [m for m in metas if m.prompt_version is not None]
-    if not llm:
-        return []
-    who = sorted({f"{m.annotator} {m.annotator_version}, model `{m.model}`" for m in llm})
-    prompts = sorted({str(m.prompt_version) for m in llm})
-    return [
-        f"- LLM annotation: {len(llm)} samples by {'; '.join(who)}; prompt(s) "
-        + ", ".join(f"`{p}`" for p in prompts),
-        f"- LLM tokens: {sum(m.tokens_in for m in llm)} in, {sum(m.tokens_out for m in llm)} "
-        f"out; cost ${sum(m.cost_usd for m in llm):.6f} (samples of this release; per sample "
-        f"in `{SAMPLES_TABLE}`)",
-    ]
-
-
-def _card(
-    cfg: BuildConfig,
-    *,
-    code_version: str,
-    metas: dict[str, SampleMeta],
-    splits: dict[str, int],
-    shards: Sequence[ShardInfo],
-    funnel: dict[str, int],
-) -> bytes:
-    title = f"{cfg.name} {cfg.version}"
-    desc = cfg.description.strip() or "(no description given in the config)"
-    lines = [f"# {title}", "", desc, ""]
-    if "synthetic" in cfg.description.lower():
-        lines += [
-            "> **Synthetic data.** The imagery and labels of this release are generated, not "
-            "observed: use it to test pipelines and models, not to draw conclusions about the "
-            "Earth's surface.",
-            "",
-        ]
-    total = sum(splits.values())
-    lines += [
-        "## Licence and attribution",
-        "",
-        f"- Licence: {cfg.licence}",
-        f"- Attribution: {cfg.attribution}",
-        "",
-        "## Contents",
-        "",
-        f"- Samples: {total} in {len(shards)} shard(s) under `{SHARDS_DIR}/`",
-        f"- Imagery: `{cfg.imagery.collection}`, bands {', '.join(cfg.imagery.bands)}",
-        f"- Labels: {cfg.labels.kind}"
-        + (f" (`{cfg.labels.collection}`)" if cfg.labels.collection else ""),
-        f"- Quarantined: {sum(funnel.values())}",
-        *_llm_lines(metas.values()),
-        "",
-        "| split | samples | shards |",
-        "|---|---:|---:|",
-    ]
-    shard_count = Counter(s.split for s in shards)
-    for split in sorted(splits):
-        lines.append(f"| {split} | {splits[split]} | {shard_count[split]} |")
-    lines += [
-        "",
-        "## Sample members",
-        "",
-        "Key: `{cell_id}_{t0:%Y%m%d}_{t1:%Y%m%d}`. Each sample carries:",
-        "",
-        "| member | content |",
-        "|---|---|",
-    ]
-    lines += [f"| `{m}` | {MEMBER_DOCS.get(m, '')} |" for m in SAMPLE_MEMBERS]
-    lines += [
-        "",
-        "GeoTIFF values: reflectance = DN * 0.0001 - 0.1 (scale/offset also in the files); "
-        "DN 0 = no data.",
-        "",
-        "## Change mask codes",
-        "",
-        "| code | from | to |",
-        "|---:|---|---|",
-    ]
-    for code in _present_codes(metas.values()):
-        decoded = decode_transition(code)
-        frm, to = decoded if decoded is not None else ("", "")
-        note = " (binary change, classes unknown)" if code == BINARY_CHANGE else ""
-        lines.append(f"| {code} | {frm} | {to}{note} |")
-    lines += ["", "0 = no change.", "", "## Quarantine funnel", ""]
-    if funnel:
-        lines += ["| stage:reason | records |", "|---|---:|"]
-        lines += [f"| {k} | {v} |" for k, v in sorted(funnel.items())]
-        lines += ["", f"Details per record in `{QUARANTINE_TABLE}`."]
-    else:
-        lines.append("Nothing was quarantined.")
-    lines += [
-        "",
-        "## Reading the data",
-        "",
-        "```python",
-        "import glob, json",
-        "import webdataset as wds",
-        "",
-        'urls = sorted(glob.glob("shards/train-*.tar"))',
-        "for sample in wds.WebDataset(urls, shardshuffle=False):",
-        '    meta = json.loads(sample["json"])',
-        '    captions = json.loads(sample["captions.json"])',
-        '    before_tif = sample["before.tif"]  # bytes: open with rasterio.io.MemoryFile',
-        "```",
-        "",
-        f"`{SAMPLES_TABLE}` has one row per sample (split, shard, bbox, times, fractions, "
-        f"co-registration, facts summary, annotator); `{MANIFEST}` the sha256 of every file.",
-        "",
-        "## Provenance",
-        "",
-        f"- Config hash: `{cfg.config_hash()}`",
-        f"- Code version: `{code_version}`",
-        "",
-    ]
-    return "\n".join(lines).encode()
-
-
-def _collection(
-    cfg: BuildConfig,
-    metas: dict[str, SampleMeta],
-    splits: dict[str, int],
-    shards: Sequence[ShardInfo],
-) -> bytes:
-    if metas:
-        boxes = [m.bbox_lonlat for m in metas.values()]
-        bbox = [
-            min(b[0] for b in boxes),
-            min(b[1] for b in boxes),
-            max(b[2] for b in boxes),
-            max(b[3] for b in boxes),
-        ]
-        start: datetime = min(m.t0 for m in metas.values())
-        end: datetime = max(m.t1 for m in metas.values())
-    else:  # an empty release still describes what was asked for
-        bbox = list(cfg.aoi.bbox) if cfg.aoi.bbox is not None else [-180.0, -90.0, 180.0, 90.0]
-        start, end = cfg.time.t0[0], cfg.time.t1[1]
-    collection = pystac.Collection(
-        id=f"{cfg.name}-{cfg.version}",
-        title=f"{cfg.name} {cfg.version}",
-        description=cfg.description.strip() or f"geodelta release {cfg.name} {cfg.version}",
-        extent=pystac.Extent(pystac.SpatialExtent([bbox]), pystac.TemporalExtent([[start, end]])),
-        license=cfg.licence,
-        stac_extensions=[FILE_EXTENSION],
-        extra_fields={"geodelta:attribution": cfg.attribution},
-        summaries=pystac.Summaries(
-            {
-                "geodelta:splits": sorted(splits),
-                "geodelta:bands": list(cfg.imagery.bands),
-                "geodelta:imagery_collection": [cfg.imagery.collection],
-            }
-        ),
-    )
-    for shard in shards:
-        name = Path(shard.path).name.removesuffix(".tar")
-        collection.add_asset(
-            name,
-            pystac.Asset(
-                href=shard.path,
-                title=f"{shard.split} shard ({shard.samples} samples)",
-                media_type="application/x-tar",
-                roles=["data"],
-                extra_fields={
-                    "file:size": shard.bytes,
-                    "file:checksum": "1220" + shard.sha256,
-                    "geodelta:split": shard.split,
-                    "geodelta:samples": shard.samples,
-                },
-            ),
-        )
-    data = collection.to_dict(include_self_link=False, transform_hrefs=False)
-    data["links"] = []
-    return _json_text(data)
-
-
 def _clean(release_dir: Path) -> None:
     """Remove what a previous run left that this run rewrites (manifest first)."""
     (release_dir / MANIFEST).unlink(missing_ok=True)
-    shards_dir = release_dir / SHARDS_DIR
-    shards_dir.mkdir(parents=True, exist_ok=True)
-    for path in shards_dir.iterdir():
-        if path.is_file() and (path.suffix == ".tar" or path.name.endswith(".tmp")):
-            path.unlink()
+    clean_shards(release_dir)
     for path in release_dir.glob(".*.tmp"):
         path.unlink()
 
@@ -586,8 +293,8 @@ def write_release(
     keys, staged_quarantine = staging.outcomes()
     metas, dropped = _load_metas(staging, keys)
     dropped += _check_contract(root, cfg, staging, metas)
-    quarantine = sorted([*staged_quarantine, *extra_quarantine, *dropped], key=_quarantine_sort_key)
-    shards, rows = _write_shards(root, cfg, staging, metas)
+    quarantine = sorted([*staged_quarantine, *extra_quarantine, *dropped], key=quarantine_sort_key)
+    shards, rows = write_shards(root, cfg, staging, metas, _sample_row)
 
     splits = dict(sorted(Counter(m.split for m in metas.values()).items()))
     funnel = dict(sorted(Counter(f"{q.stage}:{q.reason}" for q in quarantine).items()))
@@ -605,7 +312,7 @@ def write_release(
     )
     put(
         CARD,
-        _card(
+        dataset_card(
             cfg,
             code_version=code_version,
             metas=metas,
@@ -614,7 +321,7 @@ def write_release(
             funnel=funnel,
         ),
     )
-    put(COLLECTION, _collection(cfg, metas, splits, shards))
+    put(COLLECTION, stac_collection(cfg, metas, splits, shards))
 
     manifest = ReleaseManifest(
         name=cfg.name,
@@ -628,5 +335,5 @@ def write_release(
         shards=tuple(shards),
         files=tuple(files),
     )
-    write_atomic(root / MANIFEST, _json_text(manifest.model_dump(mode="json")))
+    write_atomic(root / MANIFEST, json_bytes(manifest.model_dump(mode="json")))
     return manifest

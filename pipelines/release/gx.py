@@ -2,8 +2,8 @@
 
 The per-sample rule checks (:mod:`geodelta.pipelines.stages.validate`) run in the workers; this module
 runs the release-wide contract of :mod:`geodelta.schemas.expectations` once per release, on
-three pandas tables (samples, captions, QA) built from the staged samples, in one ephemeral GX
-context. Samples with a failing row are quarantined (stage ``validate``, reason = the name of
+three pandas tables (samples, captions, QA) built from the staged samples
+(:mod:`~geodelta.pipelines.release.gx_tables`), in one ephemeral GX context. Samples with a failing row are quarantined (stage ``validate``, reason = the name of
 the first failing expectation, e.g. ``gx:expect_column_values_to_be_between:before_valid``) and
 never reach a shard. Great Expectations is imported lazily, only when a checkpoint runs.
 
@@ -14,7 +14,7 @@ carry run times and ids, so these files are not byte-deterministic)::
     suites/<table>.json           the expectation suites, GX 1.x JSON
     results/<table>.json          GX validation results (ExpectationSuiteValidationResult)
     data_docs/index.html          GX Data Docs, made readable offline: no script, no CDN
-                                  stylesheet, no remote image (see :func:`make_offline`)
+                                  stylesheet, no remote image (:mod:`~geodelta.pipelines.release.datadocs`)
 
 ``summary.json``::
 
@@ -50,9 +50,10 @@ are GX's (rows of that table: captions and QA tables have several rows per sampl
 table-level expectations, ``per_row: false``).
 
 Per batch: the tables can be built and checked for any subset of samples
-(:func:`build_tables` + :func:`run_checkpoint`), e.g. a staging batch in a DAG; the release
-writer runs it once over the whole release, which release-wide expectations (key uniqueness,
-split disjointness) need anyway, and which pays GX's start-up (about 5 s) once.
+(:func:`~geodelta.pipelines.release.gx_tables.build_tables` + :func:`run_checkpoint`), e.g. a
+staging batch in a DAG; the release writer runs it once over the whole release, which
+release-wide expectations (key uniqueness, split disjointness) need anyway, and which pays GX's
+start-up (about 5 s) once.
 """
 
 from __future__ import annotations
@@ -61,66 +62,61 @@ import dataclasses
 import json
 import math
 import os
-import re
 import shutil
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from geodelta.annotators.claims import is_no_change_caption
+from geodelta._io import json_bytes
+from geodelta._optional import optional_import
+from geodelta.errors import MissingDependencyError, ReleaseError
+from geodelta.pipelines.release.datadocs import make_offline
+from geodelta.pipelines.release.gx_tables import ReleaseRecord, build_tables, cell_text
+from geodelta.pipelines.release.layout import (
+    DATA_DOCS_DIR,
+    GX_RESULTS_DIR,
+    GX_SUITES_DIR,
+    GX_SUMMARY_FILE,
+    VALIDATION_DIR,
+)
 from geodelta.schemas import BuildConfig, QuarantineRecord, SampleMeta
 from geodelta.schemas.expectations import (
-    COUNT_QA_TYPES,
-    RATIO_QA_TYPES,
-    REQUIRED_QA_TYPES,
-    TABLE_COLUMNS,
-    YES_NO_QA_TYPES,
     ExpectationSpec,
     SuiteSpec,
     TableName,
-    qa_count_column,
     release_suites,
 )
 
 __all__ = [
-    "SUMMARY_FILE",
-    "VALIDATION_DIR",
+    "SUMMARY_FORMAT",
     "ExpectationOutcome",
     "GXEvaluationError",
     "GXOutcome",
     "GXUnavailableError",
-    "ReleaseRecord",
     "SuiteOutcome",
-    "build_tables",
-    "make_offline",
-    "offline_html",
-    "refresh_split_conflicts",
     "run_checkpoint",
-    "split_conflicts",
     "validate_release",
 ]
 
-VALIDATION_DIR = "validation"
-SUMMARY_FILE = "summary.json"
 SUMMARY_FORMAT = "geodelta.gx-summary/1"
-DATA_DOCS_DIR = "data_docs"
 _SITE = "geodelta"
 _ROW = "row"
-_UTM_RE = re.compile(r"^EPSG:32([67])([0-9]{2})$")
 
 
-class GXUnavailableError(ImportError):
+class GXUnavailableError(MissingDependencyError):
     """Great Expectations is not installed; says how to install it or switch the check off."""
 
 
-class GXEvaluationError(RuntimeError):
-    """GX could not evaluate an expectation (a bug in a suite or a table, not bad data)."""
+class GXEvaluationError(ReleaseError):
+    """GX could not evaluate an expectation (a bug in a suite or a table, not bad data).
+
+    A :class:`~geodelta.errors.ReleaseError` (so a ``RuntimeError``).
+    """
 
     def __init__(self, message: str, *, name: str) -> None:
         self.name = name
@@ -128,7 +124,11 @@ class GXEvaluationError(RuntimeError):
 
 
 def _gx() -> Any:
-    """Import Great Expectations (slow: about 5 s), with analytics off."""
+    """Import Great Expectations (slow: about 5 s), with analytics off.
+
+    Raises:
+        GXUnavailableError: it is not installed (the message names the extra and the switch).
+    """
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # tests and builds are offline
     try:
         with warnings.catch_warnings():
@@ -139,224 +139,27 @@ def _gx() -> Any:
                 message=r"module 'sre_(constants|parse)' is deprecated",
                 category=DeprecationWarning,
             )
-            import great_expectations as gx
-    except ImportError as exc:
-        raise GXUnavailableError(
-            "the Great Expectations checkpoint needs great_expectations: "
-            "pip install 'geodelta[validation]' (or set validation.great_expectations: false)"
-        ) from exc
-    return gx
-
-
-# --- tables -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReleaseRecord:
-    """What the contract reads of one sample: its metadata, captions and QA (as in qa.json)."""
-
-    meta: SampleMeta
-    captions: Sequence[Any]
-    qa: Sequence[Mapping[str, Any]]
-
-
-def _utm_zone(lon: float) -> int:
-    return min(60, max(1, math.floor((lon + 180.0) / 6.0) + 1))
-
-
-def _zone_offset(crs: str, lon: float) -> float | None:
-    m = _UTM_RE.match(crs)
-    if m is None or not math.isfinite(lon):
-        return None
-    d = abs(int(m.group(2)) - _utm_zone(lon))
-    return float(min(d, 60 - d))
-
-
-def _caption_no_change(captions: Sequence[Any]) -> str:
-    texts = [c for c in captions if isinstance(c, str)]
-    if not captions:
-        return "none"
-    says = [is_no_change_caption(c) for c in texts]
-    if len(texts) == len(captions) and all(says):
-        return "yes"
-    return "no" if not any(says) else "mixed"
-
-
-def _text(value: Any) -> str:
-    """A table cell as text; a missing value (None, or NaN in pandas >= 3 string columns) is "None"."""
-    return (
-        "None" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
-    )
-
-
-def _naive_utc(when: datetime) -> datetime:
-    """The same instant as a timezone-naive UTC datetime."""
-    return when.astimezone(UTC).replace(tzinfo=None)
-
-
-def _sample_row(rec: ReleaseRecord, cfg: BuildConfig) -> dict[str, Any]:
-    m = rec.meta
-    facts = m.facts
-    min_lon, min_lat, max_lon, max_lat = m.bbox_lonlat
-    dy, dx = m.coreg.shift_px
-    changed = facts.n_regions > 0 and facts.changed_fraction > cfg.annotation.no_change_epsilon
-    types = [q.get("type") for q in rec.qa]
-    row: dict[str, Any] = {
-        "key": m.key,
-        "cell_id": m.cell_id,
-        "split": m.split,
-        "region": m.region,
-        "crs": m.crs,
-        # naive UTC: pandas >= 3.1 deprecates .values on tz-aware columns, which GX uses
-        "t0": _naive_utc(m.t0),
-        "t1": _naive_utc(m.t1),
-        "gap_days": m.gap_days,
-        "min_lon": min_lon,
-        "min_lat": min_lat,
-        "max_lon": max_lon,
-        "max_lat": max_lat,
-        "before_item": m.before_item,
-        "after_item": m.after_item,
-        "before_clear": m.before_clear,
-        "after_clear": m.after_clear,
-        "before_valid": m.before_valid,
-        "after_valid": m.after_valid,
-        "shift_dy": dy,
-        "shift_dx": dx,
-        "shift_px": math.hypot(dy, dx),
-        "residual_px": m.coreg.residual_px,
-        "changed_fraction": facts.changed_fraction,
-        "n_regions": facts.n_regions,
-        "n_captions": len(rec.captions),
-        "n_qa": len(rec.qa),
-        "annotator": m.annotator,
-        "licence": m.licence,
-        "attribution": m.attribution,
-        "mask_no_change": "no" if changed else "yes",
-        "caption_no_change": _caption_no_change(rec.captions),
-        "split_cell_conflicts": 0,
-        "split_buffer_conflicts": 0,
-        "crs_zone_offset": _zone_offset(m.crs, (min_lon + max_lon) / 2.0),
-    }
-    for t in REQUIRED_QA_TYPES:
-        row[qa_count_column(t)] = types.count(t)
-    return row
-
-
-def _qa_rows(rec: ReleaseRecord) -> list[dict[str, Any]]:
-    rows = []
-    for i, q in enumerate(rec.qa):
-        kind, answer = q.get("type"), q.get("answer")
-        rows.append(
-            {
-                "key": rec.meta.key,
-                "index": i,
-                "type": kind,
-                "question": q.get("question"),
-                "answer": answer,
-                "answer_yes_no": answer if kind in YES_NO_QA_TYPES else None,
-                "answer_count": answer if kind in COUNT_QA_TYPES else None,
-                "answer_ratio": answer if kind in RATIO_QA_TYPES else None,
-            }
-        )
-    return rows
-
-
-def _split_rank(cfg: BuildConfig) -> dict[str, int]:
-    """Split -> priority (0 = highest): smaller configured fraction first, then name."""
-    fr = cfg.splits.fractions
-    return {s: i for i, s in enumerate(sorted(fr, key=lambda s: (fr[s], s)))}
-
-
-def split_conflicts(samples: pd.DataFrame, cfg: BuildConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Count, per row, the conflicts of its cell with cells of a split of higher priority.
-
-    Priority: the split with the smaller ``splits.fractions`` share keeps its cells (ties by
-    name; a split not in the config comes last), so evaluation splits stay whole and the
-    training cells around them are the ones given up. Distances are measured on the lon/lat
-    footprints, in cells (a footprint's own width/height), so they work across UTM zones and
-    whatever the cell id format: two footprints are the *same cell* when their centres are
-    less than half a cell apart on both axes (or their cell ids are equal), and *within the
-    buffer* when fewer than ``splits.buffer_cells`` cells separate them (Chebyshev; the half
-    cell of slack absorbs the slight inflation of the lon/lat bbox of a UTM square).
-
-    Args:
-        samples: the samples table (``cell_id``, ``split``, ``min_lon`` ... ``max_lat``).
-        cfg: the build config (``splits``).
-
-    Returns:
-        ``(cell_conflicts, buffer_conflicts)``: per row, how many splits of higher priority hold
-        the same cell, and how many cells of a split of higher priority lie within the buffer
-        (0 everywhere when ``splits.buffer_cells`` is 0).
-    """
-    n = len(samples)
-    cell = np.zeros(n, dtype=np.int64)
-    buffer = np.zeros(n, dtype=np.int64)
-    if n == 0:
-        return cell, buffer
-    ranks = _split_rank(cfg)
-    rank = np.array([ranks.get(s, len(ranks)) for s in samples["split"]], dtype=np.int64)
-    splits = samples["split"].to_numpy()
-    cells = samples["cell_id"].to_numpy()
-    x0, x1 = samples["min_lon"].to_numpy(float), samples["max_lon"].to_numpy(float)
-    y0, y1 = samples["min_lat"].to_numpy(float), samples["max_lat"].to_numpy(float)
-    cx, cy, w, h = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
-    buf = cfg.splits.buffer_cells
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for i in range(n):
-            better = rank < rank[i]
-            if not better.any():
-                continue
-            half_w, half_h = (w[i] + w) / 2, (h[i] + h) / 2
-            # gap between the footprints in cells (negative = overlap), per axis
-            gap_x = (np.abs(cx - cx[i]) - half_w) / half_w
-            gap_y = (np.abs(cy - cy[i]) - half_h) / half_h
-            same = (cells == cells[i]) | (
-                (np.abs(cx - cx[i]) < half_w / 2) & (np.abs(cy - cy[i]) < half_h / 2)
+            return optional_import(
+                "great_expectations",
+                "validation",
+                purpose="the Great Expectations checkpoint; or set "
+                "validation.great_expectations: false",
             )
-            cell[i] = len(set(splits[better & same]))
-            if buf > 0:
-                near = np.maximum(gap_x, gap_y) < buf - 0.5
-                buffer[i] = int(np.count_nonzero(better & near & ~same))
-    return cell, buffer
-
-
-def build_tables(
-    records: Iterable[ReleaseRecord], cfg: BuildConfig
-) -> dict[TableName, pd.DataFrame]:
-    """The three tables the suites run on (columns: ``expectations.TABLE_COLUMNS``).
-
-    Args:
-        records: the samples (any subset: a batch or the whole release).
-        cfg: the build config (epsilon, splits).
-
-    Returns:
-        ``{"samples": ..., "captions": ..., "qa": ...}``, each with a fresh RangeIndex.
-    """
-    samples, captions, qa = [], [], []
-    for rec in records:
-        samples.append(_sample_row(rec, cfg))
-        captions += [
-            {"key": rec.meta.key, "index": i, "caption": c} for i, c in enumerate(rec.captions)
-        ]
-        qa += _qa_rows(rec)
-    tables: dict[TableName, pd.DataFrame] = {
-        "samples": pd.DataFrame(samples, columns=list(TABLE_COLUMNS["samples"])),
-        "captions": pd.DataFrame(captions, columns=list(TABLE_COLUMNS["captions"])),
-        "qa": pd.DataFrame(qa, columns=list(TABLE_COLUMNS["qa"])),
-    }
-    refresh_split_conflicts(tables["samples"], cfg)
-    return tables
-
-
-def refresh_split_conflicts(samples: pd.DataFrame, cfg: BuildConfig) -> None:
-    """(Re)compute the ``split_*_conflicts`` columns in place (after editing rows)."""
-    cell, buffer = split_conflicts(samples, cfg)
-    samples["split_cell_conflicts"] = cell
-    samples["split_buffer_conflicts"] = buffer
+    except MissingDependencyError as exc:
+        raise GXUnavailableError(str(exc)) from exc
 
 
 # --- checkpoint ---------------------------------------------------------------------------
+
+
+def _suite_file(s: SuiteOutcome) -> str:
+    """Where a suite's JSON goes, relative to ``validation/``."""
+    return f"{GX_SUITES_DIR}/{s.suite.table}.json"
+
+
+def _results_file(s: SuiteOutcome) -> str:
+    """Where a suite's GX results go, relative to ``validation/``."""
+    return f"{GX_RESULTS_DIR}/{s.suite.table}.json"
 
 
 @dataclass(frozen=True)
@@ -471,8 +274,8 @@ class GXOutcome:
                     "success": s.success,
                     "evaluated": len(s.expectations),
                     "failed": sum(not e.success for e in s.expectations),
-                    "suite_file": f"suites/{s.suite.table}.json",
-                    "results_file": f"results/{s.suite.table}.json",
+                    "suite_file": _suite_file(s),
+                    "results_file": _results_file(s),
                     "data_docs_page": s.data_docs_page,
                     "expectations": [e.to_json() for e in s.expectations],
                 }
@@ -595,7 +398,7 @@ def _outcomes(
                 element_count=int(res.get("element_count") or len(table)),
                 unexpected_count=int(res.get("unexpected_count") or 0),
                 unexpected_rows=idx,
-                unexpected_keys=tuple(sorted({_text(keys[i]) for i in idx})),
+                unexpected_keys=tuple(sorted({cell_text(keys[i]) for i in idx})),
             )
         )
         for i in idx:
@@ -618,11 +421,11 @@ def run_checkpoint(
     """Run the release suites on the tables as GX checkpoints (one context, one per table).
 
     Args:
-        tables: :func:`build_tables` output (every table of
+        tables: :func:`~geodelta.pipelines.release.gx_tables.build_tables` output (every table of
             :data:`~geodelta.schemas.expectations.TABLES`).
         cfg: the build config (bounds of the suites).
         site_dir: where to build GX Data Docs (None = no Data Docs). The pages are left as GX
-            writes them; :func:`make_offline` strips their network references.
+            writes them; :func:`~geodelta.pipelines.release.datadocs.make_offline` strips their network references.
         run_name: GX run name (default ``<name>-<version>``).
 
     Returns:
@@ -667,11 +470,11 @@ def run_checkpoint(
             )
         )
         for i, fails in rows.items():
-            key = _text(table.at[i, "key"])
+            key = cell_text(table.at[i, "key"])
             outcome.failures.setdefault(key, []).extend(fails)
     samples = tables["samples"]
     outcome.cell_ids = {
-        _text(k): _text(c)
+        cell_text(k): cell_text(c)
         for k, c in zip(samples["key"].tolist(), samples["cell_id"].tolist(), strict=True)
     }
     if site is not None:
@@ -685,90 +488,7 @@ def run_checkpoint(
     return outcome
 
 
-# --- offline Data Docs --------------------------------------------------------------------
-
-_SCRIPT_RE = re.compile(r"<script\b[^>]*>.*?</script\s*>", re.IGNORECASE | re.DOTALL)
-_REMOTE_TAG_RE = re.compile(
-    r"<(?:link|img|iframe|source|embed)\b[^>]*\b(?:href|src)\s*=\s*[\"']?(?:https?:)?//[^>]*>",
-    re.IGNORECASE,
-)
-_REMOTE_ATTR_RE = re.compile(
-    r"\s(?:href|src|srcset|action)\s*=\s*([\"'])(?:https?:)?//.*?\1", re.IGNORECASE | re.DOTALL
-)
-# GX links the favicon one folder too shallow from validation pages; a broken link, so it goes
-_ICON_RE = re.compile(
-    r"<link\b[^>]*\brel\s*=\s*[\"'](?:shortcut\s+)?icon[\"'][^>]*>", re.IGNORECASE
-)
-_REMOTE_CSS_RE = re.compile(r"url\(\s*([\"']?)(?:https?:)?//[^)]*\)", re.IGNORECASE)
-_LOCAL_REF_RE = re.compile(r"\b(?:href|src)\s*=\s*[\"']([^\"'#?:]+)", re.IGNORECASE)
-_OFFLINE_STYLE = (
-    "<style>/* geodelta: offline copy, CDN styles and scripts removed */"
-    "body{font-family:system-ui,sans-serif;margin:1em 2em;color:#222}"
-    "table{border-collapse:collapse;margin:.5em 0}"
-    "td,th{border:1px solid #ccc;padding:.2em .5em;vertical-align:top;text-align:left}"
-    ".collapse{display:block}.d-none{display:none}.text-danger{color:#b00}"
-    # status icons came from Font Awesome (a CDN): draw them with plain characters
-    ".fas{font-style:normal}.fa-check-circle::before{content:'\\2714';color:#1a7f37}"
-    ".fa-times::before{content:'\\2718';color:#b00}"
-    ".fa-exclamation-triangle::before{content:'!';color:#b60}</style>"
-)
-
-
-def offline_html(html: str) -> str:
-    """Strip every network reference from a GX Data Docs page.
-
-    Scripts go (they only drive CDN libraries: jQuery, Bootstrap, Vega), as do stylesheet
-    links, images and other embeds loaded from ``http(s)://`` or ``//``; remote CSS
-    ``url(...)`` become ``none``; links to remote pages lose their ``href``; the favicon link
-    goes (GX points validation pages at a path that does not exist). A small inline
-    stylesheet keeps the tables readable.
-    """
-    out = _SCRIPT_RE.sub("", html)
-    out = _REMOTE_TAG_RE.sub("", out)
-    out = _ICON_RE.sub("", out)
-    out = _REMOTE_CSS_RE.sub("none", out)
-    out = _REMOTE_ATTR_RE.sub("", out)
-    if "</head>" in out:
-        out = out.replace("</head>", _OFFLINE_STYLE + "</head>", 1)
-    return out
-
-
-def make_offline(site_dir: str | Path) -> list[Path]:
-    """Rewrite every HTML page of a Data Docs site with :func:`offline_html`, in place.
-
-    Static assets that no page refers to any more (GX ships fonts and animations, ~4 MB) are
-    deleted.
-
-    Returns:
-        The HTML pages rewritten.
-    """
-    site = Path(site_dir)
-    pages = sorted(site.rglob("*.html"))
-    used: set[Path] = set()
-    for page in pages:
-        text = offline_html(page.read_text(encoding="utf-8"))
-        page.write_text(text, encoding="utf-8")
-        for ref in _LOCAL_REF_RE.findall(text):
-            used.add((page.parent / ref).resolve())
-    static = site / "static"
-    if static.is_dir():
-        for path in sorted(static.rglob("*"), reverse=True):
-            if path.is_file() and path.resolve() not in used:
-                path.unlink()
-            elif path.is_dir() and not any(path.iterdir()):
-                path.rmdir()
-        if static.is_dir() and not any(static.iterdir()):
-            static.rmdir()
-    return pages
-
-
 # --- the release hook ---------------------------------------------------------------------
-
-
-def _json_bytes(data: Any) -> bytes:
-    return (
-        json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False, default=str) + "\n"
-    ).encode()
 
 
 def _read_json_list(read: Callable[[str, str], bytes], key: str, member: str) -> list[Any]:
@@ -820,10 +540,10 @@ def validate_release(
     outcome = run_checkpoint(tables, cfg, site_dir=site)
     if site is not None:
         make_offline(site)
-    (out / "suites").mkdir()
-    (out / "results").mkdir()
+    (out / GX_SUITES_DIR).mkdir()
+    (out / GX_RESULTS_DIR).mkdir()
     for s in outcome.suites:
-        (out / "suites" / f"{s.suite.table}.json").write_bytes(_json_bytes(s.suite.to_json()))
-        (out / "results" / f"{s.suite.table}.json").write_bytes(_json_bytes(s.results))
-    (out / SUMMARY_FILE).write_bytes(_json_bytes(outcome.summary()))
+        (out / _suite_file(s)).write_bytes(json_bytes(s.suite.to_json(), default=str))
+        (out / _results_file(s)).write_bytes(json_bytes(s.results, default=str))
+    (out / GX_SUMMARY_FILE).write_bytes(json_bytes(outcome.summary(), default=str))
     return outcome.quarantine_records()

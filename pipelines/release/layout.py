@@ -8,12 +8,20 @@ A release directory holds::
     samples.parquet          one row per sample
     quarantine.parquet       one row per quarantined record, with its reason
     shards/<split>-<n>.tar   WebDataset shards
-    validation/              Great Expectations results (summary.json, data_docs/)
+    validation/              Great Expectations results (summary.json, suites/, results/,
+                             data_docs/)
     reference/               the reference model: metrics, model card, weights
+                             (promotion.json once promoted)
     report/index.html        the quality report
     .staging/                a build's staging area (removed when the build succeeds)
+    .geodelta-upload.json    at an fsspec URL, while an in-place upload is in progress
 
-Other modules name these files through the constants here, never by their literal.
+A folder of published releases holds ``<name>-<version>/`` folders, the ``LATEST`` pointer,
+``baselines/<sha256[:16]>/`` (promoted baseline weights) and the ``BASELINE`` pointer.
+
+Other modules name these files through the constants here, never by their literal, and read
+them through the readers here (:func:`read_manifest`, :func:`read_table`, :func:`read_json`,
+:func:`read_record`, :func:`shard_files`, :func:`iter_tar_samples`).
 """
 
 from __future__ import annotations
@@ -22,9 +30,9 @@ import json
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from geodelta.errors import ReleaseError
 from geodelta.schemas import ReleaseManifest
@@ -39,9 +47,13 @@ __all__ = [
     "CARD",
     "COLLECTION",
     "DATA_DOCS_DIR",
+    "GX_RESULTS_DIR",
+    "GX_SUITES_DIR",
     "GX_SUMMARY",
+    "GX_SUMMARY_FILE",
     "LATEST",
     "MANIFEST",
+    "PROMOTION_RECORD",
     "QUARANTINE_TABLE",
     "REFERENCE_CARD",
     "REFERENCE_DIR",
@@ -51,12 +63,15 @@ __all__ = [
     "SAMPLES_TABLE",
     "SHARDS_DIR",
     "STAGING",
+    "UPLOAD_STAMP",
     "VALIDATION_DIR",
     "Mode",
     "iter_tar_samples",
     "read_json",
     "read_manifest",
+    "read_record",
     "read_table",
+    "shard_files",
 ]
 
 #: How a build treats an existing release folder: refuse it, finish it, or start again.
@@ -69,15 +84,29 @@ SAMPLES_TABLE = "samples.parquet"
 QUARANTINE_TABLE = "quarantine.parquet"
 SHARDS_DIR = "shards"
 VALIDATION_DIR = "validation"
-GX_SUMMARY = f"{VALIDATION_DIR}/summary.json"
+# Inside VALIDATION_DIR (summary.json names the others relative to it):
+GX_SUMMARY_FILE = "summary.json"
+GX_SUITES_DIR = "suites"
+GX_RESULTS_DIR = "results"
 DATA_DOCS_DIR = "data_docs"
+GX_SUMMARY = f"{VALIDATION_DIR}/{GX_SUMMARY_FILE}"
 REPORT_DIR = "report"
 REPORT_FILE = "index.html"
 STAGING = ".staging"
+#: Written into a published release when its reference model is promoted (not in the manifest:
+#: it records an event after publication, not the release's content).
+PROMOTION_RECORD = f"{REFERENCE_DIR}/promotion.json"
+#: Written first and removed last by an in-place upload to a URL: names the config uploaded.
+UPLOAD_STAMP = ".geodelta-upload.json"
 # A folder of published releases (geodelta release --releases DIR):
+#: Pointer file: the folder name of the newest published release.
 LATEST = "LATEST"
+#: Promoted baseline weights, one content-hashed folder each.
 BASELINES_DIR = "baselines"
+#: Pointer file (JSON): the baseline promoted last.
 BASELINE_POINTER = "BASELINE"
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,6 +128,37 @@ def read_manifest(release_dir: str | Path) -> ReleaseManifest:
         ) from None
     except ValidationError as exc:
         raise ReleaseError(f"{path} is not a valid manifest: {exc}", path=str(path)) from None
+
+
+def read_record(
+    release_dir: str | Path, rel: str, model: type[_Model], *, what: str | None = None
+) -> _Model:
+    """Read one JSON file of a release as a record (``reference/metrics.json`` ...).
+
+    Args:
+        release_dir: the release folder.
+        rel: the file, relative to it (a constant of this module).
+        model: the pydantic record the file holds.
+        what: how messages name the record (default: the model's class name).
+
+    Raises:
+        ReleaseError: the file is missing, unreadable or not a valid ``model``; names the file.
+    """
+    path = Path(release_dir) / rel
+    try:
+        return model.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        raise ReleaseError(f"{path} is missing", path=str(path)) from None
+    except (OSError, ValidationError) as exc:
+        raise ReleaseError(
+            f"{path} cannot be read as {what or model.__name__} ({exc})", path=str(path)
+        ) from None
+
+
+def shard_files(release_dir: str | Path) -> list[Path]:
+    """The ``shards/*.tar`` files on disk (sorted), whether the manifest lists them or not."""
+    shards_dir = Path(release_dir) / SHARDS_DIR
+    return sorted(shards_dir.glob("*.tar")) if shards_dir.is_dir() else []
 
 
 def iter_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:

@@ -8,19 +8,20 @@ member of a release's shards; :func:`format_balance` renders the counts as a Mar
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geodelta.pipelines.release.layout import SHARDS_DIR, iter_tar_samples
+from geodelta.data import decode_member
+from geodelta.pipelines.release.layout import iter_tar_samples, shard_files
+from geodelta.schemas.qa import YES_NO_QA_TYPES
 
 __all__ = ["YES_NO_TYPES", "QABalance", "balance_of", "format_balance", "qa_balance"]
 
-#: QA types answered 'yes' or 'no'.
-YES_NO_TYPES: tuple[str, ...] = ("has_change", "class_increase", "class_decrease")
+#: QA types answered 'yes' or 'no' (:data:`geodelta.schemas.qa.YES_NO_QA_TYPES`).
+YES_NO_TYPES: tuple[str, ...] = YES_NO_QA_TYPES
 
 
 @dataclass
@@ -83,13 +84,13 @@ def balance_of(qa_lists: Iterable[list[Mapping[str, Any]]]) -> QABalance:
 
 def qa_balance(release_dir: str | Path) -> QABalance:
     """Answer balance of every sample in a release's shards (reads the ``qa.json`` members)."""
-    shards = sorted((Path(release_dir) / SHARDS_DIR).glob("*.tar"))
+    shards = shard_files(release_dir)
 
     def lists() -> Iterable[list[Mapping[str, Any]]]:
         for shard in shards:
-            for _, members in iter_tar_samples(shard):
+            for key, members in iter_tar_samples(shard):
                 if "qa.json" in members:
-                    yield json.loads(members["qa.json"])
+                    yield decode_member("qa.json", members["qa.json"], key=key)
 
     return balance_of(lists())
 

@@ -24,13 +24,20 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from geodelta._io import write_atomic
+from geodelta.errors import ReleaseError
 from geodelta.schemas import QuarantineRecord
+
+__all__ = ["Staging", "StagingError", "quarantine_sort_key"]
 
 _MARKER_SUFFIX = ".json"
 
 
-class StagingError(RuntimeError):
-    """A staging operation that cannot be done; carries the key or cell id concerned."""
+class StagingError(ReleaseError):
+    """A staging operation that cannot be done; carries the key or cell id concerned.
+
+    A :class:`~geodelta.errors.ReleaseError` (so a ``RuntimeError``).
+    """
 
     def __init__(self, message: str, *, key: str | None = None, cell_id: str | None = None) -> None:
         self.key = key
@@ -56,7 +63,8 @@ def _check_name(value: str, what: str) -> str:
     return value
 
 
-def _quarantine_sort_key(rec: QuarantineRecord) -> tuple[str, str, str, str, str]:
+def quarantine_sort_key(rec: QuarantineRecord) -> tuple[str, str, str, str, str]:
+    """The order of quarantine records everywhere: cell id, key, stage, reason, detail."""
     return (rec.cell_id, rec.key, rec.stage, rec.reason, rec.detail)
 
 
@@ -148,12 +156,12 @@ class Staging:
             "cell_id": cell_id,
             "keys": sorted(keys),
             "quarantine": [
-                q.model_dump(mode="json") for q in sorted(quarantine, key=_quarantine_sort_key)
+                q.model_dump(mode="json") for q in sorted(quarantine, key=quarantine_sort_key)
             ],
         }
-        tmp = self._tmp_path(cell_id)
-        tmp.write_text(json.dumps(marker, sort_keys=True, indent=2))
-        os.replace(tmp, self._cells / f"{cell_id}{_MARKER_SUFFIX}")
+        write_atomic(
+            self._cells / f"{cell_id}{_MARKER_SUFFIX}", json.dumps(marker, sort_keys=True, indent=2)
+        )
 
     def _markers(self) -> list[Path]:
         return sorted(p for p in self._cells.glob(f"*{_MARKER_SUFFIX}") if p.is_file())
@@ -183,7 +191,7 @@ class Staging:
                     f"cell marker {path} cannot be read ({exc}); delete it to re-run the cell",
                     cell_id=path.stem,
                 ) from exc
-        return sorted(keys), sorted(records, key=_quarantine_sort_key)
+        return sorted(keys), sorted(records, key=quarantine_sort_key)
 
     def sample_dir(self, key: str) -> Path:
         """Directory holding the members of a sample.

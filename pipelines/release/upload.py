@@ -39,20 +39,28 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from geodelta.errors import BuildError, ReleaseError
-from geodelta.pipelines.release.layout import MANIFEST, SHARDS_DIR, STAGING, Mode, read_manifest
+from geodelta.pipelines.release.layout import (
+    MANIFEST,
+    SHARDS_DIR,
+    STAGING,
+    UPLOAD_STAMP,
+    Mode,
+    read_manifest,
+)
 from geodelta.schemas import BuildConfig, strip_secret
 
 if TYPE_CHECKING:
     from geodelta.pipelines.release.verify import VerifyResult
 
-#: Written first and removed last by an in-place upload: names the config being uploaded.
-UPLOAD_STAMP = ".geodelta-upload.json"
 #: Default parent of the local work folders, next to the config.
 WORK_ROOT = ".geodelta-work"
 
 
 class OutputError(BuildError):
-    """A release URL that cannot be written (or read); names the URL and what to do."""
+    """A release URL that cannot be written (or read); names the URL and what to do.
+
+    A :class:`~geodelta.errors.BuildError` (so a ``RuntimeError``).
+    """
 
     def __init__(self, message: str, *, url: str) -> None:
         super().__init__(message)
@@ -255,7 +263,7 @@ def upload_release(release_dir: str | Path, url: str) -> list[str]:
         return done
 
     fs = target.fs
-    config_hash = json.loads((local / MANIFEST).read_text())["config_hash"]
+    config_hash = read_manifest(local).config_hash
     manifest = target.join(MANIFEST)
     try:
         if fs.exists(manifest):

@@ -6,34 +6,37 @@ of samples. Every problem is reported with the file and, where it applies, the s
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import tarfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
 from PIL import Image
 from pydantic import TypeAdapter, ValidationError
 from rasterio.io import MemoryFile
 
+from geodelta._io import sha256_file
 from geodelta.errors import ReleaseError
 from geodelta.pipelines.release.layout import (
     MANIFEST,
     SAMPLES_TABLE,
-    SHARDS_DIR,
     iter_tar_samples,
     read_manifest,
+    read_table,
+    shard_files,
 )
 from geodelta.schemas import QAItem, ReleaseManifest, SampleMeta
+from geodelta.schemas.members import MEMBERS, SAMPLE_MEMBERS, Codec, member
 
-_RGB_MEMBERS = ("before.png", "after.png")
-_INDEX_MEMBERS = ("mask.png", "lc_before.png", "lc_after.png")
-_TIF_MEMBERS = ("before.tif", "after.tif")
+__all__ = ["VerifyResult", "verify_release"]
+
 _QA_LIST = TypeAdapter(list[QAItem])
 _MAX_PROBLEMS_PER_SHARD = 50
+#: PNG mode each PNG codec must have.
+_PNG_MODES: dict[Codec, str] = {"png-rgb": "RGB", "png-index": "L"}
 
 
 @dataclass(frozen=True)
@@ -51,27 +54,99 @@ class VerifyResult:
     problems: tuple[str, ...]
 
 
-def _hash_file(path: Path) -> tuple[int, str]:
-    h = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
-
-
 def _check_file(root: Path, rel: str, size: int, sha256: str) -> list[str]:
     path = root / rel
     if not path.is_file():
         return [f"{rel}: missing"]
-    actual_size, actual_sha = _hash_file(path)
+    actual_size, actual_sha = path.stat().st_size, sha256_file(path)
     problems = []
     if actual_size != size:
         problems.append(f"{rel}: size mismatch (expected {size}, actual {actual_size})")
     if actual_sha != sha256:
         problems.append(f"{rel}: sha256 mismatch (expected {sha256}, actual {actual_sha})")
     return problems
+
+
+def _check_png(
+    where: str, name: str, data: bytes, codec: Codec, meta: SampleMeta | None
+) -> list[str]:
+    mode = _PNG_MODES[codec]
+    problems: list[str] = []
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            if img.format != "PNG" or img.mode != mode:
+                problems.append(
+                    f"{where}: {name} is {img.format} mode {img.mode}, expected PNG mode {mode}"
+                )
+            if meta is not None and img.size != (meta.shape[1], meta.shape[0]):
+                problems.append(
+                    f"{where}: {name} size {img.size} != (width, height) "
+                    f"{(meta.shape[1], meta.shape[0])}"
+                )
+    except (OSError, ValueError, SyntaxError) as exc:
+        problems.append(f"{where}: {name} does not decode as PNG ({exc})")
+    return problems
+
+
+def _check_geotiff(
+    where: str, name: str, data: bytes, codec: Codec, meta: SampleMeta | None
+) -> list[str]:
+    problems: list[str] = []
+    try:
+        with MemoryFile(data) as mem, mem.open() as ds:
+            if ds.crs is None:
+                problems.append(f"{where}: {name} has no CRS")
+            if meta is not None:
+                if ds.count != len(meta.bands):
+                    problems.append(
+                        f"{where}: {name} has {ds.count} bands, json lists {len(meta.bands)}"
+                    )
+                if (ds.height, ds.width) != tuple(meta.shape):
+                    problems.append(
+                        f"{where}: {name} shape {(ds.height, ds.width)} != json shape "
+                        f"{tuple(meta.shape)}"
+                    )
+            if any(dt != "uint16" for dt in ds.dtypes):
+                problems.append(f"{where}: {name} dtype {ds.dtypes[0]}, expected uint16")
+            ds.read(1, window=((0, 1), (0, 1)))  # the data decodes
+    except Exception as exc:  # rasterio raises several unrelated types on corrupt input
+        problems.append(f"{where}: {name} does not decode as GeoTIFF ({exc})")
+    return problems
+
+
+def _check_json(
+    where: str, name: str, data: bytes, codec: Codec, meta: SampleMeta | None
+) -> list[str]:
+    """The JSON members other than ``json`` (checked first, as the sample's metadata)."""
+    if name == "captions.json":
+        try:
+            caps = json.loads(data)
+            if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+                return [f"{where}: captions.json is not a list of strings"]
+        except ValueError as exc:
+            return [f"{where}: captions.json is not JSON ({exc})"]
+    elif name == "qa.json":
+        try:
+            _QA_LIST.validate_json(data)
+        except ValidationError as exc:
+            return [f"{where}: qa.json is not a list of QA items ({exc.error_count()} errors)"]
+    elif name != "json":
+        try:
+            json.loads(data)
+        except ValueError as exc:
+            return [f"{where}: {name} is not JSON ({exc})"]
+    return []
+
+
+_Check = Callable[[str, str, bytes, Codec, SampleMeta | None], list[str]]
+#: One check per codec of the members table.
+_CHECKS: dict[Codec, _Check] = {
+    "geotiff": _check_geotiff,
+    "png-rgb": _check_png,
+    "png-index": _check_png,
+    "json": _check_json,
+}
 
 
 def _check_sample(
@@ -85,6 +160,12 @@ def _check_sample(
     if present != expected:
         missing, extra = sorted(expected - present), sorted(present - expected)
         problems.append(f"{where}: members differ (missing={missing}, extra={extra})")
+    for name in members:
+        if member(name) is None:
+            problems.append(
+                f"{where}: unknown member {name!r}: not in the members table "
+                f"(geodelta.schemas.members: {', '.join(SAMPLE_MEMBERS)})"
+            )
     meta: SampleMeta | None = None
     if "json" in members:
         try:
@@ -96,60 +177,9 @@ def _check_sample(
             problems.append(f"{where}: json key is {meta.key!r}")
         if meta.split != split:
             problems.append(f"{where}: json split is {meta.split!r} but the shard is {split!r}")
-    height, width = meta.shape if meta is not None else (None, None)
-    for name in (*_RGB_MEMBERS, *_INDEX_MEMBERS):
-        if name not in members:
-            continue
-        mode = "RGB" if name in _RGB_MEMBERS else "L"
-        try:
-            with Image.open(io.BytesIO(members[name])) as img:
-                img.load()
-                if img.format != "PNG" or img.mode != mode:
-                    problems.append(
-                        f"{where}: {name} is {img.format} mode {img.mode}, expected PNG mode {mode}"
-                    )
-                if meta is not None and img.size != (width, height):
-                    problems.append(
-                        f"{where}: {name} size {img.size} != (width, height) {(width, height)}"
-                    )
-        except (OSError, ValueError, SyntaxError) as exc:
-            problems.append(f"{where}: {name} does not decode as PNG ({exc})")
-    for name in _TIF_MEMBERS:
-        if name not in members:
-            continue
-        try:
-            with MemoryFile(members[name]) as mem, mem.open() as ds:
-                if ds.crs is None:
-                    problems.append(f"{where}: {name} has no CRS")
-                if meta is not None:
-                    if ds.count != len(meta.bands):
-                        problems.append(
-                            f"{where}: {name} has {ds.count} bands, json lists {len(meta.bands)}"
-                        )
-                    if (ds.height, ds.width) != tuple(meta.shape):
-                        problems.append(
-                            f"{where}: {name} shape {(ds.height, ds.width)} != json shape "
-                            f"{tuple(meta.shape)}"
-                        )
-                if any(dt != "uint16" for dt in ds.dtypes):
-                    problems.append(f"{where}: {name} dtype {ds.dtypes[0]}, expected uint16")
-                ds.read(1, window=((0, 1), (0, 1)))  # the data decodes
-        except Exception as exc:  # rasterio raises several unrelated types on corrupt input
-            problems.append(f"{where}: {name} does not decode as GeoTIFF ({exc})")
-    if "captions.json" in members:
-        try:
-            caps = json.loads(members["captions.json"])
-            if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
-                problems.append(f"{where}: captions.json is not a list of strings")
-        except ValueError as exc:
-            problems.append(f"{where}: captions.json is not JSON ({exc})")
-    if "qa.json" in members:
-        try:
-            _QA_LIST.validate_json(members["qa.json"])
-        except ValidationError as exc:
-            problems.append(
-                f"{where}: qa.json is not a list of QA items ({exc.error_count()} errors)"
-            )
+    for m in MEMBERS:
+        if m.name in members:
+            problems.extend(_CHECKS[m.codec](where, m.name, members[m.name], m.codec, meta))
     return problems
 
 
@@ -177,8 +207,9 @@ def verify_release(release_dir: str | Path) -> VerifyResult:
     """Check a release against its ``manifest.json``.
 
     Recomputes the size and sha256 of every shard and file in the manifest, reads every shard
-    and checks each sample has exactly the manifest's members, that the PNGs, GeoTIFFs and JSON
-    members decode and agree with the sample's metadata, and that the per-shard and per-split
+    and checks each sample has exactly the manifest's members (a member the members table of
+    :mod:`geodelta.schemas.members` does not know is reported by name), that each member
+    decodes by its codec (PNG, GeoTIFF, JSON) and agrees with the sample's metadata, and that the per-shard and per-split
     sample counts match the manifest. Shards on disk that the manifest does not list, and
     sample keys that ``samples.parquet`` and the shards disagree on, are problems too.
 
@@ -199,12 +230,10 @@ def verify_release(release_dir: str | Path) -> VerifyResult:
         problems.extend(_check_file(root, info.path, info.bytes, info.sha256))
 
     listed = {s.path for s in manifest.shards}
-    shards_dir = root / SHARDS_DIR
-    if shards_dir.is_dir():
-        for path in sorted(shards_dir.glob("*.tar")):
-            rel = path.relative_to(root).as_posix()
-            if rel not in listed:
-                problems.append(f"{rel}: shard on disk is not in the manifest")
+    for path in shard_files(root):
+        rel = path.relative_to(root).as_posix()
+        if rel not in listed:
+            problems.append(f"{rel}: shard on disk is not in the manifest")
 
     split_totals: Counter[str] = Counter()
     all_keys: list[str] = []
@@ -231,7 +260,7 @@ def verify_release(release_dir: str | Path) -> VerifyResult:
 
     if any(f.path == SAMPLES_TABLE for f in manifest.files) and (root / SAMPLES_TABLE).is_file():
         try:
-            table_keys = pq.read_table(root / SAMPLES_TABLE, columns=["key"]).column("key")
+            table_keys = read_table(root, SAMPLES_TABLE, columns=["key"]).column("key")
             in_table = set(table_keys.to_pylist())
             in_shards = set(all_keys)
             if in_table != in_shards:
@@ -240,7 +269,7 @@ def verify_release(release_dir: str | Path) -> VerifyResult:
                     f"{sorted(in_table - in_shards)[:5]}, only in shards: "
                     f"{sorted(in_shards - in_table)[:5]})"
                 )
-        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, KeyError...
+        except (ReleaseError, KeyError) as exc:  # unreadable, or no "key" column
             problems.append(f"{SAMPLES_TABLE}: cannot be read ({exc})")
 
     return VerifyResult(ok=not problems, samples=len(all_keys), problems=tuple(problems))

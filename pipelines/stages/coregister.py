@@ -29,6 +29,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.fft import fftfreq, fftn, ifftn
 
+from geodelta.errors import StageError
 from geodelta.pipelines.stages.sample import Sample
 from geodelta.schemas import CoregResult, QuarantineRecord
 from geodelta.schemas.config import CoregConfig
@@ -43,7 +44,7 @@ _INVALID_MARGIN_PX = 3
 _MIN_VALID_PX = 16
 
 
-class CoregistrationError(ValueError):
+class CoregistrationError(StageError):
     """The shift cannot be estimated: bad arguments or images without usable texture.
 
     Attributes:

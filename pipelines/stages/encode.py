@@ -26,8 +26,10 @@ from affine import Affine
 from PIL import Image
 from rasterio.io import MemoryFile
 
+from geodelta.errors import StageError
 from geodelta.pipelines.stages.sample import Sample
-from geodelta.schemas import SAMPLE_MEMBERS, BuildConfig, SampleMeta
+from geodelta.schemas import BuildConfig, SampleMeta
+from geodelta.schemas.members import SAMPLE_MEMBERS
 from geodelta.schemas.records import Transform
 
 OUTPUT_DN_SCALE = 0.0001
@@ -40,7 +42,7 @@ _DN_MAX = 65535
 _PNG_COMPRESS_LEVEL = 6
 
 
-class EncodeError(ValueError):
+class EncodeError(StageError):
     """A sample or array that cannot be encoded; the message names the sample and the field."""
 
     def __init__(self, message: str, *, key: str | None = None, field: str | None = None) -> None:
@@ -346,7 +348,7 @@ def _json_bytes(data: Any) -> bytes:
 def encode_members(sample: Sample, meta: SampleMeta, cfg: BuildConfig) -> dict[str, bytes]:
     """Encode a finished sample into its shard members.
 
-    The members are exactly :data:`geodelta.schemas.SAMPLE_MEMBERS`. A sample labelled by a
+    The members are exactly :data:`geodelta.schemas.members.SAMPLE_MEMBERS`. A sample labelled by a
     change mask has no land-cover maps: ``lc_before.png``/``lc_after.png`` are then all 0
     ("unknown"), so every sample has the same members.
 

@@ -11,11 +11,41 @@ import dataclasses
 
 import numpy as np
 
-from geodelta.annotators.models.baseline import FusionMode, change_metrics, fuse_masks
-from geodelta.pipelines.stages.label import LabelError, _pixel_area, clean_mask, compute_facts
+from geodelta.annotators.models.baseline import (
+    BaselineChangeAnnotator,
+    FusionMode,
+    change_metrics,
+    fuse_masks,
+)
+from geodelta.pipelines.stages.label import LabelError, clean_mask, compute_facts, pixel_area
 from geodelta.pipelines.stages.sample import BaselineResult, Sample
+from geodelta.schemas import BuildConfig
 
-__all__ = ["fuse_sample"]
+__all__ = ["fuse_sample", "fuse_with_model"]
+
+
+def fuse_with_model(sample: Sample, model: BaselineChangeAnnotator, cfg: BuildConfig) -> Sample:
+    """Run the baseline change model on a labelled sample and fuse its mask (config ``baseline``).
+
+    Args:
+        sample: a sample after the label source (``mask``, ``facts`` and ``valid`` set).
+        model: the worker's baseline change model (weights load on first use).
+        cfg: the build config (``baseline``, ``imagery.bands``, ``labels.min_region_px``).
+
+    Returns:
+        A copy with the fused ``mask``, its ``facts`` and ``baseline`` set (:func:`fuse_sample`).
+    """
+    b = cfg.baseline
+    model.check_bands(cfg.imagery.bands)
+    (prob,) = model.run_inference([(sample.before, sample.after)])
+    return fuse_sample(
+        sample,
+        prob,
+        model_id=model.model_id,
+        mode=b.fusion,
+        threshold=b.threshold,
+        min_region_px=cfg.labels.min_region_px,
+    )
 
 
 def fuse_sample(
@@ -63,7 +93,7 @@ def fuse_sample(
     facts = compute_facts(
         fused,
         valid,
-        pixel_area_m2=_pixel_area(sample),
+        pixel_area_m2=pixel_area(sample),
         min_region_px=min_region_px,
         binary=binary,
         lc_before=None if binary else sample.lc_before,

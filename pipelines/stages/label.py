@@ -1,6 +1,8 @@
-"""The label stage: change masks and the facts every caption and answer rests on.
+"""Change masks and the facts every caption and answer rests on: the label stage's maths.
 
-Pure functions: arrays in, records out. Reading the land-cover maps or the change-mask asset
+Pure functions: arrays in, records out, shared by every label source
+(:mod:`geodelta.pipelines.stages.labels`) and by the fusion with the baseline model
+(:mod:`geodelta.pipelines.stages.fuse`). Reading the land-cover maps or the change-mask asset
 (and mapping product legends onto the geodelta classes) happens in ``sources/``; this module
 only sees geodelta class indices (``uint8``, 0 = unknown) or raw change-mask values on the
 cell grid.
@@ -15,12 +17,12 @@ Conventions:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
 
+from geodelta.errors import StageError
 from geodelta.pipelines.stages.sample import Sample
 from geodelta.schemas import ChangeComponent, ChangeFacts, TransitionStat
 from geodelta.schemas.classes import BINARY_CHANGE, CLASSES, N_CLASSES, decode_transition
@@ -30,10 +32,10 @@ __all__ = [
     "POSITION_WORDS",
     "LabelError",
     "binary_mask",
+    "check_grid",
     "clean_mask",
     "compute_facts",
-    "label_from_change_mask",
-    "label_from_landcover",
+    "pixel_area",
     "position_word",
     "transition_mask",
 ]
@@ -44,7 +46,7 @@ POSITION_WORDS: tuple[tuple[str, str, str], ...] = POSITION_GRID
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
-class LabelError(ValueError):
+class LabelError(StageError):
     """Label arrays that cannot be turned into a change mask; says which array and why."""
 
     def __init__(self, message: str, *, key: str | None = None) -> None:
@@ -314,12 +316,14 @@ def compute_facts(
     )
 
 
-def _pixel_area(sample: Sample) -> float:
+def pixel_area(sample: Sample) -> float:
+    """Area of one pixel of the sample's cell grid, in square metres (from its transform)."""
     a, b, _, d, e, _ = sample.pair.job.transform
     return abs(a * e - b * d)
 
 
-def _check_grid(sample: Sample, arr: np.ndarray, name: str) -> None:
+def check_grid(sample: Sample, arr: np.ndarray, name: str) -> None:
+    """Raise :class:`LabelError` (keyed by the sample) unless ``arr`` has the cell grid's shape."""
     shape = tuple(sample.pair.job.shape)
     if arr.shape != shape:
         raise LabelError(
@@ -327,106 +331,3 @@ def _check_grid(sample: Sample, arr: np.ndarray, name: str) -> None:
             "reproject it onto the cell grid",
             key=sample.key,
         )
-
-
-def label_from_landcover(
-    sample: Sample,
-    lc_before: np.ndarray,
-    lc_after: np.ndarray,
-    *,
-    min_region_px: int,
-    source: str,
-    items: tuple[str, ...],
-) -> Sample:
-    """Label a sample from land-cover maps of both dates.
-
-    Args:
-        sample: the sample being built.
-        lc_before: (H, W) geodelta class indices at t0 on the cell grid (0 = unknown).
-        lc_after: (H, W) geodelta class indices at t1 on the cell grid (0 = unknown).
-        min_region_px: regions smaller than this are removed (config ``labels.min_region_px``).
-        source: label source, ``'landcover:<collection>'``.
-        items: STAC item ids of the two land-cover maps.
-
-    Returns:
-        A copy of ``sample`` with ``lc_before``, ``lc_after``, the cleaned transition ``mask``,
-        ``facts``, ``label_source`` and ``label_items`` set.
-
-    Raises:
-        LabelError: the maps are not on the cell grid or hold values that are not classes.
-    """
-    _check_grid(sample, lc_before, "lc_before")
-    _check_grid(sample, lc_after, "lc_after")
-    try:  # codes first: the class-range check must see the values before the uint8 cast
-        mask = clean_mask(transition_mask(lc_before, lc_after), min_region_px)
-    except LabelError as exc:
-        raise LabelError(str(exc), key=sample.key) from None
-    before = np.asarray(lc_before).astype(np.uint8)
-    after = np.asarray(lc_after).astype(np.uint8)
-    valid = (before > 0) & (after > 0)
-    facts = compute_facts(
-        mask,
-        valid,
-        pixel_area_m2=_pixel_area(sample),
-        min_region_px=min_region_px,
-        binary=False,
-        lc_before=before,
-        lc_after=after,
-    )
-    return dataclasses.replace(
-        sample,
-        lc_before=before,
-        lc_after=after,
-        mask=mask,
-        facts=facts,
-        label_source=source,
-        label_items=items,
-        valid=valid,
-    )
-
-
-def label_from_change_mask(
-    sample: Sample,
-    values: np.ndarray,
-    *,
-    change_values: Sequence[int],
-    nodata_values: Sequence[int],
-    min_region_px: int,
-    source: str,
-    items: tuple[str, ...],
-) -> Sample:
-    """Label a sample from a binary change-mask asset (e.g. OSCD's ``cm``).
-
-    Args:
-        sample: the sample being built.
-        values: (H, W) raw values of the change mask on the cell grid.
-        change_values: values meaning "changed" (config ``labels.change_values``).
-        nodata_values: values meaning "no label" (config ``labels.nodata_values``).
-        min_region_px: regions smaller than this are removed (config ``labels.min_region_px``).
-        source: label source, ``'change_mask:<asset>'``.
-        items: STAC item id(s) carrying the mask.
-
-    Returns:
-        A copy of ``sample`` with a binary ``mask`` (255 = change), binary ``facts``, and
-        all-zero (unknown) ``lc_before`` / ``lc_after`` so every sample has the same members.
-    """
-    _check_grid(sample, values, "change mask")
-    try:
-        raw, valid = binary_mask(values, change_values=change_values, nodata_values=nodata_values)
-        mask = clean_mask(raw, min_region_px)
-    except LabelError as exc:
-        raise LabelError(str(exc), key=sample.key) from None
-    facts = compute_facts(
-        mask, valid, pixel_area_m2=_pixel_area(sample), min_region_px=min_region_px, binary=True
-    )
-    unknown = np.zeros(mask.shape, dtype=np.uint8)
-    return dataclasses.replace(
-        sample,
-        lc_before=unknown,
-        lc_after=unknown.copy(),
-        mask=mask,
-        facts=facts,
-        label_source=source,
-        label_items=items,
-        valid=valid,
-    )

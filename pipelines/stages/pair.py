@@ -9,7 +9,8 @@ assumed to be 1.
 Among acceptable (before, after) pairs within the allowed time gap the best score wins: the sum
 of the clear fractions, minus a penalty per 30 days of day-of-year difference (same season reads
 the same vegetation state), plus a small bonus for scenes on the cell's own grid (no
-reprojection). Ties break on item ids, so the choice is deterministic.
+reprojection). Ties break on item ids, so the choice is deterministic. The label source of
+``labels.kind`` then picks the pair's label items.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+from geodelta.pipelines.stages.labels.base import Rejection
+from geodelta.pipelines.stages.labels.registry import label_source
 from geodelta.schemas import BuildConfig, QuarantineRecord, ScenePair, SceneRef, TileJob
 from geodelta.schemas.config import PairingConfig
 from geodelta.sources.catalog import SceneCatalog
@@ -236,25 +239,26 @@ def _why_no_pair(
     )
 
 
-def pick_landcover(items: Sequence[SceneRef], when: datetime) -> SceneRef | None:
-    """The land-cover item whose period holds ``when``; else the one nearest in time."""
-    holding = [
-        s
-        for s in items
-        if s.start_datetime is not None
-        and s.end_datetime is not None
-        and s.start_datetime <= when <= s.end_datetime
-    ]
-    pool = holding or list(items)
-    if not pool:
-        return None
-    return min(pool, key=lambda s: (abs((s.datetime - when).total_seconds()), s.item_id))
-
-
 def search_and_pair(
     job: TileJob, cfg: BuildConfig, catalog: SceneCatalog, clear: ClearFn
 ) -> ScenePair | QuarantineRecord:
-    """The search + pair stage for one cell, label items included."""
+    """The search + pair stage for one cell, label items included.
+
+    The label items are picked by the label source of ``labels.kind``
+    (:mod:`geodelta.pipelines.stages.labels`), from the items of
+    ``labels.searched_collection`` covering the cell between the start of ``time.t0`` and the
+    end of ``time.t1`` (widened to the chosen scenes' dates); a kind that searches no
+    collection picks from the chosen scenes themselves.
+
+    Args:
+        job: the cell.
+        cfg: the build config.
+        catalog: the catalog to search.
+        clear: clear fraction of a scene over the cell (see :func:`choose_pair`).
+
+    Returns:
+        The chosen pair with its label items, or a quarantine record (stage ``pair``).
+    """
     coll = [cfg.imagery.collection]
     cc = cfg.imagery.max_cloud_cover  # a pre-filter: the pixel-level clear fraction decides
     before = catalog.search(coll, job.bbox_lonlat, job.t0_window, max_cloud_cover=cc)
@@ -262,34 +266,15 @@ def search_and_pair(
     chosen = choose_pair(job, before, after, clear, cfg)
     if isinstance(chosen, QuarantineRecord):
         return chosen
-    lab = cfg.labels
-    if lab.kind == "change_mask":
-        if lab.asset not in chosen.after.assets:
-            return _quarantine(
-                job,
-                "no_change_mask",
-                f"after item {chosen.after.item_id} has no '{lab.asset}' asset "
-                f"(assets: {sorted(chosen.after.assets)}); check labels.asset",
-            )
-        return chosen.model_copy(update={"label_after": chosen.after})
-    assert lab.collection is not None  # LabelConfig guarantees it for landcover
-    t_lo = min(job.t0_window[0], chosen.before.datetime)
-    t_hi = max(job.t1_window[1], chosen.after.datetime)
-    items = catalog.search([lab.collection], job.bbox_lonlat, (t_lo, t_hi))
-    items = [s for s in items if covers(s, job)]
-    lc0 = pick_landcover(items, chosen.before.datetime)
-    lc1 = pick_landcover(items, chosen.after.datetime)
-    if lc0 is None or lc1 is None:
-        return _quarantine(
-            job,
-            "no_landcover",
-            f"no {lab.collection} item covers the cell; check labels.collection",
-        )
-    if lc0.item_id == lc1.item_id:
-        return _quarantine(
-            job,
-            "same_landcover_item",
-            f"both dates map to land-cover item {lc0.item_id}; a transition needs maps of two "
-            "different periods (check time.t0/time.t1 against the land-cover years)",
-        )
-    return chosen.model_copy(update={"label_before": lc0, "label_after": lc1})
+    source = label_source(cfg.labels.kind)
+    items: list[SceneRef] = []
+    collection = cfg.labels.searched_collection
+    if collection is not None:
+        t_lo = min(job.t0_window[0], chosen.before.datetime)
+        t_hi = max(job.t1_window[1], chosen.after.datetime)
+        found = catalog.search([collection], job.bbox_lonlat, (t_lo, t_hi))
+        items = [s for s in found if covers(s, job)]
+    picked = source.pick(chosen, items, cfg.labels)
+    if isinstance(picked, Rejection):
+        return _quarantine(job, picked.reason, picked.detail)
+    return picked

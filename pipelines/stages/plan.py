@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from geodelta.errors import ConfigError
 from geodelta.schemas import BuildConfig, TileJob
 from geodelta.schemas.config import SplitConfig
 
@@ -32,8 +33,14 @@ if TYPE_CHECKING:
 _CELL_RE = re.compile(r"^(\d{2})([NS])-(\d+)-(\d{4,})-(\d{4,})$")
 
 
-class PlanError(ValueError):
-    """An AOI or grid that cannot be planned; names the config key to change."""
+class PlanError(ConfigError):
+    """An AOI or grid that cannot be planned; names the config key to change.
+
+    A :class:`geodelta.errors.ConfigError` (so also a ``ValueError``).
+
+    Attributes:
+        key: the config key to change (``aoi.geojson``, ``grid``).
+    """
 
     def __init__(self, key: str, reason: str) -> None:
         super().__init__(f"{key}: {reason}")

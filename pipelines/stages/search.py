@@ -103,12 +103,13 @@ def scene_clear_estimate(scene: SceneRef, job: TileJob) -> float | None:
 
 def estimate_bytes(pair: ScenePair, cfg: BuildConfig, n_rated: int) -> int:
     """Bytes of pixels the build reads for a pair: bands of both scenes, the classification
-    band of every rated scene, the two land-cover maps.
+    band of every rated scene, the label maps (two land-cover maps, or one change mask).
 
     Counts uncompressed pixels in the cell window at each band's native resolution (from the
     collection profile, else the grid resolution). HTTP range reads fetch whole COG tiles, so the
     transfer is larger for cells smaller than a tile, smaller for well-compressed data.
     """
+    from geodelta.pipelines.stages.labels.registry import label_source
     from geodelta.sources.profiles import band_resolution, get_profile
 
     job = pair.job
@@ -128,10 +129,13 @@ def estimate_bytes(pair: ScenePair, cfg: BuildConfig, n_rated: int) -> int:
     cls = cfg.imagery.classification_asset
     if cls is not None:
         total += n_rated * px(band_resolution(coll, cls, default_res)) * 2
-    if cfg.labels.kind == "landcover" and cfg.labels.collection:
-        total += 2 * px(band_resolution(cfg.labels.collection, cfg.labels.asset, default_res))
-    else:
-        total += px(default_res)
+    labels = cfg.labels
+    maps = label_source(labels.kind).maps_per_pair
+    searched = labels.searched_collection
+    if searched:
+        total += maps * px(band_resolution(searched, labels.asset, default_res))
+    else:  # the label rides on the imagery item: counted at the grid resolution
+        total += maps * px(default_res)
     return total
 
 

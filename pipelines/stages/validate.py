@@ -16,18 +16,20 @@ from collections.abc import Callable
 import numpy as np
 
 from geodelta.annotators.claims import check_captions, check_qa_item
+from geodelta.pipelines.stages.coregister import RECORD_DECIMALS
 from geodelta.pipelines.stages.sample import Sample
 from geodelta.schemas import Annotation, BuildConfig, QuarantineRecord, SampleMeta, sample_key
 from geodelta.schemas.classes import BINARY_CHANGE, CLASSES, N_CLASSES, transition_code
+from geodelta.schemas.qa import REQUIRED_QA_TYPES
 
 __all__ = ["REQUIRED_QA_TYPES", "RULES", "Rule", "validate_sample", "validate_stage"]
 
 Rule = Callable[[SampleMeta, Annotation, np.ndarray, BuildConfig], list[str]]
 
-#: QA types every sample must carry.
-REQUIRED_QA_TYPES: tuple[str, ...] = ("has_change", "change_ratio", "count_regions")
 
 _CRS_RE = re.compile(r"EPSG:[1-9][0-9]*")
+#: Slack for comparing recorded co-registration values (each rounded to RECORD_DECIMALS).
+_COREG_TOLERANCE = 10.0 ** -(RECORD_DECIMALS - 1)
 
 
 def _valid_code_table() -> np.ndarray:
@@ -41,10 +43,6 @@ def _valid_code_table() -> np.ndarray:
 
 
 _VALID_CODES = _valid_code_table()
-
-
-def _in_unit(value: float) -> bool:
-    return math.isfinite(value) and 0.0 <= value <= 1.0
 
 
 def rule_key_format(
@@ -90,22 +88,6 @@ def rule_crs(meta: SampleMeta, ann: Annotation, mask: np.ndarray, cfg: BuildConf
     return [f"crs {meta.crs!r} is not of the form 'EPSG:<code>'"]
 
 
-def rule_fractions(
-    meta: SampleMeta, ann: Annotation, mask: np.ndarray, cfg: BuildConfig
-) -> list[str]:
-    """Clear fractions are in [0, 1] or None (unknown); valid fractions are in [0, 1]."""
-    out = []
-    for name in ("before_clear", "after_clear"):
-        value = getattr(meta, name)
-        if value is not None and not _in_unit(value):
-            out.append(f"{name}={value} is not in [0, 1] (or None for unknown)")
-    for name in ("before_valid", "after_valid"):
-        value = getattr(meta, name)
-        if not _in_unit(value):
-            out.append(f"{name}={value} is not in [0, 1]")
-    return out
-
-
 def rule_valid_fraction(
     meta: SampleMeta, ann: Annotation, mask: np.ndarray, cfg: BuildConfig
 ) -> list[str]:
@@ -118,29 +100,44 @@ def rule_valid_fraction(
     ]
 
 
-def rule_coreg_shift(
+def rule_coreg_applied(
     meta: SampleMeta, ann: Annotation, mask: np.ndarray, cfg: BuildConfig
 ) -> list[str]:
-    """The applied shift (magnitude of (dy, dx)) is at most ``validation.max_abs_shift_px``."""
-    dy, dx = meta.coreg.shift_px
+    """The recorded co-registration says what was done to the after scene.
+
+    The coregister stage applies an estimated shift of at least ``coregistration.min_shift_px``
+    and records it with ``applied``; a shift it does not apply leaves the after scene as read,
+    so its residual is the shift itself. A record that disagrees (a flag that does not match
+    the shift's size, the residual of an unapplied shift other than its size, a shift that is
+    not a number) does not describe the ``after.tif`` it ships with. The size limits are the
+    coregister stage's own (``coregistration.max_shift_px`` / ``max_residual_px``: it
+    quarantines what exceeds them) and the release contract's (``validation.*``, the GX suite).
+    """
+    coreg = meta.coreg
+    dy, dx = coreg.shift_px
     size = math.hypot(dy, dx)
-    limit = cfg.validation.max_abs_shift_px
-    if size <= limit:  # False for NaN too
+    if not math.isfinite(size):
+        return [f"shift (dy={dy}, dx={dx}) is not finite"]
+    floor = cfg.coregistration.min_shift_px
+    if coreg.applied and size < floor - _COREG_TOLERANCE:
+        return [
+            f"shift (dy={dy}, dx={dx}) of {size:.6f} px is marked applied, but shifts below "
+            f"coregistration.min_shift_px={floor} are not applied"
+        ]
+    if coreg.applied:
         return []
-    return [
-        f"shift (dy={dy}, dx={dx}) has |shift|={size:.3f} px > validation.max_abs_shift_px={limit}"
-    ]
-
-
-def rule_coreg_residual(
-    meta: SampleMeta, ann: Annotation, mask: np.ndarray, cfg: BuildConfig
-) -> list[str]:
-    """The co-registration residual is at most ``validation.max_residual_px``."""
-    residual = meta.coreg.residual_px
-    limit = cfg.validation.max_residual_px
-    if residual <= limit:
-        return []
-    return [f"residual {residual:.3f} px > validation.max_residual_px={limit}"]
+    out = []
+    if size >= floor + _COREG_TOLERANCE:
+        out.append(
+            f"shift (dy={dy}, dx={dx}) of {size:.6f} px is marked not applied, but shifts of "
+            f"coregistration.min_shift_px={floor} or more are applied"
+        )
+    if abs(coreg.residual_px - size) > _COREG_TOLERANCE:
+        out.append(
+            f"residual {coreg.residual_px} px of an unapplied shift is not the shift's size "
+            f"{size:.6f} px"
+        )
+    return out
 
 
 def rule_caption_count(
@@ -240,10 +237,8 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("time_order", rule_time_order),
     ("bbox_lonlat", rule_bbox_lonlat),
     ("crs", rule_crs),
-    ("fractions", rule_fractions),
     ("valid_fraction", rule_valid_fraction),
-    ("coreg_shift", rule_coreg_shift),
-    ("coreg_residual", rule_coreg_residual),
+    ("coreg_applied", rule_coreg_applied),
     ("caption_count", rule_caption_count),
     ("caption_length", rule_caption_length),
     ("qa_types", rule_qa_types),

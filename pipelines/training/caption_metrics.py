@@ -24,6 +24,8 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from geodelta.errors import ModelError
+
 __all__ = ["TOKENIZER", "CaptionScoreError", "CaptionScores", "caption_scores", "tokenize"]
 
 #: Name and version of the tokenizer (recorded in reference/metrics.json).
@@ -35,7 +37,7 @@ TOKENIZER = (
 _TOKEN = re.compile(r"\d+(?:[.,]\d+)*|[^\W\d_]+(?:-[^\W\d_]+)*|'[^\W\d_]+|%")
 
 
-class CaptionScoreError(ValueError):
+class CaptionScoreError(ModelError):
     """Candidates and references that cannot be scored; says which sample."""
 
 

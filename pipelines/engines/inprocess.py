@@ -1,0 +1,40 @@
+"""The in-process engine: every stage for every cell, one after the other, in this process.
+
+A plain loop (debugging, tiny builds, one mapped Airflow task): each cell through
+:meth:`~geodelta.pipelines.stages.worker.Worker.process_cell`, committed to the staging area as
+soon as it is done (:func:`~geodelta.pipelines.engines.commit.commit`) and counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from geodelta.pipelines.engines.commit import StageCounts, commit
+from geodelta.pipelines.release.staging import Staging
+from geodelta.pipelines.stages.worker import Worker
+from geodelta.schemas import BuildConfig, TileJob
+
+ProgressFn = Callable[[int], None]
+
+
+def run_inprocess(
+    jobs: Sequence[TileJob],
+    cfg: BuildConfig,
+    staging_root: Path,
+    *,
+    code_version: str,
+    progress: ProgressFn | None = None,
+) -> StageCounts:
+    """Run every cell here and commit each; returns what each stage passed and quarantined."""
+    worker = Worker(cfg, code_version=code_version)
+    stages = [stage for stage, _ in worker.steps()]
+    staging = Staging(staging_root)
+    counts = StageCounts()
+    for job in jobs:
+        outcome = worker.process_cell(job)
+        commit(staging, outcome)
+        counts.add_outcome(stages, outcome)
+        if progress is not None:
+            progress(1)
+    return counts

@@ -1,0 +1,156 @@
+"""Write a release's WebDataset shards: ``shards/{split}-{i:06d}.tar``, byte-deterministic.
+
+Samples are grouped by split, sorted by key and written in the member order of the staging
+area; every tar header carries the same mtime, owner and mode (:data:`TAR_MTIME`,
+:data:`TAR_USER`, :data:`TAR_GROUP`, :data:`TAR_MODE`), so the same staged samples give the
+same bytes. Each shard is written to a temporary file and renamed into place when closed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import webdataset as wds
+
+from geodelta._io import sha256_file, tmp_name
+from geodelta.pipelines.release.layout import SHARDS_DIR
+from geodelta.pipelines.release.staging import Staging
+from geodelta.schemas import BuildConfig, SampleMeta, ShardInfo
+
+__all__ = [
+    "TAR_GROUP",
+    "TAR_MODE",
+    "TAR_MTIME",
+    "TAR_USER",
+    "RowFn",
+    "clean_shards",
+    "shard_name",
+    "tar_entry_bytes",
+    "write_shards",
+]
+
+#: Fixed tar header fields, so shards are byte-deterministic.
+TAR_MTIME = 0
+TAR_USER = "geodelta"
+TAR_GROUP = "geodelta"
+TAR_MODE = 0o444
+
+#: ``(meta, shard path relative to the release, members) -> sample-table row``.
+RowFn = Callable[[SampleMeta, str, dict[str, bytes]], dict[str, Any]]
+
+
+def shard_name(split: str, index: int) -> str:
+    """The path of a split's ``index``-th shard, relative to the release folder."""
+    return f"{SHARDS_DIR}/{split}-{index:06d}.tar"
+
+
+def tar_entry_bytes(name: str, size: int) -> int:
+    """Bytes one member takes in a tar: a 512-byte header plus the data padded to 512."""
+    return 512 + (size + 511) // 512 * 512 + (1024 if len(name) > 100 else 0)
+
+
+@dataclass
+class _ShardOut:
+    """A shard being written: a temp file that becomes ``path`` on close."""
+
+    path: Path
+    tmp: Path
+    stream: IO[bytes]
+    writer: wds.TarWriter
+    split: str
+    samples: int = 0
+    nbytes: int = 0
+
+
+def _open_shard(path: Path, split: str) -> _ShardOut:
+    tmp = tmp_name(path)
+    stream = tmp.open("wb")
+    writer = wds.TarWriter(
+        stream,
+        user=TAR_USER,
+        group=TAR_GROUP,
+        mode=TAR_MODE,
+        encoder=False,
+        mtime=TAR_MTIME,
+        compress=False,
+    )
+    return _ShardOut(path=path, tmp=tmp, stream=stream, writer=writer, split=split)
+
+
+def _close_shard(shard: _ShardOut, release_dir: Path) -> ShardInfo:
+    shard.writer.close()
+    shard.stream.close()
+    os.replace(shard.tmp, shard.path)
+    return ShardInfo(
+        path=shard.path.relative_to(release_dir).as_posix(),
+        split=shard.split,
+        samples=shard.samples,
+        bytes=shard.path.stat().st_size,
+        sha256=sha256_file(shard.path),
+    )
+
+
+def clean_shards(release_dir: Path) -> None:
+    """Remove the shards (and temp files) an earlier run left under ``shards/``."""
+    shards_dir = release_dir / SHARDS_DIR
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    for path in shards_dir.iterdir():
+        if path.is_file() and (path.suffix == ".tar" or path.name.endswith(".tmp")):
+            path.unlink()
+
+
+def write_shards(
+    release_dir: Path,
+    cfg: BuildConfig,
+    staging: Staging,
+    metas: dict[str, SampleMeta],
+    row: RowFn,
+) -> tuple[list[ShardInfo], list[dict[str, Any]]]:
+    """Write every split's shards.
+
+    A shard takes samples until it holds ``shards.max_samples`` or the next sample would push
+    it past ``shards.max_bytes`` (a single larger sample still gets a shard of its own).
+
+    Args:
+        release_dir: the release folder (``shards/`` is under it and exists).
+        cfg: the build config (``shards``).
+        staging: the staging area holding the samples' members.
+        metas: key -> metadata of every sample to write (its ``split`` picks the shards).
+        row: makes the sample-table row of each sample written.
+
+    Returns:
+        The shard infos (split order, then index) and the sample-table rows (shard order).
+    """
+    by_split: dict[str, list[str]] = defaultdict(list)
+    for key, meta in metas.items():
+        by_split[meta.split].append(key)
+    infos: list[ShardInfo] = []
+    rows: list[dict[str, Any]] = []
+    max_samples, max_bytes = cfg.shards.max_samples, cfg.shards.max_bytes
+    for split in sorted(by_split):
+        index = 0
+        current: _ShardOut | None = None
+        for key in sorted(by_split[split]):
+            members = staging.read_members(key)
+            size = sum(tar_entry_bytes(f"{key}.{n}", len(v)) for n, v in members.items())
+            if current is not None and (
+                current.samples >= max_samples or current.nbytes + size > max_bytes
+            ):
+                infos.append(_close_shard(current, release_dir))
+                current = None
+            if current is None:
+                current = _open_shard(release_dir / shard_name(split, index), split)
+                index += 1
+            current.writer.write({"__key__": key, **members})
+            current.samples += 1
+            current.nbytes += size
+            rel = current.path.relative_to(release_dir).as_posix()
+            rows.append(row(metas[key], rel, members))
+        if current is not None:
+            infos.append(_close_shard(current, release_dir))
+    return infos, rows
