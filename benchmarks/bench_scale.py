@@ -69,7 +69,7 @@ END = "<!-- bench_scale:end -->"
 DEFAULT_SCALES = (1.0, 1.73, 3.0)
 #: 2, 8 and 15 cells.
 QUICK_SCALES = (0.3, 0.4, 0.5)
-#: The demo AOI's centre (``sources/demo_catalog.py`` scales the AOI around it).
+#: The demo AOI's centre (``sources/demo/catalog.py`` scales the AOI around it).
 CENTRE = (6.0, 45.045)
 SAMPLE_EVERY_S = 0.05
 PHASES = ("startup", "plan", "process", "release", "report")

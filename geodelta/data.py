@@ -295,8 +295,8 @@ def tif_dn_fast(data: bytes, idx: Sequence[int]) -> tuple[np.ndarray, int] | Non
 
     Handles little-endian strip TIFFs with one integer band per plane (``interleave=band`` or a
     single band), uncompressed or deflate, predictor none or horizontal: the layout of every
-    ``before.tif``/``after.tif`` in a release (see ``pipelines/encode.py``). Only the strips of
-    the requested bands are inflated. tifffile parses the header; the strips are inflated with
+    ``before.tif``/``after.tif`` in a release (see ``pipelines/stages/encode.py``). Only the
+    strips of the requested bands are inflated. tifffile parses the header; the strips are inflated with
     ``zlib`` and the predictor undone with one cumulative sum per band.
 
     Args:

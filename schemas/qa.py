@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 __all__ = [
+    "CLASS_TREND_QA_TYPES",
     "COUNT_QA_TYPES",
     "QA_TYPES",
     "QA_TYPE_SPECS",
@@ -97,6 +98,8 @@ def qa_types_answered(kind: AnswerKind) -> tuple[str, ...]:
 REQUIRED_QA_TYPES: tuple[str, ...] = tuple(t for t, s in QA_TYPE_SPECS.items() if s.required)
 #: QA types answered 'yes' or 'no'.
 YES_NO_QA_TYPES: tuple[str, ...] = qa_types_answered("yes_no")
+#: QA types asking whether one class grew or shrank (yes/no; asked on changed tiles only).
+CLASS_TREND_QA_TYPES: tuple[str, ...] = ("class_increase", "class_decrease")
 #: QA types answered with a non-negative integer, written in digits.
 COUNT_QA_TYPES: tuple[str, ...] = qa_types_answered("count")
 #: QA types answered with a bin label of :data:`~geodelta.schemas.records.CHANGE_RATIO_BINS`.

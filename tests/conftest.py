@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from geodelta.pipelines.api import BuildResult
+    from geodelta.sources.demo.catalog import DemoCatalog
     from tests.pgstac_server import PgstacServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,3 +78,50 @@ def pgstac_api(
         pgs.publish(items, files)  # the COGs are read over HTTP, as from blob storage
         with pgs.run_pgstac_server(root / "server", [oscd[0], worldcover[0]], items) as server:
             yield dataclasses.replace(server, asset_server=files)
+
+
+# --------------------------------------------------------------------------------------------
+# The demo release, built once per session and shared by the modules that read it. Tests treat
+# these as read-only: a test that breaks a file copies the release (or the catalog) first.
+
+
+@pytest.fixture(scope="session")
+def demo_catalog(tmp_path_factory: pytest.TempPathFactory) -> DemoCatalog:
+    """The SYNTHETIC demo catalog at ``tests.factories.DEMO_SCALE`` (seed 0), written once."""
+    from geodelta.sources.demo.catalog import write_demo_catalog
+    from tests.factories import DEMO_SCALE
+
+    root = tmp_path_factory.mktemp("demo-catalog")
+    return write_demo_catalog(root / "catalog", seed=0, scale=DEMO_SCALE)
+
+
+@pytest.fixture(scope="session")
+def demo_release(
+    demo_catalog: DemoCatalog, tmp_path_factory: pytest.TempPathFactory
+) -> BuildResult:
+    """``configs/demo.yaml`` over :func:`demo_catalog`, as it ships (default runner, GX on)."""
+    from geodelta.pipelines.api import build
+    from tests.factories import demo_config
+
+    out = tmp_path_factory.mktemp("demo-release") / "release"
+    return build(demo_config(demo_catalog, out), mode="fresh", progress=False)
+
+
+#: Overrides of :func:`small_shards_release`: several shards from the demo's 12 samples; GX is
+#: not what the modules that share it test (~6 s).
+SMALL_SHARDS: dict[str, Any] = {
+    "shards": {"max_samples": 4},
+    "validation": {"great_expectations": False},
+}
+
+
+@pytest.fixture(scope="session")
+def small_shards_release(
+    demo_catalog: DemoCatalog, tmp_path_factory: pytest.TempPathFactory
+) -> BuildResult:
+    """The demo with :data:`SMALL_SHARDS` on the default runner (Beam's FnApiRunner)."""
+    from geodelta.pipelines.api import build
+    from tests.factories import demo_config
+
+    out = tmp_path_factory.mktemp("demo-small") / "release"
+    return build(demo_config(demo_catalog, out, **SMALL_SHARDS), mode="fresh", progress=False)

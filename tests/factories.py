@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pyproj import Transformer
@@ -34,6 +34,14 @@ from geodelta.schemas import (
     parse_config,
 )
 from geodelta.schemas.classes import CLASS_INDEX, CLASS_LABELS, CLASSES, transition_code
+
+if TYPE_CHECKING:
+    from geodelta.sources.demo.catalog import DemoCatalog
+
+REPO = Path(__file__).resolve().parent.parent
+#: Scale of the shared demo catalog (tests/conftest.py): a quarter of the demo AOI, ~15 cells on
+#: both sides of the UTM 31/32 boundary.
+DEMO_SCALE = 0.5
 
 BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B08")
 RGB: tuple[str, str, str] = ("B04", "B03", "B02")
@@ -344,24 +352,34 @@ def make_sample(
     )
 
 
-def build_demo_release(root: Path, *, scale: float, max_samples: int) -> Path:
-    """Write the SYNTHETIC demo catalog at ``scale`` under ``root/catalog`` and build
-    ``configs/demo.yaml`` over it (in-process runner, ``max_samples`` per shard) into
-    ``root/release``; returns the release folder."""
-    from geodelta.pipelines.api import build
+def demo_config(catalog: DemoCatalog, out: str | Path, **extra: Any) -> BuildConfig:
+    """``configs/demo.yaml`` over a demo catalog (its AOI), written to ``out``; ``extra``
+    replaces whole config sections (``shards={"max_samples": 4}``)."""
     from geodelta.schemas import load_config
+
+    overrides = {
+        "catalog": {"url": str(catalog.catalog_path)},
+        "output": {"dir": str(out)},
+        "aoi": {"bbox": list(catalog.aoi_bbox)},
+        **extra,
+    }
+    return load_config(REPO / "configs" / "demo.yaml", overrides)
+
+
+def build_demo_release(
+    root: Path, *, scale: float, max_samples: int, catalog: DemoCatalog | None = None
+) -> Path:
+    """Build ``configs/demo.yaml`` (in-process runner, ``max_samples`` per shard) into
+    ``root/release`` over ``catalog``, or over the SYNTHETIC demo catalog written at ``scale``
+    under ``root/catalog``; returns the release folder."""
+    from geodelta.pipelines.api import build
     from geodelta.sources.demo.catalog import write_demo_catalog
 
-    repo = Path(__file__).resolve().parent.parent
-    cat = write_demo_catalog(root / "catalog", seed=0, scale=scale)
-    cfg = load_config(
-        repo / "configs" / "demo.yaml",
-        {
-            "catalog": {"url": str(cat.catalog_path)},
-            "output": {"dir": str(root / "release")},
-            "aoi": {"bbox": list(cat.aoi_bbox)},
-            "runner": {"name": "inprocess"},
-            "shards": {"max_samples": max_samples},
-        },
+    cat = catalog or write_demo_catalog(root / "catalog", seed=0, scale=scale)
+    cfg = demo_config(
+        cat,
+        root / "release",
+        runner={"name": "inprocess"},
+        shards={"max_samples": max_samples},
     )
     return Path(build(cfg, mode="overwrite", progress=False).release_dir)

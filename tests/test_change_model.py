@@ -370,21 +370,15 @@ def test_config_without_weights_hashes_as_before() -> None:
 
 # -- end to end on a demo release -------------------------------------------------------------
 @pytest.fixture(scope="module")
-def demo_release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
-    from geodelta.pipelines.api import build
-    from geodelta.schemas import load_config
-    from geodelta.sources.demo.catalog import write_demo_catalog
-
-    root = tmp_path_factory.mktemp("baseline-demo")
-    cat = write_demo_catalog(root / "catalog", seed=0, scale=0.5)
+def baseline_demo(demo_catalog: Any, demo_release: Any) -> tuple[Any, Path]:
+    """The session's demo release (tests/conftest.py) and the overrides that build it again."""
     overrides = {
-        "catalog": {"url": str(cat.catalog_path)},
-        "output": {"dir": str(root / "release")},
-        "aoi": {"bbox": list(cat.aoi_bbox)},
+        "catalog": {"url": str(demo_catalog.catalog_path)},
+        "output": {"dir": str(demo_release.release_dir)},
+        "aoi": {"bbox": list(demo_catalog.aoi_bbox)},
         "runner": {"name": "inprocess"},
     }
-    result = build(load_config(REPO / "configs" / "demo.yaml", overrides), progress=False)
-    return overrides, result.release_dir
+    return overrides, demo_release.release_dir
 
 
 def _read_metas(release: Path) -> list[dict[str, Any]]:
@@ -396,7 +390,7 @@ def _read_metas(release: Path) -> list[dict[str, Any]]:
 
 @pytest.mark.slow
 def test_cli_trains_on_demo_shards_and_a_build_records_the_model(
-    demo_release: tuple[Any, Path], tmp_path: Path
+    baseline_demo: tuple[Any, Path], tmp_path: Path
 ) -> None:
     from typer.testing import CliRunner
 
@@ -404,7 +398,7 @@ def test_cli_trains_on_demo_shards_and_a_build_records_the_model(
     from geodelta.pipelines.cli import app
     from geodelta.schemas import load_config
 
-    overrides, release = demo_release
+    overrides, release = baseline_demo
     plain = _read_metas(release)
     assert plain and all("baseline_model" not in m and "fusion" not in m for m in plain)
 

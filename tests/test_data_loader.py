@@ -35,9 +35,11 @@ SCALE = 0.5
 
 
 @pytest.fixture(scope="module")
-def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One small demo release, 2 samples per shard so train has several shards."""
-    return build_demo_release(tmp_path_factory.mktemp("loader"), scale=SCALE, max_samples=2)
+def release(demo_catalog: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One small demo release over the session's catalog, 2 samples per shard so train has
+    several shards."""
+    root = tmp_path_factory.mktemp("loader")
+    return build_demo_release(root, scale=SCALE, max_samples=2, catalog=demo_catalog)
 
 
 def manifest(release: Path) -> dict[str, Any]:

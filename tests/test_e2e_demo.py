@@ -21,30 +21,17 @@ from geodelta.pipelines.api import BuildResult, build
 from geodelta.pipelines.release.verify import verify_release
 from geodelta.schemas import SAMPLE_MEMBERS, SampleMeta, load_config
 from geodelta.schemas.classes import transition_code
-from geodelta.sources.demo.catalog import DemoCatalog, load_truth, write_demo_catalog
+from geodelta.sources.demo.catalog import DemoCatalog, load_truth
 from tests.conftest import REPO
+from tests.factories import demo_config
 
 pytestmark = pytest.mark.slow
 
-SCALE = 0.5  # a quarter of the demo AOI: ~20 cells on both sides of the UTM 31/32 boundary
-
-
-def demo_config(cat: DemoCatalog, out: Path, **extra: Any) -> Any:
-    overrides = {
-        "catalog": {"url": str(cat.catalog_path)},
-        "output": {"dir": str(out)},
-        "aoi": {"bbox": list(cat.aoi_bbox)},
-        **extra,
-    }
-    return load_config(REPO / "configs" / "demo.yaml", overrides)
-
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoCatalog, BuildResult]:
-    root = tmp_path_factory.mktemp("demo")
-    cat = write_demo_catalog(root / "catalog", seed=0, scale=SCALE)
-    result = build(demo_config(cat, root / "release"), mode="overwrite", progress=False)
-    return cat, result
+def demo(demo_catalog: DemoCatalog, demo_release: BuildResult) -> tuple[DemoCatalog, BuildResult]:
+    """The session's demo release (tests/conftest.py) and its catalog."""
+    return demo_catalog, demo_release
 
 
 def read_samples(release: Path) -> list[dict[str, Any]]:

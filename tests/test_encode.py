@@ -1,4 +1,5 @@
-"""Sample encoding (pipelines/encode.py): DN convention, GeoTIFF round trip, PNGs, metadata."""
+"""Sample encoding (pipelines/stages/encode.py): DN convention, GeoTIFF round trip, PNGs,
+metadata."""
 
 from __future__ import annotations
 

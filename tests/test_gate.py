@@ -455,8 +455,6 @@ def test_promote_without_metrics_is_refused(tmp_path: Path) -> None:
 
 # --- end to end: demo releases, the reference model, a broken labeller ----------------------
 
-E2E_SCALE = 0.5
-
 
 def _demo_config(root: Path, catalog: Any, version: str, **overrides: Any) -> Any:
     """The demo config at the smallest scale that has train and test samples, short training."""
@@ -513,12 +511,11 @@ def _upside_down_land_cover(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def e2e(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """v1 (a good demo release) built, trained and published with --promote."""
-    from geodelta.sources.demo.catalog import write_demo_catalog
-
+def e2e(demo_catalog: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """v1 (a good demo release) built, trained and published with --promote, over the
+    session's demo catalog (tests/conftest.py)."""
     root = tmp_path_factory.mktemp("gate_e2e")
-    catalog = write_demo_catalog(root / "catalog", seed=0, scale=E2E_SCALE)
+    catalog = demo_catalog
     releases = root / "releases"
     v1 = _build_and_train(_demo_config(root, catalog, "1.0.0"))
     published = publish_release(v1, releases, promote=True)

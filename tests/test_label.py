@@ -1,4 +1,5 @@
-"""Change masks and facts (pipelines/label.py) against hand-computed cases and real WorldCover."""
+"""Change masks and facts (pipelines/stages/label.py) against hand-computed cases and real
+WorldCover."""
 
 from __future__ import annotations
 

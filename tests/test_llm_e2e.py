@@ -19,7 +19,7 @@ from geodelta.pipelines.release.layout import iter_tar_samples
 from geodelta.pipelines.release.qa_balance import qa_balance
 from geodelta.pipelines.release.verify import verify_release
 from geodelta.schemas import QAItem, SampleMeta
-from geodelta.sources.demo.catalog import DemoCatalog, write_demo_catalog
+from geodelta.sources.demo.catalog import DemoCatalog
 from tests.openai_double import OpenAIDouble
 from tests.test_e2e_demo import demo_config
 
@@ -48,8 +48,9 @@ def double(env: None) -> Iterator[OpenAIDouble]:
 
 
 @pytest.fixture(scope="module")
-def catalog(tmp_path_factory: pytest.TempPathFactory) -> DemoCatalog:
-    return write_demo_catalog(tmp_path_factory.mktemp("llm") / "catalog", seed=0, scale=0.5)
+def catalog(demo_catalog: DemoCatalog) -> DemoCatalog:
+    """The session's demo catalog (tests/conftest.py)."""
+    return demo_catalog
 
 
 def llm_config(cat: DemoCatalog, out: Path, double: OpenAIDouble) -> Any:

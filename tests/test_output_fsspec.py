@@ -1,6 +1,6 @@
 """Releases at fsspec URLs: byte-identical uploads, manifest last, failed uploads resumable.
 
-One local build of the smallest demo (module fixture) is the reference; ``memory://`` stands
+One local build of the smallest demo (the session's, tests/conftest.py) is the reference; ``memory://`` stands
 for an object store (no rename: written in place, manifest last) and ``file://`` for a
 filesystem that renames folders (a temporary sibling renamed onto the target).
 """
@@ -27,34 +27,27 @@ from geodelta.pipelines.release.upload import (
     verify_url,
     work_dir_for,
 )
-from geodelta.schemas import load_config, parse_config
-from geodelta.sources.demo.catalog import DemoCatalog, write_demo_catalog
-from tests.conftest import REPO, minimal_config
+from geodelta.schemas import parse_config
+from geodelta.sources.demo.catalog import DemoCatalog
+from tests import factories
+from tests.conftest import REPO, SMALL_SHARDS, minimal_config
 
 pytestmark = pytest.mark.slow  # the module fixture builds the demo (~15 s)
 
-SCALE = 0.5  # 15 cells: 12 samples in train/val/test
-
 
 def demo_config(cat: DemoCatalog, out: str, **extra: Any) -> Any:
-    overrides = {
-        "catalog": {"url": str(cat.catalog_path)},
-        "output": {"dir": out},
-        "aoi": {"bbox": list(cat.aoi_bbox)},
-        "shards": {"max_samples": 4},
-        "validation": {"great_expectations": False},
-        "runner": {"name": "inprocess"},
-        **extra,
-    }
-    return load_config(REPO / "configs" / "demo.yaml", overrides)
+    """The shared small-shards demo config (in-process: these tests are about the output)."""
+    return factories.demo_config(
+        cat, out, **{**SMALL_SHARDS, "runner": {"name": "inprocess"}, **extra}
+    )
 
 
 @pytest.fixture(scope="module")
-def local(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoCatalog, BuildResult]:
-    root = tmp_path_factory.mktemp("fsspec")
-    cat = write_demo_catalog(root / "catalog", seed=0, scale=SCALE)
-    result = build(demo_config(cat, str(root / "local")), mode="fresh", progress=False)
-    return cat, result
+def local(
+    demo_catalog: DemoCatalog, small_shards_release: BuildResult
+) -> tuple[DemoCatalog, BuildResult]:
+    """The session's small-shards demo release (tests/conftest.py): the reference."""
+    return demo_catalog, small_shards_release
 
 
 def local_files(release: Path) -> dict[str, bytes]:

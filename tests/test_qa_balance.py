@@ -1,4 +1,4 @@
-"""QA answer balance report (pipelines/qa_balance.py)."""
+"""QA answer balance report (pipelines/release/qa_balance.py)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ import pytest
 from geodelta.pipelines.api import BuildResult, build
 from geodelta.pipelines.report.render import PROVENANCE_FIELDS, write_report
 from geodelta.schemas import load_config
-from geodelta.sources.demo.catalog import write_demo_catalog
+from geodelta.sources.demo.catalog import DemoCatalog
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -57,10 +57,13 @@ def _build(cat_path: Path, aoi: list[float], out: Path, **extra: Any) -> BuildRe
 
 
 @pytest.fixture(scope="module")
-def versions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, bytes]:
-    """(v1 release, v2 release, v1's report bytes as `build` wrote them)."""
+def versions(
+    demo_catalog: DemoCatalog, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path, bytes]:
+    """(v1 release, v2 release, v1's report bytes as `build` wrote them), over the session's
+    demo catalog (tests/conftest.py)."""
     root = tmp_path_factory.mktemp("demo-report")
-    cat = write_demo_catalog(root / "catalog", seed=0, scale=0.5)
+    cat = demo_catalog
     x0, y0, x1, y1 = cat.aoi_bbox
     v1 = _build(cat.catalog_path, [x0, y0, x1, y1], root / "v1").release_dir
     built_report = (v1 / "report" / "index.html").read_bytes()

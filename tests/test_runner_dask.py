@@ -19,11 +19,10 @@ from typer.testing import CliRunner
 
 from geodelta.pipelines.api import BuildResult, build
 from geodelta.pipelines.engines.run import RunnerError, check_runner
-from geodelta.schemas import QuarantineRecord, TileJob, load_config, parse_config
-from geodelta.sources.demo.catalog import DemoCatalog, write_demo_catalog
-from tests.conftest import REPO, minimal_config
-
-SCALE = 0.5  # 15 cells: 12 samples in train/val/test, 3 quarantined at pair
+from geodelta.schemas import QuarantineRecord, TileJob, parse_config
+from geodelta.sources.demo.catalog import DemoCatalog
+from tests import factories
+from tests.conftest import REPO, SMALL_SHARDS, minimal_config
 
 JOB = TileJob(
     cell_id="31N-1280-0569-3902",
@@ -37,23 +36,16 @@ JOB = TileJob(
 
 
 def demo_config(cat: DemoCatalog, out: Path, **extra: Any) -> Any:
-    overrides = {
-        "catalog": {"url": str(cat.catalog_path)},
-        "output": {"dir": str(out)},
-        "aoi": {"bbox": list(cat.aoi_bbox)},
-        "shards": {"max_samples": 4},  # several shards from 12 samples
-        "validation": {"great_expectations": False},  # not what this test is about (~6 s)
-        **extra,
-    }
-    return load_config(REPO / "configs" / "demo.yaml", overrides)
+    """The shared small-shards demo config (several shards from 12 samples, GX off)."""
+    return factories.demo_config(cat, out, **{**SMALL_SHARDS, **extra})
 
 
 @pytest.fixture(scope="module")
-def default_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoCatalog, BuildResult]:
-    root = tmp_path_factory.mktemp("dask")
-    cat = write_demo_catalog(root / "catalog", seed=0, scale=SCALE)
-    result = build(demo_config(cat, root / "default"), mode="fresh", progress=False)
-    return cat, result
+def default_build(
+    demo_catalog: DemoCatalog, small_shards_release: BuildResult
+) -> tuple[DemoCatalog, BuildResult]:
+    """The session's small-shards demo release on the default runner (tests/conftest.py)."""
+    return demo_catalog, small_shards_release
 
 
 def release_bytes(release: Path) -> dict[str, bytes]:

@@ -1,4 +1,5 @@
-"""The staging area (pipelines/staging.py): atomic puts, cell markers, outcomes, concurrency."""
+"""The staging area (pipelines/release/staging.py): atomic puts, cell markers, outcomes,
+concurrency."""
 
 from __future__ import annotations
 

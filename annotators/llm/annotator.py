@@ -67,16 +67,8 @@ from geodelta.errors import GeodeltaError
 from geodelta.schemas import SCHEMA_VERSION, Annotation, BuildConfig, ChangeFacts
 from geodelta.schemas.config import OpenAIConfig
 
-__all__ = [
-    "REASON_BUDGET",
-    "REASON_CLAIMS",
-    "REASON_MALFORMED",
-    "REASON_REJECTED",
-    "REASON_UNAVAILABLE",
-    "AnnotationFailed",
-    "LLMAnnotator",
-    "LLMStats",
-]
+#: The reasons and :class:`AnnotationFailed` live in :mod:`geodelta.annotators.errors`.
+__all__ = ["LLMAnnotator", "LLMStats"]
 
 _IMAGE_TOKENS = 100  # estimate per low-detail image
 

@@ -70,12 +70,7 @@ class BatchHost(Protocol):
     def _client(self) -> Any: ...
 
     async def _with_retries(
-        self,
-        key: str,
-        call: Callable[[], Awaitable[Any]],
-        est_tokens: float,
-        *,
-        schema_request: bool = False,
+        self, key: str, call: Callable[[], Awaitable[Any]], est_tokens: float
     ) -> Any: ...
 
 

@@ -20,23 +20,17 @@ import hashlib
 import io
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-try:
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-except ImportError as exc:  # pragma: no cover - torch is in the 'model' extra
-    raise ImportError(
-        "the baseline change model needs torch; install it with: pip install 'geodelta[model]'"
-    ) from exc
+from geodelta._io import write_atomic
+from geodelta.annotators.models._torch import F, nn, torch
+from geodelta.errors import ModelError
 
 __all__ = [
     "ARCHITECTURE",
@@ -52,6 +46,7 @@ __all__ = [
     "save_model",
     "seed_everything",
     "state_dict_sha256",
+    "train_epochs",
 ]
 
 #: Name recorded in model cards and sample metadata.
@@ -61,11 +56,14 @@ _MULTIPLE = 16
 #: Smallest standard deviation used when standardising a band (reflectance units).
 _MIN_STD = 1e-2
 
+#: A network type (what :func:`load_checkpoint` builds).
+_M = TypeVar("_M", bound="nn.Module")
+
 #: A training batch: before (N,C,H,W), after (N,C,H,W), target (N,H,W) in {0,1}, valid (N,H,W).
 Batch = tuple["torch.Tensor", "torch.Tensor", "torch.Tensor", "torch.Tensor"]
 
 
-class ModelIntegrityError(ValueError):
+class ModelIntegrityError(ModelError):
     """Weights whose content does not match their recorded hash, or a file that is not ours."""
 
     def __init__(self, message: str, *, path: str | None = None) -> None:
@@ -312,30 +310,68 @@ def fit(
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    result = TrainResult()
     start = time.perf_counter()
-    for epoch in range(cfg.epochs):
+
+    def loss_of(batch: Batch) -> torch.Tensor:
+        before, after, target, valid = batch
+        logits = model(before.float(), after.float())
+        return change_loss(
+            logits, target, valid, pos_weight=cfg.pos_weight, dice_weight=cfg.dice_weight
+        )
+
+    losses, count = train_epochs(model, opt, batches, cfg.epochs, loss_of, on_epoch=on_epoch)
+    return TrainResult(losses, count, time.perf_counter() - start)
+
+
+def train_epochs(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    batches: Callable[[int], Iterable[Any]],
+    epochs: int,
+    loss_of: Callable[[Any], torch.Tensor | None],
+    *,
+    on_epoch: Callable[[int, float], None] | None = None,
+    empty: str = "had no batches; is the data empty?",
+) -> tuple[list[float], int]:
+    """The training loop every geodelta model shares: epochs of zero-grad, loss, step.
+
+    Args:
+        model: the network (put in train mode per epoch, left in eval mode).
+        opt: its optimiser.
+        batches: ``epoch -> iterable of batches``.
+        epochs: passes over the data.
+        loss_of: ``batch -> loss`` (the forward pass), or None to skip the batch.
+        on_epoch: called with ``(epoch, mean loss)`` after every epoch.
+        empty: the end of the message when an epoch had no batch (``epoch <n> ...``).
+
+    Returns:
+        ``(mean loss per epoch, number of batches trained on)``.
+
+    Raises:
+        ValueError: an epoch had no batch.
+    """
+    losses: list[float] = []
+    n_batches = 0
+    for epoch in range(epochs):
         model.train()
         total, count = 0.0, 0
-        for before, after, target, valid in batches(epoch):
+        for batch in batches(epoch):
             opt.zero_grad(set_to_none=True)
-            logits = model(before.float(), after.float())
-            loss = change_loss(
-                logits, target, valid, pos_weight=cfg.pos_weight, dice_weight=cfg.dice_weight
-            )
+            loss = loss_of(batch)
+            if loss is None:
+                continue
             loss.backward()
             opt.step()
             total += float(loss.detach())
             count += 1
         if count == 0:
-            raise ValueError(f"epoch {epoch} had no batches; is the data empty?")
-        result.losses.append(total / count)
-        result.batches += count
+            raise ValueError(f"epoch {epoch} {empty}")
+        losses.append(total / count)
+        n_batches += count
         if on_epoch is not None:
             on_epoch(epoch, total / count)
     model.eval()
-    result.seconds = time.perf_counter() - start
-    return result
+    return losses, n_batches
 
 
 def _nan_to_zero(arr: np.ndarray) -> np.ndarray:
@@ -446,12 +482,6 @@ class SavedModel:
         return f"{ARCHITECTURE}@sha256:{self.sha256}"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def write_checkpoint(
     model: nn.Module,
     architecture: str,
@@ -482,25 +512,32 @@ def write_checkpoint(
     torch.save({"architecture": architecture, "hparams": hparams, "state_dict": sd}, buf)
     weights = folder / "weights.pt"
     card_json = folder / "card.json"
-    _write_atomic(weights, buf.getvalue())
-    _write_atomic(card_json, (json.dumps(full_card, indent=2, sort_keys=True) + "\n").encode())
+    write_atomic(weights, buf.getvalue())
+    # ASCII-escaped, unlike geodelta._io.json_bytes: the card's bytes are part of releases.
+    write_atomic(card_json, (json.dumps(full_card, indent=2, sort_keys=True) + "\n").encode())
     return folder, weights, card_json, digest, full_card
 
 
-def read_checkpoint(
-    path: str | Path, architecture: str, *, missing: str, foreign: str
-) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """Read what :func:`write_checkpoint` saved and check the weights' content hash.
+def load_checkpoint(
+    path: str | Path,
+    architecture: str,
+    build: Callable[..., _M],
+    *,
+    missing: str,
+    foreign: str,
+) -> tuple[_M, dict[str, Any], str]:
+    """Load what :func:`write_checkpoint` saved, checking the weights' content hash.
 
     Args:
         path: the ``weights.pt`` file or its folder.
         architecture: the architecture the file must hold.
+        build: ``**hparams -> network`` of that architecture.
         missing: message when there are no weights (``{weights}`` is filled in).
         foreign: message when the file holds another architecture.
 
     Returns:
-        ``(payload with hparams and state_dict, card, sha256)``; the card is ``{}`` when
-        ``card.json`` is missing.
+        ``(network in eval mode, card, sha256)``; the card is ``{}`` when ``card.json`` is
+        missing.
 
     Raises:
         FileNotFoundError: no weights there.
@@ -523,7 +560,10 @@ def read_checkpoint(
             "the file was changed after training",
             path=str(weights),
         )
-    return blob, card, digest
+    model = build(**blob["hparams"])
+    model.load_state_dict(blob["state_dict"])
+    model.eval()
+    return model, card, digest
 
 
 def _fmt(value: Any) -> str:
@@ -583,7 +623,7 @@ def save_model(model: FCSiamDiff, out_dir: str | Path, card: dict[str, Any]) -> 
         model, ARCHITECTURE, model.hparams(), out_dir, card
     )
     card_md = folder / "card.md"
-    _write_atomic(card_md, _card_markdown(full_card).encode())
+    write_atomic(card_md, _card_markdown(full_card).encode())
     return SavedModel(folder, weights, card_json, card_md, digest)
 
 
@@ -601,15 +641,13 @@ def load_model(path: str | Path) -> tuple[FCSiamDiff, dict[str, Any]]:
         ModelIntegrityError: not a geodelta baseline model, or the weights' hash differs from
             the card's.
     """
-    blob, card, digest = read_checkpoint(
+    model, card, digest = load_checkpoint(
         path,
         ARCHITECTURE,
+        FCSiamDiff,
         missing="no baseline weights at {weights}; check baseline.weights",
         foreign=f"not a {ARCHITECTURE} weights file (train one with `geodelta baseline train`)",
     )
-    model = FCSiamDiff(**blob["hparams"])
-    model.load_state_dict(blob["state_dict"])
-    model.eval()
     card.setdefault("sha256", digest)
     card.setdefault("model_id", f"{ARCHITECTURE}@sha256:{digest}")
     return model, card

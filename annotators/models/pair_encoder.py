@@ -26,16 +26,12 @@ from typing import Any
 
 import numpy as np
 
-try:
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-except ImportError as exc:  # pragma: no cover - torch is in the 'model' extra
-    raise ImportError(
-        "the pair encoder needs torch; install it with: pip install 'geodelta[model]'"
-    ) from exc
-
-from geodelta.annotators.models.change_model import read_checkpoint, write_checkpoint
+from geodelta.annotators.models._torch import F, nn, torch
+from geodelta.annotators.models.change_model import (
+    load_checkpoint,
+    train_epochs,
+    write_checkpoint,
+)
 
 __all__ = [
     "ARCHITECTURE",
@@ -183,27 +179,23 @@ def fit_pair_encoder(
         ValueError: an epoch had no batch of at least two pairs.
     """
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    result = PairTrainResult(losses=[], batches=0)
-    for epoch in range(epochs):
-        model.train()
-        total, count = 0.0, 0
-        for before, after, text in batches(epoch):
-            if before.shape[0] < 2:
-                continue
-            opt.zero_grad(set_to_none=True)
-            loss = info_nce(model(before.float(), after.float()), text.float(), model.scale())
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
-            count += 1
-        if count == 0:
-            raise ValueError(f"epoch {epoch} had no batch of two or more pairs; is the data empty?")
-        result.losses.append(total / count)
-        result.batches += count
-        if on_epoch is not None:
-            on_epoch(epoch, total / count)
-    model.eval()
-    return result
+
+    def loss_of(batch: PairBatch) -> torch.Tensor | None:
+        before, after, text = batch
+        if before.shape[0] < 2:
+            return None
+        return info_nce(model(before.float(), after.float()), text.float(), model.scale())
+
+    losses, count = train_epochs(
+        model,
+        opt,
+        batches,
+        epochs,
+        loss_of,
+        on_epoch=on_epoch,
+        empty="had no batch of two or more pairs; is the data empty?",
+    )
+    return PairTrainResult(losses=losses, batches=count)
 
 
 @torch.no_grad()
@@ -272,13 +264,11 @@ def load_pair_encoder(path: str | Path) -> tuple[PairEncoder, dict[str, Any]]:
         FileNotFoundError: no weights there.
         ModelIntegrityError: not a pair-encoder file, or the weights' hash differs from the card's.
     """
-    blob, card, _ = read_checkpoint(
+    model, card, _ = load_checkpoint(
         path,
         ARCHITECTURE,
+        PairEncoder,
         missing="no pair-encoder weights at {weights}",
         foreign=f"not a {ARCHITECTURE} weights file",
     )
-    model = PairEncoder(**blob["hparams"])
-    model.load_state_dict(blob["state_dict"])
-    model.eval()
     return model, card

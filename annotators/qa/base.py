@@ -4,13 +4,16 @@ A QA type is one module of :mod:`geodelta.annotators.qa` holding a :class:`QASpe
 type applies to a sample's facts, how the template annotator asks and answers it, how the
 evidence of an answer is found from the facts (for answers an LLM wrote), and how the claim
 checker re-derives the answer independently. The helpers below are shared by families of
-types: yes/no answers, the class-trend questions (``class_increase``, ``class_decrease``) and
-the transition questions (``largest_change``, ``smallest_change``).
+types: a question drawn from a fixed list (:func:`ask_fixed`, :func:`facts_only`), yes/no
+answers, and two families whose whole spec is built here from a type's own wordings:
+the class-trend questions (:func:`trend_spec`: ``class_increase``, ``class_decrease``) and the
+largest/smallest transition questions (:func:`extreme_spec`: ``largest_change``,
+``smallest_change``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,31 +34,35 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = [
+    "AskFn",
     "Evidence",
     "QASpec",
     "TrendQuestions",
     "always",
-    "ask_trend",
-    "check_extreme",
-    "check_trend",
+    "ask_fixed",
     "class_of",
-    "extreme_evidence",
+    "extreme_spec",
     "extreme_transition",
     "extreme_transitions",
+    "facts_only",
     "has_change",
     "names_transition",
     "one_named_class",
+    "one_of",
     "qa_item",
     "transition_answer",
     "transition_evidence",
     "trend_applies",
-    "trend_evidence",
-    "trend_question_evidence",
+    "trend_spec",
+    "yes_no",
     "yes_no_complaints",
+    "yes_no_mismatch",
 ]
 
 #: The facts fields (name -> value) an answer rests on.
 Evidence = dict[str, str | int | float | bool]
+#: ``(rng, facts, no_change_epsilon) -> QAItem``: how the template asks a type.
+AskFn = Callable[["np.random.Generator", ChangeFacts, float], QAItem]
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,7 @@ class QASpec:
     name: str
     answer_format: str
     applies: Callable[[ChangeFacts, float], bool]
-    ask: Callable[[np.random.Generator, ChangeFacts, float], QAItem]
+    ask: AskFn
     evidence: Callable[[str, ChangeFacts], tuple[Evidence, list[str]]]
     check: Callable[[QAItem, str, ChangeFacts, bool], list[str]]
 
@@ -106,9 +113,65 @@ def qa_item(kind: str, question: str, answer: str, evidence: Evidence) -> QAItem
     )
 
 
+def one_of(values: Iterable[str]) -> str:
+    """The ``answer_format`` of a type answered with one of a closed list of words."""
+    return "one of: " + ", ".join(f"'{v}'" for v in values)
+
+
+def ask_fixed(
+    kind: str,
+    questions: Sequence[str],
+    answer: Callable[[ChangeFacts, float], str],
+    evidence: Callable[[ChangeFacts], Evidence],
+) -> AskFn:
+    """``ask`` of a type whose question is one of ``questions``: one drawn, answered from the facts.
+
+    Args:
+        kind: the type name.
+        questions: the wordings, one drawn per sample (one ``rng.integers`` call).
+        answer: ``(facts, no_change_epsilon) -> answer``.
+        evidence: ``facts -> evidence`` of that answer.
+    """
+
+    def ask(rng: np.random.Generator, facts: ChangeFacts, no_change_epsilon: float) -> QAItem:
+        question = pick(rng, questions)
+        return qa_item(kind, question, answer(facts, no_change_epsilon), evidence(facts))
+
+    return ask
+
+
+def facts_only(
+    evidence: Callable[[ChangeFacts], Evidence],
+) -> Callable[[str, ChangeFacts], tuple[Evidence, list[str]]]:
+    """``evidence`` of a type whose evidence does not depend on the question's wording."""
+
+    def of_question(question: str, facts: ChangeFacts) -> tuple[Evidence, list[str]]:
+        return evidence(facts), []
+
+    return of_question
+
+
+def yes_no(flag: bool) -> str:
+    """'yes' or 'no'."""
+    return "yes" if flag else "no"
+
+
 def yes_no_complaints(kind: str, answer: str) -> list[str]:
     """A complaint when a yes/no answer is neither."""
     return [] if answer in ("yes", "no") else [f"{kind}: answer {answer!r} is not 'yes' or 'no'"]
+
+
+def yes_no_mismatch(kind: str, answer: str, truth: bool, why: Callable[[str], str]) -> list[str]:
+    """A complaint when a yes/no answer is not the one the facts give.
+
+    Args:
+        kind: the type name.
+        answer: the answer, normalised.
+        truth: whether the facts say 'yes'.
+        why: ``expected answer -> what the facts say``, the end of the complaint.
+    """
+    expected = yes_no(truth)
+    return [] if answer == expected else [f"{kind}: answer {answer!r} but {why(expected)}"]
 
 
 def one_named_class(kind: str, question: str) -> tuple[str | None, list[str]]:
@@ -178,7 +241,7 @@ def trend_evidence(facts: ChangeFacts, cls: str) -> Evidence:
     }
 
 
-def ask_trend(
+def _ask_trend(
     rng: np.random.Generator,
     facts: ChangeFacts,
     kind: str,
@@ -196,11 +259,11 @@ def ask_trend(
     label = class_label(cls)
     is_are, has_have = ("are", "have") if is_plural(cls) else ("is", "has")
     question = pick(rng, questions(label, cap(is_are), cap(has_have)))
-    answer = "yes" if _moved(facts, cls, increase=increase) else "no"
+    answer = yes_no(_moved(facts, cls, increase=increase))
     return qa_item(kind, question, answer, trend_evidence(facts, cls))
 
 
-def trend_question_evidence(
+def _trend_question_evidence(
     kind: str, question: str, facts: ChangeFacts
 ) -> tuple[Evidence, list[str]]:
     """The evidence of a trend question: the totals of the one class it names."""
@@ -210,7 +273,7 @@ def trend_question_evidence(
     return trend_evidence(facts, cls), []
 
 
-def check_trend(item: QAItem, answer: str, facts: ChangeFacts, *, increase: bool) -> list[str]:
+def _check_trend(item: QAItem, answer: str, facts: ChangeFacts, *, increase: bool) -> list[str]:
     """Re-derive a trend answer from the class totals of the class asked about."""
     kind = item.type
     if facts.binary:
@@ -225,14 +288,46 @@ def check_trend(item: QAItem, answer: str, facts: ChangeFacts, *, increase: bool
             given = item.evidence.get(name)
             if given is not None and given != value:
                 out.append(f"{kind}: evidence {name}={given} but facts have {value} for {cls}")
-        went = after > before if increase else after < before
-        expected = "yes" if went else "no"
-        if answer != expected:
-            out.append(
-                f"{kind}: answer {answer!r} but {cls} went from {before} to {after} pixels "
-                f"(expected {expected!r})"
-            )
+        out += yes_no_mismatch(
+            kind,
+            answer,
+            after > before if increase else after < before,
+            lambda expected: f"{cls} went from {before} to {after} pixels (expected {expected!r})",
+        )
     return out + yes_no_complaints(kind, answer)
+
+
+def trend_spec(name: str, *, increase: bool, questions: TrendQuestions) -> QASpec:
+    """The spec of a class-trend type: did the area of one class grow (or shrink)?
+
+    Asked on changed land-cover tiles (:func:`trend_applies`), about one class of the class
+    totals, drawn so that 'yes' and 'no' occur about equally; the evidence is that class's
+    totals; the answer is 'yes' exactly when the class has more (fewer) pixels after than
+    before.
+
+    Args:
+        name: the type name.
+        increase: True for "grew", False for "shrank".
+        questions: the type's wordings.
+    """
+
+    def ask(rng: np.random.Generator, facts: ChangeFacts, no_change_epsilon: float) -> QAItem:
+        return _ask_trend(rng, facts, name, increase=increase, questions=questions)
+
+    def evidence(question: str, facts: ChangeFacts) -> tuple[Evidence, list[str]]:
+        return _trend_question_evidence(name, question, facts)
+
+    def check(item: QAItem, answer: str, facts: ChangeFacts, changed: bool) -> list[str]:
+        return _check_trend(item, answer, facts, increase=increase)
+
+    return QASpec(
+        name=name,
+        answer_format="'yes' or 'no'; the question names exactly one class of the class totals",
+        applies=trend_applies,
+        ask=ask,
+        evidence=evidence,
+        check=check,
+    )
 
 
 # --- transitions (largest_change, smallest_change, change_to_what) ------------------------
@@ -270,23 +365,65 @@ def names_transition(answer: str, t: TransitionStat) -> bool:
     )
 
 
-def check_extreme(kind: str, answer: str, facts: ChangeFacts, changed: bool) -> list[str]:
+def _check_extreme(
+    kind: str, answer: str, facts: ChangeFacts, changed: bool, *, largest: bool
+) -> list[str]:
     """Re-derive a largest/smallest transition answer (any of several tied ones is right)."""
     if facts.binary:
         return [f"{kind}: a binary label has no transitions to name"]
     if not changed:
         return [f"{kind}: asked about a tile without change"]
-    best = extreme_transitions(facts, largest=kind == "largest_change")
+    best = extreme_transitions(facts, largest=largest)
     if any(names_transition(answer, t) for t in best):
         return []
-    expected = " or ".join(
-        f"{class_label(t.from_class)} to {class_label(t.to_class)}" for t in best
-    )
+    expected = " or ".join(transition_answer(t) for t in best)
     return [f"{kind}: answer {answer!r} but facts say {expected}"]
 
 
-def extreme_evidence(facts: ChangeFacts, *, largest: bool) -> tuple[Evidence, list[str]]:
+def _extreme_evidence(facts: ChangeFacts, *, largest: bool) -> tuple[Evidence, list[str]]:
     """The evidence of a largest/smallest answer: that transition (none without transitions)."""
     if not facts.transitions:
         return {}, []
     return transition_evidence(extreme_transition(facts, largest=largest)), []
+
+
+def extreme_spec(
+    name: str,
+    *,
+    largest: bool,
+    questions: Sequence[str],
+    applies: Callable[[ChangeFacts, float], bool],
+) -> QASpec:
+    """The spec of a type asking for the largest (or smallest) transition.
+
+    The template answers with the first (last) transition: transitions are by decreasing size
+    and ``applies`` must admit only tiles where that one is unique. An LLM's answer rests on
+    the transition with the most (fewest) pixels; any of several tied ones is right.
+
+    Args:
+        name: the type name.
+        largest: True for the largest transition, False for the smallest.
+        questions: the type's wordings.
+        applies: when the type is asked.
+    """
+    index = 0 if largest else -1
+
+    def evidence(question: str, facts: ChangeFacts) -> tuple[Evidence, list[str]]:
+        return _extreme_evidence(facts, largest=largest)
+
+    def check(item: QAItem, answer: str, facts: ChangeFacts, changed: bool) -> list[str]:
+        return _check_extreme(name, answer, facts, changed, largest=largest)
+
+    return QASpec(
+        name=name,
+        answer_format="'<from class> to <to class>' with the labels of the summary",
+        applies=applies,
+        ask=ask_fixed(
+            name,
+            questions,
+            lambda facts, _eps: transition_answer(facts.transitions[index]),
+            lambda facts: transition_evidence(facts.transitions[index]),
+        ),
+        evidence=evidence,
+        check=check,
+    )

@@ -3,14 +3,8 @@ a bin label of :data:`~geodelta.schemas.records.CHANGE_RATIO_BINS`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from geodelta.annotators.qa.base import Evidence, QASpec, always, qa_item
-from geodelta.annotators.vocabulary import pick
+from geodelta.annotators.qa.base import Evidence, QASpec, always, ask_fixed, facts_only, one_of
 from geodelta.schemas import CHANGE_RATIO_BINS, ChangeFacts, QAItem, change_ratio_bin
-
-if TYPE_CHECKING:
-    import numpy as np
 
 NAME = "change_ratio"
 QUESTIONS = (
@@ -20,16 +14,14 @@ QUESTIONS = (
 )
 
 
-def ask(rng: np.random.Generator, facts: ChangeFacts, no_change_epsilon: float) -> QAItem:
-    """The template's question; the bin of the changed fraction."""
-    question = pick(rng, QUESTIONS)
-    answer = change_ratio_bin(facts.changed_fraction)
-    return qa_item(NAME, question, answer, evidence(question, facts)[0])
+def _answer(facts: ChangeFacts, no_change_epsilon: float) -> str:
+    """The bin of the changed fraction."""
+    return change_ratio_bin(facts.changed_fraction)
 
 
-def evidence(question: str, facts: ChangeFacts) -> tuple[Evidence, list[str]]:
+def _evidence(facts: ChangeFacts) -> Evidence:
     """The changed fraction."""
-    return {"changed_fraction": facts.changed_fraction}, []
+    return {"changed_fraction": facts.changed_fraction}
 
 
 def check(item: QAItem, answer: str, facts: ChangeFacts, changed: bool) -> list[str]:
@@ -45,9 +37,9 @@ def check(item: QAItem, answer: str, facts: ChangeFacts, changed: bool) -> list[
 
 SPEC = QASpec(
     name=NAME,
-    answer_format="one of: " + ", ".join(f"'{b[0]}'" for b in CHANGE_RATIO_BINS),
+    answer_format=one_of(b[0] for b in CHANGE_RATIO_BINS),
     applies=always,
-    ask=ask,
-    evidence=evidence,
+    ask=ask_fixed(NAME, QUESTIONS, _answer, _evidence),
+    evidence=facts_only(_evidence),
     check=check,
 )

@@ -3,14 +3,8 @@ the number in digits."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from geodelta.annotators.qa.base import Evidence, QASpec, always, qa_item
-from geodelta.annotators.vocabulary import pick
+from geodelta.annotators.qa.base import Evidence, QASpec, always, ask_fixed, facts_only
 from geodelta.schemas import ChangeFacts, QAItem
-
-if TYPE_CHECKING:
-    import numpy as np
 
 NAME = "count_regions"
 QUESTIONS = (
@@ -20,15 +14,14 @@ QUESTIONS = (
 )
 
 
-def ask(rng: np.random.Generator, facts: ChangeFacts, no_change_epsilon: float) -> QAItem:
-    """The template's question; the number of changed regions."""
-    question = pick(rng, QUESTIONS)
-    return qa_item(NAME, question, str(facts.n_regions), evidence(question, facts)[0])
+def _answer(facts: ChangeFacts, no_change_epsilon: float) -> str:
+    """The number of changed regions, in digits."""
+    return str(facts.n_regions)
 
 
-def evidence(question: str, facts: ChangeFacts) -> tuple[Evidence, list[str]]:
+def _evidence(facts: ChangeFacts) -> Evidence:
     """The region count and the smallest region size kept."""
-    return {"regions": facts.n_regions, "min_region_px": facts.min_region_px}, []
+    return {"regions": facts.n_regions, "min_region_px": facts.min_region_px}
 
 
 def check(item: QAItem, answer: str, facts: ChangeFacts, changed: bool) -> list[str]:
@@ -42,7 +35,7 @@ SPEC = QASpec(
     name=NAME,
     answer_format="the number of regions, as digits",
     applies=always,
-    ask=ask,
-    evidence=evidence,
+    ask=ask_fixed(NAME, QUESTIONS, _answer, _evidence),
+    evidence=facts_only(_evidence),
     check=check,
 )

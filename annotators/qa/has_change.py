@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from geodelta.annotators.qa.base import (
     Evidence,
     QASpec,
     always,
+    ask_fixed,
+    facts_only,
     has_change,
-    qa_item,
+    yes_no,
     yes_no_complaints,
+    yes_no_mismatch,
 )
-from geodelta.annotators.vocabulary import pick
 from geodelta.schemas import ChangeFacts, QAItem
-
-if TYPE_CHECKING:
-    import numpy as np
 
 NAME = "has_change"
 QUESTIONS = (
@@ -27,7 +24,13 @@ QUESTIONS = (
 )
 
 
+def _answer(facts: ChangeFacts, no_change_epsilon: float) -> str:
+    """'yes' when the tile reads as changed."""
+    return yes_no(has_change(facts, no_change_epsilon))
+
+
 def _evidence(facts: ChangeFacts) -> Evidence:
+    """Changed and valid pixels, and the region count."""
     return {
         "changed_pixels": facts.changed_pixels,
         "valid_pixels": facts.valid_pixels,
@@ -35,27 +38,17 @@ def _evidence(facts: ChangeFacts) -> Evidence:
     }
 
 
-def ask(rng: np.random.Generator, facts: ChangeFacts, no_change_epsilon: float) -> QAItem:
-    """The template's question; 'yes' when the tile reads as changed."""
-    question = pick(rng, QUESTIONS)
-    answer = "yes" if has_change(facts, no_change_epsilon) else "no"
-    return qa_item(NAME, question, answer, _evidence(facts))
-
-
-def evidence(question: str, facts: ChangeFacts) -> tuple[Evidence, list[str]]:
-    """Changed and valid pixels, and the region count."""
-    return _evidence(facts), []
-
-
 def check(item: QAItem, answer: str, facts: ChangeFacts, changed: bool) -> list[str]:
     """'yes' exactly when the tile reads as changed."""
-    out = []
-    expected = "yes" if changed else "no"
-    if answer != expected:
-        out.append(
-            f"has_change: answer {answer!r} but facts say {expected!r} "
+    out = yes_no_mismatch(
+        NAME,
+        answer,
+        changed,
+        lambda expected: (
+            f"facts say {expected!r} "
             f"(changed_fraction={facts.changed_fraction:.4g}, regions={facts.n_regions})"
-        )
+        ),
+    )
     return out + yes_no_complaints(NAME, answer)
 
 
@@ -63,7 +56,7 @@ SPEC = QASpec(
     name=NAME,
     answer_format="'yes' or 'no'",
     applies=always,
-    ask=ask,
-    evidence=evidence,
+    ask=ask_fixed(NAME, QUESTIONS, _answer, _evidence),
+    evidence=facts_only(_evidence),
     check=check,
 )

@@ -3,23 +3,8 @@ land-cover tiles whose largest transition is unique; answered '<from class> to <
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from geodelta.annotators.qa.base import (
-    Evidence,
-    QASpec,
-    check_extreme,
-    extreme_evidence,
-    has_change,
-    qa_item,
-    transition_answer,
-    transition_evidence,
-)
-from geodelta.annotators.vocabulary import pick
-from geodelta.schemas import ChangeFacts, QAItem
-
-if TYPE_CHECKING:
-    import numpy as np
+from geodelta.annotators.qa.base import extreme_spec, has_change
+from geodelta.schemas import ChangeFacts
 
 NAME = "largest_change"
 QUESTIONS = (
@@ -40,28 +25,6 @@ def applies(facts: ChangeFacts, no_change_epsilon: float) -> bool:
     )
 
 
-def ask(rng: np.random.Generator, facts: ChangeFacts, no_change_epsilon: float) -> QAItem:
-    """The template's question; the first transition (transitions are by decreasing size)."""
-    t = facts.transitions[0]
-    question = pick(rng, QUESTIONS)
-    return qa_item(NAME, question, transition_answer(t), transition_evidence(t))
-
-
-def evidence(question: str, facts: ChangeFacts) -> tuple[Evidence, list[str]]:
-    """The transition with the most pixels."""
-    return extreme_evidence(facts, largest=True)
-
-
-def check(item: QAItem, answer: str, facts: ChangeFacts, changed: bool) -> list[str]:
-    """The transition with the most pixels (any of them on a tie)."""
-    return check_extreme(NAME, answer, facts, changed)
-
-
-SPEC = QASpec(
-    name=NAME,
-    answer_format="'<from class> to <to class>' with the labels of the summary",
-    applies=applies,
-    ask=ask,
-    evidence=evidence,
-    check=check,
-)
+#: The first transition (transitions are by decreasing size); checked against the transition
+#: with the most pixels (any of them on a tie).
+SPEC = extreme_spec(NAME, largest=True, questions=QUESTIONS, applies=applies)

@@ -3,15 +3,9 @@ answered with a position word of the tile's 3x3 grid."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from geodelta.annotators.qa.base import Evidence, QASpec, has_change, qa_item
-from geodelta.annotators.vocabulary import pick
-from geodelta.schemas import ChangeComponent, ChangeFacts, QAItem
+from geodelta.annotators.qa.base import Evidence, QASpec, ask_fixed, facts_only, has_change, one_of
+from geodelta.schemas import ChangeFacts, QAItem
 from geodelta.schemas.records import POSITION_WORDS
-
-if TYPE_CHECKING:
-    import numpy as np
 
 NAME = "location"
 QUESTIONS = (
@@ -26,27 +20,22 @@ def applies(facts: ChangeFacts, no_change_epsilon: float) -> bool:
     return has_change(facts, no_change_epsilon)
 
 
-def _evidence(big: ChangeComponent) -> Evidence:
+def _answer(facts: ChangeFacts, no_change_epsilon: float) -> str:
+    """The position of the largest region (regions are by decreasing size)."""
+    return facts.components[0].position
+
+
+def _evidence(facts: ChangeFacts) -> Evidence:
+    """The largest region (none on a tile without regions)."""
+    if not facts.components:
+        return {}
+    big = facts.components[0]
     return {
         "component": big.id,
         "pixels": big.pixels,
         "centroid_row": big.centroid[0],
         "centroid_col": big.centroid[1],
     }
-
-
-def ask(rng: np.random.Generator, facts: ChangeFacts, no_change_epsilon: float) -> QAItem:
-    """The template's question; the position of the largest region."""
-    big = facts.components[0]
-    question = pick(rng, QUESTIONS)
-    return qa_item(NAME, question, big.position, _evidence(big))
-
-
-def evidence(question: str, facts: ChangeFacts) -> tuple[Evidence, list[str]]:
-    """The largest region (none on a tile without regions)."""
-    if not facts.components:
-        return {}, []
-    return _evidence(facts.components[0]), []
 
 
 def check(item: QAItem, answer: str, facts: ChangeFacts, changed: bool) -> list[str]:
@@ -67,9 +56,9 @@ def check(item: QAItem, answer: str, facts: ChangeFacts, changed: bool) -> list[
 
 SPEC = QASpec(
     name=NAME,
-    answer_format="one of: " + ", ".join(f"'{p}'" for p in POSITION_WORDS),
+    answer_format=one_of(POSITION_WORDS),
     applies=applies,
-    ask=ask,
-    evidence=evidence,
+    ask=ask_fixed(NAME, QUESTIONS, _answer, _evidence),
+    evidence=facts_only(_evidence),
     check=check,
 )

@@ -4,23 +4,8 @@ land-cover tiles with two regions or more and a unique smallest transition; answ
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from geodelta.annotators.qa.base import (
-    Evidence,
-    QASpec,
-    check_extreme,
-    extreme_evidence,
-    has_change,
-    qa_item,
-    transition_answer,
-    transition_evidence,
-)
-from geodelta.annotators.vocabulary import pick
-from geodelta.schemas import ChangeFacts, QAItem
-
-if TYPE_CHECKING:
-    import numpy as np
+from geodelta.annotators.qa.base import extreme_spec, has_change
+from geodelta.schemas import ChangeFacts
 
 NAME = "smallest_change"
 QUESTIONS = (
@@ -42,28 +27,6 @@ def applies(facts: ChangeFacts, no_change_epsilon: float) -> bool:
     )
 
 
-def ask(rng: np.random.Generator, facts: ChangeFacts, no_change_epsilon: float) -> QAItem:
-    """The template's question; the last transition (transitions are by decreasing size)."""
-    t = facts.transitions[-1]
-    question = pick(rng, QUESTIONS)
-    return qa_item(NAME, question, transition_answer(t), transition_evidence(t))
-
-
-def evidence(question: str, facts: ChangeFacts) -> tuple[Evidence, list[str]]:
-    """The transition with the fewest pixels."""
-    return extreme_evidence(facts, largest=False)
-
-
-def check(item: QAItem, answer: str, facts: ChangeFacts, changed: bool) -> list[str]:
-    """The transition with the fewest pixels (any of them on a tie)."""
-    return check_extreme(NAME, answer, facts, changed)
-
-
-SPEC = QASpec(
-    name=NAME,
-    answer_format="'<from class> to <to class>' with the labels of the summary",
-    applies=applies,
-    ask=ask,
-    evidence=evidence,
-    check=check,
-)
+#: The last transition (transitions are by decreasing size); checked against the transition
+#: with the fewest pixels (any of them on a tie).
+SPEC = extreme_spec(NAME, largest=False, questions=QUESTIONS, applies=applies)

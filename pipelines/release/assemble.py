@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from geodelta._io import json_bytes, write_atomic
@@ -45,6 +44,7 @@ from geodelta.pipelines.release.layout import (
     MANIFEST,
     QUARANTINE_TABLE,
     SAMPLES_TABLE,
+    parquet_bytes,
 )
 from geodelta.pipelines.release.shards import clean_shards, write_shards
 from geodelta.pipelines.release.staging import Staging, StagingError, quarantine_sort_key
@@ -164,10 +164,7 @@ def _sample_row(meta: SampleMeta, shard: str, members: dict[str, bytes]) -> dict
 
 def _parquet_bytes(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> bytes:
     columns = {name: [row[name] for row in rows] for name in schema.names}
-    table = pa.Table.from_pydict(columns, schema=schema)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    return bytes(sink.getvalue().to_pybytes())
+    return parquet_bytes(pa.Table.from_pydict(columns, schema=schema))
 
 
 def _load_metas(

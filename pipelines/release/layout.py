@@ -21,7 +21,8 @@ A folder of published releases holds ``<name>-<version>/`` folders, the ``LATEST
 
 Other modules name these files through the constants here, never by their literal, and read
 them through the readers here (:func:`read_manifest`, :func:`read_table`, :func:`read_json`,
-:func:`read_record`, :func:`shard_files`, :func:`iter_tar_samples`).
+:func:`read_record`, :func:`shard_files`, :func:`iter_tar_samples`); parquet tables are
+written as :func:`parquet_bytes` lays them out.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ __all__ = [
     "VALIDATION_DIR",
     "Mode",
     "iter_tar_samples",
+    "parquet_bytes",
     "read_json",
     "read_manifest",
     "read_record",
@@ -206,6 +208,20 @@ def read_table(
         raise ReleaseError(
             f"{path} is not a readable parquet table: {exc}", path=str(path)
         ) from None
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A release's parquet layout of ``table`` (zstd-compressed): the bytes to write.
+
+    ``samples.parquet`` and ``quarantine.parquet`` are written through here (and rewritten
+    through here when the reference model adds a column), so every writer lays them out alike.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return bytes(sink.getvalue().to_pybytes())
 
 
 def read_json(release_dir: str | Path, rel: str) -> Any:

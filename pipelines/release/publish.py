@@ -206,7 +206,6 @@ def publish_release(
     name = f"{manifest.name}-{manifest.version}"
     releases.mkdir(parents=True, exist_ok=True)
     target = releases / name
-    latest = releases / LATEST
 
     if target.exists():
         published = release_manifest(target, "published")
@@ -218,16 +217,8 @@ def publish_release(
                 release=src,
             )
         same = src.resolve() == target.resolve()
-        _write_if_changed(latest, name + "\n")
-        promotion = promote_reference(target, releases) if promote else None
-        return PublishResult(
-            target=target,
-            latest=latest,
-            already_published=True,
-            samples=0,
-            gate=None,
-            promotion=promotion,
-            leftover=None if same else src,
+        return _point_latest(
+            target, releases, promote=promote, samples=0, gate=None, leftover=None if same else src
         )
 
     check = verify_release(src)
@@ -253,15 +244,31 @@ def publish_release(
             "filesystem as the release, and the version not published meanwhile",
             release=src,
         ) from exc
-    _write_if_changed(latest, name + "\n")
+    return _point_latest(target, releases, promote=promote, samples=check.samples, gate=gate)
+
+
+def _point_latest(
+    target: Path,
+    releases: Path,
+    *,
+    promote: bool,
+    samples: int,
+    gate: GateResult | None,
+    leftover: Path | None = None,
+) -> PublishResult:
+    """The last step of a publication (new or repeated): ``LATEST`` names ``target``, the
+    reference model is promoted when asked; the result (``gate`` None: already published)."""
+    latest = releases / LATEST
+    _write_if_changed(latest, target.name + "\n")
     promotion = promote_reference(target, releases) if promote else None
     return PublishResult(
         target=target,
         latest=latest,
-        already_published=False,
-        samples=check.samples,
+        already_published=gate is None,
+        samples=samples,
         gate=gate,
         promotion=promotion,
+        leftover=leftover,
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from geodelta.data import decode_member
 from geodelta.pipelines.release.layout import iter_tar_samples, shard_files
-from geodelta.schemas.qa import YES_NO_QA_TYPES
+from geodelta.schemas.qa import CLASS_TREND_QA_TYPES, YES_NO_QA_TYPES
 
 __all__ = ["YES_NO_TYPES", "QABalance", "balance_of", "format_balance", "qa_balance"]
 
@@ -110,7 +110,7 @@ def format_balance(b: QABalance, *, top: int = 6) -> str:
     changed = b.answers_changed
     parts = [
         f"{t} yes {changed[t]['yes']} / no {changed[t]['no']}"
-        for t in YES_NO_TYPES[1:]
+        for t in CLASS_TREND_QA_TYPES
         if t in changed
     ]
     if parts:

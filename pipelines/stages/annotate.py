@@ -36,7 +36,7 @@ def annotate_sample(sample: Sample, annotator: Any, cfg: BuildConfig) -> Sample 
         raise StageError(f"{sample.key}: facts are not set; run the label stage first")
     if cfg.annotation.annotator == "template":
         return dataclasses.replace(sample, annotation=annotator.annotate(sample.key, sample.facts))
-    from geodelta.annotators.llm.annotator import AnnotationFailed
+    from geodelta.annotators.errors import AnnotationFailed
 
     images = None
     if cfg.annotation.openai.vision:
@@ -47,11 +47,5 @@ def annotate_sample(sample: Sample, annotator: Any, cfg: BuildConfig) -> Sample 
     try:
         annotation = annotator.annotate(sample.key, sample.facts, images=images)
     except AnnotationFailed as exc:
-        return QuarantineRecord(
-            key=sample.key,
-            cell_id=sample.pair.job.cell_id,
-            stage="annotate",
-            reason=exc.reason,
-            detail=exc.detail,
-        )
+        return sample.quarantine("annotate", exc.reason, exc.detail)
     return dataclasses.replace(sample, annotation=annotation)

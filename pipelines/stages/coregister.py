@@ -326,13 +326,7 @@ def _cubic_shift(stack: np.ndarray, dy: float, dx: float) -> np.ndarray:
 
 
 def _quarantine(sample: Sample, reason: str, detail: str) -> QuarantineRecord:
-    return QuarantineRecord(
-        key=sample.key,
-        cell_id=sample.pair.job.cell_id,
-        stage="coregister",
-        reason=reason,
-        detail=detail,
-    )
+    return sample.quarantine("coregister", reason, detail)
 
 
 def coregister(sample: Sample, cfg: CoregConfig, *, band_index: int) -> Sample | QuarantineRecord:

@@ -16,9 +16,8 @@ what makes releases reproducible and diffable.
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import rasterio
@@ -26,6 +25,7 @@ from affine import Affine
 from PIL import Image
 from rasterio.io import MemoryFile
 
+from geodelta._io import compact_json_bytes
 from geodelta.errors import StageError
 from geodelta.pipelines.stages.sample import Sample
 from geodelta.schemas import BuildConfig, SampleMeta
@@ -40,6 +40,8 @@ _DN_MIN = 1
 _DN_MAX = 65535
 #: zlib level of every PNG member (fixed so bytes do not depend on library defaults).
 _PNG_COMPRESS_LEVEL = 6
+
+_T = TypeVar("_T")
 
 
 class EncodeError(StageError):
@@ -202,6 +204,22 @@ def index_png(arr: np.ndarray) -> bytes:
     return _png(Image.fromarray(np.ascontiguousarray(a.astype(np.uint8)), mode="L"))
 
 
+#: The stage that sets each field a finished sample must have.
+_SET_BY = {"coreg": "coregister", "facts": "label", "mask": "label", "annotation": "annotate"}
+
+
+def _required(sample: Sample, value: _T | None, field: str) -> _T:
+    """``value`` (the sample's ``field``), or an EncodeError naming the stage that sets it."""
+    if value is None:
+        raise EncodeError(
+            f"{field} {'are' if field.endswith('s') else 'is'} not set; run the {_SET_BY[field]} "
+            "stage first",
+            key=sample.key,
+            field=field,
+        )
+    return value
+
+
 def _valid_fraction(stack: np.ndarray) -> float:
     """Share of pixels where every band is finite."""
     if stack.size == 0:
@@ -228,18 +246,11 @@ def build_meta(
             configured bands.
     """
     key = sample.key
-    if sample.coreg is None:
-        raise EncodeError(
-            "coreg is not set; run the coregister stage first", key=key, field="coreg"
-        )
-    if sample.facts is None:
-        raise EncodeError("facts are not set; run the label stage first", key=key, field="facts")
-    if sample.annotation is None:
-        raise EncodeError(
-            "annotation is not set; run the annotate stage first", key=key, field="annotation"
-        )
+    coreg = _required(sample, sample.coreg, "coreg")
+    facts = _required(sample, sample.facts, "facts")
+    ann = _required(sample, sample.annotation, "annotation")
     _check_arrays(sample, cfg)
-    pair, job, ann = sample.pair, sample.pair.job, sample.annotation
+    pair, job = sample.pair, sample.pair.job
     return SampleMeta(
         key=key,
         cell_id=job.cell_id,
@@ -264,10 +275,10 @@ def build_meta(
         after_cloud_cover=pair.after.cloud_cover,
         before_valid=_valid_fraction(sample.before),
         after_valid=_valid_fraction(sample.after),
-        coreg=sample.coreg,
+        coreg=coreg,
         label_source=sample.label_source,
         label_items=tuple(sample.label_items),
-        facts=sample.facts,
+        facts=facts,
         annotator=ann.annotator,
         annotator_version=ann.annotator_version,
         prompt_version=ann.prompt_version,
@@ -341,10 +352,6 @@ def rgb_indices(cfg: BuildConfig) -> tuple[int, int, int]:
     return (r, g, b)
 
 
-def _json_bytes(data: Any) -> bytes:
-    return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
-
-
 def encode_members(sample: Sample, meta: SampleMeta, cfg: BuildConfig) -> dict[str, bytes]:
     """Encode a finished sample into its shard members.
 
@@ -363,13 +370,8 @@ def encode_members(sample: Sample, meta: SampleMeta, cfg: BuildConfig) -> dict[s
     Raises:
         EncodeError: a stage output is missing or an array does not fit.
     """
-    key = sample.key
-    if sample.mask is None:
-        raise EncodeError("mask is not set; run the label stage first", key=key, field="mask")
-    if sample.annotation is None:
-        raise EncodeError(
-            "annotation is not set; run the annotate stage first", key=key, field="annotation"
-        )
+    mask = _required(sample, sample.mask, "mask")
+    ann = _required(sample, sample.annotation, "annotation")
     _check_arrays(sample, cfg)
     rgb = rgb_indices(cfg)
     vmax = cfg.imagery.rgb_max_reflectance
@@ -385,11 +387,11 @@ def encode_members(sample: Sample, meta: SampleMeta, cfg: BuildConfig) -> dict[s
         ),
         "before.png": rgb_png(sample.before, rgb, vmax),
         "after.png": rgb_png(sample.after, rgb, vmax),
-        "mask.png": index_png(sample.mask),
+        "mask.png": index_png(mask),
         "lc_before.png": index_png(lc_before),
         "lc_after.png": index_png(lc_after),
-        "json": _json_bytes(meta_json(meta)),
-        "captions.json": _json_bytes(list(sample.annotation.captions)),
-        "qa.json": _json_bytes([q.model_dump(mode="json") for q in sample.annotation.qa]),
+        "json": compact_json_bytes(meta_json(meta)),
+        "captions.json": compact_json_bytes(list(ann.captions)),
+        "qa.json": compact_json_bytes([q.model_dump(mode="json") for q in ann.qa]),
     }
     return {name: members[name] for name in SAMPLE_MEMBERS}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from geodelta.schemas import Annotation, ChangeFacts, CoregResult, ScenePair
+from geodelta.schemas import Annotation, ChangeFacts, CoregResult, QuarantineRecord, ScenePair
 
 if TYPE_CHECKING:
     import numpy as np
@@ -76,3 +76,19 @@ class Sample:
     def key(self) -> str:
         """Sample key."""
         return self.pair.key
+
+    def quarantine(self, stage: str, reason: str, detail: str) -> QuarantineRecord:
+        """The quarantine record of this sample, dropped at ``stage`` for ``reason``.
+
+        Args:
+            stage: the stage that dropped it (``coregister``, ``label``, ``annotate``...).
+            reason: a short machine-readable reason.
+            detail: what was wrong, for a person.
+        """
+        return QuarantineRecord(
+            key=self.key,
+            cell_id=self.pair.job.cell_id,
+            stage=stage,
+            reason=reason,
+            detail=detail,
+        )

@@ -93,14 +93,9 @@ def make_loader(urls: Sequence[str], cfg: TrainConfig, epoch: int) -> Any:
     """
     return epoch_loader(
         urls,
-        seed=cfg.seed,
-        epoch=epoch,
-        shuffle_buffer=cfg.shuffle_buffer,
-        batch_size=cfg.batch_size,
-        workers=cfg.workers,
-        to_example=partial(
-            _to_example, patch=cfg.patch, augment=cfg.augment, seed=cfg.seed, epoch=epoch
-        ),
+        cfg,
+        epoch,
+        partial(_to_example, patch=cfg.patch, augment=cfg.augment, seed=cfg.seed, epoch=epoch),
     )
 
 

@@ -57,6 +57,7 @@ from geodelta.pipelines.release.layout import (
     REFERENCE_DIR,
     REFERENCE_METRICS,
     SAMPLES_TABLE,
+    parquet_bytes,
     read_manifest,
     read_table,
 )
@@ -140,8 +141,6 @@ def _clean_reference(root: Path) -> None:
 
 def _add_disagreement(root: Path, scores: dict[str, float]) -> None:
     """Rewrite samples.parquet with the ``disagreement`` column (other columns, order kept)."""
-    import pyarrow.parquet as pq
-
     table = read_table(root, SAMPLES_TABLE)
     keys = [str(k) for k in table.column("key").to_pylist()]
     missing = [k for k in keys if k not in scores]
@@ -157,9 +156,7 @@ def _add_disagreement(root: Path, scores: dict[str, float]) -> None:
         table = table.set_column(i, pa.field(DISAGREEMENT_COLUMN, pa.float64()), column)
     else:
         table = table.append_column(pa.field(DISAGREEMENT_COLUMN, pa.float64()), column)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")  # as write_release writes it
-    write_atomic(root / SAMPLES_TABLE, bytes(sink.getvalue().to_pybytes()))
+    write_atomic(root / SAMPLES_TABLE, parquet_bytes(table))  # as write_release writes it
 
 
 def _update_manifest(root: Path, manifest: ReleaseManifest, reference_files: list[str]) -> None:

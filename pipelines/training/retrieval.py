@@ -140,15 +140,7 @@ def make_pair_loader(urls: Sequence[str], cfg: ReferenceConfig, epoch: int) -> A
     pipeline, the shard list shuffled per epoch, shards split by node (rank) and by worker, a
     seeded shuffle buffer of ``cfg.shuffle_buffer`` samples, PNG decoding in the workers.
     """
-    return epoch_loader(
-        urls,
-        seed=cfg.seed,
-        epoch=epoch,
-        shuffle_buffer=cfg.shuffle_buffer,
-        batch_size=cfg.batch_size,
-        workers=cfg.workers,
-        to_example=partial(_pair_example, seed=cfg.seed, epoch=epoch),
-    )
+    return epoch_loader(urls, cfg, epoch, partial(_pair_example, seed=cfg.seed, epoch=epoch))
 
 
 def split_captions(urls: Sequence[str]) -> dict[str, list[str]]:

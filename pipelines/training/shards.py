@@ -22,7 +22,7 @@ import hashlib
 import random
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from geodelta.schemas import ReleaseManifest
 
 __all__ = [
+    "LoaderSettings",
     "ShardError",
     "ShardSet",
     "change_sample",
@@ -212,14 +213,35 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # one core per loader worker
 
 
+class LoaderSettings(Protocol):
+    """The loader settings every training config has (the change model's ``TrainConfig``,
+    the reference's ``ReferenceConfig``)."""
+
+    @property
+    def seed(self) -> int:
+        """Seed of the shard order and of the shuffle buffer."""
+        ...
+
+    @property
+    def shuffle_buffer(self) -> int:
+        """Samples held in the shuffle buffer."""
+        ...
+
+    @property
+    def batch_size(self) -> int:
+        """Samples per batch."""
+        ...
+
+    @property
+    def workers(self) -> int:
+        """DataLoader workers (at most one per shard)."""
+        ...
+
+
 def epoch_loader(
     urls: Sequence[str],
-    *,
-    seed: int,
+    cfg: LoaderSettings,
     epoch: int,
-    shuffle_buffer: int,
-    batch_size: int,
-    workers: int,
     to_example: Callable[[dict[str, Any]], Any],
 ) -> Any:
     """A torch DataLoader over shards for one epoch (shared by every geodelta training loop).
@@ -231,11 +253,10 @@ def epoch_loader(
 
     Args:
         urls: shard paths.
-        seed: seed of the shard order and of the shuffle buffer.
+        cfg: ``seed`` (of the shard order and of the shuffle buffer), ``shuffle_buffer``
+            (samples held), ``batch_size`` and ``workers`` (DataLoader workers, at most one
+            per shard).
         epoch: the epoch (0-based); every epoch has its own order.
-        shuffle_buffer: samples held in the shuffle buffer.
-        batch_size: samples per batch.
-        workers: DataLoader workers (at most one per shard).
         to_example: raw sample (member -> bytes) -> one example (run in the workers).
 
     Returns:
@@ -244,6 +265,7 @@ def epoch_loader(
     import torch
     import webdataset as wds
 
+    seed, workers = cfg.seed, cfg.workers
     order = list(urls)
     random.Random(seed * 100_003 + epoch).shuffle(order)
     dataset = (
@@ -254,13 +276,13 @@ def epoch_loader(
             workersplitter=wds.split_by_worker,
             empty_check=False,
         )
-        .shuffle(shuffle_buffer, rng=random.Random(seed * 7919 + epoch))
+        .shuffle(cfg.shuffle_buffer, rng=random.Random(seed * 7919 + epoch))
         .map(to_example)
     )
     n_workers = min(workers, len(order))
     return torch.utils.data.DataLoader(
         dataset,
-        batch_size=batch_size,
+        batch_size=cfg.batch_size,
         num_workers=n_workers,
         worker_init_fn=_worker_init if n_workers else None,
     )

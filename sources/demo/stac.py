@@ -116,55 +116,73 @@ def imagery_item(
         path = folder / f"{band}.tif"
         write_cog(path, rendered.dn[b], crs=crs, transform=tile.transform, resampling="average")
         common, centre, fwhm, title = _BAND_INFO[band]
-        item.add_asset(
+        _add_cog_asset(
+            item,
             band,
-            pystac.Asset(
-                href=str(path),
-                media_type=pystac.MediaType.COG,
-                roles=["data", "reflectance"],
-                title=f"{title} (synthetic)",
-                extra_fields={
-                    "gsd": PIXEL_M,
-                    "eo:bands": [
-                        {
-                            "name": band,
-                            "common_name": common,
-                            "center_wavelength": centre,
-                            "full_width_half_max": fwhm,
-                        }
-                    ],
-                    "raster:bands": [
-                        {
-                            "data_type": "uint16",
-                            "nodata": 0,
-                            "scale": DN_SCALE,
-                            "offset": DN_OFFSET,
-                            "spatial_resolution": int(PIXEL_M),
-                        }
-                    ],
-                    **_proj_fields(tile.epsg, (tile.height, tile.width), tile.transform),
-                },
-            ),
+            path,
+            roles=["data", "reflectance"],
+            title=f"{title} (synthetic)",
+            extra_fields={
+                "gsd": PIXEL_M,
+                "eo:bands": [
+                    {
+                        "name": band,
+                        "common_name": common,
+                        "center_wavelength": centre,
+                        "full_width_half_max": fwhm,
+                    }
+                ],
+                "raster:bands": [
+                    {
+                        "data_type": "uint16",
+                        "nodata": 0,
+                        "scale": DN_SCALE,
+                        "offset": DN_OFFSET,
+                        "spatial_resolution": int(PIXEL_M),
+                    }
+                ],
+                **_proj_fields(tile.epsg, (tile.height, tile.width), tile.transform),
+            },
         )
     path = folder / "SCL.tif"
     write_cog(path, rendered.scl, crs=crs, transform=tile.scl_transform, resampling="nearest")
-    item.add_asset(
+    _add_cog_asset(
+        item,
         "SCL",
+        path,
+        roles=["data"],
+        title="Scene classification map (SCL, 20m, synthetic)",
+        extra_fields={
+            "gsd": SCL_PIXEL_M,
+            "raster:bands": [
+                {"data_type": "uint8", "nodata": 0, "spatial_resolution": int(SCL_PIXEL_M)}
+            ],
+            **_proj_fields(tile.epsg, rendered.scl.shape, tile.scl_transform),
+        },
+    )
+    return item
+
+
+def _add_cog_asset(
+    item: pystac.Item,
+    name: str,
+    path: Path,
+    *,
+    roles: list[str],
+    title: str,
+    extra_fields: dict[str, Any],
+) -> None:
+    """Add the COG written at ``path`` to ``item`` as its asset ``name``."""
+    item.add_asset(
+        name,
         pystac.Asset(
             href=str(path),
             media_type=pystac.MediaType.COG,
-            roles=["data"],
-            title="Scene classification map (SCL, 20m, synthetic)",
-            extra_fields={
-                "gsd": SCL_PIXEL_M,
-                "raster:bands": [
-                    {"data_type": "uint8", "nodata": 0, "spatial_resolution": int(SCL_PIXEL_M)}
-                ],
-                **_proj_fields(tile.epsg, rendered.scl.shape, tile.scl_transform),
-            },
+            roles=roles,
+            title=title,
+            extra_fields=extra_fields,
         ),
     )
-    return item
 
 
 def landcover_item(year: int, lc: np.ndarray, grid: LonLatGrid, folder: Path) -> pystac.Item:
@@ -189,23 +207,21 @@ def landcover_item(year: int, lc: np.ndarray, grid: LonLatGrid, folder: Path) ->
     )
     path = folder / "map.tif"
     write_cog(path, lc, crs="EPSG:4326", transform=grid.transform, resampling="nearest")
-    item.add_asset(
+    _add_cog_asset(
+        item,
         "map",
-        pystac.Asset(
-            href=str(path),
-            media_type=pystac.MediaType.COG,
-            roles=["data"],
-            title=f"Land cover {year}, ESA WorldCover legend (synthetic)",
-            extra_fields={
-                "raster:bands": [{"data_type": "uint8", "nodata": 0, "spatial_resolution": 10}],
-                "classification:classes": [
-                    {"value": code, "name": name}
-                    for code, name in WORLDCOVER_TO_GEODELTA.items()
-                    if code in SPECTRA
-                ],
-                **_proj_fields(4326, lc.shape, grid.transform),
-            },
-        ),
+        path,
+        roles=["data"],
+        title=f"Land cover {year}, ESA WorldCover legend (synthetic)",
+        extra_fields={
+            "raster:bands": [{"data_type": "uint8", "nodata": 0, "spatial_resolution": 10}],
+            "classification:classes": [
+                {"value": code, "name": name}
+                for code, name in WORLDCOVER_TO_GEODELTA.items()
+                if code in SPECTRA
+            ],
+            **_proj_fields(4326, lc.shape, grid.transform),
+        },
     )
     return item
 

@@ -59,11 +59,5 @@ def label_sample(
     """
     out = label_source(labels.kind).label(sample, labels, access)
     if isinstance(out, Rejection):
-        return QuarantineRecord(
-            key=sample.key,
-            cell_id=sample.pair.job.cell_id,
-            stage="label",
-            reason=out.reason,
-            detail=out.detail,
-        )
+        return sample.quarantine("label", out.reason, out.detail)
     return out
