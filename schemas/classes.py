@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from geodelta.errors import ConfigError
+
 #: Class index -> machine name. Index 0 is "unknown / no data" and never part of a transition.
 CLASSES: Final[dict[int, str]] = {
     0: "unknown",
@@ -65,7 +67,7 @@ WORLDCOVER_TO_GEODELTA: Final[dict[int, str]] = {
 }
 
 
-class UnknownClassError(KeyError):
+class UnknownClassError(ConfigError, KeyError):
     """A class name that is not in :data:`CLASSES`."""
 
     def __init__(self, name: str) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from geodelta.errors import ModelError
 from geodelta.schemas.classes import BINARY_CHANGE
 
 __all__ = [
@@ -41,7 +42,7 @@ FusionMode = Literal["none", "intersect", "union"]
 FUSION_MODES: tuple[str, ...] = get_args(FusionMode)
 
 
-class BaselineError(ValueError):
+class BaselineError(ModelError):
     """A baseline-model input or setting that cannot be used; names the config key to change."""
 
     def __init__(self, message: str, *, key: str | None = None) -> None:
