@@ -7,9 +7,8 @@ hence a ``ValueError``); :class:`AnnotationFailed` is one sample an annotator co
 
 from __future__ import annotations
 
-import re
-
 from geodelta.errors import ConfigError, StageError
+from geodelta.secrets import redact as _redact
 
 __all__ = [
     "REASON_BUDGET",
@@ -54,13 +53,11 @@ class AnnotationFailed(StageError):
     def __init__(self, key: str, reason: str, detail: str) -> None:
         self.key = key
         self.reason = reason
-        self.detail = detail
-        super().__init__(f"{key}: {reason}: {detail}")
-
-
-_SECRET_RE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,})")
+        self.detail = _redact(detail)  # it becomes a quarantine detail and a log line
+        super().__init__(f"{key}: {reason}: {self.detail}")
 
 
 def redact(text: str) -> str:
-    """Mask anything that looks like an API key in an error message."""
-    return _SECRET_RE.sub("sk-***", text)
+    """Remove every registered secret (the API key, by value) and anything shaped like an API
+    key (``sk-...``, ``Authorization`` / ``api-key`` headers, JWTs) from a message."""
+    return _redact(text)

@@ -161,7 +161,8 @@ def geodelta_release() -> None:
 
         Fails at once (no retry: a retry cannot fix it) when this version was already
         published from another config, or the build cannot start (``api.check_build``: a
-        runner that cannot run, a staging area or URL target of another config). Groups
+        runner that cannot run, a staging area or URL target of another config), or can
+        never produce a sample (``api.preflight``: catalog, collections, assets). Groups
         follow the AOI regions (a group never mixes two regions), chunked to
         ``cells_per_task`` cells. Writes nothing.
         """
@@ -172,6 +173,7 @@ def geodelta_release() -> None:
         _published(cfg, params)
         try:
             api.check_build(cfg, "resume")
+            api.preflight(cfg)  # catalog, collections, a sampled item's assets and headers
             return api.cell_groups(cfg, int(params["cells_per_task"]))
         except api.GeodeltaError as exc:
             raise AirflowFailException(str(exc)) from None

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from geodelta import __version__
 from geodelta._io import write_atomic
 from geodelta.errors import BuildError, GeodeltaError, ModelError, ReleaseError
-from geodelta.pipelines.engines.run import RunnerError, check_runner
+from geodelta.pipelines.engines.run import BreakerError, RunnerError, check_runner
 from geodelta.pipelines.release.gate import GateError, PublishError, format_rules
 from geodelta.pipelines.release.layout import MANIFEST, STAGING, Mode, read_manifest
 from geodelta.pipelines.release.publish import latest_release
@@ -48,6 +48,7 @@ from geodelta.pipelines.training.reference import ReferenceError, reference_conf
 from geodelta.pipelines.training.shards import ShardError
 from geodelta.schemas import BuildConfig, ConfigError, ReleaseManifest, TileJob, json_schemas
 from geodelta.schemas import load_config as _load_config
+from geodelta.secrets import install_log_redaction, redact, register_env_secret
 from geodelta.sources.catalog import CatalogError
 
 if TYPE_CHECKING:
@@ -63,12 +64,14 @@ if TYPE_CHECKING:
 __all__ = [
     "MANIFEST",
     "STAGING",
+    "BreakerError",
     "BuildConfig",
     "BuildError",
     "BuildResult",
     "CatalogError",
     "CellsResult",
     "ConfigError",
+    "EmptyReleaseError",
     "GateError",
     "GeodeltaError",
     "IncompleteBuildError",
@@ -97,16 +100,19 @@ __all__ = [
     "load_config",
     "output_location",
     "plan",
+    "preflight",
     "promote",
     "publish",
     "published_release",
     "qa_balance",
     "read_manifest",
+    "redact",
     "reference_config",
     "release_name",
     "report",
     "require_release",
     "search",
+    "space_note",
     "summary_rows",
     "train_baseline",
     "train_reference",
@@ -118,6 +124,61 @@ __all__ = [
 
 class IncompleteBuildError(BuildError):
     """Cells without an outcome after the engine ran; a re-run with ``resume`` finishes them."""
+
+
+class EmptyReleaseError(BuildError):
+    """A build that yields 0 samples: an error, not an empty release (names the top reasons)."""
+
+
+#: Quarantine reasons named in :class:`EmptyReleaseError`'s message, most frequent first.
+_EMPTY_TOP_REASONS = 5
+
+
+def _empty_message(counts: Counter[str], examples: dict[str, str], cells: int, where: str) -> str:
+    """One line: 0 samples, the top quarantine reasons (count, one example), what to do."""
+    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:_EMPTY_TOP_REASONS]
+    parts = [
+        f"{reason} x{n}" + (f" (e.g. {examples[reason]})" if reason in examples else "")
+        for reason, n in top
+    ]
+    return (
+        f"the build produced 0 samples from {cells} cells ({where}); a build that yields "
+        f"nothing is an error, not a release. Top quarantine reasons: "
+        f"{'; '.join(parts) or 'none recorded'}. Fix the cause, then re-run with --resume "
+        "(or --overwrite)"
+    )
+
+
+def _refuse_empty(staging: Any, cells: int) -> None:
+    """Raise :class:`EmptyReleaseError` when no cell of the staging area produced a sample.
+
+    Reads the markers until the first sample (cheap for a build that made something). The
+    quarantined cells' markers are then forgotten: ``--resume`` after fixing the cause runs
+    them again.
+    """
+    counts: Counter[str] = Counter()
+    examples: dict[str, str] = {}
+    ids: list[str] = []
+    for cell_id, keys, records in staging.cells():
+        if keys:
+            return
+        ids.append(cell_id)
+        for r in records:
+            reason = f"{r.stage}:{r.reason}"
+            counts[reason] += 1
+            examples.setdefault(reason, f"cell {r.cell_id}: {' '.join(r.detail.split())[:200]}")
+    staging.forget_cells(ids)
+    raise EmptyReleaseError(_empty_message(counts, examples, cells, "no release was written"))
+
+
+def _register_secrets(cfg: BuildConfig) -> None:
+    """The secrets this build may meet, by value, in this process (:mod:`geodelta.secrets`):
+    the API key of the variable ``annotation.openai.api_key_env`` names and the Planetary
+    Computer subscription key; every log record is redacted from now on. Worker processes
+    register what they read themselves."""
+    install_log_redaction()
+    register_env_secret(cfg.annotation.openai.api_key_env)
+    register_env_secret("PC_SDK_SUBSCRIPTION_KEY")
 
 
 # -- configs and plans ------------------------------------------------------------------------
@@ -216,6 +277,35 @@ def search(
     return dry_run(cfg, max_cells=max_cells, read_clear=read_clear)
 
 
+def preflight(cfg: BuildConfig) -> list[str]:
+    """Refuse, before any pixel is read, a build that can never produce a sample.
+
+    Plans the cells, opens and parses the catalog, checks that the imagery (and label)
+    collection has items, that a sampled item of each has every asset the config names, and
+    that those assets' file headers (no pixels) agree with their STAC ``raster:bands``
+    (:mod:`geodelta.sources.preflight`). :func:`build` runs it first; ``geodelta build CONFIG
+    --check`` prints what it checked.
+
+    Returns:
+        One line per check that held.
+
+    Raises:
+        ConfigError: a collection or an asset the config names is not there, or the AOI
+            cannot be planned (names the key).
+        CatalogError: the catalog cannot be opened, parsed or searched (names the file, item).
+        SourceError: a sampled asset cannot be opened or disagrees with its STAC metadata
+            (names the key, the item and the asset).
+        BuildError: the AOI holds no whole cell.
+    """
+    from geodelta.sources.preflight import check_sources
+    from geodelta.sources.profiles import apply_defaults
+
+    cfg = apply_defaults(cfg)
+    jobs = _planned(cfg)
+    lines = [f"aoi: {len(jobs)} cells planned (first {jobs[0].cell_id})"]
+    return lines + check_sources(cfg, jobs[0])
+
+
 # -- build ------------------------------------------------------------------------------------
 
 
@@ -290,7 +380,8 @@ def check_build(cfg: BuildConfig, mode: Mode = "fresh") -> None:
         RunnerError: the ``runner`` section cannot run.
         OutputError: the URL target breaks the release rules for ``mode``.
         BuildError: ``fresh`` and the release folder is not empty, or ``resume`` and its
-            staging area was made from another config.
+            staging area (or its finished release) was made from another config; the output
+            path is a file.
     """
     check_runner(cfg)
     release_dir, url = _release_dir(cfg)
@@ -298,6 +389,10 @@ def check_build(cfg: BuildConfig, mode: Mode = "fresh") -> None:
         from geodelta.pipelines.release.upload import check_target
 
         check_target(url, cfg, mode)
+    if release_dir.exists() and not release_dir.is_dir():
+        raise BuildError(
+            f"output {release_dir} is a file, not a folder; set output.dir (or --out) to a folder"
+        )
     if mode == "fresh" and release_dir.exists() and any(release_dir.iterdir()):
         raise BuildError(
             f"{release_dir} is not empty; pass --resume to finish an interrupted build of the same "
@@ -309,12 +404,31 @@ def check_build(cfg: BuildConfig, mode: Mode = "fresh") -> None:
             f"{release_dir / STAGING} was made from another config (hash {built_from[:12]}, now "
             f"{cfg.config_hash()[:12]}); use --overwrite to rebuild"
         )
+    if mode == "resume" and built_from is None and (release_dir / MANIFEST).is_file():
+        finished = read_manifest(release_dir).config_hash
+        if finished != cfg.config_hash():
+            raise BuildError(
+                f"{release_dir} holds a finished release built from another config (hash "
+                f"{finished[:12]}, now {cfg.config_hash()[:12]}); --resume only finishes a build "
+                "of the same config: use --overwrite to replace it, or another output.dir"
+            )
+
+
+def _build_dir(release_dir: Path, mode: Mode) -> Path:
+    """Where a build writes: the release folder, or (``overwrite`` of an existing one) a folder
+    beside it, swapped in at the end, so a failed build leaves the old release intact."""
+    from geodelta.pipelines.release.layout import OVERWRITE_NEXT, beside
+
+    if mode == "overwrite" and release_dir.exists():
+        return beside(release_dir, OVERWRITE_NEXT)
+    return release_dir
 
 
 def _prepare(release_dir: Path, cfg: BuildConfig, mode: Mode) -> Path:
-    """Clear the release folder (``overwrite``), then stamp its staging area with the config.
+    """Clear the folder a build writes (``overwrite``), then stamp its staging area.
 
-    :func:`check_build` has refused what cannot go ahead.
+    ``release_dir`` is the folder the build writes (see :func:`_build_dir`); :func:`check_build`
+    has refused what cannot go ahead.
     """
     if mode == "overwrite" and release_dir.exists():
         shutil.rmtree(release_dir)
@@ -333,6 +447,19 @@ def _planned(cfg: BuildConfig) -> list[TileJob]:
             "intersects"
         )
     return jobs
+
+
+def _trusted_done(staging: Any, cell_ids: Collection[str] | None = None) -> set[str]:
+    """The done cells a resumed build skips: a cell with a staged file that no longer matches
+    the checksum written with it (of ``cell_ids``, or all) is forgotten, so it runs again and
+    the corrupt file never reaches a shard."""
+    import logging
+
+    corrupt = staging.corrupt_cells(cell_ids)
+    for cell_id, problem in sorted(corrupt.items()):
+        logging.getLogger(__name__).warning("resume: cell %s runs again: %s", cell_id, problem)
+    staging.forget_cells(corrupt)
+    return set(staging.done_cells())
 
 
 def _check_done(staging: Any, cell_ids: Collection[str]) -> None:
@@ -359,11 +486,21 @@ def build_cells(cfg: BuildConfig, cells: Collection[str]) -> CellsResult:
             made from another config. IncompleteBuildError: a cell has no outcome after the run.
         RunnerError: the ``runner`` section cannot run.
     """
-    from geodelta.pipelines.engines.run import run_cells
-    from geodelta.pipelines.release.staging import Staging
+    from geodelta.pipelines.release.lock import hold_output
     from geodelta.sources.profiles import apply_defaults
 
     cfg = apply_defaults(cfg)
+    _register_secrets(cfg)
+    check_runner(cfg)
+    with hold_output(_release_dir(cfg)[0], shared=True):  # cell tasks side by side, no build
+        return _build_cells(cfg, cells)
+
+
+def _build_cells(cfg: BuildConfig, cells: Collection[str]) -> CellsResult:
+    """:func:`build_cells` with the output folder's lock held (shared)."""
+    from geodelta.pipelines.engines.run import run_cells
+    from geodelta.pipelines.release.staging import Staging
+
     check_build(cfg, "resume")
     release_dir, _ = _release_dir(cfg)
     staging_root = _prepare(release_dir, cfg, "resume")
@@ -376,7 +513,7 @@ def build_cells(cfg: BuildConfig, cells: Collection[str]) -> CellsResult:
             f"{sorted(wanted - {j.cell_id for j in jobs})[:3]}); the config changed since they "
             "were planned"
         )
-    done = staging.done_cells()
+    done = _trusted_done(staging, wanted)
     todo = [j for j in jobs if j.cell_id not in done]
     counts = run_cells(todo, cfg, staging_root, code_version=__version__)
     _check_done(staging, wanted)
@@ -412,20 +549,42 @@ def build(
             outcome after the run (IncompleteBuildError).
         OutputError: the URL target cannot be written.
         PlanError, CatalogError: the plan or the catalog fails.
+        OutputBusyError: another build holds the output folder (names it).
     """
+    from geodelta.pipelines.release.lock import hold_output, restore_swapped
+    from geodelta.sources.profiles import apply_defaults
+
+    cfg = apply_defaults(cfg)  # keys left out of the file, from the collections' profiles
+    _register_secrets(cfg)
+    check_runner(cfg)
+    release_dir, _ = _release_dir(cfg)
+    with hold_output(release_dir):  # one build per output folder
+        restore_swapped(release_dir)  # an --overwrite that died between its two renames
+        return _build(cfg, mode, progress, keep_staging, on_stage, previous)
+
+
+def _build(
+    cfg: BuildConfig,
+    mode: Mode,
+    progress: bool,
+    keep_staging: bool,
+    on_stage: Callable[[str], None] | None,
+    previous: str | Path | None,
+) -> BuildResult:
+    """:func:`build` with the output folder's lock held."""
     from geodelta.pipelines.engines.run import run_cells
     from geodelta.pipelines.progress import Progress, Watcher
     from geodelta.pipelines.release.assemble import write_release
     from geodelta.pipelines.release.staging import Staging
     from geodelta.pipelines.report.render import write_report
-    from geodelta.sources.profiles import apply_defaults
 
-    cfg = apply_defaults(cfg)  # keys left out of the file, from the collections' profiles
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     check_build(cfg, mode)  # before any work
+    preflight(cfg)  # the catalog, the collections, a sampled item of each: before any pixel
     release_dir, url = _release_dir(cfg)
-    staging_root = _prepare(release_dir, cfg, mode)
+    build_dir = _build_dir(release_dir, mode)
+    staging_root = _prepare(build_dir, cfg, mode)
     staging = Staging(staging_root)
 
     def stage(name: str) -> None:
@@ -435,7 +594,7 @@ def build(
     stage("plan")
     t = time.perf_counter()
     jobs = _planned(cfg)
-    done = staging.done_cells() if mode == "resume" else set()
+    done = _trusted_done(staging) if mode == "resume" else set()
     todo = [j for j in jobs if j.cell_id not in done]
     timings["plan"] = time.perf_counter() - t
 
@@ -451,17 +610,26 @@ def build(
                 watcher.stop()
         bar.set(len(staging.done_cells()))
     _check_done(staging, {j.cell_id for j in jobs})
+    _refuse_empty(staging, len(jobs))
     timings["process"] = time.perf_counter() - t
 
     stage("release")
     t = time.perf_counter()
-    manifest = write_release(release_dir, cfg, staging, code_version=__version__)
+    manifest = write_release(build_dir, cfg, staging, code_version=__version__)
+    if not sum(manifest.splits.values()):  # every staged sample was dropped while sharding
+        where = f"{build_dir} holds none; verify and release refuse it"
+        raise EmptyReleaseError(_empty_message(Counter(manifest.quarantined), {}, len(jobs), where))
     timings["release"] = time.perf_counter() - t
 
     stage("report")
     t = time.perf_counter()
-    write_report(release_dir, previous=previous)
+    write_report(build_dir, previous=previous)
     timings["report"] = time.perf_counter() - t
+    if build_dir != release_dir:  # --overwrite: the new release replaces the old one now
+        from geodelta.pipelines.release.lock import swap_in
+
+        swap_in(build_dir, release_dir)
+        staging_root = release_dir / STAGING
 
     if url is not None:
         from geodelta.pipelines.release.upload import upload_release
@@ -485,6 +653,32 @@ def build(
         seconds=time.perf_counter() - t_start,
         stage_seconds=timings,
         url=None if url is None else shown(url),
+    )
+
+
+def space_note(path: str | Path | None, cfg: BuildConfig | None = None) -> str:
+    """What a 'no space left on device' message says: the space free where ``path`` is and,
+    given the build's config, about how much the build needs (staged samples, then shards)."""
+    where = Path(path) if path else (_release_dir(cfg)[0] if cfg is not None else Path.cwd())
+    probe = where
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = f"{shutil.disk_usage(probe).free / 1e6:.1f} MB free on {probe}'s filesystem"
+    except OSError:
+        free = "the free space is unknown"
+    if cfg is None:
+        return f"{free}; free space there, then run again"
+    try:
+        cells = len(plan(cfg))
+    except GeodeltaError:
+        cells = 0
+    side = cfg.grid.cell_size_px  # a sample per cell: both dates' bands (16 bit), RGB, masks
+    per_cell = side * side * (len(cfg.imagery.bands) * 2 * 2 + 2 * 3 + 4)
+    need = 2 * cells * per_cell  # staged, then sharded
+    return (
+        f"the build needs about {need / 1e6:.1f} MB ({cells} cells), {free}; free space there "
+        "or set output.dir (--out) elsewhere, then re-run with --resume"
     )
 
 
@@ -538,10 +732,12 @@ def require_release(path: str | Path, what: str | None = None) -> Path:
     return folder
 
 
-def verify(release: str | Path) -> VerifyResult:
+def verify(release: str | Path, *, strict: bool = False) -> VerifyResult:
     """Recompute every checksum and decode every member of a release (a folder or a URL).
 
-    A URL other than ``file://`` is downloaded to a temporary folder first.
+    A URL other than ``file://`` is downloaded to a temporary folder first. The manifest is
+    checked too (its checksum, its config's hash); files it does not list are notes, or
+    problems with ``strict``.
 
     Returns:
         ``ok``, the samples verified and one line per problem.
@@ -553,9 +749,9 @@ def verify(release: str | Path) -> VerifyResult:
     from geodelta.pipelines.release.verify import verify_release
 
     if is_url(str(release)):
-        return verify_url(str(release))
+        return verify_url(str(release), strict=strict)
 
-    return verify_release(require_release(release))
+    return verify_release(require_release(release), strict=strict)
 
 
 def qa_balance(release_dir: str | Path) -> QABalance:

@@ -8,6 +8,7 @@ Commands call :mod:`geodelta.pipelines.api` only; the errors caught are the ones
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,27 +16,100 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
 from geodelta import __version__
 from geodelta.errors import GeodeltaError
 from geodelta.pipelines import api
 
+console = Console(stderr=True)
+
+
+def _say(message: str, prefix: str = "", style: str = "") -> None:
+    """Print one user-facing line on stderr literally (no rich markup: ``[...]`` stays text),
+    redacted (no secret reaches the console)."""
+    text = Text.assemble((prefix, style), api.redact(message))
+    console.print(text, soft_wrap=True, highlight=False)
+
+
+def _no_space(exc: BaseException) -> OSError | None:
+    """The 'no space left on device' error in ``exc``'s chain (Beam wraps worker errors)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return seen
+        if "[Errno 28]" in str(seen) or "No space left on device" in str(seen):
+            return OSError(errno.ENOSPC, "No space left on device")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _one_line(exc: Exception) -> tuple[str, int]:
+    """The one-line message and exit code of an error that reached the top of a command."""
+    full = _no_space(exc)
+    if full is not None:
+        where = full.filename or "the output folder"
+        return f"no space left on device writing {where}; {api.space_note(full.filename)}", 2
+    if isinstance(exc, GeodeltaError):
+        lines = str(exc).strip().splitlines()
+        return (lines[0] if lines else type(exc).__name__), 2
+    if isinstance(exc, OSError):  # a path that is a file, not writable, missing...
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"cannot use{where}: {exc.strerror or exc}", 2
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a file is not UTF-8 text ({exc.reason} at byte {exc.start})", 2
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return (
+        f"{type(exc).__name__}: {first} (unexpected; `geodelta --debug ...` shows the traceback)",
+        1,
+    )
+
+
+class _Group(TyperGroup):
+    """Every command: an error that escapes it prints one line, not a traceback
+    (``geodelta --debug`` lets the traceback through)."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's vendored click.Context
+        try:
+            return super().invoke(ctx)
+        except (typer.TyperException, typer.Exit, typer.Abort):  # usage errors, exits
+            raise
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                raise
+            message, code = _one_line(exc)
+            _say(message, "error: ", "bold red")
+            raise typer.Exit(code) from None
+
+
 app = typer.Typer(
     name="geodelta",
+    cls=_Group,
     help="Bitemporal satellite change datasets: STAC scenes -> captions, QA and change masks "
     "-> validated WebDataset releases.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+
+
+@app.callback()
+def _main(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of an error (for a bug report)")
+    ] = False,
+) -> None:
+    """Bitemporal satellite change datasets: STAC scenes -> captions, QA and change masks
+    -> validated WebDataset releases."""
+
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
+    _say(message, "error: ", "bold red")  # literally, redacted
     return typer.Exit(code)
 
 
@@ -59,7 +133,7 @@ def _print_summary(result: api.BuildResult) -> None:
     table.add_column("what", style="bold")
     table.add_column("value")
     for label, value in api.summary_rows(result):
-        table.add_row(label, value)
+        table.add_row(Text(label), Text(value))  # literally: reasons may hold [brackets]
     console.print(table)
 
 
@@ -69,10 +143,20 @@ def _run_build(cfg: Any, mode: str, progress: bool) -> Any:
             cfg,
             mode=mode,  # type: ignore[arg-type]
             progress=progress,
-            on_stage=(lambda name: console.print(f"[bold cyan]>[/] {name}")) if progress else None,
+            on_stage=(lambda name: _say(name, "> ", "bold cyan")) if progress else None,
         )
+    except (api.BreakerError, api.EmptyReleaseError) as exc:  # a failed result, not a mistake
+        raise _fail(str(exc), code=1) from None
     except GeodeltaError as exc:  # BuildError, PlanError, CatalogError, OutputError...
         raise _fail(str(exc)) from None
+    except Exception as exc:
+        full = _no_space(exc)
+        if full is None:
+            raise
+        where = full.filename or api.output_location(cfg)
+        raise _fail(
+            f"no space left on device writing {where}; {api.space_note(full.filename, cfg)}"
+        ) from None
 
 
 def _runner_overrides(
@@ -90,7 +174,9 @@ def _runner_overrides(
     return out
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+# Beam pipeline options go after `--` (click hands them over as extra arguments); an unknown
+# option before it is refused (with the close match), never passed to Beam.
+@app.command(context_settings={"allow_extra_args": True})
 def build(
     ctx: typer.Context,
     config: Annotated[Path, typer.Argument(help="Build config (YAML), one per dataset version")],
@@ -116,6 +202,15 @@ def build(
         Path | None,
         typer.Option(help="Override output.work_dir (local folder a URL release is built in)"),
     ] = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Only run the pre-flight (config, output folder, catalog, collections, a "
+            "sampled item's assets and file headers; no pixels) and print what was checked: "
+            "exit 0 when a build could start, 2 otherwise",
+        ),
+    ] = False,
 ) -> None:
     """Build the release a config describes.
 
@@ -125,7 +220,7 @@ def build(
     if resume and overwrite:
         raise _fail("--resume and --overwrite exclude each other")
     if ctx.args and not ctx.args[0].startswith("-"):  # an option's value may follow it
-        raise _fail(f"unexpected argument {ctx.args[0]!r}; Beam options go after `--`")
+        raise _fail(f"unexpected argument {ctx.args[0]!r}; Beam pipeline options go after `--`")
     overrides: dict[str, Any] = {}
     runner_part = _runner_overrides(runner, dask_address, list(ctx.args))
     if runner_part:
@@ -140,9 +235,27 @@ def build(
     cfg = _load(config, overrides)
     _check_annotator(cfg)
     mode = "resume" if resume else "overwrite" if overwrite else "fresh"
+    if check:
+        _check_only(cfg, mode)
+        return
     result = _run_build(cfg, mode, progress)
     _print_summary(result)
     typer.echo(result.location)
+
+
+def _check_only(cfg: Any, mode: str) -> None:
+    """``build --check``: the build's own refusals, run without building; one line per check."""
+    for problem in api.check_config(cfg):
+        console.print(f"[yellow]warning:[/] {problem}")
+    try:
+        api.check_build(cfg, mode)  # type: ignore[arg-type]
+        lines = [f"output: {api.output_location(cfg)} can take a {mode} build"]
+        lines += api.preflight(cfg)
+    except GeodeltaError as exc:
+        raise _fail(str(exc)) from None
+    for line in lines:
+        typer.echo(f"ok  {line}")
+    typer.echo("pre-flight passed: the build can start")
 
 
 def _annotation_overrides(
@@ -219,7 +332,7 @@ def demo(
     annotation = _annotation_overrides(annotator, base_url, model, api_key_env)
     overrides: dict[str, Any] = {"annotation": annotation} if annotation else {}
     _check_annotator(_load(config, overrides))  # before minutes of catalog writing
-    console.print(f"writing the synthetic demo catalog to {out_dir / 'catalog'}")
+    _say(f"writing the synthetic demo catalog to {out_dir / 'catalog'}")
     cat = api.write_demo_catalog(out_dir / "catalog", scale=scale)
     overrides["catalog"] = {"url": str(cat.catalog_path)}
     overrides["output"] = {"dir": str(out_dir / "release")}
@@ -229,20 +342,20 @@ def demo(
     result = _run_build(cfg, "overwrite", progress)
     _print_summary(result)
     if reference:
-        console.print("training the reference model (geodelta train-reference)")
+        _say("training the reference model (geodelta train-reference)")
         try:
             ref = _train_reference(
                 result.release_dir, None, report=True, verbose=False, strict=True
             )
             for line in _reference_lines(ref):
-                console.print(line)
+                _say(line)
         except api.ReferenceError as exc:  # e.g. a --scale too small for a test split
-            console.print(f"[yellow]reference model skipped:[/] {exc}")
+            _say(str(exc), "reference model skipped: ", "yellow")  # redacted
     check = api.verify(result.release_dir)
     if not check.ok:
         raise _fail("verify failed:\n" + "\n".join(check.problems), code=1)
-    console.print(f"[green]verified[/] {check.samples} samples")
-    console.print(f"report: {result.release_dir / 'report' / 'index.html'}")
+    _say(f"{check.samples} samples", "verified ", "green")
+    _say(f"report: {result.release_dir / 'report' / 'index.html'}")
     typer.echo(str(result.release_dir))
 
 
@@ -251,30 +364,36 @@ def verify(
     release: Annotated[
         str, typer.Argument(help="Release folder or fsspec URL (holds manifest.json)")
     ],
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="A file the manifest does not list is an error (release)"),
+    ] = False,
 ) -> None:
-    """Recompute every checksum and decode every member of a release."""
+    """Recompute every checksum and decode every member of a release, and check its manifest."""
     try:  # a URL is downloaded to a temp folder first unless file://
-        result = api.verify(release)
+        result = api.verify(release, strict=strict)
     except GeodeltaError as exc:  # OutputError, ReleaseError
         raise _fail(str(exc)) from None
+    for note in result.notes:
+        _say(note, "note: ", "yellow")
     if not result.ok:
         for problem in result.problems:
-            console.print(f"[red]x[/] {problem}")
+            _say(problem, "x ", "red")
         raise _fail(f"{len(result.problems)} problem(s) in {release}", code=1)
     typer.echo(f"ok: {result.samples} samples verified in {release}")
 
 
 def _print_gate(gate: Any) -> None:
-    table = Table(title=f"gate: {gate.release_name}")
+    table = Table(title=Text(f"gate: {gate.release_name}"))
     for col in ("metric", "value", "previous", "min", "max_drop", "result"):
         table.add_column(col)
     for row in api.format_rules(gate):
         style = "red" if row[-1] == "FAIL" else None
-        table.add_row(*row, style=style)
+        table.add_row(*(Text(str(c)) for c in row), style=style)
     console.print(table)
-    console.print(f"previous release: {gate.previous or 'none'}")
+    _say(f"previous release: {gate.previous or 'none'}")
     for note in gate.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        _say(note, "note: ", "yellow")
 
 
 @app.command("release")
@@ -302,10 +421,10 @@ def release_cmd(
     if previous is not None:
         _release(previous, "--previous")
     if check:
-        result = api.verify(release_dir)
+        result = api.verify(release_dir, strict=True)  # as publishing verifies
         if not result.ok:
             for problem in result.problems:
-                console.print(f"[red]x[/] {problem}")
+                _say(problem, "x ", "red")
             raise _fail(f"{len(result.problems)} problem(s) in {release_dir}", code=1)
         try:
             gate = api.check_gate(release_dir, previous, releases_dir=releases)
@@ -326,14 +445,14 @@ def release_cmd(
     if out.gate is not None:
         _print_gate(out.gate)
     if out.already_published:
-        console.print(f"{out.target} was already published from this config; LATEST points at it")
+        _say(f"{out.target} was already published from this config; LATEST points at it")
         if out.leftover is not None:
-            console.print(f"[yellow]note:[/] {out.leftover} was left in place (a duplicate)")
+            _say(f"{out.leftover} was left in place (a duplicate)", "note: ", "yellow")
     else:
-        console.print(f"[green]published[/] {out.samples} samples to {out.target}")
+        _say(f"{out.samples} samples to {out.target}", "published ", "green")
     if out.promotion is not None:
         p = out.promotion
-        console.print(f"promoted {p.model_id} from {p.release} to {p.directory}", soft_wrap=True)
+        _say(f"promoted {p.model_id} from {p.release} to {p.directory}")
         console.print(f"next version: {p.config_line}", markup=False, soft_wrap=True)
         console.print(p.config_yaml, markup=False, highlight=False, soft_wrap=True)
     typer.echo(str(out.target))
@@ -376,7 +495,7 @@ def plan(
         raise _fail(str(exc)) from None
     for job in jobs:
         typer.echo(f"{job.cell_id}\t{job.crs}\t{job.split}\t{job.region}")
-    console.print(f"{len(jobs)} cells")
+    _say(f"{len(jobs)} cells")
 
 
 @app.command()
@@ -405,7 +524,7 @@ def search(
         raise _fail("search only has --dry-run (it writes nothing); use 'geodelta build' to build")
     cfg = _load(config)
     for problem in api.check_config(cfg):
-        console.print(f"[yellow]warning:[/] {problem}")
+        _say(problem, "warning: ", "yellow")
     try:
         report = api.search(cfg, max_cells=max_cells or None, read_clear=read_clear)
     except GeodeltaError as exc:  # PlanError, CatalogError
@@ -433,9 +552,9 @@ def search(
         row = c.as_dict()
         if c.pair is None:
             table.add_row(
-                c.cell_id,
+                Text(c.cell_id),
                 f"{c.candidates_t0} / {c.candidates_t1}",
-                f"[red]{c.reason}[/]",
+                Text(str(c.reason), style="red"),
                 "",
                 "",
                 "",
@@ -443,11 +562,11 @@ def search(
             continue
         labels = f"{row['label_before'] or '-'} -> {row['label_after'] or '-'}"
         table.add_row(
-            c.cell_id,
+            Text(c.cell_id),
             f"{c.candidates_t0} / {c.candidates_t1}",
-            f"{row['before']} ({fmt(row['before_clear'])})",
-            f"{row['after']} ({fmt(row['after_clear'])})",
-            labels,
+            Text(f"{row['before']} ({fmt(row['before_clear'])})"),
+            Text(f"{row['after']} ({fmt(row['after_clear'])})"),
+            Text(labels),
             f"{c.estimated_bytes / 1e6:.1f}",
         )
     stdout = Console()
@@ -458,15 +577,17 @@ def search(
         if report.clear_source == "scene_cloud_cover_estimate"
         else "pixel-level, from the classification band"
     )
-    console.print(f"clear fractions: {how}")
+    _say(f"clear fractions: {how}")
     paired = sum(c.pair is not None for c in report.cells)
-    console.print(
+    _say(
         f"{paired} of {len(report.cells)} cells paired; estimated pixels to read: "
         f"{report.estimated_bytes / 1e6:.1f} MB (uncompressed, in the cell windows)"
     )
     if report.truncated_searches:
-        console.print(
-            f"[yellow]warning:[/] {report.truncated_searches} searches stopped at catalog.max_items"
+        _say(
+            f"{report.truncated_searches} searches stopped at catalog.max_items",
+            "warning: ",
+            "yellow",
         )
 
 
@@ -494,7 +615,7 @@ def _train_reference(
             cfg=cfg,
             code_version=__version__,
             report=report,
-            on_progress=(lambda line: console.print(f"[dim]{line}[/]")) if verbose else None,
+            on_progress=(lambda line: _say(line, style="dim")) if verbose else None,
         )
     except api.ReferenceError as exc:
         if strict:
@@ -557,7 +678,7 @@ def train_reference_cmd(
     start = time.perf_counter()
     m = _train_reference(release_dir, cfg, not no_report, verbose=True)
     seconds = time.perf_counter() - start
-    table = Table(title=f"geodelta train-reference: {m.release} ({seconds:.0f} s)")
+    table = Table(title=Text(f"geodelta train-reference: {m.release} ({seconds:.0f} s)"))
     for col in ("group", "metric", "value", "reference point"):
         table.add_column(col)
     g = max(m.retrieval.gallery, 1)
@@ -578,12 +699,12 @@ def train_reference_cmd(
         ref = "" if point is None or point[1] is None else f"{point[0]} {float(point[1]):.3f}"
         table.add_row(group, name, f"{value:.3f}", ref)
     console.print(table)
-    console.print(
+    _say(
         f"trained on {m.train_split} ({m.train_samples} samples), evaluated on {m.eval_split} "
         f"({m.eval_samples} samples)"
     )
     if m.disagreement is not None and m.disagreement.top:
-        console.print(f"review first: {', '.join(m.disagreement.top[:5])}")
+        _say(f"review first: {', '.join(m.disagreement.top[:5])}")
     typer.echo(str(release_dir / "reference" / "metrics.json"))
 
 
@@ -631,16 +752,16 @@ def baseline_train(
             threads=threads or None,
             split=split,
             threshold=threshold,
-            on_epoch=lambda e, loss: console.print(f"epoch {e + 1}/{epochs}: loss {loss:.4f}"),
+            on_epoch=lambda e, loss: _say(f"epoch {e + 1}/{epochs}: loss {loss:.4f}"),
         )
     except (GeodeltaError, ValueError) as exc:  # ShardError, ModelError, a bad setting
         raise _fail(str(exc)) from None
     for name, m in metrics.items():
-        console.print(
+        _say(
             f"{name}: precision {m['precision']:.3f} recall {m['recall']:.3f} "
             f"F1 {m['f1']:.3f} IoU {m['iou']:.3f}"
         )
-    console.print(f"model card: {saved.card_md}")
+    _say(f"model card: {saved.card_md}")
     typer.echo(str(saved.weights))
 
 

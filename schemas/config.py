@@ -7,6 +7,7 @@ shipped to workers as it is.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from datetime import UTC, date, datetime
@@ -60,6 +61,9 @@ class InvalidConfigError(ConfigError):
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
         self.problems = problems
+        if len(problems) == 1:  # one mistake, one line
+            super().__init__(f"invalid config {source}: {problems[0]}")
+            return
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"invalid config {source}:\n{lines}")
 
@@ -106,7 +110,8 @@ class CatalogConfig(Section):
     """Where scenes come from: a local static catalog, or a STAC API searched over HTTP.
 
     Keys in :attr:`OPERATIONAL` (how requests are made: retries, timeouts, concurrency, the
-    token endpoint) do not change the data and are left out of the config hash.
+    token endpoint) do not change the data and are left out of the config hash; so is ``url``
+    (where the catalog lives: the same items copied elsewhere are the same data).
     """
 
     OPERATIONAL: ClassVar[tuple[str, ...]] = (
@@ -164,6 +169,20 @@ class CatalogConfig(Section):
     token_refresh_s: float = Field(
         default=300.0, ge=0, description="Refresh a SAS token when less than this is left"
     )
+
+    @property
+    def recorded_url(self) -> str:
+        """``url`` as a release records it (``manifest.json``), never where a copy lies on disk.
+
+        A remote URL (``https://``, ``s3://``...) is kept without its query string or fragment:
+        it reads the same from every machine and says which service the items came from. A local
+        path or ``file://`` URL is reduced to its file name (``catalog.json``): the same catalog
+        copied to another folder is the same data, so it gives the same bytes.
+        """
+        parts = urlsplit(self.url)
+        if "://" in self.url and parts.scheme != "file":
+            return parts._replace(query="", fragment="").geturl()
+        return Path(parts.path if parts.scheme == "file" else self.url).name
 
 
 class ImageryConfig(Section):
@@ -229,6 +248,16 @@ class PairingConfig(Section):
     min_valid_fraction: float = Field(
         default=0.98, ge=0, le=1, description="Per scene, over the cell"
     )
+
+    @model_validator(mode="after")
+    def _gap_ordered(self) -> PairingConfig:
+        if self.min_gap_days > self.max_gap_days:
+            raise ValueError(
+                f"pairing.min_gap_days ({self.min_gap_days:g}) is larger than "
+                f"pairing.max_gap_days ({self.max_gap_days:g}): no pair could ever be chosen; "
+                "lower min_gap_days or raise max_gap_days"
+            )
+        return self
 
 
 class CoregConfig(Section):
@@ -604,6 +633,14 @@ class RunnerConfig(Section):
         "['--runner=FlinkRunner', '--flink_master=host:8081'] (dask, beam; direct: added to "
         "the FnApiRunner's own)",
     )
+    breaker_cells: int = Field(
+        default=32,
+        ge=0,
+        description="Circuit breaker: when the first this-many finished cells were all "
+        "quarantined for the same reason, the build stops with that reason (exit 1) instead of "
+        "running every other cell into the same wall; the staging area is kept, so "
+        "`geodelta build --resume` after fixing the cause runs those cells again. 0: never stop",
+    )
 
 
 class GdalConfig(Section):
@@ -695,6 +732,24 @@ class BuildConfig(Section):
         default=".", description="Folder relative paths resolve against (set by the loader)"
     )
 
+    @model_validator(mode="after")
+    def _bands_named(self) -> BuildConfig:
+        """rgb and the co-registration band are read from the stack of ``imagery.bands``."""
+        bands = self.imagery.bands
+        rgb_out = [b for b in self.imagery.rgb if b not in bands]
+        if rgb_out:
+            raise ValueError(
+                f"imagery.rgb: {rgb_out} not in imagery.bands {list(bands)}; add them to "
+                "imagery.bands or choose rgb among them"
+            )
+        band = self.coregistration.band
+        if band is not None and band not in bands:
+            raise ValueError(
+                f"coregistration.band: {band!r} not in imagery.bands {list(bands)}; add it to "
+                "imagery.bands or choose one of them"
+            )
+        return self
+
     def resolve(self, path: str) -> str:
         """Resolve a path from the config against ``base_dir``; URLs pass through."""
         if "://" in path:
@@ -706,14 +761,22 @@ class BuildConfig(Section):
         """The config as plain JSON data, without what must not change the data.
 
         ``base_dir`` (where the file lives), ``output`` (where the release goes), ``runner``
-        (which engine ran it) and ``gdal`` (how remote files are fetched) are left out: the
-        same dataset built elsewhere or on another engine has the same hash and the same bytes.
+        (which engine ran it), ``gdal`` (how remote files are fetched) and ``catalog.url``
+        (where the catalog lives) are left out, and a local file the config names
+        (``aoi.geojson``, ``baseline.weights``) enters by its content (``sha256:<hex>``), not
+        its path: the same dataset built elsewhere or on another engine has the same hash and
+        the same bytes. What identifies the data stays: the catalog kind, the collection ids
+        and every other section that shapes samples (each sample records its item ids).
         """
         data = self.model_dump(mode="json")
         for key in ("base_dir", "output", "runner", "gdal"):
             data.pop(key, None)
-        for key in CatalogConfig.OPERATIONAL:
+        for key in (*CatalogConfig.OPERATIONAL, "url"):
             data["catalog"].pop(key, None)
+        if self.aoi.geojson is not None:
+            data["aoi"]["geojson"] = self._content_id(self.aoi.geojson)
+        if self.baseline.weights is not None:
+            data["baseline"]["weights"] = self._content_id(self.baseline.weights, "weights.pt")
         if self.baseline.weights is None:
             data.pop("baseline", None)  # no model: the hash of a config without the section
         annotation = data.get("annotation", {})
@@ -728,6 +791,46 @@ class BuildConfig(Section):
         """sha256 of the normalised config (identifies what the release was built from)."""
         blob = json.dumps(self.normalised(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
+
+    def recorded(self) -> dict[str, Any]:
+        """The config ``manifest.json`` embeds: :meth:`normalised` plus ``catalog.url`` as
+        :attr:`CatalogConfig.recorded_url` (provenance, outside the hash: it never names a
+        local folder). ``parse_config`` of it (with any ``output``) hashes to
+        :meth:`config_hash`."""
+        data = self.normalised()
+        data["catalog"]["url"] = self.catalog.recorded_url
+        return data
+
+    def _content_id(self, path: str, inside: str | None = None) -> str:
+        """What a file the config names holds: ``sha256:<hex>`` of a local file (``inside`` a
+        folder when given a folder); a remote URL as it is (no query); a ``sha256:`` id (a
+        config read back from a manifest) unchanged; a missing file by its name only."""
+        if path.startswith(CONTENT_ID_PREFIX):
+            return path
+        if "://" in path and not path.startswith("file://"):
+            return urlsplit(path)._replace(query="", fragment="").geturl()
+        local = Path(self.resolve(path.removeprefix("file://")))
+        if inside is not None and local.is_dir():
+            local = local / inside
+        try:
+            st = local.stat()
+            return CONTENT_ID_PREFIX + _file_sha256(str(local), st.st_mtime_ns, st.st_size)
+        except OSError:
+            return local.name
+
+
+#: How a local file enters the config hash and the manifest: by its content, not its path.
+CONTENT_ID_PREFIX = "sha256:"
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
+    """sha256 of a file, read once per (path, mtime, size) in a process."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:
@@ -754,6 +857,10 @@ def parse_config(
                 problems.append(f"{key}: unknown key (misspelt?); remove or rename it")
             elif err["type"] == "missing":
                 problems.append(f"{key}: required key is missing")
+            elif isinstance(err.get("input"), dict):  # a section's own rule names its keys
+                msg = err["msg"].removeprefix("Value error, ")
+                named = key == "<root>" or msg.startswith(f"{key}.")
+                problems.append(msg if named else f"{key}: {msg}")
             else:
                 problems.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
         raise InvalidConfigError(source, problems) from None
@@ -765,9 +872,17 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Bu
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InvalidConfigError(str(path), ["file not found"]) from None
+    except IsADirectoryError:
+        raise InvalidConfigError(str(path), ["is a folder; pass the YAML file"]) from None
+    except UnicodeDecodeError as exc:
+        raise InvalidConfigError(
+            str(path), [f"not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"]
+        ) from None
+    except OSError as exc:
+        raise InvalidConfigError(str(path), [f"cannot be read ({exc.strerror or exc})"]) from None
     except yaml.YAMLError as exc:
         raise InvalidConfigError(str(path), [f"not valid YAML: {exc}"]) from None
     if overrides:

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from geodelta.schemas.qa import QAType
+from geodelta.secrets import redact
 
 SCHEMA_VERSION = "1.0.0"
 
@@ -383,6 +384,12 @@ class QuarantineRecord(Record):
     stage: QuarantineStage = Field(description="Stage that dropped it")
     reason: str = Field(description="Short machine-readable reason, e.g. 'no_clear_pair'")
     detail: str = Field(description="What happened and what to change, for a human")
+
+    @field_validator("detail")
+    @classmethod
+    def _no_secret(cls, value: str) -> str:
+        """Quarantine ships with the release: no secret, by value or by shape, may be in it."""
+        return redact(value)
 
 
 class ShardInfo(Record):

@@ -12,15 +12,16 @@ in GDAL's open dataset.
   about 45 minutes; by default one with less than 5 minutes left is replaced), so a long build
   never reads with an expired token. The token endpoint's 429/5xx answers are retried with
   backoff, honouring ``Retry-After`` (bounded).
-* :func:`redact_secrets` removes query strings and known secret parameters from any text
-  (error messages become quarantine details); :func:`install_log_redaction` applies it to every
-  log record made in the process.
+* Every token fetched and the subscription key are registered as secrets by value
+  (:mod:`geodelta.secrets`) in the process that receives them; :func:`redact_secrets`
+  (:func:`geodelta.secrets.redact`) removes them, and query strings, known secret parameters
+  and API-key headers by shape, from any text (error messages become quarantine details);
+  :func:`install_log_redaction` applies it to every log record made in the process.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from geodelta import secrets as _secrets
 from geodelta._optional import optional_import
 from geodelta.errors import SourceError
 
@@ -77,79 +79,12 @@ TokenFetcher = Callable[[str, str], SasToken]
 # --------------------------------------------------------------------------------------------
 # redaction
 
-_URL_QUERY = re.compile(r"((?:https?|s3|gs|az|abfs)://[^\s'\"?#<>]+)\?[^\s'\"<>]*", re.IGNORECASE)
-_SECRET_PARAMS = re.compile(
-    r"\b(sig|se|st|sp|sv|sr|spr|skoid|sktid|skt|ske|sks|skv|token|signature|"
-    r"x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature)=[^&\s'\"<>]+",
-    re.IGNORECASE,
-)
-_SECRET_HEADERS = re.compile(
-    r"((?:ocp-apim-subscription-key|authorization|x-api-key)['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}]+",
-    re.IGNORECASE,
-)
-REDACTED = "<redacted>"
-
-
-def redact_secrets(text: str) -> str:
-    """``text`` with URL query strings, SAS/signature parameters and API-key headers removed.
-
-    >>> redact_secrets("open /vsicurl/https://a.blob.core.windows.net/c/x.tif?sv=1&sig=abc failed")
-    'open /vsicurl/https://a.blob.core.windows.net/c/x.tif?<redacted> failed'
-    """
-    if "=" not in text and "?" not in text and ":" not in text:
-        return text
-    out = _URL_QUERY.sub(lambda m: f"{m.group(1)}?{REDACTED}", text)
-    out = _SECRET_PARAMS.sub(lambda m: f"{m.group(1)}={REDACTED}", out)
-    return _SECRET_HEADERS.sub(lambda m: f"{m.group(1)}{REDACTED}", out)
-
-
-class RedactingFilter(logging.Filter):
-    """A logging filter (for handlers) that redacts secrets from each record's message."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        _redact_record(record)
-        return True
-
-
-def _redact_record(record: logging.LogRecord) -> None:
-    try:
-        message = record.getMessage()
-    except Exception:  # a malformed record: leave it to the logging machinery
-        return
-    clean = redact_secrets(message)
-    if clean != message:
-        record.msg, record.args = clean, ()
-    if record.exc_info and record.exc_info[1] is not None:
-        exc = record.exc_info[1]
-        text = str(exc)
-        if redact_secrets(text) != text:  # the traceback would print the secret: drop it
-            record.msg = f"{record.msg} ({type(exc).__name__}: {redact_secrets(text)})"
-            record.exc_info, record.exc_text = None, None
-
-
-_INSTALL_LOCK = threading.Lock()
-_installed = False
-
-
-def install_log_redaction() -> None:
-    """Redact secrets from every log record created in this process (idempotent).
-
-    Wraps the log-record factory, so records of every logger (rasterio, urllib3, pystac-client,
-    Beam) are cleaned before any handler sees them. Called whenever a signer is made.
-    """
-    global _installed
-    with _INSTALL_LOCK:
-        if _installed:
-            return
-        previous = logging.getLogRecordFactory()
-
-        def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-            record = previous(*args, **kwargs)
-            _redact_record(record)
-            return record
-
-        logging.setLogRecordFactory(factory)
-        _installed = True
+REDACTED = _secrets.REDACTED
+#: Removes registered secrets (by value) and URL query strings, SAS/signature parameters and
+#: API-key headers (by shape) from any text: :func:`geodelta.secrets.redact`.
+redact_secrets = _secrets.redact
+RedactingFilter = _secrets.RedactingFilter
+install_log_redaction = _secrets.install_log_redaction
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,6 +200,7 @@ def http_token_fetcher(
 
         url = f"{base}/{account}/{container}"
         key = Settings.get().subscription_key
+        _secrets.register_secret(key)
         headers = {"Ocp-Apim-Subscription-Key": key} if key else None
         try:
             response = session.get(url, headers=headers, timeout=timeout_s)
@@ -287,6 +223,7 @@ def http_token_fetcher(
             )
         parsed = SASToken.model_validate(response.json())
         expiry = parsed.expiry if parsed.expiry.tzinfo else parsed.expiry.replace(tzinfo=UTC)
+        _secrets.register_sas_token(parsed.token)
         return SasToken(token=parsed.token, expiry=expiry)
 
     return fetch
@@ -345,6 +282,7 @@ class PlanetaryComputerSigner:
             token = self._tokens.get(key)
             if token is None or token.ttl(self._clock()) < self.refresh_margin_s:
                 token = self._fetch(account, container)
+                _secrets.register_sas_token(token.token)  # whatever fetcher made it
                 self.fetches += 1
                 if token.ttl(self._clock()) <= 0:
                     raise SigningError(

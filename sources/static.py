@@ -35,12 +35,38 @@ class StaticCatalog:
         try:
             root = pystac.Catalog.from_file(url)
         except Exception as exc:  # pystac raises several types for unreadable/invalid JSON
-            raise CatalogError(url, f"not a readable STAC catalog ({exc})") from exc
+            raise CatalogError(
+                url, f"not a readable STAC catalog ({exc}); check catalog.url and that file"
+            ) from exc
         self.url = url
         self._items: dict[str, list[SceneRef]] = {}
-        for item in root.get_items(recursive=True):
-            scene = item_to_scene(item)
+        #: (collection, item id) -> the item's JSON file (for the pre-flight's header checks)
+        self.item_hrefs: dict[tuple[str, str], str] = {}
+        items = root.get_items(recursive=True)
+        while True:
+            try:
+                item = next(items)
+            except StopIteration:
+                break
+            except Exception as exc:  # pystac: STACError, JSONDecodeError, KeyError, ...
+                cause = exc.__cause__ or exc.__context__
+                why = f"{exc}" + (f" ({type(cause).__name__}: {cause})" if cause else "")
+                raise CatalogError(
+                    url, f"a STAC object cannot be read: {why}; fix or remove that file"
+                ) from exc
+            href = item.get_self_href() or item.id
+            try:
+                scene = item_to_scene(item)
+            except CatalogError:
+                raise
+            except Exception as exc:  # a malformed bbox, datetime, asset...
+                raise CatalogError(
+                    url,
+                    f"item {item.id!r} ({href}) is not a valid STAC item ({exc}); fix or "
+                    "remove that file",
+                ) from exc
             self._items.setdefault(scene.collection, []).append(scene)
+            self.item_hrefs[(scene.collection, scene.item_id)] = href
         for scenes in self._items.values():
             scenes.sort(key=lambda s: (s.datetime, s.item_id))
 
@@ -48,6 +74,10 @@ class StaticCatalog:
     def collections(self) -> list[str]:
         """Collection ids with at least one item."""
         return sorted(self._items)
+
+    def scenes(self, collection: str) -> list[SceneRef]:
+        """Every item of a collection, sorted by (datetime, item id); empty when unknown."""
+        return list(self._items.get(collection, []))
 
     def search(
         self,

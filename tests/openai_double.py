@@ -12,7 +12,13 @@ demand: per sample key (``inject``), by a rule over the key (``rule``) or for ev
 - ``"timeout"`` holds the request longer than the client waits (``hang_s``);
 - ``"malformed"`` 200 with content that is not JSON;
 - ``"wrong_number"`` 200 with a caption area and the region count off;
-- ``"wrong_class"`` 200 with a caption naming a class that is not in the facts.
+- ``"wrong_class"`` 200 with a caption naming a class that is not in the facts;
+- ``"401"``    401 Unauthorized (whatever key was sent);
+- ``"echo"``   200 with a correct reply whose first caption quotes the key the client sent.
+
+With ``echo_key=True`` the double behaves like a careless endpoint: its 401 and 500 error
+bodies quote the key the client sent (in the message, and as ``Authorization`` / ``api-key``
+header values), as does a 401 for a wrong key.
 
 Endpoints: ``POST /v1/chat/completions``; ``POST /v1/files`` (multipart), ``GET
 /v1/files/{id}/content``, ``POST /v1/batches``, ``GET /v1/batches/{id}`` for Batch API mode.
@@ -53,6 +59,7 @@ class OpenAIDouble:
         hang_s: how long an injected timeout holds the request.
         json_schema: whether ``response_format: json_schema`` is accepted (else 400).
         batch_polls: how many ``GET /v1/batches/{id}`` say ``in_progress`` before ``completed``.
+        echo_key: error bodies (401, 500) quote the key the client sent.
     """
 
     def __init__(
@@ -64,6 +71,7 @@ class OpenAIDouble:
         hang_s: float = 2.0,
         json_schema: bool = True,
         batch_polls: int = 1,
+        echo_key: bool = False,
     ) -> None:
         self.api_key = api_key
         self.latency_s = latency_s
@@ -71,6 +79,7 @@ class OpenAIDouble:
         self.hang_s = hang_s
         self.json_schema = json_schema
         self.batch_polls = batch_polls
+        self.echo_key = echo_key
         self.always: str | None = None  # a fault for every chat request
         self.rule: Callable[[str], str | None] | None = None  # key -> fault, per request
         self.script: dict[str, deque[str]] = defaultdict(deque)
@@ -136,8 +145,13 @@ class OpenAIDouble:
                 return fault
         return self.always
 
-    def chat(self, body: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any] | None]:
-        """(status, headers, JSON body) of one chat completion; body None = hang."""
+    def chat(
+        self, body: dict[str, Any], *, auth: str | None = None
+    ) -> tuple[int, dict[str, str], dict[str, Any] | None]:
+        """(status, headers, JSON body) of one chat completion; body None = hang.
+
+        ``auth``: the request's ``Authorization`` header (what ``echo`` faults quote).
+        """
         messages = body.get("messages") or []
         prompt = _text_of(messages[1]["content"]) if len(messages) > 1 else ""
         m = _KEY_RE.search(prompt)
@@ -159,7 +173,9 @@ class OpenAIDouble:
             headers = {"Retry-After": f"{self.retry_after_s:g}"}
             return 429, headers, _error("rate limit reached, retry later", "rate_limit_exceeded")
         if fault == "500":
-            return 500, {}, _error("internal error", "server_error")
+            return 500, {}, self._echoing(_error("internal error", "server_error"), auth)
+        if fault == "401":
+            return 401, {}, self._echoing(_error("invalid api key", "invalid_api_key"), auth)
         if fault == "timeout":
             return 0, {}, None
         facts_m, task_m = _FACTS_RE.search(prompt), _TASK_RE.search(prompt)
@@ -174,6 +190,8 @@ class OpenAIDouble:
             content = _wrong_number(content)
         elif fault == "wrong_class":
             content = _wrong_class(content, facts)
+        elif fault == "echo":
+            content = _echo(content, _key_of(auth))
         chars_in = sum(len(_text_of(msg["content"])) for msg in messages)
         usage = {
             "prompt_tokens": chars_in // 4,
@@ -198,6 +216,15 @@ class OpenAIDouble:
                 "usage": usage,
             },
         )
+
+    def _echoing(self, error: dict[str, Any], auth: str | None) -> dict[str, Any]:
+        """``error`` quoting the key the client sent, as careless endpoints do (``echo_key``)."""
+        if not self.echo_key or not auth:
+            return error
+        key = _key_of(auth)
+        error["error"]["message"] += f": Incorrect API key provided: {key}"
+        error["error"]["request_headers"] = {"Authorization": auth, "api-key": key}
+        return error
 
     def run_batch(self, batch_id: str) -> None:
         """Answer every line of a batch's input file into its output/error files."""
@@ -265,6 +292,16 @@ def _wrong_number(content: str) -> str:
     return json.dumps(data)
 
 
+def _key_of(auth: str | None) -> str:
+    return (auth or "").removeprefix("Bearer ").strip()
+
+
+def _echo(content: str, key: str) -> str:
+    data = json.loads(content)
+    data["captions"][0] = f"{data['captions'][0]} (answered for key {key})"
+    return json.dumps(data)
+
+
 def _wrong_class(content: str, facts: ChangeFacts) -> str:
     data = json.loads(content)
     present = {c for t in facts.transitions for c in (t.from_class, t.to_class)}
@@ -301,11 +338,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _authorised(self) -> bool:
         want = self.owner.api_key
-        if want is None or self.headers.get("Authorization") == f"Bearer {want}":
+        auth = self.headers.get("Authorization")
+        if want is None or auth == f"Bearer {want}":
             return True
         with self.owner.lock:
             self.owner.unauthorised += 1
-        self._send(401, _error("invalid api key", "invalid_api_key"))
+        self._send(401, self.owner._echoing(_error("invalid api key", "invalid_api_key"), auth))
         return False
 
     def _body(self) -> bytes:
@@ -320,7 +358,9 @@ class _Handler(BaseHTTPRequestHandler):
         if path.endswith("/chat/completions"):
             if owner.latency_s:
                 time.sleep(owner.latency_s)
-            status, headers, body = owner.chat(json.loads(raw))
+            status, headers, body = owner.chat(
+                json.loads(raw), auth=self.headers.get("Authorization")
+            )
             if body is None:  # injected timeout: hold the request, then drop it
                 owner._stop.wait(owner.hang_s)
                 self.close_connection = True

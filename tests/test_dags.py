@@ -189,12 +189,9 @@ def test_airflow_dags_test_publishes_a_verified_release(airflow_venv: Path, tmp_
     assert log.count("new_state=skipped") == 1  # train_reference: nothing new to train
     assert "is already published from this config" in log
     assert (releases / "LATEST").read_text() == target.name + "\n"
-    assert sorted(p.name for p in releases.iterdir()) == [
-        "BASELINE",
-        "LATEST",
-        "baselines",
-        target.name,
-    ]
+    assert sorted(p.name for p in releases.iterdir()) == sorted(
+        ["BASELINE", "LATEST", "baselines", "published", target.name]
+    )
     assert not (tmp_path / "work" / "release").exists()
     after = {p.relative_to(target): p.stat().st_mtime_ns for p in target.rglob("*")}
     assert after == before
@@ -242,12 +239,9 @@ def test_airflow_dags_test_publishes_a_verified_release(airflow_venv: Path, tmp_
     assert log.count("new_state=failed") == 1  # publish, without retry
     assert "up_for_retry" not in log
     assert (releases / "LATEST").read_text() == target.name + "\n"
-    assert sorted(p.name for p in releases.iterdir()) == [
-        "BASELINE",
-        "LATEST",
-        "baselines",
-        target.name,
-    ]
+    assert sorted(p.name for p in releases.iterdir()) == sorted(
+        ["BASELINE", "LATEST", "baselines", "published", target.name]
+    )
     refused = tmp_path / "work" / "release"
     assert json.loads((refused / "manifest.json").read_text())["version"] == "0.2.0-af"
     assert (refused / REFERENCE_METRICS).is_file()

@@ -1,7 +1,8 @@
 """The release gate, ``publish_release``, ``geodelta release`` and ``--promote``.
 
-Unit tests run over hand-written releases (a manifest with no shards verifies) and hand-written
-``reference/metrics.json`` files, so every figure in a message is computed by hand. The
+Unit tests run over small real releases (three factory samples written by ``write_release``,
+so they verify) with hand-written ``reference/metrics.json`` files, so every figure in a
+message is computed by hand. The
 end-to-end tests (``slow``) build small demo releases, train the reference model on them, and
 show the gate blocking a release whose labeller is broken on purpose (a test double).
 """
@@ -17,14 +18,19 @@ from typer.testing import CliRunner
 
 from geodelta.pipelines.cli import app
 from geodelta.pipelines.release.gate import GateError, PublishError, check_gate
-from geodelta.pipelines.release.layout import BASELINE_POINTER, LATEST, PROMOTION_RECORD
+from geodelta.pipelines.release.layout import (
+    BASELINE_POINTER,
+    LATEST,
+    PROMOTION_RECORD,
+    read_manifest,
+)
 from geodelta.pipelines.release.publish import (
     default_previous,
     latest_release,
     promote_reference,
     publish_release,
 )
-from geodelta.schemas import ConfigError, ReleaseManifest, parse_config
+from geodelta.schemas import ConfigError, parse_config
 from geodelta.schemas.config import GateConfig
 from geodelta.schemas.reference import (
     REFERENCE_METRICS,
@@ -98,27 +104,37 @@ def fake_release(
     gate: dict[str, Any] | None = None,
     ref: ReferenceMetrics | None = None,
 ) -> Path:
-    """A release folder with a manifest (no shards: it verifies) and optional metrics."""
-    root.mkdir(parents=True)
-    config: dict[str, Any] = {"name": name, "version": version}
+    """A small real release: one factory sample per split, written by ``write_release`` (GX off),
+    so it verifies; ``ref`` is written as ``reference/metrics.json`` and listed in the manifest.
+
+    ``config_hash`` names the config: releases given the same token share one config (the token
+    is its description), so their real config hashes agree and differ from another token's.
+    Metrics that carry the release's token are stamped with its real hash (they are current);
+    metrics carrying another token stay stale.
+    """
+    from geodelta.pipelines.release.assemble import write_release
+    from geodelta.pipelines.release.manifest import list_files
+    from geodelta.pipelines.release.staging import Staging
+    from geodelta.pipelines.stages.encode import build_meta, encode_members
+    from tests.factories import make_config, make_sample
+
+    sections: dict[str, Any] = {"validation": {"great_expectations": False}}
     if gate is not None:
-        config["gate"] = gate
-    manifest = ReleaseManifest(
-        name=name,
-        version=version,
-        code_version="test",
-        config_hash=config_hash,
-        config=config,
-        members=(),
-        splits={},
-        quarantined={},
-        shards=(),
-        files=(),
-    )
-    (root / "manifest.json").write_text(manifest.model_dump_json())
+        sections["gate"] = gate
+    cfg = make_config(name=name, version=version, description=f"config {config_hash}", **sections)
+    staging = Staging(root.with_name(f"{root.name}-staging"))
+    for i, split in enumerate(("train", "val", "test")):
+        sample = make_sample(i, col=i, row=0, split=split, change=True)
+        meta = build_meta(sample, cfg, code_version="test", config_hash=cfg.config_hash())
+        staging.put_sample(sample.key, encode_members(sample, meta, cfg))
+        staging.mark_cell(meta.cell_id, keys=[sample.key], quarantine=[])
+    write_release(root, cfg, staging, code_version="test")
     if ref is not None:
+        if ref.config_hash == config_hash:
+            ref = ref.model_copy(update={"config_hash": cfg.config_hash()})
         (root / "reference").mkdir()
         (root / REFERENCE_METRICS).write_text(ref.model_dump_json())
+        list_files(root, [REFERENCE_METRICS])
     return root
 
 
@@ -213,7 +229,8 @@ def test_stale_or_corrupt_metrics_fail(tmp_path: Path) -> None:
     stale = fake_release(tmp_path / "stale", config_hash="h2", ref=metrics(config_hash="h1"))
     result = check_gate(stale)
     assert not result.ok
-    assert "computed for config h1, the release is config h2" in result.problems[0]
+    release_hash = read_manifest(stale).config_hash[:12]
+    assert f"computed for config h1, the release is config {release_hash}" in result.problems[0]
 
     corrupt = fake_release(tmp_path / "corrupt")
     (corrupt / "reference").mkdir()
@@ -250,8 +267,11 @@ def test_unknown_metric_is_a_clear_config_error(tmp_path: Path) -> None:
 
     # a release whose manifest carries such a gate (hand-edited) is refused with the key
     rel = fake_release(
-        tmp_path / "r", gate={"rules": [{"metric": "masks.f2", "min": 0.1}]}, ref=metrics()
+        tmp_path / "r", gate={"rules": [{"metric": "masks.f1", "min": 0.1}]}, ref=metrics()
     )
+    data = json.loads((rel / "manifest.json").read_text())
+    data["config"]["gate"]["rules"][0]["metric"] = "masks.f2"
+    (rel / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(PublishError) as perr:
         check_gate(rel)
     assert "gate.rules.0" in str(perr.value) and "'masks.f2' is unknown" in str(perr.value)
@@ -285,7 +305,7 @@ def test_publish_moves_then_points_latest_and_is_idempotent(tmp_path: Path) -> N
 
     again = publish_release(target, releases)  # re-run: nothing moves
     assert again.already_published and again.leftover is None
-    assert sorted(p.name for p in releases.iterdir()) == [LATEST, "demo-1"]
+    assert sorted(p.name for p in releases.iterdir()) == [LATEST, "demo-1", "published"]
 
     rebuilt = fake_release(tmp_path / "build" / "v1b", gate=F1_RULE, ref=metrics(f1=0.43))
     dup = publish_release(rebuilt, releases)  # same version, same config: left for the caller
@@ -313,7 +333,7 @@ def test_gate_refusal_moves_nothing_and_keeps_latest(tmp_path: Path) -> None:
     assert err.value.result.previous == releases / "demo-1"
     assert "gate: masks.f1 = 0.12, 0.31 below the previous release 0.43" in str(err.value)
     assert src.is_dir() and (src / "manifest.json").is_file()
-    assert sorted(p.name for p in releases.iterdir()) == [LATEST, "demo-1"]
+    assert sorted(p.name for p in releases.iterdir()) == [LATEST, "demo-1", "published"]
     assert (releases / LATEST).read_text() == "demo-1\n"
 
     # an explicit previous without metrics: max_drop not checked, so it publishes
@@ -326,11 +346,11 @@ def test_gate_refusal_moves_nothing_and_keeps_latest(tmp_path: Path) -> None:
 def test_a_release_that_does_not_verify_is_refused(tmp_path: Path) -> None:
     src = fake_release(tmp_path / "b", ref=metrics())
     data = json.loads((src / "manifest.json").read_text())
-    data["files"] = [{"path": "samples.parquet", "bytes": 3, "sha256": "0" * 64}]
+    data["files"] = [{"path": "absent.parquet", "bytes": 3, "sha256": "0" * 64}]
     (src / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(PublishError, match="does not verify") as err:
         publish_release(src, tmp_path / "releases")
-    assert "samples.parquet: missing" in "\n".join(err.value.problems)
+    assert "absent.parquet: missing" in "\n".join(err.value.problems)
     assert not (tmp_path / "releases" / LATEST).exists()
 
 
@@ -379,6 +399,7 @@ def _release_with_model(root: Path, version: str = "1") -> tuple[Path, str]:
     import torch
 
     from geodelta.annotators.models.change_model import FCSiamDiff, save_model
+    from geodelta.pipelines.release.manifest import list_files
 
     torch.manual_seed(0)
     model = FCSiamDiff(in_channels=4, base_channels=4)
@@ -390,9 +411,15 @@ def _release_with_model(root: Path, version: str = "1") -> tuple[Path, str]:
         sha256=hashlib.sha256(data).hexdigest(),
         bytes=len(data),
     )
+    real_hash = read_manifest(rel).config_hash
+    (rel / REFERENCE_METRICS).parent.mkdir(exist_ok=True)
     (rel / REFERENCE_METRICS).write_text(
-        metrics(release=f"demo-{version}", weights={"change_model": ref}).model_dump_json()
+        metrics(
+            release=f"demo-{version}", weights={"change_model": ref}, config_hash=real_hash
+        ).model_dump_json()
     )
+    written = [p.relative_to(rel).as_posix() for p in (rel / "reference").rglob("*") if p.is_file()]
+    list_files(rel, written)
     return rel, saved.sha256
 
 

@@ -152,7 +152,7 @@ def test_check_config_names_the_key() -> None:
     base = minimal_config()
     base["imagery"] = {
         "collection": "sentinel-2-l2a",
-        "bands": ["B02", "blue"],
+        "bands": ["B02", "B03", "B04", "blue"],  # rgb must be among the bands (config rule)
         "rgb": ["B04", "B03", "B02"],
     }
     base["labels"] = {"kind": "landcover", "collection": "esa-worldcover", "product": "io-lulc"}

@@ -147,14 +147,17 @@ def test_layout_and_manifest(built: tuple[Path, Staging, list[SampleMeta]]) -> N
         "train-000001.tar",
         "val-000000.tar",
     ]
-    assert [f.path for f in manifest.files] == [
-        "samples.parquet",
-        "quarantine.parquet",
+    listed = [f.path for f in manifest.files]  # in path order, GX's files among them
+    assert listed == sorted(listed)
+    assert [p for p in listed if not p.startswith("validation/")] == [
         "README.md",
         "collection.json",
+        "quarantine.parquet",
+        "samples.parquet",
     ]
+    assert "validation/summary.json" in listed
     cfg = make_config(shards={"max_samples": 4})
-    assert manifest.config_hash == cfg.config_hash() and manifest.config == cfg.normalised()
+    assert manifest.config_hash == cfg.config_hash() and manifest.config == cfg.recorded()
     text = (rel / "manifest.json").read_text()
     assert text == json.dumps(json.loads(text), sort_keys=True, indent=2) + "\n"
     assert str(root) not in text and "base_dir" not in text
@@ -296,7 +299,10 @@ def test_rewrite_removes_stale_shards(
         "shards/val-000000.tar",
     ]
     assert not (rel / "shards" / "train-000001.tar").exists()
-    assert verify_release(rel).ok
+    # the staged samples record the hash of the config they were made with (max_samples=4):
+    # verify says so of each sample, and nothing else
+    problems = verify_release(rel).problems
+    assert len(problems) == 12 and all("json config_hash is" in p for p in problems), problems
 
 
 def test_max_bytes_splits_shards(
@@ -308,7 +314,8 @@ def test_max_bytes_splits_shards(
     manifest = write_release(tmp_path / "rel", cfg, staging, code_version="0.1.0")
     assert sum(s.samples for s in manifest.shards) == 12
     assert all(s.samples == 1 for s in manifest.shards)
-    assert verify_release(tmp_path / "rel").ok
+    problems = verify_release(tmp_path / "rel").problems  # samples made with max_samples=4
+    assert len(problems) == 12 and all("json config_hash is" in p for p in problems), problems
 
 
 def test_bad_staged_sample_is_quarantined(tmp_path: Path) -> None:
@@ -334,8 +341,12 @@ def test_empty_release(tmp_path: Path) -> None:
     )
     assert manifest.shards == () and manifest.splits == {}
     assert pq.read_table(tmp_path / "rel" / "samples.parquet").num_rows == 0
-    result = verify_release(tmp_path / "rel")
-    assert result.ok and result.samples == 0
+    result = verify_release(tmp_path / "rel")  # written, but refused: nothing is not a pass
+    assert not result.ok and result.samples == 0
+    assert result.problems == (
+        "manifest.json: the release holds 0 samples (top quarantine reasons: none recorded); "
+        "a build that yields nothing is an error, not a release: fix the cause and rebuild",
+    )
     assert write_report(tmp_path / "rel").is_file()
 
 

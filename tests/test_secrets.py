@@ -103,7 +103,8 @@ def test_signed_reads_leave_no_secret_anywhere(
         "geodelta-demo-s2l2a",
         "geodelta-demo-landcover",
     }  # one token per container, cached
-    assert len(token_requests) == 2
+    # per process signer: the pre-flight's (sampled items' headers) and the worker's
+    assert len(token_requests) == 4
     assert result.samples > 0
     assert any(k.endswith(":read_error") for k in result.manifest.quarantined), (
         result.manifest.quarantined

@@ -379,7 +379,7 @@ def make_sample_record(mask: np.ndarray | None, annotation: Annotation | None) -
     pair = ScenePair(
         job=job, before=scene("a", T0), after=scene("b", T1), before_clear=1.0, after_clear=1.0
     )
-    bands = np.zeros((3, *SHAPE), dtype=np.float32)
+    bands = np.random.default_rng(0).uniform(0.02, 0.3, (3, *SHAPE)).astype(np.float32)
     return Sample(pair=pair, before=bands, after=bands.copy(), mask=mask, annotation=annotation)
 
 

@@ -31,7 +31,9 @@ batch, poll, download; :mod:`geodelta.annotators.llm.batch`), with the same cach
 fix rounds.
 
 The API key is read from the environment variable named by ``api_key_env`` when the client is
-made; it is never logged, cached, returned or written anywhere.
+made; it is never logged, cached, returned or written anywhere: the annotator registers its
+value as a secret (:mod:`geodelta.secrets`), so an endpoint that echoes it (in an error body or a
+completion) has it redacted from replies, the cache, quarantine details and log records.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from geodelta.annotators.llm.usage import LLMStats, Reply, Spend
 from geodelta.errors import GeodeltaError
 from geodelta.schemas import SCHEMA_VERSION, Annotation, BuildConfig, ChangeFacts
 from geodelta.schemas.config import OpenAIConfig
+from geodelta.secrets import register_env_secret
 
 #: The reasons and :class:`AnnotationFailed` live in :mod:`geodelta.annotators.errors`.
 __all__ = ["LLMAnnotator", "LLMStats"]
@@ -149,6 +152,8 @@ class LLMAnnotator:
                 f"a budget needs the price of model {settings.model!r}; add it to "
                 f"annotation.openai.prices (known: {', '.join(sorted(settings.prices))})",
             )
+        # the key is a secret by value in this process (each worker reads and registers it)
+        register_env_secret(settings.api_key_env)
         if settings.api_key_env is not None and not os.environ.get(settings.api_key_env):
             raise AnnotatorConfigError(
                 "openai.api_key_env",

@@ -11,6 +11,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from geodelta.secrets import redact
+
 __all__ = ["LLMStats", "Reply", "Spend"]
 
 
@@ -39,6 +41,11 @@ class Reply:
     tokens_out: int
     cost_usd: float
     cached: bool
+
+    def __post_init__(self) -> None:
+        # an endpoint may echo a secret (the API key) in a completion: it must reach neither
+        # the cache, nor the fact checker's complaints, nor a caption
+        self.text = redact(self.text)
 
     @classmethod
     def from_cache(cls, entry: dict[str, Any]) -> Reply:

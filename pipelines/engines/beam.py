@@ -24,6 +24,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from geodelta.pipelines.engines.breaker import Breaker, is_tripped
 from geodelta.pipelines.engines.commit import (
     COUNTER_NAMESPACE,
     VERDICTS,
@@ -77,18 +78,29 @@ class StageFn(beam.DoFn):
 
 
 class CommitFn(beam.DoFn):
-    """Writes each outcome to the staging area (samples, then the cell marker)."""
+    """Writes each outcome to the staging area (samples, then the cell marker), then asks the
+    circuit breaker (:mod:`~geodelta.pipelines.engines.breaker`), which trips when the first
+    ``breaker_cells`` cells were all quarantined for the same reason."""
 
-    def __init__(self, staging_root: str) -> None:
+    def __init__(self, staging_root: str, breaker_cells: int = 0) -> None:
         super().__init__()
         self.staging_root = staging_root
+        self.breaker_cells = breaker_cells
 
     def setup(self) -> None:
         self.staging = Staging(self.staging_root)
+        self.breaker = Breaker(self.staging, self.breaker_cells)
 
     def process(self, outcome: Any) -> Iterator[str]:
         commit(self.staging, outcome)
+        self.breaker.after(outcome)
         yield outcome.cell_id
+
+
+def _untripped(job: TileJob, staging_root: str) -> bool:
+    """Keep a cell unless the circuit breaker has tripped (then every cell not yet started is
+    dropped, and the pipeline ends quickly; ``--resume`` runs them after the fix)."""
+    return not is_tripped(staging_root)
 
 
 def pipeline_options(cfg: BuildConfig) -> PipelineOptions:
@@ -124,9 +136,19 @@ def build_pipeline(
     so one ``CommitFn`` at the end sees every outcome. Beam's DaskRunner (2.77) needs this: it
     computes only the last transform applied (other branches never run) and puts a ParDo's
     tagged outputs into its main output (the next stage would receive quarantine records).
+
+    A filter before the first stage drops every cell once the circuit breaker has tripped
+    (:func:`~geodelta.pipelines.engines.breaker.is_tripped`: a file in the staging area, written
+    by the ``CommitFn`` that saw the first ``runner.breaker_cells`` cells all fail alike).
     """
-    records = p | "cells" >> beam.Create(list(jobs)) | "spread" >> beam.Reshuffle()
     root = str(staging_root)
+    records = (
+        p
+        | "cells" >> beam.Create(list(jobs))
+        | "spread" >> beam.Reshuffle()
+        | "breaker" >> beam.Filter(_untripped, root)
+    )
+    trips = cfg.runner.breaker_cells
     for stage, _ in Worker(cfg, code_version=code_version).steps():
         fn = StageFn(stage, cfg, code_version, single_chain=single_chain)
         if single_chain:
@@ -134,8 +156,8 @@ def build_pipeline(
             continue
         results = records | stage >> beam.ParDo(fn).with_outputs(QUARANTINE, main="ok")
         records = results.ok
-        _ = results[QUARANTINE] | f"commit {stage} quarantine" >> beam.ParDo(CommitFn(root))
-    _ = records | "commit" >> beam.ParDo(CommitFn(root))
+        _ = results[QUARANTINE] | f"commit {stage} quarantine" >> beam.ParDo(CommitFn(root, trips))
+    _ = records | "commit" >> beam.ParDo(CommitFn(root, trips))
 
 
 #: Thread pools of numeric libraries, pinned to one thread in worker processes.

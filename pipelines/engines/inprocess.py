@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from geodelta.pipelines.engines.breaker import Breaker
 from geodelta.pipelines.engines.commit import StageCounts, commit
 from geodelta.pipelines.release.staging import Staging
 from geodelta.pipelines.stages.worker import Worker
@@ -26,15 +27,21 @@ def run_inprocess(
     code_version: str,
     progress: ProgressFn | None = None,
 ) -> StageCounts:
-    """Run every cell here and commit each; returns what each stage passed and quarantined."""
+    """Run every cell here and commit each; returns what each stage passed and quarantined.
+
+    The loop stops when the circuit breaker trips (:mod:`~geodelta.pipelines.engines.breaker`).
+    """
     worker = Worker(cfg, code_version=code_version)
     stages = [stage for stage, _ in worker.steps()]
     staging = Staging(staging_root)
     counts = StageCounts()
+    breaker = Breaker(staging, cfg.runner.breaker_cells)
     for job in jobs:
         outcome = worker.process_cell(job)
         commit(staging, outcome)
         counts.add_outcome(stages, outcome)
         if progress is not None:
             progress(1)
+        if breaker.after(outcome):
+            break
     return counts

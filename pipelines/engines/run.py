@@ -8,7 +8,8 @@ Python FnApiRunner; ``dask`` is the same pipeline on Beam's DaskRunner
 runs it on whatever runner the pass-through options name (``--runner=DataflowRunner``,
 ``FlinkRunner``, ``SparkRunner``...). All commit every outcome to the staging area (samples
 first, then the cell's completion marker, :mod:`~geodelta.pipelines.engines.commit`), so a
-killed run resumes where it stopped.
+killed run resumes where it stopped, and all stop early, with the reason, when the first cells
+all fail alike (the circuit breaker, :mod:`~geodelta.pipelines.engines.breaker`).
 
 The engines are imported here lazily, by name (Beam takes seconds to import); none of them
 imports this module.
@@ -20,10 +21,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from geodelta.errors import BuildError
+from geodelta.pipelines.engines.breaker import Breaker, BreakerError, breaker_message
 from geodelta.pipelines.engines.commit import StageCounts
+from geodelta.pipelines.release.staging import Staging
 from geodelta.schemas import BuildConfig, TileJob
 
-__all__ = ["ProgressFn", "RunnerError", "check_runner", "run_cells"]
+__all__ = ["BreakerError", "ProgressFn", "RunnerError", "check_runner", "run_cells"]
 
 ProgressFn = Callable[[int], None]
 
@@ -89,10 +92,37 @@ def run_cells(
 
     Raises:
         RunnerError: the ``runner`` section cannot run.
+        BreakerError: the first ``runner.breaker_cells`` finished cells were all quarantined
+            for the same reason (:mod:`~geodelta.pipelines.engines.breaker`); the run stopped,
+            those cells' markers are forgotten and the rest of the staging area is kept.
     """
     check_runner(cfg)
     if not jobs:
         return StageCounts()
+    breaker = Breaker(Staging(staging_root), cfg.runner.breaker_cells)
+    breaker.reset()  # a trip left by a run that died before it was reported
+    try:
+        counts = _run_engine(jobs, cfg, staging_root, code_version=code_version, progress=progress)
+    except Exception:
+        trip = breaker.tripped()
+        if trip is None:
+            raise
+    else:
+        trip = breaker.tripped()
+        if trip is None:
+            return counts
+    breaker.reset(trip)
+    raise BreakerError(breaker_message(trip, cfg.runner.breaker_cells)) from None
+
+
+def _run_engine(
+    jobs: Sequence[TileJob],
+    cfg: BuildConfig,
+    staging_root: Path,
+    *,
+    code_version: str,
+    progress: ProgressFn | None,
+) -> StageCounts:
     name = cfg.runner.name
     if name == "inprocess":
         from geodelta.pipelines.engines.inprocess import run_inprocess

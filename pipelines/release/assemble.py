@@ -7,9 +7,10 @@ A release directory holds::
     quarantine.parquet           what did not become a sample, and why
     README.md                    dataset card
     collection.json              STAC Collection describing the release (one asset per shard)
-    manifest.json                sizes and sha256 of everything above (written last)
-    validation/                  Great Expectations results, summary and Data Docs (not in
-                                 the manifest: they carry run times)
+    validation/                  Great Expectations results, summary and Data Docs
+    manifest.json                sizes and sha256 of everything above (written last, by
+                                 :func:`~geodelta.pipelines.release.manifest.write_manifest`,
+                                 with manifest.sha256; the report is listed when written)
 
 Everything is deterministic: the same staging area and config give byte-identical files (fixed
 tar mtime/owner/mode, sorted keys, JSON with sorted keys, no wall-clock time, no absolute
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -35,17 +37,20 @@ from typing import Any
 import pyarrow as pa
 from pydantic import ValidationError
 
-from geodelta._io import json_bytes, write_atomic
+from geodelta._io import write_atomic
 from geodelta.pipelines.release.card import dataset_card
 from geodelta.pipelines.release.collection import stac_collection
 from geodelta.pipelines.release.layout import (
     CARD,
     COLLECTION,
     MANIFEST,
+    MANIFEST_SHA256,
     QUARANTINE_TABLE,
     SAMPLES_TABLE,
+    VALIDATION_DIR,
     parquet_bytes,
 )
+from geodelta.pipelines.release.manifest import files_under, write_manifest
 from geodelta.pipelines.release.shards import clean_shards, write_shards
 from geodelta.pipelines.release.staging import Staging, StagingError, quarantine_sort_key
 from geodelta.schemas import (
@@ -119,6 +124,33 @@ def _scrub_urls(value: Any) -> Any:
     return value
 
 
+def _places(root: Path, cfg: BuildConfig, staging: Staging) -> list[tuple[str, str]]:
+    """Local folders a message may name -> the placeholder a release records instead."""
+    named = [
+        (staging.root, "<staging>"),
+        (root, "<release>"),
+        (Path(cfg.base_dir), "<config>"),
+    ]
+    if "://" not in cfg.catalog.url or cfg.catalog.url.startswith("file://"):
+        catalog = Path(cfg.resolve(cfg.catalog.url.removeprefix("file://")))
+        named.append((catalog.parent, "<catalog>"))
+    out: dict[str, str] = {}
+    for folder, label in named:
+        for form in (str(folder), str(folder.absolute()), str(folder.resolve())):
+            if form not in ("", ".", "/"):
+                out.setdefault(form, label)
+    return sorted(out.items(), key=lambda kv: -len(kv[0]))  # the deepest folder first
+
+
+def _portable(rec: QuarantineRecord, places: list[tuple[str, str]]) -> QuarantineRecord:
+    """A quarantine record without the folders this build happened to use (an unreadable
+    asset reads ``<catalog>/items/x/B02.tif``): the same data gives the same bytes anywhere."""
+    detail = rec.detail
+    for folder, label in places:
+        detail = re.sub(re.escape(folder) + r"(?![\w.-])", label, detail)  # label: no "\\"
+    return rec if detail == rec.detail else rec.model_copy(update={"detail": detail})
+
+
 def _sample_row(meta: SampleMeta, shard: str, members: dict[str, bytes]) -> dict[str, Any]:
     facts = meta.facts
     main = ""
@@ -181,7 +213,7 @@ def _load_metas(
     for key in keys:
         cell_id = key.rsplit("_", 2)[0]  # key = {cell_id}_{t0}_{t1}
         try:
-            present = {p.name for p in staging.sample_dir(key).iterdir() if p.is_file()}
+            present = staging.member_names(key)
         except StagingError as exc:
             dropped.append(
                 QuarantineRecord(
@@ -236,6 +268,7 @@ def _load_metas(
 def _clean(release_dir: Path) -> None:
     """Remove what a previous run left that this run rewrites (manifest first)."""
     (release_dir / MANIFEST).unlink(missing_ok=True)
+    (release_dir / MANIFEST_SHA256).unlink(missing_ok=True)
     clean_shards(release_dir)
     for path in release_dir.glob(".*.tmp"):
         path.unlink()
@@ -271,7 +304,7 @@ def write_release(
     quarantined at stage ``shard``. Before any shard is written, the Great Expectations
     checkpoint (:mod:`geodelta.pipelines.release.gx`) runs over the sample table; samples it
     rejects are quarantined at stage ``validate`` (reason ``gx:<expectation>:<column>``) and
-    its results and Data Docs land in ``validation/`` (not in the manifest).
+    its results and Data Docs land in ``validation/`` (listed in the manifest).
 
     Args:
         release_dir: output folder (created when missing).
@@ -290,7 +323,11 @@ def write_release(
     keys, staged_quarantine = staging.outcomes()
     metas, dropped = _load_metas(staging, keys)
     dropped += _check_contract(root, cfg, staging, metas)
-    quarantine = sorted([*staged_quarantine, *extra_quarantine, *dropped], key=quarantine_sort_key)
+    places = _places(root, cfg, staging)
+    quarantine = sorted(
+        (_portable(q, places) for q in (*staged_quarantine, *extra_quarantine, *dropped)),
+        key=quarantine_sort_key,
+    )
     shards, rows = write_shards(root, cfg, staging, metas, _sample_row)
 
     splits = dict(sorted(Counter(m.split for m in metas.values()).items()))
@@ -319,18 +356,18 @@ def write_release(
         ),
     )
     put(COLLECTION, stac_collection(cfg, metas, splits, shards))
+    files += files_under(root, VALIDATION_DIR)  # GX results and Data Docs (deterministic)
 
     manifest = ReleaseManifest(
         name=cfg.name,
         version=cfg.version,
         code_version=code_version,
         config_hash=cfg.config_hash(),
-        config=_scrub_urls(cfg.normalised()),
+        config=_scrub_urls(cfg.recorded()),  # no local folder: same bytes anywhere
         members=SAMPLE_MEMBERS,
         splits=splits,
         quarantined=funnel,
         shards=tuple(shards),
         files=tuple(files),
     )
-    write_atomic(root / MANIFEST, json_bytes(manifest.model_dump(mode="json")))
-    return manifest
+    return write_manifest(root, manifest)  # with manifest.sha256; a secret by value: never

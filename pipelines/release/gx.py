@@ -7,8 +7,9 @@ three pandas tables (samples, captions, QA) built from the staged samples
 the first failing expectation, e.g. ``gx:expect_column_values_to_be_between:before_valid``) and
 never reach a shard. Great Expectations is imported lazily, only when a checkpoint runs.
 
-What a release keeps under ``<release>/validation/`` (outside ``manifest.json``: GX results
-carry run times and ids, so these files are not byte-deterministic)::
+What a release keeps under ``<release>/validation/`` (listed in ``manifest.json``, so verify
+checks them; byte-deterministic: GX runs at the fixed :data:`RUN_TIME`, and the batch load times
+and random ids GX writes into results and Data Docs are replaced by :class:`_Settle`)::
 
     summary.json                  machine-readable summary (shape below)
     suites/<table>.json           the expectation suites, GX 1.x JSON
@@ -62,10 +63,12 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +96,7 @@ from geodelta.schemas.expectations import (
 )
 
 __all__ = [
+    "RUN_TIME",
     "SUMMARY_FORMAT",
     "ExpectationOutcome",
     "GXEvaluationError",
@@ -104,6 +108,11 @@ __all__ = [
 ]
 
 SUMMARY_FORMAT = "geodelta.gx-summary/1"
+#: GX's run time in every release: fixed, so results, Data Docs and the report carry no
+#: wall-clock time (the same staging area gives the same bytes).
+RUN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+_LOAD_TIME = RUN_TIME.strftime("%Y%m%dT%H%M%S.%fZ")  # GX's format of batch load times
+_UUID_RE = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
 _SITE = "geodelta"
 _ROW = "row"
 
@@ -437,7 +446,7 @@ def run_checkpoint(
     site = Path(site_dir).resolve() if site_dir is not None else None
     context = _context(gx, site)
     source = context.data_sources.add_pandas("geodelta")
-    run_id = RunIdentifier(run_name=run_name or f"{cfg.name}-{cfg.version}")
+    run_id = RunIdentifier(run_name=run_name or f"{cfg.name}-{cfg.version}", run_time=RUN_TIME)
     outcome = GXOutcome(suites=[], gx_version=str(gx.__version__))
     for spec in release_suites(cfg):
         # GX reports failing rows by these columns (Data Docs show them): the key for readers,
@@ -486,6 +495,34 @@ def run_checkpoint(
             page = pages[-1].relative_to(site.parent).as_posix() if pages else None
             outcome.suites[i] = dataclasses.replace(s, data_docs_page=page)
     return outcome
+
+
+class _Settle:
+    """Replace what GX makes up per run in the text it writes: random ids (uuid4) become
+    ``00000000-0000-4000-8000-<n>`` in order of first appearance, and the batch load times
+    (``meta.batch_markers.ge_load_time`` of the results) become :data:`RUN_TIME`. One instance
+    per release, applied to results, then Data Docs pages in sorted order: deterministic."""
+
+    def __init__(self, results: list[dict[str, Any]]) -> None:
+        self._ids: dict[str, str] = {}
+        self._times = sorted(
+            {
+                str(t)
+                for r in results
+                if (t := (r.get("meta") or {}).get("batch_markers", {}).get("ge_load_time"))
+            }
+        )
+
+    def _id(self, match: re.Match[str]) -> str:
+        found = match.group(0)
+        if found not in self._ids:
+            self._ids[found] = f"00000000-0000-4000-8000-{len(self._ids) + 1:012x}"
+        return self._ids[found]
+
+    def __call__(self, text: str) -> str:
+        for t in self._times:
+            text = text.replace(t, _LOAD_TIME)
+        return _UUID_RE.sub(self._id, text)
 
 
 # --- the release hook ---------------------------------------------------------------------
@@ -538,12 +575,15 @@ def validate_release(
     out.mkdir(parents=True)
     site = out / DATA_DOCS_DIR if cfg.validation.data_docs else None
     outcome = run_checkpoint(tables, cfg, site_dir=site)
-    if site is not None:
-        make_offline(site)
+    settle = _Settle([s.results for s in outcome.suites])
     (out / GX_SUITES_DIR).mkdir()
     (out / GX_RESULTS_DIR).mkdir()
     for s in outcome.suites:
         (out / _suite_file(s)).write_bytes(json_bytes(s.suite.to_json(), default=str))
-        (out / _results_file(s)).write_bytes(json_bytes(s.results, default=str))
+        results = settle(json_bytes(s.results, default=str).decode("utf-8"))
+        (out / _results_file(s)).write_bytes(results.encode("utf-8"))
+    if site is not None:
+        for page in make_offline(site):
+            page.write_text(settle(page.read_text(encoding="utf-8")), encoding="utf-8")
     (out / GX_SUMMARY_FILE).write_bytes(json_bytes(outcome.summary(), default=str))
     return outcome.quarantine_records()

@@ -3,6 +3,7 @@
 A release directory holds::
 
     manifest.json            written last: files with sha256, splits, shards, members
+    manifest.sha256          sha256 of manifest.json (``sha256sum -c`` format; verify checks it)
     README.md                the dataset card
     collection.json          a STAC collection describing the release
     samples.parquet          one row per sample
@@ -16,8 +17,15 @@ A release directory holds::
     .staging/                a build's staging area (removed when the build succeeds)
     .geodelta-upload.json    at an fsspec URL, while an in-place upload is in progress
 
+Beside a release folder ``<parent>/<name>/``, while a build runs (:mod:`.lock`)::
+
+    .<name>.geodelta-lock    the build lock (flock; names the holder: pid, host, start time)
+    .<name>.geodelta-next/   the release ``--overwrite`` builds, swapped in at the end
+    .<name>.geodelta-old/    the old release during that swap (removed right after)
+
 A folder of published releases holds ``<name>-<version>/`` folders, the ``LATEST`` pointer,
-``baselines/<sha256[:16]>/`` (promoted baseline weights) and the ``BASELINE`` pointer.
+``baselines/<sha256[:16]>/`` (promoted baseline weights), the ``BASELINE`` pointer and
+``published/<name>-<version>.sha256`` (the manifest's sha256 when it was published).
 
 Other modules name these files through the constants here, never by their literal, and read
 them through the readers here (:func:`read_manifest`, :func:`read_table`, :func:`read_json`,
@@ -45,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BASELINES_DIR",
     "BASELINE_POINTER",
+    "BUILD_LOCK",
     "CARD",
     "COLLECTION",
     "DATA_DOCS_DIR",
@@ -54,7 +63,11 @@ __all__ = [
     "GX_SUMMARY_FILE",
     "LATEST",
     "MANIFEST",
+    "MANIFEST_SHA256",
+    "OVERWRITE_NEXT",
+    "OVERWRITE_OLD",
     "PROMOTION_RECORD",
+    "PUBLISHED_DIR",
     "QUARANTINE_TABLE",
     "REFERENCE_CARD",
     "REFERENCE_DIR",
@@ -64,9 +77,11 @@ __all__ = [
     "SAMPLES_TABLE",
     "SHARDS_DIR",
     "STAGING",
+    "UNLISTED",
     "UPLOAD_STAMP",
     "VALIDATION_DIR",
     "Mode",
+    "beside",
     "iter_tar_samples",
     "parquet_bytes",
     "read_json",
@@ -80,6 +95,8 @@ __all__ = [
 Mode = Literal["fresh", "resume", "overwrite"]
 
 MANIFEST = "manifest.json"
+#: sha256 of ``manifest.json`` beside it (``<hex>  manifest.json``): an edit of the manifest shows.
+MANIFEST_SHA256 = "manifest.sha256"
 CARD = "README.md"
 COLLECTION = "collection.json"
 SAMPLES_TABLE = "samples.parquet"
@@ -100,6 +117,13 @@ STAGING = ".staging"
 PROMOTION_RECORD = f"{REFERENCE_DIR}/promotion.json"
 #: Written first and removed last by an in-place upload to a URL: names the config uploaded.
 UPLOAD_STAMP = ".geodelta-upload.json"
+# Beside a release folder (named by :func:`beside`), while a build runs:
+#: The build lock: one build per output folder (its content names the holder).
+BUILD_LOCK = ".geodelta-lock"
+#: The release ``--overwrite`` builds, swapped in for the old one when it is complete.
+OVERWRITE_NEXT = ".geodelta-next"
+#: The old release during that swap.
+OVERWRITE_OLD = ".geodelta-old"
 # A folder of published releases (geodelta release --releases DIR):
 #: Pointer file: the folder name of the newest published release.
 LATEST = "LATEST"
@@ -107,8 +131,23 @@ LATEST = "LATEST"
 BASELINES_DIR = "baselines"
 #: Pointer file (JSON): the baseline promoted last.
 BASELINE_POINTER = "BASELINE"
+#: ``<name>-<version>.sha256`` per published release: its manifest's sha256 when published.
+PUBLISHED_DIR = "published"
+#: What a release folder may hold that ``manifest.json`` does not list (``verify`` reports any
+#: other unlisted file): the manifest and its checksum, a build's staging area, the upload stamp,
+#: the promotion record (an event after publication).
+UNLISTED: tuple[str, ...] = (MANIFEST, MANIFEST_SHA256, STAGING, UPLOAD_STAMP, PROMOTION_RECORD)
 
 _Model = TypeVar("_Model", bound=BaseModel)
+
+
+def beside(release_dir: str | Path, suffix: str) -> Path:
+    """``<parent>/.<name><suffix>``: a hidden file or folder next to a release folder.
+
+    Outside the release, so neither the release's listing nor a swap of it carries it along.
+    """
+    folder = Path(release_dir)
+    return folder.parent / f".{folder.name}{suffix}"
 
 
 # --------------------------------------------------------------------------------------------

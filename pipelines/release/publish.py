@@ -6,14 +6,17 @@ The gate itself (rules, :func:`check_gate`, :func:`format_rules`) is
 ``geodelta release RELEASE_DIR --releases DIR`` (and the DAG's ``publish`` task) call
 :func:`publish_release`:
 
-1. :func:`~geodelta.pipelines.release.verify.verify_release` must pass (every checksum and member);
+1. :func:`~geodelta.pipelines.release.verify.verify_release` must pass with ``strict`` (every
+   checksum and member, an unedited manifest, no file the manifest does not list);
 2. :func:`check_gate` must pass: the rules of the release's OWN config (the ``gate`` section of
    ``manifest.json``'s ``config``; the defaults of
    :class:`~geodelta.schemas.config.GateConfig` when absent) over the reference metrics
    (``<release>/reference/metrics.json``, written by ``geodelta train-reference``), each
    compared with a floor (``min``) and with the previous release's value (``max_drop``);
 3. the release folder is renamed to ``<releases>/<name>-<version>`` (:func:`os.replace`:
-   atomic on one filesystem), then the ``LATEST`` pointer file is replaced atomically.
+   atomic on one filesystem), its manifest's sha256 is recorded in
+   ``<releases>/published/<name>-<version>.sha256`` (verify compares it: an edit after
+   publishing shows), then the ``LATEST`` pointer file is replaced atomically.
 
 A refusal (:class:`GateError`, :class:`PublishError`) moves nothing and leaves ``LATEST`` as it
 was. Publishing again a version already published from the same config is a no-op that only
@@ -52,9 +55,12 @@ from geodelta.pipelines.release.layout import (
     BASELINE_POINTER,
     BASELINES_DIR,
     LATEST,
+    MANIFEST,
     PROMOTION_RECORD,
+    PUBLISHED_DIR,
     STAGING,
 )
+from geodelta.pipelines.release.manifest import checksum_line, manifest_sha256, recorded_sha256
 from geodelta.schemas.reference import REFERENCE_DIR, REFERENCE_METRICS
 
 # The gate's names are re-exported: the CLI and the DAG meet them where they publish.
@@ -194,15 +200,20 @@ def publish_release(
 
     Raises:
         GateError: the gate refused (``.failed`` holds the failed rules). Nothing moved.
-        PublishError: verification failed, the version was published from another config, the
-            folder cannot be renamed into ``releases_dir``, or the promotion failed (the
-            release is then published; only the promotion is missing).
+        PublishError: the release holds 0 samples, verification failed, the version was
+            published from another config, the folder cannot be renamed into
+            ``releases_dir``, or the promotion failed (the release is then published; only the
+            promotion is missing).
     """
     from geodelta.pipelines.release.verify import verify_release
 
     src = Path(release_dir)
     releases = Path(releases_dir)
     manifest = release_manifest(src, "release")
+    if not sum(manifest.splits.values()):
+        from geodelta.pipelines.release.verify import empty_release_problem
+
+        raise PublishError(f"{src}: {empty_release_problem(manifest)}", release=src)
     name = f"{manifest.name}-{manifest.version}"
     releases.mkdir(parents=True, exist_ok=True)
     target = releases / name
@@ -216,12 +227,13 @@ def publish_release(
                 "bump 'version' (published versions are never overwritten)",
                 release=src,
             )
+        _check_published(target, releases)
         same = src.resolve() == target.resolve()
         return _point_latest(
             target, releases, promote=promote, samples=0, gate=None, leftover=None if same else src
         )
 
-    check = verify_release(src)
+    check = verify_release(src, strict=True)  # a file the manifest does not list is refused
     if not check.ok:
         shown = "\n".join(check.problems[:20])
         raise PublishError(
@@ -244,7 +256,33 @@ def publish_release(
             "filesystem as the release, and the version not published meanwhile",
             release=src,
         ) from exc
+    _record_published(target, releases)
     return _point_latest(target, releases, promote=promote, samples=check.samples, gate=gate)
+
+
+def _published_record(target: Path, releases: Path) -> Path:
+    return releases / PUBLISHED_DIR / f"{target.name}.sha256"
+
+
+def _record_published(target: Path, releases: Path) -> None:
+    """``<releases>/published/<name>-<version>.sha256``: the manifest's sha256 as published
+    (``sha256sum -c`` format, relative to ``releases``), so an edit afterwards shows in verify."""
+    line = checksum_line(manifest_sha256(target), f"{target.name}/{MANIFEST}")
+    _write_if_changed(_published_record(target, releases), line)
+
+
+def _check_published(target: Path, releases: Path) -> None:
+    """Refuse to point at a published release whose manifest changed since it was published."""
+    recorded = recorded_sha256(_published_record(target, releases))
+    if recorded is None:
+        _record_published(target, releases)  # published before records were kept
+    elif recorded != manifest_sha256(target):
+        raise PublishError(
+            f"{target / MANIFEST} changed after it was published (its sha256 is not the one "
+            f"{_published_record(target, releases)} records); restore it from a copy, or run "
+            f"`geodelta verify {target}`",
+            release=target,
+        )
 
 
 def _point_latest(

@@ -8,6 +8,7 @@ member of a release's shards; :func:`format_balance` renders the counts as a Mar
 
 from __future__ import annotations
 
+import tarfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from geodelta.data import decode_member
+from geodelta.errors import ReleaseError
 from geodelta.pipelines.release.layout import iter_tar_samples, shard_files
 from geodelta.schemas.qa import CLASS_TREND_QA_TYPES, YES_NO_QA_TYPES
 
@@ -83,14 +85,26 @@ def balance_of(qa_lists: Iterable[list[Mapping[str, Any]]]) -> QABalance:
 
 
 def qa_balance(release_dir: str | Path) -> QABalance:
-    """Answer balance of every sample in a release's shards (reads the ``qa.json`` members)."""
+    """Answer balance of every sample in a release's shards (reads the ``qa.json`` members).
+
+    Raises:
+        ReleaseError: a shard is not a readable tar, or a ``qa.json`` member does not decode;
+            names the shard.
+    """
     shards = shard_files(release_dir)
 
     def lists() -> Iterable[list[Mapping[str, Any]]]:
         for shard in shards:
-            for key, members in iter_tar_samples(shard):
-                if "qa.json" in members:
-                    yield decode_member("qa.json", members["qa.json"], key=key)
+            try:
+                for key, members in iter_tar_samples(shard):
+                    if "qa.json" in members:
+                        yield decode_member("qa.json", members["qa.json"], key=key)
+            except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+                raise ReleaseError(
+                    f"shard {shard} cannot be read ({exc}); rebuild the release or restore the "
+                    "file (geodelta verify lists every damaged file)",
+                    path=str(shard),
+                ) from None
 
     return balance_of(lists())
 

@@ -11,17 +11,21 @@ concurrently.
 Layout under ``root``::
 
     samples/<key>/<member>     one file per member (member names as in SAMPLE_MEMBERS)
+    samples/<key>/.sha256.json the sha256 of each member, written with them: a staged file
+                               that changed since is found (:meth:`Staging.corrupt_cells` on
+                               ``--resume``; reading it raises) and never sharded
     cells/<cell_id>.json       completion marker: {"cell_id", "keys", "quarantine"}
     tmp/                       in-flight writes (safe to delete when no worker runs)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 from geodelta._io import write_atomic
@@ -31,6 +35,9 @@ from geodelta.schemas import QuarantineRecord
 __all__ = ["Staging", "StagingError", "quarantine_sort_key"]
 
 _MARKER_SUFFIX = ".json"
+#: In each sample folder: member name -> sha256 of its bytes (hidden: no member name starts
+#: with a dot).
+_DIGESTS = ".sha256.json"
 
 
 class StagingError(ReleaseError):
@@ -104,9 +111,12 @@ class Staging:
         tmp = self._tmp_path(key)
         tmp.mkdir(parents=True)
         try:
+            digests: dict[str, str] = {}
             for name, data in members.items():
                 _check_name(name, "member name")
                 (tmp / name).write_bytes(bytes(data))
+                digests[name] = hashlib.sha256(data).hexdigest()
+            (tmp / _DIGESTS).write_text(json.dumps(digests, sort_keys=True))
             self._swap_in(tmp, self._samples / key)
         finally:
             if tmp.exists():
@@ -170,6 +180,36 @@ class Staging:
         """Ids of the cells that have a completion marker."""
         return {p.name[: -len(_MARKER_SUFFIX)] for p in self._markers()}
 
+    def cells(self) -> Iterator[tuple[str, list[str], list[QuarantineRecord]]]:
+        """(cell id, sample keys, quarantine records) of each marked cell, in cell id order.
+
+        Read one marker at a time, so a caller that stops early reads only what it needs.
+
+        Raises:
+            StagingError: a marker that cannot be read.
+        """
+        for path in self._markers():
+            try:
+                data = json.loads(path.read_text())
+                keys = [str(k) for k in data["keys"]]
+                records = [QuarantineRecord.model_validate(q) for q in data["quarantine"]]
+            except FileNotFoundError:  # forgotten meanwhile (another process)
+                continue
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise StagingError(
+                    f"cell marker {path} cannot be read ({exc}); delete it to re-run the cell",
+                    cell_id=path.stem,
+                ) from exc
+            yield path.name[: -len(_MARKER_SUFFIX)], keys, records
+
+    def forget_cells(self, cell_ids: Collection[str]) -> None:
+        """Delete the completion markers of ``cell_ids`` (their samples stay until re-put), so a
+        resumed build runs those cells again."""
+        for cell_id in cell_ids:
+            (self._cells / f"{_check_name(cell_id, 'cell id')}{_MARKER_SUFFIX}").unlink(
+                missing_ok=True
+            )
+
     def outcomes(self) -> tuple[list[str], list[QuarantineRecord]]:
         """Sample keys and quarantine records of every marked cell.
 
@@ -204,26 +244,100 @@ class Staging:
             raise StagingError(f"sample {key} is not in the staging area {self.root}", key=key)
         return path
 
-    def read_member(self, key: str, name: str) -> bytes:
-        """One member of a staged sample.
+    def member_names(self, key: str) -> set[str]:
+        """Names of the members of a staged sample (its checksum file is not one).
 
         Raises:
-            StagingError: the sample or the member is missing.
+            StagingError: the sample was never put.
+        """
+        d = self.sample_dir(key)
+        return {p.name for p in d.iterdir() if p.is_file() and not p.name.startswith(".")}
+
+    def _digests(self, key: str) -> dict[str, str]:
+        try:
+            data = json.loads((self.sample_dir(key) / _DIGESTS).read_text())
+            if isinstance(data, dict):
+                return {str(k): str(v) for k, v in data.items()}
+        except (OSError, ValueError):
+            pass
+        return {}
+
+    def _checked(self, key: str, name: str, data: bytes, digests: dict[str, str]) -> bytes:
+        if digests.get(name) != hashlib.sha256(data).hexdigest():
+            raise StagingError(
+                f"staged member {name!r} of sample {key} does not match the checksum written with "
+                f"it ({self._samples / key / _DIGESTS}): the staged file changed or is corrupt; "
+                "re-run the build with --resume (its cell is run again)",
+                key=key,
+            )
+        return data
+
+    def read_member(self, key: str, name: str) -> bytes:
+        """One member of a staged sample, checked against the sha256 written with it.
+
+        Raises:
+            StagingError: the sample or the member is missing, or its bytes changed.
         """
         path = self.sample_dir(key) / _check_name(name, "member name")
         try:
-            return path.read_bytes()
+            data = path.read_bytes()
         except FileNotFoundError:
             raise StagingError(f"sample {key} has no member {name!r}", key=key) from None
+        return self._checked(key, name, data, self._digests(key))
 
     def read_members(self, key: str) -> dict[str, bytes]:
-        """All members of a staged sample, by member name (sorted).
+        """All members of a staged sample, by member name (sorted), each checked against the
+        sha256 written with it.
 
         Raises:
-            StagingError: the sample is missing.
+            StagingError: the sample is missing, or a member's bytes changed.
         """
-        d = self.sample_dir(key)
-        return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
+        digests = self._digests(key)
+        return {
+            name: self._checked(key, name, (self.sample_dir(key) / name).read_bytes(), digests)
+            for name in sorted(self.member_names(key))
+        }
+
+    def sample_problem(self, key: str) -> str | None:
+        """Why a staged sample cannot be trusted (missing, no checksums, a member whose bytes
+        or presence differ from the checksums written with it), or None."""
+        try:
+            names = self.member_names(key)
+        except StagingError as exc:
+            return str(exc)
+        digests = self._digests(key)
+        if not digests:
+            return f"sample {key} has no readable checksums ({_DIGESTS})"
+        if names != set(digests):
+            return (
+                f"sample {key}: members {sorted(names)} differ from those staged {sorted(digests)}"
+            )
+        for name in sorted(names):
+            try:
+                self.read_member(key, name)
+            except StagingError as exc:
+                return str(exc)
+        return None
+
+    def corrupt_cells(self, cell_ids: Collection[str] | None = None) -> dict[str, str]:
+        """Marked cells (all, or those of ``cell_ids``) with a sample that fails
+        :meth:`sample_problem`: cell id -> the problem. :meth:`forget_cells` makes a resumed
+        build run them again. Reads every staged byte of those cells once.
+
+        Raises:
+            StagingError: a marker that cannot be read.
+        """
+        wanted = None if cell_ids is None else set(cell_ids)
+        found: dict[str, str] = {}
+        for cell_id, keys, _ in self.cells():
+            if wanted is not None and cell_id not in wanted:
+                continue
+            for key in keys:
+                problem = self.sample_problem(key)
+                if problem is not None:
+                    found[cell_id] = problem
+                    break
+        return found
 
     def clear(self) -> None:
         """Delete every sample, marker and temp file (the root folder stays)."""

@@ -41,7 +41,7 @@ from fsspec.implementations.local import LocalFileSystem
 from geodelta.errors import BuildError, ReleaseError
 from geodelta.pipelines.release.layout import (
     MANIFEST,
-    SHARDS_DIR,
+    MANIFEST_SHA256,
     STAGING,
     UPLOAD_STAMP,
     Mode,
@@ -183,8 +183,7 @@ def release_files(release_dir: Path) -> list[str]:
     """Relative paths of the files to upload, ``manifest.json`` last.
 
     Everything under the release folder except its staging area and temp files: the files the
-    manifest lists, and ``report/`` and ``validation/`` (not in the manifest: they carry run
-    times or are derived).
+    manifest lists (``report/`` and ``validation/`` among them) and ``manifest.sha256``.
 
     Raises:
         OutputError: the local release has no ``manifest.json`` (it is not complete).
@@ -290,20 +289,20 @@ def _safe_rel(rel: str) -> bool:
     return not p.is_absolute() and ".." not in p.parts
 
 
-def verify_url(url: str) -> VerifyResult:
+def verify_url(url: str, *, strict: bool = False) -> VerifyResult:
     """:func:`~geodelta.pipelines.release.verify.verify_release` for a release at an fsspec URL.
 
     A ``file://`` URL is verified in place. Elsewhere the manifest and every file it lists are
     downloaded to a temporary folder first (verification reads every byte anyway; it needs
-    that much free local disk), and shards at the URL that the manifest does not list are
-    reported as such.
+    that much free local disk), and files at the URL that the manifest does not list are
+    reported as such (problems with ``strict``).
     """
     from geodelta.pipelines.release.verify import VerifyResult, verify_release
 
     target = Target.parse(url)
     url = target.url  # as shown in messages
     if target.renames:
-        return verify_release(target.path)
+        return verify_release(target.path, strict=strict)
     fs = target.fs
     if not fs.exists(target.join(MANIFEST)):
         return VerifyResult(
@@ -327,12 +326,12 @@ def verify_url(url: str) -> VerifyResult:
                 problems=tuple(f"{MANIFEST}: path {rel!r} leaves the release" for rel in unsafe),
             )
         present = set(target.listing())
-        for rel in listed:
+        for rel in [*listed, MANIFEST_SHA256]:
             if rel in present:  # a missing one is reported by verify_release
                 (root / rel).parent.mkdir(parents=True, exist_ok=True)
                 fs.get_file(target.join(rel), str(root / rel))
-        for rel in sorted(present - set(listed)):
-            if rel.startswith(f"{SHARDS_DIR}/") and rel.endswith(".tar") and _safe_rel(rel):
+        for rel in sorted(present - {*listed, MANIFEST, MANIFEST_SHA256}):
+            if _safe_rel(rel):
                 (root / rel).parent.mkdir(parents=True, exist_ok=True)
                 (root / rel).touch()  # only its name matters: "not in the manifest"
-        return verify_release(root)
+        return verify_release(root, strict=strict)

@@ -2,12 +2,20 @@
 
 The check streams each shard once (one sample in memory at a time), so it scales to thousands
 of samples. Every problem is reported with the file and, where it applies, the sample key.
+
+The manifest itself is checked too, so its gate cannot be edited away: its sha256 must be the
+one ``manifest.sha256`` records (and, for a published release, the one
+``<releases>/published/<name>-<version>.sha256`` recorded when it was published); the config
+it embeds must hash to its ``config_hash`` (the gate rules are part of that config), and every
+sample must carry that ``config_hash``. Files in the release folder that the manifest does not
+list are reported: a note, or a problem with ``strict`` (what ``geodelta release`` uses).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from collections import Counter
 from collections.abc import Callable
@@ -19,16 +27,21 @@ from pydantic import TypeAdapter, ValidationError
 from rasterio.io import MemoryFile
 
 from geodelta._io import sha256_file
-from geodelta.errors import ReleaseError
+from geodelta.errors import ConfigError, ReleaseError
 from geodelta.pipelines.release.layout import (
     MANIFEST,
+    MANIFEST_SHA256,
+    PUBLISHED_DIR,
     SAMPLES_TABLE,
+    SHARDS_DIR,
+    UNLISTED,
     iter_tar_samples,
     read_manifest,
     read_table,
     shard_files,
 )
-from geodelta.schemas import QAItem, ReleaseManifest, SampleMeta
+from geodelta.pipelines.release.manifest import manifest_sha256, recorded_sha256
+from geodelta.schemas import QAItem, ReleaseManifest, SampleMeta, parse_config
 from geodelta.schemas.members import MEMBERS, SAMPLE_MEMBERS, Codec, member
 
 __all__ = ["VerifyResult", "verify_release"]
@@ -47,11 +60,14 @@ class VerifyResult:
         ok: True when no problem was found.
         samples: number of samples found in the shards.
         problems: one precise message per problem (file, sample key, what differs).
+        notes: what is worth knowing but does not fail the check (files the manifest does not
+            list, unless ``strict``).
     """
 
     ok: bool
     samples: int
     problems: tuple[str, ...]
+    notes: tuple[str, ...] = ()
 
 
 def _check_file(root: Path, rel: str, size: int, sha256: str) -> list[str]:
@@ -177,6 +193,11 @@ def _check_sample(
             problems.append(f"{where}: json key is {meta.key!r}")
         if meta.split != split:
             problems.append(f"{where}: json split is {meta.split!r} but the shard is {split!r}")
+        if meta.config_hash != manifest.config_hash:
+            problems.append(
+                f"{where}: json config_hash is {meta.config_hash[:12]} but {MANIFEST} says "
+                f"{manifest.config_hash[:12]}: the sample was built from another config"
+            )
     for m in MEMBERS:
         if m.name in members:
             problems.extend(_CHECKS[m.codec](where, m.name, members[m.name], m.codec, meta))
@@ -203,7 +224,70 @@ def _check_shard(
     return problems, keys
 
 
-def verify_release(release_dir: str | Path) -> VerifyResult:
+def _manifest_problems(root: Path, manifest: ReleaseManifest) -> list[str]:
+    """Problems of ``manifest.json`` itself: its checksum and its embedded config."""
+    problems: list[str] = []
+    actual = manifest_sha256(root)
+    recorded = recorded_sha256(root / MANIFEST_SHA256)
+    if recorded is None:
+        problems.append(
+            f"{MANIFEST_SHA256}: missing; {MANIFEST} cannot be checked against it (rebuild the "
+            "release)"
+        )
+    elif recorded != actual:
+        problems.append(
+            f"{MANIFEST}: sha256 {actual[:16]} differs from {MANIFEST_SHA256} ({recorded[:16]}): "
+            f"{MANIFEST} was edited after it was written; rebuild the release"
+        )
+    record = root.parent / PUBLISHED_DIR / f"{root.name}.sha256"
+    published = recorded_sha256(record) if record.is_file() else None
+    if published is not None and published != actual:
+        problems.append(
+            f"{MANIFEST}: sha256 {actual[:16]} differs from the one recorded when the release "
+            f"was published ({record}: {published[:16]}): {MANIFEST} was edited after publishing"
+        )
+    try:
+        # base_dir under a file: a relative path in the config resolves to nothing there
+        cfg = parse_config(
+            {**manifest.config, "output": {"dir": "."}},
+            source=f"{root / MANIFEST} (config)",
+            base_dir=str(root / MANIFEST),
+        )
+    except ConfigError as exc:
+        first = getattr(exc, "problems", None) or [str(exc)]
+        problems.append(
+            f"{MANIFEST}: the embedded config is not a valid config ({first[0]}); {MANIFEST} was "
+            "edited: rebuild the release"
+        )
+        return problems
+    found = cfg.config_hash()
+    if found != manifest.config_hash:
+        problems.append(
+            f"{MANIFEST}: the embedded config hashes to {found[:12]}, not to its config_hash "
+            f"{manifest.config_hash[:12]}: its config (e.g. the gate rules) was edited after the "
+            "build; rebuild the release from the config you mean"
+        )
+    return problems
+
+
+def _unlisted(root: Path, manifest: ReleaseManifest) -> list[str]:
+    """Files in the release folder the manifest does not list (shards are checked apart;
+    :data:`~geodelta.pipelines.release.layout.UNLISTED` is expected), path order."""
+    listed = {f.path for f in manifest.files} | {s.path for s in manifest.shards}
+    found: list[str] = []
+    for folder, dirs, names in os.walk(root):
+        here = Path(folder).relative_to(root).as_posix()
+        prefix = "" if here == "." else f"{here}/"
+        dirs[:] = sorted(d for d in dirs if f"{prefix}{d}" not in UNLISTED)
+        for name in names:
+            rel = f"{prefix}{name}"
+            shard = here == SHARDS_DIR and name.endswith(".tar")
+            if rel not in listed and rel not in UNLISTED and not shard:
+                found.append(rel)
+    return sorted(found)
+
+
+def verify_release(release_dir: str | Path, *, strict: bool = False) -> VerifyResult:
     """Check a release against its ``manifest.json``.
 
     Recomputes the size and sha256 of every shard and file in the manifest, reads every shard
@@ -211,10 +295,14 @@ def verify_release(release_dir: str | Path) -> VerifyResult:
     :mod:`geodelta.schemas.members` does not know is reported by name), that each member
     decodes by its codec (PNG, GeoTIFF, JSON) and agrees with the sample's metadata, and that the per-shard and per-split
     sample counts match the manifest. Shards on disk that the manifest does not list, and
-    sample keys that ``samples.parquet`` and the shards disagree on, are problems too.
+    sample keys that ``samples.parquet`` and the shards disagree on, are problems too. A release
+    with 0 samples is refused (:func:`empty_release_problem`): nothing to verify is not a pass.
+    An edited manifest is a problem (see the module docstring); other files the manifest does
+    not list are notes, or problems with ``strict``.
 
     Args:
         release_dir: the release folder.
+        strict: files the manifest does not list are problems, not notes.
 
     Returns:
         The result; ``ok`` is True when ``problems`` is empty.
@@ -225,9 +313,14 @@ def verify_release(release_dir: str | Path) -> VerifyResult:
     except ReleaseError as exc:
         return VerifyResult(ok=False, samples=0, problems=(f"{MANIFEST}: {exc}",))
 
-    problems: list[str] = []
+    problems: list[str] = _manifest_problems(root, manifest)
     for info in manifest.files:
         problems.extend(_check_file(root, info.path, info.bytes, info.sha256))
+    unlisted = [
+        f"{rel}: in the release folder, not in {MANIFEST}" for rel in _unlisted(root, manifest)
+    ]
+    notes: list[str] = []
+    (problems if strict else notes).extend(unlisted)
 
     listed = {s.path for s in manifest.shards}
     for path in shard_files(root):
@@ -272,4 +365,18 @@ def verify_release(release_dir: str | Path) -> VerifyResult:
         except (ReleaseError, KeyError) as exc:  # unreadable, or no "key" column
             problems.append(f"{SAMPLES_TABLE}: cannot be read ({exc})")
 
-    return VerifyResult(ok=not problems, samples=len(all_keys), problems=tuple(problems))
+    if not all_keys and not sum(manifest.splits.values()):
+        problems.append(empty_release_problem(manifest))
+    return VerifyResult(
+        ok=not problems, samples=len(all_keys), problems=tuple(problems), notes=tuple(notes)
+    )
+
+
+def empty_release_problem(manifest: ReleaseManifest) -> str:
+    """What verify (and so ``geodelta release``) says of a release with 0 samples."""
+    top = sorted(manifest.quarantined.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+    reasons = ", ".join(f"{reason} x{n}" for reason, n in top) or "none recorded"
+    return (
+        f"{MANIFEST}: the release holds 0 samples (top quarantine reasons: {reasons}); a build "
+        "that yields nothing is an error, not a release: fix the cause and rebuild"
+    )

@@ -55,6 +55,7 @@ import jinja2
 from geodelta._io import write_atomic
 from geodelta.errors import ReleaseError
 from geodelta.pipelines.release.layout import REPORT_DIR, REPORT_FILE
+from geodelta.pipelines.release.manifest import list_files
 from geodelta.pipelines.report.data import (
     PROVENANCE_FIELDS,
     load_release,
@@ -84,6 +85,7 @@ from geodelta.pipelines.report.sections import (
     transitions_section,
 )
 from geodelta.pipelines.report.validation import validation_section
+from geodelta.secrets import redact_values
 
 __all__ = [
     "PROVENANCE_FIELDS",
@@ -187,7 +189,7 @@ def render_report(
 def write_report(
     release_dir: str | Path, *, previous: str | Path | None = None, max_gallery: int = 8
 ) -> Path:
-    """Write ``<release_dir>/report/index.html`` (atomically).
+    """Write ``<release_dir>/report/index.html`` (atomically) and list it in the manifest.
 
     Args:
         release_dir: a release written by :func:`geodelta.pipelines.release.assemble.write_release`.
@@ -208,5 +210,6 @@ def write_report(
         )
     page = render_report(root, previous=previous, max_gallery=max_gallery)
     out = root / REPORT_DIR / REPORT_FILE
-    write_atomic(out, page)
+    write_atomic(out, redact_values(page))  # no secret by value in the report's text
+    list_files(root, [f"{REPORT_DIR}/{REPORT_FILE}"])  # the manifest lists the page as it is now
     return out

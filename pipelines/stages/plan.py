@@ -85,8 +85,19 @@ def parse_cell_id(cell_id: str) -> CellIndex:
 
 
 def load_aoi(cfg: BuildConfig) -> list[tuple[str, BaseGeometry]]:
-    """The AOI as (region name, lon/lat geometry) pairs, sorted by name."""
-    from shapely.geometry import box, shape
+    """The AOI as (region name, lon/lat geometry) pairs, sorted by name.
+
+    A GeoJSON AOI must be a FeatureCollection or Feature of (Multi)Polygons, or a bare
+    (Multi)Polygon, in lon/lat degrees. An invalid polygon (a self-intersecting "bow-tie", a
+    ring that crosses itself) is refused, not repaired: shapely's ``make_valid`` would split it
+    into parts the user did not draw, and the plan would silently cover less than meant.
+
+    Raises:
+        PlanError: the file is missing, not JSON, not a (Multi)Polygon collection, or a
+            feature is empty, invalid or not in lon/lat (names ``aoi.geojson``, the file and
+            the feature).
+    """
+    from shapely.geometry import box
 
     if cfg.aoi.bbox is not None:
         return [("aoi", box(*cfg.aoi.bbox))]
@@ -96,22 +107,78 @@ def load_aoi(cfg: BuildConfig) -> list[tuple[str, BaseGeometry]]:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise PlanError("aoi.geojson", f"file not found: {path}") from None
+    except IsADirectoryError:
+        raise PlanError("aoi.geojson", f"{path} is a folder, not a GeoJSON file") from None
+    except UnicodeDecodeError:
+        raise PlanError("aoi.geojson", f"{path} is not UTF-8 text (GeoJSON)") from None
     except json.JSONDecodeError as exc:
         raise PlanError("aoi.geojson", f"{path} is not JSON ({exc})") from None
-    features = data.get("features") if data.get("type") == "FeatureCollection" else [data]
-    regions: list[tuple[str, BaseGeometry]] = []
-    for i, feat in enumerate(features or []):
-        geom = shape(feat.get("geometry", feat))
-        if geom.geom_type not in ("Polygon", "MultiPolygon"):
+    kind = data.get("type") if isinstance(data, dict) else None
+    if kind == "FeatureCollection":
+        features = data.get("features")
+        if not isinstance(features, list):
             raise PlanError(
-                "aoi.geojson", f"feature {i} is a {geom.geom_type}, need (Multi)Polygon"
+                "aoi.geojson", f"{path}: 'features' of the FeatureCollection is not a list"
             )
-        props = feat.get("properties") or {}
-        name = str(props.get(cfg.aoi.name_property) or f"region{i}")
+    elif kind in ("Feature", "Polygon", "MultiPolygon"):
+        features = [data]
+    else:
+        raise PlanError(
+            "aoi.geojson",
+            f"{path} is a {kind or type(data).__name__}, need a FeatureCollection or Feature "
+            "of (Multi)Polygons, or a (Multi)Polygon",
+        )
+    regions: list[tuple[str, BaseGeometry]] = []
+    for i, feat in enumerate(features):
+        geom = _feature_geometry(path, i, feat, cfg.aoi.name_property)
+        props = (feat.get("properties") if feat.get("type") == "Feature" else None) or {}
+        name = str(
+            (props.get(cfg.aoi.name_property) if isinstance(props, dict) else None) or f"region{i}"
+        )
         regions.append((name, geom))
     if not regions:
         raise PlanError("aoi.geojson", f"{path} has no features")
     return sorted(regions, key=lambda r: r[0])
+
+
+def _feature_geometry(path: Path, i: int, feat: object, name_property: str) -> BaseGeometry:
+    """The (Multi)Polygon of feature ``i``, refused (naming the file and feature) when unusable."""
+    from shapely.geometry import shape
+    from shapely.validation import explain_validity
+
+    where = f"{path} feature {i}"
+    if not isinstance(feat, dict):
+        raise PlanError("aoi.geojson", f"{where} is a {type(feat).__name__}, not a GeoJSON object")
+    props = (feat.get("properties") if feat.get("type") == "Feature" else None) or {}
+    name = props.get(name_property) if isinstance(props, dict) else None
+    if name is not None:
+        where += f" ({name!r})"
+    raw = feat.get("geometry") if feat.get("type") == "Feature" else feat
+    if not isinstance(raw, dict):
+        raise PlanError("aoi.geojson", f"{where} has no geometry; need a (Multi)Polygon")
+    if raw.get("type") not in ("Polygon", "MultiPolygon"):
+        raise PlanError("aoi.geojson", f"{where} is a {raw.get('type')}, need (Multi)Polygon")
+    try:
+        geom = shape(raw)
+    except Exception as exc:  # shapely raises several types for malformed coordinates
+        raise PlanError("aoi.geojson", f"{where}: coordinates cannot be read ({exc})") from None
+    if geom.is_empty:
+        raise PlanError("aoi.geojson", f"{where} is empty; give it coordinates")
+    x0, y0, x1, y1 = geom.bounds
+    if not (-180 <= x0 <= x1 <= 180 and -90 <= y0 <= y1 <= 90):
+        raise PlanError(
+            "aoi.geojson",
+            f"{where} has coordinates outside lon/lat degrees (bounds {geom.bounds}); "
+            "GeoJSON is WGS 84 lon/lat: reproject the file",
+        )
+    if not geom.is_valid:
+        raise PlanError(
+            "aoi.geojson",
+            f"{where} is not a valid polygon ({explain_validity(geom)}); fix the ring in the "
+            "file (e.g. the vertex order of a crossed 'bow-tie'), or repair it with "
+            "shapely.make_valid and check the result covers what you meant",
+        )
+    return geom
 
 
 def _zones_of(geom: BaseGeometry) -> list[tuple[int, bool]]:

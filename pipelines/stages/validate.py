@@ -5,6 +5,15 @@ wrong (human-readable, with the limit, the actual value and the config key where
 an empty list means the rule holds. :data:`RULES` names them (stable snake_case names: they are
 the quarantine reasons). The Great Expectations suites over the sample table come on top of
 these and can reuse the same functions.
+
+Two sanity expectations on the pixels come first (:data:`PIXEL_RULES`, over the before and after
+reflectance as read, ``DN * scale + offset``): no band may be constant (every valid pixel the
+same value: a band read with the wrong dtype, a fill value taken for data) and no band may lie
+outside the physical range of surface reflectance, :data:`REFLECTANCE_RANGE` = [-0.2, 1.5]
+(atmospheric correction leaves small negatives, bright clouds and snow reach about 1.2; a
+missing or wrong scale gives DN in the thousands), beyond a tolerance of
+:data:`OUT_OF_RANGE_FRACTION` (1 %) of a band's valid pixels for saturated or glinting pixels.
+A failure names the scene and the band (reasons ``constant_band``, ``reflectance_range``).
 """
 
 from __future__ import annotations
@@ -22,9 +31,27 @@ from geodelta.schemas import Annotation, BuildConfig, QuarantineRecord, SampleMe
 from geodelta.schemas.classes import BINARY_CHANGE, CLASSES, N_CLASSES, transition_code
 from geodelta.schemas.qa import REQUIRED_QA_TYPES
 
-__all__ = ["REQUIRED_QA_TYPES", "RULES", "Rule", "validate_sample", "validate_stage"]
+__all__ = [
+    "OUT_OF_RANGE_FRACTION",
+    "PIXEL_RULES",
+    "REFLECTANCE_RANGE",
+    "REQUIRED_QA_TYPES",
+    "RULES",
+    "PixelRule",
+    "Rule",
+    "validate_pixels",
+    "validate_sample",
+    "validate_stage",
+]
 
 Rule = Callable[[SampleMeta, Annotation, np.ndarray, BuildConfig], list[str]]
+#: A rule over one scene's (C, H, W) reflectance (NaN = no data) and its band names.
+PixelRule = Callable[[np.ndarray, tuple[str, ...]], list[str]]
+
+#: Physical range of surface reflectance (after scale/offset), both ends included.
+REFLECTANCE_RANGE: tuple[float, float] = (-0.2, 1.5)
+#: Share of a band's valid pixels that may lie outside :data:`REFLECTANCE_RANGE` (saturation).
+OUT_OF_RANGE_FRACTION = 0.01
 
 
 _CRS_RE = re.compile(r"EPSG:[1-9][0-9]*")
@@ -231,6 +258,76 @@ def rule_licence(
     ]
 
 
+def _band_name(bands: tuple[str, ...], i: int) -> str:
+    return bands[i] if i < len(bands) else f"band {i + 1}"
+
+
+def rule_constant_band(scene: np.ndarray, bands: tuple[str, ...]) -> list[str]:
+    """No band has one value for all its valid pixels (two or more of them)."""
+    out = []
+    for i, band in enumerate(scene):
+        valid = band[np.isfinite(band)]
+        if valid.size >= 2 and float(valid.min()) == float(valid.max()):
+            out.append(
+                f"band {_band_name(bands, i)} is constant ({float(valid[0]):g} in all "
+                f"{valid.size} valid pixels): check its dtype, nodata and scale in the items' "
+                "raster:bands"
+            )
+    return out
+
+
+def rule_reflectance_range(scene: np.ndarray, bands: tuple[str, ...]) -> list[str]:
+    """At most :data:`OUT_OF_RANGE_FRACTION` of a band's valid pixels lie outside
+    :data:`REFLECTANCE_RANGE`."""
+    low, high = REFLECTANCE_RANGE
+    out = []
+    for i, band in enumerate(scene):
+        valid = band[np.isfinite(band)]
+        if valid.size == 0:
+            continue
+        outside = int(np.count_nonzero((valid < low) | (valid > high)))
+        if outside > OUT_OF_RANGE_FRACTION * valid.size:
+            out.append(
+                f"band {_band_name(bands, i)} has {outside} of {valid.size} valid pixels outside "
+                f"the reflectance range [{low}, {high}] (min {float(valid.min()):g}, max "
+                f"{float(valid.max()):g}): check its scale and offset in the items' raster:bands"
+            )
+    return out
+
+
+#: The pixel rules, checked on both scenes before :data:`RULES`.
+PIXEL_RULES: tuple[tuple[str, PixelRule], ...] = (
+    ("constant_band", rule_constant_band),
+    ("reflectance_range", rule_reflectance_range),
+)
+
+
+def validate_pixels(
+    before: np.ndarray, after: np.ndarray, bands: tuple[str, ...]
+) -> list[tuple[str, str]]:
+    """Check every rule of :data:`PIXEL_RULES` on both scenes of a sample.
+
+    Args:
+        before: (C, H, W) reflectance of the before scene, NaN = no data.
+        after: the same of the after scene.
+        bands: the band names (``imagery.bands``), in the arrays' order.
+
+    Returns:
+        ``(rule_name, detail)`` for each failed rule, in :data:`PIXEL_RULES` order, the detail
+        naming the scene and the band; ``[]`` = sane.
+    """
+    failures = []
+    for name, rule in PIXEL_RULES:
+        problems = [
+            f"{scene} {p}"
+            for scene, arr in (("before", before), ("after", after))
+            for p in rule(arr, bands)
+        ]
+        if problems:
+            failures.append((name, "; ".join(problems)))
+    return failures
+
+
 #: The rules, in the order they are checked (the first failure is the quarantine reason).
 RULES: tuple[tuple[str, Rule], ...] = (
     ("key_format", rule_key_format),
@@ -281,10 +378,11 @@ def validate_stage(sample: Sample, meta: SampleMeta, cfg: BuildConfig) -> Sample
         cfg: the build config.
 
     Returns:
-        ``sample`` when every rule holds; else a :class:`QuarantineRecord` with
-        ``stage="validate"``, ``reason`` = the first failed rule's name and ``detail`` =
-        every failure as ``"rule: detail"`` joined by ``"; "``. A sample without annotation
-        or mask gets ``reason="incomplete_sample"``.
+        ``sample`` when every rule holds (:data:`PIXEL_RULES` on its pixels, then
+        :data:`RULES`); else a :class:`QuarantineRecord` with ``stage="validate"``,
+        ``reason`` = the first failed rule's name and ``detail`` = every failure as
+        ``"rule: detail"`` joined by ``"; "``. A sample without annotation or mask gets
+        ``reason="incomplete_sample"``.
     """
     if sample.annotation is None or sample.mask is None:
         missing = [n for n in ("annotation", "mask") if getattr(sample, n) is None]
@@ -295,7 +393,8 @@ def validate_stage(sample: Sample, meta: SampleMeta, cfg: BuildConfig) -> Sample
             reason="incomplete_sample",
             detail=f"sample has no {' or '.join(missing)}; run the label and annotate stages first",
         )
-    failures = validate_sample(meta, sample.annotation, sample.mask, cfg)
+    failures = validate_pixels(sample.before, sample.after, tuple(cfg.imagery.bands))
+    failures += validate_sample(meta, sample.annotation, sample.mask, cfg)
     if not failures:
         return sample
     return QuarantineRecord(

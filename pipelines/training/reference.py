@@ -52,7 +52,6 @@ from pydantic import ValidationError
 from geodelta._io import json_bytes, sha256_file, write_atomic
 from geodelta.errors import MissingDependencyError, ReleaseError
 from geodelta.pipelines.release.layout import (
-    MANIFEST,
     REFERENCE_CARD,
     REFERENCE_DIR,
     REFERENCE_METRICS,
@@ -61,6 +60,7 @@ from geodelta.pipelines.release.layout import (
     read_manifest,
     read_table,
 )
+from geodelta.pipelines.release.manifest import write_manifest
 from geodelta.pipelines.training.captions import CaptionRun, score_captions
 from geodelta.pipelines.training.change_model import train_from_shards
 from geodelta.pipelines.training.disagreement import (
@@ -168,10 +168,7 @@ def _update_manifest(root: Path, manifest: ReleaseManifest, reference_files: lis
             continue
         files.append(_file_info(root, SAMPLES_TABLE) if info.path == SAMPLES_TABLE else info)
     files += [_file_info(root, rel) for rel in sorted(reference_files)]
-    data = manifest.model_dump(mode="json")
-    data["files"] = [f.model_dump(mode="json") for f in files]
-    ReleaseManifest.model_validate(data)
-    write_atomic(root / MANIFEST, json_bytes(data))
+    write_manifest(root, manifest.model_copy(update={"files": tuple(files)}))
 
 
 # --------------------------------------------------------------------------------------------
