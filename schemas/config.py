@@ -224,7 +224,10 @@ class TimeConfig(Section):
     def _ordered(self) -> TimeConfig:
         for name, (start, end) in (("t0", self.t0), ("t1", self.t1)):
             if start >= end:
-                raise ValueError(f"time.{name} must be (start, end) with start < end")
+                raise ValueError(
+                    f"time.{name} must be (start, end) with start < end "
+                    f"(got {start.date().isoformat()} .. {end.date().isoformat()})"
+                )
         if self.t0[0] >= self.t1[1]:
             raise ValueError("time.t0 must start before time.t1 ends")
         return self
