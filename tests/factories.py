@@ -36,6 +36,7 @@ from geodelta.schemas import (
 from geodelta.schemas.classes import CLASS_INDEX, CLASS_LABELS, CLASSES, transition_code
 
 if TYPE_CHECKING:
+    from geodelta.schemas.reference import ReferenceMetrics, WeightsRef
     from geodelta.sources.demo.catalog import DemoCatalog
 
 REPO = Path(__file__).resolve().parent.parent
@@ -383,3 +384,60 @@ def build_demo_release(
         shards={"max_samples": max_samples},
     )
     return Path(build(cfg, mode="overwrite", progress=False).release_dir)
+
+
+def make_metrics(
+    *,
+    f1: float = 0.5,
+    recall_at_5: float = 0.5,
+    cider: float = 1.0,
+    config_hash: str = "h1",
+    release: str = "demo-1",
+    weights: dict[str, WeightsRef] | None = None,
+) -> ReferenceMetrics:
+    """Reference metrics with chosen gate values (the rest plausible): 4 test samples."""
+    from geodelta.schemas.reference import (
+        CaptionMetrics,
+        MaskMetrics,
+        ReferenceMetrics,
+        RetrievalMetrics,
+    )
+
+    return ReferenceMetrics(
+        release=release,
+        config_hash=config_hash,
+        code_version="test",
+        train_split="train",
+        eval_split="test",
+        train_samples=10,
+        eval_samples=4,
+        masks=MaskMetrics(
+            precision=f1,
+            recall=f1,
+            f1=f1,
+            iou=f1 / (2 - f1),
+            threshold=0.5,
+            samples=4,
+            pixels=4 * 128 * 128,
+            changed_fraction=0.1,
+        ),
+        retrieval=RetrievalMetrics(
+            recall_at_1=recall_at_5 / 2,
+            recall_at_5=recall_at_5,
+            recall_at_10=min(1.0, recall_at_5 * 1.5),
+            queries=20,
+            gallery=4,
+            chance_recall_at_1=0.25,
+            text_encoder="test",
+        ),
+        captions=CaptionMetrics(
+            bleu4=0.2,
+            rouge_l=0.4,
+            cider=cider,
+            method="test",
+            tokenizer="test",
+            samples=4,
+        ),
+        weights=weights or {},
+        training={},
+    )

@@ -33,13 +33,9 @@ from geodelta.pipelines.release.manifest import list_files
 from geodelta.pipelines.release.staging import Staging, StagingError
 from geodelta.schemas.reference import (
     REFERENCE_METRICS,
-    CaptionMetrics,
-    MaskMetrics,
-    ReferenceMetrics,
-    RetrievalMetrics,
 )
 from geodelta.sources.demo.catalog import DemoCatalog, write_demo_catalog
-from tests.factories import demo_config
+from tests.factories import demo_config, make_metrics
 
 #: The smallest demo that still has a sample (scale 0.1 holds no whole cell).
 SCALE = 0.25
@@ -81,38 +77,11 @@ def _metrics(root: Path, f1: float) -> None:
     """reference/metrics.json with ``f1`` for this release, listed in its manifest (as
     train-reference leaves it)."""
     manifest = json.loads((root / MANIFEST).read_text())
-    ref = ReferenceMetrics(
-        release=f"{manifest['name']}-{manifest['version']}",
+    ref = make_metrics(
+        f1=f1,
+        recall_at_5=1.0,
         config_hash=manifest["config_hash"],
-        code_version="test",
-        train_split="train",
-        eval_split="test",
-        train_samples=1,
-        eval_samples=1,
-        masks=MaskMetrics(
-            precision=f1,
-            recall=f1,
-            f1=f1,
-            iou=f1 / (2 - f1),
-            threshold=0.5,
-            samples=1,
-            pixels=128 * 128,
-            changed_fraction=0.1,
-        ),
-        retrieval=RetrievalMetrics(
-            recall_at_1=0.5,
-            recall_at_5=1.0,
-            recall_at_10=1.0,
-            queries=5,
-            gallery=1,
-            chance_recall_at_1=1.0,
-            text_encoder="test",
-        ),
-        captions=CaptionMetrics(
-            bleu4=0.2, rouge_l=0.4, cider=1.0, method="test", tokenizer="test", samples=1
-        ),
-        weights={},
-        training={},
+        release=f"{manifest['name']}-{manifest['version']}",
     )
     (root / REFERENCE_METRICS).parent.mkdir(exist_ok=True)
     (root / REFERENCE_METRICS).write_text(ref.model_dump_json())
