@@ -560,7 +560,25 @@ def build(
     release_dir, _ = _release_dir(cfg)
     with hold_output(release_dir):  # one build per output folder
         restore_swapped(release_dir)  # an --overwrite that died between its two renames
-        return _build(cfg, mode, progress, keep_staging, on_stage, previous)
+        try:
+            return _build(cfg, mode, progress, keep_staging, on_stage, previous)
+        except GeodeltaError as exc:
+            if mode == "overwrite":
+                _advise_overwrite(exc)
+            raise
+
+
+#: The advice of a failed build to finish it; an --overwrite build is not resumed in place.
+_RESUME_ADVICE = "re-run with --resume"
+
+
+def _advise_overwrite(exc: GeodeltaError) -> None:
+    """An --overwrite build works in a folder beside the old release, which --resume (aimed at
+    the old release) does not finish: its errors advise --overwrite again."""
+    exc.args = tuple(
+        a.replace(_RESUME_ADVICE, "re-run with --overwrite") if isinstance(a, str) else a
+        for a in exc.args
+    )
 
 
 def _build(

@@ -347,3 +347,14 @@ def test_lock_file_is_gone_after_a_build(small: dict[str, Any]) -> None:
     assert not lock_path(small["release"]).exists()
     assert json.loads((small["release"] / "manifest.json").read_text())["splits"]
     time.sleep(0)
+
+
+def test_a_failed_overwrite_advises_overwrite_not_resume() -> None:
+    """An --overwrite build works beside the old release: --resume would not finish it."""
+    from geodelta.pipelines import api
+
+    for cls in (api.EmptyReleaseError, api.BreakerError, api.IncompleteBuildError):
+        exc = cls("the build produced 0 samples ...; fix the cause, then re-run with --resume")
+        api._advise_overwrite(exc)
+        assert str(exc).endswith("then re-run with --overwrite"), (cls, str(exc))
+        assert "--resume" not in str(exc)
