@@ -23,32 +23,34 @@ the classes re-exported here (each names the key, file or option to change).
 
 from __future__ import annotations
 
-import contextlib
-import json
-import shutil
-import time
-from collections import Counter
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geodelta import __version__
-from geodelta._io import write_atomic
 from geodelta.errors import BuildError, GeodeltaError, ModelError, ReleaseError
-from geodelta.pipelines.engines.run import BreakerError, RunnerError, check_runner
+from geodelta.pipelines import build as _builder
+from geodelta.pipelines.build import (
+    BuildResult,
+    CellsResult,
+    EmptyReleaseError,
+    IncompleteBuildError,
+    funnel,
+    summary_rows,
+)
+from geodelta.pipelines.engines.run import BreakerError, RunnerError
 from geodelta.pipelines.release.gate import GateError, PublishError, format_rules
 from geodelta.pipelines.release.layout import MANIFEST, STAGING, Mode, read_manifest
 from geodelta.pipelines.release.publish import latest_release
 from geodelta.pipelines.release.publish import promote_reference as promote
 from geodelta.pipelines.release.qa_balance import format_balance
-from geodelta.pipelines.release.upload import OutputError, is_url, shown, verify_url
+from geodelta.pipelines.release.upload import OutputError, is_url, verify_url
 from geodelta.pipelines.stages.plan import PlanError
 from geodelta.pipelines.training.reference import ReferenceError, reference_config
 from geodelta.pipelines.training.shards import ShardError
-from geodelta.schemas import BuildConfig, ConfigError, ReleaseManifest, TileJob, json_schemas
+from geodelta.schemas import BuildConfig, ConfigError, TileJob, json_schemas
 from geodelta.schemas import load_config as _load_config
-from geodelta.secrets import install_log_redaction, redact, register_env_secret
+from geodelta.secrets import redact
 from geodelta.sources.catalog import CatalogError
 
 if TYPE_CHECKING:
@@ -122,65 +124,6 @@ __all__ = [
 ]
 
 
-class IncompleteBuildError(BuildError):
-    """Cells without an outcome after the engine ran; a re-run with ``resume`` finishes them."""
-
-
-class EmptyReleaseError(BuildError):
-    """A build that yields 0 samples: an error, not an empty release (names the top reasons)."""
-
-
-#: Quarantine reasons named in :class:`EmptyReleaseError`'s message, most frequent first.
-_EMPTY_TOP_REASONS = 5
-
-
-def _empty_message(counts: Counter[str], examples: dict[str, str], cells: int, where: str) -> str:
-    """One line: 0 samples, the top quarantine reasons (count, one example), what to do."""
-    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:_EMPTY_TOP_REASONS]
-    parts = [
-        f"{reason} x{n}" + (f" (e.g. {examples[reason]})" if reason in examples else "")
-        for reason, n in top
-    ]
-    return (
-        f"the build produced 0 samples from {cells} cells ({where}); a build that yields "
-        f"nothing is an error, not a release. Top quarantine reasons: "
-        f"{'; '.join(parts) or 'none recorded'}. Fix the cause, then re-run with --resume "
-        "(or --overwrite)"
-    )
-
-
-def _refuse_empty(staging: Any, cells: int) -> None:
-    """Raise :class:`EmptyReleaseError` when no cell of the staging area produced a sample.
-
-    Reads the markers until the first sample (cheap for a build that made something). The
-    quarantined cells' markers are then forgotten: ``--resume`` after fixing the cause runs
-    them again.
-    """
-    counts: Counter[str] = Counter()
-    examples: dict[str, str] = {}
-    ids: list[str] = []
-    for cell_id, keys, records in staging.cells():
-        if keys:
-            return
-        ids.append(cell_id)
-        for r in records:
-            reason = f"{r.stage}:{r.reason}"
-            counts[reason] += 1
-            examples.setdefault(reason, f"cell {r.cell_id}: {' '.join(r.detail.split())[:200]}")
-    staging.forget_cells(ids)
-    raise EmptyReleaseError(_empty_message(counts, examples, cells, "no release was written"))
-
-
-def _register_secrets(cfg: BuildConfig) -> None:
-    """The secrets this build may meet, by value, in this process (:mod:`geodelta.secrets`):
-    the API key of the variable ``annotation.openai.api_key_env`` names and the Planetary
-    Computer subscription key; every log record is redacted from now on. Worker processes
-    register what they read themselves."""
-    install_log_redaction()
-    register_env_secret(cfg.annotation.openai.api_key_env)
-    register_env_secret("PC_SDK_SUBSCRIPTION_KEY")
-
-
 # -- configs and plans ------------------------------------------------------------------------
 
 
@@ -221,7 +164,7 @@ def write_demo_catalog(out_dir: str | Path, *, seed: int = 0, scale: float = 1.0
 
 def output_location(cfg: BuildConfig) -> str:
     """Where a config's release goes: ``output.dir`` resolved (a local folder or a URL)."""
-    return cfg.resolve(cfg.output.dir)
+    return _builder.output_location(cfg)
 
 
 def release_name(cfg: BuildConfig) -> str:
@@ -235,10 +178,7 @@ def plan(cfg: BuildConfig) -> list[TileJob]:
     Raises:
         PlanError: the grid or the AOI cannot be planned (names the key).
     """
-    from geodelta.pipelines.stages.plan import plan_jobs
-    from geodelta.sources.profiles import apply_defaults
-
-    return plan_jobs(apply_defaults(cfg))
+    return _builder.plan(cfg)
 
 
 def cell_groups(cfg: BuildConfig, cells_per_task: int) -> list[list[str]]:
@@ -250,7 +190,7 @@ def cell_groups(cfg: BuildConfig, cells_per_task: int) -> list[list[str]]:
         BuildError: the AOI holds no whole cell.
         PlanError: the grid or the AOI cannot be planned.
     """
-    jobs = _planned(cfg)
+    jobs = _builder.planned(cfg)
     by_region: dict[str, list[str]] = {}
     for job in jobs:
         by_region.setdefault(job.region, []).append(job.cell_id)
@@ -297,76 +237,10 @@ def preflight(cfg: BuildConfig) -> list[str]:
             (names the key, the item and the asset).
         BuildError: the AOI holds no whole cell.
     """
-    from geodelta.sources.preflight import check_sources
-    from geodelta.sources.profiles import apply_defaults
-
-    cfg = apply_defaults(cfg)
-    jobs = _planned(cfg)
-    lines = [f"aoi: {len(jobs)} cells planned (first {jobs[0].cell_id})"]
-    return lines + check_sources(cfg, jobs[0])
+    return _builder.preflight(cfg)
 
 
 # -- build ------------------------------------------------------------------------------------
-
-
-@dataclass
-class BuildResult:
-    """What a build produced."""
-
-    release_dir: Path
-    manifest: ReleaseManifest
-    cells: int
-    resumed_cells: int
-    seconds: float
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    url: str | None = None
-    """The fsspec URL the release was uploaded to, without query string or user info
-    (``release_dir`` was the local work folder, removed after the upload unless
-    ``keep_staging``); None for a local release."""
-
-    @property
-    def location(self) -> str:
-        """Where the release is: its URL, or its local folder."""
-        return self.url if self.url is not None else str(self.release_dir)
-
-    @property
-    def samples(self) -> int:
-        """Samples in the release."""
-        return sum(self.manifest.splits.values())
-
-    @property
-    def quarantined(self) -> int:
-        """Records in quarantine."""
-        return sum(self.manifest.quarantined.values())
-
-
-@dataclass(frozen=True)
-class CellsResult:
-    """What :func:`build_cells` did: cells asked for, run now, and found already done."""
-
-    cells: int
-    processed: int
-    resumed: int
-    counts: list[tuple[str, int, int]] = field(default_factory=list)
-    """(stage, passed, quarantined) of the cells run now, where the engine reports them."""
-
-
-def _release_dir(cfg: BuildConfig) -> tuple[Path, str | None]:
-    """The local folder the release is assembled in, and the URL it goes to (None: local)."""
-    dest = output_location(cfg)
-    if not is_url(dest):
-        return Path(dest), None
-    from geodelta.pipelines.release.upload import work_dir_for
-
-    return work_dir_for(cfg, dest), dest
-
-
-def _stamp_hash(staging: Path) -> str | None:
-    """The config hash a staging area was made from (None: no stamp yet)."""
-    stamp = staging / "config.json"
-    if not stamp.exists():
-        return None
-    return str(json.loads(stamp.read_text()).get("config_hash"))
 
 
 def check_build(cfg: BuildConfig, mode: Mode = "fresh") -> None:
@@ -383,92 +257,7 @@ def check_build(cfg: BuildConfig, mode: Mode = "fresh") -> None:
             staging area (or its finished release) was made from another config; the output
             path is a file.
     """
-    check_runner(cfg)
-    release_dir, url = _release_dir(cfg)
-    if url is not None:
-        from geodelta.pipelines.release.upload import check_target
-
-        check_target(url, cfg, mode)
-    if release_dir.exists() and not release_dir.is_dir():
-        raise BuildError(
-            f"output {release_dir} is a file, not a folder; set output.dir (or --out) to a folder"
-        )
-    if mode == "fresh" and release_dir.exists() and any(release_dir.iterdir()):
-        raise BuildError(
-            f"{release_dir} is not empty; pass --resume to finish an interrupted build of the same "
-            "config, or --overwrite to rebuild from scratch"
-        )
-    built_from = _stamp_hash(release_dir / STAGING)
-    if mode == "resume" and built_from is not None and built_from != cfg.config_hash():
-        raise BuildError(
-            f"{release_dir / STAGING} was made from another config (hash {built_from[:12]}, now "
-            f"{cfg.config_hash()[:12]}); use --overwrite to rebuild"
-        )
-    if mode == "resume" and built_from is None and (release_dir / MANIFEST).is_file():
-        finished = read_manifest(release_dir).config_hash
-        if finished != cfg.config_hash():
-            raise BuildError(
-                f"{release_dir} holds a finished release built from another config (hash "
-                f"{finished[:12]}, now {cfg.config_hash()[:12]}); --resume only finishes a build "
-                "of the same config: use --overwrite to replace it, or another output.dir"
-            )
-
-
-def _build_dir(release_dir: Path, mode: Mode) -> Path:
-    """Where a build writes: the release folder, or (``overwrite`` of an existing one) a folder
-    beside it, swapped in at the end, so a failed build leaves the old release intact."""
-    from geodelta.pipelines.release.layout import OVERWRITE_NEXT, beside
-
-    if mode == "overwrite" and release_dir.exists():
-        return beside(release_dir, OVERWRITE_NEXT)
-    return release_dir
-
-
-def _prepare(release_dir: Path, cfg: BuildConfig, mode: Mode) -> Path:
-    """Clear the folder a build writes (``overwrite``), then stamp its staging area.
-
-    ``release_dir`` is the folder the build writes (see :func:`_build_dir`); :func:`check_build`
-    has refused what cannot go ahead.
-    """
-    if mode == "overwrite" and release_dir.exists():
-        shutil.rmtree(release_dir)
-    staging = release_dir / STAGING
-    staging.mkdir(parents=True, exist_ok=True)
-    stamp = {"config_hash": cfg.config_hash(), "code_version": __version__}
-    write_atomic(staging / "config.json", json.dumps(stamp))
-    return staging
-
-
-def _planned(cfg: BuildConfig) -> list[TileJob]:
-    jobs = plan(cfg)
-    if not jobs:
-        raise BuildError(
-            "the AOI holds no whole cell; enlarge aoi, reduce grid.cell_size_px or set grid.keep: "
-            "intersects"
-        )
-    return jobs
-
-
-def _trusted_done(staging: Any, cell_ids: Collection[str] | None = None) -> set[str]:
-    """The done cells a resumed build skips: a cell with a staged file that no longer matches
-    the checksum written with it (of ``cell_ids``, or all) is forgotten, so it runs again and
-    the corrupt file never reaches a shard."""
-    import logging
-
-    corrupt = staging.corrupt_cells(cell_ids)
-    for cell_id, problem in sorted(corrupt.items()):
-        logging.getLogger(__name__).warning("resume: cell %s runs again: %s", cell_id, problem)
-    staging.forget_cells(corrupt)
-    return set(staging.done_cells())
-
-
-def _check_done(staging: Any, cell_ids: Collection[str]) -> None:
-    missing = set(cell_ids) - staging.done_cells()
-    if missing:
-        raise IncompleteBuildError(
-            f"{len(missing)} cells have no outcome after the run (e.g. {sorted(missing)[:3]}); "
-            "re-run with --resume"
-        )
+    _builder.check_build(cfg, mode)
 
 
 def build_cells(cfg: BuildConfig, cells: Collection[str]) -> CellsResult:
@@ -486,38 +275,7 @@ def build_cells(cfg: BuildConfig, cells: Collection[str]) -> CellsResult:
             made from another config. IncompleteBuildError: a cell has no outcome after the run.
         RunnerError: the ``runner`` section cannot run.
     """
-    from geodelta.pipelines.release.lock import hold_output
-    from geodelta.sources.profiles import apply_defaults
-
-    cfg = apply_defaults(cfg)
-    _register_secrets(cfg)
-    check_runner(cfg)
-    with hold_output(_release_dir(cfg)[0], shared=True):  # cell tasks side by side, no build
-        return _build_cells(cfg, cells)
-
-
-def _build_cells(cfg: BuildConfig, cells: Collection[str]) -> CellsResult:
-    """:func:`build_cells` with the output folder's lock held (shared)."""
-    from geodelta.pipelines.engines.run import run_cells
-    from geodelta.pipelines.release.staging import Staging
-
-    check_build(cfg, "resume")
-    release_dir, _ = _release_dir(cfg)
-    staging_root = _prepare(release_dir, cfg, "resume")
-    staging = Staging(staging_root)
-    wanted = set(cells)
-    jobs = [j for j in _planned(cfg) if j.cell_id in wanted]
-    if len(jobs) != len(wanted):
-        raise BuildError(
-            f"{len(wanted) - len(jobs)} of the cells are not in the plan (e.g. "
-            f"{sorted(wanted - {j.cell_id for j in jobs})[:3]}); the config changed since they "
-            "were planned"
-        )
-    done = _trusted_done(staging, wanted)
-    todo = [j for j in jobs if j.cell_id not in done]
-    counts = run_cells(todo, cfg, staging_root, code_version=__version__)
-    _check_done(staging, wanted)
-    return CellsResult(len(jobs), len(todo), len(jobs) - len(todo), counts.rows())
+    return _builder.build_cells(cfg, cells)
 
 
 def build(
@@ -551,183 +309,20 @@ def build(
         PlanError, CatalogError: the plan or the catalog fails.
         OutputBusyError: another build holds the output folder (names it).
     """
-    from geodelta.pipelines.release.lock import hold_output, restore_swapped
-    from geodelta.sources.profiles import apply_defaults
-
-    cfg = apply_defaults(cfg)  # keys left out of the file, from the collections' profiles
-    _register_secrets(cfg)
-    check_runner(cfg)
-    release_dir, _ = _release_dir(cfg)
-    with hold_output(release_dir):  # one build per output folder
-        restore_swapped(release_dir)  # an --overwrite that died between its two renames
-        try:
-            return _build(cfg, mode, progress, keep_staging, on_stage, previous)
-        except GeodeltaError as exc:
-            if mode == "overwrite":
-                _advise_overwrite(exc)
-            raise
-
-
-#: The advice of a failed build to finish it; an --overwrite build is not resumed in place.
-_RESUME_ADVICE = "re-run with --resume"
-
-
-def _advise_overwrite(exc: GeodeltaError) -> None:
-    """An --overwrite build works in a folder beside the old release, which --resume (aimed at
-    the old release) does not finish: its errors advise --overwrite again."""
-    exc.args = tuple(
-        a.replace(_RESUME_ADVICE, "re-run with --overwrite") if isinstance(a, str) else a
-        for a in exc.args
-    )
-
-
-def _build(
-    cfg: BuildConfig,
-    mode: Mode,
-    progress: bool,
-    keep_staging: bool,
-    on_stage: Callable[[str], None] | None,
-    previous: str | Path | None,
-) -> BuildResult:
-    """:func:`build` with the output folder's lock held."""
-    from geodelta.pipelines.engines.run import run_cells
-    from geodelta.pipelines.progress import Progress, Watcher
-    from geodelta.pipelines.release.assemble import write_release
-    from geodelta.pipelines.release.staging import Staging
-    from geodelta.pipelines.report.render import write_report
-
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    check_build(cfg, mode)  # before any work
-    preflight(cfg)  # the catalog, the collections, a sampled item of each: before any pixel
-    release_dir, url = _release_dir(cfg)
-    build_dir = _build_dir(release_dir, mode)
-    staging_root = _prepare(build_dir, cfg, mode)
-    staging = Staging(staging_root)
-
-    def stage(name: str) -> None:
-        if on_stage is not None:
-            on_stage(name)
-
-    stage("plan")
-    t = time.perf_counter()
-    jobs = _planned(cfg)
-    done = _trusted_done(staging) if mode == "resume" else set()
-    todo = [j for j in jobs if j.cell_id not in done]
-    timings["plan"] = time.perf_counter() - t
-
-    stage("process")
-    t = time.perf_counter()
-    with Progress(progress, "cells", len(jobs), len(jobs) - len(todo)) as bar:
-        # Beam's workers report nothing back while they run: poll the completion markers.
-        watcher = Watcher(staging, bar) if cfg.runner.name != "inprocess" else None
-        try:
-            run_cells(todo, cfg, staging_root, code_version=__version__, progress=bar.advance)
-        finally:
-            if watcher is not None:
-                watcher.stop()
-        bar.set(len(staging.done_cells()))
-    _check_done(staging, {j.cell_id for j in jobs})
-    _refuse_empty(staging, len(jobs))
-    timings["process"] = time.perf_counter() - t
-
-    stage("release")
-    t = time.perf_counter()
-    manifest = write_release(build_dir, cfg, staging, code_version=__version__)
-    if not sum(manifest.splits.values()):  # every staged sample was dropped while sharding
-        where = f"{build_dir} holds none; verify and release refuse it"
-        raise EmptyReleaseError(_empty_message(Counter(manifest.quarantined), {}, len(jobs), where))
-    timings["release"] = time.perf_counter() - t
-
-    stage("report")
-    t = time.perf_counter()
-    write_report(build_dir, previous=previous)
-    timings["report"] = time.perf_counter() - t
-    if build_dir != release_dir:  # --overwrite: the new release replaces the old one now
-        from geodelta.pipelines.release.lock import swap_in
-
-        swap_in(build_dir, release_dir)
-        staging_root = release_dir / STAGING
-
-    if url is not None:
-        from geodelta.pipelines.release.upload import upload_release
-
-        stage("upload")
-        t = time.perf_counter()
-        upload_release(release_dir, url)  # raises before the work folder is removed
-        timings["upload"] = time.perf_counter() - t
-        if not keep_staging:
-            shutil.rmtree(release_dir, ignore_errors=True)
-            if cfg.output.work_dir is None:  # the default .geodelta-work/, once it is empty
-                with contextlib.suppress(OSError):
-                    release_dir.parent.rmdir()
-    elif not keep_staging:
-        shutil.rmtree(staging_root, ignore_errors=True)
-    return BuildResult(
-        release_dir=release_dir,
-        manifest=manifest,
-        cells=len(jobs),
-        resumed_cells=len(jobs) - len(todo),
-        seconds=time.perf_counter() - t_start,
-        stage_seconds=timings,
-        url=None if url is None else shown(url),
+    return _builder.build(
+        cfg,
+        mode=mode,
+        progress=progress,
+        keep_staging=keep_staging,
+        on_stage=on_stage,
+        previous=previous,
     )
 
 
 def space_note(path: str | Path | None, cfg: BuildConfig | None = None) -> str:
     """What a 'no space left on device' message says: the space free where ``path`` is and,
     given the build's config, about how much the build needs (staged samples, then shards)."""
-    where = Path(path) if path else (_release_dir(cfg)[0] if cfg is not None else Path.cwd())
-    probe = where
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    try:
-        free = f"{shutil.disk_usage(probe).free / 1e6:.1f} MB free on {probe}'s filesystem"
-    except OSError:
-        free = "the free space is unknown"
-    if cfg is None:
-        return f"{free}; free space there, then run again"
-    try:
-        cells = len(plan(cfg))
-    except GeodeltaError:
-        cells = 0
-    side = cfg.grid.cell_size_px  # a sample per cell: both dates' bands (16 bit), RGB, masks
-    per_cell = side * side * (len(cfg.imagery.bands) * 2 * 2 + 2 * 3 + 4)
-    need = 2 * cells * per_cell  # staged, then sharded
-    return (
-        f"the build needs about {need / 1e6:.1f} MB ({cells} cells), {free}; free space there "
-        "or set output.dir (--out) elsewhere, then re-run with --resume"
-    )
-
-
-def funnel(manifest: ReleaseManifest) -> list[tuple[str, str, int]]:
-    """(stage, reason, count) of the quarantined records, largest first."""
-    rows = []
-    for key, n in manifest.quarantined.items():
-        stage_name, _, reason = key.partition(":")
-        rows.append((stage_name, reason, n))
-    return sorted(rows, key=lambda r: (-r[2], r[0], r[1]))
-
-
-def summary_rows(result: BuildResult) -> list[tuple[str, str]]:
-    """Label/value rows for the end-of-build summary table."""
-    m = result.manifest
-    rows = [
-        ("release", result.location),
-        ("dataset", f"{m.name} {m.version}"),
-        ("cells planned", str(result.cells)),
-        ("cells resumed", str(result.resumed_cells)),
-        ("samples", str(result.samples)),
-    ]
-    rows += [(f"  {split}", str(n)) for split, n in sorted(m.splits.items())]
-    rows.append(("quarantined", str(result.quarantined)))
-    rows += [(f"  {s}:{r}", str(n)) for s, r, n in funnel(m)]
-    rows.append(("shards", str(len(m.shards))))
-    rows += [(f"time {k}", f"{v:.1f} s") for k, v in result.stage_seconds.items()]
-    rows.append(("time total", f"{result.seconds:.1f} s"))
-    counts = Counter(s.split for s in m.shards)
-    rows.append(("shards per split", ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))))
-    return rows
+    return _builder.space_note(path, cfg)
 
 
 # -- reading and checking a release -----------------------------------------------------------

@@ -2,7 +2,8 @@
 a thread that watches the staging area's completion markers (Beam's workers report nothing
 back while they run).
 
-Part of the public API's floor: :func:`geodelta.pipelines.api.build` is its only user.
+Part of the public API's floor: the build orchestration (:mod:`geodelta.pipelines.build`, behind
+:func:`geodelta.pipelines.api.build`) is its only user.
 """
 
 from __future__ import annotations

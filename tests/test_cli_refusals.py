@@ -352,9 +352,10 @@ def test_lock_file_is_gone_after_a_build(small: dict[str, Any]) -> None:
 def test_a_failed_overwrite_advises_overwrite_not_resume() -> None:
     """An --overwrite build works beside the old release: --resume would not finish it."""
     from geodelta.pipelines import api
+    from geodelta.pipelines.build import _advise_overwrite
 
     for cls in (api.EmptyReleaseError, api.BreakerError, api.IncompleteBuildError):
         exc = cls("the build produced 0 samples ...; fix the cause, then re-run with --resume")
-        api._advise_overwrite(exc)
+        _advise_overwrite(exc)
         assert str(exc).endswith("then re-run with --overwrite"), (cls, str(exc))
         assert "--resume" not in str(exc)

@@ -42,6 +42,7 @@ FLOORS: tuple[tuple[str, int, str], ...] = (
     ("geodelta.pipelines.training", 5, "training"),
     ("geodelta.pipelines.api", 6, "api"),
     ("geodelta.pipelines.progress", 6, "api"),
+    ("geodelta.pipelines.build", 6, "api"),
     ("geodelta.pipelines.cli", 7, "cli"),
     ("dags", 7, "dags"),
 )
