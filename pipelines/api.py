@@ -45,7 +45,7 @@ from geodelta.pipelines.release.publish import latest_release
 from geodelta.pipelines.release.publish import promote_reference as promote
 from geodelta.pipelines.release.qa_balance import format_balance
 from geodelta.pipelines.release.upload import OutputError, is_url, verify_url
-from geodelta.pipelines.stages.plan import PlanError
+from geodelta.pipelines.stages.plan import PlanCount, PlanError
 from geodelta.pipelines.training.reference import ReferenceError, reference_config
 from geodelta.pipelines.training.shards import ShardError
 from geodelta.schemas import BuildConfig, ConfigError, TileJob, json_schemas
@@ -80,6 +80,7 @@ __all__ = [
     "Mode",
     "ModelError",
     "OutputError",
+    "PlanCount",
     "PlanError",
     "PublishError",
     "ReferenceError",
@@ -100,8 +101,10 @@ __all__ = [
     "json_schemas",
     "latest_release",
     "load_config",
+    "no_space",
     "output_location",
     "plan",
+    "plan_count",
     "preflight",
     "promote",
     "publish",
@@ -121,6 +124,7 @@ __all__ = [
     "verify",
     "verify_url",
     "write_demo_catalog",
+    "write_plan",
 ]
 
 
@@ -179,6 +183,28 @@ def plan(cfg: BuildConfig) -> list[TileJob]:
         PlanError: the grid or the AOI cannot be planned (names the key).
     """
     return _builder.plan(cfg)
+
+
+def plan_count(cfg: BuildConfig) -> PlanCount:
+    """Cells a config plans per split and per zone, exact, without building cell objects.
+
+    Raises:
+        PlanError: the grid or the AOI cannot be planned.
+    """
+    from geodelta.pipelines.stages.plan import count_cells
+
+    return count_cells(cfg)
+
+
+def write_plan(cfg: BuildConfig, out: str | Path) -> int:
+    """Stream the planned cells to a GeoParquet file in row groups (bounded memory); cells written.
+
+    Raises:
+        PlanError: the grid or the AOI cannot be planned.
+    """
+    from geodelta.pipelines.stages.plan import write_plan as write
+
+    return write(cfg, out)
 
 
 def cell_groups(cfg: BuildConfig, cells_per_task: int) -> list[list[str]]:
@@ -317,6 +343,11 @@ def build(
         on_stage=on_stage,
         previous=previous,
     )
+
+
+def no_space(exc: BaseException) -> OSError | None:
+    """The 'no space left on device' error in ``exc``'s chain (Beam wraps worker errors)."""
+    return _builder.no_space(exc)
 
 
 def space_note(path: str | Path | None, cfg: BuildConfig | None = None) -> str:

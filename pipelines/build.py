@@ -10,6 +10,7 @@ defined here); this module never imports it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import shutil
 import time
@@ -509,3 +510,15 @@ def summary_rows(result: BuildResult) -> list[tuple[str, str]]:
     counts = Counter(s.split for s in m.shards)
     rows.append(("shards per split", ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))))
     return rows
+
+
+def no_space(exc: BaseException) -> OSError | None:
+    """The 'no space left on device' error in ``exc``'s chain (Beam wraps worker errors)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return seen
+        if "[Errno 28]" in str(seen) or "No space left on device" in str(seen):
+            return OSError(errno.ENOSPC, "No space left on device")
+        seen = seen.__cause__ or seen.__context__
+    return None

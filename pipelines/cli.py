@@ -8,7 +8,6 @@ Commands call :mod:`geodelta.pipelines.api` only; the errors caught are the ones
 
 from __future__ import annotations
 
-import errno
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -33,21 +32,9 @@ def _say(message: str, prefix: str = "", style: str = "") -> None:
     console.print(text, soft_wrap=True, highlight=False)
 
 
-def _no_space(exc: BaseException) -> OSError | None:
-    """The 'no space left on device' error in ``exc``'s chain (Beam wraps worker errors)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
-            return seen
-        if "[Errno 28]" in str(seen) or "No space left on device" in str(seen):
-            return OSError(errno.ENOSPC, "No space left on device")
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
 def _one_line(exc: Exception) -> tuple[str, int]:
     """The one-line message and exit code of an error that reached the top of a command."""
-    full = _no_space(exc)
+    full = api.no_space(exc)
     if full is not None:
         where = full.filename or "the output folder"
         return f"no space left on device writing {where}; {api.space_note(full.filename)}", 2
@@ -150,7 +137,7 @@ def _run_build(cfg: Any, mode: str, progress: bool) -> Any:
     except GeodeltaError as exc:  # BuildError, PlanError, CatalogError, OutputError...
         raise _fail(str(exc)) from None
     except Exception as exc:
-        full = _no_space(exc)
+        full = api.no_space(exc)
         if full is None:
             raise
         where = full.filename or api.output_location(cfg)
@@ -486,13 +473,28 @@ def report(
 @app.command()
 def plan(
     config: Annotated[Path, typer.Argument(help="Build config (YAML)")],
+    count: Annotated[
+        bool, typer.Option("--count", help="Print cells per split and per zone, and the total")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Stream the cells to this GeoParquet file")
+    ] = None,
 ) -> None:
     """List the cells a config plans, with their splits (reads no pixels)."""
     cfg = _load(config)
-    try:
-        jobs = api.plan(cfg)
-    except GeodeltaError as exc:  # PlanError
+    try:  # PlanError
+        if count:
+            pc = api.plan_count(cfg)
+            rows = [f"split {k}\t{n}" for k, n in pc.by_split.items()]
+            rows += [f"zone {k}\t{n}" for k, n in pc.by_zone.items()]
+            typer.echo("\n".join([*rows, f"total\t{pc.total}"]))
+        if out is not None:
+            _say(f"{api.write_plan(cfg, out)} cells -> {out}")
+        jobs = [] if count or out is not None else api.plan(cfg)
+    except GeodeltaError as exc:
         raise _fail(str(exc)) from None
+    if count or out is not None:
+        return
     for job in jobs:
         typer.echo(f"{job.cell_id}\t{job.crs}\t{job.split}\t{job.region}")
     _say(f"{len(jobs)} cells")

@@ -23,11 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from geodelta.errors import ConfigError
 from geodelta.schemas import BuildConfig, TileJob
 from geodelta.schemas.config import SplitConfig
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from shapely.geometry.base import BaseGeometry
 
 _CELL_RE = re.compile(r"^(\d{2})([NS])-(\d+)-(\d{4,})-(\d{4,})$")
@@ -268,3 +272,416 @@ def split_of_block(block: str, cfg: SplitConfig) -> str:
 def assign_splits(cell_ids: list[str], cfg: SplitConfig) -> dict[str, str]:
     """Cell id -> split, by block."""
     return {c: split_of_block(block_id(c, cfg.block_cells), cfg) for c in cell_ids}
+
+
+# -- streaming plan: lazy enumeration, exact counts -------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanCount:
+    """Cells a config plans, per split and per zone (``31N``), exact; ``total`` their sum."""
+
+    total: int
+    by_split: dict[str, int]
+    by_zone: dict[str, int]
+
+
+@dataclass(frozen=True)
+class CellColumn:
+    """The kept cells of one grid column of one zone: ``rows`` in cell-id order, one region."""
+
+    zone: int
+    north: bool
+    size_m: int
+    col: int
+    rows: np.ndarray
+    regions: list[str]
+
+    @property
+    def epsg(self) -> int:
+        """EPSG code of the column's UTM zone."""
+        return (32600 if self.north else 32700) + self.zone
+
+
+def _cell_size(cfg: BuildConfig) -> tuple[float, int]:
+    size = cfg.grid.resolution_m * cfg.grid.cell_size_px
+    if abs(size - round(size)) > 1e-9:
+        raise PlanError("grid", f"cell size must be whole metres (got {size} m)")
+    return size, round(size)
+
+
+def _id_key(v: int) -> str:
+    return f"{v:04d}"
+
+
+class _ZoneSolver:
+    """Kept rows per column of one region polygon on one zone's grid, as plan_jobs keeps them.
+
+    Cells touching the polygon's boundary get plan_jobs' own predicate (covers / intersects);
+    a run of cells touching no boundary is all in or all out (one point decides). The zone
+    test (the cell centre's zone and hemisphere) holds on an interval of a column's rows
+    (longitude and latitude are monotonic in northing at fixed easting), so only the ends are
+    transformed, and a binary search finds a change.
+    """
+
+    def __init__(self, geom: BaseGeometry, zone: int, north: bool, size: float, keep: str) -> None:
+        import shapely
+        from pyproj import Transformer
+        from shapely.geometry import box
+
+        self.zone, self.north, self.size, self.keep = zone, north, size, keep
+        epsg = (32600 if north else 32700) + zone
+        fwd = Transformer.from_crs(4326, epsg, always_xy=True)
+        self.inv = Transformer.from_crs(epsg, 4326, always_xy=True)
+        local = shapely.transform(geom.segmentize(0.001), fwd.transform, interleaved=False)
+        shapely.prepare(local)
+        self.local = local
+        x0, y0, x1, y1 = local.bounds
+        c0, c1 = math.floor(x0 / size), math.floor(x1 / size)
+        r0, r1 = math.floor(y0 / size), math.floor(y1 / size)
+        # restrict to cells whose centre can be in this zone (1 degree of margin)
+        lo = -180.0 + 6.0 * (zone - 1) - 1.0
+        g0, g1 = geom.bounds[1] - 1.0, geom.bounds[3] + 1.0
+        g0, g1 = (max(g0, -1.0), min(g1, 89.0)) if north else (max(g0, -89.0), min(g1, 1.0))
+        if g0 < g1:
+            strip = box(max(lo, -180.0), g0, min(lo + 8.0, 180.0), g1).segmentize(0.05)
+            sx0, sy0, sx1, sy1 = shapely.transform(strip, fwd.transform, interleaved=False).bounds
+            c0, c1 = max(c0, math.floor(sx0 / size) - 1), min(c1, math.floor(sx1 / size) + 1)
+            r0, r1 = max(r0, math.floor(sy0 / size) - 1), min(r1, math.floor(sy1 / size) + 1)
+        else:
+            c1 = c0 - 1
+        # rows whose centre is in the wrong hemisphere never count (margin: half a cell)
+        if north:
+            r0 = max(r0, 0)
+        else:
+            r1 = min(r1, math.floor(10_000_000.0 / size) - 1)
+        self.c0, self.c1, self.r0, self.r1 = c0, c1, r0, r1
+        self._boundary = self._boundary_cells()
+
+    def _boundary_cells(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """col -> (rows, kept) of the cells a boundary segment may touch, kept by plan_jobs' test."""
+        import shapely
+
+        s = self.size
+        parts = shapely.get_parts(self.local)
+        rings = [r for p in parts for r in (p.exterior, *p.interiors)]
+        segs = []
+        for ring in rings:
+            xy = shapely.get_coordinates(ring)
+            segs.append(np.hstack([xy[:-1], xy[1:]]))
+        seg = np.vstack(segs) if segs else np.zeros((0, 4))
+        xmin = np.minimum(seg[:, 0], seg[:, 2])
+        xmax = np.maximum(seg[:, 0], seg[:, 2])
+        ymin = np.minimum(seg[:, 1], seg[:, 3])
+        ymax = np.maximum(seg[:, 1], seg[:, 3])
+
+        def span(vmin: np.ndarray, vmax: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            lo = np.floor(vmin / s).astype(np.int64)
+            lo -= (vmin - lo * s) <= 1e-6 * s  # touching the edge below: that cell too
+            hi = np.floor(vmax / s).astype(np.int64)
+            hi += ((hi + 1) * s - vmax) <= 1e-6 * s
+            return lo, hi
+
+        cl, ch = span(xmin, xmax)
+        rl, rh = span(ymin, ymax)
+        cl, ch = np.maximum(cl, self.c0), np.minimum(ch, self.c1)
+        rl, rh = np.maximum(rl, self.r0), np.minimum(rh, self.r1)
+        ok = (cl <= ch) & (rl <= rh)
+        cl, ch, rl, rh = cl[ok], ch[ok], rl[ok], rh[ok]
+        nc, nr = ch - cl + 1, rh - rl + 1
+        n = nc * nr
+        idx = np.repeat(np.arange(len(n)), n)
+        k = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+        cols = cl[idx] + k // nr[idx]
+        rows = rl[idx] + k % nr[idx]
+        span_r = self.r1 - self.r0 + 2
+        code = np.unique((cols - self.c0) * span_r + (rows - self.r0))
+        cols, rows = code // span_r + self.c0, code % span_r + self.r0
+        boxes = shapely.box(cols * s, rows * s, (cols + 1) * s, (rows + 1) * s)
+        pred = shapely.covers if self.keep == "within" else shapely.intersects
+        kept = pred(self.local, boxes)
+        out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if len(cols):
+            cuts = np.flatnonzero(np.diff(cols)) + 1
+            for cs, rs, ks in zip(
+                np.split(cols, cuts), np.split(rows, cuts), np.split(kept, cuts), strict=True
+            ):
+                out[int(cs[0])] = (rs, ks)
+        return out
+
+    def columns(self) -> list[int]:
+        """The columns to visit, in cell-id order."""
+        return sorted(range(self.c0, self.c1 + 1), key=_id_key)
+
+    def rows(self, col: int) -> np.ndarray:
+        """Kept rows of a column (numeric order): plan_jobs' test and zone ownership."""
+        import shapely
+
+        s = self.size
+        brows, bkept = self._boundary.get(col, (np.zeros(0, np.int64), np.zeros(0, bool)))
+        # runs of rows between boundary cells: all in or all out
+        starts = np.concatenate([[self.r0], brows + 1])
+        ends = np.concatenate([brows - 1, [self.r1]])
+        ok = starts <= ends
+        starts, ends = starts[ok], ends[ok]
+        inside = shapely.contains_xy(
+            self.local, np.full(len(starts), (col + 0.5) * s), (starts + 0.5) * s
+        )
+        pieces = [np.arange(a, b + 1) for a, b in zip(starts[inside], ends[inside], strict=True)]
+        pieces.append(brows[bkept])
+        rows = np.sort(np.concatenate(pieces)).astype(np.int64)
+        if not len(rows):
+            return rows
+        return self._owned(col, rows)
+
+    def _owns(self, col: int, row: int) -> bool:
+        from shapely.geometry import box
+
+        s = self.size
+        c = box(col * s, row * s, (col + 1) * s, (row + 1) * s).centroid
+        clon, clat = self.inv.transform(c.x, c.y)
+        return bool(utm_zone(clon) == self.zone and (clat >= 0) == self.north)
+
+    def _owned(self, col: int, rows: np.ndarray) -> np.ndarray:
+        first, last = self._owns(col, int(rows[0])), self._owns(col, int(rows[-1]))
+        if first and last:
+            return rows
+        if first != last:  # one change: binary search for it
+            lo, hi = 0, len(rows) - 1  # owns(lo) == first, owns(hi) == last
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if self._owns(col, int(rows[mid])) == first:
+                    lo = mid
+                else:
+                    hi = mid
+            return rows[: lo + 1] if first else rows[hi:]
+        return self._owned_all(col, rows)
+
+    def _owned_all(self, col: int, rows: np.ndarray) -> np.ndarray:
+        import shapely
+
+        s = self.size
+        cen = shapely.centroid(shapely.box(col * s, rows * s, (col + 1) * s, (rows + 1) * s))
+        clon, clat = self.inv.transform(shapely.get_x(cen), shapely.get_y(cen))
+        zones = np.clip(np.floor((np.asarray(clon) + 180.0) / 6.0) + 1, 1, 60)
+        return rows[(zones == self.zone) & ((np.asarray(clat) >= 0) == self.north)]
+
+
+def iter_columns(cfg: BuildConfig) -> Iterator[CellColumn]:
+    """The plan's cells, column by column, in cell-id order (the order of :func:`plan_jobs`).
+
+    Lazy: one zone's boundary cells and one column's rows in memory at a time. A cell claimed
+    by two regions goes to the first region by name, as in plan_jobs.
+    """
+    size, size_m = _cell_size(cfg)
+    regions = load_aoi(cfg)
+    keys = sorted({zn for _, g in regions for zn in _zones_of(g)}, key=lambda z: (z[0], not z[1]))
+    for zone, north in keys:
+        solvers = [
+            (name, _ZoneSolver(g, zone, north, size, cfg.grid.keep))
+            for name, g in regions
+            if (zone, north) in _zones_of(g)
+        ]
+        cols = sorted({c for _, sv in solvers for c in range(sv.c0, sv.c1 + 1)}, key=_id_key)
+        for col in cols:
+            got = [(name, sv.rows(col)) for name, sv in solvers if sv.c0 <= col <= sv.c1]
+            got = [(name, r) for name, r in got if len(r)]
+            if not got:
+                continue
+            if len(got) == 1:
+                rows, names = got[0][1], [got[0][0]] * len(got[0][1])
+            else:  # first region by name wins a shared cell
+                owner: dict[int, str] = {}
+                for name, r in got:
+                    for v in r.tolist():
+                        owner.setdefault(v, name)
+                rows = np.array(sorted(owner), dtype=np.int64)
+                names = [owner[v] for v in rows.tolist()]
+            if rows.max() >= 10_000:  # ids sort as text
+                order = sorted(range(len(rows)), key=lambda i: _id_key(int(rows[i])))
+                rows, names = rows[order], [names[i] for i in order]
+            yield CellColumn(zone, north, size_m, col, rows, names)
+
+
+def iter_cells(cfg: BuildConfig) -> Iterator[tuple[str, str, str]]:
+    """(cell id, split, region) of every planned cell, lazily, in plan_jobs' order.
+
+    Regions interleave within a column only when two regions share the column; the order is
+    plan_jobs' order per region and column, merged by cell id.
+    """
+    for batch in iter_column_batches(cfg, 1):
+        yield from zip(batch["cell_id"], batch["split"], batch["region"], strict=True)
+
+
+def _block_splits(
+    cfg: BuildConfig, zone: int, north: bool, size_m: int, bcol: int, brows: np.ndarray
+) -> list[str]:
+    h = "N" if north else "S"
+    return [
+        split_of_block(f"{zone:02d}{h}-{size_m}-{bcol}-{b}", cfg.splits) for b in brows.tolist()
+    ]
+
+
+def iter_column_batches(cfg: BuildConfig, min_cells: int = 65_536) -> Iterator[dict[str, list]]:
+    """The plan in batches of whole columns (at least ``min_cells`` cells, but the last).
+
+    Each batch maps ``cell_id``, ``split``, ``region``, ``zone``, ``crs``, ``col``, ``row``,
+    ``epsg`` to equal-length lists (``col``/``row``/``epsg`` as numpy arrays).
+    """
+    bc = cfg.splits.block_cells
+    cache: dict[tuple[int, bool, int], dict[int, str]] = {}
+    batch: dict[str, list] = _empty_batch()
+    n = 0
+    for cc in iter_columns(cfg):
+        key = (cc.zone, cc.north, cc.col // bc)
+        if key not in cache:
+            cache.clear()  # block columns arrive together: one in memory
+            cache[key] = {}
+        known = cache[key]
+        brows = cc.rows // bc
+        new = np.unique(brows[~np.isin(brows, np.fromiter(known, np.int64, len(known)))])
+        for b, sp in zip(
+            new.tolist(), _block_splits(cfg, *key[:2], cc.size_m, key[2], new), strict=True
+        ):
+            known[b] = sp
+        h = "N" if cc.north else "S"
+        zn = f"{cc.zone:02d}{h}"
+        prefix = f"{zn}-{cc.size_m}-{cc.col:04d}-"
+        batch["cell_id"].extend(f"{prefix}{r:04d}" for r in cc.rows.tolist())
+        batch["split"].extend(known[b] for b in brows.tolist())
+        batch["region"].extend(cc.regions)
+        batch["zone"].extend([zn] * len(cc.rows))
+        batch["crs"].extend([f"EPSG:{cc.epsg}"] * len(cc.rows))
+        batch["col"].append(np.full(len(cc.rows), cc.col, np.int64))
+        batch["row"].append(cc.rows)
+        batch["epsg"].append(np.full(len(cc.rows), cc.epsg, np.int64))
+        n += len(cc.rows)
+        if n >= min_cells:
+            yield _finish(batch)
+            batch, n = _empty_batch(), 0
+    if n:
+        yield _finish(batch)
+
+
+def _empty_batch() -> dict[str, list]:
+    return {k: [] for k in ("cell_id", "split", "region", "zone", "crs", "col", "row", "epsg")}
+
+
+def _finish(batch: dict[str, list]) -> dict[str, list]:
+    for k in ("col", "row", "epsg"):
+        batch[k] = np.concatenate(batch[k]) if batch[k] else np.zeros(0, np.int64)  # type: ignore[assignment]
+    return batch
+
+
+def count_cells(cfg: BuildConfig) -> PlanCount:
+    """Cells per split and per zone, exact, without cell objects: rows per column, one
+    hash per block of cells."""
+    bc = cfg.splits.block_cells
+    by_split: dict[str, int] = {}
+    by_zone: dict[str, int] = {}
+    pending: dict[tuple[int, bool, int, int], list[np.ndarray]] = {}
+
+    def flush() -> None:
+        for (zone, north, size_m, bcol), parts in pending.items():
+            brows, counts = np.unique(np.concatenate(parts) // bc, return_counts=True)
+            for sp, c in zip(
+                _block_splits(cfg, zone, north, size_m, bcol, brows), counts.tolist(), strict=True
+            ):
+                by_split[sp] = by_split.get(sp, 0) + c
+        pending.clear()
+
+    for cc in iter_columns(cfg):
+        key = (cc.zone, cc.north, cc.size_m, cc.col // bc)
+        if key not in pending:
+            flush()
+        pending.setdefault(key, []).append(cc.rows)
+        zn = f"{cc.zone:02d}{'N' if cc.north else 'S'}"
+        by_zone[zn] = by_zone.get(zn, 0) + len(cc.rows)
+    flush()
+    return PlanCount(
+        sum(by_zone.values()), dict(sorted(by_split.items())), dict(sorted(by_zone.items()))
+    )
+
+
+def _bbox_and_corners(
+    col: np.ndarray, row: np.ndarray, epsg: int, size: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 4) lon/lat bboxes equal to plan_jobs' (the cell segmentized by size/8, transformed)
+    and (n, 5, 2) lon/lat corner rings.
+
+    Off the central meridian every extreme of a cell lies on a corner (longitude and latitude
+    are monotonic along its edges), so 4 corners give plan_jobs' bbox; cells within a cell of
+    the central meridian take the segmentized ring.
+    """
+    import shapely
+    from pyproj import Transformer
+
+    inv = Transformer.from_crs(epsg, 4326, always_xy=True)
+    xs = np.stack([(col + 1) * size, (col + 1) * size, col * size, col * size, (col + 1) * size], 1)
+    ys = np.stack([row * size, (row + 1) * size, (row + 1) * size, row * size, row * size], 1)
+    lon, lat = inv.transform(xs.ravel(), ys.ravel())
+    lon, lat = np.asarray(lon).reshape(-1, 5), np.asarray(lat).reshape(-1, 5)
+    bbox = np.stack([lon.min(1), lat.min(1), lon.max(1), lat.max(1)], 1)
+    near = np.flatnonzero((col * size <= 500_000.0 + size) & ((col + 1) * size >= 500_000.0 - size))
+    if len(near):
+        c, r = col[near], row[near]
+        g = shapely.segmentize(
+            shapely.box(c * size, r * size, (c + 1) * size, (r + 1) * size), size / 8
+        )
+        xy = shapely.get_coordinates(g)
+        k = len(xy) // len(near)
+        lo, la = inv.transform(xy[:, 0], xy[:, 1])
+        lo, la = np.asarray(lo).reshape(-1, k), np.asarray(la).reshape(-1, k)
+        bbox[near] = np.stack([lo.min(1), la.min(1), lo.max(1), la.max(1)], 1)
+    return bbox, np.stack([lon, lat], 2)
+
+
+GEO_METADATA = {
+    "version": "1.0.0",
+    "primary_column": "geometry",
+    "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Polygon"], "crs": "OGC:CRS84"}},
+}
+
+
+def write_plan(cfg: BuildConfig, out: str | Path, row_group_cells: int = 65_536) -> int:
+    """Stream the plan to a GeoParquet file, one row group per batch of columns; cells written.
+
+    Columns: cell_id, split, region, zone, crs, lon_min, lat_min, lon_max, lat_max (plan_jobs'
+    bbox_lonlat) and geometry (WKB lon/lat cell quadrilateral, OGC:CRS84).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import shapely
+
+    size, _ = _cell_size(cfg)
+    schema = pa.schema(
+        [
+            ("cell_id", pa.string()),
+            ("split", pa.string()),
+            ("region", pa.string()),
+            ("zone", pa.string()),
+            ("crs", pa.string()),
+            ("lon_min", pa.float64()),
+            ("lat_min", pa.float64()),
+            ("lon_max", pa.float64()),
+            ("lat_max", pa.float64()),
+            ("geometry", pa.binary()),
+        ],
+        metadata={"geo": json.dumps(GEO_METADATA)},
+    )
+    n = 0
+    with pq.ParquetWriter(str(out), schema) as writer:
+        for b in iter_column_batches(cfg, row_group_cells):
+            bbox = np.zeros((len(b["col"]), 4))
+            ring = np.zeros((len(b["col"]), 5, 2))
+            for epsg in np.unique(b["epsg"]).tolist():
+                m = b["epsg"] == epsg
+                bbox[m], ring[m] = _bbox_and_corners(b["col"][m], b["row"][m], epsg, size)
+            wkb = shapely.to_wkb(shapely.polygons(ring))
+            cols = [b["cell_id"], b["split"], b["region"], b["zone"], b["crs"]]
+            arrays = [pa.array(c, pa.string()) for c in cols]
+            arrays += [pa.array(bbox[:, i]) for i in range(4)]
+            arrays.append(pa.array(wkb, pa.binary()))
+            writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+            n += len(b["col"])
+    return n
