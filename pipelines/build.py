@@ -59,8 +59,11 @@ class EmptyReleaseError(BuildError):
 _EMPTY_TOP_REASONS = 5
 
 
-def _empty_message(counts: Counter[str], examples: dict[str, str], cells: int, where: str) -> str:
-    """One line: 0 samples, the top quarantine reasons (count, one example), what to do."""
+def _empty_message(
+    counts: Counter[str], examples: dict[str, str], cells: int, where: str, retry: str
+) -> str:
+    """One line: 0 samples, the top quarantine reasons (count, one example), what to do
+    (``retry``: the option that builds again, ``--resume`` or ``--overwrite``)."""
     top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:_EMPTY_TOP_REASONS]
     parts = [
         f"{reason} x{n}" + (f" (e.g. {examples[reason]})" if reason in examples else "")
@@ -69,12 +72,11 @@ def _empty_message(counts: Counter[str], examples: dict[str, str], cells: int, w
     return (
         f"the build produced 0 samples from {cells} cells ({where}); a build that yields "
         f"nothing is an error, not a release. Top quarantine reasons: "
-        f"{'; '.join(parts) or 'none recorded'}. Fix the cause, then re-run with --resume "
-        "(or --overwrite)"
+        f"{'; '.join(parts) or 'none recorded'}. Fix the cause, then re-run with {retry}"
     )
 
 
-def _refuse_empty(staging: Any, cells: int) -> None:
+def _refuse_empty(staging: Any, cells: int, retry: str = "--resume") -> None:
     """Raise :class:`EmptyReleaseError` when no cell of the staging area produced a sample.
 
     Reads the markers until the first sample (cheap for a build that made something). The
@@ -93,7 +95,9 @@ def _refuse_empty(staging: Any, cells: int) -> None:
             counts[reason] += 1
             examples.setdefault(reason, f"cell {r.cell_id}: {' '.join(r.detail.split())[:200]}")
     staging.forget_cells(ids)
-    raise EmptyReleaseError(_empty_message(counts, examples, cells, "no release was written"))
+    raise EmptyReleaseError(
+        _empty_message(counts, examples, cells, "no release was written", retry)
+    )
 
 
 def _register_secrets(cfg: BuildConfig) -> None:
@@ -278,12 +282,12 @@ def _trusted_done(staging: Any, cell_ids: Collection[str] | None = None) -> set[
     return set(staging.done_cells())
 
 
-def _check_done(staging: Any, cell_ids: Collection[str]) -> None:
+def _check_done(staging: Any, cell_ids: Collection[str], retry: str = "--resume") -> None:
     missing = set(cell_ids) - staging.done_cells()
     if missing:
         raise IncompleteBuildError(
             f"{len(missing)} cells have no outcome after the run (e.g. {sorted(missing)[:3]}); "
-            "re-run with --resume"
+            f"re-run with {retry}"
         )
 
 
@@ -342,25 +346,7 @@ def build(
     release_dir, _ = _release_dir(cfg)
     with hold_output(release_dir):  # one build per output folder
         restore_swapped(release_dir)  # an --overwrite that died between its two renames
-        try:
-            return _build(cfg, mode, progress, keep_staging, on_stage, previous)
-        except GeodeltaError as exc:
-            if mode == "overwrite":
-                _advise_overwrite(exc)
-            raise
-
-
-#: The advice of a failed build to finish it; an --overwrite build is not resumed in place.
-_RESUME_ADVICE = "re-run with --resume"
-
-
-def _advise_overwrite(exc: GeodeltaError) -> None:
-    """An --overwrite build works in a folder beside the old release, which --resume (aimed at
-    the old release) does not finish: its errors advise --overwrite again."""
-    exc.args = tuple(
-        a.replace(_RESUME_ADVICE, "re-run with --overwrite") if isinstance(a, str) else a
-        for a in exc.args
-    )
+        return _build(cfg, mode, progress, keep_staging, on_stage, previous)
 
 
 def _build(
@@ -386,6 +372,9 @@ def _build(
     build_dir = _build_dir(release_dir, mode)
     staging_root = _prepare(build_dir, cfg, mode)
     staging = Staging(staging_root)
+    # how to build again after a failure: --overwrite works in a folder beside the old release,
+    # which --resume (aimed at the old release) would not finish
+    retry = "--overwrite" if mode == "overwrite" else "--resume"
 
     def stage(name: str) -> None:
         if on_stage is not None:
@@ -404,13 +393,20 @@ def _build(
         # Beam's workers report nothing back while they run: poll the completion markers.
         watcher = Watcher(staging, bar) if cfg.runner.name != "inprocess" else None
         try:
-            run_cells(todo, cfg, staging_root, code_version=__version__, progress=bar.advance)
+            run_cells(
+                todo,
+                cfg,
+                staging_root,
+                code_version=__version__,
+                progress=bar.advance,
+                retry=retry,
+            )
         finally:
             if watcher is not None:
                 watcher.stop()
         bar.set(len(staging.done_cells()))
-    _check_done(staging, {j.cell_id for j in jobs})
-    _refuse_empty(staging, len(jobs))
+    _check_done(staging, {j.cell_id for j in jobs}, retry)
+    _refuse_empty(staging, len(jobs), retry)
     timings["process"] = time.perf_counter() - t
 
     stage("release")
@@ -418,7 +414,9 @@ def _build(
     manifest = write_release(build_dir, cfg, staging, code_version=__version__)
     if not sum(manifest.splits.values()):  # every staged sample was dropped while sharding
         where = f"{build_dir} holds none; verify and release refuse it"
-        raise EmptyReleaseError(_empty_message(Counter(manifest.quarantined), {}, len(jobs), where))
+        raise EmptyReleaseError(
+            _empty_message(Counter(manifest.quarantined), {}, len(jobs), where, retry)
+        )
     timings["release"] = time.perf_counter() - t
 
     stage("report")

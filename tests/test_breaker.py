@@ -193,7 +193,7 @@ def test_breaker_off_then_the_empty_result_is_an_error(
         "a build that yields nothing is an error, not a release. Top quarantine reasons: "
         f"pair:read_error x{CELLS} (e.g. cell "
     ), line
-    assert "DEMO_S2" in line and line.endswith("then re-run with --resume (or --overwrite)")
+    assert "DEMO_S2" in line and line.endswith("then re-run with --resume")
     assert not (out / "manifest.json").exists()
     assert not list((_staging(out) / "cells").iterdir())  # --resume runs them all again
 

@@ -60,3 +60,28 @@ def test_plan_lists_cells(tmp_path: Path) -> None:
 def test_verify_refuses_a_folder_without_manifest(tmp_path: Path) -> None:
     res = runner.invoke(app, ["verify", str(tmp_path)])
     assert res.exit_code == 2 and "manifest.json" in res.output
+
+
+def test_the_cli_starts_without_heavy_imports() -> None:
+    """`geodelta --help` loads no engine, model, table or validation library (lazy imports)."""
+    import subprocess
+    import sys
+
+    heavy = (
+        "torch",
+        "apache_beam",
+        "great_expectations",
+        "openai",
+        "pyarrow",
+        "rasterio",
+        "matplotlib",
+        "distributed",
+        "webdataset",
+        "pandas",
+    )
+    code = (
+        "import sys, geodelta.pipelines.cli\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -350,12 +350,26 @@ def test_lock_file_is_gone_after_a_build(small: dict[str, Any]) -> None:
 
 
 def test_a_failed_overwrite_advises_overwrite_not_resume() -> None:
-    """An --overwrite build works beside the old release: --resume would not finish it."""
-    from geodelta.pipelines import api
-    from geodelta.pipelines.build import _advise_overwrite
+    """An --overwrite build works beside the old release: --resume would not finish it, so its
+    breaker, empty-result and incomplete-run messages name the option the build was run with."""
+    from collections import Counter
 
-    for cls in (api.EmptyReleaseError, api.BreakerError, api.IncompleteBuildError):
-        exc = cls("the build produced 0 samples ...; fix the cause, then re-run with --resume")
-        _advise_overwrite(exc)
-        assert str(exc).endswith("then re-run with --overwrite"), (cls, str(exc))
-        assert "--resume" not in str(exc)
+    from geodelta.pipelines.build import IncompleteBuildError, _check_done, _empty_message
+    from geodelta.pipelines.engines.breaker import Trip, breaker_message
+    from geodelta.schemas import QuarantineRecord
+
+    record = QuarantineRecord(key="k", cell_id="c", stage="pair", reason="read_error", detail="x")
+    trip = Trip("pair", "read_error", ("c",), record)
+    empty = _empty_message(
+        Counter({"pair:read_error": 3}), {}, 3, "no release was written", "--overwrite"
+    )
+    for line in (breaker_message(trip, 32, "--overwrite"), empty):
+        assert "re-run with --overwrite" in line and "--resume" not in line, line
+    assert "re-run with --resume" in breaker_message(trip, 32)  # the default: a --resume build
+
+    class _Staging:
+        def done_cells(self) -> set[str]:
+            return set()
+
+    with pytest.raises(IncompleteBuildError, match=r"re-run with --overwrite$"):
+        _check_done(_Staging(), {"c"}, "--overwrite")

@@ -168,8 +168,9 @@ class Breaker:
         self._trip_file.unlink(missing_ok=True)
 
 
-def breaker_message(trip: Trip, cells: int) -> str:
-    """One line: the reason, the count, an example, what to change."""
+def breaker_message(trip: Trip, cells: int, retry: str = "--resume") -> str:
+    """One line: the reason, the count, an example, what to change, and how to go on
+    (``retry``: the build option that runs the stopped cells again)."""
     detail = " ".join(trip.example.detail.split())
     if len(detail) > _DETAIL_CHARS:
         detail = detail[: _DETAIL_CHARS - 3] + "..."
@@ -182,6 +183,6 @@ def breaker_message(trip: Trip, cells: int) -> str:
     return (
         f"circuit breaker: the first {len(trip.cells)} cells were all quarantined at stage "
         f"'{trip.stage}' for '{trip.reason}' (e.g. cell {trip.example.cell_id}: {detail}); the "
-        f"build stopped. Check {hint}, then re-run with --resume (the staging area is kept; "
+        f"build stopped. Check {hint}, then re-run with {retry} (the staging area is kept; "
         f"these cells run again). runner.breaker_cells={cells} sets when this trips (0: never)"
     )

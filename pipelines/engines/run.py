@@ -76,6 +76,7 @@ def run_cells(
     *,
     code_version: str,
     progress: ProgressFn | None = None,
+    retry: str = "--resume",
 ) -> StageCounts:
     """Run the stages over ``jobs`` on the configured engine, committing every outcome.
 
@@ -86,6 +87,8 @@ def run_cells(
         code_version: geodelta version (recorded in every sample).
         progress: called with 1 per finished cell (the in-process engine only; the Beam
             engines report nothing back while they run).
+        retry: the build option that runs the stopped cells again (``--resume``, or
+            ``--overwrite`` for a build that replaces a release), named in a breaker message.
 
     Returns:
         What each stage passed and quarantined, where the engine reports it.
@@ -112,7 +115,7 @@ def run_cells(
         if trip is None:
             return counts
     breaker.reset(trip)
-    raise BreakerError(breaker_message(trip, cfg.runner.breaker_cells)) from None
+    raise BreakerError(breaker_message(trip, cfg.runner.breaker_cells, retry)) from None
 
 
 def _run_engine(

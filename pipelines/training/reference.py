@@ -46,7 +46,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
 from pydantic import ValidationError
 
 from geodelta._io import json_bytes, sha256_file, write_atomic
@@ -141,6 +140,8 @@ def _clean_reference(root: Path) -> None:
 
 def _add_disagreement(root: Path, scores: dict[str, float]) -> None:
     """Rewrite samples.parquet with the ``disagreement`` column (other columns, order kept)."""
+    import pyarrow as pa
+
     table = read_table(root, SAMPLES_TABLE)
     keys = [str(k) for k in table.column("key").to_pylist()]
     missing = [k for k in keys if k not in scores]
