@@ -374,15 +374,20 @@ def test_verify_names_a_flipped_byte(
     assert all("train-000001" in p for p in result.problems)
 
 
+def _shard_entries(shard: Path) -> tuple[list[tuple[tarfile.TarInfo, bytes]], str]:
+    """A shard's (header, bytes) entries, and the key of its first sample (the one to break)."""
+    with tarfile.open(shard) as tar:
+        entries = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+    return entries, entries[0][0].name.split(".")[0]
+
+
 def test_verify_names_a_sample_missing_a_member(
     built: tuple[Path, Staging, list[SampleMeta]], tmp_path: Path
 ) -> None:
     root, _, _ = built
     rel = _copy_release(root / "rel", tmp_path / "rel")
     shard = rel / "shards" / "val-000000.tar"
-    with tarfile.open(shard) as tar:
-        entries = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
-    victim = entries[0][0].name.split(".")[0]
+    entries, victim = _shard_entries(shard)
     with tarfile.open(shard, "w") as tar:
         for info, data in entries:
             if info.name != f"{victim}.captions.json":
@@ -402,9 +407,7 @@ def test_verify_names_an_unknown_member(
     root, _, _ = built
     rel = _copy_release(root / "rel", tmp_path / "rel")
     shard = rel / "shards" / "val-000000.tar"
-    with tarfile.open(shard) as tar:
-        entries = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
-    victim = entries[0][0].name.split(".")[0]
+    entries, victim = _shard_entries(shard)
     extra = tarfile.TarInfo(f"{victim}.depth.npy")
     extra.size = 3
     with tarfile.open(shard, "w") as tar:

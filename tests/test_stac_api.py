@@ -295,45 +295,21 @@ def test_landing_page_errors_and_non_apis(tmp_path: Path) -> None:
             _ = StacApiCatalog(catalog_cfg(api.url)).client
 
 
-def test_per_host_concurrency_limit(responses: Path) -> None:
+def _concurrent_searches(
+    responses: Path, *, limit: int, clients: int, **delays: float
+) -> tuple[RecordedStacApi, float]:
+    """``clients`` separate catalogs (sharing one per-host limit) search at once against the
+    recorded API with ``delays`` (``delay_s`` before the answer, ``body_delay_s`` before its
+    body); returns the API (its ``max_in_flight``) and the wall time."""
     api = RecordedStacApi(responses / "TestItemSearch.test_intersects_results.json")
     with api.running():
-        cfg = catalog_cfg(api.url, concurrency_per_host=2)
-        cats = [StacApiCatalog(cfg) for _ in range(6)]  # separate clients share the limit
+        cats = [
+            StacApiCatalog(catalog_cfg(api.url, concurrency_per_host=limit)) for _ in range(clients)
+        ]
         for cat in cats:
             _ = cat.client
-        api.delay_s = 0.2
-        errors: list[BaseException] = []
-
-        def run(cat: StacApiCatalog) -> None:
-            try:
-                cat.search_scenes(["naip"], intersects=NAIP_POLYGON)
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=run, args=(c,)) for c in cats]
-        t0 = time.monotonic()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        elapsed = time.monotonic() - t0
-    assert not errors
-    assert api.max_in_flight == 2
-    assert elapsed >= 3 * 0.2 * 0.9  # 6 requests, 2 at a time, 0.2 s each
-
-
-def test_per_host_slot_held_until_body_read(responses: Path) -> None:
-    """The slot covers the whole answer: a client that has the headers but not yet the body
-    still holds it (released at the headers, the next request starts while the server is
-    still sending: what made the limit test above flaky)."""
-    api = RecordedStacApi(responses / "TestItemSearch.test_intersects_results.json")
-    with api.running():
-        cfg = catalog_cfg(api.url, concurrency_per_host=1)
-        cats = [StacApiCatalog(cfg) for _ in range(3)]
-        for cat in cats:
-            _ = cat.client
-        api.body_delay_s = 0.2  # headers at once, the body 0.2 s later
+        for name, value in delays.items():
+            setattr(api, name, value)
         errors: list[BaseException] = []
 
         def run(cat: StacApiCatalog) -> None:
@@ -350,6 +326,20 @@ def test_per_host_slot_held_until_body_read(responses: Path) -> None:
             th.join()
         elapsed = time.monotonic() - t0
     assert not errors
+    return api, elapsed
+
+
+def test_per_host_concurrency_limit(responses: Path) -> None:
+    api, elapsed = _concurrent_searches(responses, limit=2, clients=6, delay_s=0.2)
+    assert api.max_in_flight == 2
+    assert elapsed >= 3 * 0.2 * 0.9  # 6 requests, 2 at a time, 0.2 s each
+
+
+def test_per_host_slot_held_until_body_read(responses: Path) -> None:
+    """The slot covers the whole answer: a client that has the headers but not yet the body
+    still holds it (released at the headers, the next request starts while the server is
+    still sending: what made the limit test above flaky)."""
+    api, elapsed = _concurrent_searches(responses, limit=1, clients=3, body_delay_s=0.2)
     assert api.max_in_flight == 1
     assert elapsed >= 3 * 0.2 * 0.9  # 3 requests, one at a time, each body 0.2 s late
 
