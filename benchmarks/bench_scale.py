@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_scale.py            # ~6 minutes on 2 cores
     .venv/bin/python benchmarks/bench_scale.py --quick --out /tmp/s --results /tmp/s/RESULTS.md
+    .venv/bin/python benchmarks/bench_scale.py --cluster --scales 1   # Dask cluster, 1 vs 2
 
 One synthetic demo catalog (``write_demo_catalog`` at the largest scale, written once under
 ``--out`` and reused, shared with ``bench_build.py``; its generation is not timed) and builds of
@@ -12,25 +13,25 @@ and 797 cells (1x, ~3x and ~10x the cells of the 1x AOI). Every build is a real 
 report) in a fresh Python process:
 
 * the AOI series, with 2 workers: time per tile and peak memory at 1x, ~3x and ~10x;
-* the largest AOI once more with 1 worker: throughput with 1 vs 2 workers.
+* the largest AOI once more with 1 worker: throughput with 1 vs 2 workers;
+* ``--cluster``: instead, 1 then 2 workers of a multi-process Dask cluster (largest AOI only;
+  ``tests/dask_cluster.py``, ``--dask-address``, catalog and staging as ``file://`` URLs).
 
 Wall time is split into a **fixed part** and a **per-tile part**. The per-tile part is the
-steady state of the cells: the time between the first and the last completion marker the
-workers write into the staging area (``.staging/cells/*.json``, one per cell, written as each
-cell finishes), scaled by ``cells / (cells - 1)`` (the first marker closes the first cell's
-interval). Everything else is fixed: process start and imports, plan, Beam's worker start-up up
-to the first finished cell, the release (Great Expectations import and checkpoint, shards,
-tables) and the report.
+steady state of the cells: from the first to the last completion marker the workers write into
+the staging area (``cells/*.json``, one per cell, as each finishes), times ``cells / (cells -
+1)`` (the first marker closes the first cell's interval). The rest is fixed: start-up and
+imports, plan, the workers' start-up to the first finished cell, the release (Great
+Expectations checkpoint, shards, tables) and the report.
 
-Memory is sampled every 50 ms from the build process and all its descendants (Beam's worker
-processes): the peak of the summed RSS of the tree, the build process's own peak (``getrusage``
-up to the end of ``build()``, or the samples when higher), the largest single worker's peak (sampled), and the peaks of the tree and of the
-build process within each phase (start-up, plan, process, release, report).
+Memory is sampled every 50 ms from the build process and its descendants (Beam's workers; a
+Dask cluster's workers too): the tree's summed RSS, the build process's own peak (``getrusage``
+to the end of ``build()``, or the samples when higher), the largest worker's, and the peaks of
+the tree and of the build process per phase (start-up, plan, process, release, report).
 
-Every process runs numeric libraries single-threaded (``OPENBLAS_NUM_THREADS=1`` and friends,
-set before numpy loads; Beam's workers pin them too), so one process is one core. The figures
-go to ``--results`` (the "Scaling" section between markers; other sections are kept) and to
-``<out>/bench_scale.json``.
+Numeric libraries run single-threaded in every process (``OPENBLAS_NUM_THREADS=1`` etc.): one
+process is one core. Figures go to ``--results`` (this benchmark's sections between markers;
+others kept) and to ``<out>/bench_scale.json`` (``bench_scale_cluster.json``).
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ DEFAULT_OUT = REPO / "build" / "bench"
 DEFAULT_RESULTS = REPO / "benchmarks" / "RESULTS.md"
 START = "<!-- bench_scale:start -->"
 END = "<!-- bench_scale:end -->"
+CLUSTER_MARKERS = ("<!-- bench_scale_cluster:start -->", "<!-- bench_scale_cluster:end -->")
+WARM = "import geodelta.pipelines.engines.beam, geodelta.pipelines.stages.worker"
 
 #: Linear AOI scales (area 1x, 3x, 9x: 75, 240, 797 cells); the catalog is written at the largest.
 DEFAULT_SCALES = (1.0, 1.73, 3.0)
@@ -90,12 +93,7 @@ def aoi_bbox(scale: float) -> list[float]:
     half_w = (DEMO_AOI[2] - DEMO_AOI[0]) / 2 * scale
     half_h = (DEMO_AOI[3] - DEMO_AOI[1]) / 2 * scale
     lon, lat = CENTRE
-    return [
-        round(lon - half_w, 9),
-        round(lat - half_h, 9),
-        round(lon + half_w, 9),
-        round(lat + half_h, 9),
-    ]
+    return [round(v, 9) for v in (lon - half_w, lat - half_h, lon + half_w, lat + half_h)]
 
 
 def overrides(catalog: Path, aoi: list[float], release: Path, workers: int) -> dict[str, Any]:
@@ -125,7 +123,8 @@ def _driver_build(args: dict[str, Any]) -> dict[str, Any]:
 
     result = build(cfg, mode="overwrite", progress=False, keep_staging=True, on_stage=on_stage)
     marks["end"] = time.time()
-    cells_dir = Path(result.release_dir) / ".staging" / "cells"
+    staging = args.get("staging") or Path(result.release_dir) / ".staging"
+    cells_dir = Path(staging) / "cells"
     markers = sorted(p.stat().st_mtime for p in cells_dir.glob("*.json"))
     # RUSAGE_CHILDREN's ru_maxrss is no measure of the workers: a child forked from this
     # process inherits this process's high-water mark until it execs, so it reads as this
@@ -151,10 +150,11 @@ class TreeSampler:
     machine is the costly part); their RSS is read at every sample.
     """
 
-    def __init__(self, pid: int, every: float = SAMPLE_EVERY_S) -> None:
+    def __init__(self, pid: int, every: float = SAMPLE_EVERY_S, extra: Sequence[int] = ()) -> None:
         import psutil
 
         self.root = psutil.Process(pid)
+        self.extra = [psutil.Process(p) for p in extra]  # workers that are not its children
         self.every = every
         #: (epoch seconds, summed RSS of the tree, RSS of the root, CPU seconds of the root)
         self.samples: list[tuple[float, int, int, float]] = []
@@ -176,7 +176,7 @@ class TreeSampler:
         while not self._stop.is_set():
             if tick % 10 == 0:
                 with contextlib.suppress(psutil.Error):
-                    children = self.root.children(recursive=True)
+                    children = self.root.children(recursive=True) + self.extra
             tick += 1
             try:
                 main = self.root.memory_info().rss
@@ -201,14 +201,15 @@ class TreeSampler:
         self._thread.join()
 
 
-def run_build(args: dict[str, Any]) -> dict[str, Any]:
-    """Run one build in a fresh Python process; its figures, wall time and memory samples."""
+def run_build(args: dict[str, Any], workers: Sequence[int] = ()) -> dict[str, Any]:
+    """Run one build in a fresh Python process; its figures, wall time and memory samples
+    (of the process, its children and the ``workers`` pids: a Dask cluster's)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "_build", json.dumps(args)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t_start = time.time()
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    sampler = TreeSampler(proc.pid)
+    sampler = TreeSampler(proc.pid, extra=workers)
     stdout, stderr = proc.communicate()
     wall = time.perf_counter() - t
     sampler.stop()
@@ -392,6 +393,10 @@ def _cpu_per_tile(run: dict[str, Any]) -> float:
 
 def _ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def targets(series: Sequence[dict[str, Any]], one_worker: dict[str, Any]) -> dict[str, Any]:
@@ -580,12 +585,13 @@ def render(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(path: Path, section: str) -> None:
-    """Replace the section between this benchmark's markers in ``path`` (or append it)."""
+def write_results(path: Path, section: str, markers: tuple[str, str] = (START, END)) -> None:
+    """Replace the section between ``markers`` in ``path`` (or append it)."""
     text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
+    start, end = markers
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
         text = head + section.rstrip("\n") + tail
     else:
         text = text.rstrip("\n") + "\n\n" + section
@@ -619,6 +625,69 @@ NOTES: list[str] = [
 
 
 # --------------------------------------------------------------------------------------------
+# --cluster: the cells on a multi-process Dask cluster
+
+
+def cluster_run(catalog: Path, scale: float, workers: int, out: Path) -> dict[str, Any]:
+    """One build on a fresh, warmed cluster of ``workers`` processes (tests/dask_cluster.py)."""
+    from distributed import Client
+
+    sys.path.insert(0, str(REPO))
+    from tests.dask_cluster import dask_cluster
+
+    base = out / f"cluster-scale{scale:g}-w{workers}"
+    shutil.rmtree(base, ignore_errors=True)
+    ov = overrides(catalog, aoi_bbox(scale), base / "release", workers)
+    ov["catalog"] = {"url": Path(catalog).as_uri()}  # workers are told where, by URL
+    ov["output"]["staging"] = (base / "staging").as_uri()
+    with dask_cluster(base / "cluster", workers) as cluster, Client(cluster.address) as client:
+        client.run(exec, WARM)  # what a task imports, imported before the build
+        ov["runner"] = {"name": "dask", "dask_address": cluster.address, "workers": workers}
+        args = {"overrides": ov, "staging": str(base / "staging")}
+        run = run_build(args, workers=[w.proc.pid for w in cluster.workers])
+    run.update(scale=scale, workers=workers)
+    run["process_s"] = run["marks"]["release"] - run["marks"]["process"]
+    return run
+
+
+def render_cluster(res: dict[str, Any]) -> str:
+    """The "Dask cluster" section of RESULTS.md."""
+    one, two = res["runs"]
+    speedup = one["process_s"] / two["process_s"]
+    cpu_estimate = _ratio(sum(one["cpu"]["workers_s"]), max(two["cpu"]["workers_s"], default=0))
+    m = res["machine"]
+    lines = [
+        CLUSTER_MARKERS[0],
+        "## Scaling on a multi-process Dask cluster (1 vs 2 workers)",
+        "",
+        f"Command: `{res['command']}`  ",
+        f"Date: {res['date']}; {m['cores']} cores, {m['cpu']}; load average at start "
+        f"{res['load_start']}, at end {res['load_end']} (a shared machine: other jobs ran too)",
+        "",
+        "`dask scheduler` + `dask worker` processes (one thread each, no nanny, own folders; "
+        "warmed: modules imported before the build), `geodelta build --runner dask "
+        f"--dask-address tcp://...`, catalog and staging as `file://` URLs, demo AOI scale "
+        f"{one['scale']:g}. Cells = the process phase: plan done to every cell committed (the "
+        "Beam-on-Dask job end to end; its markers come in bursts, one per partition).",
+        "",
+        "| workers | cells | tiles | wall s | cells s | tiles/s on cells | worker CPU s |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in res["runs"]:
+        lines.append(
+            f"| {r['workers']} | {r['cells']} | {r['samples']} | {r['wall_s']:.1f} | "
+            f"{r['process_s']:.1f} | {r['samples'] / r['process_s']:.2f} | "
+            f"{', '.join(f'{c:.1f}' for c in r['cpu']['workers_s']) or '-'} |"
+        )
+    lines += [
+        "",
+        f"2 workers / 1 worker on the cells: **{speedup:.2f}x** (target >= {TARGET_SPEEDUP}: "
+        f"{_verdict(speedup >= TARGET_SPEEDUP)}); end to end {two['tiles_s'] / one['tiles_s']:.2f}x"
+        f"; from CPU time (1 worker's CPU / the busiest of 2's: what two free cores would give) "
+        f"{cpu_estimate:.2f}x.",
+        CLUSTER_MARKERS[1],
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -633,12 +702,13 @@ def main(argv: list[str] | None = None) -> int:
         help="linear AOI scales, smallest first (default: 1,1.73,3)",
     )
     parser.add_argument("--repeat", type=int, default=1, help="builds per setting (median)")
+    parser.add_argument("--cluster", action="store_true", help="1 vs 2 Dask cluster workers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="work folder")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results file")
     args = parser.parse_args(argv)
     scales = args.scales or (QUICK_SCALES if args.quick else DEFAULT_SCALES)
-    if list(scales) != sorted(scales) or len(scales) < 2:
+    if list(scales) != sorted(scales) or len(scales) < (1 if args.cluster else 2):
         parser.error("--scales: at least two, smallest first")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -653,6 +723,21 @@ def main(argv: list[str] | None = None) -> int:
     catalog, _, gen_s = bench_build.demo_catalog(out, args.seed, catalog_scale)
     if gen_s:
         say(f"catalog written in {gen_s:.0f} s (not timed)")
+
+    argv_used = argv if argv is not None else sys.argv[1:]
+    command = " ".join(["python benchmarks/bench_scale.py", *argv_used])
+    if args.cluster:
+        say(f"Dask cluster builds, AOI scale {catalog_scale:g}: 1 worker, then 2")
+        runs = [cluster_run(catalog, catalog_scale, w, out) for w in (1, 2)]
+        say(f"cells: {runs[0]['process_s']:.1f} s (1 worker), {runs[1]['process_s']:.1f} s (2)")
+        if runs[0]["samples"] != runs[1]["samples"]:
+            raise RuntimeError("the 1- and 2-worker builds made different numbers of samples")
+        res = {"command": command, "runs": runs, "machine": bench_build.machine()}
+        res.update(load_start=load_start, load_end=bench_build._load(), date=_now())
+        (out / "bench_scale_cluster.json").write_text(json.dumps(res, indent=2, default=str))
+        write_results(args.results, render_cluster(res), CLUSTER_MARKERS)
+        say(f"wrote {args.results}")
+        return 0
 
     def measure(scale: float, workers: int) -> dict[str, Any]:
         release = out / f"release-scale{scale:g}-w{workers}"
@@ -676,12 +761,9 @@ def main(argv: list[str] | None = None) -> int:
     if one_worker["samples"] != series[-1]["samples"]:
         raise RuntimeError("the 1- and 2-worker builds made different numbers of samples")
 
-    argv_used = argv if argv is not None else sys.argv[1:]
     res = {
-        "command": "python benchmarks/bench_scale.py"
-        + ("" if not argv_used else " ")
-        + " ".join(argv_used),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": command,
+        "date": _now(),
         "machine": bench_build.machine(),
         "load_start": load_start,
         "load_end": bench_build._load(),

@@ -51,10 +51,11 @@ quality report) -> `validate` (`geodelta verify`) -> `train_reference` (referenc
 the config's `gate` section fails; the log names the metric, e.g. `gate: masks.f1 = 0.12, 0.31
 below the previous release 0.43 (gate.rules[0] max_drop 0.05)`.
 
-**Idempotence.** Every cell's outcome lands in the release's staging area (`<output.dir>/.staging`,
-or the local work folder of a URL output) with a completion marker (written atomically); a
-retried or re-run build task skips the cells already marked, so nothing is produced twice; a
-staging area of another config is refused. `release` rewrites the release from the staging
+**Idempotence.** Every cell's outcome lands in the release's staging area (`output.staging`: a
+folder or an object-store URL such as `s3://bucket/staging/demo`, which build tasks on any worker
+reach; by default `<output.dir>/.staging`, or the local work folder of a URL output) with a
+completion marker (written atomically, last); a retried or re-run build task skips the cells
+already marked, so nothing is produced twice; a staging area of another config is refused. `release` rewrites the release from the staging
 area (same bytes every time) and uploads it when `output.dir` is a URL (`s3://`, `gs://`...);
 `train_reference` is skipped when this version is already published from this config (and,
 like `publish`, for a URL output: both work on a local release folder);

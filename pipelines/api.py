@@ -45,6 +45,7 @@ from geodelta.pipelines.release.publish import latest_release
 from geodelta.pipelines.release.publish import promote_reference as promote
 from geodelta.pipelines.release.qa_balance import format_balance
 from geodelta.pipelines.release.upload import OutputError, is_url, verify_url
+from geodelta.pipelines.stages.estimate import BudgetError, Estimate
 from geodelta.pipelines.stages.plan import PlanCount, PlanError
 from geodelta.pipelines.training.reference import ReferenceError, reference_config
 from geodelta.pipelines.training.shards import ShardError
@@ -67,6 +68,7 @@ __all__ = [
     "MANIFEST",
     "STAGING",
     "BreakerError",
+    "BudgetError",
     "BuildConfig",
     "BuildError",
     "BuildResult",
@@ -74,6 +76,7 @@ __all__ = [
     "CellsResult",
     "ConfigError",
     "EmptyReleaseError",
+    "Estimate",
     "GateError",
     "GeodeltaError",
     "IncompleteBuildError",
@@ -90,9 +93,11 @@ __all__ = [
     "build",
     "build_cells",
     "cell_groups",
+    "check_budget",
     "check_build",
     "check_config",
     "check_gate",
+    "estimate",
     "evaluate_baseline",
     "format_balance",
     "format_rules",
@@ -202,7 +207,7 @@ def write_plan(cfg: BuildConfig, out: str | Path) -> int:
     Raises:
         PlanError: the grid or the AOI cannot be planned.
     """
-    from geodelta.pipelines.stages.plan import write_plan as write
+    from geodelta.pipelines.stages.plan_parquet import write_plan as write
 
     return write(cfg, out)
 
@@ -228,12 +233,13 @@ def cell_groups(cfg: BuildConfig, cells_per_task: int) -> list[list[str]]:
 
 
 def search(
-    cfg: BuildConfig, *, max_cells: int | None = 20, read_clear: bool = False
+    cfg: BuildConfig, *, max_cells: int | None = None, read_clear: bool = False
 ) -> SearchReport:
     """Dry run of search and pairing: per cell the candidates, the chosen pair, bytes to read.
 
-    ``max_cells``: cells to search (None = every planned one); ``read_clear``: read the
-    classification band for pixel-level clear fractions.
+    ``max_cells``: cells to search, evenly spaced in plan order (None = every planned one;
+    the report says when it sampled); ``read_clear``: read the classification band for
+    pixel-level clear fractions, so paired and quarantined counts are the build's.
 
     Raises:
         PlanError: the plan fails. CatalogError: the catalog cannot be searched.
@@ -241,6 +247,44 @@ def search(
     from geodelta.pipelines.stages.search import dry_run
 
     return dry_run(cfg, max_cells=max_cells, read_clear=read_clear)
+
+
+def estimate(cfg: BuildConfig, *, sample_catalog: bool = True) -> Estimate:
+    """What a build of ``cfg`` will cost, before any work (``geodelta plan --estimate``).
+
+    Cells (exact, counted without cell objects), plan blocks and STAC searches, bytes to read
+    (cell windows at native resolution and, where the catalog can be read, the COG tiles of a
+    sampled item), CPU-hours at the per-tile cost ``benchmarks/bench_build.py`` measured, the
+    output size, the LLM tokens and dollars at the configured prices, and the ``budget``
+    limits exceeded; every figure an estimate with its basis (``Estimate.lines()``,
+    ``Estimate.as_dict()``).
+
+    ``sample_catalog``: read a sampled item's headers (False: the config alone, no network).
+
+    Raises:
+        PlanError: the grid or the AOI cannot be planned.
+    """
+    from geodelta.pipelines.stages.estimate import estimate as run
+    from geodelta.sources.profiles import apply_defaults
+
+    return run(apply_defaults(cfg), sample_catalog=sample_catalog)
+
+
+def check_budget(cfg: BuildConfig) -> Estimate:
+    """Refuse a build whose estimate exceeds a ``budget`` limit (what :func:`build` checks
+    first unless ``confirm``): counts the cells, reads nothing, no network.
+
+    Returns:
+        The estimate, within every limit.
+
+    Raises:
+        BudgetError: one line naming each limit exceeded (count, estimate, limit, key) and
+            ``--yes``. PlanError: the grid or the AOI cannot be planned.
+    """
+    from geodelta.pipelines.stages.estimate import check_budget as check
+    from geodelta.sources.profiles import apply_defaults
+
+    return check(apply_defaults(cfg))
 
 
 def preflight(cfg: BuildConfig) -> list[str]:
@@ -312,8 +356,14 @@ def build(
     keep_staging: bool = False,
     on_stage: Callable[[str], None] | None = None,
     previous: str | Path | None = None,
+    confirm: bool = False,
 ) -> BuildResult:
     """Build the release a config describes: plan, stages, release, report (and upload).
+
+    First, before any work and without writing anything, the estimate is compared with the
+    config's ``budget`` limits (:func:`check_budget`); ``confirm`` builds anyway (``--yes``).
+    A ``resume`` of a build of this config that has started (its staging area is stamped, e.g.
+    by :func:`build_cells`) is not asked again.
 
     Args:
         cfg: the validated build config.
@@ -324,11 +374,13 @@ def build(
             whole local work folder).
         on_stage: called with each top-level stage name as it starts (for logs and tests).
         previous: an earlier release the report diffs against.
+        confirm: go ahead even when the estimate exceeds a ``budget`` limit.
 
     Returns:
         The release directory, its manifest and timings.
 
     Raises:
+        BudgetError: the estimate exceeds a ``budget`` limit and not ``confirm``.
         BuildError: see :func:`check_build`; no whole cell in the AOI; cells without an
             outcome after the run (IncompleteBuildError).
         OutputError: the URL target cannot be written.
@@ -342,6 +394,7 @@ def build(
         keep_staging=keep_staging,
         on_stage=on_stage,
         previous=previous,
+        confirm=confirm,
     )
 
 

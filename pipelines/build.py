@@ -15,15 +15,14 @@ import json
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from geodelta import __version__
-from geodelta._io import write_atomic
 from geodelta.errors import BuildError, GeodeltaError
-from geodelta.pipelines.engines.run import check_runner
+from geodelta.pipelines.engines.run import check_remote, check_runner
 from geodelta.pipelines.release.layout import MANIFEST, STAGING, Mode, read_manifest
 from geodelta.pipelines.release.upload import is_url, shown
 from geodelta.schemas import BuildConfig, ReleaseManifest, TileJob
@@ -126,26 +125,86 @@ def plan(cfg: BuildConfig) -> list[TileJob]:
     return plan_jobs(apply_defaults(cfg))
 
 
+def _no_cells() -> BuildError:
+    return BuildError(
+        "the AOI holds no whole cell; enlarge aoi, reduce grid.cell_size_px or set grid.keep: "
+        "intersects"
+    )
+
+
 def planned(cfg: BuildConfig) -> list[TileJob]:
     """:func:`plan`, refusing an AOI that holds no whole cell (:class:`BuildError`)."""
     jobs = plan(cfg)
     if not jobs:
-        raise BuildError(
-            "the AOI holds no whole cell; enlarge aoi, reduce grid.cell_size_px or set grid.keep: "
-            "intersects"
-        )
+        raise _no_cells()
     return jobs
 
 
+def _first_job(cfg: BuildConfig) -> TileJob:
+    """The plan's first cell (in cell-id order), planning no other column of cells."""
+    from geodelta.pipelines.stages.blocks import job_of
+    from geodelta.pipelines.stages.plan import iter_cells
+
+    for cell_id, _, region in iter_cells(cfg):
+        return job_of(cfg, cell_id, region)
+    raise _no_cells()
+
+
 def preflight(cfg: BuildConfig) -> list[str]:
-    """The checks of :func:`geodelta.pipelines.api.preflight`: the plan, then the sources."""
+    """The checks of :func:`geodelta.pipelines.api.preflight`: the plan (counted, not built),
+    then the sources."""
+    from geodelta.pipelines.stages.plan import count_cells
     from geodelta.sources.preflight import check_sources
     from geodelta.sources.profiles import apply_defaults
 
     cfg = apply_defaults(cfg)
-    jobs = planned(cfg)
-    lines = [f"aoi: {len(jobs)} cells planned (first {jobs[0].cell_id})"]
-    return lines + check_sources(cfg, jobs[0])
+    first = _first_job(cfg)
+    lines = [f"aoi: {count_cells(cfg).total} cells planned (first {first.cell_id})"]
+    return lines + check_sources(cfg, first)
+
+
+def _todo_blocks(
+    cfg: BuildConfig, done: Collection[str], wanted: Collection[str] | None = None
+) -> tuple[list[Any], int, set[str]]:
+    """The plan's blocks (:mod:`~geodelta.pipelines.stages.blocks`) without the ``done`` cells,
+    the number of planned cells, and (given ``wanted``) the ids found in the plan.
+
+    Streams the plan (one block column at a time); holds one record per block left to run, never
+    one per cell. ``wanted``: only those cells (the blocks holding none are skipped unexpanded).
+    """
+    from geodelta.pipelines.stages.blocks import CellBlock, iter_blocks, restrict
+    from geodelta.pipelines.stages.plan import parse_cell_id
+
+    bc = cfg.runner.block_cells
+    places: set[tuple[int, bool, int, int]] | None = None
+    keep = set(wanted or ())
+    if wanted is not None:
+        places = set()
+        for cell_id in keep:
+            try:
+                c = parse_cell_id(cell_id)
+            except ValueError:
+                continue  # not a cell id: reported as not in the plan
+            places.add((c.zone, c.north, c.col // bc, c.row // bc))
+    todo: list[Any] = []
+    cells = 0
+    found: set[str] = set()
+    for whole in iter_blocks(cfg):
+        block: CellBlock | None = whole
+        if places is not None:
+            if (whole.zone, whole.north, whole.bcol, whole.brow) not in places:
+                continue
+            block = restrict(whole, keep.__contains__)
+        if block is None:
+            continue
+        if places is not None:
+            found.update(block.cell_ids())
+        cells += block.cells
+        if done:
+            block = restrict(block, lambda c: c not in done)
+        if block is not None:
+            todo.append(block)
+    return todo, cells, found
 
 
 # -- build ------------------------------------------------------------------------------------
@@ -203,17 +262,67 @@ def _release_dir(cfg: BuildConfig) -> tuple[Path, str | None]:
     return work_dir_for(cfg, dest), dest
 
 
-def _stamp_hash(staging: Path) -> str | None:
-    """The config hash a staging area was made from (None: no stamp yet)."""
-    stamp = staging / "config.json"
-    if not stamp.exists():
-        return None
-    return str(json.loads(stamp.read_text()).get("config_hash"))
+def _staging_root(cfg: BuildConfig, build_dir: Path) -> str | Path:
+    """Where a build's staging area is: ``output.staging`` (a local folder or a URL), else
+    ``.staging/`` in the folder the release is assembled in (``build_dir``)."""
+    if cfg.output.staging is None:
+        return build_dir / STAGING
+    where = cfg.resolve(cfg.output.staging)
+    return where if is_url(where) else Path(where)
+
+
+def _stamp_hash(staging: str | Path) -> str | None:
+    """The config hash a staging area (a folder or a URL) was made from (None: no stamp yet).
+    Creates nothing."""
+    from geodelta.pipelines.release.staging import STAMP_FILE, Staging, local_root
+
+    local = local_root(staging)
+    if local is None:
+        raw = Staging(staging).get_file(STAMP_FILE)
+    else:
+        raw = (local / STAMP_FILE).read_bytes() if (local / STAMP_FILE).is_file() else None
+    return None if raw is None else str(json.loads(raw).get("config_hash"))
+
+
+def _check_stores(cfg: BuildConfig) -> None:
+    """Refuse an object store that does not answer (or lacks the bucket) for ``output.dir`` or
+    ``output.staging``: one line naming the URL, before any work."""
+    from geodelta.pipelines.release.upload import check_reachable
+
+    dest = output_location(cfg)
+    if is_url(dest):
+        check_reachable(dest, "output.dir")
+    if cfg.output.staging is not None and is_url(cfg.output.staging):
+        check_reachable(cfg.resolve(cfg.output.staging), "output.staging")
+
+
+def _places(cfg: BuildConfig) -> list[str | Path]:
+    """The locations a build locks besides its local release folder: ``output.staging`` when
+    set, and the release URL (a lease on an object store, a flock beside a local folder)."""
+    out: list[str | Path] = []
+    if cfg.output.staging is not None:
+        out.append(_staging_root(cfg, Path()))
+    dest = output_location(cfg)
+    if is_url(dest):
+        out.append(dest)
+    return out
+
+
+def _drop_staging(cfg: BuildConfig, staging_root: str | Path) -> None:
+    """Remove a finished build's staging area (``output.staging``: only what a build writes)."""
+    from geodelta.pipelines.release.staging import Staging
+
+    if cfg.output.staging is None:
+        shutil.rmtree(staging_root, ignore_errors=True)
+    else:
+        Staging(staging_root).remove()
 
 
 def check_build(cfg: BuildConfig, mode: Mode = "fresh") -> None:
     """What :func:`geodelta.pipelines.api.check_build` refuses (see there); writes nothing."""
     check_runner(cfg)
+    check_remote(cfg)  # a remote engine: staging and catalog at URLs, the scheduler answers
+    _check_stores(cfg)
     release_dir, url = _release_dir(cfg)
     if url is not None:
         from geodelta.pipelines.release.upload import check_target
@@ -228,10 +337,17 @@ def check_build(cfg: BuildConfig, mode: Mode = "fresh") -> None:
             f"{release_dir} is not empty; pass --resume to finish an interrupted build of the same "
             "config, or --overwrite to rebuild from scratch"
         )
-    built_from = _stamp_hash(release_dir / STAGING)
+    staging = _staging_root(cfg, release_dir)
+    built_from = _stamp_hash(staging)
+    if mode == "fresh" and cfg.output.staging is not None and built_from is not None:
+        raise BuildError(
+            f"output.staging {shown(str(staging))} holds the staging area of a build (config hash "
+            f"{built_from[:12]}); pass --resume to finish it, or --overwrite to clear it and "
+            "rebuild"
+        )
     if mode == "resume" and built_from is not None and built_from != cfg.config_hash():
         raise BuildError(
-            f"{release_dir / STAGING} was made from another config (hash {built_from[:12]}, now "
+            f"{shown(str(staging))} was made from another config (hash {built_from[:12]}, now "
             f"{cfg.config_hash()[:12]}); use --overwrite to rebuild"
         )
     if mode == "resume" and built_from is None and (release_dir / MANIFEST).is_file():
@@ -254,19 +370,24 @@ def _build_dir(release_dir: Path, mode: Mode) -> Path:
     return release_dir
 
 
-def _prepare(release_dir: Path, cfg: BuildConfig, mode: Mode) -> Path:
-    """Clear the folder a build writes (``overwrite``), then stamp its staging area.
+def _prepare(release_dir: Path, cfg: BuildConfig, mode: Mode) -> str | Path:
+    """Clear the folder a build writes and an ``output.staging`` area (``overwrite``), then
+    stamp the staging area; returns its root (a folder or a URL).
 
     ``release_dir`` is the folder the build writes (see :func:`_build_dir`); :func:`check_build`
     has refused what cannot go ahead.
     """
+    from geodelta.pipelines.release.staging import STAMP_FILE, Staging
+
     if mode == "overwrite" and release_dir.exists():
         shutil.rmtree(release_dir)
-    staging = release_dir / STAGING
-    staging.mkdir(parents=True, exist_ok=True)
+    root = _staging_root(cfg, release_dir)
+    staging = Staging(root)
+    if mode == "overwrite" and cfg.output.staging is not None:
+        staging.clear()
     stamp = {"config_hash": cfg.config_hash(), "code_version": __version__}
-    write_atomic(staging / "config.json", json.dumps(stamp))
-    return staging
+    staging.put_file(STAMP_FILE, json.dumps(stamp))
+    return root
 
 
 def _trusted_done(staging: Any, cell_ids: Collection[str] | None = None) -> set[str]:
@@ -282,24 +403,44 @@ def _trusted_done(staging: Any, cell_ids: Collection[str] | None = None) -> set[
     return set(staging.done_cells())
 
 
-def _check_done(staging: Any, cell_ids: Collection[str], retry: str = "--resume") -> None:
-    missing = set(cell_ids) - staging.done_cells()
+def _check_done(staging: Any, cell_ids: Iterable[str], retry: str = "--resume") -> None:
+    """Refuse a run that left cells of ``cell_ids`` (a stream, in cell-id order, or a set)
+    without a completion marker. Holds the set of done cell ids (one string per done cell),
+    never the plan."""
+    done = staging.done_cells()
+    missing = 0
+    examples: list[str] = []
+    for cell_id in cell_ids:
+        if cell_id not in done:
+            missing += 1
+            examples = sorted([*examples, cell_id])[:3]
     if missing:
         raise IncompleteBuildError(
-            f"{len(missing)} cells have no outcome after the run (e.g. {sorted(missing)[:3]}); "
+            f"{missing} cells have no outcome after the run (e.g. {examples}); "
             f"re-run with {retry}"
         )
 
 
+def _plan_ids(cfg: BuildConfig) -> Iterator[str]:
+    """The planned cell ids, streamed in cell-id order."""
+    from geodelta.pipelines.stages.plan import iter_cells
+
+    return (cell_id for cell_id, _, _ in iter_cells(cfg))
+
+
 def build_cells(cfg: BuildConfig, cells: Collection[str]) -> CellsResult:
     """Some planned cells into the staging area: see :func:`geodelta.pipelines.api.build_cells`."""
-    from geodelta.pipelines.release.lock import hold_output
+    from geodelta.pipelines.release.lock import hold_output, hold_place
     from geodelta.sources.profiles import apply_defaults
 
     cfg = apply_defaults(cfg)
     _register_secrets(cfg)
     check_runner(cfg)
-    with hold_output(_release_dir(cfg)[0], shared=True):  # cell tasks side by side, no build
+    _check_stores(cfg)  # before a lease is taken there
+    with contextlib.ExitStack() as held:  # cell tasks side by side, no build
+        held.enter_context(hold_output(_release_dir(cfg)[0], shared=True))
+        for place in _places(cfg):
+            held.enter_context(hold_place(place, shared=True))
         return _build_cells(cfg, cells)
 
 
@@ -313,18 +454,18 @@ def _build_cells(cfg: BuildConfig, cells: Collection[str]) -> CellsResult:
     staging_root = _prepare(release_dir, cfg, "resume")
     staging = Staging(staging_root)
     wanted = set(cells)
-    jobs = [j for j in planned(cfg) if j.cell_id in wanted]
-    if len(jobs) != len(wanted):
+    _, _, found = _todo_blocks(cfg, (), wanted)
+    if len(found) != len(wanted):
         raise BuildError(
-            f"{len(wanted) - len(jobs)} of the cells are not in the plan (e.g. "
-            f"{sorted(wanted - {j.cell_id for j in jobs})[:3]}); the config changed since they "
-            "were planned"
+            f"{len(wanted) - len(found)} of the cells are not in the plan (e.g. "
+            f"{sorted(wanted - found)[:3]}); the config changed since they were planned"
         )
     done = _trusted_done(staging, wanted)
-    todo = [j for j in jobs if j.cell_id not in done]
+    todo, _, _ = _todo_blocks(cfg, done, wanted)
+    n_todo = sum(block.cells for block in todo)
     counts = run_cells(todo, cfg, staging_root, code_version=__version__)
     _check_done(staging, wanted)
-    return CellsResult(len(jobs), len(todo), len(jobs) - len(todo), counts.rows())
+    return CellsResult(len(found), n_todo, len(found) - n_todo, counts.rows())
 
 
 def build(
@@ -335,18 +476,35 @@ def build(
     keep_staging: bool = False,
     on_stage: Callable[[str], None] | None = None,
     previous: str | Path | None = None,
+    confirm: bool = False,
 ) -> BuildResult:
     """Build the release a config describes: see :func:`geodelta.pipelines.api.build`."""
-    from geodelta.pipelines.release.lock import hold_output, restore_swapped
+    from geodelta.pipelines.release.lock import hold_output, hold_place, restore_swapped
     from geodelta.sources.profiles import apply_defaults
 
     cfg = apply_defaults(cfg)  # keys left out of the file, from the collections' profiles
     _register_secrets(cfg)
     check_runner(cfg)
+    if not confirm and not _resuming(cfg, mode):  # the budget, before anything is written
+        from geodelta.pipelines.stages.estimate import check_budget
+
+        check_budget(cfg)
+    _check_stores(cfg)  # before a lease is taken there
     release_dir, _ = _release_dir(cfg)
-    with hold_output(release_dir):  # one build per output folder
+    with contextlib.ExitStack() as held:  # one build per output folder (and staging area)
+        held.enter_context(hold_output(release_dir))
+        for place in _places(cfg):
+            held.enter_context(hold_place(place))
         restore_swapped(release_dir)  # an --overwrite that died between its two renames
         return _build(cfg, mode, progress, keep_staging, on_stage, previous)
+
+
+def _resuming(cfg: BuildConfig, mode: Mode) -> bool:
+    """``resume`` of a build of this config that has started (its staging area is stamped):
+    the budget was accepted when it started (an orchestrator's cell tasks, or ``--yes``)."""
+    if mode != "resume":
+        return False
+    return _stamp_hash(_staging_root(cfg, _release_dir(cfg)[0])) == cfg.config_hash()
 
 
 def _build(
@@ -382,14 +540,16 @@ def _build(
 
     stage("plan")
     t = time.perf_counter()
-    jobs = planned(cfg)
     done = _trusted_done(staging) if mode == "resume" else set()
-    todo = [j for j in jobs if j.cell_id not in done]
+    todo, n_cells, _ = _todo_blocks(cfg, done)  # blocks, expanded into cells on the workers
+    if not n_cells:
+        raise _no_cells()
+    n_todo = sum(block.cells for block in todo)
     timings["plan"] = time.perf_counter() - t
 
     stage("process")
     t = time.perf_counter()
-    with Progress(progress, "cells", len(jobs), len(jobs) - len(todo)) as bar:
+    with Progress(progress, "cells", n_cells, n_cells - n_todo) as bar:
         # Beam's workers report nothing back while they run: poll the completion markers.
         watcher = Watcher(staging, bar) if cfg.runner.name != "inprocess" else None
         try:
@@ -405,8 +565,8 @@ def _build(
             if watcher is not None:
                 watcher.stop()
         bar.set(len(staging.done_cells()))
-    _check_done(staging, {j.cell_id for j in jobs}, retry)
-    _refuse_empty(staging, len(jobs), retry)
+    _check_done(staging, _plan_ids(cfg), retry)
+    _refuse_empty(staging, n_cells, retry)
     timings["process"] = time.perf_counter() - t
 
     stage("release")
@@ -415,7 +575,7 @@ def _build(
     if not sum(manifest.splits.values()):  # every staged sample was dropped while sharding
         where = f"{build_dir} holds none; verify and release refuse it"
         raise EmptyReleaseError(
-            _empty_message(Counter(manifest.quarantined), {}, len(jobs), where, retry)
+            _empty_message(Counter(manifest.quarantined), {}, n_cells, where, retry)
         )
     timings["release"] = time.perf_counter() - t
 
@@ -427,7 +587,7 @@ def _build(
         from geodelta.pipelines.release.lock import swap_in
 
         swap_in(build_dir, release_dir)
-        staging_root = release_dir / STAGING
+        staging_root = _staging_root(cfg, release_dir)
 
     if url is not None:
         from geodelta.pipelines.release.upload import upload_release
@@ -437,17 +597,19 @@ def _build(
         upload_release(release_dir, url)  # raises before the work folder is removed
         timings["upload"] = time.perf_counter() - t
         if not keep_staging:
+            if cfg.output.staging is not None:
+                _drop_staging(cfg, staging_root)
             shutil.rmtree(release_dir, ignore_errors=True)
             if cfg.output.work_dir is None:  # the default .geodelta-work/, once it is empty
                 with contextlib.suppress(OSError):
                     release_dir.parent.rmdir()
     elif not keep_staging:
-        shutil.rmtree(staging_root, ignore_errors=True)
+        _drop_staging(cfg, staging_root)
     return BuildResult(
         release_dir=release_dir,
         manifest=manifest,
-        cells=len(jobs),
-        resumed_cells=len(jobs) - len(todo),
+        cells=n_cells,
+        resumed_cells=n_cells - n_todo,
         seconds=time.perf_counter() - t_start,
         stage_seconds=timings,
         url=None if url is None else shown(url),
@@ -468,7 +630,10 @@ def space_note(path: str | Path | None, cfg: BuildConfig | None = None) -> str:
     if cfg is None:
         return f"{free}; free space there, then run again"
     try:
-        cells = len(plan(cfg))
+        from geodelta.pipelines.stages.plan import count_cells
+        from geodelta.sources.profiles import apply_defaults
+
+        cells = count_cells(apply_defaults(cfg)).total
     except GeodeltaError:
         cells = 0
     side = cfg.grid.cell_size_px  # a sample per cell: both dates' bands (16 bit), RGB, masks

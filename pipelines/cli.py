@@ -124,15 +124,16 @@ def _print_summary(result: api.BuildResult) -> None:
     console.print(table)
 
 
-def _run_build(cfg: Any, mode: str, progress: bool) -> Any:
+def _run_build(cfg: Any, mode: str, progress: bool, confirm: bool = False) -> Any:
     try:
         return api.build(
             cfg,
             mode=mode,  # type: ignore[arg-type]
             progress=progress,
             on_stage=(lambda name: _say(name, "> ", "bold cyan")) if progress else None,
+            confirm=confirm,
         )
-    except (api.BreakerError, api.EmptyReleaseError) as exc:  # a failed result, not a mistake
+    except (api.BreakerError, api.EmptyReleaseError, api.BudgetError) as exc:  # not a mistake
         raise _fail(str(exc), code=1) from None
     except GeodeltaError as exc:  # BuildError, PlanError, CatalogError, OutputError...
         raise _fail(str(exc)) from None
@@ -198,6 +199,12 @@ def build(
             "exit 0 when a build could start, 2 otherwise",
         ),
     ] = False,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes", help="Build even when the estimate exceeds a budget limit (budget section)"
+        ),
+    ] = False,
 ) -> None:
     """Build the release a config describes.
 
@@ -223,20 +230,22 @@ def build(
     _check_annotator(cfg)
     mode = "resume" if resume else "overwrite" if overwrite else "fresh"
     if check:
-        _check_only(cfg, mode)
+        _check_only(cfg, mode, yes)
         return
-    result = _run_build(cfg, mode, progress)
+    result = _run_build(cfg, mode, progress, confirm=yes)
     _print_summary(result)
     typer.echo(result.location)
 
 
-def _check_only(cfg: Any, mode: str) -> None:
+def _check_only(cfg: Any, mode: str, yes: bool) -> None:
     """``build --check``: the build's own refusals, run without building; one line per check."""
     for problem in api.check_config(cfg):
         console.print(f"[yellow]warning:[/] {problem}")
     try:
+        est = api.estimate(cfg, sample_catalog=False) if yes else api.check_budget(cfg)
         api.check_build(cfg, mode)  # type: ignore[arg-type]
-        lines = [f"output: {api.output_location(cfg)} can take a {mode} build"]
+        lines = [f"budget: {est.cells:,} cells" + (", --yes" if yes else ", within its limits")]
+        lines.append(f"output: {api.output_location(cfg)} can take a {mode} build")
         lines += api.preflight(cfg)
     except GeodeltaError as exc:
         raise _fail(str(exc)) from None
@@ -312,6 +321,7 @@ def demo(
     reference: Annotated[
         bool, typer.Option(help="Train the reference model on the release (train-reference)")
     ] = True,
+    yes: Annotated[bool, typer.Option("--yes", help="Build even over a budget limit")] = False,
 ) -> None:
     """Write the synthetic demo catalog, build a release from it, train the reference model on
     it, verify it."""
@@ -326,7 +336,7 @@ def demo(
     if scale != 1.0:
         overrides["aoi"] = {"bbox": list(cat.aoi_bbox)}
     cfg = _load(config, overrides)
-    result = _run_build(cfg, "overwrite", progress)
+    result = _run_build(cfg, "overwrite", progress, confirm=yes)
     _print_summary(result)
     if reference:
         _say("training the reference model (geodelta train-reference)")
@@ -479,10 +489,23 @@ def plan(
     out: Annotated[
         Path | None, typer.Option("--out", help="Stream the cells to this GeoParquet file")
     ] = None,
+    estimate: Annotated[
+        bool,
+        typer.Option(
+            "--estimate",
+            help="Estimate the build: cells, STAC searches, bytes read, CPU-hours, output "
+            "size, LLM tokens and USD, against the budget section (reads no pixel)",
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="--estimate as JSON")] = False,
 ) -> None:
     """List the cells a config plans, with their splits (reads no pixels)."""
     cfg = _load(config)
     try:  # PlanError
+        if estimate or as_json:
+            est = api.estimate(cfg)
+            typer.echo(json.dumps(est.as_dict(), indent=2) if as_json else "\n".join(est.lines()))
+            return
         if count:
             pc = api.plan_count(cfg)
             rows = [f"split {k}\t{n}" for k, n in pc.by_split.items()]
@@ -510,7 +533,9 @@ def search(
             help="Search and pair without reading imagery pixels (the only mode)",
         ),
     ] = True,
-    max_cells: Annotated[int, typer.Option(help="Cells to search (0 = all planned)")] = 20,
+    max_cells: Annotated[
+        int, typer.Option(help="Cells to search, evenly spaced (0 = every planned cell)")
+    ] = 0,
     read_clear: Annotated[
         bool,
         typer.Option(
@@ -532,18 +557,10 @@ def search(
     except GeodeltaError as exc:  # PlanError, CatalogError
         raise _fail(str(exc)) from None
     if as_json:
-        out = {
-            "cells_planned": report.cells_planned,
-            "clear_source": report.clear_source,
-            "estimated_bytes": report.estimated_bytes,
-            "truncated_searches": report.truncated_searches,
-            "cells": [c.as_dict() for c in report.cells],
-        }
-        typer.echo(json.dumps(out, indent=2))
+        typer.echo(json.dumps(report.as_dict(), indent=2))
         return
-    table = Table(
-        title=f"geodelta search --dry-run: {len(report.cells)} of {report.cells_planned} cells"
-    )
+    n, m = len(report.cells), report.cells_planned
+    table = Table(title=f"geodelta search --dry-run: {f'sampled {n} of {m}' if n < m else m} cells")
     for col in ("cell", "t0 / t1 scenes", "before (clear)", "after (clear)", "labels", "est. MB"):
         table.add_column(col)
 
@@ -573,18 +590,8 @@ def search(
         )
     stdout = Console()
     (stdout if stdout.is_terminal else Console(width=200)).print(table)
-    how = (
-        "scene-wide eo:cloud_cover estimates (the pixel-level fraction over each cell is computed "
-        "at build time; --read-clear reads it now)"
-        if report.clear_source == "scene_cloud_cover_estimate"
-        else "pixel-level, from the classification band"
-    )
-    _say(f"clear fractions: {how}")
-    paired = sum(c.pair is not None for c in report.cells)
-    _say(
-        f"{paired} of {len(report.cells)} cells paired; estimated pixels to read: "
-        f"{report.estimated_bytes / 1e6:.1f} MB (uncompressed, in the cell windows)"
-    )
+    for line in report.summary_lines():
+        _say(line)
     if report.truncated_searches:
         _say(
             f"{report.truncated_searches} searches stopped at catalog.max_items",

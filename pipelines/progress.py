@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from geodelta.pipelines.release.staging import Staging
 
-__all__ = ["Progress", "Watcher"]
+__all__ = ["POLL_LOCAL_S", "POLL_REMOTE_S", "Progress", "Watcher"]
 
 
 class Progress:
@@ -69,8 +69,16 @@ class Progress:
                 self._p.update(self._task, completed=completed)
 
 
+#: Seconds between two polls of a local staging area's markers, and of an object store's (a
+#: listing of every marker each time: requests cost there).
+POLL_LOCAL_S = 0.5
+POLL_REMOTE_S = 5.0
+
+
 class Watcher:
-    """Sets the progress bar from the staging area's completion markers every half second.
+    """Sets the progress bar from the staging area's completion markers every
+    :data:`POLL_LOCAL_S` seconds (:data:`POLL_REMOTE_S` on an object store). A listing that
+    fails (a network blip) is skipped: the next poll tries again.
 
     Args:
         staging: the staging area the engine commits to.
@@ -79,12 +87,17 @@ class Watcher:
 
     def __init__(self, staging: Staging, bar: Progress) -> None:
         self._stop = threading.Event()
+        self._every = POLL_LOCAL_S if staging.is_local else POLL_REMOTE_S
         self._thread = threading.Thread(target=self._run, args=(staging, bar), daemon=True)
         self._thread.start()
 
     def _run(self, staging: Staging, bar: Progress) -> None:
-        while not self._stop.wait(0.5):
-            bar.set(len(staging.done_cells()))
+        while not self._stop.wait(self._every):
+            try:
+                done = len(staging.done_cells())
+            except Exception:  # the engine's own errors are what the build reports
+                continue
+            bar.set(done)
 
     def stop(self) -> None:
         """Stop watching (waits for the thread)."""

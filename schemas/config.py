@@ -387,6 +387,15 @@ class RunnerConfig(Section):
         "running every other cell into the same wall; the staging area is kept, so "
         "`geodelta build --resume` after fixing the cause runs those cells again. 0: never stop",
     )
+    block_cells: int = Field(
+        default=8,
+        ge=1,
+        description="Cells per side of a plan block (up to block_cells x block_cells cells of "
+        "one UTM zone's grid): the element the engines distribute (expanded into its cells on "
+        "the worker) and the unit of one STAC search per collection and time window, reused "
+        "for every cell of the block. 1: one element and one search per cell. Changes no "
+        "sample byte",
+    )
 
 
 class GdalConfig(Section):
@@ -446,6 +455,42 @@ class OutputConfig(Section):
         description="Local folder a URL release is assembled in (relative to the config file); "
         "default: .geodelta-work/<name>-<version>-<hash of the URL> next to the config",
     )
+    staging: str | None = Field(
+        default=None,
+        description="Where the staging area lives: a local folder (relative to the config file) "
+        "or an fsspec URL (s3://, gs://, az://, file://, memory://) that every worker can "
+        "write; credentials come from the environment (e.g. AWS_*), never from here. Default: "
+        ".staging/ inside the folder the release is assembled in",
+    )
+
+
+class BudgetConfig(Section):
+    """Limits above which ``geodelta build`` refuses to start without ``--yes`` (``api.build``:
+    ``confirm=True``), judged on the estimate ``geodelta plan --estimate`` prints (counted from
+    the config, no cell materialised, no network). None: no limit. Not part of the config hash.
+    """
+
+    max_cells: int | None = Field(
+        default=100_000, ge=1, description="Most planned cells (None = no limit)"
+    )
+    max_usd: float | None = Field(
+        default=100.0,
+        ge=0,
+        description="Most estimated LLM spend in US dollars (annotation.openai prices; the "
+        "template annotator costs 0) (None = no limit)",
+    )
+    max_cpu_hours: float | None = Field(
+        default=1000.0,
+        ge=0,
+        description="Most estimated CPU-hours (at the per-tile cost benchmarks/bench_build.py "
+        "measured) (None = no limit)",
+    )
+    max_read_bytes: int | None = Field(
+        default=10 * 10**12,
+        ge=0,
+        description="Most estimated bytes of pixels read (cell windows at native resolution, "
+        "uncompressed) (None = no limit); default 10 TB",
+    )
 
 
 class BuildConfig(Section):
@@ -473,6 +518,7 @@ class BuildConfig(Section):
     gate: GateConfig = GateConfig()
     runner: RunnerConfig = RunnerConfig()
     gdal: GdalConfig = GdalConfig()
+    budget: BudgetConfig = BudgetConfig()
     output: OutputConfig
     base_dir: str = Field(
         default=".", description="Folder relative paths resolve against (set by the loader)"
@@ -507,7 +553,8 @@ class BuildConfig(Section):
         """The config as plain JSON data, without what must not change the data.
 
         ``base_dir`` (where the file lives), ``output`` (where the release goes), ``runner``
-        (which engine ran it), ``gdal`` (how remote files are fetched) and ``catalog.url``
+        (which engine ran it), ``gdal`` (how remote files are fetched), ``budget`` (when a
+        build asks for ``--yes``) and ``catalog.url``
         (where the catalog lives) are left out, and a local file the config names
         (``aoi.geojson``, ``baseline.weights``) enters by its content (``sha256:<hex>``), not
         its path: the same dataset built elsewhere or on another engine has the same hash and
@@ -515,7 +562,7 @@ class BuildConfig(Section):
         and every other section that shapes samples (each sample records its item ids).
         """
         data = self.model_dump(mode="json")
-        for key in ("base_dir", "output", "runner", "gdal"):
+        for key in ("base_dir", "output", "runner", "gdal", "budget"):
             data.pop(key, None)
         for key in (*CatalogConfig.OPERATIONAL, "url"):
             data["catalog"].pop(key, None)

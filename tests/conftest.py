@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.s3_server import s3_bucket, s3_server  # noqa: F401 (fixtures: a test double of S3)
+
 if TYPE_CHECKING:
     from geodelta.pipelines.api import BuildResult
     from geodelta.sources.demo.catalog import DemoCatalog

@@ -205,7 +205,7 @@ def test_cli_out_accepts_a_url(monkeypatch: pytest.MonkeyPatch) -> None:
 
     seen: dict[str, Any] = {}
 
-    def fake_run_build(cfg: Any, mode: str, progress: bool) -> Any:
+    def fake_run_build(cfg: Any, mode: str, progress: bool, **_: Any) -> Any:
         seen["cfg"] = cfg
         raise cli._fail("stubbed")
 

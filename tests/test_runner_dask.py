@@ -171,7 +171,7 @@ def _cli_config(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> Any:
 
     seen: dict[str, Any] = {}
 
-    def fake_run_build(cfg: Any, mode: str, progress: bool) -> Any:
+    def fake_run_build(cfg: Any, mode: str, progress: bool, **_: Any) -> Any:
         seen["cfg"] = cfg
         raise cli._fail("stubbed")
 

@@ -33,6 +33,7 @@ from geodelta.pipelines.engines.commit import (
     counter_name,
 )
 from geodelta.pipelines.release.staging import Staging
+from geodelta.pipelines.stages.blocks import Element, cells_of
 from geodelta.pipelines.stages.worker import Worker, guarded
 from geodelta.schemas import BuildConfig, QuarantineRecord, TileJob
 from geodelta.schemas.records import QuarantineStage
@@ -97,6 +98,11 @@ class CommitFn(beam.DoFn):
         yield outcome.cell_id
 
 
+def _expand(element: Element, cfg: BuildConfig) -> list[TileJob]:
+    """The cells of a plan block (or the one cell of a job), made on the worker."""
+    return cells_of(cfg, element)
+
+
 def _untripped(job: TileJob, staging_root: str) -> bool:
     """Keep a cell unless the circuit breaker has tripped (then every cell not yet started is
     dropped, and the pipeline ends quickly; ``--resume`` runs them after the fix)."""
@@ -115,9 +121,9 @@ def pipeline_options(cfg: BuildConfig) -> PipelineOptions:
 
 def build_pipeline(
     p: beam.Pipeline,
-    jobs: Sequence[TileJob],
+    jobs: Sequence[Element],
     cfg: BuildConfig,
-    staging_root: Path,
+    staging_root: str | Path,
     code_version: str,
     *,
     single_chain: bool = False,
@@ -137,6 +143,11 @@ def build_pipeline(
     computes only the last transform applied (other branches never run) and puts a ParDo's
     tagged outputs into its main output (the next stage would receive quarantine records).
 
+    The elements are plan blocks (or single cells' jobs), spread over the workers by a
+    Reshuffle and expanded into their cells there (``expand``): the cells of a block then pass
+    the stages one after the other on one worker, where the pair stage's block search serves
+    them all (:mod:`~geodelta.pipelines.stages.block_search`).
+
     A filter before the first stage drops every cell once the circuit breaker has tripped
     (:func:`~geodelta.pipelines.engines.breaker.is_tripped`: a file in the staging area, written
     by the ``CommitFn`` that saw the first ``runner.breaker_cells`` cells all fail alike).
@@ -146,6 +157,7 @@ def build_pipeline(
         p
         | "cells" >> beam.Create(list(jobs))
         | "spread" >> beam.Reshuffle()
+        | "expand" >> beam.FlatMap(_expand, cfg)
         | "breaker" >> beam.Filter(_untripped, root)
     )
     trips = cfg.runner.breaker_cells
@@ -215,7 +227,7 @@ def stage_counts(result: Any, cfg: BuildConfig) -> StageCounts:
 
 
 def run_beam(
-    jobs: Sequence[TileJob], cfg: BuildConfig, staging_root: Path, *, code_version: str
+    jobs: Sequence[Element], cfg: BuildConfig, staging_root: str | Path, *, code_version: str
 ) -> StageCounts:
     """Run the pipeline on Beam's FnApiRunner, wait for it; returns the per-stage counters."""
     import logging
@@ -233,7 +245,7 @@ def run_beam(
 
 
 def run_beam_options(
-    jobs: Sequence[TileJob], cfg: BuildConfig, staging_root: Path, *, code_version: str
+    jobs: Sequence[Element], cfg: BuildConfig, staging_root: str | Path, *, code_version: str
 ) -> StageCounts:
     """Run the pipeline on the runner ``runner.options`` names (``--runner=...``), and wait.
 

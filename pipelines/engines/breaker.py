@@ -12,7 +12,8 @@ an outcome (:func:`~geodelta.pipelines.engines.commit.commit`, in the in-process
 Beam / Dask worker) calls :meth:`Breaker.after` next: once a marker that breaks the pattern has
 been seen, the breaker of that process is disarmed for good (nothing more is read); while it is
 armed, ``breaker_cells`` matching markers trip it: it writes the trip to ``<staging>/``
-:data:`TRIP_FILE` (atomically). The in-process loop stops there; the Beam and Dask pipelines
+:data:`TRIP_FILE` (atomically; one PUT on an object store, where the staging area may live).
+The in-process loop stops there; the Beam and Dask pipelines
 drop every cell not yet started once the file exists (:func:`is_tripped`, a filter before the
 first stage), so they end quickly and quietly (no worker traceback). The engine's caller
 (:func:`~geodelta.pipelines.engines.run.run_cells`) then reads the trip (:meth:`Breaker.tripped`),
@@ -35,15 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geodelta._io import write_atomic
 from geodelta.errors import BuildError
-from geodelta.pipelines.release.staging import Staging
+from geodelta.pipelines.release.staging import TRIP_FILE, Staging, local_root
 from geodelta.schemas import QuarantineRecord
 
 __all__ = ["TRIP_FILE", "Breaker", "BreakerError", "Trip", "breaker_message", "is_tripped"]
-
-#: The file in the staging area's root that says the breaker tripped, and why.
-TRIP_FILE = "breaker.json"
 
 #: Where to look first, by the stage that quarantined the cells.
 _HINTS: dict[str, str] = {
@@ -65,8 +62,12 @@ class BreakerError(BuildError):
 
 
 def is_tripped(staging_root: str | Path) -> bool:
-    """Whether the breaker of the build that uses this staging area has tripped."""
-    return (Path(staging_root) / TRIP_FILE).is_file()
+    """Whether the breaker of the build that uses this staging area (a folder or a URL) has
+    tripped."""
+    local = local_root(staging_root)
+    if local is not None:
+        return (local / TRIP_FILE).is_file()
+    return Staging(staging_root).has_file(TRIP_FILE)
 
 
 @dataclass(frozen=True)
@@ -135,19 +136,15 @@ class Breaker:
             "cells": list(trip.cells),
             "example": trip.example.model_dump(mode="json"),
         }
-        write_atomic(self._trip_file, json.dumps(record, sort_keys=True))
+        self.staging.put_file(TRIP_FILE, json.dumps(record, sort_keys=True))
         return True
-
-    @property
-    def _trip_file(self) -> Path:
-        return self.staging.root / TRIP_FILE
 
     def tripped(self) -> Trip | None:
         """The trip a worker wrote (None: the breaker has not tripped)."""
-        try:
-            data = json.loads(self._trip_file.read_text())
-        except FileNotFoundError:
+        raw = self.staging.get_file(TRIP_FILE)
+        if raw is None:
             return None
+        data = json.loads(raw)
         example = QuarantineRecord.model_validate(data["example"])
         return Trip(data["stage"], data["reason"], tuple(data["cells"]), example)
 
@@ -165,7 +162,7 @@ class Breaker:
                     if not keys and _same_failure(records) == shared
                 ]
             )
-        self._trip_file.unlink(missing_ok=True)
+        self.staging.remove_file(TRIP_FILE)
 
 
 def breaker_message(trip: Trip, cells: int, retry: str = "--resume") -> str:

@@ -19,7 +19,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from geodelta.pipelines.engines.beam import build_pipeline
 from geodelta.pipelines.engines.commit import StageCounts
-from geodelta.schemas import BuildConfig, TileJob
+from geodelta.pipelines.stages.blocks import Element, blocks_cells
+from geodelta.schemas import BuildConfig
 
 #: Cells in one Dask partition at most: a partition is one task that runs every stage over its
 #: cells, holding that stage's outputs for all of them, so its size bounds a worker's memory.
@@ -52,7 +53,7 @@ def _names_a_scheduler(options: Sequence[str]) -> bool:
 
 
 def run_dask(
-    jobs: Sequence[TileJob], cfg: BuildConfig, staging_root: Path, *, code_version: str
+    jobs: Sequence[Element], cfg: BuildConfig, staging_root: str | Path, *, code_version: str
 ) -> StageCounts:
     """Run the pipeline on Beam's DaskRunner and wait for it.
 
@@ -64,10 +65,14 @@ def run_dask(
     thread, as :func:`~geodelta.pipelines.engines.beam.worker_environment` does for the
     FnApiRunner.
 
-    Every worker must see ``staging_root`` at the same path (a LocalCluster does; on a remote
-    cluster it must be a shared mount). A task that Dask runs again (a worker that died, up
-    to ``distributed.scheduler.allowed-failures`` times) re-commits the same cells: commits
-    are idempotent, so the staging area and the release are the same.
+    Every worker must reach ``staging_root``: a LocalCluster shares this machine's disk; the
+    workers of a cluster at an address reach it by URL (``output.staging``: ``s3://``,
+    ``gs://``..., or ``file://`` on a shared mount), and the catalog too (``catalog.url``),
+    which :func:`~geodelta.pipelines.engines.run.check_remote` demands before any work, with
+    a scheduler that answers. A task that Dask runs again (a worker that died, up to
+    ``distributed.scheduler.allowed-failures`` times) re-commits the same cells: commits are
+    idempotent, so the staging area and the release are the same (``tests/test_cluster.py``
+    kills a worker mid-build).
 
     Returns:
         No counts: Beam's DaskRunner (2.77) keeps no metrics (an empty
@@ -82,7 +87,9 @@ def run_dask(
     address = cfg.runner.dask_address
 
     def run(addr: str | None) -> None:
-        p = beam.Pipeline(runner=DaskRunner(), options=dask_pipeline_options(cfg, len(jobs), addr))
+        # partitions sized by cells; a partition holds at least one element (a plan block)
+        opts = dask_pipeline_options(cfg, blocks_cells(jobs), addr)
+        p = beam.Pipeline(runner=DaskRunner(), options=opts)
         build_pipeline(p, jobs, cfg, staging_root, code_version, single_chain=True)
         result: Any = p.run()  # a DaskRunnerResult
         try:

@@ -127,10 +127,11 @@ def _scrub_urls(value: Any) -> Any:
 def _places(root: Path, cfg: BuildConfig, staging: Staging) -> list[tuple[str, str]]:
     """Local folders a message may name -> the placeholder a release records instead."""
     named = [
-        (staging.root, "<staging>"),
         (root, "<release>"),
         (Path(cfg.base_dir), "<config>"),
     ]
+    if isinstance(staging.root, Path):  # a staging area at a URL is not a local folder
+        named.insert(0, (staging.root, "<staging>"))
     if "://" not in cfg.catalog.url or cfg.catalog.url.startswith("file://"):
         catalog = Path(cfg.resolve(cfg.catalog.url.removeprefix("file://")))
         named.append((catalog.parent, "<catalog>"))

@@ -14,12 +14,15 @@ A release directory holds::
     reference/               the reference model: metrics, model card, weights
                              (promotion.json once promoted)
     report/index.html        the quality report
-    .staging/                a build's staging area (removed when the build succeeds)
+    .staging/                a build's staging area (removed when the build succeeds;
+                             ``output.staging`` puts it elsewhere: a folder or a URL)
     .geodelta-upload.json    at an fsspec URL, while an in-place upload is in progress
 
 Beside a release folder ``<parent>/<name>/``, while a build runs (:mod:`.lock`)::
 
     .<name>.geodelta-lock    the build lock (flock; names the holder: pid, host, start time)
+    .<name>.geodelta-lease/  the build lease instead, where the release or the staging area is
+                             at an object-store URL (no flock there; :mod:`.lock`)
     .<name>.geodelta-next/   the release ``--overwrite`` builds, swapped in at the end
     .<name>.geodelta-old/    the old release during that swap (removed right after)
 
@@ -53,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BASELINES_DIR",
     "BASELINE_POINTER",
+    "BUILD_LEASE",
     "BUILD_LOCK",
     "CARD",
     "COLLECTION",
@@ -120,6 +124,9 @@ UPLOAD_STAMP = ".geodelta-upload.json"
 # Beside a release folder (named by :func:`beside`), while a build runs:
 #: The build lock: one build per output folder (its content names the holder).
 BUILD_LOCK = ".geodelta-lock"
+#: Beside a release or staging area at an object-store URL: the build lease's folder (one
+#: object per holder, a heartbeat in each; see :mod:`.lock`).
+BUILD_LEASE = ".geodelta-lease"
 #: The release ``--overwrite`` builds, swapped in for the old one when it is complete.
 OVERWRITE_NEXT = ".geodelta-next"
 #: The old release during that swap.

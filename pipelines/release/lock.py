@@ -12,23 +12,66 @@ A build holds it exclusively; the tasks of an orchestrator that run cells into o
 beside a build.
 
 :func:`swap_in` puts a release built beside the old one (``--overwrite``) in its place.
+
+**On an object store** (a release or a staging area at an ``s3://``, ``gs://``, ``az://``,
+``memory://``... URL) there is no ``flock``: :func:`hold_lease` holds a *lease* instead, a folder
+beside the location (:data:`~geodelta.pipelines.release.layout.BUILD_LEASE`) with one small
+JSON object per holder (pid, host, start time, heartbeat): ``build.json`` for a build (exclusive),
+``cells-<id>.json`` for each orchestrator cell task (shared). A thread rewrites the holder's
+heartbeat every :data:`LEASE_HEARTBEAT_S` seconds while the build runs; the object is deleted
+when it ends. A holder whose heartbeat is older than :data:`LEASE_STALE_BEATS` heartbeats (a
+build that was killed: nothing removes its object) is stale: the next build takes it over and
+logs whom it replaced. A fresh holder is refused, by name, as with the flock. ``build.json`` is
+created with a conditional PUT (``If-None-Match: *``, fsspec's ``mode="create"``; S3 and moto
+honour it), so of two builds starting at once one gets it. Between a build and a cell task
+(different objects) each writes its own object then lists the others, and backs out when it
+sees a fresh conflicting one: both may back out, never both go ahead. Filesystems without a
+conditional create (fsspec checks, then writes) leave a small race there, narrowed by reading
+the object back. Staleness compares the holder's heartbeat with this machine's clock: clocks
+more than a minute apart could take over a live lease.
+
+:func:`hold_place` picks the flock or the lease for a location.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import socket
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from geodelta.errors import BuildError
-from geodelta.pipelines.release.layout import BUILD_LOCK, OVERWRITE_OLD, beside
+from geodelta.pipelines.release.layout import BUILD_LEASE, BUILD_LOCK, OVERWRITE_OLD, beside
 
-__all__ = ["OutputBusyError", "hold_output", "lock_path", "restore_swapped", "swap_in"]
+__all__ = [
+    "LEASE_HEARTBEAT_S",
+    "LEASE_STALE_BEATS",
+    "Lease",
+    "OutputBusyError",
+    "hold_lease",
+    "hold_output",
+    "hold_place",
+    "lock_path",
+    "restore_swapped",
+    "swap_in",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Seconds between two heartbeats of a lease holder.
+LEASE_HEARTBEAT_S = 10.0
+#: Heartbeats a lease holder may miss before its lease is stale (taken over by the next build).
+LEASE_STALE_BEATS = 6
+#: The exclusive holder's object in a lease folder (a shared holder's: ``cells-<id>.json``).
+_LEASE_BUILD = "build.json"
 
 
 class OutputBusyError(BuildError):
@@ -141,3 +184,236 @@ def restore_swapped(dest: str | Path) -> bool:
         return False
     os.replace(old, dest)
     return True
+
+
+# -- the lease: the build lock on an object store ----------------------------------------------
+
+
+def _lease_holder(info: dict[str, Any], now: float) -> str:
+    started = time.strftime(
+        "%Y-%m-%d %H:%M:%S %Z", time.localtime(float(info.get("started", 0) or 0))
+    )
+    beat = now - float(info.get("heartbeat", 0) or 0)
+    return (
+        f"pid {info.get('pid', '?')} on {info.get('host', '?')}, started {started}, last "
+        f"heartbeat {max(beat, 0):.0f} s ago"
+    )
+
+
+class Lease:
+    """The build lease of a location at an fsspec URL (see the module docstring).
+
+    Args:
+        url: the release or staging area the lease protects (need not exist).
+        shared: a cell task's shared hold instead of a build's exclusive one.
+        heartbeat_s: seconds between heartbeats.
+        stale_beats: heartbeats missed before the lease is stale.
+
+    Raises:
+        BuildError: the URL names a bucket's root (a lease lives beside its location: name a
+            folder inside the bucket), or its filesystem cannot be opened.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        shared: bool = False,
+        heartbeat_s: float = LEASE_HEARTBEAT_S,
+        stale_beats: int = LEASE_STALE_BEATS,
+    ) -> None:
+        import fsspec
+
+        from geodelta.pipelines.release.upload import shown
+
+        self.url = shown(url)
+        try:
+            self.fs, path = fsspec.core.url_to_fs(url)
+        except (ImportError, ValueError) as exc:
+            raise BuildError(f"cannot open {self.url}: {exc}") from None
+        parent, _, name = str(path).rstrip("/").rpartition("/")
+        if not parent or not name:
+            raise BuildError(
+                f"{self.url} is the root of a bucket; a build needs a folder inside it (e.g. "
+                f"{self.url.rstrip('/')}/release) for the lease it keeps beside it"
+            )
+        self.folder = f"{parent}/.{name}{BUILD_LEASE}"
+        self.shared = shared
+        self.heartbeat_s = heartbeat_s
+        self.stale_after_s = heartbeat_s * stale_beats
+        self.id = uuid.uuid4().hex
+        self.name = f"cells-{self.id}.json" if shared else _LEASE_BUILD
+        self._started = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _path(self, name: str) -> str:
+        return f"{self.folder}/{name}"
+
+    def _info(self, started: float) -> bytes:
+        info = {
+            "id": self.id,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": started,
+            "heartbeat": time.time(),
+            "stale_after_s": self.stale_after_s,
+            "shared": self.shared,
+        }
+        return json.dumps(info, sort_keys=True).encode()
+
+    def holders(self) -> dict[str, dict[str, Any]]:
+        """Every holder's object in the lease folder: name -> its content (fresh listing)."""
+        self.fs.invalidate_cache(self.folder)
+        try:
+            names = [str(p) for p in self.fs.ls(self.folder, detail=False)]
+        except FileNotFoundError:
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        for path in names:
+            name = path.rstrip("/").rsplit("/", 1)[-1]
+            if not name.endswith(".json"):
+                continue
+            try:
+                data = json.loads(self.fs.cat_file(path))
+            except FileNotFoundError:
+                continue  # released meanwhile
+            except ValueError:
+                data = {}  # half-written by a store without atomic PUTs: treat as stale
+            out[name] = data if isinstance(data, dict) else {}
+        return out
+
+    def _stale(self, info: dict[str, Any], now: float) -> bool:
+        limit = float(info.get("stale_after_s") or self.stale_after_s)
+        return now - float(info.get("heartbeat", 0) or 0) > limit
+
+    def _conflicts(self, name: str, info: dict[str, Any]) -> bool:
+        """Whether holder ``name`` excludes this one (a build excludes everyone; cell tasks
+        exclude only a build)."""
+        if info.get("id") == self.id:
+            return False
+        return not self.shared or name == _LEASE_BUILD
+
+    def _busy(self, info: dict[str, Any], now: float) -> OutputBusyError:
+        return OutputBusyError(
+            f"{self.url} is being built by {_lease_holder(info, now)} (lease {self.folder}); wait "
+            "for it to finish (or stop it), then run again"
+        )
+
+    def acquire(self) -> None:
+        """Take the lease, then start the heartbeat thread.
+
+        Raises:
+            OutputBusyError: a fresh conflicting holder; names it.
+            BuildError: the store cannot be written.
+        """
+        now = time.time()
+        for name, info in sorted(self.holders().items()):
+            if not self._conflicts(name, info):
+                continue
+            if not self._stale(info, now):
+                raise self._busy(info, now)
+            _log.warning(
+                "taking over the stale build lease of %s: %s", self.url, _lease_holder(info, now)
+            )
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(self._path(name))
+        started = time.time()
+        try:
+            self.fs.pipe_file(self._path(self.name), self._info(started), mode="create")
+        except FileExistsError:  # another build took it between our listing and our write
+            info = self.holders().get(self.name, {})
+            raise self._busy(info, time.time()) from None
+        except Exception as exc:
+            raise BuildError(
+                f"cannot write the build lease beside {self.url} ({type(exc).__name__}: {exc})"
+            ) from None
+        self._started = started
+        mine = self.holders()
+        if mine.get(self.name, {}).get("id") != self.id:  # overwritten (no conditional create)
+            raise self._busy(mine.get(self.name, {}), time.time())
+        now = time.time()
+        for name, info in sorted(mine.items()):
+            if self._conflicts(name, info) and not self._stale(info, now):
+                self._remove_own()
+                raise self._busy(info, now)
+        self._thread = threading.Thread(target=self._beat, name="geodelta-lease", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        """Refresh the heartbeat until stopped; never overwrite another holder's object (a
+        build that took the lease over while this one looked dead: it is logged)."""
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                try:
+                    current = json.loads(self.fs.cat_file(self._path(self.name)))
+                except FileNotFoundError:  # removed by a build taking it over
+                    current = {}
+                holder = current.get("id") if isinstance(current, dict) else None
+                if holder != self.id:
+                    _log.error(
+                        "build lease of %s was taken over by %s (no heartbeat for over %.0f s): "
+                        "another build may now write the same place",
+                        self.url,
+                        _lease_holder(current if isinstance(current, dict) else {}, time.time()),
+                        self.stale_after_s,
+                    )
+                    return
+                self.fs.pipe_file(self._path(self.name), self._info(self._started))
+            except Exception as exc:  # a blip: the next beat tries again
+                _log.warning("build lease of %s: heartbeat failed (%s)", self.url, exc)
+
+    def _remove_own(self) -> None:
+        try:
+            data = json.loads(self.fs.cat_file(self._path(self.name)))
+        except (FileNotFoundError, ValueError):
+            return
+        if isinstance(data, dict) and data.get("id") == self.id:  # still ours: not taken over
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(self._path(self.name))
+
+    def release(self) -> None:
+        """Stop the heartbeat and delete this holder's object."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with contextlib.suppress(Exception):  # the lease goes stale anyway
+            self._remove_own()
+
+
+@contextlib.contextmanager
+def hold_lease(
+    url: str,
+    *,
+    shared: bool = False,
+    heartbeat_s: float = LEASE_HEARTBEAT_S,
+    stale_beats: int = LEASE_STALE_BEATS,
+) -> Iterator[Lease]:
+    """Hold the build lease of ``url`` for the ``with`` block (never waits; see :class:`Lease`).
+
+    Raises:
+        OutputBusyError: another build (or, for a build, a cell task) holds a fresh lease.
+        BuildError: the lease cannot be written, or ``url`` is a bucket's root.
+    """
+    lease = Lease(url, shared=shared, heartbeat_s=heartbeat_s, stale_beats=stale_beats)
+    lease.acquire()
+    try:
+        yield lease
+    finally:
+        lease.release()
+
+
+@contextlib.contextmanager
+def hold_place(location: str | Path, *, shared: bool = False) -> Iterator[None]:
+    """Hold the build lock of a release or staging location: the flock beside a local folder
+    (a path or ``file://`` URL, :func:`hold_output`), the lease beside any other URL
+    (:func:`hold_lease`)."""
+    from geodelta.pipelines.release.staging import local_root
+
+    local = local_root(location)
+    if local is not None:
+        with hold_output(local, shared=shared):
+            yield
+        return
+    with hold_lease(str(location), shared=shared):
+        yield

@@ -135,8 +135,7 @@ def write_shards(
     for split in sorted(by_split):
         index = 0
         current: _ShardOut | None = None
-        for key in sorted(by_split[split]):
-            members = staging.read_members(key)
+        for key, members in staging.iter_members(sorted(by_split[split])):  # reads ahead
             size = sum(tar_entry_bytes(f"{key}.{n}", len(v)) for n, v in members.items())
             if current is not None and (
                 current.samples >= max_samples or current.nbytes + size > max_bytes

@@ -3,41 +3,80 @@
 One unit of work is one grid cell. A worker puts the members of each of the cell's samples
 (:meth:`Staging.put_sample`), then writes the cell's completion marker
 (:meth:`Staging.mark_cell`) listing its sample keys and its quarantine records. Only markers
-count: a sample directory without a marker (a worker that died half way) is ignored, and a
-re-run of the cell overwrites it. Every write is atomic (a temp file or directory in the same
-filesystem, then :func:`os.replace`), so several worker processes can write different cells
-concurrently.
+count: a sample without a marker (a worker that died half way) is ignored, and a re-run of the
+cell overwrites it.
+
+The root is a local folder (a path, or a ``file://`` URL) or any other fsspec URL
+(``s3://``, ``gs://``, ``az://``, ``memory://``...); the layout and the public API are the same:
+
+- **local folder**: every write is atomic (a temp file or directory in the same filesystem,
+  then :func:`os.replace`; a re-put swaps the sample's folder under an ``flock``), so several
+  worker processes can write different cells concurrently.
+- **object store**: there is no rename. A sample's members are written first, then its
+  ``.sha256.json``, then (by the caller) the cell's marker: the marker is the commit point, one
+  object written whole by a single PUT, so a reader sees a cell as done only once everything it
+  names is in place. A re-put first deletes members the new copy lacks. A retried task (an engine
+  that runs a cell again) writes identical bytes (same data, same bytes), so overwriting is safe;
+  reads check the digests, so a member changed or replaced since is found as locally. Listings
+  are never served from fsspec's cache (other processes write too). Credentials come from the
+  environment or the fsspec configuration (for S3 the ``AWS_*`` variables, ``AWS_ENDPOINT_URL``
+  included, which botocore reads), never from the build config.
 
 Layout under ``root``::
 
     samples/<key>/<member>     one file per member (member names as in SAMPLE_MEMBERS)
-    samples/<key>/.sha256.json the sha256 of each member, written with them: a staged file
+    samples/<key>/.sha256.json the sha256 of each member, written after them: a staged file
                                that changed since is found (:meth:`Staging.corrupt_cells` on
                                ``--resume``; reading it raises) and never sharded
     cells/<cell_id>.json       completion marker: {"cell_id", "keys", "quarantine"}
-    tmp/                       in-flight writes (safe to delete when no worker runs)
+    tmp/                       in-flight writes (local only; safe to delete when no worker runs)
+    locks/                     per-key locks of a re-put (local only)
+    config.json                the build's stamp (:data:`STAMP_FILE`, written by the build)
+    breaker.json               the circuit breaker's trip (:data:`TRIP_FILE`)
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Collection, Iterator, Sequence
+from collections import deque
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from geodelta._io import write_atomic
 from geodelta.errors import ReleaseError
 from geodelta.schemas import QuarantineRecord
 
-__all__ = ["Staging", "StagingError", "quarantine_sort_key"]
+__all__ = [
+    "STAMP_FILE",
+    "TRIP_FILE",
+    "Staging",
+    "StagingError",
+    "local_root",
+    "quarantine_sort_key",
+]
 
 _MARKER_SUFFIX = ".json"
 #: In each sample folder: member name -> sha256 of its bytes (hidden: no member name starts
 #: with a dot).
 _DIGESTS = ".sha256.json"
+#: The build's stamp in the staging area's root: the config hash and code version it was made
+#: with (:mod:`geodelta.pipelines.build`).
+STAMP_FILE = "config.json"
+#: The circuit breaker's trip in the staging area's root (:mod:`geodelta.pipelines.engines.breaker`).
+TRIP_FILE = "breaker.json"
+#: The files a build may leave in the root (removed with the staging area).
+_ROOT_FILES = (STAMP_FILE, TRIP_FILE)
+_DIRS = ("samples", "cells", "tmp", "locks")
+#: Markers read per request batch on an object store.
+_BATCH = 256
+#: Samples :meth:`Staging.iter_members` reads ahead on an object store.
+_READ_AHEAD = 16
 
 
 class StagingError(ReleaseError):
@@ -75,28 +114,172 @@ def quarantine_sort_key(rec: QuarantineRecord) -> tuple[str, str, str, str, str]
     return (rec.cell_id, rec.key, rec.stage, rec.reason, rec.detail)
 
 
+def local_root(root: str | Path) -> Path | None:
+    """The local folder a staging root names (a path or a ``file://`` URL), or None for any
+    other URL (an object store, ``memory://``)."""
+    if isinstance(root, Path):
+        return root
+    if root.startswith("file://"):
+        return Path(root.removeprefix("file://"))
+    if "://" in root:
+        return None
+    return Path(root)
+
+
+class _Remote:
+    """The staging area's objects on an fsspec filesystem that is not a local disk."""
+
+    def __init__(self, url: str) -> None:
+        import fsspec
+
+        self.url = url.rstrip("/")
+        self.fs, path = fsspec.core.url_to_fs(self.url)
+        self.base = str(path).rstrip("/")
+
+    def path(self, rel: str) -> str:
+        return f"{self.base}/{rel}"
+
+    def write(self, files: dict[str, bytes]) -> None:
+        """Write objects (relative path -> bytes), concurrently where the filesystem can."""
+        if len(files) == 1:
+            ((rel, data),) = files.items()
+            self.fs.pipe_file(self.path(rel), data)
+        elif files:
+            self.fs.pipe({self.path(rel): data for rel, data in files.items()})
+
+    def read(self, rel: str) -> bytes:
+        """One object's bytes (``FileNotFoundError`` when missing)."""
+        return bytes(self.fs.cat_file(self.path(rel)))
+
+    def read_many(self, rels: Sequence[str]) -> dict[str, bytes | None]:
+        """Several objects (relative path -> bytes, None when missing), fetched concurrently
+        where the filesystem can. Other errors raise."""
+        if not rels:
+            return {}
+        found = self.fs.cat([self.path(r) for r in rels], on_error="return")
+        out: dict[str, bytes | None] = {}
+        for rel in rels:
+            value = found.get(self.path(rel))
+            if isinstance(value, FileNotFoundError) or value is None:
+                out[rel] = None
+            elif isinstance(value, BaseException):
+                raise value
+            else:
+                out[rel] = bytes(value)
+        return out
+
+    def exists(self, rel: str) -> bool:
+        return bool(self.fs.exists(self.path(rel)))
+
+    def names(self, rel_dir: str) -> list[str]:
+        """Names of the objects directly under ``rel_dir`` (fresh listing, never cached)."""
+        path = self.path(rel_dir)
+        self.fs.invalidate_cache(path)
+        try:
+            entries = self.fs.ls(path, detail=True)
+        except FileNotFoundError:
+            return []
+        prefix = path.rstrip("/") + "/"
+        return sorted(
+            str(e["name"])[len(prefix) :]
+            for e in entries
+            if e.get("type") == "file" and str(e["name"]).startswith(prefix)
+        )
+
+    def remove(self, rels: Sequence[str]) -> None:
+        """Delete objects; missing ones are not an error."""
+        for rel in rels:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(self.path(rel))
+
+    def remove_tree(self, rel: str) -> None:
+        path = self.path(rel) if rel else self.base
+        self.fs.invalidate_cache(path)
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(path, recursive=True)
+        self.fs.invalidate_cache(path)
+
+
 class Staging:
-    """A staging area on the local filesystem (see the module docstring for the layout).
+    """A staging area in a local folder or at an fsspec URL (see the module docstring).
 
     Args:
-        root: folder of the staging area; created when missing.
+        root: the folder (a path or ``file://`` URL; created when missing) or the URL of the
+            staging area (nothing is created until something is written).
+
+    Attributes:
+        root: the local folder (a :class:`~pathlib.Path`), or the URL (a ``str``, no trailing
+            slash) of an object-store staging area.
     """
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self._samples = self.root / "samples"
-        self._cells = self.root / "cells"
-        self._tmp = self.root / "tmp"
-        for d in (self._samples, self._cells, self._tmp):
-            d.mkdir(parents=True, exist_ok=True)
+        local = local_root(root)
+        self._remote: _Remote | None = None
+        self.root: Path | str
+        if local is None:
+            from geodelta.pipelines.release.upload import shown
+
+            self._remote = _Remote(str(root))
+            self.root = self._remote.url
+            self._shown = shown(self._remote.url)  # for messages: no query string, no user
+            local = Path(".")  # unused: the local paths below are never touched
+        else:
+            self.root = local
+            self._shown = str(local)
+        self._samples = local / "samples"
+        self._cells = local / "cells"
+        self._tmp = local / "tmp"
+        if self._remote is None:
+            for d in (self._samples, self._cells, self._tmp):
+                d.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the staging area is a local folder (else an object store)."""
+        return self._remote is None
 
     def _tmp_path(self, stem: str) -> Path:
         return self._tmp / f"{stem}.{os.getpid()}.{uuid.uuid4().hex}"
 
+    # -- root-level files (the build's stamp, the breaker's trip) ----------------------------
+
+    def put_file(self, name: str, data: bytes | str) -> None:
+        """Write a file in the root (atomically locally; one PUT on an object store)."""
+        raw = data.encode("utf-8") if isinstance(data, str) else data
+        if self._remote is not None:
+            self._remote.write({_check_name(name, "file name"): raw})
+        else:
+            write_atomic(Path(self.root) / _check_name(name, "file name"), raw)
+
+    def get_file(self, name: str) -> bytes | None:
+        """A file of the root, or None when it is missing."""
+        try:
+            if self._remote is not None:
+                return self._remote.read(_check_name(name, "file name"))
+            return (Path(self.root) / _check_name(name, "file name")).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def has_file(self, name: str) -> bool:
+        """Whether the root holds the file ``name``."""
+        if self._remote is not None:
+            return self._remote.exists(_check_name(name, "file name"))
+        return (Path(self.root) / _check_name(name, "file name")).is_file()
+
+    def remove_file(self, name: str) -> None:
+        """Delete a file of the root (missing: nothing to do)."""
+        if self._remote is not None:
+            self._remote.remove([_check_name(name, "file name")])
+        else:
+            (Path(self.root) / _check_name(name, "file name")).unlink(missing_ok=True)
+
+    # -- samples and markers ---------------------------------------------------------------
+
     def put_sample(self, key: str, members: dict[str, bytes]) -> None:
         """Store the members of one sample, replacing any earlier copy of the same key.
 
-        The members are written into a temp directory, which is then renamed into place.
+        Locally the members are written into a temp directory, which is then renamed into
+        place. On an object store the members are written in place, then the checksum file.
 
         Args:
             key: sample key.
@@ -108,19 +291,38 @@ class Staging:
         _check_name(key, "sample key")
         if not members:
             raise StagingError(f"sample {key} has no members", key=key)
+        for name in members:
+            _check_name(name, "member name")
+        digests = {name: hashlib.sha256(data).hexdigest() for name, data in members.items()}
+        if self._remote is not None:
+            self._put_remote(key, members, digests)
+            return
         tmp = self._tmp_path(key)
         tmp.mkdir(parents=True)
         try:
-            digests: dict[str, str] = {}
             for name, data in members.items():
-                _check_name(name, "member name")
                 (tmp / name).write_bytes(bytes(data))
-                digests[name] = hashlib.sha256(data).hexdigest()
             (tmp / _DIGESTS).write_text(json.dumps(digests, sort_keys=True))
             self._swap_in(tmp, self._samples / key)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    def _put_remote(self, key: str, members: dict[str, bytes], digests: dict[str, str]) -> None:
+        """Members first, then the checksums (the marker, last, is the caller's). The listing
+        of an earlier copy's members (to delete those the new copy lacks) runs beside the
+        member writes: one round trip fewer per sample."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        remote = self._remote
+        assert remote is not None
+        folder = f"samples/{key}"
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            listed = pool.submit(remote.names, folder)
+            remote.write({f"{folder}/{name}": bytes(data) for name, data in members.items()})
+            stale = [n for n in listed.result() if n not in members and n != _DIGESTS]
+        remote.remove([f"{folder}/{name}" for name in stale])
+        remote.write({f"{folder}/{_DIGESTS}": json.dumps(digests, sort_keys=True).encode()})
 
     def _swap_in(self, tmp: Path, dest: Path) -> None:
         """Rename ``tmp`` to ``dest``, replacing an existing directory.
@@ -142,6 +344,11 @@ class Staging:
                 shutil.rmtree(old, ignore_errors=True)
             os.replace(tmp, dest)
 
+    def _has_sample(self, key: str) -> bool:
+        if self._remote is not None:
+            return self._remote.exists(f"samples/{key}/{_DIGESTS}")
+        return (self._samples / key).is_dir()
+
     def mark_cell(
         self, cell_id: str, *, keys: Sequence[str], quarantine: Sequence[QuarantineRecord]
     ) -> None:
@@ -156,7 +363,7 @@ class Staging:
             StagingError: a bad cell id, or a key whose sample was not put.
         """
         _check_name(cell_id, "cell id")
-        missing = [k for k in keys if not (self._samples / _check_name(k, "sample key")).is_dir()]
+        missing = [k for k in keys if not self._has_sample(_check_name(k, "sample key"))]
         if missing:
             raise StagingError(
                 f"cell {cell_id}: samples {missing} were not put before marking the cell",
@@ -169,46 +376,86 @@ class Staging:
                 q.model_dump(mode="json") for q in sorted(quarantine, key=quarantine_sort_key)
             ],
         }
-        write_atomic(
-            self._cells / f"{cell_id}{_MARKER_SUFFIX}", json.dumps(marker, sort_keys=True, indent=2)
-        )
+        text = json.dumps(marker, sort_keys=True, indent=2)
+        if self._remote is not None:
+            self._remote.write({f"cells/{cell_id}{_MARKER_SUFFIX}": text.encode()})
+        else:
+            write_atomic(self._cells / f"{cell_id}{_MARKER_SUFFIX}", text)
 
-    def _markers(self) -> list[Path]:
-        return sorted(p for p in self._cells.glob(f"*{_MARKER_SUFFIX}") if p.is_file())
+    def _marker_ids(self) -> list[str]:
+        """Ids of the marked cells, sorted."""
+        if self._remote is not None:
+            names = self._remote.names("cells")
+        else:
+            names = [p.name for p in self._cells.glob(f"*{_MARKER_SUFFIX}") if p.is_file()]
+        return sorted(n[: -len(_MARKER_SUFFIX)] for n in names if n.endswith(_MARKER_SUFFIX))
+
+    def _marker_where(self, cell_id: str) -> str:
+        if self._remote is not None:
+            return f"{self._shown}/cells/{cell_id}{_MARKER_SUFFIX}"
+        return str(self._cells / f"{cell_id}{_MARKER_SUFFIX}")
+
+    def _marker_bytes(self, ids: Sequence[str]) -> Iterator[tuple[str, bytes | None]]:
+        """(cell id, the marker's bytes or None when it vanished), in ``ids`` order; an
+        object store's markers are fetched in concurrent batches."""
+        if self._remote is None:
+            for cell_id in ids:
+                try:
+                    yield cell_id, (self._cells / f"{cell_id}{_MARKER_SUFFIX}").read_bytes()
+                except FileNotFoundError:
+                    yield cell_id, None
+            return
+        for i in range(0, len(ids), _BATCH):
+            batch = ids[i : i + _BATCH]
+            rels = [f"cells/{c}{_MARKER_SUFFIX}" for c in batch]
+            found = self._remote.read_many(rels)
+            for cell_id, rel in zip(batch, rels, strict=True):
+                yield cell_id, found[rel]
+
+    def _read_markers(
+        self, *, skip_missing: bool
+    ) -> Iterator[tuple[str, list[str], list[QuarantineRecord]]]:
+        for cell_id, raw in self._marker_bytes(self._marker_ids()):
+            try:
+                if raw is None:
+                    if skip_missing:  # forgotten meanwhile (another process)
+                        continue
+                    raise FileNotFoundError(self._marker_where(cell_id))
+                data = json.loads(raw)
+                keys = [str(k) for k in data["keys"]]
+                records = [QuarantineRecord.model_validate(q) for q in data["quarantine"]]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise StagingError(
+                    f"cell marker {self._marker_where(cell_id)} cannot be read ({exc}); delete it "
+                    "to re-run the cell",
+                    cell_id=cell_id,
+                ) from exc
+            yield cell_id, keys, records
 
     def done_cells(self) -> set[str]:
         """Ids of the cells that have a completion marker."""
-        return {p.name[: -len(_MARKER_SUFFIX)] for p in self._markers()}
+        return set(self._marker_ids())
 
     def cells(self) -> Iterator[tuple[str, list[str], list[QuarantineRecord]]]:
         """(cell id, sample keys, quarantine records) of each marked cell, in cell id order.
 
-        Read one marker at a time, so a caller that stops early reads only what it needs.
+        Read a marker (on an object store, a batch of markers) at a time, so a caller that
+        stops early reads only what it needs.
 
         Raises:
             StagingError: a marker that cannot be read.
         """
-        for path in self._markers():
-            try:
-                data = json.loads(path.read_text())
-                keys = [str(k) for k in data["keys"]]
-                records = [QuarantineRecord.model_validate(q) for q in data["quarantine"]]
-            except FileNotFoundError:  # forgotten meanwhile (another process)
-                continue
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise StagingError(
-                    f"cell marker {path} cannot be read ({exc}); delete it to re-run the cell",
-                    cell_id=path.stem,
-                ) from exc
-            yield path.name[: -len(_MARKER_SUFFIX)], keys, records
+        yield from self._read_markers(skip_missing=True)
 
     def forget_cells(self, cell_ids: Collection[str]) -> None:
         """Delete the completion markers of ``cell_ids`` (their samples stay until re-put), so a
         resumed build runs those cells again."""
-        for cell_id in cell_ids:
-            (self._cells / f"{_check_name(cell_id, 'cell id')}{_MARKER_SUFFIX}").unlink(
-                missing_ok=True
-            )
+        names = [f"{_check_name(c, 'cell id')}{_MARKER_SUFFIX}" for c in cell_ids]
+        if self._remote is not None:
+            self._remote.remove([f"cells/{n}" for n in names])
+            return
+        for name in names:
+            (self._cells / name).unlink(missing_ok=True)
 
     def outcomes(self) -> tuple[list[str], list[QuarantineRecord]]:
         """Sample keys and quarantine records of every marked cell.
@@ -221,28 +468,39 @@ class Staging:
         """
         keys: list[str] = []
         records: list[QuarantineRecord] = []
-        for path in self._markers():
-            try:
-                data = json.loads(path.read_text())
-                keys.extend(str(k) for k in data["keys"])
-                records.extend(QuarantineRecord.model_validate(q) for q in data["quarantine"])
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise StagingError(
-                    f"cell marker {path} cannot be read ({exc}); delete it to re-run the cell",
-                    cell_id=path.stem,
-                ) from exc
+        for _, cell_keys, cell_records in self._read_markers(skip_missing=False):
+            keys.extend(cell_keys)
+            records.extend(cell_records)
         return sorted(keys), sorted(records, key=quarantine_sort_key)
 
     def sample_dir(self, key: str) -> Path:
-        """Directory holding the members of a sample.
+        """Local directory holding the members of a sample (a local staging area only; see
+        :meth:`sample_location` for any staging area).
+
+        Raises:
+            StagingError: the sample was never put, or the staging area is not local.
+        """
+        if self._remote is not None:
+            raise StagingError(
+                f"the staging area {self._shown} is not a local folder; use sample_location()",
+                key=key,
+            )
+        path = self._samples / _check_name(key, "sample key")
+        if not path.is_dir():
+            raise StagingError(f"sample {key} is not in the staging area {self._shown}", key=key)
+        return path
+
+    def sample_location(self, key: str) -> str:
+        """Where the members of a sample are: a local folder path or a URL prefix.
 
         Raises:
             StagingError: the sample was never put.
         """
-        path = self._samples / _check_name(key, "sample key")
-        if not path.is_dir():
-            raise StagingError(f"sample {key} is not in the staging area {self.root}", key=key)
-        return path
+        if self._remote is None:
+            return str(self.sample_dir(key))
+        if not self._has_sample(_check_name(key, "sample key")):
+            raise StagingError(f"sample {key} is not in the staging area {self._shown}", key=key)
+        return f"{self.root}/samples/{key}"
 
     def member_names(self, key: str) -> set[str]:
         """Names of the members of a staged sample (its checksum file is not one).
@@ -250,27 +508,67 @@ class Staging:
         Raises:
             StagingError: the sample was never put.
         """
+        if self._remote is not None:
+            names = self._remote.names(f"samples/{_check_name(key, 'sample key')}")
+            if not names:
+                raise StagingError(
+                    f"sample {key} is not in the staging area {self._shown}", key=key
+                )
+            return {n for n in names if not n.startswith(".")}
         d = self.sample_dir(key)
         return {p.name for p in d.iterdir() if p.is_file() and not p.name.startswith(".")}
 
-    def _digests(self, key: str) -> dict[str, str]:
+    @staticmethod
+    def _parse_digests(raw: bytes | None) -> dict[str, str]:
         try:
-            data = json.loads((self.sample_dir(key) / _DIGESTS).read_text())
-            if isinstance(data, dict):
-                return {str(k): str(v) for k, v in data.items()}
-        except (OSError, ValueError):
-            pass
+            data = json.loads(raw) if raw is not None else None
+        except ValueError:
+            return {}
+        if isinstance(data, dict):
+            return {str(k): str(v) for k, v in data.items()}
         return {}
+
+    def _digests(self, key: str) -> dict[str, str]:
+        if self._remote is not None:
+            try:
+                return self._parse_digests(self._remote.read(f"samples/{key}/{_DIGESTS}"))
+            except FileNotFoundError:
+                return {}
+        try:
+            return self._parse_digests((self.sample_dir(key) / _DIGESTS).read_bytes())
+        except OSError:
+            return {}
 
     def _checked(self, key: str, name: str, data: bytes, digests: dict[str, str]) -> bytes:
         if digests.get(name) != hashlib.sha256(data).hexdigest():
+            where = (
+                f"{self._shown}/samples/{key}/{_DIGESTS}"
+                if self._remote is not None
+                else str(self._samples / key / _DIGESTS)
+            )
             raise StagingError(
                 f"staged member {name!r} of sample {key} does not match the checksum written with "
-                f"it ({self._samples / key / _DIGESTS}): the staged file changed or is corrupt; "
+                f"it ({where}): the staged file changed or is corrupt; "
                 "re-run the build with --resume (its cell is run again)",
                 key=key,
             )
         return data
+
+    def _raw_member(self, key: str, name: str) -> bytes:
+        if self._remote is not None:
+            try:
+                return self._remote.read(f"samples/{key}/{name}")
+            except FileNotFoundError:
+                if not self._has_sample(key):
+                    raise StagingError(
+                        f"sample {key} is not in the staging area {self._shown}", key=key
+                    ) from None
+                raise StagingError(f"sample {key} has no member {name!r}", key=key) from None
+        path = self.sample_dir(key) / name
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise StagingError(f"sample {key} has no member {name!r}", key=key) from None
 
     def read_member(self, key: str, name: str) -> bytes:
         """One member of a staged sample, checked against the sha256 written with it.
@@ -278,12 +576,19 @@ class Staging:
         Raises:
             StagingError: the sample or the member is missing, or its bytes changed.
         """
-        path = self.sample_dir(key) / _check_name(name, "member name")
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise StagingError(f"sample {key} has no member {name!r}", key=key) from None
+        _check_name(key, "sample key")
+        data = self._raw_member(key, _check_name(name, "member name"))
         return self._checked(key, name, data, self._digests(key))
+
+    def _remote_sample(self, key: str) -> tuple[set[str], dict[str, str], dict[str, bytes | None]]:
+        """An object-store sample in one listing and one batch of reads: (member names,
+        digests, member name -> bytes or None)."""
+        assert self._remote is not None
+        names = self.member_names(key)
+        rels = [f"samples/{key}/{n}" for n in sorted(names)]
+        found = self._remote.read_many([*rels, f"samples/{key}/{_DIGESTS}"])
+        digests = self._parse_digests(found.pop(f"samples/{key}/{_DIGESTS}"))
+        return names, digests, {rel.rsplit("/", 1)[1]: data for rel, data in found.items()}
 
     def read_members(self, key: str) -> dict[str, bytes]:
         """All members of a staged sample, by member name (sorted), each checked against the
@@ -292,31 +597,74 @@ class Staging:
         Raises:
             StagingError: the sample is missing, or a member's bytes changed.
         """
+        if self._remote is not None:
+            _, digests, data = self._remote_sample(_check_name(key, "sample key"))
+            out: dict[str, bytes] = {}
+            for name in sorted(data):
+                raw = data[name]
+                if raw is None:  # deleted between the listing and the read
+                    raise StagingError(f"sample {key} has no member {name!r}", key=key)
+                out[name] = self._checked(key, name, raw, digests)
+            return out
         digests = self._digests(key)
         return {
             name: self._checked(key, name, (self.sample_dir(key) / name).read_bytes(), digests)
             for name in sorted(self.member_names(key))
         }
 
+    def iter_members(
+        self, keys: Iterable[str], *, ahead: int = _READ_AHEAD
+    ) -> Iterator[tuple[str, dict[str, bytes]]]:
+        """``(key, read_members(key))`` for each key, in the order given.
+
+        On an object store up to ``ahead`` samples are read concurrently (threads), so a
+        reader that goes through a whole staging area waits on requests once per ``ahead``
+        samples, not once per sample; locally it is a plain loop.
+
+        Raises:
+            StagingError: as :meth:`read_members`, at the key concerned.
+        """
+        if self._remote is None or ahead <= 1:
+            for key in keys:
+                yield key, self.read_members(key)
+            return
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        todo = iter(keys)
+        pool = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="geodelta-staging")
+        pending: deque[tuple[str, Future[dict[str, bytes]]]] = deque()
+        try:
+            for key in itertools.islice(todo, ahead):
+                pending.append((key, pool.submit(self.read_members, key)))
+            while pending:
+                key, future = pending.popleft()
+                following = next(todo, None)
+                if following is not None:
+                    pending.append((following, pool.submit(self.read_members, following)))
+                yield key, future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
     def sample_problem(self, key: str) -> str | None:
         """Why a staged sample cannot be trusted (missing, no checksums, a member whose bytes
         or presence differ from the checksums written with it), or None."""
         try:
-            names = self.member_names(key)
+            if self._remote is not None:
+                names, digests, _ = self._remote_sample(_check_name(key, "sample key"))
+            else:
+                names, digests = self.member_names(key), self._digests(key)
         except StagingError as exc:
             return str(exc)
-        digests = self._digests(key)
         if not digests:
             return f"sample {key} has no readable checksums ({_DIGESTS})"
         if names != set(digests):
             return (
                 f"sample {key}: members {sorted(names)} differ from those staged {sorted(digests)}"
             )
-        for name in sorted(names):
-            try:
-                self.read_member(key, name)
-            except StagingError as exc:
-                return str(exc)
+        try:
+            self.read_members(key)
+        except StagingError as exc:
+            return str(exc)
         return None
 
     def corrupt_cells(self, cell_ids: Collection[str] | None = None) -> dict[str, str]:
@@ -340,7 +688,28 @@ class Staging:
         return found
 
     def clear(self) -> None:
-        """Delete every sample, marker and temp file (the root folder stays)."""
+        """Delete every sample, marker and temp file (the root stays, with its files)."""
+        if self._remote is not None:
+            for name in ("samples", "cells", "tmp"):
+                self._remote.remove_tree(name)
+            return
         for d in (self._samples, self._cells, self._tmp):
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True, exist_ok=True)
+
+    def remove(self) -> None:
+        """Delete the staging area: what :meth:`clear` deletes, the per-key locks, the root
+        files a build writes (:data:`STAMP_FILE`, :data:`TRIP_FILE`), then the root folder when
+        that left it empty (anything else in it stays)."""
+        if self._remote is not None:
+            for d in _DIRS:
+                self._remote.remove_tree(d)
+            self._remote.remove(list(_ROOT_FILES))
+            return
+        root = Path(self.root)
+        for d in _DIRS:
+            shutil.rmtree(root / d, ignore_errors=True)
+        for name in _ROOT_FILES:
+            (root / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty (something else lives there), or gone
+            root.rmdir()

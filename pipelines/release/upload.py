@@ -128,6 +128,68 @@ class Target:
             return None
 
 
+#: fsspec protocols whose first path component is a bucket (container) that must exist.
+_BUCKETED = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"})
+#: For the reachability probe of an S3 endpoint: one retry and short timeouts, so a wrong
+#: endpoint is refused in about a second, not after botocore's and s3fs's retries (~10 s).
+_S3_PROBE: dict[str, Any] = {
+    "config_kwargs": {"retries": {"max_attempts": 2}, "connect_timeout": 5, "read_timeout": 10}
+}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def check_reachable(url: str, what: str = "output.dir") -> None:
+    """Refuse, before any work, an object store that does not answer or lacks the bucket.
+
+    For a bucketed store (``s3://``, ``gs://``, ``az://``...) the bucket (container) is looked up
+    (one request: S3 HeadBucket); other URLs (``memory://``, ``file://``) only need their
+    fsspec implementation. Credentials and the endpoint come from the environment (for S3 the
+    ``AWS_*`` variables, ``AWS_ENDPOINT_URL`` included) or fsspec's configuration.
+
+    Args:
+        url: the URL (shown without query string or user info).
+        what: the config key it comes from, named in the message.
+
+    Raises:
+        OutputError: one line naming the URL and what to check.
+    """
+    if not is_url(url) or url.startswith("file://"):
+        return
+    where = shown(url)
+    protocol = url.split("://", 1)[0].lower()
+    try:
+        options = _S3_PROBE if protocol in ("s3", "s3a") else {}
+        fs = fsspec.filesystem(protocol, skip_instance_cache=True, **options)
+        path = str(fs._strip_protocol(url)).strip("/")
+    except (ImportError, ValueError, TypeError) as exc:
+        raise OutputError(
+            f"cannot open {what} {where}: {_one_line(exc)} (s3:// needs s3fs, gs:// gcsfs, "
+            "az:// adlfs)",
+            url=where,
+        ) from None
+    if protocol not in _BUCKETED:
+        return
+    bucket = path.split("/", 1)[0]
+    try:
+        fs.info(bucket)
+    except FileNotFoundError:
+        raise OutputError(
+            f"{what} {where}: the bucket {bucket!r} does not exist (or these credentials cannot "
+            f"see it); create it or set {what} to a bucket that exists",
+            url=where,
+        ) from None
+    except Exception as exc:  # any transport or credentials error: say which, in one line
+        raise OutputError(
+            f"cannot reach {what} {where} ({type(exc).__name__}: {_one_line(exc)}); check the "
+            "URL, the endpoint and the credentials in the environment",
+            url=where,
+        ) from None
+
+
 def work_dir_for(cfg: BuildConfig, url: str) -> Path:
     """The local folder a URL release is assembled in (``output.work_dir`` or the default)."""
     if cfg.output.work_dir is not None:

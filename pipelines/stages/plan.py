@@ -314,14 +314,41 @@ def _id_key(v: int) -> str:
     return f"{v:04d}"
 
 
+def _near_zone(seg: BaseGeometry, zone: int, north: bool, size: float) -> BaseGeometry:
+    """The segmentized AOI cut to the zone and hemisphere plus a margin (lon/lat), or whole.
+
+    The cut keeps every vertex inside it as it is (GEOS' rectangle clipping adds points only
+    on the cut's edges), and the margin (1 degree plus two cells) puts those edges beyond
+    every cell whose centre the zone owns, so their covers/intersects tests are unchanged.
+    """
+    import shapely
+
+    x0, y0, x1, y1 = seg.bounds
+    far = min(max(abs(y0), abs(y1)), 89.0)
+    m_lon = 1.0 + 2.0 * size / (111_320.0 * math.cos(math.radians(far)))
+    m_lat = 1.0 + 2.0 * size / 110_000.0
+    if m_lon > 10.0:
+        return seg
+    west = -180.0 + 6.0 * (zone - 1)
+    rect = (west - m_lon, -m_lat if north else -90.0, west + 6.0 + m_lon, 90.0 if north else m_lat)
+    if rect[0] <= x0 and rect[1] <= y0 and x1 <= rect[2] and y1 <= rect[3]:
+        return seg  # nothing to cut
+    cut = shapely.clip_by_rect(seg, *rect)
+    return seg if cut.is_empty else cut
+
+
 class _ZoneSolver:
     """Kept rows per column of one region polygon on one zone's grid, as plan_jobs keeps them.
 
     Cells touching the polygon's boundary get plan_jobs' own predicate (covers / intersects);
     a run of cells touching no boundary is all in or all out (one point decides). The zone
     test (the cell centre's zone and hemisphere) holds on an interval of a column's rows
-    (longitude and latitude are monotonic in northing at fixed easting), so only the ends are
-    transformed, and a binary search finds a change.
+    (longitude and latitude are monotonic in northing at fixed easting), so ~65 rows are
+    transformed, then every row only where two of them disagree.
+
+    Only the part of the (segmentized) AOI within a margin of the zone and hemisphere is kept
+    (:func:`_near_zone`): the cells the zone owns see the same polygon edges, and memory and
+    time follow the zone's share of the AOI's boundary, not all of it.
     """
 
     def __init__(self, geom: BaseGeometry, zone: int, north: bool, size: float, keep: str) -> None:
@@ -333,7 +360,8 @@ class _ZoneSolver:
         epsg = (32600 if north else 32700) + zone
         fwd = Transformer.from_crs(4326, epsg, always_xy=True)
         self.inv = Transformer.from_crs(epsg, 4326, always_xy=True)
-        local = shapely.transform(geom.segmentize(0.001), fwd.transform, interleaved=False)
+        near = _near_zone(geom.segmentize(0.001), zone, north, size)
+        local = shapely.transform(near, fwd.transform, interleaved=False)
         shapely.prepare(local)
         self.local = local
         x0, y0, x1, y1 = local.bounds
@@ -370,6 +398,20 @@ class _ZoneSolver:
             xy = shapely.get_coordinates(ring)
             segs.append(np.hstack([xy[:-1], xy[1:]]))
         seg = np.vstack(segs) if segs else np.zeros((0, 4))
+        # a long segment (an edge of the lon/lat cut) in pieces of at most half a cell: the
+        # boxes of the pieces hold the cells the segment passes, not its whole bounding box
+        steps = np.ceil(
+            np.maximum(np.abs(seg[:, 2] - seg[:, 0]), np.abs(seg[:, 3] - seg[:, 1])) / (s / 2)
+        ).astype(np.int64)
+        long = steps > 1
+        if long.any():
+            k = steps[long]
+            owner = np.repeat(np.flatnonzero(long), k)
+            i = np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k)
+            t0, t1 = i / np.repeat(k, k), (i + 1) / np.repeat(k, k)
+            a, d = seg[owner, :2], seg[owner, 2:] - seg[owner, :2]
+            pieces = np.hstack([a + t0[:, None] * d, a + t1[:, None] * d])
+            seg = np.vstack([seg[~long], pieces])
         xmin = np.minimum(seg[:, 0], seg[:, 2])
         xmax = np.maximum(seg[:, 0], seg[:, 2])
         ymin = np.minimum(seg[:, 1], seg[:, 3])
@@ -434,37 +476,53 @@ class _ZoneSolver:
             return rows
         return self._owned(col, rows)
 
-    def _owns(self, col: int, row: int) -> bool:
-        from shapely.geometry import box
-
-        s = self.size
-        c = box(col * s, row * s, (col + 1) * s, (row + 1) * s).centroid
-        clon, clat = self.inv.transform(c.x, c.y)
-        return bool(utm_zone(clon) == self.zone and (clat >= 0) == self.north)
-
     def _owned(self, col: int, rows: np.ndarray) -> np.ndarray:
-        first, last = self._owns(col, int(rows[0])), self._owns(col, int(rows[-1]))
-        if first and last:
+        """:meth:`_owned_all`, testing ~65 evenly spaced rows, then every row only between two
+        samples that disagree (ownership holds on an interval of a column's rows)."""
+        n = len(rows)
+        if n <= 130:
+            return self._owned_all(col, rows)
+        k = np.unique(np.linspace(0, n - 1, 65).round().astype(np.int64))
+        ok = self._owned_mask(col, rows[k])
+        if ok.all():
             return rows
-        if first != last:  # one change: binary search for it
-            lo, hi = 0, len(rows) - 1  # owns(lo) == first, owns(hi) == last
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if self._owns(col, int(rows[mid])) == first:
-                    lo = mid
-                else:
-                    hi = mid
-            return rows[: lo + 1] if first else rows[hi:]
-        return self._owned_all(col, rows)
+        if not ok.any():
+            return self._owned_all(col, rows)
+        keep = np.zeros(n, bool)
+        for i in range(len(k) - 1):
+            a, b = int(k[i]), int(k[i + 1])
+            if ok[i] and ok[i + 1]:
+                keep[a : b + 1] = True
+            elif ok[i] != ok[i + 1]:
+                keep[a : b + 1] = self._owned_mask(col, rows[a : b + 1])
+        return rows[keep]
 
     def _owned_all(self, col: int, rows: np.ndarray) -> np.ndarray:
-        import shapely
+        """Rows whose cell centre is in this zone and hemisphere (plan_jobs' test)."""
+        return rows[self._owned_mask(col, rows)]
 
+    def _owned_mask(self, col: int, rows: np.ndarray) -> np.ndarray:
+        """Whether each row's cell centre is in this zone and hemisphere (plan_jobs' test).
+
+        The centre is taken as ``(col + 0.5) * size``, one transform for all rows; a centre
+        within 1e-6 degrees of a zone edge or the equator, where GEOS' centroid of the cell's
+        box could round the other way, is decided on that centroid, as plan_jobs does.
+        """
         s = self.size
-        cen = shapely.centroid(shapely.box(col * s, rows * s, (col + 1) * s, (rows + 1) * s))
-        clon, clat = self.inv.transform(shapely.get_x(cen), shapely.get_y(cen))
-        zones = np.clip(np.floor((np.asarray(clon) + 180.0) / 6.0) + 1, 1, 60)
-        return rows[(zones == self.zone) & ((np.asarray(clat) >= 0) == self.north)]
+        x = np.full(len(rows), (col + 0.5) * s)
+        y = (rows + 0.5) * s
+        clon, clat = (np.asarray(v, dtype=float) for v in self.inv.transform(x, y))
+        edge = (clon + 180.0) / 6.0
+        near = (np.abs(edge - np.round(edge)) < 1e-6 / 6.0) | (np.abs(clat) < 1e-6)
+        if near.any():
+            import shapely
+
+            r = rows[near]
+            cen = shapely.centroid(shapely.box(col * s, r * s, (col + 1) * s, (r + 1) * s))
+            lo, la = self.inv.transform(shapely.get_x(cen), shapely.get_y(cen))
+            clon[near], clat[near] = lo, la
+        zones = np.clip(np.floor((clon + 180.0) / 6.0) + 1, 1, 60)
+        return (zones == self.zone) & ((clat >= 0) == self.north)
 
 
 def iter_columns(cfg: BuildConfig) -> Iterator[CellColumn]:
@@ -516,9 +574,24 @@ def iter_cells(cfg: BuildConfig) -> Iterator[tuple[str, str, str]]:
 def _block_splits(
     cfg: BuildConfig, zone: int, north: bool, size_m: int, bcol: int, brows: np.ndarray
 ) -> list[str]:
-    h = "N" if north else "S"
+    """:func:`split_of_block` of the blocks ``(bcol, b)`` for ``b`` in ``brows`` (the same
+    hash and the same float thresholds, walked by bisection)."""
+    from bisect import bisect_right
+
+    sc = cfg.splits
+    names = sorted(sc.fractions)
+    acc, thresholds = 0.0, []
+    for name in names:
+        acc += sc.fractions[name]
+        thresholds.append(acc)
+    names.append(names[-1])  # u beyond the last threshold (rounding): the last split
+    sha, from_bytes, scale = hashlib.sha256, int.from_bytes, 2**64
+    prefix = f"{sc.seed}:{zone:02d}{'N' if north else 'S'}-{size_m}-{bcol}-"
     return [
-        split_of_block(f"{zone:02d}{h}-{size_m}-{bcol}-{b}", cfg.splits) for b in brows.tolist()
+        names[
+            bisect_right(thresholds, from_bytes(sha(f"{prefix}{b}".encode()).digest()[:8]) / scale)
+        ]
+        for b in brows.tolist()
     ]
 
 
@@ -603,85 +676,28 @@ def count_cells(cfg: BuildConfig) -> PlanCount:
     )
 
 
-def _bbox_and_corners(
-    col: np.ndarray, row: np.ndarray, epsg: int, size: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """(n, 4) lon/lat bboxes equal to plan_jobs' (the cell segmentized by size/8, transformed)
-    and (n, 5, 2) lon/lat corner rings.
+def count_blocks(cfg: BuildConfig, block_cells: int | None = None) -> int:
+    """Non-empty plan blocks, exact, without cell objects.
 
-    Off the central meridian every extreme of a cell lies on a corner (longitude and latitude
-    are monotonic along its edges), so 4 corners give plan_jobs' bbox; cells within a cell of
-    the central meridian take the segmentized ring.
+    A block is the square of ``block_cells x block_cells`` cells (default
+    ``runner.block_cells``) of one UTM zone's grid holding cell ``(col, row)`` at
+    ``(col // block_cells, row // block_cells)``; it counts when at least one planned cell lies
+    in it. Cells of several AOI regions may share a block. The engines distribute one element
+    per block and the pair stage runs one STAC search per block, collection and time window.
     """
-    import shapely
-    from pyproj import Transformer
+    bc = cfg.runner.block_cells if block_cells is None else block_cells
+    total = 0
+    zone_key: tuple[int, bool] | None = None
+    pending: dict[int, list[np.ndarray]] = {}
 
-    inv = Transformer.from_crs(epsg, 4326, always_xy=True)
-    xs = np.stack([(col + 1) * size, (col + 1) * size, col * size, col * size, (col + 1) * size], 1)
-    ys = np.stack([row * size, (row + 1) * size, (row + 1) * size, row * size, row * size], 1)
-    lon, lat = inv.transform(xs.ravel(), ys.ravel())
-    lon, lat = np.asarray(lon).reshape(-1, 5), np.asarray(lat).reshape(-1, 5)
-    bbox = np.stack([lon.min(1), lat.min(1), lon.max(1), lat.max(1)], 1)
-    near = np.flatnonzero((col * size <= 500_000.0 + size) & ((col + 1) * size >= 500_000.0 - size))
-    if len(near):
-        c, r = col[near], row[near]
-        g = shapely.segmentize(
-            shapely.box(c * size, r * size, (c + 1) * size, (r + 1) * size), size / 8
-        )
-        xy = shapely.get_coordinates(g)
-        k = len(xy) // len(near)
-        lo, la = inv.transform(xy[:, 0], xy[:, 1])
-        lo, la = np.asarray(lo).reshape(-1, k), np.asarray(la).reshape(-1, k)
-        bbox[near] = np.stack([lo.min(1), la.min(1), lo.max(1), la.max(1)], 1)
-    return bbox, np.stack([lon, lat], 2)
+    def flush() -> int:
+        n = sum(len(np.unique(np.concatenate(parts))) for parts in pending.values())
+        pending.clear()
+        return n
 
-
-GEO_METADATA = {
-    "version": "1.0.0",
-    "primary_column": "geometry",
-    "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Polygon"], "crs": "OGC:CRS84"}},
-}
-
-
-def write_plan(cfg: BuildConfig, out: str | Path, row_group_cells: int = 65_536) -> int:
-    """Stream the plan to a GeoParquet file, one row group per batch of columns; cells written.
-
-    Columns: cell_id, split, region, zone, crs, lon_min, lat_min, lon_max, lat_max (plan_jobs'
-    bbox_lonlat) and geometry (WKB lon/lat cell quadrilateral, OGC:CRS84).
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import shapely
-
-    size, _ = _cell_size(cfg)
-    schema = pa.schema(
-        [
-            ("cell_id", pa.string()),
-            ("split", pa.string()),
-            ("region", pa.string()),
-            ("zone", pa.string()),
-            ("crs", pa.string()),
-            ("lon_min", pa.float64()),
-            ("lat_min", pa.float64()),
-            ("lon_max", pa.float64()),
-            ("lat_max", pa.float64()),
-            ("geometry", pa.binary()),
-        ],
-        metadata={"geo": json.dumps(GEO_METADATA)},
-    )
-    n = 0
-    with pq.ParquetWriter(str(out), schema) as writer:
-        for b in iter_column_batches(cfg, row_group_cells):
-            bbox = np.zeros((len(b["col"]), 4))
-            ring = np.zeros((len(b["col"]), 5, 2))
-            for epsg in np.unique(b["epsg"]).tolist():
-                m = b["epsg"] == epsg
-                bbox[m], ring[m] = _bbox_and_corners(b["col"][m], b["row"][m], epsg, size)
-            wkb = shapely.to_wkb(shapely.polygons(ring))
-            cols = [b["cell_id"], b["split"], b["region"], b["zone"], b["crs"]]
-            arrays = [pa.array(c, pa.string()) for c in cols]
-            arrays += [pa.array(bbox[:, i]) for i in range(4)]
-            arrays.append(pa.array(wkb, pa.binary()))
-            writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
-            n += len(b["col"])
-    return n
+    for cc in iter_columns(cfg):
+        if (cc.zone, cc.north) != zone_key:
+            total += flush()
+            zone_key = (cc.zone, cc.north)
+        pending.setdefault(cc.col // bc, []).append(np.unique(cc.rows // bc))
+    return total + flush()

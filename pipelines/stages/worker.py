@@ -8,7 +8,9 @@ imported here: :mod:`geodelta.pipelines.engines` chains the same stages in a pla
 Beam transforms or as Dask tasks.
 
 Resources a worker needs (the opened catalog, the annotator) are made once per worker, like a
-Beam ``ModelHandler``'s model, by :class:`Worker`.
+Beam ``ModelHandler``'s model, by :class:`Worker`. The pair stage searches through a per-block
+cache (:mod:`.block_search`): the cells of a plan block, expanded on the worker, share one STAC
+search per collection and time window.
 """
 
 from __future__ import annotations
@@ -93,7 +95,19 @@ class Worker:
         """The search + pair stage (:func:`~geodelta.pipelines.stages.pair.search_and_pair`)."""
         from geodelta.pipelines.stages.pair import search_and_pair
 
-        return search_and_pair(job, self.cfg, self.catalog, self._clear_fraction)
+        catalog = self.catalog if self.block_search is None else self.block_search.for_cell(job)
+        return search_and_pair(job, self.cfg, catalog, self._clear_fraction)
+
+    @cached_property
+    def block_search(self) -> Any:
+        """One STAC search per plan block, reused by its cells
+        (:class:`~geodelta.pipelines.stages.block_search.BlockSearch`); None when
+        ``runner.block_cells`` is 1 (a search per cell)."""
+        if self.cfg.runner.block_cells == 1:
+            return None
+        from geodelta.pipelines.stages.block_search import BlockSearch
+
+        return BlockSearch(self.catalog, self.cfg.runner.block_cells)
 
     def _clear_fraction(self, scene: Any, job: TileJob) -> float | None:
         """Pixel-level clear fraction of a scene over the cell; None without a classification band."""
