@@ -16,103 +16,21 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from typer.core import TyperGroup
 
-from geodelta import __version__
 from geodelta.errors import GeodeltaError
 from geodelta.pipelines import api
-
-console = Console(stderr=True)
-
-
-def _say(message: str, prefix: str = "", style: str = "") -> None:
-    """Print one user-facing line on stderr literally (no rich markup: ``[...]`` stays text),
-    redacted (no secret reaches the console)."""
-    text = Text.assemble((prefix, style), api.redact(message))
-    console.print(text, soft_wrap=True, highlight=False)
-
-
-def _one_line(exc: Exception) -> tuple[str, int]:
-    """The one-line message and exit code of an error that reached the top of a command."""
-    full = api.no_space(exc)
-    if full is not None:
-        where = full.filename or "the output folder"
-        return f"no space left on device writing {where}; {api.space_note(full.filename)}", 2
-    if isinstance(exc, GeodeltaError):
-        lines = str(exc).strip().splitlines()
-        return (lines[0] if lines else type(exc).__name__), 2
-    if isinstance(exc, OSError):  # a path that is a file, not writable, missing...
-        where = f" {exc.filename}" if exc.filename else ""
-        return f"cannot use{where}: {exc.strerror or exc}", 2
-    if isinstance(exc, UnicodeDecodeError):
-        return f"a file is not UTF-8 text ({exc.reason} at byte {exc.start})", 2
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return (
-        f"{type(exc).__name__}: {first} (unexpected; `geodelta --debug ...` shows the traceback)",
-        1,
-    )
-
-
-class _Group(TyperGroup):
-    """Every command: an error that escapes it prints one line, not a traceback
-    (``geodelta --debug`` lets the traceback through)."""
-
-    def invoke(self, ctx: Any) -> Any:  # typer's vendored click.Context
-        try:
-            return super().invoke(ctx)
-        except (typer.TyperException, typer.Exit, typer.Abort):  # usage errors, exits
-            raise
-        except Exception as exc:
-            if ctx.params.get("debug"):
-                raise
-            message, code = _one_line(exc)
-            _say(message, "error: ", "bold red")
-            raise typer.Exit(code) from None
-
-
-app = typer.Typer(
-    name="geodelta",
-    cls=_Group,
-    help="Bitemporal satellite change datasets: STAC scenes -> captions, QA and change masks "
-    "-> validated WebDataset releases.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+from geodelta.pipelines.cli_common import (  # noqa: F401  (re-exported: cli.app, cli._say...)
+    DEMO_CONFIG,
+    REPO_ROOT,
+    _fail,
+    _load,
+    _one_line,
+    _release,
+    _say,
+    app,
+    console,
 )
-
-
-@app.callback()
-def _main(
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Show the traceback of an error (for a bug report)")
-    ] = False,
-) -> None:
-    """Bitemporal satellite change datasets: STAC scenes -> captions, QA and change masks
-    -> validated WebDataset releases."""
-
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    _say(message, "error: ", "bold red")  # literally, redacted
-    return typer.Exit(code)
-
-
-def _load(config: Path, overrides: dict[str, Any] | None = None) -> api.BuildConfig:
-    try:
-        return api.load_config(config, overrides)
-    except api.ConfigError as exc:
-        raise _fail(str(exc)) from None
-
-
-def _release(path: Path, what: str | None = None) -> Path:
-    """``path`` if it is a release folder; else exit with one line naming it."""
-    try:
-        return api.require_release(path, what)
-    except api.ReleaseError as exc:
-        raise _fail(str(exc)) from None
+from geodelta.pipelines.cli_train import _reference_lines, _train_reference
 
 
 def _print_summary(result: api.BuildResult) -> None:
@@ -190,6 +108,14 @@ def build(
         Path | None,
         typer.Option(help="Override output.work_dir (local folder a URL release is built in)"),
     ] = None,
+    staging: Annotated[
+        str | None,
+        typer.Option(
+            "--staging",
+            help="Override output.staging: where workers commit cells, a folder or an fsspec "
+            "URL every worker reaches (s3://..., gs://...)",
+        ),
+    ] = None,
     check: Annotated[
         bool,
         typer.Option(
@@ -224,6 +150,8 @@ def build(
         output["dir"] = out if "://" in out else str(Path(out).resolve())
     if work_dir is not None:
         output["work_dir"] = str(work_dir.resolve())
+    if staging is not None:
+        output["staging"] = staging if "://" in staging else str(Path(staging).resolve())
     if output:
         overrides["output"] = output
     cfg = _load(config, overrides)
@@ -611,186 +539,3 @@ def schema(
             raise _fail(f"unknown record {name!r}; known: {', '.join(schemas)}")
         schemas = schemas[name]
     typer.echo(json.dumps(schemas, indent=2))
-
-
-def _train_reference(
-    release_dir: Path, cfg: Any, report: bool, verbose: bool, strict: bool = False
-) -> Any:
-    """Run train_reference with progress on stderr; a user-fixable error exits cleanly
-    (``strict``: it is raised for the caller)."""
-    try:
-        return api.train_reference(
-            release_dir,
-            cfg=cfg,
-            code_version=__version__,
-            report=report,
-            on_progress=(lambda line: _say(line, style="dim")) if verbose else None,
-        )
-    except api.ReferenceError as exc:
-        if strict:
-            raise
-        raise _fail(str(exc)) from None
-
-
-def _reference_lines(m: Any) -> list[str]:
-    """One line per metric group (what `demo` prints)."""
-    r, c, k = m.retrieval, m.captions, m.masks
-    return [
-        f"reference masks ({m.eval_split}, {k.samples} samples): precision {k.precision:.3f} "
-        f"recall {k.recall:.3f} F1 {k.f1:.3f} IoU {k.iou:.3f}",
-        f"reference retrieval ({r.queries} queries, gallery {r.gallery}): R@1 "
-        f"{r.recall_at_1:.3f} R@5 {r.recall_at_5:.3f} R@10 {r.recall_at_10:.3f} "
-        f"(chance R@1 {r.chance_recall_at_1:.3f})",
-        f"reference captions ({c.samples} samples): BLEU-4 {c.bleu4:.3f} ROUGE-L "
-        f"{c.rouge_l:.3f} CIDEr {c.cider:.3f}",
-    ]
-
-
-@app.command("train-reference")
-def train_reference_cmd(
-    release_dir: Annotated[Path, typer.Argument(help="Release folder (holds manifest.json)")],
-    epochs: Annotated[
-        int | None, typer.Option(help="Change-model epochs (reference.epochs)")
-    ] = None,
-    retrieval_epochs: Annotated[
-        int | None, typer.Option(help="Pair-encoder epochs (reference.retrieval_epochs)")
-    ] = None,
-    workers: Annotated[
-        int | None, typer.Option(help="DataLoader worker processes (reference.workers)")
-    ] = None,
-    no_report: Annotated[
-        bool, typer.Option("--no-report", help="Do not re-render report/index.html")
-    ] = False,
-) -> None:
-    """Train the reference model on a release: mask, retrieval and caption metrics, disagreement.
-
-    Settings come from the release config's `reference:` section; the options override them.
-    Writes reference/ (weights, metrics.json, MODEL_CARD.md), a `disagreement` column in
-    samples.parquet, and the manifest entries that `geodelta verify` checks.
-    """
-    import time
-
-    _release(release_dir)
-    overrides = {
-        k: v
-        for k, v in (
-            ("epochs", epochs),
-            ("retrieval_epochs", retrieval_epochs),
-            ("workers", workers),
-        )
-        if v is not None
-    }
-    try:
-        cfg = api.reference_config(release_dir, **overrides)
-    except api.ReferenceError as exc:
-        raise _fail(str(exc)) from None
-    start = time.perf_counter()
-    m = _train_reference(release_dir, cfg, not no_report, verbose=True)
-    seconds = time.perf_counter() - start
-    table = Table(title=Text(f"geodelta train-reference: {m.release} ({seconds:.0f} s)"))
-    for col in ("group", "metric", "value", "reference point"):
-        table.add_column(col)
-    g = max(m.retrieval.gallery, 1)
-    base = m.training.get("baselines", {}).get("captions_random_train_caption", {})
-    rows = [
-        ("masks", "precision", m.masks.precision, None),
-        ("masks", "recall", m.masks.recall, None),
-        ("masks", "F1", m.masks.f1, None),
-        ("masks", "IoU", m.masks.iou, None),
-        ("retrieval", "Recall@1", m.retrieval.recall_at_1, ("chance", 1 / g)),
-        ("retrieval", "Recall@5", m.retrieval.recall_at_5, ("chance", min(5, g) / g)),
-        ("retrieval", "Recall@10", m.retrieval.recall_at_10, ("chance", min(10, g) / g)),
-        ("captions", "BLEU-4", m.captions.bleu4, ("random caption", base.get("bleu4"))),
-        ("captions", "ROUGE-L", m.captions.rouge_l, ("random caption", base.get("rouge_l"))),
-        ("captions", "CIDEr", m.captions.cider, ("random caption", base.get("cider"))),
-    ]
-    for group, name, value, point in rows:
-        ref = "" if point is None or point[1] is None else f"{point[0]} {float(point[1]):.3f}"
-        table.add_row(group, name, f"{value:.3f}", ref)
-    console.print(table)
-    _say(
-        f"trained on {m.train_split} ({m.train_samples} samples), evaluated on {m.eval_split} "
-        f"({m.eval_samples} samples)"
-    )
-    if m.disagreement is not None and m.disagreement.top:
-        _say(f"review first: {', '.join(m.disagreement.top[:5])}")
-    typer.echo(str(release_dir / "reference" / "metrics.json"))
-
-
-baseline_app = typer.Typer(
-    name="baseline",
-    help="The trained baseline change model (FC-Siam-diff): train on a release, evaluate.",
-    no_args_is_help=True,
-)
-app.add_typer(baseline_app, name="baseline")
-
-
-@baseline_app.command("train")
-def baseline_train(
-    shards: Annotated[
-        Path, typer.Option("--shards", help="Release folder (or its shards/ folder) to train on")
-    ],
-    out: Annotated[Path, typer.Option("--out", help="Parent folder of the saved model")] = Path(
-        "models"
-    ),
-    epochs: Annotated[int, typer.Option(help="Passes over the train split")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Samples per batch")] = 8,
-    lr: Annotated[float, typer.Option(help="Adam learning rate")] = 1e-3,
-    seed: Annotated[int, typer.Option(help="Seed of init, shuffling and augmentation")] = 0,
-    workers: Annotated[int, typer.Option(help="DataLoader worker processes")] = 2,
-    patch: Annotated[int, typer.Option(help="Random crop size in pixels (0 = whole samples)")] = 0,
-    base_channels: Annotated[int, typer.Option(help="Width of the first level")] = 16,
-    split: Annotated[str, typer.Option(help="Split to train on")] = "train",
-    threshold: Annotated[float, typer.Option(help="Threshold of the reported metrics")] = 0.5,
-    threads: Annotated[
-        int, typer.Option(help="torch threads of the training process (0 = torch's default)")
-    ] = 0,
-) -> None:
-    """Train FC-Siam-diff on a release's shards; save weights under their hash + a model card."""
-    try:
-        saved, metrics = api.train_baseline(
-            shards,
-            out,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            workers=workers,
-            patch=patch or None,
-            base_channels=base_channels,
-            threads=threads or None,
-            split=split,
-            threshold=threshold,
-            on_epoch=lambda e, loss: _say(f"epoch {e + 1}/{epochs}: loss {loss:.4f}"),
-        )
-    except (GeodeltaError, ValueError) as exc:  # ShardError, ModelError, a bad setting
-        raise _fail(str(exc)) from None
-    for name, m in metrics.items():
-        _say(
-            f"{name}: precision {m['precision']:.3f} recall {m['recall']:.3f} "
-            f"F1 {m['f1']:.3f} IoU {m['iou']:.3f}"
-        )
-    _say(f"model card: {saved.card_md}")
-    typer.echo(str(saved.weights))
-
-
-@baseline_app.command("eval")
-def baseline_eval(
-    weights: Annotated[Path, typer.Option("--weights", help="weights.pt (or its folder)")],
-    shards: Annotated[Path, typer.Option("--shards", help="Release folder (or its shards/)")],
-    split: Annotated[str, typer.Option(help="Split to score")] = "test",
-    threshold: Annotated[float, typer.Option(help="Change probability threshold")] = 0.5,
-    batch_size: Annotated[int, typer.Option(help="Pairs per forward pass")] = 8,
-) -> None:
-    """Score baseline weights on one split of a release (change-class metrics, JSON)."""
-    try:
-        out = api.evaluate_baseline(
-            weights, shards, split=split, threshold=threshold, batch_size=batch_size
-        )
-    except (GeodeltaError, FileNotFoundError, ValueError) as exc:  # ShardError, bad weights
-        raise _fail(str(exc)) from None
-    typer.echo(json.dumps(out, indent=2))
-
-
-if __name__ == "__main__":  # python -m geodelta.pipelines.cli
-    app()

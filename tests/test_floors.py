@@ -44,6 +44,8 @@ FLOORS: tuple[tuple[str, int, str], ...] = (
     ("geodelta.pipelines.progress", 6, "api"),
     ("geodelta.pipelines.build", 6, "api"),
     ("geodelta.pipelines.cli", 7, "cli"),
+    ("geodelta.pipelines.cli_common", 7, "cli"),
+    ("geodelta.pipelines.cli_train", 7, "cli"),
     ("dags", 7, "dags"),
 )
 
@@ -172,7 +174,12 @@ def test_cli_and_dags_use_only_the_public_api() -> None:
     for name in MODULES:
         if _floor(name)[1] not in ("cli", "dags"):
             continue
-        other = {dst for dst, _ in EDGES[name] if dst not in FRONT_DOOR}
+        room = _floor(name)[1]  # the CLI's modules share its app and helpers
+        other = {
+            dst
+            for dst, _ in EDGES[name]
+            if dst not in FRONT_DOOR and not (dst in MODULES and _floor(dst)[1] == room)
+        }
         assert not other, f"{name} imports {sorted(other)}; call geodelta.pipelines.api"
 
 

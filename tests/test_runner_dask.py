@@ -296,3 +296,13 @@ def test_stage_counts_pass_every_stage_before_the_one_that_quarantined() -> None
     counts.add_outcome(stages, dropped)
     counts.add_outcome(stages, StagedSample(cell_id=JOB.cell_id, key="k", members={"json": b""}))
     assert counts.rows() == [("pair", 2, 0), ("load", 1, 1), ("coregister", 1, 0)]
+
+
+def test_cli_staging_sets_output_staging(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``--staging`` overrides output.staging: a URL as given, a folder made absolute."""
+    cfg = _cli_config(monkeypatch, ["--staging", "s3://bucket/runs/stg"])
+    assert cfg.output.staging == "s3://bucket/runs/stg"
+    monkeypatch.chdir(tmp_path)
+    cfg = _cli_config(monkeypatch, ["--staging", "stg"])
+    assert cfg.output.staging == str(tmp_path / "stg")
+    assert _cli_config(monkeypatch, []).output.staging is None

@@ -194,8 +194,8 @@ def check_remote(cfg: BuildConfig, *, timeout_s: float = SCHEDULER_CONNECT_TIMEO
     if engine is None:
         return
     r = cfg.runner
-    address = _dask_address(r.options, r.dask_address) if r.name == "dask" else None
-    if address:
+    address = _dask_address(r.options, r.dask_address if r.name == "dask" else None)
+    if address and engine.startswith("the Dask cluster at"):
         _check_scheduler(address, timeout_s)
     staging = cfg.output.staging
     if staging is None or "://" not in staging or staging.startswith("memory://"):
