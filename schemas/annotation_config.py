@@ -93,7 +93,9 @@ class OpenAIConfig(Section):
         default=None, gt=0, description="Hard spending limit; the rest is quarantined 'budget'"
     )
     cache_dir: str | None = Field(
-        default=None, description="Response cache (default: <output.dir>/../llm-cache)"
+        default=None,
+        description="Response cache (default: <output.dir>/../llm-cache; for a URL output.dir, "
+        ".geodelta-work/llm-cache next to the config)",
     )
     batch: bool = Field(default=False, description="Use the Batch API (files + batches)")
     batch_price_factor: float = Field(

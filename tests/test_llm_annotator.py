@@ -20,6 +20,7 @@ from geodelta.annotators.qa import types_for
 from geodelta.schemas import Annotation, ChangeFacts
 from geodelta.schemas.config import OpenAIConfig
 from geodelta.schemas.records import QAType
+from tests.factories import REPO
 from tests.openai_double import OpenAIDouble, answer
 from tests.test_template import hand_facts, no_change_facts, random_facts
 
@@ -381,3 +382,23 @@ def test_rate_limit_paces_requests(monkeypatch: pytest.MonkeyPatch) -> None:
     # 10 per second, a bucket of one second's worth (10): the last 10 of 20 requests wait for
     # tokens that come at 10 per second, so the batch takes at least 1 s (0.2 s unlimited)
     assert 0.95 <= seconds < 6.0, seconds
+
+
+@pytest.mark.parametrize("out", ["s3://bucket/releases/demo", "rel/demo"])
+def test_default_cache_is_a_local_folder_also_for_a_url_release(out: str) -> None:
+    """The response cache defaults beside a local release, and for a URL release (whose
+    'parent' is no folder) in the local work folders next to the config."""
+    from geodelta.schemas import load_config
+
+    cfg = load_config(
+        REPO / "configs" / "demo.yaml",
+        {
+            "output": {"dir": out},
+            "annotation": {"annotator": "openai", "openai": {"api_key_env": None}},
+        },
+    )
+    ann = LLMAnnotator.from_config(cfg)
+    root = ann.cache.root if ann.cache is not None else None
+    base = (REPO / "configs").resolve()
+    expected = base / ".geodelta-work" / "llm-cache" if "://" in out else base / "rel" / "llm-cache"
+    assert root == expected

@@ -192,6 +192,8 @@ class LLMAnnotator:
         o = cfg.annotation.openai
         if o.cache_dir is not None:
             cache_dir = Path(cfg.resolve(o.cache_dir))
+        elif "://" in cfg.output.dir:  # a URL release: beside its local work folders
+            cache_dir = Path(cfg.resolve(".geodelta-work")) / "llm-cache"
         else:
             cache_dir = Path(cfg.resolve(cfg.output.dir)).parent / "llm-cache"
         scope = scope or cfg.config_hash()
