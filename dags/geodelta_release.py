@@ -144,6 +144,9 @@ def _config_hash_of(release: Path) -> str | None:
         "promote": Param(
             False, type="boolean", description="promote the reference model to the next baseline"
         ),
+        "yes": Param(
+            False, type="boolean", description="build even when the estimate exceeds the budget"
+        ),
     },
     default_args={
         "retries": 2,
@@ -163,7 +166,9 @@ def geodelta_release() -> None:
         Fails at once (no retry: a retry cannot fix it) when this version was already
         published from another config, or the build cannot start (``api.check_build``: a
         runner that cannot run, a staging area or URL target of another config), or can
-        never produce a sample (``api.preflight``: catalog, collections, assets). Groups
+        never produce a sample (``api.preflight``: catalog, collections, assets), or its
+        estimate exceeds the config's ``budget`` (``api.check_budget``; param ``yes`` builds
+        anyway, as ``geodelta build --yes`` does). Groups
         follow the AOI regions (a group never mixes two regions), chunked to
         ``cells_per_task`` cells. Writes nothing.
         """
@@ -174,8 +179,12 @@ def geodelta_release() -> None:
         _published(cfg, params)
         try:
             api.check_build(cfg, "resume")
+            if not params.get("yes"):
+                api.check_budget(cfg)
             api.preflight(cfg)  # catalog, collections, a sampled item's assets and headers
             return api.cell_groups(cfg, int(params["cells_per_task"]))
+        except api.BudgetError as exc:
+            raise AirflowFailException(f"{exc} (DAG: trigger with param yes=true)") from None
         except api.GeodeltaError as exc:
             raise AirflowFailException(str(exc)) from None
 

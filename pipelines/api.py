@@ -221,10 +221,7 @@ def cell_groups(cfg: BuildConfig, cells_per_task: int) -> list[list[str]]:
         BuildError: the AOI holds no whole cell.
         PlanError: the grid or the AOI cannot be planned.
     """
-    jobs = _builder.planned(cfg)
-    by_region: dict[str, list[str]] = {}
-    for job in jobs:
-        by_region.setdefault(job.region, []).append(job.cell_id)
+    by_region = _builder.cells_by_region(cfg)  # streamed: no TileJob per cell
     return [
         ids[i : i + cells_per_task]
         for _, ids in sorted(by_region.items())

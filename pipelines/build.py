@@ -35,6 +35,7 @@ __all__ = [
     "IncompleteBuildError",
     "build",
     "build_cells",
+    "cells_by_region",
     "check_build",
     "funnel",
     "output_location",
@@ -138,6 +139,20 @@ def planned(cfg: BuildConfig) -> list[TileJob]:
     if not jobs:
         raise _no_cells()
     return jobs
+
+
+def cells_by_region(cfg: BuildConfig) -> dict[str, list[str]]:
+    """The planned cell ids per AOI region, in cell-id order, streamed from the plan (no
+    TileJob is made); refuses an AOI that holds no whole cell (:class:`BuildError`)."""
+    from geodelta.pipelines.stages.plan import iter_cells
+    from geodelta.sources.profiles import apply_defaults
+
+    by_region: dict[str, list[str]] = {}
+    for cell_id, _, region in iter_cells(apply_defaults(cfg)):
+        by_region.setdefault(region, []).append(cell_id)
+    if not by_region:
+        raise _no_cells()
+    return by_region
 
 
 def _first_job(cfg: BuildConfig) -> TileJob:
@@ -416,8 +431,7 @@ def _check_done(staging: Any, cell_ids: Iterable[str], retry: str = "--resume") 
             examples = sorted([*examples, cell_id])[:3]
     if missing:
         raise IncompleteBuildError(
-            f"{missing} cells have no outcome after the run (e.g. {examples}); "
-            f"re-run with {retry}"
+            f"{missing} cells have no outcome after the run (e.g. {examples}); re-run with {retry}"
         )
 
 
@@ -636,9 +650,9 @@ def space_note(path: str | Path | None, cfg: BuildConfig | None = None) -> str:
         cells = count_cells(apply_defaults(cfg)).total
     except GeodeltaError:
         cells = 0
-    side = cfg.grid.cell_size_px  # a sample per cell: both dates' bands (16 bit), RGB, masks
-    per_cell = side * side * (len(cfg.imagery.bands) * 2 * 2 + 2 * 3 + 4)
-    need = 2 * cells * per_cell  # staged, then sharded
+    from geodelta.pipelines.stages.estimate import sample_bytes
+
+    need = 2 * cells * sample_bytes(cfg)  # a sample per cell, staged, then sharded
     return (
         f"the build needs about {need / 1e6:.1f} MB ({cells} cells), {free}; free space there "
         "or set output.dir (--out) elsewhere, then re-run with --resume"

@@ -539,3 +539,7 @@ def schema(
             raise _fail(f"unknown record {name!r}; known: {', '.join(schemas)}")
         schemas = schemas[name]
     typer.echo(json.dumps(schemas, indent=2))
+
+
+if __name__ == "__main__":  # python -m geodelta.pipelines.cli
+    app()

@@ -195,7 +195,3 @@ def baseline_eval(
     except (GeodeltaError, FileNotFoundError, ValueError) as exc:  # ShardError, bad weights
         raise _fail(str(exc)) from None
     typer.echo(json.dumps(out, indent=2))
-
-
-if __name__ == "__main__":  # python -m geodelta.pipelines.cli
-    app()

@@ -190,3 +190,15 @@ def test_a_wide_concave_aoi_plans_the_same_cells_in_every_zone(tmp_path: Path, k
     assert count_cells(cfg).total == len(jobs)
     got = [j for b in iter_blocks(cfg, 4) for j in expand_block(cfg, b)]
     assert sorted(got, key=lambda j: j.cell_id) == jobs
+
+
+def test_cell_groups_stream_the_plan_per_region(tmp_path: Path) -> None:
+    """The DAG's groups come from the streamed plan: the same ids, per region, in plan order."""
+    from geodelta.pipelines.api import cell_groups
+
+    cfg = _case(tmp_path, "geojson")
+    by_region: dict[str, list[str]] = {}
+    for job in plan_jobs(cfg):
+        by_region.setdefault(job.region, []).append(job.cell_id)
+    want = [ids[i : i + 7] for _, ids in sorted(by_region.items()) for i in range(0, len(ids), 7)]
+    assert len(by_region) == 2 and cell_groups(cfg, 7) == want

@@ -150,6 +150,20 @@ def test_airflow_dags_test_publishes_a_verified_release(airflow_venv: Path, tmp_
 
     run("db", "migrate", timeout=300)
     run("pools", "set", "geodelta_llm", "2", "bounds LLM concurrency", timeout=120)
+    # over budget: the plan task refuses, naming the limit and the DAG's param; nothing staged
+    tight = tmp_path / "tight.yaml"
+    tight.write_text(yaml.safe_dump({**data, "budget": {"max_cells": 3}}, sort_keys=False))
+    refused = subprocess.run(
+        [airflow, "dags", "test", "geodelta_release", "-c", json.dumps({"config": str(tight)})],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    said = refused.stdout + refused.stderr
+    assert "budget.max_cells 3" in said and "param yes=true" in said, said[-3000:]
+    assert not (tmp_path / "work" / "release").exists()
     conf = {"config": str(config), "cells_per_task": 4, "version": "0.1.0-af", "promote": True}
     proc = run("dags", "test", "geodelta_release", "-c", json.dumps(conf), timeout=900)
     log = proc.stdout + proc.stderr

@@ -103,3 +103,14 @@ def test_cli_count_and_out(tmp_path: Path) -> None:
 
     geoms = shapely.from_wkb(table.column("geometry").to_pylist())
     assert all(g.geom_type == "Polygon" for g in geoms)
+    # the WKB built in numpy is shapely's own, byte for byte: each cell's corners, closed
+    raw = table.column("geometry").to_pylist()
+    assert raw == list(
+        shapely.to_wkb(shapely.polygons(shapely.get_coordinates(geoms).reshape(-1, 5, 2)))
+    )
+    for g, job in zip(geoms, jobs, strict=True):
+        x0, y0, x1, y1 = g.bounds
+        b = job.bbox_lonlat
+        assert (
+            b[0] <= x0 + 1e-12 and x1 <= b[2] + 1e-12 and b[1] <= y0 + 1e-12 and y1 <= b[3] + 1e-12
+        )

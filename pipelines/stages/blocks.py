@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geodelta.pipelines.stages.plan import (
+    PlanError,
     _cell_size,
     _id_key,
     block_id,
@@ -38,7 +39,17 @@ from geodelta.schemas import BuildConfig, TileJob
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-__all__ = ["CellBlock", "Element", "cells_of", "expand_block", "iter_blocks", "restrict"]
+__all__ = [
+    "CellBlock",
+    "Element",
+    "blocks_cells",
+    "cells_of",
+    "expand_block",
+    "iter_blocks",
+    "job_of",
+    "restrict",
+    "spread",
+]
 
 
 @dataclass(frozen=True)
@@ -223,9 +234,10 @@ def expand_block(cfg: BuildConfig, block: CellBlock) -> list[TileJob]:
     n = cfg.grid.cell_size_px
     size, size_m = _cell_size(cfg)
     if size_m != block.size_m:
-        raise ValueError(
+        raise PlanError(
+            "grid",
             f"block {block.block_id} was planned with {block.size_m} m cells, the config has "
-            f"{size_m} m (grid.resolution_m x grid.cell_size_px)"
+            f"{size_m} m (grid.resolution_m x grid.cell_size_px); plan again with this config",
         )
     cells = block.grid_cells()
     if not cells:

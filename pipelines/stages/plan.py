@@ -11,6 +11,11 @@ reprojected onto it).
 
 Splits are assigned per block of ``block_cells x block_cells`` cells from a hash of the block id,
 so a block (and every cell in it) is in one split, and a cell keeps its split when the AOI grows.
+
+A big plan is never built as a list: :func:`iter_columns` / :func:`iter_cells` stream it column
+by column, :func:`count_cells` and :func:`count_blocks` count it exactly without cell objects,
+the engines get it as blocks of ``runner.block_cells`` squared cells (:mod:`.blocks`, expanded on
+the workers) and ``geodelta plan --out`` writes it as GeoParquet (:mod:`.plan_parquet`).
 """
 
 from __future__ import annotations
