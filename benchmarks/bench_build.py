@@ -328,10 +328,43 @@ def run_floor(work: list[dict[str, Any]], bands: list[str]) -> tuple[float, floa
 # per-stage times: the Worker's stages, in this process
 
 
+#: The parts of the finalize stage (``finalize_sample``), timed apart on the same samples.
+FINALIZE_PARTS = ("finalize: meta", "finalize: validate", "finalize: encode")
+
+
+def _finalize_parts(
+    worker: Any, sample: Any, total: dict[str, float], count: dict[str, int]
+) -> None:
+    """CPU of each part of the finalize stage on one sample (run again, apart from the stage)."""
+    from geodelta.pipelines.stages.encode import build_meta, encode_members
+    from geodelta.pipelines.stages.validate import validate_stage
+    from geodelta.schemas import QuarantineRecord
+
+    meta_name, validate_name, encode_name = FINALIZE_PARTS
+    t = time.process_time()
+    meta = build_meta(
+        sample, worker.cfg, code_version=worker.code_version, config_hash=worker.config_hash
+    )
+    total[meta_name] += time.process_time() - t
+    t = time.process_time()
+    checked = validate_stage(sample, meta, worker.cfg)
+    total[validate_name] += time.process_time() - t
+    count[meta_name] += 1
+    count[validate_name] += 1
+    if isinstance(checked, QuarantineRecord):
+        return
+    t = time.process_time()
+    encode_members(sample, meta, worker.cfg)
+    total[encode_name] += time.process_time() - t
+    count[encode_name] += 1
+
+
 def stage_times(catalog: Path, aoi: list[float], release: Path, limit: int) -> dict[str, Any]:
-    """Seconds per stage over the first ``limit`` cells (every stage a cell reaches)."""
+    """CPU seconds per stage over the first ``limit`` cells (every stage a cell reaches), and
+    per part of the finalize stage (:data:`FINALIZE_PARTS`, each sample finalized again)."""
     from geodelta import __version__
     from geodelta.pipelines.stages.plan import plan_jobs
+    from geodelta.pipelines.stages.sample import Sample
     from geodelta.pipelines.stages.worker import Worker, guarded
     from geodelta.schemas import QuarantineRecord, load_config
     from geodelta.sources.raster import close_cached
@@ -348,20 +381,39 @@ def stage_times(catalog: Path, aoi: list[float], release: Path, limit: int) -> d
     for job in jobs:
         record: Any = job
         for stage, fn in worker.steps():
+            if stage == "validate" and isinstance(record, Sample):
+                _finalize_parts(worker, record, total, count)
             t = time.process_time()  # CPU: robust to other jobs on the machine
             record = guarded(stage, fn, record)
             total[stage] += time.process_time() - t
             count[stage] += 1
             if isinstance(record, QuarantineRecord):
                 break
+    order = [name for name in total if name not in FINALIZE_PARTS]
+    order += [name for name in FINALIZE_PARTS if count[name]]
     return {
         "cells": len(jobs),
         "setup_s": setup,
+        "load": _load(),
         "stages": {
             name: {"calls": count[name], "ms_per_call": 1000 * total[name] / count[name]}
-            for name in total
+            for name in order
         },
     }
+
+
+def stage_table(stages: dict[str, Any]) -> list[str]:
+    """The per-stage table (markdown rows) of :func:`stage_times`' result."""
+    lines = ["| stage | calls | CPU ms per call |", "|---|---:|---:|"]
+    for name, s in stages["stages"].items():
+        if name == "validate":
+            label = "finalize (meta + validate + encode)"
+        elif name in FINALIZE_PARTS:
+            label = f"- of which {name.split(': ')[1]}"
+        else:
+            label = name
+        lines.append(f"| {label} | {s['calls']} | {s['ms_per_call']:.1f} |")
+    return lines
 
 
 # --------------------------------------------------------------------------------------------
@@ -505,12 +557,8 @@ def render(res: dict[str, Any]) -> str:
         f"Per stage, in one process (`Worker` stages over the first {res['stages']['cells']} "
         f"cells; catalog + annotator setup {res['stages']['setup_s'] * 1000:.0f} ms once):",
         "",
-        "| stage | calls | CPU ms per call |",
-        "|---|---:|---:|",
+        *stage_table(res["stages"]),
     ]
-    for name, s in res["stages"]["stages"].items():
-        label = "finalize (meta + validate + encode)" if name == "validate" else name
-        lines.append(f"| {label} | {s['calls']} | {s['ms_per_call']:.1f} |")
     lines += ["", *res.get("notes", []), END]
     return "\n".join(lines) + "\n"
 
@@ -553,6 +601,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="work folder")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results file")
     parser.add_argument("--stage-cells", type=int, default=150, help="cells for per-stage times")
+    parser.add_argument(
+        "--stages-only",
+        action="store_true",
+        help="only the per-stage CPU times (one process, --stage-cells cells): printed, "
+        "RESULTS.md untouched",
+    )
     args = parser.parse_args(argv)
     scale = args.scale if args.scale is not None else (QUICK_SCALE if args.quick else DEFAULT_SCALE)
     out = args.out.resolve()
@@ -566,6 +620,14 @@ def main(argv: list[str] | None = None) -> int:
     catalog, aoi, gen_s = demo_catalog(out, args.seed, scale)
     if gen_s:
         say(f"catalog written in {gen_s:.0f} s (not timed)")
+    if args.stages_only:
+        stages = stage_times(catalog, aoi, out / "release-stages", args.stage_cells)
+        print(
+            f"Per stage, CPU, {stages['cells']} cells, scale {scale:g}, load average "
+            f"{load_start} at start, {stages['load']} at end:\n"
+        )
+        print("\n".join(stage_table(stages)))
+        return 0
 
     runs: dict[str, dict[str, Any]] = {}
     for runner in ("direct", "inprocess"):

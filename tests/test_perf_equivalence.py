@@ -259,6 +259,88 @@ def test_rgb_png_pixels_match_the_plain_formula() -> None:
     assert (got[3:6, 4:9] == 0).all() and (got[10, 10] == 0).all()
 
 
+# -- to_dn: in place == the plain formula --------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_to_dn_is_bit_identical_to_the_plain_formula(dtype: type) -> None:
+    from geodelta.pipelines.stages.encode import (
+        OUTPUT_DN_OFFSET,
+        OUTPUT_DN_SCALE,
+        OUTPUT_NODATA,
+        to_dn,
+    )
+
+    rng = np.random.default_rng(9)
+    refl = rng.uniform(-0.3, 7.0, size=(4, 40, 56)).astype(dtype)
+    refl[0, 1:4, 2:9] = np.nan
+    refl[1, 5, 5], refl[2, 6, 6], refl[3, 7, 7] = np.inf, -np.inf, 0.00005  # a .5 rounding tie
+    refl[3, 8, 8:12] = (-0.1, -0.0999, 6.4535, 6.4536)  # DN 0 -> 1, 1, 65535, 65536 -> 65535
+    before = refl.copy()
+    got = to_dn(refl)
+    # to_dn as first written
+    r = refl.astype(np.float64)
+    nan = ~np.isfinite(r)
+    want = np.rint((np.where(nan, 0.0, r) - OUTPUT_DN_OFFSET) / OUTPUT_DN_SCALE)
+    want = np.clip(want, 1, 65535).astype(np.uint16)
+    want[nan] = OUTPUT_NODATA
+    assert got.dtype == np.uint16 and np.array_equal(got, want)
+    assert np.array_equal(refl, before, equal_nan=True)  # the input is not touched
+    assert (got[0, 1:4, 2:9] == 0).all() and got[1, 5, 5] == 0 and got[2, 6, 6] == 0
+    assert got.min() == 0 and got.max() == 65535
+
+
+# -- shards: tarfile == webdataset's TarWriter ------------------------------------------------
+
+
+def test_shard_tar_is_byte_identical_to_webdataset_tarwriter(tmp_path: Path) -> None:
+    """The shard writer stopped importing webdataset (and so torch); its tars must not move."""
+    import io
+
+    import webdataset as wds
+
+    from geodelta.pipelines.release.shards import (
+        TAR_GROUP,
+        TAR_MODE,
+        TAR_MTIME,
+        TAR_USER,
+        _SampleTar,
+        tar_entry_bytes,
+    )
+
+    rng = np.random.default_rng(5)
+    samples = [
+        # members in non-sorted order; a key long enough for a PAX header; a non-ASCII key;
+        # empty, 512-byte and odd-sized members
+        ("31N-1280-0001-0002_20200615_20210620", {"json": b"{}", "after.tif": b"x" * 512}),
+        ("k" * 120, {"qa.json": rng.bytes(1000), "before.png": b""}),
+        ("zone-\u00e9t\u00e9_20200101_20210101", {"mask.png": rng.bytes(7), "a": b"\x00"}),
+    ]
+    want, got = io.BytesIO(), io.BytesIO()
+    ref = wds.TarWriter(
+        want,
+        user=TAR_USER,
+        group=TAR_GROUP,
+        mode=TAR_MODE,
+        encoder=False,
+        mtime=TAR_MTIME,
+        compress=False,
+    )
+    fast = _SampleTar(got)
+    for key, members in samples:
+        ref.write({"__key__": key, **members})
+        fast.write(key, members)
+    ref.close()
+    fast.close()
+    assert got.getvalue() == want.getvalue()
+    ascii_entries = sum(
+        tar_entry_bytes(f"{k}.{n}", len(v)) for k, m in samples[:2] for n, v in m.items()
+    )
+    assert len(got.getvalue()) > ascii_entries  # the members are there, not an empty tar
+    with pytest.raises(ValueError, match="not bytes"):
+        _SampleTar(io.BytesIO()).write("k", {"json": "text"})  # type: ignore[dict-item]
+
+
 # -- Beam workers start with single-threaded BLAS ---------------------------------------------
 
 

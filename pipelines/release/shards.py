@@ -1,21 +1,27 @@
 """Write a release's WebDataset shards: ``shards/{split}-{i:06d}.tar``, byte-deterministic.
 
-Samples are grouped by split, sorted by key and written in the member order of the staging
-area; every tar header carries the same mtime, owner and mode (:data:`TAR_MTIME`,
-:data:`TAR_USER`, :data:`TAR_GROUP`, :data:`TAR_MODE`), so the same staged samples give the
-same bytes. Each shard is written to a temporary file and renamed into place when closed.
+Samples are grouped by split, sorted by key and written with their members in name order;
+every tar header carries the same mtime, owner and mode (:data:`TAR_MTIME`, :data:`TAR_USER`,
+:data:`TAR_GROUP`, :data:`TAR_MODE`), so the same staged samples give the same bytes. Each
+shard is written to a temporary file and renamed into place when closed.
+
+The tars are written with the standard library's :mod:`tarfile` exactly as webdataset's
+``TarWriter`` (``encoder=False``, ``compress=False``) writes them: a streamed ``"w|"`` archive
+in tarfile's default (PAX) format, a sample's members in sorted name order, each named
+``{key}.{member}``. The same bytes, without importing webdataset (which imports torch: about
+1 s of CPU per build); ``tests/test_perf_equivalence.py`` checks the bytes against ``TarWriter``.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import tarfile
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-
-import webdataset as wds
 
 from geodelta._io import sha256_file, tmp_name
 from geodelta.pipelines.release.layout import SHARDS_DIR
@@ -54,6 +60,34 @@ def tar_entry_bytes(name: str, size: int) -> int:
     return 512 + (size + 511) // 512 * 512 + (1024 if len(name) > 100 else 0)
 
 
+class _SampleTar:
+    """Samples (``{member: bytes}``) into a streamed tar, byte for byte as webdataset's
+    ``TarWriter(stream, user=TAR_USER, group=TAR_GROUP, mode=TAR_MODE, encoder=False,
+    mtime=TAR_MTIME, compress=False)`` writes them."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        # TarWriter opens "w|" without passing its format: tarfile's default (PAX) applies
+        self._tar = tarfile.open(fileobj=stream, mode="w|")  # noqa: SIM115 (see close)
+
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        """Append one sample: its members in sorted name order, as ``{key}.{name}``."""
+        for name in sorted(members):
+            data = members[name]
+            if not isinstance(data, bytes | bytearray | memoryview):
+                raise ValueError(f"member {name} of {key} is not bytes ({type(data).__name__})")
+            info = tarfile.TarInfo(f"{key}.{name}")
+            info.size = len(data)
+            info.mtime = TAR_MTIME
+            info.mode = TAR_MODE
+            info.uname = TAR_USER
+            info.gname = TAR_GROUP
+            self._tar.addfile(info, io.BytesIO(data))
+
+    def close(self) -> None:
+        """Write the end-of-archive blocks (the stream stays open)."""
+        self._tar.close()
+
+
 @dataclass
 class _ShardOut:
     """A shard being written: a temp file that becomes ``path`` on close."""
@@ -61,7 +95,7 @@ class _ShardOut:
     path: Path
     tmp: Path
     stream: IO[bytes]
-    writer: wds.TarWriter
+    writer: _SampleTar
     split: str
     samples: int = 0
     nbytes: int = 0
@@ -70,16 +104,7 @@ class _ShardOut:
 def _open_shard(path: Path, split: str) -> _ShardOut:
     tmp = tmp_name(path)
     stream = tmp.open("wb")
-    writer = wds.TarWriter(
-        stream,
-        user=TAR_USER,
-        group=TAR_GROUP,
-        mode=TAR_MODE,
-        encoder=False,
-        mtime=TAR_MTIME,
-        compress=False,
-    )
-    return _ShardOut(path=path, tmp=tmp, stream=stream, writer=writer, split=split)
+    return _ShardOut(path=path, tmp=tmp, stream=stream, writer=_SampleTar(stream), split=split)
 
 
 def _close_shard(shard: _ShardOut, release_dir: Path) -> ShardInfo:
@@ -145,7 +170,7 @@ def write_shards(
             if current is None:
                 current = _open_shard(release_dir / shard_name(split, index), split)
                 index += 1
-            current.writer.write({"__key__": key, **members})
+            current.writer.write(key, members)
             current.samples += 1
             current.nbytes += size
             rel = current.path.relative_to(release_dir).as_posix()

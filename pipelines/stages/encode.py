@@ -70,10 +70,16 @@ def to_dn(reflectance: np.ndarray) -> np.ndarray:
     arr = np.asarray(reflectance)
     if not np.issubdtype(arr.dtype, np.floating):
         raise EncodeError(f"reflectance must be a float array (actual dtype={arr.dtype})")
+    # in place on one float64 copy: the same operations, in the same order, as
+    # np.clip(np.rint((np.where(nan, 0.0, r) - OFFSET) / SCALE), MIN, MAX), without temporaries
     r = arr.astype(np.float64)
     nan = ~np.isfinite(r)
-    dn = np.rint((np.where(nan, 0.0, r) - OUTPUT_DN_OFFSET) / OUTPUT_DN_SCALE)
-    dn = np.clip(dn, _DN_MIN, _DN_MAX).astype(np.uint16)
+    r[nan] = 0.0
+    r -= OUTPUT_DN_OFFSET
+    r /= OUTPUT_DN_SCALE
+    np.rint(r, out=r)
+    np.clip(r, _DN_MIN, _DN_MAX, out=r)
+    dn = r.astype(np.uint16)
     dn[nan] = OUTPUT_NODATA
     return dn
 
