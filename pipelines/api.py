@@ -122,6 +122,7 @@ __all__ = [
     "report",
     "require_release",
     "search",
+    "snapshot",
     "space_note",
     "summary_rows",
     "train_baseline",
@@ -307,6 +308,27 @@ def preflight(cfg: BuildConfig) -> list[str]:
     return _builder.preflight(cfg)
 
 
+def snapshot(cfg: BuildConfig, out: str | Path) -> tuple[int, str]:
+    """Write the search snapshot of a build without building: the STAC items every search the
+    build would run returns (per plan block: the imagery of both windows and the label
+    collection), no pixel read, to ``out`` (a local path or an fsspec URL) in stac-geoparquet
+    (:mod:`geodelta.sources.snapshot`). Build from it with ``catalog.kind: snapshot``.
+
+    Returns:
+        (items written, sha256 of the file).
+
+    Raises:
+        CatalogError: the catalog cannot be opened or searched.
+        BuildError: the AOI holds no whole cell.
+    """
+    from geodelta.pipelines.release.snapshot import make_snapshot
+    from geodelta.sources.profiles import apply_defaults
+
+    cfg = apply_defaults(cfg)
+    _builder._register_secrets(cfg)
+    return make_snapshot(cfg, out)
+
+
 # -- build ------------------------------------------------------------------------------------
 
 
@@ -354,6 +376,7 @@ def build(
     on_stage: Callable[[str], None] | None = None,
     previous: str | Path | None = None,
     confirm: bool = False,
+    from_release: str | Path | None = None,
 ) -> BuildResult:
     """Build the release a config describes: plan, stages, release, report (and upload).
 
@@ -372,6 +395,9 @@ def build(
         on_stage: called with each top-level stage name as it starts (for logs and tests).
         previous: an earlier release the report diffs against.
         confirm: go ahead even when the estimate exceeds a ``budget`` limit.
+        from_release: a previous release of the same dataset (a local folder) whose samples
+            with unchanged inputs are copied instead of processed (``build --from``; see
+            :mod:`geodelta.pipelines.release.incremental`).
 
     Returns:
         The release directory, its manifest and timings.
@@ -379,7 +405,8 @@ def build(
     Raises:
         BudgetError: the estimate exceeds a ``budget`` limit and not ``confirm``.
         BuildError: see :func:`check_build`; no whole cell in the AOI; cells without an
-            outcome after the run (IncompleteBuildError).
+            outcome after the run (IncompleteBuildError); ``from_release`` is not a release,
+            is one of another dataset, or differs in sample-shaping config sections.
         OutputError: the URL target cannot be written.
         PlanError, CatalogError: the plan or the catalog fails.
         OutputBusyError: another build holds the output folder (names it).
@@ -392,6 +419,7 @@ def build(
         on_stage=on_stage,
         previous=previous,
         confirm=confirm,
+        from_release=from_release,
     )
 
 

@@ -239,6 +239,9 @@ class BuildResult:
     """The fsspec URL the release was uploaded to, without query string or user info
     (``release_dir`` was the local work folder, removed after the upload unless
     ``keep_staging``); None for a local release."""
+    incremental: dict[str, Any] | None = None
+    """``--from``: the previous release and the reused / new / changed / retried / removed
+    cell counts (:mod:`geodelta.pipelines.release.incremental`); None without it."""
 
     @property
     def location(self) -> str:
@@ -477,7 +480,10 @@ def _build_cells(cfg: BuildConfig, cells: Collection[str]) -> CellsResult:
     done = _trusted_done(staging, wanted)
     todo, _, _ = _todo_blocks(cfg, done, wanted)
     n_todo = sum(block.cells for block in todo)
-    counts = run_cells(todo, cfg, staging_root, code_version=__version__)
+    from geodelta.pipelines.release.snapshot import snapshot_first
+
+    work_cfg = snapshot_first(cfg, staging, staging_root, reuse=True)  # one for every task
+    counts = run_cells(todo, work_cfg, staging_root, code_version=__version__)
     _check_done(staging, wanted)
     return CellsResult(len(found), n_todo, len(found) - n_todo, counts.rows())
 
@@ -491,6 +497,7 @@ def build(
     on_stage: Callable[[str], None] | None = None,
     previous: str | Path | None = None,
     confirm: bool = False,
+    from_release: str | Path | None = None,
 ) -> BuildResult:
     """Build the release a config describes: see :func:`geodelta.pipelines.api.build`."""
     from geodelta.pipelines.release.lock import hold_output, hold_place, restore_swapped
@@ -510,7 +517,7 @@ def build(
         for place in _places(cfg):
             held.enter_context(hold_place(place))
         restore_swapped(release_dir)  # an --overwrite that died between its two renames
-        return _build(cfg, mode, progress, keep_staging, on_stage, previous)
+        return _build(cfg, mode, progress, keep_staging, on_stage, previous, from_release)
 
 
 def _resuming(cfg: BuildConfig, mode: Mode) -> bool:
@@ -528,6 +535,7 @@ def _build(
     keep_staging: bool,
     on_stage: Callable[[str], None] | None,
     previous: str | Path | None,
+    from_release: str | Path | None = None,
 ) -> BuildResult:
     """:func:`build` with the output folder's lock held."""
     from geodelta.pipelines.engines.run import run_cells
@@ -539,6 +547,11 @@ def _build(
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     check_build(cfg, mode)  # before any work
+    prev = None
+    if from_release is not None:  # --from: refused before anything is written
+        from geodelta.pipelines.release.incremental import open_previous
+
+        prev = open_previous(from_release, cfg)
     preflight(cfg)  # the catalog, the collections, a sampled item of each: before any pixel
     release_dir, url = _release_dir(cfg)
     build_dir = _build_dir(release_dir, mode)
@@ -555,11 +568,25 @@ def _build(
     stage("plan")
     t = time.perf_counter()
     done = _trusted_done(staging) if mode == "resume" else set()
+    from geodelta.pipelines.release.snapshot import snapshot_first
+
+    work_cfg = snapshot_first(cfg, staging, staging_root, reuse=mode == "resume")
+    incremental = None
+    if prev is not None:  # unchanged samples copied from it, their cells marked done
+        from geodelta.pipelines.release.incremental import reuse_previous
+
+        stage("reuse")
+        t_reuse = time.perf_counter()
+        incremental = reuse_previous(  # the pair stage on the items the workers will see
+            cfg, prev, staging, done, _plan_ids(cfg), code_version=__version__, search=work_cfg
+        )
+        done = done | incremental.reused_cells
+        timings["reuse"] = time.perf_counter() - t_reuse
     todo, n_cells, _ = _todo_blocks(cfg, done)  # blocks, expanded into cells on the workers
     if not n_cells:
         raise _no_cells()
     n_todo = sum(block.cells for block in todo)
-    timings["plan"] = time.perf_counter() - t
+    timings["plan"] = time.perf_counter() - t - timings.get("reuse", 0.0)
 
     stage("process")
     t = time.perf_counter()
@@ -569,7 +596,7 @@ def _build(
         try:
             run_cells(
                 todo,
-                cfg,
+                work_cfg,
                 staging_root,
                 code_version=__version__,
                 progress=bar.advance,
@@ -585,7 +612,13 @@ def _build(
 
     stage("release")
     t = time.perf_counter()
-    manifest = write_release(build_dir, cfg, staging, code_version=__version__)
+    manifest = write_release(
+        build_dir,
+        cfg,
+        staging,
+        code_version=__version__,
+        incremental=None if incremental is None else incremental.as_dict(),
+    )
     if not sum(manifest.splits.values()):  # every staged sample was dropped while sharding
         where = f"{build_dir} holds none; verify and release refuse it"
         raise EmptyReleaseError(
@@ -623,10 +656,11 @@ def _build(
         release_dir=release_dir,
         manifest=manifest,
         cells=n_cells,
-        resumed_cells=n_cells - n_todo,
+        resumed_cells=n_cells - n_todo - (0 if incremental is None else incremental.reused),
         seconds=time.perf_counter() - t_start,
         stage_seconds=timings,
         url=None if url is None else shown(url),
+        incremental=None if incremental is None else incremental.as_dict(),
     )
 
 
@@ -676,6 +710,12 @@ def summary_rows(result: BuildResult) -> list[tuple[str, str]]:
         ("dataset", f"{m.name} {m.version}"),
         ("cells planned", str(result.cells)),
         ("cells resumed", str(result.resumed_cells)),
+    ]
+    inc = result.incremental
+    if inc is not None:
+        rows.append(("from", f"{inc['from']} ({inc['from_config_hash'][:12]})"))
+        rows += [(f"  {k}", str(inc[k])) for k in ("reused", "new", "changed", "removed")]
+    rows += [
         ("samples", str(result.samples)),
     ]
     rows += [(f"  {split}", str(n)) for split, n in sorted(m.splits.items())]

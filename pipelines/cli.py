@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from geodelta.errors import GeodeltaError
-from geodelta.pipelines import api
+from geodelta.pipelines import api, cli_snapshot  # noqa: F401  (cli_snapshot: its command)
 from geodelta.pipelines.cli_common import (  # noqa: F401  (re-exported: cli.app, cli._say...)
     DEMO_CONFIG,
     REPO_ROOT,
@@ -42,7 +42,9 @@ def _print_summary(result: api.BuildResult) -> None:
     console.print(table)
 
 
-def _run_build(cfg: Any, mode: str, progress: bool, confirm: bool = False) -> Any:
+def _run_build(
+    cfg: Any, mode: str, progress: bool, confirm: bool = False, from_release: str | None = None
+) -> Any:
     try:
         return api.build(
             cfg,
@@ -50,6 +52,7 @@ def _run_build(cfg: Any, mode: str, progress: bool, confirm: bool = False) -> An
             progress=progress,
             on_stage=(lambda name: _say(name, "> ", "bold cyan")) if progress else None,
             confirm=confirm,
+            from_release=from_release,
         )
     except (api.BreakerError, api.EmptyReleaseError, api.BudgetError) as exc:  # not a mistake
         raise _fail(str(exc), code=1) from None
@@ -131,6 +134,14 @@ def build(
             "--yes", help="Build even when the estimate exceeds a budget limit (budget section)"
         ),
     ] = False,
+    from_release: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="A previous release of this dataset (folder): copy its samples whose cell, "
+            "items and sample-shaping config are unchanged instead of processing them",
+        ),
+    ] = None,
 ) -> None:
     """Build the release a config describes.
 
@@ -160,7 +171,7 @@ def build(
     if check:
         _check_only(cfg, mode, yes)
         return
-    result = _run_build(cfg, mode, progress, confirm=yes)
+    result = _run_build(cfg, mode, progress, confirm=yes, from_release=from_release)
     _print_summary(result)
     typer.echo(result.location)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -125,14 +126,17 @@ class CatalogConfig(Section):
         "token_refresh_s",
     )
 
-    kind: Literal["static", "stac-api", "planetary-computer"] = Field(
+    kind: Literal["static", "stac-api", "planetary-computer", "snapshot"] = Field(
         default="static",
         description="'static': a local STAC catalog; 'stac-api': any STAC API (pystac-client); "
-        "'planetary-computer': the Planetary Computer STAC API, asset hrefs signed at read time",
+        "'planetary-computer': the Planetary Computer STAC API, asset hrefs signed at read time; "
+        "'snapshot': a search snapshot (stac-geoparquet, `geodelta snapshot` or a release's "
+        "snapshot/items.parquet) searched in process, no API call",
     )
     url: str = Field(
-        description="Path or URL of catalog.json (static), or the STAC API root URL "
-        "(e.g. https://planetarycomputer.microsoft.com/api/stac/v1)"
+        description="Path or URL of catalog.json (static), the STAC API root URL "
+        "(e.g. https://planetarycomputer.microsoft.com/api/stac/v1), or the snapshot file "
+        "(a local path or any fsspec URL)"
     )
     max_items: int | None = Field(
         default=None, ge=1, description="Most items one search returns (None = all); a bound"
@@ -568,6 +572,9 @@ class BuildConfig(Section):
             data["catalog"].pop(key, None)
         if self.aoi.geojson is not None:
             data["aoi"]["geojson"] = self._content_id(self.aoi.geojson)
+        if self.catalog.kind == "snapshot":
+            data["catalog"] = self._snapshot_catalog()
+            data["catalog"].pop("url", None)
         if self.baseline.weights is not None:
             data["baseline"]["weights"] = self._content_id(self.baseline.weights, "weights.pt")
         if self.baseline.weights is None:
@@ -592,7 +599,24 @@ class BuildConfig(Section):
         :meth:`config_hash`."""
         data = self.normalised()
         data["catalog"]["url"] = self.catalog.recorded_url
+        if self.catalog.kind == "snapshot":
+            data["catalog"]["url"] = self._snapshot_catalog().get("url", data["catalog"]["url"])
         return data
+
+    def _snapshot_catalog(self) -> dict[str, Any]:
+        """The catalog section a ``kind: snapshot`` config stands for.
+
+        A snapshot records the catalog its items were searched in (``geodelta:origin`` in its
+        Parquet metadata: that catalog's :meth:`recorded` section): building from it is
+        building from that catalog, frozen, so the config hashes (and the release records the
+        catalog) as the build that searched the catalog itself: a release rebuilt from its own
+        snapshot has the same bytes. A snapshot without that record (written by another tool)
+        enters by its content: ``{"kind": "snapshot", "snapshot": "sha256:<hex>"}``.
+        """
+        origin, sha = _snapshot_origin(self.resolve(self.catalog.url))
+        if origin:
+            return dict(origin)
+        return {"kind": "snapshot", "snapshot": sha, "url": self.catalog.recorded_url}
 
     def _content_id(self, path: str, inside: str | None = None) -> str:
         """What a file the config names holds: ``sha256:<hex>`` of a local file (``inside`` a
@@ -614,6 +638,56 @@ class BuildConfig(Section):
 
 #: How a local file enters the config hash and the manifest: by its content, not its path.
 CONTENT_ID_PREFIX = "sha256:"
+#: Parquet metadata key of a search snapshot's origin (:mod:`geodelta.sources.snapshot`).
+SNAPSHOT_ORIGIN_KEY = b"geodelta:origin"
+
+
+def _snapshot_origin(url: str) -> tuple[dict[str, Any], str]:
+    """(the recorded origin, ``sha256:<hex>`` of the content) of a snapshot file; an unreadable
+    file gives ({}, its name): opening the catalog then says what is wrong with it."""
+    local = "://" not in url or url.startswith("file://")
+    try:
+        if local:
+            path = url.removeprefix("file://")
+            st = os.stat(path)
+            return _snapshot_origin_cached(path, st.st_mtime_ns, st.st_size)
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(url)
+        info = fs.info(path)  # one HEAD: the content is read again only when it changed
+        version = str(info.get("ETag") or info.get("etag") or info.get("mtime") or "")
+        return _snapshot_origin_remote(url, version, int(info.get("size") or 0))
+    except (OSError, ValueError):
+        return {}, Path(urlsplit(url).path).name
+
+
+@functools.lru_cache(maxsize=16)
+def _snapshot_origin_cached(path: str, mtime_ns: int, size: int) -> tuple[dict[str, Any], str]:
+    return _snapshot_origin_read(path)
+
+
+@functools.lru_cache(maxsize=16)
+def _snapshot_origin_remote(url: str, version: str, size: int) -> tuple[dict[str, Any], str]:
+    """A remote snapshot read once per (URL, ETag or mtime, size) in a process: a worker
+    hashes its config for every sample."""
+    return _snapshot_origin_read(url)
+
+
+def _snapshot_origin_read(url: str) -> tuple[dict[str, Any], str]:
+    import io
+
+    import fsspec
+    import pyarrow.parquet as pq
+
+    with fsspec.open(url, "rb") as fh:
+        data = fh.read()
+    try:
+        meta = pq.read_schema(io.BytesIO(data)).metadata or {}
+    except Exception as exc:  # pyarrow: not a Parquet file
+        raise ValueError(str(exc)) from exc
+    origin = json.loads(meta.get(SNAPSHOT_ORIGIN_KEY, b"{}"))
+    sha = CONTENT_ID_PREFIX + hashlib.sha256(data).hexdigest()
+    return (origin if isinstance(origin, dict) else {}), sha
 
 
 @functools.lru_cache(maxsize=64)

@@ -15,6 +15,7 @@ module) and re-exports the names callers use: :class:`CatalogError`, :class:`Sce
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -32,7 +33,9 @@ def open_catalog(cfg: CatalogConfig, *, resolve: Any = None) -> SceneCatalog:
     """Open (once per process) the catalog a config names.
 
     ``catalog.kind`` picks the implementation: ``static`` a local catalog.json
-    (:class:`StaticCatalog`), ``stac-api`` and ``planetary-computer`` a STAC API
+    (:class:`StaticCatalog`), ``snapshot`` a search snapshot
+    (:class:`geodelta.sources.snapshot.SnapshotCatalog`, searched as a static catalog; a local
+    file is read again when it changed), ``stac-api`` and ``planetary-computer`` a STAC API
     (:class:`geodelta.sources.stac_api.StacApiCatalog`; signing for reads is separate, see
     :func:`geodelta.sources.signing.signer_for`).
 
@@ -43,6 +46,9 @@ def open_catalog(cfg: CatalogConfig, *, resolve: Any = None) -> SceneCatalog:
     if cfg.kind == "static":
         url = resolve(cfg.url) if resolve is not None else cfg.url
         key = f"static:{url}"
+    elif cfg.kind == "snapshot":
+        url = resolve(cfg.url) if resolve is not None else cfg.url
+        key = f"snapshot:{url}:{_stamp(url)}"
     else:
         url = cfg.url
         key = f"api:{cfg.model_dump_json()}"
@@ -51,6 +57,13 @@ def open_catalog(cfg: CatalogConfig, *, resolve: Any = None) -> SceneCatalog:
         if cat is None:
             if cfg.kind == "static":
                 cat = StaticCatalog(url)
+            elif cfg.kind == "snapshot":
+                # imported here: pyarrow and stac-geoparquet only when a snapshot is configured
+                from geodelta.sources.snapshot import SnapshotCatalog
+
+                cat = SnapshotCatalog(url)
+                for stale in [k for k in _CACHE if k.startswith(f"snapshot:{url}:")]:
+                    del _CACHE[stale]  # an earlier version of that file
             else:
                 # imported here: pystac-client and requests only when an API is configured
                 from geodelta.sources.stac_api import StacApiCatalog
@@ -58,3 +71,14 @@ def open_catalog(cfg: CatalogConfig, *, resolve: Any = None) -> SceneCatalog:
                 cat = StacApiCatalog(cfg)
             _CACHE[key] = cat
         return cat
+
+
+def _stamp(url: str) -> str:
+    """(mtime, size) of a local file, so a rewritten snapshot is read again; '' otherwise."""
+    if "://" in url and not url.startswith("file://"):
+        return ""
+    try:
+        st = os.stat(url.removeprefix("file://"))
+    except OSError:
+        return ""
+    return f"{st.st_mtime_ns}:{st.st_size}"

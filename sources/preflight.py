@@ -121,6 +121,10 @@ def _first_api_item(
 def _static_item(catalog: StaticCatalog, scene: SceneRef) -> pystac.Item:
     import pystac
 
+    stored = getattr(catalog, "pystac_item", None)  # a snapshot: the items are in memory
+    if stored is not None:
+        item: pystac.Item = stored(scene)
+        return item
     href = catalog.item_hrefs.get((scene.collection, scene.item_id))
     if href is None:
         raise CatalogError(catalog.url, f"item {scene.item_id!r} has no file to read")

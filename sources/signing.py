@@ -169,41 +169,54 @@ def default_sas_url() -> str:
 
 
 def http_token_fetcher(
-    sas_url: str,
+    sas_url: str | None,
     *,
     retries: int = 5,
     backoff_s: float = 0.5,
     max_wait_s: float = 30.0,
     timeout_s: float = 30.0,
 ) -> TokenFetcher:
-    """A fetcher of SAS tokens from ``{sas_url}/{account}/{container}``.
+    """A fetcher of SAS tokens from ``{sas_url}/{account}/{container}`` (``sas_url`` None: the
+    ``planetary-computer`` package's endpoint, :func:`default_sas_url`).
 
     The subscription key (if any) is read from the ``planetary-computer`` package's settings
     (env ``PC_SDK_SUBSCRIPTION_KEY`` or ``~/.planetarycomputer/settings.env``) and sent as a
     header; it is never stored in the config. 429/5xx answers are retried (``Retry-After``
     honoured, capped at ``max_wait_s``).
-    """
-    pc = _planetary_computer()
-    SASToken, Settings = pc.sas.SASToken, pc.settings.Settings
 
-    retry = make_retry(
-        retries=retries,
-        backoff_s=backoff_s,
-        max_wait_s=max_wait_s,
-        allowed_methods=frozenset({"GET"}),
-    )
-    session = _session(retry)
-    base = sas_url.rstrip("/")
+    Nothing is imported or opened until the first token is fetched: a build whose hrefs are
+    never signed (a snapshot of a static catalog) never loads ``planetary_computer`` (~0.2 s)
+    or ``requests``.
+    """
+    lock = threading.Lock()
+    state: dict[str, Any] = {}
+
+    def setup() -> dict[str, Any]:
+        with lock:
+            if not state:
+                pc = _planetary_computer()
+                retry = make_retry(
+                    retries=retries,
+                    backoff_s=backoff_s,
+                    max_wait_s=max_wait_s,
+                    allowed_methods=frozenset({"GET"}),
+                )
+                state["pc"] = pc
+                state["session"] = _session(retry)
+                state["base"] = (sas_url or str(pc.settings.Settings.get().sas_url)).rstrip("/")
+            return state
 
     def fetch(account: str, container: str) -> SasToken:
         import requests
 
-        url = f"{base}/{account}/{container}"
+        st = setup()
+        SASToken, Settings = st["pc"].sas.SASToken, st["pc"].settings.Settings
+        url = f"{st['base']}/{account}/{container}"
         key = Settings.get().subscription_key
         _secrets.register_secret(key)
         headers = {"Ocp-Apim-Subscription-Key": key} if key else None
         try:
-            response = session.get(url, headers=headers, timeout=timeout_s)
+            response = st["session"].get(url, headers=headers, timeout=timeout_s)
         except requests.RequestException as exc:
             raise SigningError(
                 url,
@@ -260,7 +273,7 @@ class PlanetaryComputerSigner:
         refresh_margin_s: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._fetch = fetch or http_token_fetcher(default_sas_url())
+        self._fetch = fetch or http_token_fetcher(None)
         self.hosts = tuple(hosts)
         self.refresh_margin_s = refresh_margin_s
         self._clock = clock
@@ -305,15 +318,18 @@ class PlanetaryComputerSigner:
 def signer_for(cfg: CatalogConfig) -> HrefSigner | None:
     """The signer a catalog config asks for, or None (hrefs are read as they are).
 
-    ``catalog.signing: auto`` signs for ``kind: planetary-computer`` only.
+    ``catalog.signing: auto`` signs for ``kind: planetary-computer``, and for ``kind:
+    snapshot`` (items of any catalog, frozen) the hrefs on ``catalog.sign_hosts`` (the
+    Planetary Computer's blob storage; others are read as they are); no other kind.
     """
     mode = cfg.signing
     if mode == "auto":
-        mode = "planetary-computer" if cfg.kind == "planetary-computer" else "none"
+        signs = cfg.kind in ("planetary-computer", "snapshot")
+        mode = "planetary-computer" if signs else "none"
     if mode == "none":
         return None
     fetch = http_token_fetcher(
-        cfg.sas_url or default_sas_url(),
+        cfg.sas_url,
         retries=cfg.retries,
         backoff_s=cfg.backoff_s,
         max_wait_s=cfg.max_wait_s,

@@ -205,6 +205,7 @@ class StacApiCatalog:
         self.url = (url or cfg.url).rstrip("/")
         self._client: Client | None = None
         self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
         #: searches that stopped at ``catalog.max_items`` (results possibly incomplete)
         self.truncated = 0
         #: HTTP searches run
@@ -301,6 +302,30 @@ class StacApiCatalog:
         max_cloud_cover: float | None = None,
     ) -> list[pystac.Item]:
         """The matching pystac Items, profile-completed, deduplicated (in the API's order)."""
+        found, _ = self.search_items_flagged(
+            collections,
+            bbox=bbox,
+            intersects=intersects,
+            window=window,
+            max_cloud_cover=max_cloud_cover,
+        )
+        return found
+
+    def search_items_flagged(
+        self,
+        collections: Sequence[str],
+        *,
+        bbox: BBox | None = None,
+        intersects: dict[str, Any] | None = None,
+        window: tuple[datetime, datetime] | None = None,
+        max_cloud_cover: float | None = None,
+    ) -> tuple[list[pystac.Item], bool]:
+        """:meth:`search_items`, and whether this search stopped at ``catalog.max_items``.
+
+        Thread-safe (searches of several threads share the client, its HTTP session and the
+        per-host limit): the flag is this search's own, where :attr:`truncated` counts those
+        of every thread.
+        """
         client = self.client
         params: dict[str, Any] = {
             "collections": list(collections),
@@ -333,9 +358,11 @@ class StacApiCatalog:
                     continue
                 complete_item(item)
                 found[(item.collection_id or "", item.id)] = item
-        self.searches += 1
-        if self.cfg.max_items is not None and n >= self.cfg.max_items:
-            self.truncated += 1
+        cut = self.cfg.max_items is not None and n >= self.cfg.max_items
+        with self._count_lock:
+            self.searches += 1
+            self.truncated += int(cut)
+        if cut:
             logger.warning(
                 "search of %s at %s stopped at catalog.max_items=%d items; results may be "
                 "incomplete (raise catalog.max_items or narrow the time windows)",
@@ -343,4 +370,4 @@ class StacApiCatalog:
                 self.url,
                 self.cfg.max_items,
             )
-        return list(found.values())
+        return list(found.values()), cut

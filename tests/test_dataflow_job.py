@@ -291,13 +291,18 @@ def test_a_dataflow_job_references_no_local_path_and_builds_into_s3(
     strings = {s for state in states for s in _strings(state)}
     staging = f"{s3_bucket.url}/staging"
     assert staging in strings  # the commits and the breaker write to the object store
-    assert data["catalog"]["url"] in strings  # the workers read the catalog over HTTP
+    # the workers search the build's snapshot of the catalog (searched over HTTP by the driver
+    # before any work), staged on the object store beside the cells
+    assert f"{staging}/snapshot.parquet" in strings
+    assert data["catalog"]["url"] not in strings  # never the live catalog
     # no local path: not the config's folder (base_dir), not the driver's work folder
     local = sorted(s for s in strings if s.startswith(("/", "file:")) or str(tmp_path) in s)
     assert local == [], local
     workers_cfg = [v for state in states for v in _configs(state)]
     assert workers_cfg and all(c.base_dir == "." for c in workers_cfg)
-    assert {c.config_hash() for c in workers_cfg} == {parse_config(data).config_hash()}
+    # the workers' config stands for the same data (its snapshot is gone with the staging area
+    # once the build is done: the release's config hash below is the check)
+    assert {c.catalog.kind for c in workers_cfg} == {"snapshot"}
 
     # the build went through: release on S3, staging on S3, verified
     assert res.output.strip().splitlines()[-1] == f"{s3_bucket.url}/release"
@@ -314,6 +319,7 @@ def test_a_dataflow_job_references_no_local_path_and_builds_into_s3(
     assert check.ok, check.problems
     manifest = json.loads((local_copy / "manifest.json").read_text())
     assert check.samples == sum(manifest["splits"].values()) > 0
+    assert manifest["config_hash"] == parse_config(data).config_hash()  # same data, same hash
     # every cell was committed to the staging area on S3: one sample or one quarantine each
     cells = sum(manifest["splits"].values()) + sum(manifest["quarantined"].values())
     assert len(job["markers"]) == cells

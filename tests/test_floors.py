@@ -46,6 +46,7 @@ FLOORS: tuple[tuple[str, int, str], ...] = (
     ("geodelta.pipelines.cli", 7, "cli"),
     ("geodelta.pipelines.cli_common", 7, "cli"),
     ("geodelta.pipelines.cli_train", 7, "cli"),
+    ("geodelta.pipelines.cli_snapshot", 7, "cli"),
     ("dags", 7, "dags"),
 )
 

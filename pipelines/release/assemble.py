@@ -7,6 +7,7 @@ A release directory holds::
     quarantine.parquet           what did not become a sample, and why
     README.md                    dataset card
     collection.json              STAC Collection describing the release (one asset per shard)
+    snapshot/items.parquet       the STAC items the build searched (stac-geoparquet)
     validation/                  Great Expectations results, summary and Data Docs
     manifest.json                sizes and sha256 of everything above (written last, by
                                  :func:`~geodelta.pipelines.release.manifest.write_manifest`,
@@ -37,21 +38,24 @@ from typing import Any
 import pyarrow as pa
 from pydantic import ValidationError
 
-from geodelta._io import write_atomic
+from geodelta._io import json_bytes, write_atomic
 from geodelta.pipelines.release.card import dataset_card
 from geodelta.pipelines.release.collection import stac_collection
 from geodelta.pipelines.release.layout import (
     CARD,
     COLLECTION,
+    INCREMENTAL,
     MANIFEST,
     MANIFEST_SHA256,
     QUARANTINE_TABLE,
     SAMPLES_TABLE,
+    SNAPSHOT,
     VALIDATION_DIR,
     parquet_bytes,
 )
 from geodelta.pipelines.release.manifest import files_under, write_manifest
 from geodelta.pipelines.release.shards import clean_shards, write_shards
+from geodelta.pipelines.release.snapshot import release_snapshot
 from geodelta.pipelines.release.staging import Staging, StagingError, quarantine_sort_key
 from geodelta.schemas import (
     BuildConfig,
@@ -270,6 +274,8 @@ def _clean(release_dir: Path) -> None:
     """Remove what a previous run left that this run rewrites (manifest first)."""
     (release_dir / MANIFEST).unlink(missing_ok=True)
     (release_dir / MANIFEST_SHA256).unlink(missing_ok=True)
+    (release_dir / INCREMENTAL).unlink(missing_ok=True)  # a --from run's: rewritten if --from
+    (release_dir / SNAPSHOT).unlink(missing_ok=True)  # rewritten when the build made one
     clean_shards(release_dir)
     for path in release_dir.glob(".*.tmp"):
         path.unlink()
@@ -294,6 +300,7 @@ def write_release(
     *,
     code_version: str,
     extra_quarantine: Sequence[QuarantineRecord] = (),
+    incremental: dict[str, Any] | None = None,
 ) -> ReleaseManifest:
     """Write a release from the marked cells of a staging area.
 
@@ -313,6 +320,8 @@ def write_release(
         staging: the staging area the workers filled.
         code_version: geodelta version building the release.
         extra_quarantine: records dropped outside the staged cells (e.g. plan or validate).
+        incremental: a ``--from`` build's counts (:mod:`.incremental`): written to
+            ``incremental.json`` and shown in the card.
 
     Returns:
         The manifest that was written to ``manifest.json``.
@@ -354,9 +363,15 @@ def write_release(
             splits=splits,
             shards=shards,
             funnel=funnel,
+            incremental=incremental,
         ),
     )
+    if incremental is not None:
+        put(INCREMENTAL, json_bytes(incremental))
     put(COLLECTION, stac_collection(cfg, metas, splits, shards))
+    snapshot = release_snapshot(staging)  # the items the build searched (:mod:`.snapshot`)
+    if snapshot is not None:
+        put(SNAPSHOT, snapshot)
     files += files_under(root, VALIDATION_DIR)  # GX results and Data Docs (deterministic)
 
     manifest = ReleaseManifest(

@@ -8,8 +8,15 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any
 
-from geodelta.pipelines.release.layout import MANIFEST, QUARANTINE_TABLE, SAMPLES_TABLE, SHARDS_DIR
+from geodelta.pipelines.release.layout import (
+    INCREMENTAL,
+    MANIFEST,
+    QUARANTINE_TABLE,
+    SAMPLES_TABLE,
+    SHARDS_DIR,
+)
 from geodelta.schemas import BuildConfig, SampleMeta, ShardInfo
 from geodelta.schemas.classes import BINARY_CHANGE, decode_transition
 from geodelta.schemas.members import MEMBERS
@@ -39,6 +46,27 @@ def _llm_lines(metas: Iterable[SampleMeta]) -> list[str]:
     ]
 
 
+def _incremental_lines(inc: dict[str, Any] | None) -> list[str]:
+    """The card's section on a ``build --from`` release (none without it)."""
+    if inc is None:
+        return []
+    return [
+        "## Built incrementally",
+        "",
+        f"From `{inc['from']}` (config hash `{inc['from_config_hash'][:12]}`), cells:",
+        "",
+        "| reused | new | changed | removed |",
+        "|---:|---:|---:|---:|",
+        f"| {inc['reused']} | {inc['new']} | {inc['changed']} | {inc['removed']} |",
+        "",
+        "Reused samples were copied from the previous release's shards without reading pixels "
+        "(their `json` member records this release's config hash); changed cells include "
+        f"{inc['retried']} that the previous release quarantined; removed samples' cells are no "
+        f"longer planned. Counts in `{INCREMENTAL}`.",
+        "",
+    ]
+
+
 def dataset_card(
     cfg: BuildConfig,
     *,
@@ -47,6 +75,7 @@ def dataset_card(
     splits: dict[str, int],
     shards: Sequence[ShardInfo],
     funnel: dict[str, int],
+    incremental: dict[str, Any] | None = None,
 ) -> bytes:
     """The ``README.md`` of a release, as UTF-8 bytes.
 
@@ -57,6 +86,7 @@ def dataset_card(
         splits: split -> sample count.
         shards: the shards written.
         funnel: ``stage:reason`` -> quarantined records.
+        incremental: a ``build --from`` release's counts (``incremental.json``): a section.
     """
     title = f"{cfg.name} {cfg.version}"
     desc = cfg.description.strip() or "(no description given in the config)"
@@ -115,7 +145,9 @@ def dataset_card(
         frm, to = decoded if decoded is not None else ("", "")
         note = " (binary change, classes unknown)" if code == BINARY_CHANGE else ""
         lines.append(f"| {code} | {frm} | {to}{note} |")
-    lines += ["", "0 = no change.", "", "## Quarantine funnel", ""]
+    lines += ["", "0 = no change.", ""]
+    lines += _incremental_lines(incremental)
+    lines += ["## Quarantine funnel", ""]
     if funnel:
         lines += ["| stage:reason | records |", "|---|---:|"]
         lines += [f"| {k} | {v} |" for k, v in sorted(funnel.items())]

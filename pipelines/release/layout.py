@@ -8,6 +8,7 @@ A release directory holds::
     collection.json          a STAC collection describing the release
     samples.parquet          one row per sample
     quarantine.parquet       one row per quarantined record, with its reason
+    incremental.json         ``build --from`` only: what was reused from which release
     shards/<split>-<n>.tar   WebDataset shards
     validation/              Great Expectations results (summary.json, suites/, results/,
                              data_docs/)
@@ -65,6 +66,7 @@ __all__ = [
     "GX_SUITES_DIR",
     "GX_SUMMARY",
     "GX_SUMMARY_FILE",
+    "INCREMENTAL",
     "LATEST",
     "MANIFEST",
     "MANIFEST_SHA256",
@@ -80,6 +82,7 @@ __all__ = [
     "REPORT_FILE",
     "SAMPLES_TABLE",
     "SHARDS_DIR",
+    "SNAPSHOT",
     "STAGING",
     "UNLISTED",
     "UPLOAD_STAMP",
@@ -105,6 +108,11 @@ CARD = "README.md"
 COLLECTION = "collection.json"
 SAMPLES_TABLE = "samples.parquet"
 QUARANTINE_TABLE = "quarantine.parquet"
+#: A ``build --from`` release only: the previous release and the reused / new / changed /
+#: removed cell counts (:mod:`.incremental`).
+INCREMENTAL = "incremental.json"
+#: The items the build searched, as a stac-geoparquet search snapshot (:mod:`.snapshot`).
+SNAPSHOT = "snapshot/items.parquet"
 SHARDS_DIR = "shards"
 VALIDATION_DIR = "validation"
 # Inside VALIDATION_DIR (summary.json names the others relative to it):

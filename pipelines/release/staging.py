@@ -70,8 +70,15 @@ _DIGESTS = ".sha256.json"
 STAMP_FILE = "config.json"
 #: The circuit breaker's trip in the staging area's root (:mod:`geodelta.pipelines.engines.breaker`).
 TRIP_FILE = "breaker.json"
-#: The files a build may leave in the root (removed with the staging area).
-_ROOT_FILES = (STAMP_FILE, TRIP_FILE)
+#: The files a build may leave in the root (removed with the staging area); ``reused.json``:
+#: the cells a ``build --from`` reused (:mod:`geodelta.pipelines.release.incremental`).
+_ROOT_FILES = (
+    STAMP_FILE,
+    TRIP_FILE,
+    "reused.json",
+    "snapshot.parquet",  # the build's search snapshot (release/snapshot.py), and its
+    "snapshot-release.parquet",  # copy for the release
+)
 _DIRS = ("samples", "cells", "tmp", "locks")
 #: Markers read per request batch on an object store.
 _BATCH = 256

@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from geodelta.pipelines.release.layout import QUARANTINE_TABLE
+from geodelta.pipelines.release.layout import INCREMENTAL, QUARANTINE_TABLE, read_json
 from geodelta.pipelines.report import plots
 from geodelta.pipelines.report.data import Release, cfg
 from geodelta.pipelines.report.metrics import col, eps, mean, median, num, pct, shifts, words
@@ -156,6 +156,16 @@ def summary_section(rel: Release) -> Section:
         ("code version", manifest.code_version),
         ("schema version", manifest.schema_version),
     ]
+    if (rel.root / INCREMENTAL).is_file():  # a build --from: what it reused
+        inc = read_json(rel.root, INCREMENTAL)
+        items.append(
+            (
+                "built from",
+                f"{inc['from']}: {inc['reused']} cells reused, {inc['new']} new, "
+                f"{inc['changed']} changed ({inc['retried']} quarantined there), "
+                f"{inc['removed']} removed",
+            )
+        )
     shard_counts: dict[str, int] = defaultdict(int)
     for s in manifest.shards:
         shard_counts[s.split] += 1

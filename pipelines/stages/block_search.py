@@ -18,16 +18,20 @@ cell, so they are never chosen). Where this cannot be guaranteed the cell is sea
 own: a block search the catalog reports as truncated (``catalog.max_items``, logged), a cell
 box outside its block's box, a block box across the antimeridian. Retries and per-host limits
 are the catalog's, as for any search.
+
+:func:`snapshot_items` runs a build's searches through the same block search without reading
+pixels, and :class:`ItemRecorder` keeps the STAC item of every scene they return: the items of
+a search snapshot (:mod:`geodelta.sources.snapshot`, :mod:`geodelta.pipelines.release.snapshot`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
-from collections.abc import Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from geodelta.pipelines.stages.plan import parse_cell_id
 from geodelta.schemas import SceneRef, TileJob
@@ -41,6 +45,9 @@ logger = logging.getLogger(__name__)
 KEEP = 16
 #: Margin added around a block's lon/lat box (degrees, ~1 cm): rounding never drops an edge item.
 MARGIN_DEG = 1e-7
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 _PER_CELL = None  # a cache entry meaning: search each cell of this block on its own
 
@@ -206,3 +213,241 @@ class _CellCatalog:
 
     def __getattr__(self, name: str) -> Any:  # everything else: the catalog's own
         return getattr(self.owner.inner, name)
+
+
+# --------------------------------------------------------------------------------------------
+# search snapshots: the items the build's searches return, as STAC item dicts
+
+
+class ItemRecorder:
+    """A catalog that keeps the STAC item dict of every scene its searches return.
+
+    Args:
+        inner: the catalog searched: a STAC API (``search_items``: the profile-completed
+            items), a snapshot (``item_dict``), a static catalog (``item_hrefs``: each item's
+            JSON file, read once), or any other (an item made from the scene record).
+
+    Attributes:
+        items: (collection, item id) -> item dict, asset hrefs absolute.
+
+    One recorder serves one thread; :func:`snapshot_items` gives each plan block its own and
+    merges them in block order (:meth:`absorb`).
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.items: dict[tuple[str, str], dict[str, Any]] = {}
+        self._flagged = getattr(inner, "search_items_flagged", None)
+        self._truncated = 0
+
+    @property
+    def truncated(self) -> int:
+        """Searches cut at ``catalog.max_items``: this recorder's own, where the catalog
+        flags each search (a STAC API, safe with other threads searching it), else the
+        catalog's count."""
+        if self._flagged is not None:
+            return self._truncated
+        return int(getattr(self.inner, "truncated", 0))
+
+    def absorb(self, other: ItemRecorder) -> None:
+        """Add the items ``other`` recorded after this recorder's, as if this recorder had made
+        ``other``'s searches next: a STAC API's last copy of an item wins (as in
+        :meth:`search`), another catalog's first."""
+        if self._flagged is not None or getattr(self.inner, "search_items", None) is not None:
+            self.items.update(other.items)
+        else:
+            for key, item in other.items.items():
+                self.items.setdefault(key, item)
+
+    def search(
+        self,
+        collections: Sequence[str],
+        bbox: BBox,
+        window: tuple[datetime, datetime],
+        *,
+        max_cloud_cover: float | None = None,
+    ) -> list[SceneRef]:
+        """The inner catalog's search; every item returned is kept in :attr:`items`."""
+        from geodelta.sources.catalog import item_to_scene
+
+        search_items = getattr(self.inner, "search_items", None)
+        if search_items is not None:  # a STAC API: the items as the search returned them
+            if self._flagged is not None:
+                found, cut = self._flagged(
+                    collections, bbox=bbox, window=window, max_cloud_cover=max_cloud_cover
+                )
+                self._truncated += int(cut)
+            else:
+                found = search_items(
+                    collections, bbox=bbox, window=window, max_cloud_cover=max_cloud_cover
+                )
+            scenes = []
+            for item in found:
+                scene = item_to_scene(item)
+                key = (scene.collection, scene.item_id)
+                self.items[key] = item.to_dict(include_self_link=False, transform_hrefs=False)
+                scenes.append(scene)
+            scenes.sort(key=lambda s: (s.datetime, s.item_id))
+            return scenes
+        scenes = list(self.inner.search(collections, bbox, window, max_cloud_cover=max_cloud_cover))
+        for scene in scenes:
+            key = (scene.collection, scene.item_id)
+            if key not in self.items:
+                self.items[key] = self._item_dict(scene)
+        return scenes
+
+    def _item_dict(self, scene: SceneRef) -> dict[str, Any]:
+        stored = getattr(self.inner, "item_dict", None)
+        if stored is not None:  # a snapshot
+            found: dict[str, Any] = stored(scene)
+            return found
+        href = getattr(self.inner, "item_hrefs", {}).get((scene.collection, scene.item_id))
+        if href is not None:  # a static catalog: the item's own file
+            import pystac
+
+            item = pystac.Item.from_file(href)
+            item.make_asset_hrefs_absolute()
+            return item.to_dict(include_self_link=False, transform_hrefs=False)
+        return scene_item(scene)
+
+
+def scene_item(scene: SceneRef) -> dict[str, Any]:
+    """A STAC item dict holding what a scene record holds (for catalogs without item dicts):
+    :func:`~geodelta.sources.scenes.item_to_scene` of it gives the scene back."""
+    x0, y0, x1, y1 = scene.bbox_lonlat
+    geometry = scene.geometry or {
+        "type": "Polygon",
+        "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]],
+    }
+    props: dict[str, Any] = {"datetime": scene.datetime.isoformat().replace("+00:00", "Z")}
+    for name, when in (
+        ("start_datetime", scene.start_datetime),
+        ("end_datetime", scene.end_datetime),
+    ):
+        if when is not None:
+            props[name] = when.isoformat().replace("+00:00", "Z")
+    if scene.cloud_cover is not None:
+        props["eo:cloud_cover"] = scene.cloud_cover
+    if scene.platform is not None:
+        props["platform"] = scene.platform
+    if scene.crs is not None:
+        props["proj:code"] = scene.crs
+    assets = {
+        key: {
+            "href": a.href,
+            "roles": list(a.roles),
+            "raster:bands": [
+                {"scale": a.scale, "offset": a.offset}
+                | ({} if a.nodata is None else {"nodata": a.nodata})
+            ],
+        }
+        for key, a in scene.assets.items()
+    }
+    return {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": scene.item_id,
+        "collection": scene.collection,
+        "geometry": geometry,
+        "bbox": [x0, y0, x1, y1],
+        "properties": props,
+        "assets": assets,
+        "links": [],
+    }
+
+
+#: Block searches in flight per ``catalog.concurrency_per_host`` slot: while some threads wait
+#: on the API, others parse and filter the answers they got (the per-host limit still holds).
+THREADS_PER_SLOT = 2
+
+
+def search_threads(cfg: Any, inner: Any) -> int:
+    """Threads :func:`snapshot_items` searches ``inner`` with: ``catalog.concurrency_per_host
+    x`` :data:`THREADS_PER_SLOT` for a STAC API (``search_items``), 1 for a catalog searched
+    in memory (static, snapshot: threads only add overhead there, the work holds the GIL)."""
+    if getattr(inner, "search_items", None) is None:
+        return 1
+    return max(1, int(cfg.catalog.concurrency_per_host) * THREADS_PER_SLOT)
+
+
+def _in_order(fn: Callable[[_T], _R], args: Iterable[_T], threads: int) -> Iterator[_R]:
+    """``map(fn, args)`` on ``threads`` threads, results in the order of ``args``; at most
+    4 x ``threads`` calls submitted ahead (a continental plan's blocks stream). The first
+    failure, in order, is raised (later calls are cancelled)."""
+    if threads <= 1:
+        yield from map(fn, args)
+        return
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    ahead = 4 * threads
+    pending: deque[Future[_R]] = deque()
+    with ThreadPoolExecutor(threads, thread_name_prefix="geodelta-search") as pool:
+        try:
+            for arg in args:
+                pending.append(pool.submit(fn, arg))
+                if len(pending) >= ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+
+def snapshot_items(cfg: Any, inner: Any, *, threads: int | None = None) -> list[dict[str, Any]]:
+    """The item dicts of every search the build of ``cfg`` would make, without reading pixels.
+
+    Per plan block, through :class:`BlockSearch` (one search per block, collection and
+    window, as the build): the imagery of both windows, and the label collection
+    (``labels.searched_collection``) over the widest window the pair stage could ask for a
+    cell (from the start of ``time.t0`` or the earliest candidate, to the end of ``time.t1``
+    or the latest): the pair chosen by pixels lies inside it, so a build from the snapshot
+    finds every item the build's own searches would find.
+
+    Blocks are searched on ``threads`` threads (default :func:`search_threads`), each block
+    with its own :class:`BlockSearch` and :class:`ItemRecorder` (a block's searches never share
+    a cache entry with another block's: their boxes differ); the recorders are merged in block
+    order (:meth:`ItemRecorder.absorb`), so the items, hence the snapshot's bytes, are those of
+    a serial run. A truncated search is the block's own (``search_items_flagged``).
+
+    Args:
+        cfg: the build config (profile defaults applied).
+        inner: the catalog to search.
+        threads: searching threads (1: serial).
+
+    Returns:
+        Item dicts (asset hrefs absolute), in (collection, id) order.
+    """
+    from geodelta.pipelines.stages.blocks import expand_block, iter_blocks
+
+    coll = (cfg.imagery.collection,)
+    cc = cfg.imagery.max_cloud_cover
+    labels = cfg.labels.searched_collection
+    bc = cfg.runner.block_cells
+
+    def search_jobs(blocks: BlockSearch, jobs: list[TileJob]) -> None:
+        for job in jobs:
+            before = blocks.search_cell(job, coll, job.t0_window, cc)
+            after = blocks.search_cell(job, coll, job.t1_window, cc)
+            if labels is None:
+                continue
+            t_lo = min([job.t0_window[0], *(s.datetime for s in before)])
+            t_hi = max([job.t1_window[1], *(s.datetime for s in after)])
+            blocks.search_cell(job, (labels,), (t_lo, t_hi), None)
+
+    def search_block(jobs: list[TileJob]) -> ItemRecorder:
+        recorder = ItemRecorder(inner)
+        search_jobs(BlockSearch(recorder, bc), jobs)
+        return recorder
+
+    n = search_threads(cfg, inner) if threads is None else threads
+    jobs = (expand_block(cfg, block) for block in iter_blocks(cfg))  # on this thread
+    merged = ItemRecorder(inner)
+    if n <= 1:  # one recorder: a static catalog's item file is read once, not once per block
+        shared = BlockSearch(merged, bc)
+        for block_jobs in jobs:
+            search_jobs(shared, block_jobs)
+    else:
+        for recorder in _in_order(search_block, jobs, n):
+            merged.absorb(recorder)
+    return [merged.items[k] for k in sorted(merged.items)]

@@ -1,0 +1,113 @@
+"""An incremental version against a full build: the demo AOI grown by ~10 % (issue 14).
+
+Writes the SYNTHETIC demo catalog at ``--scale``, builds the previous version over the AOI
+without its west side (cut so that the whole AOI plans about ``--grow`` more cells), then builds
+the whole AOI twice into fresh folders: from scratch, and with ``--from`` the previous version
+(same config, so the same bytes are due). Checks that the two give the same shards, file for
+file, and that every reused sample's members equal the previous release's (its ``json``
+member but for the config hash); prints the wall time per stage of both, the ratio, and the
+machine's load (1-minute load average before and after, cores). Writes nothing else (the
+lead copies the figures into RESULTS.md with this command).
+
+    .venv/bin/python benchmarks/bench_incremental.py                 # scale 1: 75 cells
+    .venv/bin/python benchmarks/bench_incremental.py --scale 0.5 --no-gx
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _members(release: Path) -> dict[str, dict[str, bytes]]:
+    from geodelta.pipelines.release.layout import iter_tar_samples, shard_files
+
+    return {k: m for shard in shard_files(release) for k, m in iter_tar_samples(shard)}
+
+
+def _check(prev: Path, full: Path, inc: Path) -> str:
+    """The identity checks; raises AssertionError on a difference."""
+    from geodelta.pipelines.release.layout import shard_files
+
+    a, b = shard_files(full), shard_files(inc)
+    assert [p.name for p in a] == [p.name for p in b], "shard names differ"
+    for x, y in zip(a, b, strict=True):
+        assert x.read_bytes() == y.read_bytes(), f"{y.name} differs from the full build's"
+    old, new = _members(prev), _members(inc)
+    for key, members in old.items():
+        assert key in new, f"{key} missing"
+        for name, data in members.items():
+            if name == "json":
+                was, now = json.loads(data), json.loads(new[key][name])
+                assert {**was, "config_hash": now["config_hash"]} == now, key
+            else:
+                assert new[key][name] == data, (key, name)
+    return f"{len(a)} shards identical to the full build's; {len(old)} previous samples equal"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="demo catalog scale")
+    parser.add_argument("--grow", type=float, default=0.10, help="share of cells added")
+    parser.add_argument("--runner", default="inprocess", help="runner.name of the builds")
+    parser.add_argument("--no-gx", action="store_true", help="validation.great_expectations off")
+    parser.add_argument("--work", type=Path, default=None, help="folder to build in (default tmp)")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    from geodelta.pipelines.api import build
+    from geodelta.sources.demo.catalog import write_demo_catalog
+    from tests.factories import demo_config
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-incremental-"))
+    load_before = os.getloadavg()[0]
+    cat = write_demo_catalog(work / "catalog", seed=0, scale=args.scale)
+    x0, y0, x1, y1 = cat.aoi_bbox
+    small = [x0 + args.grow / (1 + args.grow) * (x1 - x0), y0, x1, y1]
+    extra: dict[str, Any] = {"runner": {"name": args.runner}}
+    if args.no_gx:
+        extra["validation"] = {"great_expectations": False}
+
+    def run(name: str, **kw: Any) -> Any:
+        aoi = {"aoi": {"bbox": small}} if name == "previous" else {}
+        cfg = demo_config(cat, work / name, **aoi, **extra)
+        t = time.perf_counter()
+        result = build(cfg, progress=False, **kw)
+        return result, time.perf_counter() - t
+
+    prev, _ = run("previous")
+    full, t_full = run("full")
+    inc, t_inc = run("incremental", from_release=prev.release_dir)
+    checked = _check(prev.release_dir, full.release_dir, inc.release_dir)
+    load_after = os.getloadavg()[0]
+    counts = inc.incremental
+    print(f"demo scale {args.scale}: previous {prev.cells} cells, grown {full.cells} cells")
+    print(
+        f"--from counts: reused {counts['reused']}, new {counts['new']}, changed "
+        f"{counts['changed']} (retried {counts['retried']}), removed {counts['removed']}"
+    )
+    print(f"check: {checked}")
+    stages = sorted(set(full.stage_seconds) | set(inc.stage_seconds))
+    print(f"{'stage':<10} {'full s':>8} {'--from s':>9}")
+    for s in stages:
+        print(f"{s:<10} {full.stage_seconds.get(s, 0):>8.2f} {inc.stage_seconds.get(s, 0):>9.2f}")
+    print(f"{'total':<10} {t_full:>8.2f} {t_inc:>9.2f}   --from / full = {t_inc / t_full:.1%}")
+    cells_full = sum(full.stage_seconds.get(s, 0) for s in ("plan", "process"))
+    cells_inc = sum(inc.stage_seconds.get(s, 0) for s in ("reuse", "plan", "process"))
+    print(f"cell work (reuse+plan+process): --from / full = {cells_inc / cells_full:.1%}")
+    print(
+        f"load average (1 min): {load_before:.2f} before, {load_after:.2f} after; "
+        f"{os.cpu_count()} cores; runner {args.runner}; GX {'off' if args.no_gx else 'on'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

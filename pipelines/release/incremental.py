@@ -1,0 +1,401 @@
+"""Incremental versions: ``geodelta build CONFIG --from PREVIOUS_RELEASE``.
+
+A sample's bytes are decided by its **inputs** (:func:`sample_inputs`):
+
+* the cell: its id, AOI region, split, CRS, transform, shape and lon/lat box (the plan);
+* the items it used: the before and after scenes (id, collection, datetime, cloud cover, the
+  clear fraction the pair stage measured) and the label items, as the pair stage picks them;
+* the config sections that shape a sample (:data:`RELEASE_SECTIONS` are the others): every
+  section of the normalised config (:meth:`~geodelta.schemas.BuildConfig.normalised`) except
+  the dataset's name, version and description, the AOI (which cells are planned: a cell's own
+  part of it, its region, is compared per cell), ``shards``, ``reference`` and ``gate`` (how the
+  release is cut, checked and modelled, after the samples exist). ``splits`` counts (its seed
+  seeds the template captions), and so does any section not named here;
+* the geodelta version (:data:`geodelta.__version__`): other code may write other bytes.
+
+Each sample's ``json`` member records all of these but the section hashes, plus the release's
+config hash. So, before the engines run, each planned cell that had a sample in the previous
+release gets the pair stage again (search and pick: no imagery read beyond the classification
+band the clear fraction needs, as in any build); when it picks the items the previous sample
+recorded, and the shaping sections and the code version are the same, the sample is
+**reused**: its members are copied byte for byte from the previous release's shard into the
+staging area, all but ``json``, whose ``config_hash`` is set to this build's (the release's
+identity, which changes with any config change, ``version`` included). Its bytes are then
+exactly what processing the cell would write; the cell is marked done and the engines skip it.
+Every other cell is processed: **new** (not in the previous release), **changed** (its items
+differ, or it was quarantined there: retried), while **removed** counts the previous samples
+whose cell is no longer planned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from geodelta._io import compact_json_bytes
+from geodelta.errors import BuildError, GeodeltaError
+from geodelta.schemas import BuildConfig, ReleaseManifest, SampleMeta, ScenePair, parse_config
+
+__all__ = [
+    "RELEASE_SECTIONS",
+    "REUSED_FILE",
+    "Incremental",
+    "Previous",
+    "differing_sections",
+    "open_previous",
+    "reuse_previous",
+    "sample_inputs",
+    "section_hashes",
+]
+
+log = logging.getLogger(__name__)
+
+#: Normalised-config sections that shape the release but not the bytes of a sample; every other
+#: section (and any section added later) shapes samples.
+RELEASE_SECTIONS = frozenset(
+    {"name", "version", "description", "aoi", "shards", "reference", "gate"}
+)
+#: In the staging area's root: the cells reused from the previous release (a resumed build
+#: keeps its counts).
+REUSED_FILE = "reused.json"
+#: The ``json`` member's fields that come from the plan and the pair stage (the inputs).
+_PAIR_FIELDS = (
+    "key",
+    "cell_id",
+    "region",
+    "split",
+    "crs",
+    "transform",
+    "shape",
+    "bbox_lonlat",
+    "collection",
+    "before_item",
+    "after_item",
+    "t0",
+    "t1",
+    "gap_days",
+    "before_clear",
+    "after_clear",
+    "before_cloud_cover",
+    "after_cloud_cover",
+    "label_items",
+)
+
+
+def section_hashes(normalised: dict[str, Any]) -> dict[str, str]:
+    """sha256 of each section of a normalised config (top-level key -> hex)."""
+    return {
+        k: hashlib.sha256(json.dumps(v, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        for k, v in normalised.items()
+    }
+
+
+def differing_sections(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The sample-shaping sections (not :data:`RELEASE_SECTIONS`) two normalised configs differ
+    in (a section present in one only differs)."""
+    a, b = section_hashes(old), section_hashes(new)
+    return sorted(k for k in set(a) | set(b) if k not in RELEASE_SECTIONS and a.get(k) != b.get(k))
+
+
+def sample_inputs(pair: ScenePair) -> dict[str, Any]:
+    """What the plan and the pair stage put in a sample's ``json`` member: its cell and the
+    items it uses (see the module docstring), as that member holds them (JSON values)."""
+    job = pair.job
+    labels = tuple(r.item_id for r in (pair.label_before, pair.label_after) if r is not None)
+    values = {
+        "key": pair.key,
+        "cell_id": job.cell_id,
+        "region": job.region,
+        "split": job.split,
+        "crs": job.crs,
+        "transform": job.transform,
+        "shape": job.shape,
+        "bbox_lonlat": job.bbox_lonlat,
+        "collection": pair.before.collection,
+        "before_item": pair.before.item_id,
+        "after_item": pair.after.item_id,
+        "t0": pair.before.datetime,
+        "t1": pair.after.datetime,
+        "gap_days": pair.gap_days,
+        "before_clear": pair.before_clear,
+        "after_clear": pair.after_clear,
+        "before_cloud_cover": pair.before.cloud_cover,
+        "after_cloud_cover": pair.after.cloud_cover,
+        "label_items": labels,
+    }
+    return {k: values[k] for k in _PAIR_FIELDS}
+
+
+# -- the previous release ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Previous:
+    """A release ``--from`` names, read and accepted for this build.
+
+    Attributes:
+        root: its folder.
+        manifest: its manifest.
+        samples: cell id -> (sample key, shard path relative to ``root``).
+        quarantined: ids of the cells it quarantined (processed again).
+    """
+
+    root: Path
+    manifest: ReleaseManifest
+    samples: dict[str, tuple[str, str]]
+    quarantined: frozenset[str]
+
+
+def _not_release(path: str | Path, why: str) -> BuildError:
+    return BuildError(f"--from {path} is not a release ({why}); give a release folder")
+
+
+def open_previous(path: str | Path, cfg: BuildConfig) -> Previous:
+    """Read the release ``--from`` names and check this build may reuse its samples.
+
+    Args:
+        path: the previous release's local folder.
+        cfg: this build's config (collection profiles applied).
+
+    Raises:
+        BuildError: not a local release folder; a release of another dataset name; a release
+            whose sample-shaping config sections differ (named).
+    """
+    from geodelta.pipelines.release.layout import (
+        QUARANTINE_TABLE,
+        SAMPLES_TABLE,
+        read_manifest,
+        read_table,
+    )
+
+    if "://" in str(path) and not str(path).startswith("file://"):
+        raise BuildError(f"--from {path}: a URL; give the previous release's local folder")
+    root = Path(str(path).removeprefix("file://"))
+    if not root.is_dir():
+        raise _not_release(path, "no such folder")
+    try:
+        manifest = read_manifest(root)
+        samples = read_table(root, SAMPLES_TABLE, columns=["cell_id", "key", "shard"]).to_pylist()
+        quarantine = read_table(root, QUARANTINE_TABLE, columns=["cell_id"]).to_pylist()
+    except GeodeltaError as exc:
+        raise _not_release(path, str(exc)) from None
+    if manifest.name != cfg.name:
+        raise BuildError(
+            f"--from {path} is a release of {manifest.name!r}, this config builds {cfg.name!r}; "
+            "give a release of the same dataset"
+        )
+    try:
+        old = parse_config({**manifest.config, "output": {"dir": "."}}).normalised()
+    except GeodeltaError as exc:
+        raise BuildError(f"--from {path}: its config cannot be read ({exc})") from None
+    differ = differing_sections(old, cfg.normalised())
+    if differ:
+        raise BuildError(
+            f"--from {path} was built with other sample-shaping config sections "
+            f"({', '.join(differ)}); its samples cannot be reused: build without --from"
+        )
+    return Previous(
+        root=root,
+        manifest=manifest,
+        samples={str(r["cell_id"]): (str(r["key"]), str(r["shard"])) for r in samples},
+        quarantined=frozenset(str(r["cell_id"]) for r in quarantine),
+    )
+
+
+# -- reuse ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Incremental:
+    """What ``--from`` did: the counts the report and the card show.
+
+    Attributes:
+        source: ``<name> <version>`` of the previous release.
+        source_hash: its config hash.
+        reused: cells whose sample was copied from it.
+        new: planned cells it did not have.
+        changed: planned cells it had, processed again (their items differ, or it quarantined
+            them: ``retried`` of those).
+        retried: of ``changed``, the cells it had quarantined.
+        removed: its samples whose cell is not planned any more.
+        reused_cells: the ids of the reused cells.
+    """
+
+    source: str
+    source_hash: str
+    reused: int = 0
+    new: int = 0
+    changed: int = 0
+    retried: int = 0
+    removed: int = 0
+    reused_cells: set[str] = field(default_factory=set)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counts as written to ``incremental.json`` of the release."""
+        return {
+            "from": self.source,
+            "from_config_hash": self.source_hash,
+            "reused": self.reused,
+            "new": self.new,
+            "changed": self.changed,
+            "retried": self.retried,
+            "removed": self.removed,
+        }
+
+
+def _reused_before(staging: Any) -> set[str]:
+    raw = staging.get_file(REUSED_FILE)
+    return set() if raw is None else {str(c) for c in json.loads(raw)}
+
+
+def _candidates(
+    cfg: BuildConfig, prev: Previous, done: Collection[str], code_version: str
+) -> dict[str, dict[str, Any]]:
+    """Planned cells (not ``done``) whose pair stage, run now, picks the items of the previous
+    sample's key: cell id -> :func:`sample_inputs`. The full comparison of the inputs follows
+    on the ``json`` member (:func:`_restamped`)."""
+    from geodelta.pipelines.stages.blocks import expand_block, iter_blocks, restrict
+    from geodelta.pipelines.stages.worker import Worker
+
+    worker = Worker(cfg, code_version=code_version)
+    out: dict[str, dict[str, Any]] = {}
+    for whole in iter_blocks(cfg):
+        block = restrict(whole, lambda c: c in prev.samples and c not in done)
+        if block is None:
+            continue
+        for job in expand_block(cfg, block):
+            try:
+                pair = worker.pair(job)
+            except Exception as exc:  # the engines run it again and quarantine it if need be
+                log.info("--from: cell %s is processed (pair stage: %s)", job.cell_id, exc)
+                continue
+            if isinstance(pair, ScenePair) and pair.key == prev.samples[job.cell_id][0]:
+                out[job.cell_id] = sample_inputs(pair)
+    return out
+
+
+def _restamped(
+    raw: bytes, inputs: dict[str, Any], config_hash: str, code_version: str
+) -> bytes | None:
+    """The ``json`` member a build of this config writes for a sample whose previous ``json``
+    is ``raw``, or None when its inputs differ (items, cell, code version) or it does not read
+    back to its own bytes."""
+    try:
+        meta = SampleMeta.model_validate_json(raw)
+    except ValueError:
+        return None
+    from geodelta.pipelines.stages.encode import meta_json
+
+    if (
+        compact_json_bytes(meta_json(meta)) != raw
+        or meta.code_version != code_version
+        or meta.schema_version != SampleMeta.model_fields["schema_version"].default
+    ):
+        return None
+    data = meta.model_dump(mode="json")
+    expected = SampleMeta.model_validate({**data, **inputs})
+    if meta_json(expected) != meta_json(meta):
+        return None
+    return compact_json_bytes(meta_json(meta.model_copy(update={"config_hash": config_hash})))
+
+
+def _shard_ok(prev: Previous, rel: str) -> bool:
+    want = {s.path: s.sha256 for s in prev.manifest.shards}.get(rel)
+    path = prev.root / rel
+    if want is None or not path.is_file():
+        return False
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest() == want
+
+
+def _copy(
+    prev: Previous,
+    candidates: dict[str, dict[str, Any]],
+    staging: Any,
+    cfg: BuildConfig,
+    code_version: str,
+) -> set[str]:
+    """Copy the candidates' samples whose inputs are unchanged into the staging area and mark
+    their cells; returns the ids of the cells reused."""
+    from geodelta.pipelines.release.layout import iter_tar_samples
+
+    config_hash = cfg.config_hash()
+    by_shard: dict[str, dict[str, str]] = {}
+    for cell_id in candidates:
+        key, shard = prev.samples[cell_id]
+        by_shard.setdefault(shard, {})[key] = cell_id
+    reused: set[str] = set()
+    for rel, wanted in sorted(by_shard.items()):
+        if not _shard_ok(prev, rel):
+            log.warning("--from: shard %s does not match its manifest entry; its cells run", rel)
+            continue
+        for sample_key, members in iter_tar_samples(prev.root / rel):
+            cell = wanted.get(sample_key)
+            if cell is None or "json" not in members:
+                continue
+            restamped = _restamped(members["json"], candidates[cell], config_hash, code_version)
+            if restamped is None:
+                continue
+            staging.put_sample(sample_key, {**members, "json": restamped})
+            staging.mark_cell(cell, keys=[sample_key], quarantine=[])
+            reused.add(cell)
+    return reused
+
+
+def reuse_previous(
+    cfg: BuildConfig,
+    prev: Previous,
+    staging: Any,
+    done: Collection[str],
+    plan_ids: Iterable[str],
+    *,
+    code_version: str,
+    search: BuildConfig | None = None,
+) -> Incremental:
+    """Copy the previous release's unchanged samples into the staging area (see the module
+    docstring) and count reused / new / changed / removed cells.
+
+    Args:
+        cfg: this build's config (profiles applied), accepted by :func:`open_previous`.
+        prev: the previous release.
+        staging: this build's :class:`~geodelta.pipelines.release.staging.Staging`.
+        done: cells already done (a resumed build): left as they are.
+        plan_ids: the planned cell ids (a stream).
+        code_version: this geodelta version.
+        search: the config the workers search with (``cfg`` searching the build's snapshot;
+            same config hash), default ``cfg``: the pair stage runs on the items they will see.
+
+    Returns:
+        The counts; ``reused_cells`` holds the cells reused now or by the run a ``--resume``
+        finishes.
+    """
+    candidates = _candidates(search or cfg, prev, done, code_version)
+    reused = _reused_before(staging) & set(done)
+    reused |= _copy(prev, candidates, staging, cfg, code_version)
+    staging.put_file(REUSED_FILE, json.dumps(sorted(reused)))
+    m = prev.manifest
+    out = Incremental(source=f"{m.name} {m.version}", source_hash=m.config_hash)
+    out.reused_cells = reused
+    still: set[str] = set()  # the previous release's sample cells still planned
+    for cell_id in plan_ids:
+        if cell_id in prev.samples:
+            still.add(cell_id)
+        if cell_id in reused:
+            out.reused += 1
+        elif cell_id in prev.samples:
+            out.changed += 1
+        elif cell_id in prev.quarantined:
+            out.changed += 1
+            out.retried += 1
+        else:
+            out.new += 1
+    out.removed = len(prev.samples) - len(still)
+    return out
