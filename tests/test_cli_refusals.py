@@ -373,3 +373,36 @@ def test_a_failed_overwrite_advises_overwrite_not_resume() -> None:
 
     with pytest.raises(IncompleteBuildError, match=r"re-run with --overwrite$"):
         _check_done(_Staging(), {"c"}, "--overwrite")
+
+
+def test_a_build_refused_just_after_another_took_the_lock_names_the_holder(
+    tmp_path: Path,
+) -> None:
+    """The holder takes the lock, then writes its pid: a build refused in between waits for the
+    name instead of naming nobody (the race the two-process test above can hit)."""
+    import fcntl
+    import json
+    import threading
+
+    from geodelta.pipelines.release.lock import OutputBusyError, hold_output, lock_path
+
+    release = tmp_path / "release"
+    path = lock_path(release)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # taken, no name written yet
+
+        def name_it() -> None:
+            os.pwrite(fd, json.dumps({"pid": 4242, "host": "h", "started": 0}).encode(), 0)
+
+        timer = threading.Timer(0.2, name_it)
+        timer.start()
+        with (
+            pytest.raises(OutputBusyError, match="is being built by pid 4242 on h"),
+            hold_output(release),
+        ):
+            pass
+        timer.join()
+    finally:
+        os.close(fd)

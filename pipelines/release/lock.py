@@ -83,12 +83,23 @@ def lock_path(release_dir: str | Path) -> Path:
     return beside(release_dir, BUILD_LOCK)
 
 
-def _holder(path: Path) -> str:
-    """Who holds the lock, as its file tells (pid, host, start time)."""
-    try:
-        info = json.loads(path.read_text() or "{}")
-    except (OSError, ValueError):
-        info = {}
+#: How long a refused build waits for the holder to write its name into the lock file: a build
+#: takes the lock, then writes its pid; one refused in between would name nobody.
+HOLDER_WAIT_S = 1.0
+
+
+def _holder(path: Path, wait_s: float = HOLDER_WAIT_S) -> str:
+    """Who holds the lock, as its file tells (pid, host, start time); waits up to ``wait_s``
+    for a holder that has just taken it to write its name (cell tasks never do)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            info = json.loads(path.read_text() or "{}")
+        except (OSError, ValueError):
+            info = {}
+        if info.get("pid") or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
     if not info.get("pid"):
         return "another geodelta process (orchestrator cell tasks, or a build starting up)"
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(float(info.get("started", 0))))
