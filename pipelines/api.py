@@ -49,6 +49,7 @@ from geodelta.pipelines.stages.estimate import BudgetError, Estimate
 from geodelta.pipelines.stages.plan import PlanCount, PlanError
 from geodelta.pipelines.training.reference import ReferenceError, reference_config
 from geodelta.pipelines.training.shards import ShardError
+from geodelta.pipelines.verbosity import is_verbose, set_verbose
 from geodelta.schemas import BuildConfig, ConfigError, TileJob, json_schemas
 from geodelta.schemas import load_config as _load_config
 from geodelta.secrets import redact
@@ -103,6 +104,7 @@ __all__ = [
     "format_rules",
     "funnel",
     "is_url",
+    "is_verbose",
     "json_schemas",
     "latest_release",
     "load_config",
@@ -122,6 +124,7 @@ __all__ = [
     "report",
     "require_release",
     "search",
+    "set_verbose",
     "snapshot",
     "space_note",
     "summary_rows",

@@ -81,9 +81,17 @@ def _main(
     debug: Annotated[
         bool, typer.Option("--debug", help="Show the traceback of an error (for a bug report)")
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            help="Show the engines' own logs (Beam, Dask) and the libraries' progress bars",
+        ),
+    ] = False,
 ) -> None:
     """Bitemporal satellite change datasets: STAC scenes -> captions, QA and change masks
     -> validated WebDataset releases."""
+    api.set_verbose(verbose or api.is_verbose())
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

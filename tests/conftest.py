@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.prerequisites import missing
 from tests.s3_server import s3_bucket, s3_server  # noqa: F401 (fixtures: a test double of S3)
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 def shared_data() -> Path:
     """../shared/data (real imagery and annotations; read in place, never copied)."""
     if not SHARED_DATA.exists():
-        pytest.skip(f"real data not found at {SHARED_DATA}")
+        missing(f"real data not found at {SHARED_DATA} (../shared beside the checkout)")
     return SHARED_DATA
 
 
@@ -66,11 +66,9 @@ def pgstac_api(
     """
     from tests import pgstac_server as pgs
 
-    missing = pgs.missing_prerequisites()
-    if missing:
-        if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
-            pytest.fail(f"CI=true but the pgstac server cannot start: {missing}")
-        pytest.skip(missing)
+    absent = pgs.missing_prerequisites()
+    if absent:
+        missing(f"the pgstac server cannot start: {absent} (`make test` installs it)")
     root = tmp_path_factory.mktemp("pgstac")
     assets = root / "assets"
     oscd = pgs.oscd_stac(shared_data / "oscd", pgs.OSCD_CITIES, assets / "oscd")

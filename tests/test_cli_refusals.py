@@ -237,10 +237,11 @@ def test_output_under_a_file_cannot_be_created(small: dict[str, Any], tmp_path: 
     assert "cannot create the output folder" in line and "afile" in line
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
 def test_output_not_writable(small: dict[str, Any], tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
+    if os.geteuid() == 0:  # root writes anywhere a mode allows nothing; sysfs refuses even root
+        locked = Path("/sys/kernel")
     line = _one_error(
         runner.invoke(app, ["build", str(small["config"]), "--out", str(locked / "release")])
     )

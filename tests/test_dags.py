@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.prerequisites import missing
+
 REPO = Path(__file__).resolve().parents[1]
 AIRFLOW_VENV = REPO / ".venv-airflow"
 AIRFLOW_PY = AIRFLOW_VENV / "bin" / "python"
@@ -32,9 +34,7 @@ def airflow_venv() -> Path:
             f"{AIRFLOW_BIN} is missing: the Airflow environment is built by `make test` "
             "(target .venv-airflow/.installed in the Makefile)"
         )
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
+        missing(msg)
     return AIRFLOW_BIN
 
 

@@ -35,6 +35,7 @@ from geodelta.pipelines.engines.commit import (
 from geodelta.pipelines.release.staging import Staging
 from geodelta.pipelines.stages.blocks import Element, cells_of
 from geodelta.pipelines.stages.worker import Worker, guarded
+from geodelta.pipelines.verbosity import quiet_libraries
 from geodelta.schemas import BuildConfig, QuarantineRecord, TileJob
 from geodelta.schemas.records import QuarantineStage
 
@@ -109,14 +110,45 @@ def _untripped(job: TileJob, staging_root: str) -> bool:
     return not is_tripped(staging_root)
 
 
+#: The worker processes' command (``runner.mode: multi_processing``): Beam's harness behind
+#: :mod:`geodelta.pipelines.engines.beam_worker`, which keeps its start-up logging quiet.
+WORKER_MODULE = "geodelta.pipelines.engines.beam_worker"
+
+
+def worker_command() -> str:
+    """The shell command the FnApiRunner starts each worker process with."""
+    import shlex
+    import sys
+
+    return f"{shlex.quote(sys.executable)} -m {WORKER_MODULE}"
+
+
 def pipeline_options(cfg: BuildConfig) -> PipelineOptions:
-    """FnApiRunner options from the ``runner`` section (``runner.options`` added to them)."""
+    """FnApiRunner options from the ``runner`` section (``runner.options`` added to them).
+
+    ``multi_processing`` is run as Beam runs it (``direct_num_workers`` subprocess workers),
+    with :func:`worker_command` as the workers' command: the runner is given that environment
+    (:func:`fn_api_runner`) and told ``in_memory`` so that it keeps it instead of its own
+    ``sdk_worker_main`` command line.
+    """
+    mode = "in_memory" if cfg.runner.mode == "multi_processing" else cfg.runner.mode
     return PipelineOptions(
         list(cfg.runner.options),
         direct_num_workers=cfg.runner.workers,
-        direct_running_mode=cfg.runner.mode,
+        direct_running_mode=mode,
         default_sdk_harness_log_level="WARNING",
     )
+
+
+def fn_api_runner(cfg: BuildConfig) -> Any:
+    """Beam's FnApiRunner for the ``runner`` section (see :func:`pipeline_options`)."""
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.transforms.environments import SubprocessSDKEnvironment
+
+    if cfg.runner.mode != "multi_processing":
+        return FnApiRunner()
+    env = SubprocessSDKEnvironment.from_command_string(command_string=worker_command())
+    return FnApiRunner(default_environment=env)
 
 
 def build_pipeline(
@@ -230,13 +262,9 @@ def run_beam(
     jobs: Sequence[Element], cfg: BuildConfig, staging_root: str | Path, *, code_version: str
 ) -> StageCounts:
     """Run the pipeline on Beam's FnApiRunner, wait for it; returns the per-stage counters."""
-    import logging
-
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
     # Beam's driver logs every worker start at INFO; geodelta's own progress says what matters.
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    p = beam.Pipeline(runner=FnApiRunner(), options=pipeline_options(cfg))
+    quiet_libraries()
+    p = beam.Pipeline(runner=fn_api_runner(cfg), options=pipeline_options(cfg))
     build_pipeline(p, jobs, cfg, staging_root, code_version)
     with worker_environment(cfg):  # workers start inside run()
         result = p.run()

@@ -82,8 +82,9 @@ def run_dask(
 
     from apache_beam.runners.dask.dask_runner import DaskRunner
 
-    for name in ("apache_beam", "distributed"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    from geodelta.pipelines.verbosity import is_verbose, quiet_libraries
+
+    quiet_libraries()
     address = cfg.runner.dask_address
 
     def run(addr: str | None) -> None:
@@ -110,7 +111,7 @@ def run_dask(
         threads_per_worker=1,
         processes=True,
         dashboard_address=None,
-        silence_logs=logging.WARNING,
+        silence_logs=logging.INFO if is_verbose() else logging.ERROR,
     ) as cluster:
         run(cluster.scheduler_address)
     return StageCounts()
