@@ -565,6 +565,7 @@ def train_baseline(
     split: str = "train",
     threshold: float = 0.5,
     on_epoch: Callable[[int, float], None] | None = None,
+    device: str = "cpu",
 ) -> tuple[SavedModel, dict[str, dict[str, Any]]]:
     """Train the baseline change model (FC-Siam-diff) on a release's shards and save it.
 
@@ -575,6 +576,7 @@ def train_baseline(
             ``TrainConfig`` (``patch`` None = whole samples; ``threads`` None = torch's).
         split, threshold: the split trained on; the threshold of the reported metrics.
         on_epoch: called with (epoch index, mean loss) after each epoch.
+        device: ``cpu``, ``cuda`` or ``auto`` (CUDA when torch sees one) for training.
 
     Returns:
         The saved model (weights, card) and the metrics per evaluated split.
@@ -606,6 +608,7 @@ def train_baseline(
         threshold=threshold,
         code_version=__version__,
         on_epoch=on_epoch,
+        device=device,
     )
 
 

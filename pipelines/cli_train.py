@@ -150,6 +150,9 @@ def baseline_train(
     threads: Annotated[
         int, typer.Option(help="torch threads of the training process (0 = torch's default)")
     ] = 0,
+    device: Annotated[
+        str, typer.Option(help="Train on cpu, cuda, or auto (CUDA when torch sees one)")
+    ] = "auto",
 ) -> None:
     """Train FC-Siam-diff on a release's shards; save weights under their hash + a model card."""
     try:
@@ -167,6 +170,7 @@ def baseline_train(
             split=split,
             threshold=threshold,
             on_epoch=lambda e, loss: _say(f"epoch {e + 1}/{epochs}: loss {loss:.4f}"),
+            device=device,
         )
     except (GeodeltaError, ValueError) as exc:  # ShardError, ModelError, a bad setting
         raise _fail(str(exc)) from None

@@ -312,8 +312,10 @@ def fit(
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = time.perf_counter()
 
+    device = next(model.parameters()).device  # batches follow the model (CPU or CUDA)
+
     def loss_of(batch: Batch) -> torch.Tensor:
-        before, after, target, valid = batch
+        before, after, target, valid = (t.to(device) for t in batch)
         logits = model(before.float(), after.float())
         return change_loss(
             logits, target, valid, pos_weight=cfg.pos_weight, dice_weight=cfg.dice_weight
@@ -410,6 +412,7 @@ def predict_proba(
         One (H, W) float32 array in [0, 1] per pair; 0 where either date has no data.
     """
     model.eval()
+    device = next(model.parameters()).device  # inputs follow the model (CPU or CUDA)
     windows: list[tuple[int, int, int, int, int]] = []  # (pair, r0, c0, h, w)
     for i, (b, a) in enumerate(pairs):
         if b.shape != a.shape or b.ndim != 3:
@@ -441,7 +444,8 @@ def predict_proba(
             a = np.stack(
                 [_nan_to_zero(pairs[i][1][:, r : r + h, c : c + w]) for i, r, c, h, w in chunk]
             )
-            prob = torch.sigmoid(model(torch.from_numpy(b), torch.from_numpy(a)))[:, 0].numpy()
+            logits = model(torch.from_numpy(b).to(device), torch.from_numpy(a).to(device))
+            prob = torch.sigmoid(logits)[:, 0].cpu().numpy()
             for (i, r, c, h, w), p in zip(chunk, prob, strict=True):
                 sums[i][r : r + h, c : c + w] += p
                 hits[i][r : r + h, c : c + w] += 1.0

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from geodelta.errors import ModelError
 from geodelta.annotators.models.baseline import (
     BaselineChangeAnnotator,
     ChangeMetrics,
@@ -154,6 +155,23 @@ def evaluate_on_shards(
     return change_metrics(pred, target)
 
 
+def torch_device(name: str) -> Any:
+    """The torch device ``cpu``, ``cuda`` or ``auto`` names (``auto``: CUDA when present).
+
+    Raises:
+        ModelError: ``cuda`` where torch sees no CUDA device, or an unknown name.
+    """
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda: torch sees no CUDA device here; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise ModelError(f"--device {name}: use cpu, cuda or auto")
+    return torch.device(name)
+
+
 def train_from_shards(
     shards: str | Path,
     out_dir: str | Path,
@@ -164,6 +182,7 @@ def train_from_shards(
     threshold: float = 0.5,
     code_version: str = "",
     on_epoch: Callable[[int, float], None] | None = None,
+    device: str = "cpu",
 ) -> tuple[SavedModel, dict[str, dict[str, Any]]]:
     """Train the baseline change model on a release and save it with its card.
 
@@ -175,6 +194,8 @@ def train_from_shards(
         eval_splits: splits scored after training (those without shards are skipped).
         threshold: probability threshold of the metrics.
         code_version: geodelta version (for the card).
+        device: ``cpu``, ``cuda`` or ``auto`` (CUDA when present) for training; the model is
+            scored and saved from the CPU either way.
         on_epoch: called with ``(epoch, mean loss)``.
 
     Returns:
@@ -203,7 +224,9 @@ def train_from_shards(
     bands = first["bands"]
     seed_everything(cfg.seed)
     model = FCSiamDiff(len(bands), base_channels=cfg.base_channels, dropout=cfg.dropout)
+    model.to(torch_device(device))
     result = fit(model, partial(make_loader, train.urls, cfg), cfg, on_epoch=on_epoch)
+    model.to("cpu")
 
     metrics: dict[str, dict[str, Any]] = {}
     card = {
