@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 
 from geodelta.annotators.qa import REGISTRY
 from geodelta.annotators.qa.base import has_change
+from geodelta.annotators.qa.grounding import BOX_RE, parse_boxes
 from geodelta.annotators.vocabulary import (
     NUMBER_WORDS,
     class_label,
@@ -24,15 +25,18 @@ from geodelta.annotators.vocabulary import (
     norm_answer,
 )
 from geodelta.schemas import ChangeFacts, QAItem
-from geodelta.schemas.records import POSITION_WORDS
+from geodelta.schemas.records import POSITION_WORDS, component_box_px, normalised_box
 
 __all__ = [
     "check_captions",
+    "check_grounding",
     "check_qa_item",
     "check_text",
     "is_no_change_caption",
     "mentioned_classes",
     "mentioned_classes_free",
+    "region_count_mentions",
+    "transition_mentions",
 ]
 
 _POSITIONS = frozenset(POSITION_WORDS)
@@ -58,6 +62,15 @@ _REGIONS_RE = re.compile(
     r"(regions?|patch(?:es)?|areas?|spots?|places?|zones?|sites?|clusters?)\b",
     re.IGNORECASE,
 )
+
+
+def region_count_mentions(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each region count a text states ("two regions", "3 patches")."""
+    return [
+        (m.start(), m.end())
+        for m in _REGIONS_RE.finditer(text)
+        if (m.group(2) or "").lower() not in _UNIT_WORDS
+    ]
 
 
 def is_no_change_caption(caption: str) -> bool:
@@ -99,6 +112,57 @@ def _check_evidence(item: QAItem, facts: ChangeFacts) -> list[str]:
     return out
 
 
+def check_grounding(item: QAItem, facts: ChangeFacts) -> list[str]:
+    """Is the evidence of a QA item grounded, and true of the regions it names?
+
+    Checked: ``region_ids`` is present (a list of ints, ``[]`` when the answer rests on no
+    region) and every id is a region of the facts; ``boxes_px``, when given, is exactly the
+    pixel-edge box of each of those regions, in order; a transition (``from_class`` /
+    ``to_class``), a class (``class``) or a position (``position``) the evidence names is true
+    of every region it names (the region's dominant transition is that transition, starts or
+    ends in that class, lies in that position); so is a position answer.
+
+    Returns:
+        Complaints naming the item's type and the region id; ``[]`` when grounded.
+    """
+    kind = item.type
+    ids = item.evidence.get("region_ids")
+    if not isinstance(ids, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in ids
+    ):
+        return [f"{kind}: evidence names no region ids (region_ids={ids!r}): not grounded"]
+    regions = {c.id: c for c in facts.components}
+    out = [
+        f"{kind}: region {i} does not exist (regions: 1..{len(regions)})"
+        for i in ids
+        if i not in regions
+    ]
+    known = [regions[i] for i in ids if i in regions]
+    boxes = item.evidence.get("boxes_px")
+    if boxes is not None:
+        expected = [list(component_box_px(regions[i].bbox)) for i in ids if i in regions]
+        if boxes != expected:
+            out.append(f"{kind}: boxes_px {boxes} but regions {ids} have boxes {expected}")
+    src, dst = item.evidence.get("from_class"), item.evidence.get("to_class")
+    cls, pos = item.evidence.get("class"), item.evidence.get("position")
+    if REGISTRY[kind].answer_kind == "position" and known:
+        # a position answer names where one of its regions lies (several on a size tie)
+        answer = norm_answer(item.answer)
+        if all(c.position != answer for c in known):
+            where = ", ".join(f"region {c.id} in the {c.position}" for c in known)
+            out.append(f"{kind}: no region of the evidence lies in the {answer} ({where})")
+    for c in known:
+        if src is not None and dst is not None and (c.from_class, c.to_class) != (src, dst):
+            out.append(
+                f"{kind}: region {c.id} went {c.from_class} to {c.to_class}, not {src} to {dst}"
+            )
+        if isinstance(cls, str) and cls not in (c.from_class, c.to_class):
+            out.append(f"{kind}: region {c.id} ({c.from_class} to {c.to_class}) involves no {cls}")
+        if isinstance(pos, str) and c.position != pos:
+            out.append(f"{kind}: region {c.id} lies in the {c.position}, not the {pos}")
+    return out
+
+
 def check_qa_item(item: QAItem, facts: ChangeFacts, *, no_change_epsilon: float = 0.0) -> list[str]:
     """Re-derive the answer of a QA item from the facts.
 
@@ -109,9 +173,10 @@ def check_qa_item(item: QAItem, facts: ChangeFacts, *, no_change_epsilon: float 
 
     Returns:
         Complaints such as ``"count_regions: answer 3 but facts have 2 regions"``; ``[]`` when
-        the answer (and any evidence field naming a fact) agrees with the facts.
+        the answer (and any evidence field naming a fact) agrees with the facts and the
+        evidence is grounded (:func:`check_grounding`).
     """
-    out = _check_evidence(item, facts)
+    out = _check_evidence(item, facts) + check_grounding(item, facts)
     changed = has_change(facts, no_change_epsilon)
     return out + REGISTRY[item.type].check(item, norm_answer(item.answer), facts, changed)
 
@@ -396,23 +461,30 @@ def _direction_claims(text: str) -> list[tuple[str, str, bool]]:
     return claims
 
 
-def _transition_claims(text: str) -> list[tuple[str, str]]:
-    """(from, to) claims: "tree cover became built-up area", "from A to B", "A to B"."""
+def transition_mentions(text: str) -> list[tuple[str, str, int, int]]:
+    """(from, to, start, end) of each transition a text states: "tree cover became built-up
+    area", "from A to B", "A to B"; ``text[start:end]`` runs from the first class to the second.
+    """
     mentions = mentioned_classes_free(text)
     out = []
-    for (a, _, a_end), (b, b_start, _) in itertools.pairwise(mentions):
+    for (a, a_start, a_end), (b, b_start, b_end) in itertools.pairwise(mentions):
         gap = text[a_end:b_start]
         if re.search(r"[,;.()]", gap) or len(gap.split()) > 8:
             continue
         if _BECAME_RE.fullmatch(gap):
             if a != b:
-                out.append((a, b))
+                out.append((a, b, a_start, b_end))
             continue
         if not re.search(r"\b(?:to|into|by)\s+(?:the\s+|some\s+|an?\s+)?$", gap, re.IGNORECASE):
             continue
         if a != b and (gap.strip().lower() in ("to", "into") or _TRANSITION_VERBS.search(gap)):
-            out.append((a, b))
+            out.append((a, b, a_start, b_end))
     return out
+
+
+def _transition_claims(text: str) -> list[tuple[str, str]]:
+    """(from, to) claims: "tree cover became built-up area", "from A to B", "A to B"."""
+    return [(a, b) for a, b, _, _ in transition_mentions(text)]
 
 
 def check_text(text: str, facts: ChangeFacts, *, role: str = "claim") -> list[str]:
@@ -424,7 +496,8 @@ def check_text(text: str, facts: ChangeFacts, *, role: str = "claim") -> list[st
     ``claim``); every increase/decrease said of a class must match its pixel counts (net words
     such as "increased" against the totals, gross words such as "new" or "lost" against the
     transitions); every "A became B" must be a transition; every location word must be the
-    position of a changed region.
+    position of a changed region; every box ``[x0, y0, x1, y1]`` (0..1000) must be the
+    normalised box of a region.
 
     Args:
         text: a caption, or a question (``role="question"``: directions are not claims there).
@@ -434,7 +507,13 @@ def check_text(text: str, facts: ChangeFacts, *, role: str = "claim") -> list[st
     Returns:
         Complaints; ``[]`` when every claim holds.
     """
-    out = _check_numbers(text, facts)
+    out = []
+    region_boxes = {normalised_box(component_box_px(c.bbox), facts.shape) for c in facts.components}
+    for box in parse_boxes(text):
+        if box not in region_boxes:
+            out.append(f"the box {list(box)} is the box of no region")
+    text = BOX_RE.sub(" ", text)  # box coordinates are no quantities
+    out += _check_numbers(text, facts)
     in_transitions = {c for t in facts.transitions for c in (t.from_class, t.to_class)}
     present = (
         in_transitions

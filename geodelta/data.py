@@ -5,6 +5,7 @@ Every sample comes out shaped like a TorchGeo change-detection sample::
     {
         "image": float32 tensor [2, C, H, W]   # before/after, reflectance
         "mask": int64 tensor [H, W]            # 0 no change, k = transition class
+        "regions": int64 tensor [H, W]         # 0 no change, k = region id (meta["regions"])
         "captions": list[str],
         "qa": list[dict],                      # {type, question, answer, evidence}
         "meta": dict,                          # the sample's ``json`` member + "__key__"/"__url__"
@@ -30,6 +31,16 @@ inflates only the requested bands' strips), about 1.5x faster than opening each 
 GDAL; any other layout goes through rasterio, with the same result. The tar shards are read
 by webdataset's ``tar_file_iterator``, which passes over the members a decoded sample does not
 use (RGB and land-cover PNGs).
+
+Batching and plotting: :func:`collate` (:mod:`geodelta.collate`) batches samples of any size
+(pads, see there) and :func:`plot` (:mod:`geodelta.plot`) draws one; the dataset :func:`load`
+returns has ``len()`` (from the manifest) and ``plot``. Other tools:
+:func:`webdataset_handler`, :func:`hf_features` and :func:`hf_transform`
+(:mod:`geodelta.decoders`) decode the members in webdataset and Hugging Face ``datasets``.
+:func:`to_xarray` (:mod:`geodelta.xarray_view`) gives a decoded sample as an
+``xarray.DataArray`` (time, band, y, x) with its dates, band names, pixel-centre coordinates and
+CRS (rioxarray's ``spatial_ref``); xarray is imported only then.
+``meta["__bands__"]`` names the bands of ``image``, in order.
 
 Shards are split first by rank (``torch.distributed`` if initialised, else the ``RANK`` /
 ``WORLD_SIZE`` environment variables, else a single node) and then by DataLoader worker, so every
@@ -61,8 +72,8 @@ from geodelta.errors import GeodeltaError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
-    from torch.utils.data import IterableDataset
 
+    from geodelta._dataset import ReleaseDataset
     from geodelta.schemas.members import Codec, Member
 
 __all__ = [
@@ -80,6 +91,30 @@ __all__ = [
     "tif_dn_fast",
 ]
 
+#: Names this module also offers, from its light neighbours, imported on first use (they import
+#: geodelta.data: a module-level import would be a cycle, hence not in ``__all__``):
+#: ``geodelta.data.collate``, ``plot``, ``hf_features``, ``hf_transform``, ``webdataset_handler``,
+#: ``to_xarray`` (:mod:`geodelta.xarray_view`: a sample as an ``xarray.DataArray`` with its CRS).
+_LAZY = {
+    "collate": "geodelta.collate",
+    "plot": "geodelta.plot",
+    "hf_features": "geodelta.decoders",
+    "hf_transform": "geodelta.decoders",
+    "webdataset_handler": "geodelta.decoders",
+    "to_xarray": "geodelta.xarray_view",  # xarray + pyproj imported on call, not here
+}
+
+
+def __getattr__(name: str) -> Any:
+    """``collate``, ``plot``, ``hf_features``, ``hf_transform``, ``webdataset_handler``,
+    ``to_xarray``."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 Decode = Literal["torch", "numpy", "raw"]
 MANIFEST = "manifest.json"
 _HTTP_TIMEOUT_S = 60.0
@@ -87,7 +122,15 @@ _HTTP_TIMEOUT_S = 60.0
 _TIFF_UNCOMPRESSED = 1
 _TIFF_DEFLATE = (8, 32946)
 #: Members decode_sample reads; the tar readers skip the others (RGB and land-cover PNGs).
-DECODED_MEMBERS = ("json", "before.tif", "after.tif", "mask.png", "captions.json", "qa.json")
+DECODED_MEMBERS = (
+    "json",
+    "before.tif",
+    "after.tif",
+    "mask.png",
+    "regions.png",
+    "captions.json",
+    "qa.json",
+)
 
 
 def _member(name: str) -> Member | None:
@@ -100,6 +143,14 @@ def _member(name: str) -> Member | None:
     from geodelta.schemas.members import member
 
     return member(name)
+
+
+def _hf_feature_list() -> list[dict[str, str]]:
+    """The Hugging Face features of a sample (:func:`geodelta.decoders.hf_features` reads them
+    through here: the members table is reached from the ground floor by this module only)."""
+    from geodelta.schemas.members import hf_feature_list
+
+    return hf_feature_list()
 
 
 class LoaderError(GeodeltaError, ValueError):
@@ -161,14 +212,21 @@ def resolve_shards(url_or_dir: str | Path | Sequence[str | Path], split: str | N
     Raises:
         LoaderError: the manifest cannot be read, or the split is not in it.
     """
+    return _resolve(url_or_dir, split)[0]
+
+
+def _resolve(
+    url_or_dir: str | Path | Sequence[str | Path], split: str | None
+) -> tuple[list[str], list[int] | None]:
+    """:func:`resolve_shards` and each shard's sample count (None without a manifest)."""
     if not isinstance(url_or_dir, (str, Path)):
         shards = [str(s) for s in url_or_dir]
         if not shards:
             raise LoaderError("no shards given")
-        return shards
+        return shards, None
     src = str(url_or_dir)
     if src.endswith(".tar"):
-        return [src]
+        return [src], None
     if _is_url(src):
         manifest_url = src if src.endswith(MANIFEST) else src.rstrip("/") + "/" + MANIFEST
         base = manifest_url[: -len(MANIFEST)]
@@ -186,9 +244,10 @@ def resolve_shards(url_or_dir: str | Path | Sequence[str | Path], split: str | N
                 f"split {split!r} has no shards in this release (splits: {splits})",
                 source=manifest_url,
             )
+    counts = [int(e.get("samples", 0)) for e in entries]
     if _is_url(src):
-        return [urljoin(base, str(e["path"])) for e in entries]
-    return [str(Path(base) / str(e["path"])) for e in entries]
+        return [urljoin(base, str(e["path"])) for e in entries], counts
+    return [str(Path(base) / str(e["path"])) for e in entries], counts
 
 
 def rank_info() -> tuple[int, int]:
@@ -478,6 +537,7 @@ _DECODERS: dict[Codec, Callable[..., Any]] = {
     "geotiff": _decode_geotiff,
     "png-rgb": _decode_png_rgb,
     "png-index": _decode_png_index,
+    "png-instance": _decode_png_index,  # 16-bit PNG -> uint16 (y, x)
     "json": _decode_json,
 }
 
@@ -577,7 +637,8 @@ def decode_sample(
         nodata: value put where DN equals the tif's nodata value (0 in geodelta releases).
 
     Returns:
-        ``{"image", "mask", "captions", "qa", "meta"}`` (see the module docstring).
+        ``{"image", "mask", "regions", "captions", "qa", "meta"}`` (see the module docstring;
+        ``regions`` only for releases with ``regions.png``).
 
     Raises:
         LoaderError: a requested band is not in the sample.
@@ -595,6 +656,7 @@ def decode_sample(
         return decode_member(name, raw[name], meta=meta, bands=bands, nodata=nodata, key=key)
 
     _band_plan(meta, bands, key)  # a missing band fails before any GeoTIFF is read
+    meta["__bands__"] = list(bands) if bands is not None else list(meta["bands"])
     before, after = member_of("before.tif"), member_of("after.tif")
     if before.shape != after.shape:
         raise LoaderError(
@@ -611,11 +673,15 @@ def decode_sample(
         "qa": list(member_of("qa.json")),
         "meta": meta,
     }
+    if "regions.png" in raw:  # region ids (uint16 in the PNG); releases before 'regions' lack it
+        out["regions"] = np.asarray(member_of("regions.png"), dtype=np.int64)
     if decode == "torch":
         import torch
 
         out["image"] = torch.from_numpy(image)
         out["mask"] = torch.from_numpy(mask)
+        if "regions" in out:
+            out["regions"] = torch.from_numpy(out["regions"])
     return out
 
 
@@ -630,11 +696,16 @@ def load(
     seed: int = 0,
     rank: int | None = None,
     world_size: int | None = None,
-) -> IterableDataset[dict[str, Any]]:
+    transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> ReleaseDataset:
     """A torch IterableDataset over a release's shards, one decoded sample at a time.
 
-    Use it straight in a ``torch.utils.data.DataLoader`` (any ``num_workers``; use
-    ``collate_fn=list`` or a custom collate because ``captions``/``qa``/``meta`` vary in length).
+    Use it straight in a ``torch.utils.data.DataLoader`` (any ``num_workers``) with
+    ``collate_fn=geodelta.data.collate``: samples differ in size and in caption count, so it
+    pads the tensors to the batch's largest height and width (NaN for images, -100 for masks)
+    and keeps ``captions``/``qa``/``meta`` as lists (:mod:`geodelta.collate`). ``len(ds)`` is
+    this rank's sample count from the manifest; ``ds.plot(sample)`` draws a sample
+    (:func:`geodelta.plot.plot`), as TorchGeo datasets do.
 
     Args:
         url_or_dir: a local release folder, an http(s) release URL (``manifest.json`` is fetched
@@ -648,9 +719,12 @@ def load(
         seed: seed of the shard and sample shuffles (used when ``shuffle > 0``).
         rank: this node's rank; ``None`` = :func:`rank_info`.
         world_size: number of nodes; ``None`` = :func:`rank_info`.
+        transforms: applied to each decoded sample (``sample -> sample``), as TorchGeo's
+            ``transforms=`` (with ``decode="raw"`` it gets the raw sample).
 
     Returns:
-        A ``torch.utils.data.IterableDataset`` (a ``webdataset.DataPipeline``).
+        A :class:`geodelta._dataset.ReleaseDataset` (a ``webdataset.DataPipeline``, a torch
+        ``IterableDataset``) with ``len()`` and ``plot``.
 
     Raises:
         LoaderError: unknown split or decode mode, bad rank, unreadable manifest.
@@ -658,9 +732,11 @@ def load(
     import webdataset as wds
     from webdataset import tariterators
 
+    from geodelta._dataset import ReleaseDataset
+
     if decode not in ("torch", "numpy", "raw"):
         raise LoaderError(f"decode must be 'torch', 'numpy' or 'raw' (got {decode!r})")
-    shards = resolve_shards(url_or_dir, split)
+    shards, counts = _resolve(url_or_dir, split)
     env_rank, env_world = rank_info()
     r = env_rank if rank is None else rank
     w = env_world if world_size is None else world_size
@@ -683,4 +759,10 @@ def load(
     stages.append(
         wds.map(functools.partial(decode_sample, bands=bands, decode=decode, nodata=nodata))
     )
-    return wds.DataPipeline(*stages)
+    if transforms is not None:
+        stages.append(wds.map(transforms))
+    length: int | None = None
+    if counts is not None:  # this rank's shards; with shuffled shards, its share of the total
+        mine = sum(c for i, c in enumerate(counts) if i % w == r)
+        length = mine if shuffle <= 0 or w == 1 else -(-sum(counts) // w)
+    return ReleaseDataset(*stages, length=length)

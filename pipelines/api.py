@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geodelta import __version__
+from geodelta._optional import missing_module_line
 from geodelta.errors import BuildError, GeodeltaError, ModelError, ReleaseError
 from geodelta.pipelines import build as _builder
 from geodelta.pipelines.build import (
@@ -57,6 +58,8 @@ from geodelta.sources.catalog import CatalogError
 
 if TYPE_CHECKING:
     from geodelta.annotators.models.change_model import SavedModel
+    from geodelta.pipelines.release.drift import Drift
+    from geodelta.pipelines.release.export_llava import ExportResult
     from geodelta.pipelines.release.gate import GateResult
     from geodelta.pipelines.release.publish import PublishResult
     from geodelta.pipelines.release.qa_balance import QABalance
@@ -97,9 +100,13 @@ __all__ = [
     "check_budget",
     "check_build",
     "check_config",
+    "check_from",
     "check_gate",
+    "drift",
+    "drift_lines",
     "estimate",
     "evaluate_baseline",
+    "export",
     "format_balance",
     "format_rules",
     "funnel",
@@ -108,6 +115,7 @@ __all__ = [
     "json_schemas",
     "latest_release",
     "load_config",
+    "missing_module_line",
     "no_space",
     "output_location",
     "plan",
@@ -332,6 +340,46 @@ def snapshot(cfg: BuildConfig, out: str | Path) -> tuple[int, str]:
     return make_snapshot(cfg, out)
 
 
+def drift(release: str | Path, *, catalog: str | None = None) -> Drift:
+    """Run a release's searches again and compare with its snapshot (``geodelta drift``): items
+    added, removed, changed (which fields) and the samples affected
+    (:func:`geodelta.pipelines.release.drift.release_drift`).
+
+    Raises:
+        ReleaseError: not a release, no snapshot in it. SnapshotError, CatalogError: its
+            snapshot is unusable, the catalog cannot be searched.
+    """
+    from geodelta.pipelines.release.drift import release_drift
+
+    return release_drift(release, catalog=catalog)
+
+
+def check_from(cfg: BuildConfig, previous: str | Path) -> str:
+    """What ``build --check --from PREVIOUS`` checks: the refusals of ``build --from`` (not a
+    release, another dataset name, other sample-shaping config sections), reading only the
+    previous release's manifest and tables; one line saying what held.
+
+    Raises:
+        BuildError: ``previous`` cannot be built from (names the differing sections).
+    """
+    from geodelta.pipelines.release.incremental import open_previous
+    from geodelta.sources.profiles import apply_defaults
+
+    prev = open_previous(previous, apply_defaults(cfg))
+    m = prev.manifest
+    return (
+        f"from: {m.name} {m.version} ({len(prev.samples)} samples) has this config's "
+        "sample-shaping sections; its unchanged samples can be reused"
+    )
+
+
+def drift_lines(found: Drift) -> list[str]:
+    """The short text of a drift: counts, then the first changes."""
+    from geodelta.pipelines.release.drift import drift_lines as lines
+
+    return lines(found)
+
+
 # -- build ------------------------------------------------------------------------------------
 
 
@@ -539,10 +587,12 @@ def train_reference(
     Raises:
         ReferenceError: no manifest, no or empty train/evaluation split, captions missing.
     """
+    from geodelta.pipelines.release.collection import refresh_collection
     from geodelta.pipelines.report.render import write_report
     from geodelta.pipelines.training.reference import train_reference as train
 
     metrics = train(release_dir, cfg=cfg, code_version=code_version, on_progress=on_progress)
+    refresh_collection(release_dir)  # collection.json lists the reference model's files
     if report:
         path = write_report(release_dir, previous=previous)
         if on_progress is not None:
@@ -716,3 +766,18 @@ def publish(
     from geodelta.pipelines.release.publish import publish_release
 
     return publish_release(release_dir, releases_dir, previous=previous, promote=promote)
+
+
+def export(
+    release_dir: str | Path, out_dir: str | Path, *, fmt: str = "llava", overwrite: bool = False
+) -> ExportResult:
+    """Export a release as instruction-tuning conversations (``geodelta export``; the format
+    is documented in :mod:`geodelta.pipelines.release.export_llava` and the export's README).
+
+    Raises:
+        ReleaseError: not a release, an unknown format, or a non-empty ``out_dir`` without
+            ``overwrite``.
+    """
+    from geodelta.pipelines.release.export_llava import export_release
+
+    return export_release(release_dir, out_dir, fmt=fmt, overwrite=overwrite)

@@ -242,6 +242,9 @@ class BuildResult:
     incremental: dict[str, Any] | None = None
     """``--from``: the previous release and the reused / new / changed / retried / removed
     cell counts (:mod:`geodelta.pipelines.release.incremental`); None without it."""
+    drift: dict[str, Any] | None = None
+    """``--from``: the catalog drift since the previous release (``drift.json``,
+    :mod:`geodelta.pipelines.release.drift`); None without it or without its snapshot."""
 
     @property
     def location(self) -> str:
@@ -336,8 +339,20 @@ def _drop_staging(cfg: BuildConfig, staging_root: str | Path) -> None:
         Staging(staging_root).remove()
 
 
+def check_series(cfg: BuildConfig) -> None:
+    """Refuse ``time.series``: sequence builds are not wired yet (issue 15), so nothing
+    half-works; the section is validated at load, its date selection is
+    :mod:`geodelta.pipelines.stages.series`."""
+    if cfg.time.series is not None:
+        raise BuildError(
+            "time.series is set but sequence builds are not available yet (only pairs are "
+            "built); remove time.series to build pairs from time.t0 / time.t1"
+        )
+
+
 def check_build(cfg: BuildConfig, mode: Mode = "fresh") -> None:
     """What :func:`geodelta.pipelines.api.check_build` refuses (see there); writes nothing."""
+    check_series(cfg)
     check_runner(cfg)
     check_remote(cfg)  # a remote engine: staging and catalog at URLs, the scheduler answers
     _check_stores(cfg)
@@ -505,6 +520,7 @@ def build(
 
     cfg = apply_defaults(cfg)  # keys left out of the file, from the collections' profiles
     _register_secrets(cfg)
+    check_series(cfg)
     check_runner(cfg)
     if not confirm and not _resuming(cfg, mode):  # the budget, before anything is written
         from geodelta.pipelines.stages.estimate import check_budget
@@ -618,6 +634,7 @@ def _build(
         staging,
         code_version=__version__,
         incremental=None if incremental is None else incremental.as_dict(),
+        drift=None if incremental is None else incremental.drift_dict(),
     )
     if not sum(manifest.splits.values()):  # every staged sample was dropped while sharding
         where = f"{build_dir} holds none; verify and release refuse it"
@@ -661,6 +678,7 @@ def _build(
         stage_seconds=timings,
         url=None if url is None else shown(url),
         incremental=None if incremental is None else incremental.as_dict(),
+        drift=None if incremental is None else incremental.drift_dict(),
     )
 
 
@@ -715,6 +733,15 @@ def summary_rows(result: BuildResult) -> list[tuple[str, str]]:
     if inc is not None:
         rows.append(("from", f"{inc['from']} ({inc['from_config_hash'][:12]})"))
         rows += [(f"  {k}", str(inc[k])) for k in ("reused", "new", "changed", "removed")]
+    if result.drift is not None:
+        d = result.drift
+        rows.append(
+            (
+                "catalog drift",
+                f"{d['added']} added, {d['removed']} removed, {d['changed']} changed items; "
+                f"{d['affected_samples']} samples affected",
+            )
+        )
     rows += [
         ("samples", str(result.samples)),
     ]

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from geodelta.errors import GeodeltaError
-from geodelta.pipelines import api, cli_snapshot  # noqa: F401  (cli_snapshot: its command)
+from geodelta.pipelines import api, cli_export, cli_snapshot  # noqa: F401  (their commands)
 from geodelta.pipelines.cli_common import (  # noqa: F401  (re-exported: cli.app, cli._say...)
     DEMO_CONFIG,
     REPO_ROOT,
@@ -138,8 +138,9 @@ def build(
         str | None,
         typer.Option(
             "--from",
-            help="A previous release of this dataset (folder): copy its samples whose cell, "
-            "items and sample-shaping config are unchanged instead of processing them",
+            help="A previous release of this dataset (a folder or an fsspec URL): copy its "
+            "samples whose cell, items and sample-shaping config are unchanged instead of "
+            "processing them; writes the catalog drift since it (drift.json)",
         ),
     ] = None,
 ) -> None:
@@ -169,14 +170,14 @@ def build(
     _check_annotator(cfg)
     mode = "resume" if resume else "overwrite" if overwrite else "fresh"
     if check:
-        _check_only(cfg, mode, yes)
+        _check_only(cfg, mode, yes, from_release)
         return
     result = _run_build(cfg, mode, progress, confirm=yes, from_release=from_release)
     _print_summary(result)
     typer.echo(result.location)
 
 
-def _check_only(cfg: Any, mode: str, yes: bool) -> None:
+def _check_only(cfg: Any, mode: str, yes: bool, from_release: str | None = None) -> None:
     """``build --check``: the build's own refusals, run without building; one line per check."""
     for problem in api.check_config(cfg):
         console.print(f"[yellow]warning:[/] {problem}")
@@ -185,6 +186,8 @@ def _check_only(cfg: Any, mode: str, yes: bool) -> None:
         api.check_build(cfg, mode)  # type: ignore[arg-type]
         lines = [f"budget: {est.cells:,} cells" + (", --yes" if yes else ", within its limits")]
         lines.append(f"output: {api.output_location(cfg)} can take a {mode} build")
+        if from_release is not None:  # the refusals of --from, before the catalog is asked
+            lines.append(api.check_from(cfg, from_release))
         lines += api.preflight(cfg)
     except GeodeltaError as exc:
         raise _fail(str(exc)) from None

@@ -33,6 +33,10 @@ def _one_line(exc: Exception) -> tuple[str, int]:
     if full is not None:
         where = full.filename or "the output folder"
         return f"no space left on device writing {where}; {api.space_note(full.filename)}", 2
+    if isinstance(exc, ModuleNotFoundError):  # an extra that is not installed
+        line = api.missing_module_line(exc.name)
+        if line is not None:
+            return line, 2
     if isinstance(exc, GeodeltaError):
         lines = str(exc).strip().splitlines()
         return (lines[0] if lines else type(exc).__name__), 2

@@ -33,6 +33,11 @@ from geodelta.schemas.annotation_config import OpenAIConfig as OpenAIConfig
 from geodelta.schemas.annotation_config import PriceConfig as PriceConfig
 from geodelta.schemas.annotation_config import ReferenceConfig as ReferenceConfig
 from geodelta.schemas.annotation_config import ValidationConfig as ValidationConfig
+from geodelta.schemas.operational import BudgetConfig as BudgetConfig
+from geodelta.schemas.operational import GdalConfig as GdalConfig
+from geodelta.schemas.operational import OutputConfig as OutputConfig
+from geodelta.schemas.operational import RunnerConfig as RunnerConfig
+from geodelta.schemas.series import SeriesConfig as SeriesConfig
 
 
 def parse_datetime(value: str | date | datetime) -> datetime:
@@ -223,6 +228,9 @@ class TimeConfig(Section):
 
     t0: TimeWindow = Field(description="(start, end) of the before window, UTC")
     t1: TimeWindow = Field(description="(start, end) of the after window, UTC")
+    series: SeriesConfig | None = Field(
+        default=None, description="Sequence mode (N dates per cell; not built yet); None = pairs"
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> TimeConfig:
@@ -284,6 +292,33 @@ class CoregConfig(Section):
         gt=0,
         description="Phase-correlation error above which a shift is not applied "
         "(unrelated images score >= 0.99)",
+    )
+    margin_px: int = Field(
+        default=64,
+        ge=0,
+        description="Context read around each cell (px per side) for the tie points that check "
+        "its shift; 0 = no neighbourhood check (the cell's own estimate only)",
+    )
+    tie_window_px: int = Field(
+        default=64, ge=16, description="Size of the tie-point windows (px), laid side by side"
+    )
+    consistency_tolerance_px: float = Field(
+        default=0.25,
+        gt=0,
+        description="Largest distance (px) between the cell's shift and the tie points' "
+        "consensus for the cell's own estimate to be kept",
+    )
+    tie_agreement_px: float = Field(
+        default=0.5,
+        gt=0,
+        description="Tie points within this distance (px) of their median agree; the consensus "
+        "is the median of the agreeing ones",
+    )
+    min_tie_points: int = Field(
+        default=3,
+        ge=1,
+        description="Fewest agreeing tie points (and a strict majority of the usable ones) for a "
+        "consensus; without one the cell is quarantined ('inconsistent')",
     )
 
 
@@ -357,144 +392,20 @@ class ShardConfig(Section):
     )
 
 
-class RunnerConfig(Section):
-    """Which engine runs the stages."""
-
-    name: Literal["direct", "inprocess", "dask", "beam"] = Field(
-        default="direct",
-        description="'direct': Beam FnApiRunner; 'inprocess': a plain loop; 'dask': Beam's "
-        "DaskRunner (a LocalCluster, or the scheduler at dask_address); 'beam': the runner the "
-        "pass-through options name (e.g. --runner=DataflowRunner)",
-    )
-    workers: int = Field(
-        default=2, ge=1, description="Worker processes (direct runner, dask LocalCluster)"
-    )
-    mode: Literal["multi_processing", "multi_threading", "in_memory"] = Field(
-        default="multi_processing", description="FnApiRunner running mode"
-    )
-    dask_address: str | None = Field(
-        default=None,
-        description="Scheduler address of an existing Dask cluster (dask runner); none: "
-        "geodelta starts a LocalCluster of `workers` processes and closes it after the run",
-    )
-    options: list[str] = Field(
-        default=[],
-        description="Beam pipeline options passed straight through, e.g. "
-        "['--runner=FlinkRunner', '--flink_master=host:8081'] (dask, beam; direct: added to "
-        "the FnApiRunner's own)",
-    )
-    breaker_cells: int = Field(
-        default=32,
-        ge=0,
-        description="Circuit breaker: when the first this-many finished cells were all "
-        "quarantined for the same reason, the build stops with that reason (exit 1) instead of "
-        "running every other cell into the same wall; the staging area is kept, so "
-        "`geodelta build --resume` after fixing the cause runs those cells again. 0: never stop",
-    )
-    block_cells: int = Field(
-        default=8,
-        ge=1,
-        description="Cells per side of a plan block (up to block_cells x block_cells cells of "
-        "one UTM zone's grid): the element the engines distribute (expanded into its cells on "
-        "the worker) and the unit of one STAC search per collection and time window, reused "
-        "for every cell of the block. 1: one element and one search per cell. Changes no "
-        "sample byte",
-    )
+def normalised_hash(data: dict[str, Any]) -> str:
+    """sha256 of a normalised config (:meth:`BuildConfig.normalised`) as canonical JSON."""
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
-class GdalConfig(Section):
-    """GDAL options for remote (HTTP range) COG reads, applied around every read on every worker."""
-
-    disable_readdir_on_open: str = Field(
-        default="EMPTY_DIR",
-        description="GDAL_DISABLE_READDIR_ON_OPEN: never list a remote folder for sidecar files",
-    )
-    allowed_extensions: str = Field(
-        default=".tif,.tiff,.TIF,.TIFF,.jp2,.vrt",
-        description="CPL_VSIL_CURL_ALLOWED_EXTENSIONS: only these files are opened over HTTP",
-    )
-    http_multiplex: bool = Field(default=True, description="GDAL_HTTP_MULTIPLEX (HTTP/2)")
-    merge_consecutive_ranges: bool = Field(
-        default=True, description="GDAL_HTTP_MERGE_CONSECUTIVE_RANGES"
-    )
-    http_max_retry: int = Field(default=5, ge=0, description="GDAL_HTTP_MAX_RETRY (429 / 5xx)")
-    http_retry_delay_s: float = Field(default=1.0, ge=0, description="GDAL_HTTP_RETRY_DELAY")
-    http_timeout_s: int = Field(default=60, ge=1, description="GDAL_HTTP_TIMEOUT")
-    vsi_cache: bool = Field(default=True, description="VSI_CACHE: cache remote blocks in memory")
-    vsi_cache_size: int = Field(
-        default=64 * 1024 * 1024, ge=0, description="VSI_CACHE_SIZE in bytes (per open file)"
-    )
-    options: dict[str, str] = Field(
-        default={}, description="Further GDAL config options (name -> value); win over the above"
-    )
-
-    def env(self) -> dict[str, str]:
-        """The GDAL config options (name -> value) for :class:`rasterio.Env`."""
-        yes = {True: "YES", False: "NO"}
-        out = {
-            "GDAL_DISABLE_READDIR_ON_OPEN": self.disable_readdir_on_open,
-            "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": self.allowed_extensions,
-            "GDAL_HTTP_MULTIPLEX": yes[self.http_multiplex],
-            "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": yes[self.merge_consecutive_ranges],
-            "GDAL_HTTP_MAX_RETRY": str(self.http_max_retry),
-            "GDAL_HTTP_RETRY_DELAY": f"{self.http_retry_delay_s:g}",
-            "GDAL_HTTP_TIMEOUT": str(self.http_timeout_s),
-            "VSI_CACHE": "TRUE" if self.vsi_cache else "FALSE",
-            "VSI_CACHE_SIZE": str(self.vsi_cache_size),
-        }
-        out.update(self.options)
-        return out
-
-
-class OutputConfig(Section):
-    """Where the release goes."""
-
-    dir: str = Field(
-        description="Release directory (relative to the config file) or an fsspec URL "
-        "(file://, memory://, s3://, gs://, az://...): a URL release is assembled in work_dir, "
-        "then uploaded with manifest.json last"
-    )
-    work_dir: str | None = Field(
-        default=None,
-        description="Local folder a URL release is assembled in (relative to the config file); "
-        "default: .geodelta-work/<name>-<version>-<hash of the URL> next to the config",
-    )
-    staging: str | None = Field(
-        default=None,
-        description="Where the staging area lives: a local folder (relative to the config file) "
-        "or an fsspec URL (s3://, gs://, az://, file://, memory://) that every worker can "
-        "write; credentials come from the environment (e.g. AWS_*), never from here. Default: "
-        ".staging/ inside the folder the release is assembled in",
-    )
-
-
-class BudgetConfig(Section):
-    """Limits above which ``geodelta build`` refuses to start without ``--yes`` (``api.build``:
-    ``confirm=True``), judged on the estimate ``geodelta plan --estimate`` prints (counted from
-    the config, no cell materialised, no network). None: no limit. Not part of the config hash.
-    """
-
-    max_cells: int | None = Field(
-        default=100_000, ge=1, description="Most planned cells (None = no limit)"
-    )
-    max_usd: float | None = Field(
-        default=100.0,
-        ge=0,
-        description="Most estimated LLM spend in US dollars (annotation.openai prices; the "
-        "template annotator costs 0) (None = no limit)",
-    )
-    max_cpu_hours: float | None = Field(
-        default=1000.0,
-        ge=0,
-        description="Most estimated CPU-hours (at the per-tile cost benchmarks/bench_build.py "
-        "measured) (None = no limit)",
-    )
-    max_read_bytes: int | None = Field(
-        default=10 * 10**12,
-        ge=0,
-        description="Most estimated bytes of pixels read (cell windows at native resolution, "
-        "uncompressed) (None = no limit); default 10 TB",
-    )
+def recorded_hash(recorded: dict[str, Any]) -> str:
+    """The config hash of the config a manifest embeds (:meth:`BuildConfig.recorded`), from its
+    own text: without ``catalog.url`` (provenance, outside the hash) it is the normalised config
+    that was hashed. Not re-parsed: a newer geodelta, whose sections have keys the release's did
+    not, still finds the hash it was built with."""
+    data = json.loads(json.dumps(recorded))
+    data.get("catalog", {}).pop("url", None)
+    return normalised_hash(data)
 
 
 class BuildConfig(Section):
@@ -546,6 +457,19 @@ class BuildConfig(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _tie_windows_fit(self) -> BuildConfig:
+        """The tie-point windows fit in the co-registration context (cell + 2 margins)."""
+        c = self.coregistration
+        context = self.grid.cell_size_px + 2 * c.margin_px
+        if c.margin_px > 0 and c.tie_window_px > context:
+            raise ValueError(
+                f"coregistration.tie_window_px ({c.tie_window_px}) is larger than the context "
+                f"it is laid on (grid.cell_size_px + 2 * coregistration.margin_px = {context}); "
+                "lower tie_window_px or raise margin_px"
+            )
+        return self
+
     def resolve(self, path: str) -> str:
         """Resolve a path from the config against ``base_dir``; URLs pass through."""
         if "://" in path:
@@ -568,6 +492,8 @@ class BuildConfig(Section):
         data = self.model_dump(mode="json")
         for key in ("base_dir", "output", "runner", "gdal", "budget"):
             data.pop(key, None)
+        if self.time.series is None:
+            data["time"].pop("series", None)  # pairs: the hash of a config without the key
         for key in (*CatalogConfig.OPERATIONAL, "url"):
             data["catalog"].pop(key, None)
         if self.aoi.geojson is not None:
@@ -589,8 +515,7 @@ class BuildConfig(Section):
 
     def config_hash(self) -> str:
         """sha256 of the normalised config (identifies what the release was built from)."""
-        blob = json.dumps(self.normalised(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()
+        return normalised_hash(self.normalised())
 
     def recorded(self) -> dict[str, Any]:
         """The config ``manifest.json`` embeds: :meth:`normalised` plus ``catalog.url`` as

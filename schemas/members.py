@@ -21,13 +21,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["CODECS", "MEMBERS", "SAMPLE_MEMBERS", "Codec", "Member", "member"]
+__all__ = [
+    "CODECS",
+    "HF_DTYPES",
+    "MEMBERS",
+    "SAMPLE_MEMBERS",
+    "Codec",
+    "Member",
+    "hf_feature_list",
+    "member",
+]
 
 #: How a member's bytes are encoded.
-Codec = Literal["geotiff", "png-rgb", "png-index", "json"]
+Codec = Literal["geotiff", "png-rgb", "png-index", "png-instance", "json"]
 
 #: Every codec, in the order the decoders are documented.
-CODECS: tuple[Codec, ...] = ("geotiff", "png-rgb", "png-index", "json")
+CODECS: tuple[Codec, ...] = ("geotiff", "png-rgb", "png-index", "png-instance", "json")
+
+#: The Hugging Face ``datasets`` feature dtype of each codec (the dataset card's
+#: ``dataset_info.features`` and :func:`geodelta.decoders.hf_features`): GeoTIFFs stay bytes
+#: (PIL, hence ``datasets.Image``, would read band 1 only), PNGs are images (``np.asarray`` gives
+#: the stored values), JSON members are decoded JSON.
+HF_DTYPES: dict[Codec, str] = {
+    "geotiff": "binary",
+    "png-rgb": "image",
+    "png-index": "image",
+    "png-instance": "image",
+    "json": "json",
+}
 
 
 @dataclass(frozen=True)
@@ -37,8 +58,8 @@ class Member:
     Attributes:
         name: the member name, the tar member's suffix after ``<key>.`` (``before.tif``).
         codec: how the bytes are encoded: ``geotiff`` (uint16 multiband GeoTIFF), ``png-rgb``
-            (8-bit RGB PNG), ``png-index`` (8-bit single-band PNG of class indexes) or ``json``
-            (UTF-8 JSON).
+            (8-bit RGB PNG), ``png-index`` (8-bit single-band PNG of class indexes),
+            ``png-instance`` (16-bit single-band PNG of instance ids) or ``json`` (UTF-8 JSON).
         description: what the member holds; the dataset card prints it byte for byte.
         decoded: what :func:`geodelta.data.decode_member` returns for it.
     """
@@ -82,6 +103,19 @@ MEMBERS: tuple[Member, ...] = (
         "uint8 transition codes (y, x)",
     ),
     Member(
+        "change.png",
+        "png-index",
+        "binary change mask, same grid as mask.png: 1 = change (mask.png > 0), 0 = no change",
+        "uint8 0/1 (y, x)",
+    ),
+    Member(
+        "regions.png",
+        "png-instance",
+        "regions of change, same grid as mask.png: 0 = no change, k = region id (the json's "
+        "regions table)",
+        "uint16 region ids (y, x)",
+    ),
+    Member(
         "lc_before.png",
         "png-index",
         "land-cover class index at t0 (0 = unknown; all 0 for change-mask labels)",
@@ -97,7 +131,7 @@ MEMBERS: tuple[Member, ...] = (
         "json",
         "json",
         "metadata (SampleMeta): STAC items, times, CRS, transform, bbox, cloud/valid "
-        "fractions, co-registration, facts, annotator, licence",
+        "fractions, co-registration, facts, region table, grounded captions, annotator, licence",
         "dict (SampleMeta fields)",
     ),
     Member("captions.json", "json", "list of change captions", "list[str]"),
@@ -118,3 +152,13 @@ _BY_NAME: dict[str, Member] = {m.name: m for m in MEMBERS}
 def member(name: str) -> Member | None:
     """The table row of a member name, or None for a name the table does not know."""
     return _BY_NAME.get(name)
+
+
+def hf_feature_list() -> list[dict[str, str]]:
+    """Hugging Face ``datasets`` features of a shard sample, as the card's YAML lists them.
+
+    ``__key__`` and ``__url__`` strings, then each member with its codec's dtype
+    (:data:`HF_DTYPES`), in table order.
+    """
+    keys = [{"name": "__key__", "dtype": "string"}, {"name": "__url__", "dtype": "string"}]
+    return keys + [{"name": m.name, "dtype": HF_DTYPES[m.codec]} for m in MEMBERS]

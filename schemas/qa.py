@@ -18,6 +18,7 @@ from typing import Literal, get_args
 __all__ = [
     "CLASS_TREND_QA_TYPES",
     "COUNT_QA_TYPES",
+    "GROUNDED_QA_TYPES",
     "QA_TYPES",
     "QA_TYPE_SPECS",
     "RATIO_QA_TYPES",
@@ -41,12 +42,29 @@ QAType = Literal[
     "change_to_what",
     "count_regions",
     "location",
+    "refer_change",
+    "count_boxes",
+    "what_changed_here",
+    "segment_change",
 ]
 
 #: What an answer is: ``yes_no`` ('yes' or 'no'), ``count`` (a non-negative integer in digits),
 #: ``ratio`` (a label of :data:`~geodelta.schemas.records.CHANGE_RATIO_BINS`), ``transition``
-#: ('<from class> to <to class>'), ``class`` (a class label), ``position`` (a position word).
-AnswerKind = Literal["yes_no", "count", "ratio", "transition", "class", "position"]
+#: ('<from class> to <to class>'), ``class`` (a class label), ``position`` (a position word),
+#: ``boxes`` (normalised 0..1000 boxes ``[x0, y0, x1, y1]``, one per region, separated by
+#: ", "), ``count_boxes`` ('<n>: ' then the boxes), ``region_ids`` (region ids in digits,
+#: separated by ", ": the answer mask is their union in ``regions.png``).
+AnswerKind = Literal[
+    "yes_no",
+    "count",
+    "ratio",
+    "transition",
+    "class",
+    "position",
+    "boxes",
+    "count_boxes",
+    "region_ids",
+]
 
 
 @dataclass(frozen=True)
@@ -77,6 +95,10 @@ QA_TYPE_SPECS: dict[str, QATypeSpec] = {
         QATypeSpec("change_to_what", "class"),
         QATypeSpec("count_regions", "count", required=True),
         QATypeSpec("location", "position"),
+        QATypeSpec("refer_change", "boxes"),
+        QATypeSpec("count_boxes", "count_boxes"),
+        QATypeSpec("what_changed_here", "transition"),
+        QATypeSpec("segment_change", "region_ids"),
     )
 }
 
@@ -104,3 +126,10 @@ CLASS_TREND_QA_TYPES: tuple[str, ...] = ("class_increase", "class_decrease")
 COUNT_QA_TYPES: tuple[str, ...] = qa_types_answered("count")
 #: QA types answered with a bin label of :data:`~geodelta.schemas.records.CHANGE_RATIO_BINS`.
 RATIO_QA_TYPES: tuple[str, ...] = qa_types_answered("ratio")
+#: QA types whose answer or question holds boxes or region ids (grounded change).
+GROUNDED_QA_TYPES: tuple[str, ...] = (
+    "refer_change",
+    "count_boxes",
+    "what_changed_here",
+    "segment_change",
+)

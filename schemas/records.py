@@ -24,7 +24,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from geodelta.schemas.qa import QAType
 from geodelta.secrets import redact
 
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "1.1.0"
 
 
 def _utc(value: datetime) -> datetime:
@@ -202,6 +202,103 @@ class ChangeComponent(Record):
     )
 
 
+#: Boxes in answers and questions are normalised integers ``[x0, y0, x1, y1]`` in 0..1000
+#: (GeoChat / TEOChat convention): 0 is the left (top) edge of the image, 1000 the right
+#: (bottom) edge.
+BOX_SCALE = 1000
+
+
+def component_box_px(bbox: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """A :class:`ChangeComponent` bbox ``(row_min, col_min, row_max, col_max)`` (inclusive) as
+    a pixel-edge box ``(x0, y0, x1, y1)``: columns ``x0 .. x1 - 1``, rows ``y0 .. y1 - 1``."""
+    r0, c0, r1, c1 = bbox
+    return (int(c0), int(r0), int(c1) + 1, int(r1) + 1)
+
+
+def union_box_px(boxes: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
+    """The pixel-edge box holding every box of a non-empty list."""
+    if not boxes:
+        raise ValueError("the union box of no boxes is undefined (min=1 box, actual=0)")
+    return (
+        min(b[0] for b in boxes),
+        min(b[1] for b in boxes),
+        max(b[2] for b in boxes),
+        max(b[3] for b in boxes),
+    )
+
+
+def normalised_box(
+    box_px: tuple[int, int, int, int], shape: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """A pixel-edge box ``(x0, y0, x1, y1)`` as integers in 0..:data:`BOX_SCALE`.
+
+    The low edges round down and the high edges up, so the normalised box always covers the
+    pixels; integer arithmetic only (the same box on every machine).
+
+    Args:
+        box_px: pixel-edge box, ``0 <= x0 < x1 <= width``, ``0 <= y0 < y1 <= height``.
+        shape: ``(height, width)`` of the image.
+    """
+    h, w = shape
+    x0, y0, x1, y1 = box_px
+    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+        raise ValueError(f"box {box_px} is not a non-empty box inside an image of shape {shape}")
+    s = BOX_SCALE
+    return ((s * x0) // w, (s * y0) // h, -((-s * x1) // w), -((-s * y1) // h))
+
+
+def format_box(box: tuple[int, int, int, int] | list[int]) -> str:
+    """A normalised box as written in questions and answers: ``[x0, y0, x1, y1]``."""
+    return "[" + ", ".join(str(int(v)) for v in box) + "]"
+
+
+class Region(Record):
+    """One region of change, as a researcher reads it: the value ``id`` in ``regions.png``.
+
+    Regions are the 8-connected regions of ``mask.png`` (the components of the facts), with
+    the same ids: by decreasing size, ties by the first pixel in raster order; the same mask
+    gives the same ids on every rebuild.
+    """
+
+    id: int = Field(ge=1, description="Region id: its pixels hold this value in regions.png")
+    code: int = Field(description="Dominant mask code in the region (255 = binary change)")
+    from_class: str = Field(description="Dominant transition's t0 class ('unknown' if binary)")
+    to_class: str = Field(description="Dominant transition's t1 class ('unknown' if binary)")
+    pixels: int = Field(ge=1, description="Region size in pixels")
+    area_m2: float = Field(ge=0, description="Region area in square metres")
+    bbox_px: tuple[int, int, int, int] = Field(
+        description="Pixel-edge box (x0, y0, x1, y1): columns x0..x1-1, rows y0..y1-1"
+    )
+    box: tuple[int, int, int, int] = Field(
+        description="bbox_px normalised to integers 0..1000 (x0, y0, x1, y1), low edges "
+        "rounded down, high edges up: the box written in questions and answers"
+    )
+    bbox_lonlat: BBox = Field(
+        description="Footprint of bbox_px in lon/lat (min_lon, min_lat, max_lon, max_lat)"
+    )
+    centroid_rowcol: tuple[float, float] = Field(description="Centroid (row, col) in pixels")
+    centroid_lonlat: tuple[float, float] = Field(description="Centroid (lon, lat)")
+    position: str = Field(description="Cell of the 3x3 grid holding the centroid")
+
+
+class CaptionSpan(Record):
+    """A phrase of a caption that refers to regions: ``text[start:end]``."""
+
+    start: int = Field(ge=0, description="First character of the phrase")
+    end: int = Field(ge=1, description="One past its last character")
+    regions: tuple[int, ...] = Field(min_length=1, description="Ids of the regions it refers to")
+
+
+class GroundedCaption(Record):
+    """A caption (the same text as in ``captions.json``) with its region-referring phrases."""
+
+    text: str = Field(min_length=1, description="The caption")
+    spans: tuple[CaptionSpan, ...] = Field(
+        description="Phrases that refer to regions, by start (they may nest: a transition "
+        "phrase inside a sentence that also names a position)"
+    )
+
+
 class ChangeFacts(Record):
     """Everything a caption or an answer may claim, computed from the change mask."""
 
@@ -259,6 +356,10 @@ def change_ratio_bin(fraction: float) -> str:
     raise ValueError(f"changed fraction out of range (max=1.0, actual={fraction})")
 
 
+#: One evidence value: a fact, a list of region ids, or a list of pixel boxes.
+Evidence = str | int | float | bool | list[int] | list[list[int]]
+
+
 class QAItem(Record):
     """One question-answer pair about the change, with the facts it rests on."""
 
@@ -267,8 +368,10 @@ class QAItem(Record):
     answer: str = Field(
         min_length=1, description="The answer ('yes'/'no', an integer, a bin, a class, a position)"
     )
-    evidence: dict[str, str | int | float | bool] = Field(
-        description="The facts fields (name -> value) the answer is derived from"
+    evidence: dict[str, Evidence] = Field(
+        description="The facts fields (name -> value) the answer is derived from; "
+        "'region_ids' lists the regions it rests on ([] when none), 'boxes_px' their "
+        "pixel-edge boxes"
     )
 
 
@@ -289,14 +392,44 @@ class Annotation(Record):
 
 
 class CoregResult(Record):
-    """Co-registration of the after scene onto the before scene."""
+    """Co-registration of the after scene onto the before scene.
+
+    Sign convention of ``shift_px`` (and ``neighbourhood_px``): it is the **correction**
+    applied to the after image, i.e. minus its displacement: positive ``dy`` / ``dx`` moves
+    the after image's content down / right (rows / columns of the sample grid). An after scene
+    whose content sits 0.3 px lower and 1.2 px further left than the before scene's records
+    ``(-0.3, +1.2)``.
+    """
 
     shift_px: tuple[float, float] = Field(
-        description="Shift (dy, dx) applied to the after scene to align it with the before scene"
+        description="Correction (dy, dx) in px applied to the after scene to align it with the "
+        "before scene: minus the after scene's displacement; positive moves content down / right"
     )
     residual_px: float = Field(ge=0, description="Shift still measured after the correction (px)")
-    error: float = Field(description="Phase-correlation error of the estimate (0 = perfect)")
+    error: float = Field(
+        description="Phase-correlation error of the estimate (0 = perfect; for source "
+        "'neighbourhood', the median of the agreeing tie points)"
+    )
     applied: bool = Field(description="Whether the shift was applied")
+    source: Literal["cell", "neighbourhood"] = Field(
+        default="cell",
+        description="'cell': the cell's own estimate (consistent with its neighbourhood when "
+        "that was checked); 'neighbourhood': the tie points' consensus, used because the "
+        "cell's own estimate disagreed with it or could not be trusted",
+    )
+    neighbourhood_px: tuple[float, float] | None = Field(
+        default=None,
+        description="Consensus (dy, dx) of the tie points over the cell plus "
+        "coregistration.margin_px, same sign as shift_px; None = not checked (margin_px 0)",
+    )
+    tie_points: int | None = Field(
+        default=None,
+        ge=0,
+        description="Usable tie-point windows around the cell (None = none read)",
+    )
+    agreeing: int | None = Field(
+        default=None, ge=0, description="Tie points within the tolerance of their median"
+    )
 
 
 class SampleMeta(Record):
@@ -365,6 +498,15 @@ class SampleMeta(Record):
         le=1,
         description="IoU of the model's change and the label's change before fusion (1.0 when "
         "both see none); None = no model",
+    )
+    regions: tuple[Region, ...] = Field(
+        default=(),
+        description="The regions of change (ids as in regions.png), by id; older samples have none",
+    )
+    captions_grounded: tuple[GroundedCaption, ...] = Field(
+        default=(),
+        description="The captions of captions.json, in order, each with the phrases that refer "
+        "to regions (phrase grounding); older samples have none",
     )
 
     #: Optional fields left out of the json member when None (older samples have none of them).

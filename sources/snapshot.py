@@ -49,6 +49,7 @@ __all__ = [
     "clean_item",
     "read_snapshot",
     "snapshot_bytes",
+    "snapshot_items_of",
     "snapshot_metadata",
     "write_snapshot",
 ]
@@ -314,22 +315,40 @@ def snapshot_metadata(data: bytes, url: str) -> tuple[Any, dict[str, Any]]:
     return table, origin if isinstance(origin, dict) else {}
 
 
-def read_snapshot(url: str) -> Snapshot:
-    """Read a snapshot (a local path or an fsspec URL).
+def snapshot_items_of(data: bytes, url: str, *, resolve: bool = True) -> Snapshot:
+    """A snapshot's bytes read back (``url``: where they came from, for messages and for
+    resolving relative hrefs).
+
+    Args:
+        data: the file's bytes.
+        url: where they were read from.
+        resolve: resolve relative hrefs against ``url``'s folder; False keeps every href as
+            the file stores it (how :mod:`geodelta.pipelines.release.drift` compares two
+            snapshots written the same way).
+
+    Raises:
+        SnapshotError: not stac-geoparquet, or a required column is missing.
+    """
+    from stac_geoparquet.arrow import stac_table_to_items
+
+    table, origin = snapshot_metadata(data, url)
+    fix = _resolver(url) if resolve else None
+    try:
+        items = [
+            _canonical(d if fix is None else _map_hrefs(d, fix)) for d in stac_table_to_items(table)
+        ]
+    except Exception as exc:  # stac-geoparquet: a column of an unexpected type
+        raise SnapshotError(url, f"not a usable stac-geoparquet snapshot ({exc})") from None
+    return Snapshot(url=url, items=items, origin=origin, sha256=hashlib.sha256(data).hexdigest())
+
+
+def read_snapshot(url: str, *, resolve: bool = True) -> Snapshot:
+    """Read a snapshot (a local path or an fsspec URL); see :func:`snapshot_items_of`.
 
     Raises:
         SnapshotError: the file is missing, not stac-geoparquet, or misses a required column.
     """
-    from stac_geoparquet.arrow import stac_table_to_items
-
-    data = _read_bytes(url)
-    table, origin = snapshot_metadata(data, url)
-    resolve = _resolver(url)
-    try:
-        items = [_canonical(_map_hrefs(d, resolve)) for d in stac_table_to_items(table)]
-    except Exception as exc:  # stac-geoparquet: a column of an unexpected type
-        raise SnapshotError(url, f"not a usable stac-geoparquet snapshot ({exc})") from None
-    return Snapshot(url=url, items=items, origin=origin, sha256=hashlib.sha256(data).hexdigest())
+    return snapshot_items_of(_read_bytes(url), url, resolve=resolve)
 
 
 class SnapshotCatalog(StaticCatalog):

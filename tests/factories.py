@@ -293,24 +293,25 @@ def make_sample(
             "Both images show the same land cover.",
             "There is no visible change in this tile.",
         )
+    ids = [c.id for c in components]  # every item names the regions it rests on (grounding)
     qa = (
         QAItem(
             type="has_change",
             question="Has anything changed between the two images?",
             answer="yes" if change else "no",
-            evidence={"changed_pixels": changed},
+            evidence={"changed_pixels": changed, "region_ids": ids},
         ),
         QAItem(
             type="change_ratio",
             question="How much of the tile has changed?",
             answer=change_ratio_bin(facts.changed_fraction),
-            evidence={"changed_fraction": facts.changed_fraction},
+            evidence={"changed_fraction": facts.changed_fraction, "region_ids": ids},
         ),
         QAItem(
             type="count_regions",
             question="How many separate regions have changed?",
             answer=str(len(components)),
-            evidence={"n_regions": len(components)},
+            evidence={"n_regions": len(components), "region_ids": ids},
         ),
     )
     if change:
@@ -320,7 +321,7 @@ def make_sample(
                 type="change_to_what",
                 question=f"What did the {CLASS_LABELS[from_class]} become?",
                 answer=to_class,
-                evidence={"from_class": from_class, "to_class": to_class},
+                evidence={"from_class": from_class, "to_class": to_class, "region_ids": ids},
             ),
         )
     annotation = Annotation(

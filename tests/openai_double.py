@@ -13,6 +13,7 @@ demand: per sample key (``inject``), by a rule over the key (``rule``) or for ev
 - ``"malformed"`` 200 with content that is not JSON;
 - ``"wrong_number"`` 200 with a caption area and the region count off;
 - ``"wrong_class"`` 200 with a caption naming a class that is not in the facts;
+- ``"wrong_box"`` 200 with the first box of the ``refer_change`` answer moved 7 units right;
 - ``"401"``    401 Unauthorized (whatever key was sent);
 - ``"echo"``   200 with a correct reply whose first caption quotes the key the client sent.
 
@@ -190,6 +191,8 @@ class OpenAIDouble:
             content = _wrong_number(content)
         elif fault == "wrong_class":
             content = _wrong_class(content, facts)
+        elif fault == "wrong_box":
+            content = _wrong_box(content)
         elif fault == "echo":
             content = _echo(content, _key_of(auth))
         chars_in = sum(len(_text_of(msg["content"])) for msg in messages)
@@ -289,6 +292,19 @@ def _wrong_number(content: str) -> str:
         if m:
             caps[i] = cap[: m.start(1)] + f"{float(m.group(1)) * 7 + 13:g}" + cap[m.end(1) :]
             break
+    return json.dumps(data)
+
+
+def _wrong_box(content: str) -> str:
+    data = json.loads(content)
+    for item in data["qa"]:
+        if item["type"] == "refer_change":
+            m = re.search(r"\[(\d+), ", item["answer"])
+            if m:
+                moved = min(int(m.group(1)) + 7, 990)
+                item["answer"] = (
+                    item["answer"][: m.start(1)] + str(moved) + item["answer"][m.end(1) :]
+                )
     return json.dumps(data)
 
 

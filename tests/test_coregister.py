@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from geodelta.pipelines.stages.coregister import (
     apply_shift,
     coregister,
     estimate_shift,
+    neighbourhood,
 )
 from geodelta.pipelines.stages.sample import Sample
 from geodelta.schemas import AssetRef, QuarantineRecord, ScenePair, SceneRef, TileJob
@@ -266,3 +268,167 @@ def test_coregister_keeps_nan_regions_in_place() -> None:
         assert abs(int(nan.sum()) - 200) <= 30
         rows, cols = np.nonzero(nan)
         assert rows.min() >= 59 and rows.max() <= 70 and cols.min() >= 20 and cols.max() <= 42
+
+
+# ---------------------------------------------------------------------------------------------
+# the neighbourhood check: tie points over the cell plus a margin
+
+MARGIN = 64
+
+
+def context_sample(before_ctx: np.ndarray, after_ctx: np.ndarray) -> Sample:
+    """A one-band sample whose cell is the centre of a (64 + 2 * MARGIN)-px context."""
+    cell = (slice(MARGIN, -MARGIN), slice(MARGIN, -MARGIN))
+    sample = make_sample(before_ctx[cell][None], after_ctx[cell][None])
+    return dataclasses.replace(
+        sample, coreg_context=(before_ctx.astype(np.float32), after_ctx.astype(np.float32))
+    )
+
+
+def test_neighbourhood_agrees_on_a_known_shift() -> None:
+    before = texture(7, (192, 192))
+    after = 1.2 * fourier_shift(before, (0.4, -1.3)) + 0.03
+    hood = neighbourhood(before, after, CoregConfig())
+    assert hood.windows == 9  # 3 x 3 adjacent 64-px windows over 192 px
+    assert hood.usable == hood.agreeing == 9 and hood.holds(4)
+    assert hood.shift == (pytest.approx(-0.4, abs=0.05), pytest.approx(1.3, abs=0.05))
+    assert 0.0 <= hood.error < 0.7
+
+
+def test_a_consistent_cell_keeps_its_own_estimate() -> None:
+    before = texture(7, (192, 192))
+    after = fourier_shift(before, (0.4, -1.3))
+    sample = context_sample(before, after)
+    alone = coregister(dataclasses.replace(sample, coreg_context=None), CoregConfig(), band_index=0)
+    out = coregister(sample, CoregConfig(), band_index=0)
+    assert isinstance(out, Sample) and isinstance(alone, Sample)
+    assert out.coreg is not None and alone.coreg is not None
+    assert out.coreg.source == "cell" and alone.coreg.source == "cell"
+    assert out.coreg.shift_px == alone.coreg.shift_px  # the same estimate, now checked
+    assert out.coreg.residual_px == alone.coreg.residual_px
+    np.testing.assert_array_equal(out.after, alone.after)
+    assert out.coreg.neighbourhood_px == (
+        pytest.approx(-0.4, abs=0.05),
+        pytest.approx(1.3, abs=0.05),
+    )
+    assert out.coreg.tie_points == out.coreg.agreeing == 9
+    assert alone.coreg.neighbourhood_px is None and alone.coreg.tie_points is None
+    assert out.coreg_context is None  # dropped once used
+
+
+def test_a_cell_with_a_wrong_peak_gets_its_neighbourhood_shift() -> None:
+    """The cell's own window says (-2.0, +1.1) with a trusted error; the scene moved (0.4, -1.3)."""
+    before = texture(7, (192, 192))
+    after = fourier_shift(before, (0.4, -1.3))
+    after[MARGIN:-MARGIN, MARGIN:-MARGIN] = fourier_shift(before, (2.0, -1.1))[
+        MARGIN:-MARGIN, MARGIN:-MARGIN
+    ]
+    sample = context_sample(before, after)
+    alone = coregister(dataclasses.replace(sample, coreg_context=None), CoregConfig(), band_index=0)
+    assert isinstance(alone, Sample) and alone.coreg is not None  # today: shipped, 1.6 px off
+    assert alone.coreg.shift_px == (pytest.approx(-2.0, abs=0.1), pytest.approx(1.1, abs=0.1))
+    out = coregister(sample, CoregConfig(), band_index=0)
+    assert isinstance(out, Sample) and out.coreg is not None
+    assert out.coreg.source == "neighbourhood" and out.coreg.applied
+    assert out.coreg.shift_px == (pytest.approx(-0.4, abs=0.05), pytest.approx(1.3, abs=0.05))
+    assert out.coreg.shift_px == out.coreg.neighbourhood_px
+    assert out.coreg.residual_px < 0.1  # re-measured by the tie points after the correction
+    assert (out.coreg.tie_points, out.coreg.agreeing) == (9, 8)  # all but the cell's window
+
+
+def test_a_cell_without_a_consensus_around_it_is_quarantined() -> None:
+    """No data around the cell (a cloud mask, the scene's edge): nothing can confirm its shift."""
+    before = np.full((192, 192), np.nan)
+    after = before.copy()
+    land = texture(7, (64, 64))
+    before[MARGIN:-MARGIN, MARGIN:-MARGIN] = land
+    after[MARGIN:-MARGIN, MARGIN:-MARGIN] = fourier_shift(land, (0.4, -1.3))
+    sample = context_sample(before, after)
+    alone = coregister(dataclasses.replace(sample, coreg_context=None), CoregConfig(), band_index=0)
+    assert isinstance(alone, Sample)  # the cell alone looks fine...
+    out = coregister(sample, CoregConfig(), band_index=0)
+    assert isinstance(out, QuarantineRecord)  # ...but nothing around it can confirm it
+    assert (out.stage, out.reason) == ("coregister", "inconsistent")
+    assert "tie points around the cell do not agree" in out.detail
+    assert "coregistration.min_tie_points=3" in out.detail and "margin_px" in out.detail
+    # an untrusted cell without a consensus keeps its own reason
+    bad = coregister(sample, CoregConfig(max_error=1e-6), band_index=0)
+    assert isinstance(bad, QuarantineRecord) and bad.reason == "coreg_unreliable"
+    assert "no neighbourhood estimate either" in bad.detail
+
+
+def test_an_untrusted_cell_is_corrected_by_a_trusted_neighbourhood() -> None:
+    before = texture(7, (192, 192))
+    after = fourier_shift(before, (0.4, -1.3))
+    after[MARGIN:-MARGIN, MARGIN:-MARGIN] = 0.3  # flat (calm water): no estimate at all
+    out = coregister(context_sample(before, after), CoregConfig(), band_index=0)
+    assert isinstance(out, Sample) and out.coreg is not None
+    assert out.coreg.source == "neighbourhood"
+    assert out.coreg.shift_px == (pytest.approx(-0.4, abs=0.05), pytest.approx(1.3, abs=0.05))
+
+
+def test_context_job_grows_the_cell_grid_by_the_margin() -> None:
+    from geodelta.pipelines.stages.load import context_job
+
+    job = make_sample(np.zeros((1, 64, 64)), np.zeros((1, 64, 64))).pair.job
+    wide = context_job(job, 16)
+    assert wide.shape == (96, 96) and wide.crs == job.crs and wide.cell_id == job.cell_id
+    assert wide.transform == (10.0, 0.0, 420000.0 - 160.0, 0.0, -10.0, 5410000.0 + 160.0)
+    left, bottom, right, top = job.bounds()
+    assert wide.bounds() == (left - 160.0, bottom - 160.0, right + 160.0, top + 160.0)
+
+
+def test_coregistration_keys_shape_the_config_hash() -> None:
+    from geodelta.schemas import parse_config
+    from tests.conftest import minimal_config
+
+    base = parse_config(minimal_config(), source="t", base_dir="/tmp")
+    assert base.coregistration.margin_px == 64
+    for key, value in [
+        ("margin_px", 0),
+        ("consistency_tolerance_px", 0.5),
+        ("tie_agreement_px", 0.3),
+        ("min_tie_points", 6),
+        ("tie_window_px", 48),
+    ]:
+        other = parse_config(
+            minimal_config(coregistration={key: value}), source="t", base_dir="/tmp"
+        )
+        assert other.config_hash() != base.config_hash(), key
+
+
+def test_tie_windows_larger_than_the_context_are_refused() -> None:
+    from geodelta.schemas import ConfigError, parse_config
+    from tests.conftest import minimal_config
+
+    cfg = minimal_config(
+        grid={"cell_size_px": 64}, coregistration={"margin_px": 16, "tie_window_px": 128}
+    )
+    with pytest.raises(ConfigError, match=r"coregistration\.tie_window_px \(128\).*= 96\)"):
+        parse_config(cfg, source="t", base_dir="/tmp")
+    cfg["coregistration"] = {"margin_px": 0, "tie_window_px": 128}  # no check: no windows
+    assert parse_config(cfg, source="t", base_dir="/tmp").coregistration.margin_px == 0
+
+
+def test_a_scene_shifted_too_far_is_too_large_not_inconsistent() -> None:
+    before = texture(7, (192, 192))
+    after = fourier_shift(before, (4.5, 0.5))
+    out = coregister(context_sample(before, after), CoregConfig(max_shift_px=3.0), band_index=0)
+    assert isinstance(out, QuarantineRecord) and out.reason == "shift_too_large"
+    measured = re.search(r"shifted by ([0-9.]+) px", out.detail)
+    assert measured is not None and float(measured.group(1)) == pytest.approx(4.53, abs=0.1)
+
+
+def test_a_cell_peak_beyond_max_shift_is_corrected_by_its_neighbourhood() -> None:
+    before = texture(7, (192, 192))
+    after = fourier_shift(before, (0.4, -1.3))
+    after[MARGIN:-MARGIN, MARGIN:-MARGIN] = fourier_shift(before, (4.5, 0.5))[
+        MARGIN:-MARGIN, MARGIN:-MARGIN
+    ]
+    sample = context_sample(before, after)
+    alone = coregister(dataclasses.replace(sample, coreg_context=None), CoregConfig(), band_index=0)
+    assert isinstance(alone, QuarantineRecord) and alone.reason == "shift_too_large"
+    out = coregister(sample, CoregConfig(), band_index=0)
+    assert isinstance(out, Sample) and out.coreg is not None
+    assert out.coreg.source == "neighbourhood"
+    assert out.coreg.shift_px == (pytest.approx(-0.4, abs=0.05), pytest.approx(1.3, abs=0.05))

@@ -205,6 +205,15 @@ def png(values: list[list[int]]) -> bytes:
     return buf.getvalue()
 
 
+def _png16(values: list[list[int]]) -> bytes:
+    """A 16-bit PNG (``regions.png``)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.array(values, dtype=np.uint16)).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def write_tar(path: Path, members: list[tuple[str, bytes]], fmt: int, mode: str = "w") -> None:
     import tarfile
 
@@ -276,6 +285,8 @@ def full_sample(key: str) -> list[tuple[str, bytes]]:
         "before.png": rgb.getvalue(),
         "after.png": rgb.getvalue(),
         "mask.png": png([[0, 3], [7, 0]]),
+        "change.png": png([[0, 1], [1, 0]]),
+        "regions.png": _png16([[0, 1], [300, 0]]),
         "lc_before.png": png([[1, 2], [3, 4]]),
         "lc_after.png": png([[4, 3], [2, 1]]),
         "json": json.dumps(meta).encode(),
@@ -294,6 +305,11 @@ def test_every_member_decodes_by_its_codec() -> None:
         assert out[name].dtype == np.uint8 and out[name].shape == (2, 2, 3)
         assert out[name].tolist() == np.arange(12).reshape(2, 2, 3).tolist()
     assert out["mask.png"].dtype == np.uint8 and out["mask.png"].tolist() == [[0, 3], [7, 0]]
+    assert out["regions.png"].dtype == np.uint16 and out["regions.png"].tolist() == [
+        [0, 1],
+        [300, 0],
+    ]
+    assert out["change.png"].dtype == np.uint8 and out["change.png"].tolist() == [[0, 1], [1, 0]]
     assert out["lc_before.png"].tolist() == [[1, 2], [3, 4]]
     assert out["lc_after.png"].dtype == np.uint8 and out["lc_after.png"].shape == (2, 2)
     assert out["before.tif"].dtype == np.float32 and out["before.tif"].shape == (2, 2, 2)
@@ -554,3 +570,149 @@ def test_bench_loader_quick_writes_its_section(release: Path, tmp_path: Path) ->
     text = results.read_text()
     assert "kept as is" in text and text.count("## Loader throughput") == 1
     assert "HTTP per-file" in text and "--quick" in text
+
+
+# --- len, transforms, collate, plot, the webdataset handler, a light import (issue 17) -----
+
+
+@pytest.mark.slow
+def test_len_comes_from_the_manifest_per_rank(release: Path) -> None:
+    m = manifest(release)
+    for split, n in m["splits"].items():
+        ds = load(release, split=split, decode="raw")
+        assert len(ds) == n == sum(1 for _ in ds)
+    shards = [s for s in m["shards"] if s["split"] == "train"]
+    assert len(shards) >= 3  # two samples per shard: ranks get different shards
+    lens = [len(load(release, split="train", rank=r, world_size=2)) for r in range(2)]
+    seen = [sum(1 for _ in load(release, split="train", rank=r, world_size=2, decode="raw"))
+            for r in range(2)]  # fmt: skip
+    assert lens == seen and sum(lens) == m["splits"]["train"]
+    explicit = load(resolve_shards(release, "train"), split=None)
+    with pytest.raises(TypeError, match="explicit shards"):
+        len(explicit)
+
+
+@pytest.mark.slow
+def test_transforms_and_dataloader_batches_of_eight(release: Path) -> None:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from geodelta.data import collate
+
+    def double(sample: dict[str, Any]) -> dict[str, Any]:
+        return {**sample, "image": sample["image"] * 2, "doubled": True}
+
+    plain = {s["meta"]["__key__"]: s for s in load(release, split="train")}
+    ds = load(release, split="train", transforms=double)
+    loader = DataLoader(ds, batch_size=8, collate_fn=collate)
+    batches = list(loader)
+    assert len(loader) == len(batches) == math.ceil(manifest(release)["splits"]["train"] / 8)
+    b = batches[0]
+    n = b["image"].shape[0]
+    assert b["image"].dim() == 5 and b["image"].shape[1] == 2 and n == min(8, len(plain))
+    assert b["mask"].shape == (n, *b["image"].shape[-2:]) and b["mask"].dtype == torch.int64
+    assert b["doubled"] == [True] * n and len(b["captions"]) == n
+    assert b["valid_hw"].tolist() == [list(b["image"].shape[-2:])] * n
+    for i, meta in enumerate(b["meta"]):
+        want = plain[meta["__key__"]]
+        assert torch.equal(b["image"][i].nan_to_num(-1), (want["image"] * 2).nan_to_num(-1))
+        assert meta["__bands__"] == meta["bands"]  # every band, in the file's order
+
+
+def test_collate_pads_samples_of_any_size() -> None:
+    import torch
+
+    from geodelta.collate import PAD_INDEX, CollateError, collate
+
+    def sample(h: int, w: int, v: float) -> dict[str, Any]:
+        return {
+            "image": torch.full((2, 3, h, w), v),
+            "mask": torch.full((h, w), 7, dtype=torch.int64),
+            "captions": [f"c{h}"],
+            "meta": {"h": h},
+        }
+
+    batch = collate([sample(4, 6, 1.0), sample(5, 3, 2.0)])
+    assert batch["image"].shape == (2, 2, 3, 5, 6) and batch["mask"].shape == (2, 5, 6)
+    assert batch["valid_hw"].tolist() == [[4, 6], [5, 3]]
+    assert torch.isnan(batch["image"][0, :, :, 4:, :]).all()  # padding reads as no data
+    assert (batch["image"][0, :, :, :4, :] == 1.0).all()
+    assert (batch["mask"][1, :, 3:] == PAD_INDEX).all() and (batch["mask"][1, :, :3] == 7).all()
+    assert batch["captions"] == [["c4"], ["c5"]] and batch["meta"] == [{"h": 4}, {"h": 5}]
+    same = collate([sample(4, 6, 1.0), sample(4, 6, 3.0)])
+    assert torch.equal(same["image"], torch.stack([torch.full((2, 3, 4, 6), v) for v in (1, 3)]))
+    with pytest.raises(CollateError, match="beyond the last two"):
+        collate([{"x": torch.zeros(2, 4, 4)}, {"x": torch.zeros(3, 4, 4)}])
+    with pytest.raises(CollateError, match="different keys"):
+        collate([sample(4, 4, 1.0), {"image": torch.zeros(2, 3, 4, 4)}])
+
+
+@pytest.mark.slow
+def test_plot_draws_before_after_mask_and_prediction(release: Path) -> None:
+    from matplotlib.figure import Figure
+
+    from geodelta.plot import PlotError
+
+    ds = load(release, split="train")
+    sample = next(iter(ds))
+    fig = ds.plot(sample)
+    assert isinstance(fig, Figure)
+    axes = fig.get_axes()
+    assert [a.get_title() for a in axes] == ["before", "after", "mask"]
+    legend = axes[2].get_legend()
+    codes = {int(c) for c in np.unique(sample["mask"].numpy())}
+    assert legend is not None and len(legend.get_texts()) == len(codes | {0})
+    assert sample["meta"]["__key__"] in fig.get_suptitle()
+    fig2 = ds.plot({**sample, "prediction": sample["mask"] * 0}, show_titles=False)
+    assert len(fig2.get_axes()) == 4
+    with pytest.raises(PlotError, match="image"):
+        ds.plot({"mask": sample["mask"]})
+
+
+@pytest.mark.slow
+def test_webdataset_handler_keeps_every_band_and_the_codes(release: Path) -> None:
+    import webdataset as wds
+
+    from geodelta.data import webdataset_handler
+
+    urls = resolve_shards(release, "train")
+    raws = raw_samples(release)
+    # what the handler replaces: webdataset's own decoders lose bands and codes, silently
+    generic = next(iter(wds.WebDataset(urls, shardshuffle=False).decode("l")))
+    assert generic["mask.png"].dtype.kind == "f" and generic["mask.png"].max() <= 1.0
+    for s in wds.WebDataset(urls, shardshuffle=False).decode(webdataset_handler, "rgb8"):
+        raw = raws[s["__key__"]]
+        meta = json.loads(raw["json"])
+        dn, _ = tif_dn(raw["before.tif"], list(range(len(meta["bands"]))))
+        assert s["before.tif"].shape == dn.shape and np.array_equal(s["before.tif"], dn)
+        mask = decode_member("mask.png", raw["mask.png"])
+        assert s["mask.png"].dtype == np.uint8 and np.array_equal(s["mask.png"], mask)
+        assert np.array_equal(s["change.png"], (mask > 0).astype(np.uint8))
+        assert s["before.png"].shape[-1] == 3 and s["json"]["key"] == s["__key__"]
+    assert webdataset_handler(".not-a-member.bin", b"x") is None
+
+
+@pytest.mark.slow
+def test_the_data_path_imports_no_beam_gx_or_gdal(release: Path) -> None:
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+import geodelta.data as gd
+from torch.utils.data import DataLoader
+ds = gd.load({str(release)!r}, split="train")
+batch = next(iter(DataLoader(ds, batch_size=8, collate_fn=gd.collate)))
+assert batch["image"].dim() == 5
+gd.plot(next(iter(ds)))
+heavy = [m for m in ("rasterio", "osgeo", "apache_beam", "great_expectations", "dask",
+                    # the rest of the `build` extra: a `geodelta[data]` install lacks them
+                    "pyarrow", "scipy", "skimage", "shapely", "pyproj", "jinja2", "pystac",
+                    "stac_geoparquet")
+         if m in sys.modules]
+print(heavy)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=REPO)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

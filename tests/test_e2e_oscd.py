@@ -340,3 +340,10 @@ def test_quarantined_records_say_which_stage_and_why(run: OSCDRun) -> None:
         counts[f"{row['stage']}:{row['reason']}"] += 1
         print(f"  {row['cell_id']} {row['stage']}:{row['reason']}: {row['detail']}")
     assert dict(counts) == run.result.manifest.quarantined
+
+
+def test_every_qa_item_is_grounded_and_every_box_rederived(run: OSCDRun) -> None:
+    from tests.test_grounding import assert_release_grounded
+
+    n_qa, n_boxes = assert_release_grounded(run.samples)
+    assert n_qa > 0 and n_boxes > 0

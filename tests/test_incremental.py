@@ -18,7 +18,7 @@ import yaml
 from typer.testing import CliRunner
 
 from geodelta.errors import BuildError
-from geodelta.pipelines.api import build, verify
+from geodelta.pipelines.api import build, summary_rows, verify
 from geodelta.pipelines.cli import app
 from geodelta.pipelines.release.incremental import (
     RELEASE_SECTIONS,
@@ -27,6 +27,7 @@ from geodelta.pipelines.release.incremental import (
     sample_inputs,
 )
 from geodelta.pipelines.release.layout import (
+    DRIFT,
     INCREMENTAL,
     SAMPLES_TABLE,
     iter_tar_samples,
@@ -105,6 +106,21 @@ def test_grown_aoi_counts(builds: dict[str, Any]) -> None:
     report = (grown.release_dir / "report" / "index.html").read_text()
     assert f"{inc['reused']} cells reused, {inc['new']} new" in report
     assert not (full.release_dir / INCREMENTAL).exists()
+    # the catalog did not move: a drift check over the previous release's cells, no drift
+    drift = json.loads((grown.release_dir / DRIFT).read_bytes())
+    assert DRIFT in {f.path for f in grown.manifest.files}
+    assert (drift["added"], drift["removed"], drift["changed"], drift["affected_samples"]) == (
+        0,
+        0,
+        0,
+        0,
+    )
+    assert drift["cells_searched"] == prev.cells and drift["items_before"] > 0
+    assert drift["items_before"] == drift["items_after"] and drift["items"] == []
+    assert "No drift: the catalog returns the items" in report
+    assert grown.drift == drift and full.drift is None
+    row = ("catalog drift", "0 added, 0 removed, 0 changed items; 0 samples affected")
+    assert row in summary_rows(grown)
     checked = verify(grown.release_dir, strict=True)  # every file listed, every member decodes
     assert checked.ok and not checked.notes, (checked.problems, checked.notes)
 
@@ -141,8 +157,17 @@ def test_shrunk_from_full_is_byte_identical_to_a_fresh_build(builds: dict[str, A
     a, b = shard_files(prev.release_dir), shard_files(shrunk.release_dir)
     assert [p.name for p in a] == [p.name for p in b]
     assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
-    for table in (SAMPLES_TABLE, "quarantine.parquet", "collection.json"):
+    for table in (SAMPLES_TABLE, "quarantine.parquet"):
         assert (prev.release_dir / table).read_bytes() == (shrunk.release_dir / table).read_bytes()
+    # collection.json lists the card, incremental.json and drift.json, which a --from build
+    # adds to; the rest (extent, links, summaries, shards, tables) is the same
+    roots = (prev.release_dir, shrunk.release_dir)
+    cols = [json.loads((r / "collection.json").read_text()) for r in roots]
+    for col in cols:
+        col["assets"] = {
+            k: v for k, v in col["assets"].items() if k not in ("card", "incremental", "drift")
+        }
+    assert cols[0] == cols[1]
 
 
 def test_changed_items_are_not_reused(builds: dict[str, Any], demo_catalog: DemoCatalog) -> None:
@@ -247,3 +272,97 @@ def test_open_previous_accepts_another_version_and_aoi(
                 **FAST,
             ),
         )
+
+
+def test_check_runs_the_from_refusals_before_any_work(
+    builds: dict[str, Any], demo_catalog: DemoCatalog, tmp_path: Path
+) -> None:
+    """``build --check --from``: the same one-line refusals, exit 2; accepted: exit 0 with a
+    line saying so; nothing written either way."""
+    prev = str(builds["prev"].release_dir)
+    out = tmp_path / "out"
+    other_name = _yaml_config(tmp_path, demo_catalog, out, name="another-dataset")
+    line = _refused(["build", str(other_name), "--check", "--from", prev])
+    assert "'geodelta-demo'" in line and "'another-dataset'" in line
+    shaped = _yaml_config(tmp_path, demo_catalog, out, pairing={"min_gap_days": 180})
+    line = _refused(["build", str(shaped), "--check", "--from", prev])
+    assert "(pairing)" in line
+    ok = _yaml_config(tmp_path, demo_catalog, out)
+    line = _refused(["build", str(ok), "--check", "--from", str(tmp_path / "nowhere")])
+    assert "is not a release (no such folder)" in line
+    res = CliRunner().invoke(app, ["build", str(ok), "--check", "--from", prev])
+    assert res.exit_code == 0, res.output
+    assert f"ok  from: geodelta-demo 0.1.0 ({builds['prev'].samples} samples)" in res.stdout
+    assert "pre-flight passed" in res.stdout
+    assert not out.exists()
+
+
+@pytest.fixture(params=["memory", pytest.param("s3", marks=pytest.mark.integration)])
+def store(request: pytest.FixtureRequest) -> str:
+    """Where a previous release is uploaded: ``memory://``, or a bucket of the S3 test double
+    (moto's server, tests/s3_server.py)."""
+    if request.param == "memory":
+        return "memory://geodelta-from-test"
+    return str(request.getfixturevalue("s3_bucket").url)
+
+
+def test_from_a_release_at_a_url(
+    builds: dict[str, Any], demo_catalog: DemoCatalog, tmp_path: Path, store: str
+) -> None:
+    """``--from`` an fsspec URL: the manifest and tables are fetched first, the shards of
+    reused samples when copied; same counts and bytes as from the folder."""
+    import fsspec
+
+    from geodelta.pipelines.release.upload import upload_release
+
+    prev = builds["prev"]
+    url = f"{store}/prev-0.1.0"
+    upload_release(prev.release_dir, url)
+    grown = build(
+        demo_config(demo_catalog, tmp_path / "grown", version="0.2.0", **FAST),
+        progress=False,
+        from_release=url,
+    )
+    assert grown.incremental == builds["grown"].incremental
+    assert [p.read_bytes() for p in shard_files(grown.release_dir)] == [
+        p.read_bytes() for p in shard_files(builds["grown"].release_dir)
+    ]
+    assert (grown.release_dir / DRIFT).read_bytes() == (
+        builds["grown"].release_dir / DRIFT
+    ).read_bytes()
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.rm(f"{path}/manifest.json")
+    with pytest.raises(BuildError, match=r"is not a release \(manifest.json is missing\)"):
+        open_previous(url, demo_config(demo_catalog, tmp_path))
+    fs.rm(path, recursive=True)
+
+
+def test_cells_whose_searches_did_not_move_are_reused_without_the_pair_stage(
+    builds: dict[str, Any], demo_catalog: DemoCatalog, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The catalog did not move (drift.json: none): the previous samples are copied without
+    running their pair stage again (no classification band read), and the release is still
+    byte for byte the previous one (same config)."""
+    from geodelta.pipelines.stages.worker import Worker
+
+    prev = builds["prev"]
+    real = Worker.pair
+    paired: list[str] = []
+
+    def pair(self: Any, job: Any) -> Any:
+        paired.append(job.cell_id)
+        return real(self, job)
+
+    monkeypatch.setattr(Worker, "pair", pair)
+    again = build(
+        demo_config(
+            demo_catalog, tmp_path / "again", aoi={"bbox": _small_bbox(demo_catalog)}, **FAST
+        ),
+        progress=False,
+        from_release=prev.release_dir,
+    )
+    sampled = set(read_table(prev.release_dir, SAMPLES_TABLE).column("cell_id").to_pylist())
+    assert again.incremental["reused"] == len(sampled) == prev.samples
+    assert paired and not set(paired) & sampled  # only the retried (quarantined) cells ran
+    a, b = shard_files(prev.release_dir), shard_files(again.release_dir)
+    assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]

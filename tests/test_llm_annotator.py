@@ -402,3 +402,39 @@ def test_default_cache_is_a_local_folder_also_for_a_url_release(out: str) -> Non
     base = (REPO / "configs").resolve()
     expected = base / ".geodelta-work" / "llm-cache" if "://" in out else base / "rel" / "llm-cache"
     assert root == expected
+
+
+# --- grounding: the region table in the prompt, wrong boxes fixed or quarantined ----------------
+
+
+def test_prompt_gives_the_region_table_with_boxes(double: OpenAIDouble) -> None:
+    facts = hand_facts()
+    msgs = PromptTemplate("change_v1").messages("k", facts, captions_per_sample=5)
+    summary = json.loads(msgs[1]["content"].split("<summary>")[1].split("</summary>")[0])
+    boxes = {r["id"]: r["box"] for r in summary["regions_detail"]}
+    # region 1: rows 0-2, cols 0-2 of 12x12 -> [0, 0, 250, 250]; region 2: rows 9-10, cols 7-10
+    assert boxes == {1: [0, 0, 250, 250], 2: [583, 750, 917, 917]}
+
+
+def test_a_wrong_box_is_caught_and_fixed(double: OpenAIDouble) -> None:
+    key = "box_20200101_20210101"
+    double.inject(key, "wrong_box")
+    with LLMAnnotator(settings(double)) as a:
+        ann = a.annotate(key, hand_facts())
+    assert double.per_key[key] == 2 and a.stats.fix_rounds == 1
+    assert_verified(ann, hand_facts())
+    complaint = double.bodies[-1]["messages"][-1]["content"]
+    assert "refer_change: answer" in complaint and "but the regions' boxes are" in complaint
+    refer = next(q for q in ann.qa if q.type == "refer_change")
+    assert refer.evidence["region_ids"] and refer.evidence["boxes_px"]
+
+
+def test_a_persistently_wrong_box_is_quarantined(double: OpenAIDouble) -> None:
+    key = "badbox_20200101_20210101"
+    double.always = "wrong_box"
+    with (
+        LLMAnnotator(settings(double, max_fix_attempts=1)) as a,
+        pytest.raises(AnnotationFailed) as err,
+    ):
+        a.annotate(key, hand_facts())
+    assert err.value.reason == "claims_failed" and "refer_change" in err.value.detail

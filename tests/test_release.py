@@ -225,7 +225,7 @@ def test_samples_and_quarantine_tables(built: tuple[Path, Staging, list[SampleMe
     r0 = by_key[metas[0].key]  # no change
     assert r0["main_transition"] == "" and r0["n_regions"] == 0 and r0["n_qa"] == 3
     q = pq.read_table(root / "rel" / "quarantine.parquet")
-    assert q.column_names == ["key", "cell_id", "stage", "reason", "detail"]
+    assert q.column_names == ["key", "cell_id", "stage", "reason", "detail", "geometry"]
     assert q.num_rows == 5
     assert sorted(q.column("stage").to_pylist()) == [
         "pair",
@@ -259,7 +259,7 @@ def test_card_and_collection(built: tuple[Path, Staging, list[SampleMeta]]) -> N
     assert bbox[2] == max(m.bbox_lonlat[2] for m in metas)
     assert col["extent"]["temporal"]["interval"][0][0] == "2020-06-15T10:30:00Z"
     manifest = ReleaseManifest.model_validate_json((rel / "manifest.json").read_bytes())
-    assert len(col["assets"]) == len(manifest.shards)
+    assert sum(a["roles"] == ["data"] for a in col["assets"].values()) == len(manifest.shards)
     for shard in manifest.shards:
         asset = col["assets"][Path(shard.path).stem]
         assert asset["href"] == shard.path and asset["type"] == "application/x-tar"

@@ -166,7 +166,9 @@ def test_diff_of_two_configs(versions: tuple[Path, Path, bytes]) -> None:
 
 @pytest.mark.integration
 def test_report_renders_in_chromium(versions: tuple[Path, Path, bytes]) -> None:
-    """Open the report (with a diff) in headless Chromium: every image loads, no console error."""
+    """Open the report (with a diff) in headless Chromium at 1,280 px: every image loads, no
+    console error, the verdict banner on the first screen, a colour legend under every mask, no
+    horizontal overflow (screenshot in test-artifacts/)."""
     if not Path(CHROMIUM).exists():
         reason = f"{CHROMIUM} not found (Debian package 'chromium'; .ci/run installs it)"
         missing(reason)
@@ -188,6 +190,24 @@ def test_report_renders_in_chromium(versions: tuple[Path, Path, bytes]) -> None:
                 "Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])"
             )
             sections = page.evaluate("Array.from(document.querySelectorAll('section')).length")
+            toc = page.evaluate("document.querySelectorAll('nav a').length")
+            banner = page.locator("#verdict-banner")
+            banner_text = banner.inner_text()
+            banner_box = banner.bounding_box()
+            banner_colour = banner.evaluate("e => getComputedStyle(e).backgroundColor")
+            # every mask figure (label "change"/"label", the model's "model") has a legend
+            masks = page.evaluate(
+                "Array.from(document.querySelectorAll('figure')).filter(f => "
+                "['change', 'label', 'model'].includes(f.querySelector('img').alt)).map(f => "
+                "Array.from(f.querySelectorAll('.legend .item')).map(i => i.innerText))"
+            )
+            widths = page.evaluate(
+                "[document.scrollingElement.scrollWidth, document.scrollingElement.clientWidth]"
+            )
+            wide = page.evaluate(
+                "Array.from(document.querySelectorAll('table')).filter(t => "
+                "t.getBoundingClientRect().right > 1280).map(t => t.id || t.innerText.slice(0, 40))"
+            )
             ARTIFACTS.mkdir(exist_ok=True)
             shot = ARTIFACTS / "report-demo.png"
             page.screenshot(path=str(shot), full_page=True)
@@ -197,6 +217,14 @@ def test_report_renders_in_chromium(versions: tuple[Path, Path, bytes]) -> None:
     assert len(images) >= 20
     assert [alt for complete, width, alt in images if not (complete and width > 0)] == []
     assert [m for m in messages if m.startswith(("error", "pageerror"))] == []
-    assert sections == 12
+    assert sections == toc >= 13  # the verdict, the diff, the 11 content sections (and more)
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
     assert shot.stat().st_size > 50_000
+    # the first screen says what to do: v2 has no reference metrics, which its gate requires
+    assert banner_text.startswith("DO NOT PUBLISH"), banner_text
+    assert "reference/metrics.json is missing" in banner_text
+    assert banner_box is not None and banner_box["y"] + banner_box["height"] < 1000
+    assert banner_colour == "rgb(183, 28, 28)"
+    assert masks and all(items and items[0] == "no change" for items in masks), masks
+    assert any(len(items) > 1 for items in masks)  # some mask shows a change, named by class
+    assert widths[0] <= 1280 and wide == [], (widths, wide)

@@ -285,6 +285,55 @@ def test_the_cli_refuses_a_bad_snapshot_with_exit_2(
         assert len(res.output.strip().splitlines()) == 1, res.output
 
 
+def _bad_snapshot(kind: str, cat: DemoCatalog, path: Path) -> None:
+    good = pq.read_table(cat.root / "items.parquet")
+    if kind == "not-parquet":
+        path.write_text("id,collection\nx,y\n")
+    elif kind == "no-geo":
+        pq.write_table(pa.table({"id": ["a"], "collection": ["c"]}), path)
+    elif kind == "no-datetime":
+        pq.write_table(good.drop_columns(["datetime"]), path)
+    elif kind == "no-geometry":
+        pq.write_table(good.drop_columns(["geometry"]), path)
+    else:  # only the label collection
+        items = [
+            d
+            for d in read_snapshot(str(cat.root / "items.parquet")).items
+            if d["collection"] == "geodelta-demo-landcover"
+        ]
+        write_snapshot(items, path, relative_to=str(cat.root))
+
+
+@pytest.mark.parametrize(
+    ("kind", "says"),
+    [
+        ("not-parquet", "not a stac-geoparquet file: not Parquet"),
+        ("no-geo", "no GeoParquet 'geo' metadata"),
+        # the label items' start/end_datetime columns stand in: the imagery items are refused
+        ("no-datetime", "is not a valid STAC item (Invalid Item: If datetime is None"),
+        ("no-geometry", "missing column(s) ['geometry']"),
+        ("no-imagery", "geodelta-demo-s2l2a"),
+    ],
+)
+def test_every_bad_snapshot_exits_2_naming_what_is_missing(
+    kind: str, says: str, built: tuple[DemoCatalog, Path, Path], tmp_path: Path
+) -> None:
+    """The issue's bad input, through the CLI: a file that is not stac-geoparquet, one missing
+    a required column, one without an item of the configured imagery collection."""
+    cat, _, _ = built
+    bad = cat.root / f"bad-{kind}.parquet"
+    _bad_snapshot(kind, cat, bad)
+    out = tmp_path / "x"
+    config = _config_file(tmp_path, _cfg(cat, out, kind="snapshot", url=str(bad)))
+    for args in (["build", str(config), "--no-progress"], ["build", str(config), "--check"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, res.output
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+        assert says in lines[0], lines[0]
+    assert not out.exists()
+
+
 def test_snapshot_catalog_searches_as_the_static_catalog(
     built: tuple[DemoCatalog, Path, Path], tmp_path: Path
 ) -> None:
@@ -424,3 +473,59 @@ def test_searches_that_found_nothing_give_an_empty_snapshot(tmp_path: Path) -> N
     assert cat.search(["anything"], (0.0, 0.0, 1.0, 1.0), window) == []
     with pytest.raises(SnapshotError, match=r"no item of collection\(s\) \['anything'\]"):
         SnapshotCatalog(str(tmp_path / "empty.parquet"), ["anything"])
+
+
+# -- drift between snapshots of real items ------------------------------------------------------
+
+
+def _sign(d: dict[str, Any], token: str) -> dict[str, Any]:
+    """``d`` with every https asset href signed with a SAS-like ``token``."""
+    out = json.loads(json.dumps(d))
+    for asset in out["assets"].values():
+        if asset["href"].startswith("https://"):
+            asset["href"] = asset["href"].split("?")[0] + f"?st=2026-01-01&se=2026-01-02&{token}"
+    return out
+
+
+def test_drift_between_real_snapshots_names_what_the_catalogs_changed(
+    real_items: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """Planetary Computer, Earth Search and USGS items as their APIs answered, then as they
+    might answer later: a reprocessing (new processing baseline), Earth Search's flag fixed
+    and its duplicate ``_1_`` item, a new asset checksum, one item withdrawn, and every href
+    signed again with another token (a signature is no change)."""
+    from geodelta.pipelines.release.drift import compare_items
+
+    pc = "S2B_MSIL2A_20190629T212529_R043_T06VVN_20201006T080531"
+    es = "S2A_13TDE_20231008_0_L2A"
+    ls = "LC08_L2SP_028030_20200114_20200824_02_T1_SR"
+    old = [_sign(d, "sig=OLDTOKEN") for d in real_items]
+    gone = next(d["id"] for d in old if d["id"] not in (pc, es, ls))
+    new = [_sign(d, "sig=NEWTOKEN") for d in real_items if d["id"] != gone]
+    by_id = {d["id"]: d for d in new}
+    baseline = by_id[pc]["properties"]["s2:processing_baseline"]
+    by_id[pc]["properties"]["s2:processing_baseline"] = "05.00"
+    flag = by_id[es]["properties"]["earthsearch:boa_offset_applied"]
+    by_id[es]["properties"]["earthsearch:boa_offset_applied"] = not flag
+    duplicate = json.loads(json.dumps(by_id[es]))
+    duplicate["id"] = es.replace("_0_", "_1_")
+    new.append(duplicate)
+    checksum = by_id[ls]["assets"]["thumbnail"]["file:checksum"]
+    by_id[ls]["assets"]["thumbnail"]["file:checksum"] = "1220" + "00" * 32
+    write_snapshot(old, tmp_path / "old.parquet")
+    write_snapshot(new, tmp_path / "new.parquet")
+    assert b"TOKEN" not in (tmp_path / "old.parquet").read_bytes()
+    a = read_snapshot(str(tmp_path / "old.parquet"), resolve=False).items
+    b = read_snapshot(str(tmp_path / "new.parquet"), resolve=False).items
+    found = {
+        i.item_id: (i.change, [(f.name, f.before, f.after) for f in i.fields])
+        for i in compare_items(a, b)
+    }
+    assert found == {
+        pc: ("changed", [("s2:processing_baseline", baseline, "05.00")]),
+        es: ("changed", [("earthsearch:boa_offset_applied", flag, not flag)]),
+        duplicate["id"]: ("added", []),
+        ls: ("changed", [("assets.thumbnail.file:checksum", checksum, "1220" + "00" * 32)]),
+        gone: ("removed", []),
+    }
+    assert compare_items(a, read_snapshot(str(tmp_path / "old.parquet"), resolve=False).items) == []

@@ -120,7 +120,9 @@ def test_hand_facts_annotation() -> None:
     assert qa["location"].answer == "north-west"
     assert qa["largest_change"].answer == "tree cover to built-up area"
     assert qa["smallest_change"].answer == "grassland to water"
-    assert qa["has_change"].evidence == {"changed_pixels": 17, "valid_pixels": 144, "regions": 2}
+    assert qa["has_change"].evidence == {
+        "changed_pixels": 17, "valid_pixels": 144, "regions": 2, "region_ids": [1, 2]
+    }  # fmt: skip
     assert qa["change_to_what"].answer in {"built-up area", "water"}
     assert check_captions(ann.captions, facts) == []
     for item in ann.qa:
@@ -178,6 +180,7 @@ def test_random_facts_all_claims_hold() -> None:
     assert seen_types == {
         "has_change", "class_increase", "class_decrease", "change_ratio", "largest_change",
         "smallest_change", "change_to_what", "count_regions", "location",
+        "refer_change", "count_boxes", "what_changed_here", "segment_change",
     }  # fmt: skip
 
 
@@ -247,8 +250,15 @@ def test_annotator_rejects_bad_settings() -> None:
 
 
 def _item(kind: str, question: str, answer: str, **evidence: str | int | float) -> QAItem:
+    """A QA item; grounded on no region unless ``region_ids`` is given (these tests check
+    answers; tests/test_grounding.py checks grounding)."""
     return QAItem.model_validate(
-        {"type": kind, "question": question, "answer": answer, "evidence": evidence}
+        {
+            "type": kind,
+            "question": question,
+            "answer": answer,
+            "evidence": {"region_ids": [], **evidence},
+        }
     )
 
 

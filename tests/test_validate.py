@@ -12,6 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from geodelta.annotators.template import TemplateAnnotator
+from geodelta.pipelines.stages.label import region_records
 from geodelta.pipelines.stages.labels.landcover import label_from_landcover
 from geodelta.pipelines.stages.sample import Sample
 from geodelta.pipelines.stages.validate import RULES, validate_sample, validate_stage
@@ -103,21 +104,36 @@ def make_facts() -> ChangeFacts:
 
 def make_annotation() -> Annotation:
     qa = [
-        ("has_change", "Has anything changed?", "yes", {"changed_pixels": 4, "valid_pixels": 256}),
-        ("change_ratio", "How much changed?", "1-5%", {"changed_fraction": 4 / 256}),
-        ("count_regions", "How many regions changed?", "1", {"regions": 1}),
-        ("location", "Where is the largest change?", "north-west", {"component": 1}),
+        (
+            "has_change",
+            "Has anything changed?",
+            "yes",
+            {"changed_pixels": 4, "valid_pixels": 256, "region_ids": [1]},
+        ),
+        (
+            "change_ratio",
+            "How much changed?",
+            "1-5%",
+            {"changed_fraction": 4 / 256, "region_ids": [1]},
+        ),
+        ("count_regions", "How many regions changed?", "1", {"regions": 1, "region_ids": [1]}),
+        (
+            "location",
+            "Where is the largest change?",
+            "north-west",
+            {"component": 1, "region_ids": [1]},
+        ),
         (
             "largest_change",
             "What is the main change?",
             "tree cover to built-up area",
-            {"pixels": 4},
+            {"pixels": 4, "region_ids": [1]},
         ),
         (
             "class_increase",
             "Did the area of built-up area increase?",
             "yes",
-            {"class": "built_up", "pixels_before": 0, "pixels_after": 4},
+            {"class": "built_up", "pixels_before": 0, "pixels_after": 4, "region_ids": [1]},
         ),
     ]
     return Annotation(
@@ -177,6 +193,11 @@ def make_meta(facts: ChangeFacts | None = None) -> SampleMeta:
         attribution="test attribution",
         code_version="0.1.0",
         config_hash="0" * 64,
+        regions=region_records(
+            facts or make_facts(),
+            crs="EPSG:32631",
+            transform=(10.0, 0.0, 440000.0, 0.0, -10.0, 5420000.0),
+        ),
     )
 
 
@@ -286,6 +307,15 @@ BREAKS: dict[str, list[Callable[[Case], Case]]] = {
         _mask(lambda m: np.pad(m, ((0, 0), (0, 1)))),  # wrong shape
     ],
     "licence": [_meta(licence=""), _meta(attribution="   ")],
+    "regions": [
+        _meta(regions=()),  # region 1 of regions.png has no record
+        lambda case: _meta(
+            regions=(case[0].regions[0].model_copy(update={"bbox_px": (0, 0, 3, 3)}),)
+        )(case),
+        lambda case: _meta(
+            regions=(*case[0].regions, case[0].regions[0].model_copy(update={"id": 7}))
+        )(case),
+    ],
 }
 
 
@@ -429,3 +459,24 @@ def test_label_and_template_output_passes_validation() -> None:
         assert validate_sample(meta, ann, sample.mask, cfg) == []
         annotated = dataclasses.replace(sample, annotation=ann)
         assert validate_stage(annotated, meta, cfg) is annotated
+
+
+def test_region_table_failures_name_the_key_and_the_region() -> None:
+    meta, ann, mask, cfg = clean_case()
+    assert len(meta.regions) == 1 and meta.regions[0].id == 1
+    bad = meta.model_copy(update={"regions": (meta.regions[0].model_copy(update={"id": 2}),)})
+    failures = dict(validate_sample(bad, ann, mask, cfg))
+    assert set(failures) == {"regions"}
+    assert (
+        f"sample {meta.key}: region 1 of regions.png is not in the region table"
+        in failures["regions"]
+    )
+    assert (
+        f"sample {meta.key}: region 2 of the region table is not in regions.png"
+        in failures["regions"]
+    )
+    wrong = meta.regions[0].model_copy(update={"bbox_px": (0, 0, 9, 9)})
+    detail = dict(validate_sample(meta.model_copy(update={"regions": (wrong,)}), ann, mask, cfg))
+    assert (
+        f"sample {meta.key}: region 1 bbox_px (0, 0, 9, 9) but regions.png has" in detail["regions"]
+    )

@@ -31,7 +31,7 @@ from geodelta.annotators.template import format_hectares, format_percent
 from geodelta.annotators.vocabulary import class_label
 from geodelta.schemas import Annotation, ChangeFacts, QAItem
 from geodelta.schemas.qa import QAType
-from geodelta.schemas.records import change_ratio_bin
+from geodelta.schemas.records import change_ratio_bin, component_box_px, normalised_box
 
 __all__ = ["LLMOutput", "LLMQAItem", "PromptTemplate", "facts_summary", "response_schema"]
 
@@ -123,6 +123,7 @@ def facts_summary(facts: ChangeFacts, no_change_epsilon: float) -> dict[str, Any
     out["regions_detail"] = [
         {
             "id": c.id,
+            "box": list(normalised_box(component_box_px(c.bbox), facts.shape)),
             "position": c.position,
             "area_ha": format_hectares(c.area_m2),
             **(

@@ -18,11 +18,15 @@ from geodelta.annotators.qa import (
     change_to_what,
     class_decrease,
     class_increase,
+    count_boxes,
     count_regions,
     has_change,
     largest_change,
     location,
+    refer_change,
+    segment_change,
     smallest_change,
+    what_changed_here,
 )
 from geodelta.annotators.qa.base import QASpec
 from geodelta.schemas import ChangeFacts
@@ -44,6 +48,11 @@ REGISTRY: dict[str, QASpec] = {
         smallest_change.SPEC,
         change_to_what.SPEC,
         location.SPEC,
+        # grounded types last: the wording of the types above draws first, unchanged
+        refer_change.SPEC,
+        count_boxes.SPEC,
+        what_changed_here.SPEC,
+        segment_change.SPEC,
     )
 }
 

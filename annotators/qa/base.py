@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from geodelta.annotators.qa.grounding import grounding, ids_where
 from geodelta.annotators.vocabulary import (
     cap,
     class_forms,
@@ -29,6 +30,7 @@ from geodelta.annotators.vocabulary import (
 from geodelta.schemas import ChangeFacts, QAItem, TransitionStat
 from geodelta.schemas.classes import CLASS_LABELS
 from geodelta.schemas.qa import QA_TYPE_SPECS, AnswerKind
+from geodelta.schemas.records import Evidence as EvidenceValue
 
 if TYPE_CHECKING:
     import numpy as np
@@ -60,7 +62,7 @@ __all__ = [
 ]
 
 #: The facts fields (name -> value) an answer rests on.
-Evidence = dict[str, str | int | float | bool]
+Evidence = dict[str, EvidenceValue]
 #: ``(rng, facts, no_change_epsilon) -> QAItem``: how the template asks a type.
 AskFn = Callable[["np.random.Generator", ChangeFacts, float], QAItem]
 
@@ -233,11 +235,13 @@ def _moved(facts: ChangeFacts, cls: str, *, increase: bool) -> bool:
 
 
 def trend_evidence(facts: ChangeFacts, cls: str) -> Evidence:
-    """The class totals a trend answer rests on."""
+    """The class totals a trend answer rests on, and the regions that gained or lost the class
+    (their dominant transition starts or ends in it)."""
     return {
         "class": cls,
         "pixels_before": facts.class_pixels_before.get(cls, 0),
         "pixels_after": facts.class_pixels_after.get(cls, 0),
+        **grounding(facts, ids_where(facts, lambda c: cls in (c.from_class, c.to_class))),
     }
 
 
@@ -338,9 +342,17 @@ def transition_answer(t: TransitionStat) -> str:
     return f"{class_label(t.from_class)} to {class_label(t.to_class)}"
 
 
-def transition_evidence(t: TransitionStat) -> Evidence:
-    """The transition an answer names."""
-    return {"from_class": t.from_class, "to_class": t.to_class, "pixels": t.pixels}
+def transition_evidence(t: TransitionStat, facts: ChangeFacts) -> Evidence:
+    """The transition an answer names, and the regions whose dominant transition it is."""
+    return {
+        "from_class": t.from_class,
+        "to_class": t.to_class,
+        "pixels": t.pixels,
+        **grounding(
+            facts,
+            ids_where(facts, lambda c: (c.from_class, c.to_class) == (t.from_class, t.to_class)),
+        ),
+    }
 
 
 def extreme_transition(facts: ChangeFacts, *, largest: bool) -> TransitionStat:
@@ -383,8 +395,8 @@ def _check_extreme(
 def _extreme_evidence(facts: ChangeFacts, *, largest: bool) -> tuple[Evidence, list[str]]:
     """The evidence of a largest/smallest answer: that transition (none without transitions)."""
     if not facts.transitions:
-        return {}, []
-    return transition_evidence(extreme_transition(facts, largest=largest)), []
+        return {"region_ids": []}, []
+    return transition_evidence(extreme_transition(facts, largest=largest), facts), []
 
 
 def extreme_spec(
@@ -422,7 +434,7 @@ def extreme_spec(
             name,
             questions,
             lambda facts, _eps: transition_answer(facts.transitions[index]),
-            lambda facts: transition_evidence(facts.transitions[index]),
+            lambda facts: transition_evidence(facts.transitions[index], facts),
         ),
         evidence=evidence,
         check=check,

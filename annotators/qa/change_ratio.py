@@ -4,6 +4,7 @@ a bin label of :data:`~geodelta.schemas.records.CHANGE_RATIO_BINS`."""
 from __future__ import annotations
 
 from geodelta.annotators.qa.base import Evidence, QASpec, always, ask_fixed, facts_only, one_of
+from geodelta.annotators.qa.grounding import all_ids, grounding
 from geodelta.schemas import CHANGE_RATIO_BINS, ChangeFacts, QAItem, change_ratio_bin
 
 NAME = "change_ratio"
@@ -21,7 +22,7 @@ def _answer(facts: ChangeFacts, no_change_epsilon: float) -> str:
 
 def _evidence(facts: ChangeFacts) -> Evidence:
     """The changed fraction."""
-    return {"changed_fraction": facts.changed_fraction}
+    return {"changed_fraction": facts.changed_fraction, **grounding(facts, all_ids(facts))}
 
 
 def check(item: QAItem, answer: str, facts: ChangeFacts, changed: bool) -> list[str]:

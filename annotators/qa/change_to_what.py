@@ -52,7 +52,7 @@ def ask(rng: np.random.Generator, facts: ChangeFacts, no_change_epsilon: float) 
             f"Into what was {label} mostly converted?",
         ),
     )
-    return qa_item(NAME, question, class_label(top.to_class), transition_evidence(top))
+    return qa_item(NAME, question, class_label(top.to_class), transition_evidence(top, facts))
 
 
 def evidence(question: str, facts: ChangeFacts) -> tuple[Evidence, list[str]]:
@@ -63,7 +63,7 @@ def evidence(question: str, facts: ChangeFacts) -> tuple[Evidence, list[str]]:
     from_cls = _from(facts, cls)
     if not from_cls:
         return {}, [f"change_to_what asks about {class_label(cls)}, which did not change"]
-    return transition_evidence(_top(from_cls)), []
+    return transition_evidence(_top(from_cls), facts), []
 
 
 def check(item: QAItem, answer: str, facts: ChangeFacts, changed: bool) -> list[str]:

@@ -4,6 +4,7 @@ the number in digits."""
 from __future__ import annotations
 
 from geodelta.annotators.qa.base import Evidence, QASpec, always, ask_fixed, facts_only
+from geodelta.annotators.qa.grounding import all_ids, grounding
 from geodelta.schemas import ChangeFacts, QAItem
 
 NAME = "count_regions"
@@ -21,7 +22,11 @@ def _answer(facts: ChangeFacts, no_change_epsilon: float) -> str:
 
 def _evidence(facts: ChangeFacts) -> Evidence:
     """The region count and the smallest region size kept."""
-    return {"regions": facts.n_regions, "min_region_px": facts.min_region_px}
+    return {
+        "regions": facts.n_regions,
+        "min_region_px": facts.min_region_px,
+        **grounding(facts, all_ids(facts)),
+    }
 
 
 def check(item: QAItem, answer: str, facts: ChangeFacts, changed: bool) -> list[str]:

@@ -13,6 +13,7 @@ from geodelta.annotators.qa.base import (
     yes_no_complaints,
     yes_no_mismatch,
 )
+from geodelta.annotators.qa.grounding import all_ids, grounding
 from geodelta.schemas import ChangeFacts, QAItem
 
 NAME = "has_change"
@@ -35,6 +36,7 @@ def _evidence(facts: ChangeFacts) -> Evidence:
         "changed_pixels": facts.changed_pixels,
         "valid_pixels": facts.valid_pixels,
         "regions": facts.n_regions,
+        **grounding(facts, all_ids(facts)),
     }
 
 

@@ -4,6 +4,7 @@ answered with a position word of the tile's 3x3 grid."""
 from __future__ import annotations
 
 from geodelta.annotators.qa.base import Evidence, QASpec, ask_fixed, facts_only, has_change, one_of
+from geodelta.annotators.qa.grounding import grounding
 from geodelta.schemas import ChangeFacts, QAItem
 from geodelta.schemas.records import POSITION_WORDS
 
@@ -28,13 +29,15 @@ def _answer(facts: ChangeFacts, no_change_epsilon: float) -> str:
 def _evidence(facts: ChangeFacts) -> Evidence:
     """The largest region (none on a tile without regions)."""
     if not facts.components:
-        return {}
+        return {"region_ids": []}
     big = facts.components[0]
     return {
         "component": big.id,
         "pixels": big.pixels,
         "centroid_row": big.centroid[0],
         "centroid_col": big.centroid[1],
+        # the largest region, and any other of the same size (an answer may name either)
+        **grounding(facts, [c.id for c in facts.components if c.pixels == big.pixels]),
     }
 
 

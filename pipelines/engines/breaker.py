@@ -47,7 +47,8 @@ _HINTS: dict[str, str] = {
     "pair": "the catalog (catalog.url), imagery.collection, the time windows (time.t0/t1) and "
     "pairing.* (scenes found and their clear fraction)",
     "load": "the imagery assets (imagery.bands and their files; catalog.signing for remote reads)",
-    "coregister": "coregistration.* (band, max_shift_px, max_residual_px)",
+    "coregister": "coregistration.* (band, max_shift_px, max_residual_px; 'inconsistent': "
+    "margin_px, tie_agreement_px, min_tie_points)",
     "label": "the labels section (labels.collection, labels.asset) and its files",
     "annotate": "the annotation section (annotation.annotator and its credentials)",
     "validate": "validation.* and the imagery's values (scale/offset in the items' raster:bands)",

@@ -3,8 +3,9 @@
 A release directory holds::
 
     shards/{split}-{i:06d}.tar   WebDataset tars, samples sorted by key within a split
-    samples.parquet              one row per sample (metadata for filtering and reports)
-    quarantine.parquet           what did not become a sample, and why
+    samples.parquet              one row per sample (metadata for filtering and reports;
+                                 GeoParquet: footprint, captions, member offsets in the shard)
+    quarantine.parquet           what did not become a sample, and why (GeoParquet: footprint)
     README.md                    dataset card
     collection.json              STAC Collection describing the release (one asset per shard)
     snapshot/items.parquet       the STAC items the build searched (stac-geoparquet)
@@ -41,9 +42,16 @@ from pydantic import ValidationError
 from geodelta._io import json_bytes, write_atomic
 from geodelta.pipelines.release.card import dataset_card
 from geodelta.pipelines.release.collection import stac_collection
+from geodelta.pipelines.release.geoparquet import (
+    MEMBER_OFFSETS_TYPE,
+    cell_footprint_wkb,
+    geoparquet_bytes,
+    member_offsets,
+)
 from geodelta.pipelines.release.layout import (
     CARD,
     COLLECTION,
+    DRIFT,
     INCREMENTAL,
     MANIFEST,
     MANIFEST_SHA256,
@@ -51,7 +59,6 @@ from geodelta.pipelines.release.layout import (
     SAMPLES_TABLE,
     SNAPSHOT,
     VALIDATION_DIR,
-    parquet_bytes,
 )
 from geodelta.pipelines.release.manifest import files_under, write_manifest
 from geodelta.pipelines.release.shards import clean_shards, write_shards
@@ -103,6 +110,9 @@ SAMPLES_SCHEMA = pa.schema(
         ("tokens_in", pa.int64()),
         ("tokens_out", pa.int64()),
         ("cost_usd", pa.float64()),
+        ("captions", pa.list_(pa.string())),
+        ("member_offsets", MEMBER_OFFSETS_TYPE),  # each member's data offset and size in the tar
+        ("geometry", pa.binary()),  # the cell's lon/lat footprint, WKB (GeoParquet)
     ]
 )
 
@@ -113,6 +123,7 @@ QUARANTINE_SCHEMA = pa.schema(
         ("stage", pa.string()),
         ("reason", pa.string()),
         ("detail", pa.string()),
+        ("geometry", pa.binary()),  # the cell's lon/lat footprint, WKB (GeoParquet)
     ]
 )
 
@@ -163,6 +174,7 @@ def _sample_row(meta: SampleMeta, shard: str, members: dict[str, bytes]) -> dict
         t = facts.transitions[0]
         main = f"{t.from_class}->{t.to_class}"
     min_lon, min_lat, max_lon, max_lat = meta.bbox_lonlat
+    captions = [str(c) for c in json.loads(members["captions.json"])]
     return {
         "key": meta.key,
         "split": meta.split,
@@ -190,18 +202,29 @@ def _sample_row(meta: SampleMeta, shard: str, members: dict[str, bytes]) -> dict
         "changed_fraction": facts.changed_fraction,
         "n_regions": facts.n_regions,
         "main_transition": main,
-        "n_captions": len(json.loads(members["captions.json"])),
+        "n_captions": len(captions),
         "n_qa": len(json.loads(members["qa.json"])),
         "annotator": meta.annotator,
         "tokens_in": meta.tokens_in,
         "tokens_out": meta.tokens_out,
         "cost_usd": meta.cost_usd,
+        "captions": captions,
+        "member_offsets": None,  # filled from the written shard (_with_offsets)
+        "geometry": cell_footprint_wkb(meta.cell_id),
     }
 
 
-def _parquet_bytes(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> bytes:
-    columns = {name: [row[name] for row in rows] for name in schema.names}
-    return parquet_bytes(pa.Table.from_pydict(columns, schema=schema))
+def _with_offsets(root: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with ``member_offsets`` read back from the shards written (tar headers only)."""
+    offsets: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for row in rows:
+        if row["shard"] not in offsets:
+            offsets[row["shard"]] = member_offsets(root / row["shard"])
+    return [{**row, "member_offsets": offsets[row["shard"]][row["key"]]} for row in rows]
+
+
+def _quarantine_row(rec: QuarantineRecord) -> dict[str, Any]:
+    return {**rec.model_dump(mode="json"), "geometry": cell_footprint_wkb(rec.cell_id)}
 
 
 def _load_metas(
@@ -275,6 +298,7 @@ def _clean(release_dir: Path) -> None:
     (release_dir / MANIFEST).unlink(missing_ok=True)
     (release_dir / MANIFEST_SHA256).unlink(missing_ok=True)
     (release_dir / INCREMENTAL).unlink(missing_ok=True)  # a --from run's: rewritten if --from
+    (release_dir / DRIFT).unlink(missing_ok=True)  # idem
     (release_dir / SNAPSHOT).unlink(missing_ok=True)  # rewritten when the build made one
     clean_shards(release_dir)
     for path in release_dir.glob(".*.tmp"):
@@ -301,6 +325,7 @@ def write_release(
     code_version: str,
     extra_quarantine: Sequence[QuarantineRecord] = (),
     incremental: dict[str, Any] | None = None,
+    drift: dict[str, Any] | None = None,
 ) -> ReleaseManifest:
     """Write a release from the marked cells of a staging area.
 
@@ -322,6 +347,7 @@ def write_release(
         extra_quarantine: records dropped outside the staged cells (e.g. plan or validate).
         incremental: a ``--from`` build's counts (:mod:`.incremental`): written to
             ``incremental.json`` and shown in the card.
+        drift: a ``--from`` build's catalog drift (:mod:`.drift`): written to ``drift.json``.
 
     Returns:
         The manifest that was written to ``manifest.json``.
@@ -349,10 +375,10 @@ def write_release(
         write_atomic(root / name, data)
         files.append(FileInfo(path=name, bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
 
-    put(SAMPLES_TABLE, _parquet_bytes(rows, SAMPLES_SCHEMA))
+    put(SAMPLES_TABLE, geoparquet_bytes(_with_offsets(root, rows), SAMPLES_SCHEMA))
     put(
         QUARANTINE_TABLE,
-        _parquet_bytes([q.model_dump(mode="json") for q in quarantine], QUARANTINE_SCHEMA),
+        geoparquet_bytes([_quarantine_row(q) for q in quarantine], QUARANTINE_SCHEMA),
     )
     put(
         CARD,
@@ -368,11 +394,13 @@ def write_release(
     )
     if incremental is not None:
         put(INCREMENTAL, json_bytes(incremental))
-    put(COLLECTION, stac_collection(cfg, metas, splits, shards))
+    if drift is not None:
+        put(DRIFT, json_bytes(drift))
     snapshot = release_snapshot(staging)  # the items the build searched (:mod:`.snapshot`)
     if snapshot is not None:
         put(SNAPSHOT, snapshot)
     files += files_under(root, VALIDATION_DIR)  # GX results and Data Docs (deterministic)
+    put(COLLECTION, stac_collection(cfg, metas, splits, shards, files))  # lists the files above
 
     manifest = ReleaseManifest(
         name=cfg.name,

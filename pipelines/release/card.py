@@ -1,7 +1,12 @@
 """The dataset card of a release (``README.md``): licence, contents, members, codes, provenance.
 
-Markdown, deterministic (no wall-clock time, no absolute path). The "Sample members" table is
-printed from the one table of members (:mod:`geodelta.schemas.members`).
+Markdown with Hugging Face YAML front matter (licence, task categories, size category, tags,
+one ``configs`` entry whose ``data_files`` list each split's shards, and the
+``dataset_info.features`` of the members), so ``datasets.load_dataset(<release folder>)`` reads
+the shards as they are: without it the loader would take the Great Expectations
+``validation/`` folder for a split. Deterministic (no wall-clock time, no absolute path). The
+"Sample members" table and the features are printed from the one table of members
+(:mod:`geodelta.schemas.members`).
 """
 
 from __future__ import annotations
@@ -19,9 +24,70 @@ from geodelta.pipelines.release.layout import (
 )
 from geodelta.schemas import BuildConfig, SampleMeta, ShardInfo
 from geodelta.schemas.classes import BINARY_CHANGE, decode_transition
-from geodelta.schemas.members import MEMBERS
+from geodelta.schemas.members import MEMBERS, hf_feature_list
 
-__all__ = ["dataset_card"]
+__all__ = ["dataset_card", "front_matter", "hf_license"]
+
+#: SPDX licence ids (lower case) the Hugging Face Hub knows by the same id; any other licence
+#: is ``license: other`` with its name in ``license_name``.
+_HF_LICENSES = frozenset(
+    {
+        "apache-2.0", "mit", "cc0-1.0", "cc-by-4.0", "cc-by-sa-4.0", "cc-by-nc-4.0",
+        "cc-by-nc-sa-4.0", "cc-by-nd-4.0", "cc-by-nc-nd-4.0", "cc-by-3.0", "cc-by-sa-3.0",
+        "odbl", "odc-by", "pddl", "cdla-permissive-2.0", "cdla-sharing-1.0", "bsd-3-clause",
+    }
+)  # fmt: skip
+
+
+def hf_license(licence: str) -> dict[str, str]:
+    """The card's licence keys: ``{"license": id}`` or ``{"license": "other", "license_name"}``."""
+    spdx = licence.strip().lower()
+    if spdx in _HF_LICENSES:
+        return {"license": spdx}
+    return {"license": "other", "license_name": licence.strip()}
+
+
+def _size_category(n: int) -> str:
+    """The Hub's ``size_categories`` value of ``n`` samples (``n<1K``, ``1K<n<10K``, ...)."""
+    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+              (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")]  # fmt: skip
+    return next((label for bound, label in bounds if n < bound), "10M<n<100M")
+
+
+def front_matter(cfg: BuildConfig, total: int, shards: Sequence[ShardInfo]) -> str:
+    """The card's YAML front matter (between ``---`` lines), deterministic.
+
+    ``configs`` has one ``default`` config whose ``data_files`` list each split's shards (paths
+    relative to the release, in manifest order): ``load_dataset(<release folder>)`` reads those
+    and nothing else. ``dataset_info.features`` keeps the GeoTIFFs as bytes.
+    """
+    import yaml
+
+    by_split: dict[str, list[str]] = {}
+    for shard in shards:
+        by_split.setdefault(shard.split, []).append(shard.path)
+    tags = ["geodelta", "remote-sensing", "earth-observation", "satellite-imagery",
+            "change-detection", "geospatial", "webdataset", cfg.imagery.collection]  # fmt: skip
+    if "synthetic" in cfg.description.lower():
+        tags.append("synthetic")
+    data: dict[str, Any] = {
+        **hf_license(cfg.licence),
+        "pretty_name": f"{cfg.name} {cfg.version}",
+        "task_categories": ["image-segmentation", "image-to-text", "visual-question-answering"],
+        "size_categories": [_size_category(total)],
+        "tags": tags,
+        "configs": [
+            {
+                "config_name": "default",
+                "data_files": [
+                    {"split": split, "path": paths} for split, paths in sorted(by_split.items())
+                ],
+            }
+        ],
+        "dataset_info": {"config_name": "default", "features": hf_feature_list()},
+    }
+    body = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+    return f"---\n{body}---\n"
 
 
 def _present_codes(metas: Iterable[SampleMeta]) -> list[int]:
@@ -67,6 +133,88 @@ def _incremental_lines(inc: dict[str, Any] | None) -> list[str]:
     ]
 
 
+#: How to read each codec with plain tools (the card's "Reading each member" table).
+_READ_WITH: dict[str, str] = {
+    "geotiff": "`tifffile.imread(io.BytesIO(b))` or `rasterio.open(io.BytesIO(b)).read()`: "
+    "uint16 DN (band, y, x), every band. Not `PIL.Image.open`, `datasets.Image()` or "
+    "webdataset's image decoders: they read band 1 only, silently",
+    "png-rgb": "`np.asarray(PIL.Image.open(io.BytesIO(b)))`: uint8 (y, x, 3)",
+    "png-index": "`np.asarray(PIL.Image.open(io.BytesIO(b)))`: uint8 values as stored. Not "
+    'webdataset\'s `decode("l")`/`decode("rgb")`: they scale the codes to fractions of 255',
+    "png-instance": "`np.asarray(PIL.Image.open(io.BytesIO(b)))`: uint16 values as stored. Not "
+    "webdataset's image decoders: they convert to 8 bits",
+    "json": "`json.loads(b)`",
+}
+
+
+def _reading_lines(shards: Sequence[ShardInfo]) -> list[str]:
+    """The card's "Reading the data" section: each member with plain tools, then HF datasets,
+    webdataset, PyTorch (geodelta.data) and the GeoParquet sample table."""
+    first = next((s.path for s in shards if s.split == "train"), None)
+    first = first or (shards[0].path if shards else f"{SHARDS_DIR}/train-000000.tar")
+    split = next((s.split for s in shards if s.path == first), "train")
+    lines = [
+        "",
+        "## Reading the data",
+        "",
+        "Each member with plain tools (`b` = the member's bytes):",
+        "",
+        "| member | read with |",
+        "|---|---|",
+    ]
+    lines += [f"| `{m.name}` | {_READ_WITH.get(m.codec, '(see geodelta.data)')} |" for m in MEMBERS]
+    lines += [
+        "",
+        "Reflectance = DN * `dn_scale` + `dn_offset` (both in the `json` member); DN 0 = no data. "
+        "`geodelta.data` decodes every member this way (it imports no GDAL, Beam or Great "
+        "Expectations).",
+        "",
+        "Hugging Face `datasets` (the front matter above lists each split's shards; GeoTIFFs "
+        "stay bytes):",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "import geodelta.data",
+        "",
+        f'ds = load_dataset("path/to/release", split="{split}")',
+        "ds = ds.with_transform(geodelta.data.hf_transform)  # GeoTIFFs -> float32 reflectance",
+        "```",
+        "",
+        'or `load_dataset("webdataset", data_files={...}, features=geodelta.data.hf_features())`.',
+        "",
+        "webdataset (list the shards from `manifest.json` or this card, not by a brace range):",
+        "",
+        "```python",
+        "import webdataset as wds",
+        "import geodelta.data",
+        "",
+        f'urls = geodelta.data.resolve_shards("path/to/release", "{split}")',
+        "ds = wds.WebDataset(urls, shardshuffle=False).map(geodelta.data.decode_members)",
+        "# or keep webdataset's decoders for the rest:",
+        '# .decode(geodelta.data.webdataset_handler, "rgb8")',
+        "```",
+        "",
+        "PyTorch (TorchGeo-like samples, `len()`, `transforms=`, a padding `collate`, `plot`):",
+        "",
+        "```python",
+        "from torch.utils.data import DataLoader",
+        "import geodelta.data",
+        "",
+        f'ds = geodelta.data.load("path/to/release", split="{split}")',
+        "loader = DataLoader(ds, batch_size=8, collate_fn=geodelta.data.collate)",
+        "```",
+        "",
+        f"`{SAMPLES_TABLE}` is GeoParquet (one row per sample: footprint `geometry` in lon/lat, "
+        "split, shard and each member's byte offset and size in it, times, fractions, "
+        "co-registration, facts summary, captions, annotator): "
+        f'`geopandas.read_parquet("{SAMPLES_TABLE}")`, or DuckDB spatial. '
+        f"`{QUARANTINE_TABLE}` carries each quarantined cell's footprint; `{MANIFEST}` the "
+        "sha256 of every file; `collection.json` a STAC Collection of the release.",
+        "",
+    ]
+    return lines
+
+
 def dataset_card(
     cfg: BuildConfig,
     *,
@@ -90,7 +238,8 @@ def dataset_card(
     """
     title = f"{cfg.name} {cfg.version}"
     desc = cfg.description.strip() or "(no description given in the config)"
-    lines = [f"# {title}", "", desc, ""]
+    total = sum(splits.values())
+    lines = [front_matter(cfg, total, shards), f"# {title}", "", desc, ""]
     if "synthetic" in cfg.description.lower():
         lines += [
             "> **Synthetic data.** The imagery and labels of this release are generated, not "
@@ -98,7 +247,6 @@ def dataset_card(
             "Earth's surface.",
             "",
         ]
-    total = sum(splits.values())
     lines += [
         "## Licence and attribution",
         "",
@@ -154,24 +302,8 @@ def dataset_card(
         lines += ["", f"Details per record in `{QUARANTINE_TABLE}`."]
     else:
         lines.append("Nothing was quarantined.")
+    lines += _reading_lines(shards)
     lines += [
-        "",
-        "## Reading the data",
-        "",
-        "```python",
-        "import glob, json",
-        "import webdataset as wds",
-        "",
-        'urls = sorted(glob.glob("shards/train-*.tar"))',
-        "for sample in wds.WebDataset(urls, shardshuffle=False):",
-        '    meta = json.loads(sample["json"])',
-        '    captions = json.loads(sample["captions.json"])',
-        '    before_tif = sample["before.tif"]  # bytes: open with rasterio.io.MemoryFile',
-        "```",
-        "",
-        f"`{SAMPLES_TABLE}` has one row per sample (split, shard, bbox, times, fractions, "
-        f"co-registration, facts summary, annotator); `{MANIFEST}` the sha256 of every file.",
-        "",
         "## Provenance",
         "",
         f"- Config hash: `{cfg.config_hash()}`",

@@ -25,6 +25,13 @@ exactly what processing the cell would write; the cell is marked done and the en
 Every other cell is processed: **new** (not in the previous release), **changed** (its items
 differ, or it was quarantined there: retried), while **removed** counts the previous samples
 whose cell is no longer planned.
+
+Before that, the catalog drift since the previous release is measured (:mod:`.drift`: the
+previous release's snapshot against this build's searches, over its cells this build plans)
+and written to ``drift.json``; a sample that used an item which changed since (same id, other
+fields: a new processing baseline, other asset hrefs or checksums) is processed again, not
+reused. The previous release may be a local folder or any fsspec URL (its manifest and tables
+are fetched first, the shards of the reused samples when they are copied).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from typing import Any
 
 from geodelta._io import compact_json_bytes
 from geodelta.errors import BuildError, GeodeltaError
+from geodelta.pipelines.release.layout import MANIFEST, QUARANTINE_TABLE, SAMPLES_TABLE
 from geodelta.schemas import BuildConfig, ReleaseManifest, SampleMeta, ScenePair, parse_config
 
 __all__ = [
@@ -139,16 +147,81 @@ class Previous:
     """A release ``--from`` names, read and accepted for this build.
 
     Attributes:
-        root: its folder.
+        root: its folder (for a release at a URL: a temporary folder its files are fetched to,
+            as they are needed: :meth:`path`).
         manifest: its manifest.
         samples: cell id -> (sample key, shard path relative to ``root``).
         quarantined: ids of the cells it quarantined (processed again).
+        remote: the release's fsspec target (:class:`~.upload.Target`) when it is at a URL.
+        holder: keeps the temporary folder of a release at a URL (removed with this object).
     """
 
     root: Path
     manifest: ReleaseManifest
     samples: dict[str, tuple[str, str]]
     quarantined: frozenset[str]
+    remote: Any = None
+    holder: Any = None
+
+    def path(self, rel: str) -> Path:
+        """The local path of a file of the release (fetched first when it is at a URL)."""
+        local = self.root / rel
+        if self.remote is not None and not local.is_file():
+            _fetch(self.remote, rel, self.root)
+        return local
+
+    def has(self, rel: str) -> bool:
+        """Whether the manifest lists ``rel`` (a file, or a shard)."""
+        listed = [f.path for f in self.manifest.files] + [s.path for s in self.manifest.shards]
+        return rel in listed
+
+
+#: The files of a release ``--from`` reads before any work (shards are fetched when copied).
+_FIRST = (MANIFEST, SAMPLES_TABLE, QUARANTINE_TABLE)
+
+
+def _fetch(target: Any, rel: str, root: Path) -> None:
+    """Download ``rel`` of a release at a URL into ``root`` (atomically)."""
+    local = root / rel
+    local.parent.mkdir(parents=True, exist_ok=True)
+    part = local.with_name(local.name + ".part")
+    target.fs.get_file(target.join(rel), str(part))
+    part.replace(local)
+
+
+class _Scratch:
+    """A temporary folder, removed when this object is collected (or at exit)."""
+
+    def __init__(self) -> None:
+        import shutil
+        import tempfile
+        import weakref
+
+        self.name = tempfile.mkdtemp(prefix="geodelta-from-")
+        self._remove = weakref.finalize(self, shutil.rmtree, self.name, ignore_errors=True)
+
+
+def _download_first(path: str) -> tuple[Path, Any, Any]:
+    """(local folder, target, temporary-folder holder) of a release at a URL, its manifest and
+    tables fetched."""
+    from geodelta.pipelines.release.upload import Target, check_reachable
+
+    try:
+        check_reachable(path, "--from")
+    except GeodeltaError as exc:
+        raise BuildError(str(exc)) from None
+    target = Target.parse(path)
+    holder = _Scratch()
+    root = Path(holder.name)
+    for rel in _FIRST:
+        try:
+            _fetch(target, rel, root)
+        except FileNotFoundError:
+            if rel == MANIFEST:
+                raise _not_release(target.url, f"{MANIFEST} is missing") from None
+        except OSError as exc:
+            raise BuildError(f"--from {target.url}: cannot read {rel} ({exc})") from None
+    return root, target, holder
 
 
 def _not_release(path: str | Path, why: str) -> BuildError:
@@ -159,23 +232,22 @@ def open_previous(path: str | Path, cfg: BuildConfig) -> Previous:
     """Read the release ``--from`` names and check this build may reuse its samples.
 
     Args:
-        path: the previous release's local folder.
+        path: the previous release: a local folder or an fsspec URL (``s3://...``: its
+            manifest and tables are fetched now, the shards of the samples reused later).
         cfg: this build's config (collection profiles applied).
 
     Raises:
-        BuildError: not a local release folder; a release of another dataset name; a release
-            whose sample-shaping config sections differ (named).
+        BuildError: not a release; a URL that cannot be reached; a release of another
+            dataset name; a release whose sample-shaping config sections differ (named).
     """
-    from geodelta.pipelines.release.layout import (
-        QUARANTINE_TABLE,
-        SAMPLES_TABLE,
-        read_manifest,
-        read_table,
-    )
+    from geodelta.pipelines.release.layout import read_manifest, read_table
 
+    remote = holder = None
     if "://" in str(path) and not str(path).startswith("file://"):
-        raise BuildError(f"--from {path}: a URL; give the previous release's local folder")
-    root = Path(str(path).removeprefix("file://"))
+        root, remote, holder = _download_first(str(path))
+        path = remote.url  # as shown: no query string, no user info
+    else:
+        root = Path(str(path).removeprefix("file://"))
     if not root.is_dir():
         raise _not_release(path, "no such folder")
     try:
@@ -204,6 +276,8 @@ def open_previous(path: str | Path, cfg: BuildConfig) -> Previous:
         manifest=manifest,
         samples={str(r["cell_id"]): (str(r["key"]), str(r["shard"])) for r in samples},
         quarantined=frozenset(str(r["cell_id"]) for r in quarantine),
+        remote=remote,
+        holder=holder,
     )
 
 
@@ -224,6 +298,8 @@ class Incremental:
         retried: of ``changed``, the cells it had quarantined.
         removed: its samples whose cell is not planned any more.
         reused_cells: the ids of the reused cells.
+        drift: the catalog drift since the previous release (:class:`~.drift.Drift`, written
+            to ``drift.json``); None when the previous release has no snapshot.
     """
 
     source: str
@@ -234,6 +310,11 @@ class Incremental:
     retried: int = 0
     removed: int = 0
     reused_cells: set[str] = field(default_factory=set)
+    drift: Any = None
+
+    def drift_dict(self) -> dict[str, Any] | None:
+        """The drift as written to ``drift.json`` of the release (None: no drift check)."""
+        return None if self.drift is None else dict(self.drift.as_dict())
 
     def as_dict(self) -> dict[str, Any]:
         """The counts as written to ``incremental.json`` of the release."""
@@ -253,12 +334,25 @@ def _reused_before(staging: Any) -> set[str]:
     return set() if raw is None else {str(c) for c in json.loads(raw)}
 
 
+#: The ``json`` member's fields that come from the plan alone (no search, no pixel).
+_PLAN_FIELDS = ("cell_id", "region", "split", "crs", "transform", "shape", "bbox_lonlat")
+
+
 def _candidates(
-    cfg: BuildConfig, prev: Previous, done: Collection[str], code_version: str
+    cfg: BuildConfig,
+    prev: Previous,
+    done: Collection[str],
+    code_version: str,
+    steady: Collection[str] = (),
 ) -> dict[str, dict[str, Any]]:
     """Planned cells (not ``done``) whose pair stage, run now, picks the items of the previous
     sample's key: cell id -> :func:`sample_inputs`. The full comparison of the inputs follows
-    on the ``json`` member (:func:`_restamped`)."""
+    on the ``json`` member (:func:`_restamped`).
+
+    A ``steady`` cell (its searches return the very items they returned for the previous
+    release, none changed: :attr:`~.drift.Drift.steady`) does not run the pair stage again
+    (no classification band read): with the same items, the same sample-shaping config and the
+    same code version it picks what it picked then, so only its plan fields are compared."""
     from geodelta.pipelines.stages.blocks import expand_block, iter_blocks, restrict
     from geodelta.pipelines.stages.worker import Worker
 
@@ -269,6 +363,10 @@ def _candidates(
         if block is None:
             continue
         for job in expand_block(cfg, block):
+            if job.cell_id in steady:
+                plan = job.model_dump(mode="json")
+                out[job.cell_id] = {k: plan[k] for k in _PLAN_FIELDS}
+                continue
             try:
                 pair = worker.pair(job)
             except Exception as exc:  # the engines run it again and quarantine it if need be
@@ -306,8 +404,13 @@ def _restamped(
 
 def _shard_ok(prev: Previous, rel: str) -> bool:
     want = {s.path: s.sha256 for s in prev.manifest.shards}.get(rel)
-    path = prev.root / rel
-    if want is None or not path.is_file():
+    if want is None:
+        return False
+    try:
+        path = prev.path(rel)
+    except OSError:
+        return False
+    if not path.is_file():
         return False
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -337,7 +440,7 @@ def _copy(
         if not _shard_ok(prev, rel):
             log.warning("--from: shard %s does not match its manifest entry; its cells run", rel)
             continue
-        for sample_key, members in iter_tar_samples(prev.root / rel):
+        for sample_key, members in iter_tar_samples(prev.path(rel)):
             cell = wanted.get(sample_key)
             if cell is None or "json" not in members:
                 continue
@@ -348,6 +451,25 @@ def _copy(
             staging.mark_cell(cell, keys=[sample_key], quarantine=[])
             reused.add(cell)
     return reused
+
+
+def _drift(
+    cfg: BuildConfig, prev: Previous, search: BuildConfig, cells: set[str], staging: Any
+) -> Any:
+    """The catalog drift between the previous release's snapshot and this build's searches
+    over ``cells`` (:func:`~.drift.snapshot_drift`); None when it has no snapshot."""
+    from geodelta.pipelines.release.layout import SNAPSHOT
+    from geodelta.pipelines.release.snapshot import release_snapshot
+
+    if not prev.has(SNAPSHOT):
+        log.info("--from: %s has no %s: no drift check", prev.manifest.version, SNAPSHOT)
+        return None
+    from geodelta.pipelines.release.drift import snapshot_drift
+    from geodelta.sources.catalog import open_catalog
+
+    prev.path(SNAPSHOT)  # fetched when the release is at a URL
+    current = open_catalog(search.catalog, resolve=search.resolve)
+    return snapshot_drift(prev.root, cfg, current, cells, release_snapshot(staging))
 
 
 def reuse_previous(
@@ -363,6 +485,11 @@ def reuse_previous(
     """Copy the previous release's unchanged samples into the staging area (see the module
     docstring) and count reused / new / changed / removed cells.
 
+    First the catalog drift since the previous release (:mod:`.drift`: its snapshot against
+    the items this build searches, over its cells this build plans): a sample that used an
+    item that changed since (a new processing baseline, other asset hrefs or checksums...) or
+    went is processed again, not reused, even when the pair stage picks the same item ids.
+
     Args:
         cfg: this build's config (profiles applied), accepted by :func:`open_previous`.
         prev: the previous release.
@@ -375,27 +502,35 @@ def reuse_previous(
 
     Returns:
         The counts; ``reused_cells`` holds the cells reused now or by the run a ``--resume``
-        finishes.
+        finishes; ``drift`` the catalog drift (None: the previous release has no snapshot).
     """
-    candidates = _candidates(search or cfg, prev, done, code_version)
+    search = search or cfg
+    planned = 0
+    still: set[str] = set()  # the previous release's sample cells still planned
+    retried: set[str] = set()  # its quarantined cells still planned
+    for cell_id in plan_ids:
+        planned += 1
+        if cell_id in prev.samples:
+            still.add(cell_id)
+        elif cell_id in prev.quarantined:
+            retried.add(cell_id)
+    drift = _drift(cfg, prev, search, still | retried, staging)
+    stale: set[str] = set()  # cells whose sample used an item that changed or went
+    if drift is not None:
+        keys = {k for i in drift.items if i.change != "added" for k in i.samples}
+        stale = {c for c, (key, _) in prev.samples.items() if key in keys}
+    steady = set() if drift is None else drift.steady
+    candidates = _candidates(search, prev, done, code_version, steady)
+    candidates = {c: v for c, v in candidates.items() if c not in stale}
     reused = _reused_before(staging) & set(done)
     reused |= _copy(prev, candidates, staging, cfg, code_version)
     staging.put_file(REUSED_FILE, json.dumps(sorted(reused)))
     m = prev.manifest
-    out = Incremental(source=f"{m.name} {m.version}", source_hash=m.config_hash)
+    out = Incremental(source=f"{m.name} {m.version}", source_hash=m.config_hash, drift=drift)
     out.reused_cells = reused
-    still: set[str] = set()  # the previous release's sample cells still planned
-    for cell_id in plan_ids:
-        if cell_id in prev.samples:
-            still.add(cell_id)
-        if cell_id in reused:
-            out.reused += 1
-        elif cell_id in prev.samples:
-            out.changed += 1
-        elif cell_id in prev.quarantined:
-            out.changed += 1
-            out.retried += 1
-        else:
-            out.new += 1
+    out.reused = len(reused & still)
+    out.changed = len(still) - out.reused + len(retried)
+    out.retried = len(retried)
+    out.new = planned - len(still) - len(retried)
     out.removed = len(prev.samples) - len(still)
     return out

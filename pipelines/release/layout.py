@@ -9,6 +9,7 @@ A release directory holds::
     samples.parquet          one row per sample
     quarantine.parquet       one row per quarantined record, with its reason
     incremental.json         ``build --from`` only: what was reused from which release
+    drift.json               ``build --from`` only: the catalog drift since that release
     shards/<split>-<n>.tar   WebDataset shards
     validation/              Great Expectations results (summary.json, suites/, results/,
                              data_docs/)
@@ -62,6 +63,7 @@ __all__ = [
     "CARD",
     "COLLECTION",
     "DATA_DOCS_DIR",
+    "DRIFT",
     "GX_RESULTS_DIR",
     "GX_SUITES_DIR",
     "GX_SUMMARY",
@@ -111,6 +113,9 @@ QUARANTINE_TABLE = "quarantine.parquet"
 #: A ``build --from`` release only: the previous release and the reused / new / changed /
 #: removed cell counts (:mod:`.incremental`).
 INCREMENTAL = "incremental.json"
+#: A ``build --from`` release only: the catalog drift between the previous release's snapshot
+#: and this build's searches (:mod:`.drift`).
+DRIFT = "drift.json"
 #: The items the build searched, as a stac-geoparquet search snapshot (:mod:`.snapshot`).
 SNAPSHOT = "snapshot/items.parquet"
 SHARDS_DIR = "shards"

@@ -42,6 +42,7 @@ from geodelta.pipelines.release.layout import (
 )
 from geodelta.pipelines.release.manifest import manifest_sha256, recorded_sha256
 from geodelta.schemas import QAItem, ReleaseManifest, SampleMeta, parse_config
+from geodelta.schemas.config import recorded_hash
 from geodelta.schemas.members import MEMBERS, SAMPLE_MEMBERS, Codec, member
 
 __all__ = ["VerifyResult", "verify_release"]
@@ -49,7 +50,7 @@ __all__ = ["VerifyResult", "verify_release"]
 _QA_LIST = TypeAdapter(list[QAItem])
 _MAX_PROBLEMS_PER_SHARD = 50
 #: PNG mode each PNG codec must have.
-_PNG_MODES: dict[Codec, str] = {"png-rgb": "RGB", "png-index": "L"}
+_PNG_MODES: dict[Codec, str] = {"png-rgb": "RGB", "png-index": "L", "png-instance": "I;16"}
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ _CHECKS: dict[Codec, _Check] = {
     "geotiff": _check_geotiff,
     "png-rgb": _check_png,
     "png-index": _check_png,
+    "png-instance": _check_png,
     "json": _check_json,
 }
 
@@ -248,7 +250,7 @@ def _manifest_problems(root: Path, manifest: ReleaseManifest) -> list[str]:
         )
     try:
         # base_dir under a file: a relative path in the config resolves to nothing there
-        cfg = parse_config(
+        parse_config(  # still a valid config
             {**manifest.config, "output": {"dir": "."}},
             source=f"{root / MANIFEST} (config)",
             base_dir=str(root / MANIFEST),
@@ -260,7 +262,8 @@ def _manifest_problems(root: Path, manifest: ReleaseManifest) -> list[str]:
             "edited: rebuild the release"
         )
         return problems
-    found = cfg.config_hash()
+    # the hash of the embedded text, not of its re-parse: a newer geodelta adds default keys
+    found = recorded_hash(manifest.config)
     if found != manifest.config_hash:
         problems.append(
             f"{MANIFEST}: the embedded config hashes to {found[:12]}, not to its config_hash "

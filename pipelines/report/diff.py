@@ -22,6 +22,7 @@ from geodelta.pipelines.report import plots
 from geodelta.pipelines.report.data import PROVENANCE_FIELDS, Release, load_release
 from geodelta.pipelines.report.metrics import (
     SampleScore,
+    Signed,
     caption_words,
     col,
     flatten,
@@ -36,6 +37,7 @@ from geodelta.pipelines.report.metrics import (
     tv_distance,
 )
 from geodelta.pipelines.report.sections import LIST_LIMIT, Plot, Section, aoi, box, table
+from geodelta.pipelines.report.verdict import metric_changes, reference_metrics
 
 __all__ = ["ReleaseDiff", "Signed", "diff_releases", "diff_section"]
 
@@ -88,22 +90,6 @@ def diff_releases(current_dir: str | Path, previous_dir: str | Path) -> ReleaseD
         ReleaseError: either release has no (valid) manifest.
     """
     return _diff_keys(load_release(current_dir), load_release(previous_dir))
-
-
-@dataclass(frozen=True)
-class Signed:
-    """A delta for display: its text with a sign and its class (``pos``, ``neg``, ``muted``)."""
-
-    text: str
-    cls: str
-
-    @classmethod
-    def of(cls, x: float) -> Signed | None:
-        """The delta ``x``, or ``None`` (a dash) when it is not finite."""
-        if not math.isfinite(x):
-            return None
-        kind = "pos" if x > 0 else "neg" if x < 0 else "muted"
-        return cls(f"{'+' if x > 0 else ''}{num(x)}", kind)
 
 
 def _key_list(
@@ -241,6 +227,9 @@ def diff_section(cur: Release, prev: Release, cur_scores: Sequence[SampleScore])
         diff_map = Plot(png, "diff map")
     data: dict[str, Any] = {
         "prev": pm,
+        "reference": metric_changes(
+            reference_metrics(cur.reference), reference_metrics(prev.reference)
+        ),
         "provenance": ", ".join(sorted(PROVENANCE_FIELDS)),
         "counts": table(
             ["previous", "current", "added", "removed", "changed", "unchanged"],

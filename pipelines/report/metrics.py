@@ -31,6 +31,7 @@ from geodelta.schemas.config import AnnotationConfig, PairingConfig, ValidationC
 
 __all__ = [
     "SampleScore",
+    "Signed",
     "caption_words",
     "col",
     "eps",
@@ -286,3 +287,19 @@ def scalar(value: Any) -> str:
         return str(value)
     text = json.dumps(value, sort_keys=True)
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+@dataclass(frozen=True)
+class Signed:
+    """A delta for display: its text with a sign and its class (``pos``, ``neg``, ``muted``)."""
+
+    text: str
+    cls: str
+
+    @classmethod
+    def of(cls, x: float) -> Signed | None:
+        """The delta ``x``, or ``None`` (a dash) when it is not finite."""
+        if not math.isfinite(x):
+            return None
+        kind = "pos" if x > 0 else "neg" if x < 0 else "muted"
+        return cls(f"{'+' if x > 0 else ''}{num(x)}", kind)

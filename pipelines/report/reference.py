@@ -9,14 +9,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from geodelta.pipelines.release.layout import REFERENCE_CARD, REFERENCE_METRICS
 from geodelta.pipelines.report.data import Release
 from geodelta.pipelines.report.metrics import flatten, pct, scalar
-from geodelta.pipelines.report.samples import review_data
+from geodelta.pipelines.report.samples import REVIEW_THUMBNAILS, review_data
 from geodelta.pipelines.report.sections import Section, release_link, table
 from geodelta.schemas.reference import ReferenceMetrics
 
-__all__ = ["reference_section"]
+__all__ = ["predicted_masks", "reference_section"]
 
 _TITLE = "Reference model"
 
@@ -78,6 +80,49 @@ def _tables(m: ReferenceMetrics) -> dict[str, Any]:
     }
 
 
+def predicted_masks(
+    rel: Release, m: ReferenceMetrics, keys: Sequence[str]
+) -> tuple[dict[str, np.ndarray], str]:
+    """The reference change model's mask of each sample of ``keys`` that the page shows.
+
+    The change model named in ``m.weights["change_model"]`` is run on the samples' before and
+    after images (members kept by :func:`~.data.scan_shards`) and thresholded at the metrics'
+    threshold, as train-reference scored disagreement. Loads torch (only here).
+
+    Returns:
+        ``(key -> (H, W) bool mask, note)``; the note says why there are none ('' otherwise).
+    """
+    shown = [k for k in keys if k in rel.kept]
+    ref = m.weights.get("change_model")
+    if not shown or ref is None:
+        return {}, "" if not shown else "no change-model weights in the reference metrics"
+    path = rel.root / ref.path
+    if not path.is_file():
+        return {}, f"the change model's weights {ref.path} are missing"
+    from geodelta.errors import GeodeltaError
+
+    try:
+        import torch
+
+        from geodelta.annotators.models.baseline import BaselineChangeAnnotator
+        from geodelta.data import decode_sample
+
+        # (C, H, W) reflectance, NaN = no data: what the change model saw in train-reference
+        images = [
+            decode_sample({**rel.kept[k], "__key__": k}, decode="numpy")["image"] for k in shown
+        ]
+        threads = torch.get_num_threads()
+        try:  # one thread, as train-reference scores (reference.threads): fast on a busy machine
+            model = BaselineChangeAnnotator(path, threads=1)
+            probs = model.run_inference([(img[0], img[1]) for img in images])
+        finally:
+            torch.set_num_threads(threads)
+    except (GeodeltaError, ImportError, OSError, ValueError) as exc:
+        return {}, f"the change model could not be run ({type(exc).__name__}: {exc})"
+    threshold = float(m.masks.threshold)
+    return {k: np.asarray(p) >= threshold for k, p in zip(shown, probs, strict=True)}, ""
+
+
 def reference_section(rel: Release, review: Sequence[str] = ()) -> Section:
     """The reference model's metrics and the samples to review first."""
     from pydantic import ValidationError
@@ -99,6 +144,7 @@ def reference_section(rel: Release, review: Sequence[str] = ()) -> Section:
             data | {"kind": "generic", "table": table(["metric", "value"], rows)},
         )
     definition = m.disagreement.definition if m.disagreement is not None else ""
+    predicted, note = predicted_masks(rel, m, review[:REVIEW_THUMBNAILS])
     return Section(
         "reference",
         _TITLE,
@@ -107,7 +153,7 @@ def reference_section(rel: Release, review: Sequence[str] = ()) -> Section:
             "kind": "metrics",
             "m": m,
             "card_link": release_link(REFERENCE_CARD),
-            "review": review_data(rel, review, definition),
+            "review": review_data(rel, review, definition, predicted, note),
             **_tables(m),
         },
     )

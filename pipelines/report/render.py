@@ -4,6 +4,16 @@ One self-contained HTML file that opens from disk with no network: inline CSS, e
 image a PNG ``data:`` URI, no script, no external link. Sections (in page order, each with an
 ``id``; the template of each is ``templates/<id>.html``):
 
+``verdict``
+    the first screen: PUBLISH or DO NOT PUBLISH, what ``geodelta release`` would decide (strict
+    verify + the gate, from the same code), every gate rule with its value and threshold, and
+    the informational reasons: GX, quarantine rate, reference metrics old -> new, catalog drift
+    (:mod:`.verdict`).
+``diff``
+    against a previous release (``previous=``), right after the verdict: the reference model's
+    metrics old -> new, added/removed/changed keys, config changes, dataset metric deltas,
+    distribution shifts (overlaid histograms, Kolmogorov-Smirnov and total variation
+    distances), a map of added/removed/changed footprints (:mod:`.diff`).
 ``summary``
     dataset, counts, splits, licence and attribution, annotators, LLM spend.
 ``funnel``
@@ -27,14 +37,11 @@ image a PNG ``data:`` URI, no script, no external link. Sections (in page order,
     with relative links into ``validation/`` for the Data Docs; "not run" when absent) and the
     per-sample validation score (:mod:`.metrics`).
 ``gallery``
-    before/after/mask, captions and QA of the WORST samples by validation score, then of a
-    deterministic pick of the others (smallest sha256 of the key).
+    before/after/mask (every mask with its colour legend), captions and QA of the WORST samples
+    by validation score, then of a deterministic pick of the others (smallest sha256 of the key).
 ``reference``
-    the reference model's metrics (``reference/metrics.json``; "not trained yet" when absent).
-``diff``
-    against a previous release (``previous=``): added/removed/changed keys, config changes,
-    metric deltas, distribution shifts (overlaid histograms, Kolmogorov-Smirnov and total
-    variation distances), a map of added/removed/changed footprints (:mod:`.diff`).
+    the reference model's metrics (``reference/metrics.json``; "not trained yet" when absent)
+    and the samples to review first: before/after/label and the model's own mask.
 
 The modules by role: :mod:`.data` reads the release, :mod:`.metrics` computes the numbers,
 :mod:`.sections`, :mod:`.validation`, :mod:`.samples`, :mod:`.reference` and :mod:`.diff` turn
@@ -65,6 +72,8 @@ from geodelta.pipelines.report.data import (
     scan_shards,
 )
 from geodelta.pipelines.report.diff import ReleaseDiff, diff_releases, diff_section
+from geodelta.pipelines.report.drift import drift_section
+from geodelta.pipelines.report.grounding import grounding_section
 from geodelta.pipelines.report.metrics import (
     SampleScore,
     ks_distance,
@@ -85,6 +94,7 @@ from geodelta.pipelines.report.sections import (
     transitions_section,
 )
 from geodelta.pipelines.report.validation import validation_section
+from geodelta.pipelines.report.verdict import verdict_section
 from geodelta.secrets import redact_values
 
 __all__ = [
@@ -102,6 +112,8 @@ __all__ = [
 ]
 
 _TOC = (
+    ("verdict", "Verdict"),
+    ("diff", "Diff to previous"),
     ("summary", "Summary"),
     ("funnel", "Quarantine funnel"),
     ("transitions", "Class transitions"),
@@ -113,7 +125,8 @@ _TOC = (
     ("validation", "Validation"),
     ("gallery", "Samples"),
     ("reference", "Reference model"),
-    ("diff", "Diff to previous"),
+    ("drift", "Catalog drift"),
+    ("grounding", "Grounding"),
 )
 
 
@@ -158,6 +171,8 @@ def render_report(
     scan_shards(rel, keep=[*worst, *others, *review[:REVIEW_THUMBNAILS]])
     prev = load_release(previous) if previous is not None else None
     sections = [
+        verdict_section(rel, previous),  # the first screen: PUBLISH or DO NOT PUBLISH, and why
+        *([diff_section(rel, prev, scores)] if prev is not None else []),
         summary_section(rel),
         funnel_section(rel),
         transitions_section(rel),
@@ -169,9 +184,9 @@ def render_report(
         validation_section(rel, scores),
         gallery_section(rel, worst, others, scores),
         reference_section(rel, review),
+        drift_section(rel),
+        grounding_section(rel),
     ]
-    if prev is not None:
-        sections.append(diff_section(rel, prev, scores))
     return (
         _environment()
         .get_template("report.html")

@@ -2,7 +2,9 @@
 
 The gallery shows before/after/mask, captions and QA of the WORST samples by validation score,
 then of a deterministic pick of the others (smallest sha256 of the key). Masks are coloured for
-viewing (:func:`mask_preview`); every image is embedded as PNG bytes.
+viewing (:func:`mask_preview`: the class a pixel changed to) and carry their colour legend
+(:func:`mask_legend`); the review list adds the reference model's own mask
+(:func:`predicted_preview`, :func:`predicted_legend`). Every image is embedded as PNG bytes.
 """
 
 from __future__ import annotations
@@ -21,14 +23,18 @@ from geodelta.pipelines.release.layout import SAMPLES_TABLE
 from geodelta.pipelines.report.data import Release
 from geodelta.pipelines.report.metrics import SampleScore, pct
 from geodelta.pipelines.report.sections import Plot, Section, table
-from geodelta.schemas.classes import BINARY_CHANGE, N_CLASSES
+from geodelta.schemas.classes import BINARY_CHANGE, CLASS_LABELS, CLASSES, N_CLASSES, NO_CHANGE
 
 __all__ = [
+    "PREDICTED_RGB",
     "REVIEW_THUMBNAILS",
     "SampleCard",
     "gallery_keys",
     "gallery_section",
+    "mask_legend",
     "mask_preview",
+    "predicted_legend",
+    "predicted_preview",
     "review_data",
 ]
 
@@ -51,10 +57,60 @@ _TO_CLASS_RGB: tuple[tuple[int, int, int], ...] = (
 )
 
 
-def mask_preview(mask_png: bytes) -> bytes:
-    """Colour a mask for viewing: black = no change, class colour of the new class, white = 255."""
+#: Colour of the pixels the reference model calls changed in its predicted mask.
+PREDICTED_RGB: tuple[int, int, int] = (255, 0, 255)
+
+
+def _hex(rgb: Sequence[int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+def _codes(mask_png: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(mask_png)) as img:
-        codes = np.asarray(img.convert("L"), dtype=np.int32)
+        return np.asarray(img.convert("L"), dtype=np.int32)
+
+
+def mask_legend(mask_png: bytes) -> tuple[tuple[str, str], ...]:
+    """The legend of :func:`mask_preview`: ``(#rrggbb, label)`` of each colour the mask shows.
+
+    Black is "no change"; a changed pixel has the colour of the class it changed TO (the
+    transition-coded ``mask.png`` of :mod:`geodelta.schemas.classes`), labelled ``→ class``;
+    white is a change between unknown classes (code 255, e.g. OSCD's binary labels).
+    """
+    codes = _codes(mask_png)
+    present = set(np.unique(codes).tolist())
+    items: list[tuple[str, str]] = []
+    if NO_CHANGE in present:
+        items.append((_hex((0, 0, 0)), "no change"))
+    to_classes = sorted({(c - 1) % N_CLASSES for c in present if 1 <= c <= N_CLASSES * N_CLASSES})
+    items += [(_hex(_TO_CLASS_RGB[i]), f"→ {CLASS_LABELS[CLASSES[i + 1]]}") for i in to_classes]
+    if BINARY_CHANGE in present:
+        items.append((_hex((255, 255, 255)), "change (classes unknown)"))
+    return tuple(items)
+
+
+def predicted_preview(changed: np.ndarray) -> bytes:
+    """The reference model's change mask for viewing: magenta = changed, black = not."""
+    rgb = np.zeros((*changed.shape, 3), dtype=np.uint8)
+    rgb[np.asarray(changed, dtype=bool)] = PREDICTED_RGB
+    buf = io.BytesIO()
+    Image.fromarray(rgb, mode="RGB").save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def predicted_legend(changed: np.ndarray) -> tuple[tuple[str, str], ...]:
+    """The legend of :func:`predicted_preview` (the colours it shows)."""
+    c = np.asarray(changed, dtype=bool)
+    items = [(_hex((0, 0, 0)), "no change")] if (~c).any() else []
+    if c.any():
+        items.append((_hex(PREDICTED_RGB), "change (model)"))
+    return tuple(items)
+
+
+def mask_preview(mask_png: bytes) -> bytes:
+    """Colour a mask for viewing: black = no change, class colour of the new class, white = 255
+    (:func:`mask_legend` names the colours)."""
+    codes = _codes(mask_png)
     rgb = np.zeros((*codes.shape, 3), dtype=np.uint8)
     known = (codes >= 1) & (codes <= N_CLASSES * N_CLASSES)
     to_idx = (codes - 1) % N_CLASSES
@@ -71,8 +127,10 @@ def _images(members: dict[str, bytes], mask_label: str) -> list[Plot]:
     out = []
     for name, label in (("before.png", "before"), ("after.png", "after"), ("mask.png", mask_label)):
         if name in members:
-            png = mask_preview(members[name]) if name == "mask.png" else members[name]
-            out.append(Plot(png, label))
+            if name == "mask.png":
+                out.append(Plot(mask_preview(members[name]), label, mask_legend(members[name])))
+            else:
+                out.append(Plot(members[name], label))
     return out
 
 
@@ -184,8 +242,24 @@ def gallery_section(
 # Review list (part of the reference section)
 
 
-def review_data(rel: Release, review: Sequence[str], definition: str) -> dict[str, Any]:
-    """The samples to review first: a table of the list, thumbnails of its head."""
+def review_data(
+    rel: Release,
+    review: Sequence[str],
+    definition: str,
+    predicted: dict[str, np.ndarray] | None = None,
+    predicted_note: str = "",
+) -> dict[str, Any]:
+    """The samples to review first: a table of the list, thumbnails of its head.
+
+    Args:
+        rel: the release (its ``kept`` members hold the head of the list).
+        review: the keys, highest disagreement first.
+        definition: how disagreement is computed.
+        predicted: key -> the reference model's (H, W) boolean change mask, shown after the
+            label; a key without one shows none.
+        predicted_note: why there are no predicted masks ('' when there are).
+    """
+    predicted = predicted or {}
     if not review:
         return {"listed": False, "samples_table": SAMPLES_TABLE}
     by_key = {str(r["key"]): r for r in rel.rows}
@@ -204,7 +278,12 @@ def review_data(rel: Release, review: Sequence[str], definition: str) -> dict[st
             "key": k,
             "split": str(by_key[k].get("split", "")),
             "disagreement": f"{float(by_key[k]['disagreement']):.3f}",
-            "images": _images(rel.kept[k], "label"),
+            "images": _images(rel.kept[k], "label")
+            + (
+                [Plot(predicted_preview(predicted[k]), "model", predicted_legend(predicted[k]))]
+                if k in predicted
+                else []
+            ),
         }
         for k in review[:REVIEW_THUMBNAILS]
         if k in rel.kept
@@ -216,4 +295,5 @@ def review_data(rel: Release, review: Sequence[str], definition: str) -> dict[st
             ["#", "key", "split", "disagreement", "label changed"], rows, numeric=(0, 3, 4)
         ),
         "cards": cards,
+        "predicted_note": predicted_note,
     }

@@ -68,10 +68,11 @@ class Table:
 
 @dataclass(frozen=True)
 class Plot:
-    """One figure: PNG bytes and its alt text."""
+    """One figure: PNG bytes, its alt text, and a colour legend ``(#rrggbb, label)`` (masks)."""
 
     png: bytes
     alt: str
+    legend: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,12 @@ from geodelta.pipelines.report.sections import (
 __all__ = ["validation_section"]
 
 
-def _validation_link(path: Any) -> Link | None:
-    """A link to a file under ``validation/`` named in the summary, or ``None`` (a dash)."""
+def _validation_link(path: Any, text: str | None = None) -> Link | None:
+    """A link to a file under ``validation/`` named in the summary (its text ``text``, else the
+    path), or ``None`` (a dash)."""
     if not isinstance(path, str) or not path or "://" in path or path.startswith(("/", "..")):
         return None
-    return release_link(f"{VALIDATION_DIR}/{path}", path)
+    return release_link(f"{VALIDATION_DIR}/{path}", path if text is None else text)
 
 
 def _gx_generic(summary: dict[str, Any]) -> dict[str, Any]:
@@ -110,9 +111,13 @@ def _gx_geodelta(summary: dict[str, Any]) -> dict[str, Any]:
                 "evaluated": s.get("evaluated", ""),
                 "failed": s.get("failed", ""),
                 "result": "ok" if s.get("success") else "FAILED",
-                "links": [
-                    _validation_link(s.get(k))
-                    for k in ("suite_file", "results_file", "data_docs_page")
+                "links": [  # short texts: the table fits a 1,280 px window
+                    _validation_link(s.get(k), text)
+                    for k, text in (
+                        ("suite_file", "suite JSON"),
+                        ("results_file", "results JSON"),
+                        ("data_docs_page", "Data Docs page"),
+                    )
                 ],
             }
             for s in suites

@@ -9,6 +9,17 @@ Sign convention: a shift ``(dy, dx)`` is what to **apply** to the after scene (t
 to align it with the before scene; positive moves the content down / right. When the after
 scene is the before scene displaced by ``d``, the estimate is ``-d``.
 
+A cell's own 64-px window can lock onto a wrong peak with an error under ``max_error`` (water,
+shoreline: measured on OSCD, ~2.4 px off at errors 0.947 / 0.967), and re-measuring the residual
+on the same window cannot catch it. So each cell's estimate is checked against its
+neighbourhood: the load stage reads the registration band over the cell plus
+``coregistration.margin_px`` per side, and :func:`neighbourhood` estimates the shift on a grid
+of tie points over it (adjacent ``tie_window_px`` windows, as AROSICS lays over a scene) with a robust consensus (the median, the tie points within ``tie_agreement_px`` of it,
+at least ``min_tie_points`` of them and a majority). A cell within ``consistency_tolerance_px``
+of the consensus keeps its own estimate; one that disagrees (or has no trusted estimate) gets
+the consensus; with no consensus the cell is quarantined ('inconsistent'). Everything a cell
+needs is read for that cell: no cell depends on another cell's result, whatever the engine.
+
 Why this recipe (measured on seeded textures and on OSCD bercy B08, shifts up to 3 px, Fourier
 and cubic-spline shifted, gain 1.3 + offset): Gaussian gradient magnitude (sigma 1 px), mean
 removed, edges tapered (10 % per side), unnormalised cross-correlation: within 0.04 px on
@@ -232,6 +243,154 @@ def _dft_kernel(n_items: int, region: int, factor: float, offset: float) -> np.n
     return kernel
 
 
+#: Share of a tie-point window that must lie away from no-data for the window to count.
+_MIN_WINDOW_VALID = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Neighbourhood:
+    """The tie points around a cell and their consensus.
+
+    Attributes:
+        shift: consensus ``(dy, dx)`` (the median of the agreeing tie points; same sign convention
+            as :func:`estimate_shift`), or None when too few windows could be estimated.
+        usable: tie-point windows with an estimate within ``max_error`` and
+            ``max_shift_px``.
+        agreeing: usable windows within ``tie_agreement_px`` of the tie points' median.
+        windows: windows laid over the context.
+        error: median phase-correlation error of the agreeing tie points (NaN without any).
+    """
+
+    shift: tuple[float, float] | None
+    usable: int
+    agreeing: int
+    windows: int
+    error: float = math.nan
+
+    def holds(self, min_points: int) -> bool:
+        """A consensus: at least ``min_points`` windows agree, and they are a strict majority."""
+        return (
+            self.shift is not None
+            and self.agreeing >= min_points
+            and 2 * self.agreeing > self.usable
+        )
+
+
+class _Gradients:
+    """The gradient magnitude of a whole context image, cut into tie-point windows.
+
+    Computed once per image (not per window), so a window's gradient near its border sees the
+    pixels beyond it; each window is then mean-removed, zeroed next to no-data and tapered as
+    :func:`_gradient` does.
+    """
+
+    def __init__(self, image: np.ndarray) -> None:
+        valid = np.isfinite(image)
+        if valid.all():
+            filled = image.astype(np.float64)
+            self.bad = np.zeros(image.shape, dtype=bool)
+        else:
+            values = image[valid]
+            fill = float(np.median(values)) if values.size else 0.0
+            filled = np.where(valid, image, fill).astype(np.float64)
+            self.bad = ndi.binary_dilation(~valid, iterations=_INVALID_MARGIN_PX)
+        self.grad = ndi.gaussian_gradient_magnitude(filled, GRADIENT_SIGMA)
+        self.scale = 1.0 + (float(np.abs(filled).max()) if filled.size else 0.0)
+
+    def window(self, y: int, x: int, size: int) -> np.ndarray | None:
+        """The prepared gradient of one window, or None without enough valid texture."""
+        grad = self.grad[y : y + size, x : x + size]
+        bad = self.bad[y : y + size, x : x + size]
+        good = grad[~bad]
+        if good.size < max(_MIN_VALID_PX, _MIN_WINDOW_VALID * grad.size):
+            return None
+        if float(good.std()) <= 1e-9 * self.scale:
+            return None
+        out = grad - good.mean()
+        out[bad] = 0.0
+        return out * _window(size, size)
+
+
+def _offsets(length: int, size: int, stride: int) -> list[int]:
+    """Window starts along one axis: every ``stride`` px, the last one flush with the end."""
+    if length <= size:
+        return [0] if length == size else []
+    starts = list(range(0, length - size + 1, stride))
+    if starts[-1] != length - size:
+        starts.append(length - size)
+    return starts
+
+
+def tie_points(
+    reference: np.ndarray, moving: np.ndarray, cfg: CoregConfig
+) -> list[tuple[float, float, float]]:
+    """Shift estimates on a grid of windows over a context image pair.
+
+    Adjacent windows of ``cfg.tie_window_px`` (AROSICS-style tie points, here over one cell's
+    context; the last one of a row or column flush with the edge); a window needs half its pixels away from no-data and texture on both
+    dates, an error of at most ``cfg.max_error`` and a shift of at most ``cfg.max_shift_px``
+    (beyond it, a wrong peak; a scene really shifted that far leaves no usable tie point, and
+    the cell's own estimate quarantines it as 'shift_too_large').
+
+    Args:
+        reference: 2-D context of the before scene's registration band; NaN = no data.
+        moving: the after scene's band over the same grid.
+        cfg: the ``coregistration`` section.
+
+    Returns:
+        ``(dy, dx, error)`` of every usable window, in row-major window order (same sign
+        convention as :func:`estimate_shift`).
+    """
+    size = cfg.tie_window_px
+    stride = size
+    ref = _Gradients(np.asarray(reference, dtype=np.float64))
+    mov = _Gradients(np.asarray(moving, dtype=np.float64))
+    height, width = reference.shape
+    points: list[tuple[float, float, float]] = []
+    for y in _offsets(height, size, stride):
+        for x in _offsets(width, size, stride):
+            a, b = ref.window(y, x, size), mov.window(y, x, size)
+            if a is None or b is None:
+                continue
+            freq = fftn(a)
+            amp = float(np.sum(np.real(freq * freq.conj())))
+            shift, error = _cross_correlate(freq, amp, fftn(b), cfg.upsample_factor)
+            dy, dx = float(shift[0]), float(shift[1])
+            if (
+                math.isfinite(error)
+                and error <= cfg.max_error
+                and math.hypot(dy, dx) <= cfg.max_shift_px
+            ):
+                points.append((dy, dx, float(error)))
+    return points
+
+
+def neighbourhood(reference: np.ndarray, moving: np.ndarray, cfg: CoregConfig) -> Neighbourhood:
+    """The tie points over a context pair and their robust consensus.
+
+    The median of the usable tie points (per axis) is the robust centre; the tie points within
+    ``cfg.tie_agreement_px`` of it agree, and their median is the consensus shift.
+
+    Args:
+        reference: 2-D context of the before scene's registration band; NaN = no data.
+        moving: the after scene's band over the same grid.
+        cfg: the ``coregistration`` section.
+    """
+    size = cfg.tie_window_px
+    stride = size
+    height, width = reference.shape
+    windows = len(_offsets(height, size, stride)) * len(_offsets(width, size, stride))
+    points = tie_points(reference, moving, cfg)
+    if not points:
+        return Neighbourhood(None, 0, 0, windows)
+    arr = np.array(points, dtype=np.float64)
+    centre = np.median(arr[:, :2], axis=0)
+    near = np.hypot(*(arr[:, :2] - centre).T) <= cfg.tie_agreement_px
+    agreeing = arr[near] if near.any() else arr
+    dy, dx, error = (float(v) for v in np.median(agreeing, axis=0))
+    return Neighbourhood((dy, dx), len(points), int(near.sum()), windows, error)
+
+
 def apply_shift(stack: np.ndarray, shift: tuple[float, float]) -> np.ndarray:
     """Shift every band of a stack by a sub-pixel amount.
 
@@ -329,24 +488,106 @@ def _quarantine(sample: Sample, reason: str, detail: str) -> QuarantineRecord:
     return sample.quarantine("coregister", reason, detail)
 
 
+def _cell_estimate(
+    sample: Sample, cfg: CoregConfig, band_index: int
+) -> tuple[_Reference | None, tuple[float, float, float] | None, tuple[str, str] | None]:
+    """The cell's own estimate: ``(prepared reference, (dy, dx, error), None)`` when it can be
+    trusted, else ``(reference or None, estimate or None, (reason, detail))``."""
+    try:
+        prepared = _Reference(np.asarray(sample.before[band_index], dtype=np.float64))
+        (dy, dx), error = prepared.estimate(
+            np.asarray(sample.after[band_index], dtype=np.float64), cfg.upsample_factor
+        )
+    except CoregistrationError as exc:
+        return (
+            None,
+            None,
+            (
+                "coreg_failed",
+                f"cannot estimate the shift on band {band_index}: {exc}. The cell is probably "
+                "cloud-covered or no-data; raise pairing.min_clear_fraction or "
+                "pairing.min_valid_fraction, or pick another coregistration.band",
+            ),
+        )
+    if not math.isfinite(error):
+        return (
+            prepared,
+            None,
+            (
+                "coreg_failed",
+                f"shift estimate on band {band_index} is not finite (error={error}); "
+                "pick another coregistration.band",
+            ),
+        )
+    if error > cfg.max_error:
+        return (
+            prepared,
+            (dy, dx, error),
+            (
+                "coreg_unreliable",
+                f"the shift estimate on band {band_index} is not reliable (phase-correlation "
+                f"error={error:.3f} > coregistration.max_error={cfg.max_error}; estimated "
+                f"dy={dy:+.2f}, dx={dx:+.2f}): the dates share too little texture to check their "
+                "alignment; raise coregistration.max_error to accept such pairs uncorrected, or pick "
+                "another coregistration.band",
+            ),
+        )
+    magnitude = math.hypot(dy, dx)
+    if magnitude > cfg.max_shift_px:
+        return (
+            prepared,
+            (dy, dx, error),
+            (
+                "shift_too_large",
+                f"after scene is shifted by {magnitude:.2f} px (dy={dy:+.2f}, dx={dx:+.2f}, "
+                f"error={error:.3f}), more than coregistration.max_shift_px={cfg.max_shift_px}; "
+                "raise coregistration.max_shift_px to correct it anyway",
+            ),
+        )
+    return prepared, (dy, dx, error), None
+
+
+def _no_consensus(hood: Neighbourhood, cfg: CoregConfig, what: str) -> str:
+    return (
+        f"{what}: the tie points around the cell do not agree on a shift ({hood.agreeing} of "
+        f"{hood.usable} usable, of {hood.windows} windows, within "
+        f"coregistration.tie_agreement_px={cfg.tie_agreement_px} of their "
+        f"median; a consensus needs at least coregistration.min_tie_points={cfg.min_tie_points} "
+        "and a majority), so no shift can be checked (water, clouds or change around the "
+        "cell); raise coregistration.margin_px for more context"
+    )
+
+
 def coregister(sample: Sample, cfg: CoregConfig, *, band_index: int) -> Sample | QuarantineRecord:
     """Co-register the after scene of a sample onto its before scene.
 
-    The shift of ``sample.after`` against ``sample.before`` is estimated on one band. It is
-    applied when its magnitude is at least ``cfg.min_shift_px``; an estimate whose error exceeds
-    ``cfg.max_error`` is not trusted and the pair is quarantined ('coreg_unreliable'); the residual is then re-estimated on the corrected band (when not
-    applied, the residual is the magnitude of the estimate itself). The recorded
-    ``CoregResult.shift_px`` is the estimate, with ``applied`` telling whether it was used.
+    The shift of ``sample.after`` against ``sample.before`` is estimated on one band, on the
+    cell's own window. When the sample carries a context (the band over the cell plus
+    ``cfg.margin_px`` per side, read by the load stage), that estimate is checked against the
+    consensus of tie points over the context (:func:`neighbourhood`): a cell whose estimate is
+    within ``cfg.consistency_tolerance_px`` of the consensus keeps it; one that disagrees, or
+    whose own estimate is not trusted (error above ``cfg.max_error``, beyond
+    ``cfg.max_shift_px``, no texture), gets the consensus instead (``source='neighbourhood'``);
+    without a consensus the cell is quarantined, never shipped with an unchecked shift: for
+    its own estimate's reason when that was not trusted ('coreg_unreliable',
+    'shift_too_large', 'coreg_failed'), else as 'inconsistent'. Without a context
+    (``margin_px: 0``) the cell's own estimate is used unchecked, and an untrusted one is
+    quarantined for its reason.
+
+    The shift is applied when its magnitude is at least ``cfg.min_shift_px``; the residual is
+    then re-estimated after applying it (on the cell for its own estimate, by the tie points
+    for the neighbourhood's); when not applied, the residual is the shift's magnitude.
 
     Args:
-        sample: sample with ``before`` and ``after`` (C, H, W) stacks on one grid.
+        sample: sample with ``before`` and ``after`` (C, H, W) stacks on one grid, and
+            optionally ``coreg_context``.
         cfg: the ``coregistration`` section of the build config.
         band_index: index of the band (in the stacks) to register on.
 
     Returns:
-        A copy of the sample with ``after`` corrected and ``coreg`` set, or a
-        :class:`QuarantineRecord` (stage 'coregister') with reason 'coreg_unreliable',
-        'shift_too_large', 'residual_too_large' or 'coreg_failed'.
+        A copy of the sample with ``after`` corrected, ``coreg`` set and the context dropped,
+        or a :class:`QuarantineRecord` (stage 'coregister') with reason 'inconsistent',
+        'coreg_unreliable', 'shift_too_large', 'residual_too_large' or 'coreg_failed'.
 
     Raises:
         IndexError: ``band_index`` is not a band of the stacks.
@@ -358,44 +599,45 @@ def coregister(sample: Sample, cfg: CoregConfig, *, band_index: int) -> Sample |
             f"band_index out of range (bands={n_bands} before / {sample.after.shape[0]} after, "
             f"actual={band_index}); check coregistration.band against imagery.bands"
         )
-    reference = sample.before[band_index]
     if sample.after.shape != sample.before.shape:  # on different grids: a bug upstream
         raise CoregistrationError(
             "bad_input",
             f"before and after stacks must be of one shape (actual={sample.before.shape} and "
             f"{sample.after.shape})",
         )
-    try:
-        prepared = _Reference(np.asarray(reference, dtype=np.float64))
-        (dy, dx), error = prepared.estimate(
-            np.asarray(sample.after[band_index], dtype=np.float64), cfg.upsample_factor
-        )
-    except CoregistrationError as exc:
-        return _quarantine(
-            sample,
-            "coreg_failed",
-            f"cannot estimate the shift on band {band_index}: {exc}. The cell is probably "
-            "cloud-covered or no-data; raise pairing.min_clear_fraction or "
-            "pairing.min_valid_fraction, or pick another coregistration.band",
-        )
-    if not math.isfinite(error):
-        return _quarantine(
-            sample,
-            "coreg_failed",
-            f"shift estimate on band {band_index} is not finite (error={error}); "
-            "pick another coregistration.band",
-        )
+    prepared, cell, problem = _cell_estimate(sample, cfg, band_index)
+    context = sample.coreg_context
+    hood: Neighbourhood | None = None
+    source = "cell"
+    if context is None:
+        if problem is not None or cell is None:
+            return _quarantine(sample, *(problem or ("coreg_failed", "no estimate")))
+        dy, dx, error = cell
+    else:
+        hood = neighbourhood(context[0], context[1], cfg)
+        if not hood.holds(cfg.min_tie_points) or hood.shift is None:
+            # The cell's own reason comes first, except a shift beyond max_shift_px that tie
+            # points within it contradict (a wrong peak, not a scene shifted that far).
+            if problem is not None and (problem[0] != "shift_too_large" or hood.usable == 0):
+                either = _no_consensus(hood, cfg, "no neighbourhood estimate either")
+                return _quarantine(sample, problem[0], f"{problem[1]}; and {either}")
+            what = "the cell's shift cannot be checked"
+            if cell is not None and problem is not None:
+                what = f"the cell's own estimate (dy={cell[0]:+.2f}, dx={cell[1]:+.2f}) is beyond "
+                what += f"coregistration.max_shift_px={cfg.max_shift_px} and cannot be checked"
+            return _quarantine(sample, "inconsistent", _no_consensus(hood, cfg, what))
+        hy, hx = hood.shift
+        if (
+            cell is not None
+            and problem is None
+            and math.hypot(cell[0] - hy, cell[1] - hx) <= cfg.consistency_tolerance_px
+        ):
+            dy, dx, error = cell
+        else:
+            source = "neighbourhood"
+            dy, dx = hy, hx
+            error = hood.error
     magnitude = math.hypot(dy, dx)
-    if error > cfg.max_error:
-        return _quarantine(
-            sample,
-            "coreg_unreliable",
-            f"the shift estimate on band {band_index} is not reliable (phase-correlation "
-            f"error={error:.3f} > coregistration.max_error={cfg.max_error}; estimated "
-            f"dy={dy:+.2f}, dx={dx:+.2f}): the dates share too little texture to check their "
-            "alignment; raise coregistration.max_error to accept such pairs uncorrected, or pick "
-            "another coregistration.band",
-        )
     if magnitude > cfg.max_shift_px:
         return _quarantine(
             sample,
@@ -409,18 +651,35 @@ def coregister(sample: Sample, cfg: CoregConfig, *, band_index: int) -> Sample |
     residual = magnitude
     if applied:
         after = apply_shift(sample.after, (dy, dx))
-        try:
-            (ry, rx), _ = prepared.estimate(
-                np.asarray(after[band_index], dtype=np.float64), cfg.upsample_factor
-            )
-        except CoregistrationError as exc:
-            return _quarantine(
-                sample,
-                "coreg_failed",
-                f"cannot re-estimate the residual on band {band_index} after applying "
-                f"(dy={dy:+.2f}, dx={dx:+.2f}): {exc}; pick another coregistration.band",
-            )
-        residual = math.hypot(ry, rx)
+        if source == "cell":
+            assert prepared is not None  # a trusted cell estimate has its reference
+            try:
+                (ry, rx), _ = prepared.estimate(
+                    np.asarray(after[band_index], dtype=np.float64), cfg.upsample_factor
+                )
+            except CoregistrationError as exc:
+                return _quarantine(
+                    sample,
+                    "coreg_failed",
+                    f"cannot re-estimate the residual on band {band_index} after applying "
+                    f"(dy={dy:+.2f}, dx={dx:+.2f}): {exc}; pick another coregistration.band",
+                )
+            residual = math.hypot(ry, rx)
+        else:
+            assert context is not None
+            moved = apply_shift(context[1][np.newaxis], (dy, dx))[0]
+            check = neighbourhood(context[0], moved, cfg)
+            if not check.holds(cfg.min_tie_points) or check.shift is None:
+                return _quarantine(
+                    sample,
+                    "inconsistent",
+                    _no_consensus(
+                        check,
+                        cfg,
+                        f"after applying the neighbourhood's shift (dy={dy:+.2f}, dx={dx:+.2f})",
+                    ),
+                )
+            residual = math.hypot(*check.shift)
     if residual > cfg.max_residual_px:
         fix = "raise coregistration.max_residual_px to keep it"
         if applied:
@@ -439,9 +698,19 @@ def coregister(sample: Sample, cfg: CoregConfig, *, band_index: int) -> Sample |
     # and it keeps the bytes of a sample the same whatever the engine (a BLAS with more threads
     # sums in another order and can move the last bit).
     result = CoregResult(
-        shift_px=(round(dy, RECORD_DECIMALS), round(dx, RECORD_DECIMALS)),
-        residual_px=round(residual, RECORD_DECIMALS),
-        error=round(error, RECORD_DECIMALS),
+        shift_px=(_rounded(dy), _rounded(dx)),
+        residual_px=_rounded(residual),
+        error=_rounded(error),
         applied=applied,
+        source=source,
+        neighbourhood_px=None
+        if hood is None or hood.shift is None
+        else (_rounded(hood.shift[0]), _rounded(hood.shift[1])),
+        tie_points=None if hood is None else hood.usable,
+        agreeing=None if hood is None else hood.agreeing,
     )
-    return dataclasses.replace(sample, after=after, coreg=result)
+    return dataclasses.replace(sample, after=after, coreg=result, coreg_context=None)
+
+
+def _rounded(value: float) -> float:
+    return round(value, RECORD_DECIMALS)

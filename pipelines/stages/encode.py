@@ -26,7 +26,9 @@ from PIL import Image
 from rasterio.io import MemoryFile
 
 from geodelta._io import compact_json_bytes
+from geodelta.annotators.caption_grounding import ground_captions
 from geodelta.errors import StageError
+from geodelta.pipelines.stages.label import region_image, region_records
 from geodelta.pipelines.stages.sample import Sample
 from geodelta.schemas import BuildConfig, SampleMeta
 from geodelta.schemas.members import SAMPLE_MEMBERS
@@ -210,6 +212,18 @@ def index_png(arr: np.ndarray) -> bytes:
     return _png(Image.fromarray(np.ascontiguousarray(a.astype(np.uint8)), mode="L"))
 
 
+def instance_png(arr: np.ndarray) -> bytes:
+    """Write a 2-D uint16 instance map (``regions.png``) as a 16-bit single-channel PNG.
+
+    Raises:
+        EncodeError: not a 2-D uint16 array.
+    """
+    a = np.asarray(arr)
+    if a.ndim != 2 or a.dtype != np.uint16:
+        raise EncodeError(f"instance map must be (H, W) uint16 (actual {a.dtype} ndim={a.ndim})")
+    return _png(Image.fromarray(np.ascontiguousarray(a)))  # mode I;16
+
+
 #: The stage that sets each field a finished sample must have.
 _SET_BY = {"coreg": "coregister", "facts": "label", "mask": "label", "annotation": "annotate"}
 
@@ -296,6 +310,8 @@ def build_meta(
         attribution=cfg.attribution,
         code_version=code_version,
         config_hash=config_hash,
+        regions=region_records(facts, crs=job.crs, transform=job.transform),
+        captions_grounded=ground_captions(ann.captions, facts),
         **_baseline_fields(sample),
     )
 
@@ -394,6 +410,8 @@ def encode_members(sample: Sample, meta: SampleMeta, cfg: BuildConfig) -> dict[s
         "before.png": rgb_png(sample.before, rgb, vmax),
         "after.png": rgb_png(sample.after, rgb, vmax),
         "mask.png": index_png(mask),
+        "change.png": index_png(np.asarray(mask) != 0),
+        "regions.png": instance_png(region_image(mask)),
         "lc_before.png": index_png(lc_before),
         "lc_after.png": index_png(lc_after),
         "json": compact_json_bytes(meta_json(meta)),

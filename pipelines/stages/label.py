@@ -26,7 +26,13 @@ from geodelta.errors import StageError
 from geodelta.pipelines.stages.sample import Sample
 from geodelta.schemas import ChangeComponent, ChangeFacts, TransitionStat
 from geodelta.schemas.classes import BINARY_CHANGE, CLASSES, N_CLASSES, decode_transition
-from geodelta.schemas.records import POSITION_GRID
+from geodelta.schemas.records import (
+    POSITION_GRID,
+    Region,
+    Transform,
+    component_box_px,
+    normalised_box,
+)
 
 __all__ = [
     "POSITION_WORDS",
@@ -37,6 +43,8 @@ __all__ = [
     "compute_facts",
     "pixel_area",
     "position_word",
+    "region_image",
+    "region_records",
     "transition_mask",
 ]
 
@@ -189,6 +197,41 @@ def _class_counts(lc: np.ndarray, where: np.ndarray) -> dict[str, int]:
     return {CLASSES[i]: int(counts[i]) for i in range(1, N_CLASSES + 1) if counts[i] > 0}
 
 
+def _region_order(labels: np.ndarray, n: int) -> list[int]:
+    """The labels of ``ndimage.label`` in region-id order: by decreasing size, ties by the
+    first pixel in raster order (region id ``k`` is ``order[k - 1]``)."""
+    flat = labels.ravel()
+    sizes = np.bincount(flat, minlength=n + 1)
+    nz = np.flatnonzero(flat)
+    _, first = np.unique(flat[nz], return_index=True)
+    return sorted(range(1, n + 1), key=lambda i: (-int(sizes[i]), int(nz[first[i - 1]])))
+
+
+def region_image(mask: np.ndarray) -> np.ndarray:
+    """The instance image of a change mask: 0 = no change, k = region id (``regions.png``).
+
+    Regions are the 8-connected regions of ``mask > 0`` with the ids of the facts'
+    components (:func:`compute_facts`): by decreasing size, ties by the first pixel in raster
+    order, so the same mask gives the same ids on every rebuild.
+
+    Args:
+        mask: (H, W) change mask (already cleaned, as stored in ``mask.png``).
+
+    Returns:
+        (H, W) uint16 region ids.
+
+    Raises:
+        LabelError: more than 65535 regions (uint16).
+    """
+    labels, n = ndimage.label(np.asarray(mask) > 0, structure=_EIGHT)
+    if n > np.iinfo(np.uint16).max:
+        raise LabelError(f"too many regions for a uint16 regions.png (max=65535, actual={n})")
+    lut = np.zeros(n + 1, dtype=np.uint16)
+    for new_id, i in enumerate(_region_order(labels, n), start=1):
+        lut[i] = new_id
+    return lut[labels]
+
+
 def _components(mask: np.ndarray, pixel_area_m2: float) -> tuple[ChangeComponent, ...]:
     labels, n = ndimage.label(mask > 0, structure=_EIGHT)
     if n == 0:
@@ -206,9 +249,8 @@ def _components(mask: np.ndarray, pixel_area_m2: float) -> tuple[ChangeComponent
     is_first = np.r_[True, pair_lab[ranked][1:] != pair_lab[ranked][:-1]]
     dominant = np.zeros(n + 1, dtype=np.int64)
     dominant[pair_lab[ranked][is_first]] = pair_code[ranked][is_first]
-    _, first = np.unique(lab, return_index=True)  # index of each label's first pixel (row-major)
     boxes = ndimage.find_objects(labels)
-    order = sorted(range(1, n + 1), key=lambda i: (-int(sizes[i]), int(first[i - 1])))
+    order = _region_order(labels, n)
     out = []
     for new_id, i in enumerate(order, start=1):
         code = int(dominant[i])
@@ -331,3 +373,60 @@ def check_grid(sample: Sample, arr: np.ndarray, name: str) -> None:
             "reproject it onto the cell grid",
             key=sample.key,
         )
+
+
+#: Decimals of the lon/lat of a region record (1e-7 degree: about 1 cm).
+LONLAT_DECIMALS = 7
+
+
+def region_records(facts: ChangeFacts, *, crs: str, transform: Transform) -> tuple[Region, ...]:
+    """The region table of a sample's json: one record per component of the facts.
+
+    Args:
+        facts: the facts of the sample's (cleaned) change mask.
+        crs: the CRS of the sample grid.
+        transform: its affine transform (rasterio order).
+
+    Returns:
+        The regions, by id (ids equal the component ids and the values of :func:`region_image`).
+    """
+    if not facts.components:
+        return ()
+    from pyproj import Transformer
+
+    to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    a, b, c, d, e, f = transform
+
+    def lonlat(col: float, row: float) -> tuple[float, float]:
+        lon, lat = to_lonlat.transform(a * col + b * row + c, d * col + e * row + f)
+        return (round(float(lon), LONLAT_DECIMALS), round(float(lat), LONLAT_DECIMALS))
+
+    out = []
+    for comp in sorted(facts.components, key=lambda k: k.id):
+        box = component_box_px(comp.bbox)
+        x0, y0, x1, y1 = box
+        corners = [lonlat(x, y) for x, y in ((x0, y0), (x1, y0), (x0, y1), (x1, y1))]
+        row, col = comp.centroid
+        out.append(
+            Region(
+                id=comp.id,
+                code=comp.code,
+                from_class=comp.from_class,
+                to_class=comp.to_class,
+                pixels=comp.pixels,
+                area_m2=comp.area_m2,
+                bbox_px=box,
+                box=normalised_box(box, facts.shape),
+                bbox_lonlat=(
+                    min(p[0] for p in corners),
+                    min(p[1] for p in corners),
+                    max(p[0] for p in corners),
+                    max(p[1] for p in corners),
+                ),
+                centroid_rowcol=(row, col),
+                # pixel (r, c) covers [c, c + 1) x [r, r + 1) in transform coordinates
+                centroid_lonlat=lonlat(col + 0.5, row + 0.5),
+                position=comp.position,
+            )
+        )
+    return tuple(out)

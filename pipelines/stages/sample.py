@@ -46,6 +46,9 @@ class Sample:
         after: (C, H, W) float32 reflectance of the after scene (co-registered once
             ``coreg`` is set); NaN = no data.
         coreg: co-registration result (set by the coregister stage).
+        coreg_context: ``(before, after)`` 2-D registration band over the cell plus
+            ``coregistration.margin_px`` per side (load stage, when the margin is > 0), for the
+            tie points that check the cell's shift; dropped by the coregister stage.
         lc_before: (H, W) uint8 geodelta class index at t0, 0 = unknown (landcover labels).
         lc_after: (H, W) uint8 geodelta class index at t1, 0 = unknown (landcover labels).
         mask: (H, W) uint8 change mask: 0 no change, k = transition code (label stage).
@@ -62,6 +65,7 @@ class Sample:
     before: np.ndarray
     after: np.ndarray
     coreg: CoregResult | None = None
+    coreg_context: tuple[np.ndarray, np.ndarray] | None = None
     lc_before: np.ndarray | None = None
     lc_after: np.ndarray | None = None
     mask: np.ndarray | None = None

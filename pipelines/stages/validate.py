@@ -23,13 +23,16 @@ import re
 from collections.abc import Callable
 
 import numpy as np
+from scipy import ndimage
 
 from geodelta.annotators.claims import check_captions, check_qa_item
 from geodelta.pipelines.stages.coregister import RECORD_DECIMALS
+from geodelta.pipelines.stages.label import region_image
 from geodelta.pipelines.stages.sample import Sample
 from geodelta.schemas import Annotation, BuildConfig, QuarantineRecord, SampleMeta, sample_key
 from geodelta.schemas.classes import BINARY_CHANGE, CLASSES, N_CLASSES, transition_code
 from geodelta.schemas.qa import REQUIRED_QA_TYPES
+from geodelta.schemas.records import normalised_box
 
 __all__ = [
     "OUT_OF_RANGE_FRACTION",
@@ -247,6 +250,57 @@ def rule_mask_facts(
     return out
 
 
+def rule_regions(
+    meta: SampleMeta, ann: Annotation, mask: np.ndarray, cfg: BuildConfig
+) -> list[str]:
+    """The json's region table is the regions of ``regions.png`` (re-derived from the mask).
+
+    Every id of the image has one record and every record an id of the image; each record's
+    pixel count, pixel box, normalised box and position agree with the image and the facts.
+    A failure names the sample key and the region id.
+    """
+    if tuple(mask.shape) != tuple(meta.shape) or (
+        int(np.count_nonzero(mask)) != meta.facts.changed_pixels
+    ):
+        return []  # mask_facts says so
+    image = region_image(mask)
+    table = {r.id: r for r in meta.regions}
+    n = int(image.max()) if image.size else 0
+    out = []
+    if len(table) != len(meta.regions):
+        out.append(f"sample {meta.key}: the region table repeats an id")
+    for rid in range(1, n + 1):
+        if rid not in table:
+            out.append(f"sample {meta.key}: region {rid} of regions.png is not in the region table")
+    objects = ndimage.find_objects(image)
+    sizes = np.bincount(image.ravel(), minlength=n + 1)
+    comps = {c.id: c for c in meta.facts.components}
+    for rid, r in sorted(table.items()):
+        if not 1 <= rid <= n or objects[rid - 1] is None:
+            out.append(f"sample {meta.key}: region {rid} of the region table is not in regions.png")
+            continue
+        rows, cols = objects[rid - 1]
+        box = (cols.start, rows.start, cols.stop, rows.stop)
+        if tuple(r.bbox_px) != box:
+            out.append(
+                f"sample {meta.key}: region {rid} bbox_px {r.bbox_px} but regions.png has {box}"
+            )
+        if tuple(r.box) != normalised_box(box, (meta.shape[0], meta.shape[1])):
+            out.append(f"sample {meta.key}: region {rid} box {r.box} is not its bbox_px normalised")
+        if r.pixels != int(sizes[rid]):
+            out.append(
+                f"sample {meta.key}: region {rid} has {r.pixels} pixels, regions.png {int(sizes[rid])}"
+            )
+        c = comps.get(rid)
+        if c is None or (c.position, c.from_class, c.to_class) != (
+            r.position,
+            r.from_class,
+            r.to_class,
+        ):
+            out.append(f"sample {meta.key}: region {rid} disagrees with the facts' component {rid}")
+    return out
+
+
 def rule_licence(
     meta: SampleMeta, ann: Annotation, mask: np.ndarray, cfg: BuildConfig
 ) -> list[str]:
@@ -343,6 +397,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("caption_claims", rule_caption_claims),
     ("mask_codes", rule_mask_codes),
     ("mask_facts", rule_mask_facts),
+    ("regions", rule_regions),
     ("licence", rule_licence),
 )
 

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geodelta.errors import ModelError
 from geodelta.annotators.models.baseline import (
     BaselineChangeAnnotator,
     ChangeMetrics,
     change_metrics,
 )
+from geodelta.errors import ModelError
 from geodelta.pipelines.training.shards import (
     ShardError,
     change_sample,
