@@ -37,13 +37,11 @@ from geodelta.pipelines.api import BuildResult, build
 from geodelta.pipelines.stages.coregister import estimate_shift
 from geodelta.schemas import SampleMeta, parse_config
 from tests.oscd_catalog import (
-    ATTRIBUTION,
     BANDS,
-    COLLECTION_ID,
-    LICENCE,
     band_path,
     build_oscd_catalog,
 )
+from tests.test_e2e_oscd import oscd_config
 
 pytestmark = pytest.mark.slow
 
@@ -131,33 +129,13 @@ def _aoi(data_dir: Path, out: Path) -> Path:
 
 
 def _config(catalog: Path, aoi: Path, out: Path) -> dict[str, Any]:
+    """The OSCD end-to-end test's config over these cities (date 2 up to 2018)."""
     return {
+        **oscd_config(catalog, aoi, out),
         "name": "oscd-coreg",
-        "version": "0.0.1",
         "description": "OSCD coastal cities, date 2 shifted by known sub-pixel amounts.",
-        "licence": LICENCE,
-        "attribution": ATTRIBUTION,
-        "aoi": {"geojson": str(aoi), "name_property": "name"},
-        "grid": {"cell_size_px": CELL_PX, "resolution_m": 10.0, "keep": "within"},
-        "catalog": {"kind": "static", "url": str(catalog)},
-        "imagery": {
-            "collection": COLLECTION_ID,
-            "bands": list(BANDS),
-            "rgb": ["B04", "B03", "B02"],
-            "classification_asset": None,
-        },
-        "pairing": {"allow_unknown_clear": True, "min_gap_days": 30, "max_gap_days": 1500},
         "time": {"t0": ["2015-01-01", "2016-12-31"], "t1": ["2017-01-01", "2018-12-31"]},
-        "labels": {
-            "kind": "change_mask",
-            "asset": "cm",
-            "change_values": [2],
-            "nodata_values": [0],
-            "min_region_px": 1,
-        },
         "coregistration": {"band": REG_BAND},
-        "runner": {"name": "direct", "workers": 2},
-        "output": {"dir": str(out)},
     }
 
 

@@ -37,8 +37,10 @@ _LOCAL_REF_RE = re.compile(r"\b(?:href|src)\s*=\s*[\"']([^\"'#?:]+)", re.IGNOREC
 
 
 @cache
-def _templates() -> Any:
-    """The report package's templates (``datadocs_*.html`` are this module's), autoescaped."""
+def templates_environment() -> Any:
+    """The Jinja2 environment of the report package's templates (``templates/``; the
+    ``datadocs_*.html`` ones are this module's): autoescaped, an undefined name an error.
+    :mod:`geodelta.pipelines.report.render` adds its filters to one of these."""
     import jinja2
 
     return jinja2.Environment(
@@ -66,7 +68,7 @@ def offline_html(html: str) -> str:
     out = _REMOTE_CSS_RE.sub("none", out)
     out = _REMOTE_ATTR_RE.sub("", out)
     if "</head>" in out:
-        style = _templates().get_template("datadocs_offline_style.html").render()
+        style = templates_environment().get_template("datadocs_offline_style.html").render()
         out = out.replace("</head>", style.strip() + "</head>", 1)
     return out
 
@@ -123,7 +125,7 @@ def index_html(site_dir: str | Path) -> str:
         {str(r.get("meta", {}).get("great_expectations_version", "")) for r in results.values()}
         - {""}
     )
-    env = _templates()
+    env = templates_environment()
     runs = sorted({str(row["run"]) for row in rows} - {"–"})
     return env.get_template("datadocs_index.html").render(
         title=", ".join(runs) or "validation",  # the run is <name>-<version>; not the folder

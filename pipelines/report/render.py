@@ -61,6 +61,7 @@ import jinja2
 
 from geodelta._io import write_atomic
 from geodelta.errors import ReleaseError
+from geodelta.pipelines.release.datadocs import templates_environment
 from geodelta.pipelines.release.layout import REPORT_DIR, REPORT_FILE
 from geodelta.pipelines.release.manifest import list_files
 from geodelta.pipelines.report.data import (
@@ -137,14 +138,7 @@ def _data_uri(png: bytes) -> str:
 @cache
 def _environment() -> jinja2.Environment:
     """The templates of this package (``templates/``), autoescaped, undefined names an error."""
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("geodelta.pipelines.report", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
+    env: jinja2.Environment = templates_environment()
     env.filters["data_uri"] = _data_uri
     return env
 
