@@ -53,13 +53,14 @@ __all__ = [
 
 #: CPU milliseconds per output tile, end to end (plan, cells, release, report; user + system of
 #: the whole process tree), in-process runner: ``python benchmarks/bench_build.py``,
-#: benchmarks/RESULTS.md "Build throughput" (2026-12-04, demo catalog at scale 3: 761 tiles in
-#: 39.9 CPU s = 19.09 tiles per CPU second). The Beam direct runner measured 57 ms/tile.
-CPU_MS_PER_TILE = 52.4
+#: benchmarks/RESULTS.md "Build throughput" (2026-12-04 21:38, demo catalog at scale 3: 762
+#: tiles in 52.4 CPU s = 14.55 tiles per CPU second, with the co-registration's neighbourhood
+#: check). The Beam direct runner measured 73.6 ms/tile.
+CPU_MS_PER_TILE = 68.7
 CPU_BASIS = (
     f"at {CPU_MS_PER_TILE} ms/tile measured by benchmarks/bench_build.py (in-process runner, "
     "end to end, CPU time; RESULTS.md 2026-12-04, scale 3); network waits not included, and "
-    "small builds are dominated by a fixed ~7 s (start-up, release, report: bench_build at scale 3)"
+    "small builds are dominated by a fixed ~11 s (start-up, release, report: bench_build at scale 3)"
 )
 
 #: Classification-band reads per cell: the pair stage rates scenes lazily, best first, and
