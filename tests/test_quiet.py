@@ -70,3 +70,27 @@ def test_multi_processing_workers_run_the_quiet_entry_point(
     assert opts["direct_running_mode"] == "in_memory"
     threads = demo_config(demo_catalog, tmp_path, runner={"mode": "multi_threading"})
     assert pipeline_options(threads).get_all_options()["direct_running_mode"] == "multi_threading"
+
+
+@pytest.mark.integration
+def test_an_api_caller_logging_at_info_gets_no_beam_chatter(
+    demo_catalog: DemoCatalog, tmp_path: Path
+) -> None:
+    """An Airflow task calls the API in a process whose root logger is at INFO: Beam's import
+    warning and its workers' start-up logging stay out of that log too."""
+    cfg = _config_file(demo_catalog, tmp_path / "api", tmp_path / "api.yaml")
+    code = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "from geodelta.pipelines import api\n"
+        f"r = api.build(api.load_config({str(cfg)!r}), mode='fresh', progress=False)\n"
+        "print(r.samples)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GEODELTA_VERBOSE"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert int(proc.stdout.strip().splitlines()[-1]) > 0
+    noise = [n for n in BEAM_NOISE if n in proc.stderr.lower()]
+    assert noise == [], proc.stderr[-3000:]

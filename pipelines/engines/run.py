@@ -302,7 +302,11 @@ def _run_engine(
 
         return run_inprocess(jobs, cfg, staging_root, code_version=code_version, progress=progress)
     from geodelta.pipelines.stages.blocks import spread
+    from geodelta.pipelines.verbosity import quiet_libraries
 
+    # before Beam is imported: its import logs a warning on the root logger (any process that
+    # calls the API, an Airflow task included, not only the CLI)
+    quiet_libraries()
     # a build of a few blocks: cut them, so every worker gets cells
     jobs = spread(jobs, SPREAD_PER_WORKER * cfg.runner.workers)
     if name == "dask":
