@@ -143,6 +143,14 @@ def build(
             "processing them; writes the catalog drift since it (drift.json)",
         ),
     ] = None,
+    export_llava: Annotated[
+        Path | None,
+        typer.Option(
+            "--export-llava",
+            help="After the build, export the release as LLaVA / TEOChat conversations into "
+            "this (empty or new) folder, as `geodelta export --format llava` does",
+        ),
+    ] = None,
 ) -> None:
     """Build the release a config describes.
 
@@ -169,11 +177,19 @@ def build(
     cfg = _load(config, overrides)
     _check_annotator(cfg)
     mode = "resume" if resume else "overwrite" if overwrite else "fresh"
+    if export_llava is not None and export_llava.exists() and any(export_llava.iterdir()):
+        raise _fail(  # before any work: the export would refuse it after the build
+            f"--export-llava {export_llava} is not empty; give a new or empty folder"
+        )
     if check:
         _check_only(cfg, mode, yes, from_release)
         return
     result = _run_build(cfg, mode, progress, confirm=yes, from_release=from_release)
     _print_summary(result)
+    if export_llava is not None:
+        done = api.export(result.release_dir, export_llava, fmt="llava")
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(done.conversations.items()))
+        _say(f"export: llava conversations ({counts}) -> {done.out_dir}")
     typer.echo(result.location)
 
 

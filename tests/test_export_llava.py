@@ -107,3 +107,36 @@ def test_a_non_empty_folder_is_refused_unless_overwrite(demo_release: Any, tmp_p
         ["export", str(demo_release.release_dir), "--out", str(tmp_path / "x"), "--format", "coco"],
     )
     assert res.exit_code == 2 and "unknown export format 'coco'" in res.output
+
+
+def test_build_exports_as_an_option(demo_catalog: Any, demo_release: Any, tmp_path: Path) -> None:
+    """`geodelta build CONFIG --export-llava DIR`: the same files as `geodelta export`; a
+    non-empty DIR is refused before any work."""
+    import yaml
+
+    from tests.factories import REPO
+
+    raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    raw["catalog"]["url"] = str(demo_catalog.catalog_path)
+    raw["aoi"] = {"bbox": list(demo_catalog.aoi_bbox)}
+    raw["output"] = {"dir": str(tmp_path / "release")}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    full = tmp_path / "full"
+    (full / "x").parent.mkdir()
+    (full / "x").write_text("taken")
+    res = CliRunner().invoke(
+        app, ["build", str(config), "--no-progress", "--export-llava", str(full)]
+    )
+    assert res.exit_code == 2 and "is not empty" in res.output
+    assert not (tmp_path / "release").exists()  # refused before any work
+    out = tmp_path / "llava"
+    res = CliRunner().invoke(
+        app, ["build", str(config), "--no-progress", "--export-llava", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    direct = tmp_path / "direct"
+    api.export(tmp_path / "release", direct)
+    got = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    want = {p.relative_to(direct): p.read_bytes() for p in direct.rglob("*") if p.is_file()}
+    assert got == want and got

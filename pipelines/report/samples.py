@@ -122,13 +122,40 @@ def mask_preview(mask_png: bytes) -> bytes:
     return buf.getvalue()
 
 
-def _images(members: dict[str, bytes], mask_label: str) -> list[Plot]:
-    """before, after and the coloured mask of a sample, those it has; the alt is the label."""
+#: Outline colour of the region boxes drawn on the gallery's after image.
+BOX_RGB = (255, 230, 0)
+
+
+def boxed_after(after_png: bytes, regions: Sequence[dict[str, Any]]) -> bytes:
+    """The after image with each change region's pixel box outlined and its id written at the
+    box's top-left corner (``bbox_px`` = ``[x0, y0, x1, y1]``, x1/y1 exclusive)."""
+    from PIL import ImageDraw, ImageFont
+
+    img = Image.open(io.BytesIO(after_png)).convert("RGB")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    for r in regions:
+        x0, y0, x1, y1 = (int(v) for v in r["bbox_px"])
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=BOX_RGB, width=1)
+        draw.text((x0 + 1, y0 + 1), str(r["id"]), fill=BOX_RGB, font=font)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def _images(
+    members: dict[str, bytes], mask_label: str, regions: Sequence[dict[str, Any]] = ()
+) -> list[Plot]:
+    """before, after and the coloured mask of a sample, those it has; the alt is the label.
+    With ``regions``, the after image shows their boxes and ids."""
     out = []
     for name, label in (("before.png", "before"), ("after.png", "after"), ("mask.png", mask_label)):
         if name in members:
             if name == "mask.png":
                 out.append(Plot(mask_preview(members[name]), label, mask_legend(members[name])))
+            elif name == "after.png" and regions:
+                boxed = boxed_after(members[name], regions)
+                out.append(Plot(boxed, f"after, {len(regions)} change region(s) boxed with ids"))
             else:
                 out.append(Plot(members[name], label))
     return out
@@ -200,7 +227,7 @@ def _card(key: str, split: str, members: dict[str, bytes], score: SampleScore | 
         shift=", ".join(f"{float(v):.2f}" for v in coreg.get("shift_px", ())),
         residual=f"{float(coreg.get('residual_px', 0)):.3f}",
         items=(str(meta.get("before_item", "")), str(meta.get("after_item", ""))),
-        images=tuple(_images(members, "change")),
+        images=tuple(_images(members, "change", meta.get("regions") or ())),
         captions=tuple(str(c) for c in captions),
         qa=tuple(
             (str(q.get("question", "")), str(q.get("answer", "")), str(q.get("type", "")))
