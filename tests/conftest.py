@@ -125,3 +125,18 @@ def small_shards_release(
 
     out = tmp_path_factory.mktemp("demo-small") / "release"
     return build(demo_config(demo_catalog, out, **SMALL_SHARDS), mode="fresh", progress=False)
+
+
+@pytest.fixture
+def hf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``datasets`` offline, its caches under ``tmp_path``."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))
+    import datasets  # the dev extra; imported after the env is set (it reads it at import)
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True, raising=False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+    datasets.disable_progress_bars()
+    return datasets

@@ -512,18 +512,8 @@ def test_loads_over_http(release: Path, http_release: str) -> None:
 
 
 @pytest.mark.slow
-def test_huggingface_datasets_loads_shards_offline(
-    release: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))
-    import datasets  # the dev extra; imported after the env is set (it reads it at import)
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True, raising=False)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
-    datasets.disable_progress_bars()
+def test_huggingface_datasets_loads_shards_offline(release: Path, hf: Any, tmp_path: Path) -> None:
+    datasets = hf  # offline, caches under tmp_path (tests/conftest.py)
 
     files = sorted(str(p) for p in (release / "shards").glob("train-*.tar"))
     ds = datasets.load_dataset(
