@@ -25,6 +25,7 @@ from geodelta.annotators.vocabulary import (
     norm_answer,
 )
 from geodelta.schemas import ChangeFacts, QAItem
+from geodelta.schemas.qa import TEMPORAL_QA_TYPES
 from geodelta.schemas.records import POSITION_WORDS, component_box_px, normalised_box
 
 __all__ = [
@@ -174,8 +175,15 @@ def check_qa_item(item: QAItem, facts: ChangeFacts, *, no_change_epsilon: float 
     Returns:
         Complaints such as ``"count_regions: answer 3 but facts have 2 regions"``; ``[]`` when
         the answer (and any evidence field naming a fact) agrees with the facts and the
-        evidence is grounded (:func:`check_grounding`).
+        evidence is grounded (:func:`check_grounding`). A temporal item (of a sequence
+        sample) cannot be checked against pair facts: it gets one complaint saying so; check it
+        with :func:`geodelta.annotators.temporal.check_temporal_qa`.
     """
+    if item.type in TEMPORAL_QA_TYPES:
+        return [
+            f"{item.type}: a temporal QA type is checked against the sequence "
+            "(annotators.temporal.check_temporal_qa), not against the pair facts"
+        ]
     out = _check_evidence(item, facts) + check_grounding(item, facts)
     changed = has_change(facts, no_change_epsilon)
     return out + REGISTRY[item.type].check(item, norm_answer(item.answer), facts, changed)

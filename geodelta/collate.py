@@ -10,7 +10,15 @@ default collate of PyTorch stacks tensors of one shape only, so :func:`collate` 
   default ``ignore_index``, so ``nn.CrossEntropyLoss()`` skips padding), booleans with False;
 - ``"valid_hw"``: an int64 tensor [B, 2] of each sample's own (height, width) is added whenever
   an image-like key (``image``) is batched, so a model can crop its output back;
-- everything else (``captions``, ``qa``, ``meta``, strings) is collected into a list.
+- everything else (``captions``, ``qa``, ``meta``, strings, a series' ``dates``) is collected
+  into a list.
+
+Series samples (``load(..., mode="series")``, recognised by their ``dates``) may also differ in
+their number of dates T: ``image`` [T, C, H, W] and ``mask`` [T-1, H, W] are then padded at the
+end of their first (time / step) dimension too, to the batch's largest T, with the same values
+(NaN for ``image``: a padded date reads as no data; -100 for ``mask``: an ignored step), and
+``"valid_t"``, an int64 tensor [B] of each sample's own T, is added to every series batch.
+``first_change`` [H, W] is padded like any integer raster (-100).
 
 Samples of one size give exactly what ``torch.stack`` gives. torch is imported inside the
 function.
@@ -24,10 +32,14 @@ from typing import Any
 
 from geodelta.errors import GeodeltaError
 
-__all__ = ["PAD_INDEX", "CollateError", "collate"]
+__all__ = ["PAD_INDEX", "TIME_KEYS", "CollateError", "collate"]
 
 #: Pad value of integer tensors (masks, region ids): PyTorch's default ``ignore_index``.
 PAD_INDEX = -100
+
+#: Keys of a series sample whose first dimension is time (dates or steps): padded to the
+#: batch's largest T when samples differ in length.
+TIME_KEYS = ("image", "mask")
 
 
 class CollateError(GeodeltaError, ValueError):
@@ -44,33 +56,33 @@ def _pad_value(dtype: Any) -> float | int | bool:
     return PAD_INDEX
 
 
-def _stack(key: str, values: list[Any]) -> Any:
+def _stack(key: str, values: list[Any], *, time: bool = False) -> Any:
+    """Stack, padding the last two dimensions (and the first one too when ``time``)."""
     import numpy as np
     import torch
-    import torch.nn.functional as F
 
     tensors = [torch.as_tensor(v) if isinstance(v, np.ndarray) else v for v in values]
     shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) == 1:
         return torch.stack(tensors)
     ndims = {t.ndim for t in tensors}
-    leading = {tuple(t.shape[:-2]) for t in tensors}
-    if len(ndims) != 1 or next(iter(ndims)) < 2 or len(leading) != 1:
+    free = 1 if time else 0  # leading dimensions allowed to differ
+    leading = {tuple(t.shape[free:-2]) for t in tensors}
+    if len(ndims) != 1 or next(iter(ndims)) < 2 + free or len(leading) != 1:
+        beyond = "the time and the last two" if time else "the last two (spatial)"
         raise CollateError(
-            f"{key!r}: shapes {sorted(shapes)} differ beyond the last two (spatial) dimensions; "
+            f"{key!r}: shapes {sorted(shapes)} differ beyond {beyond} dimensions; "
             "pass collate_fn=list to keep samples apart"
         )
-    h = max(int(t.shape[-2]) for t in tensors)
-    w = max(int(t.shape[-1]) for t in tensors)
+    size = [max(int(t.shape[d]) for t in tensors) for d in range(tensors[0].ndim)]
     out = []
     for t in tensors:
-        pad = (0, w - int(t.shape[-1]), 0, h - int(t.shape[-2]))
-        if t.dtype == torch.bool or not t.dtype.is_floating_point:
-            big = torch.full((*t.shape[:-2], h, w), _pad_value(t.dtype), dtype=t.dtype)
-            big[..., : t.shape[-2], : t.shape[-1]] = t
-            out.append(big)
-        else:
-            out.append(F.pad(t, pad, value=math.nan))
+        if tuple(t.shape) == tuple(size):
+            out.append(t)
+            continue
+        big = torch.full(size, _pad_value(t.dtype), dtype=t.dtype)
+        big[tuple(slice(0, int(n)) for n in t.shape)] = t
+        out.append(big)
     return torch.stack(out)
 
 
@@ -82,8 +94,9 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
             with the same keys.
 
     Returns:
-        key -> a tensor [B, ...] (padded to the batch's largest H and W) or a list of B values;
-        plus ``"valid_hw"`` [B, 2] when the samples have an ``image``.
+        key -> a tensor [B, ...] (padded to the batch's largest H and W, and T for a series) or
+        a list of B values; plus ``"valid_hw"`` [B, 2] when the samples have an ``image``, and
+        ``"valid_t"`` [B] for series samples (those with ``dates``).
 
     Raises:
         CollateError: an empty batch, samples with different keys, or tensors whose shapes
@@ -101,11 +114,12 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 f"samples have different keys ({sorted(keys)} vs {sorted(s)}); batch samples "
                 "loaded alike"
             )
+    series = "dates" in keys
     batch: dict[str, Any] = {}
     for key in keys:
         values = [s[key] for s in samples]
         if all(isinstance(v, torch.Tensor | np.ndarray) for v in values):
-            batch[key] = _stack(key, values)
+            batch[key] = _stack(key, values, time=series and key in TIME_KEYS)
         else:
             batch[key] = values
     if "image" in batch and isinstance(batch["image"], torch.Tensor):
@@ -113,4 +127,6 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
             [[int(s["image"].shape[-2]), int(s["image"].shape[-1])] for s in samples],
             dtype=torch.int64,
         )
+    if series:
+        batch["valid_t"] = torch.tensor([len(s["dates"]) for s in samples], dtype=torch.int64)
     return batch

@@ -11,6 +11,11 @@ Every sample comes out shaped like a TorchGeo change-detection sample::
         "meta": dict,                          # the sample's ``json`` member + "__key__"/"__url__"
     }
 
+Series releases (issue 15): ``load(..., mode="series")`` yields ``image`` [T, C, H, W],
+``dates`` (T aware UTC datetimes), ``mask`` [T-1, H, W] (one transition mask per step) and
+``first_change`` [H, W] (:mod:`geodelta._series`); the default ``mode="pair"`` reads a series
+release as pairs (before = date 0, after = date T-1), exactly as before.
+
 Reflectance is ``DN * dn_scale + dn_offset`` with ``dn_scale``/``dn_offset`` read from each
 sample's ``json`` member. Pixels equal to the GeoTIFF's nodata value (0 in every geodelta
 release; 0 too when a file has no nodata tag) become ``nodata`` (NaN by default) in ``image``;
@@ -39,8 +44,8 @@ returns has ``len()`` (from the manifest) and ``plot``. Other tools:
 (:mod:`geodelta.decoders`) decode the members in webdataset and Hugging Face ``datasets``.
 :func:`to_xarray` (:mod:`geodelta.xarray_view`) gives a decoded sample as an
 ``xarray.DataArray`` (time, band, y, x) with its dates, band names, pixel-centre coordinates and
-CRS (rioxarray's ``spatial_ref``); xarray is imported only then.
-``meta["__bands__"]`` names the bands of ``image``, in order.
+CRS (rioxarray's ``spatial_ref``), :func:`to_dataset` the same with the masks as variables;
+xarray is imported only then. ``meta["__bands__"]`` names the bands of ``image``, in order.
 
 Shards are split first by rank (``torch.distributed`` if initialised, else the ``RANK`` /
 ``WORLD_SIZE`` environment variables, else a single node) and then by DataLoader worker, so every
@@ -62,13 +67,20 @@ import os
 import tarfile
 import urllib.request
 import warnings
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urljoin
 
-from geodelta.errors import GeodeltaError
+from geodelta._codec import LoaderError, band_plan, reflectance_into, tif_dn, tif_dn_fast
+from geodelta._series import (
+    PAIR_RELEASE,
+    SERIES_DECODED_MEMBERS,
+    decode_geotiff_index,
+    decode_series_geotiff,
+    decode_series_sample,
+    manifest_mode,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -80,6 +92,7 @@ __all__ = [
     "DECODED_MEMBERS",
     "Decode",
     "LoaderError",
+    "Mode",
     "UnknownMemberWarning",
     "decode_member",
     "decode_members",
@@ -94,7 +107,8 @@ __all__ = [
 #: Names this module also offers, from its light neighbours, imported on first use (they import
 #: geodelta.data: a module-level import would be a cycle, hence not in ``__all__``):
 #: ``geodelta.data.collate``, ``plot``, ``hf_features``, ``hf_transform``, ``webdataset_handler``,
-#: ``to_xarray`` (:mod:`geodelta.xarray_view`: a sample as an ``xarray.DataArray`` with its CRS).
+#: ``to_xarray``, ``to_dataset`` (:mod:`geodelta.xarray_view`: a sample as an ``xarray.DataArray``
+#: with its CRS, or a ``Dataset`` with its masks too).
 _LAZY = {
     "collate": "geodelta.collate",
     "plot": "geodelta.plot",
@@ -102,12 +116,13 @@ _LAZY = {
     "hf_transform": "geodelta.decoders",
     "webdataset_handler": "geodelta.decoders",
     "to_xarray": "geodelta.xarray_view",  # xarray + pyproj imported on call, not here
+    "to_dataset": "geodelta.xarray_view",
 }
 
 
 def __getattr__(name: str) -> Any:
     """``collate``, ``plot``, ``hf_features``, ``hf_transform``, ``webdataset_handler``,
-    ``to_xarray``."""
+    ``to_xarray``, ``to_dataset``."""
     if name in _LAZY:
         import importlib
 
@@ -116,11 +131,10 @@ def __getattr__(name: str) -> Any:
 
 
 Decode = Literal["torch", "numpy", "raw"]
+#: What :func:`load` yields per sample: a pair (before/after) or a series (every date).
+Mode = Literal["pair", "series"]
 MANIFEST = "manifest.json"
 _HTTP_TIMEOUT_S = 60.0
-#: TIFF Compression tag values the fast path inflates itself: none, deflate (both codes).
-_TIFF_UNCOMPRESSED = 1
-_TIFF_DEFLATE = (8, 32946)
 #: Members decode_sample reads; the tar readers skip the others (RGB and land-cover PNGs).
 DECODED_MEMBERS = (
     "json",
@@ -145,24 +159,12 @@ def _member(name: str) -> Member | None:
     return member(name)
 
 
-def _hf_feature_list() -> list[dict[str, str]]:
+def _hf_feature_list(mode: str = "pair") -> list[dict[str, str]]:
     """The Hugging Face features of a sample (:func:`geodelta.decoders.hf_features` reads them
     through here: the members table is reached from the ground floor by this module only)."""
     from geodelta.schemas.members import hf_feature_list
 
-    return hf_feature_list()
-
-
-class LoaderError(GeodeltaError, ValueError):
-    """A release cannot be loaded as asked (unknown split or band, missing manifest, bad URL).
-
-    Attributes:
-        source: the folder, URL or shard the problem is about.
-    """
-
-    def __init__(self, message: str, *, source: str | None = None) -> None:
-        self.source = source
-        super().__init__(f"{message} (source={source})" if source else message)
+    return hf_feature_list(mode)
 
 
 class UnknownMemberWarning(UserWarning):
@@ -217,16 +219,16 @@ def resolve_shards(url_or_dir: str | Path | Sequence[str | Path], split: str | N
 
 def _resolve(
     url_or_dir: str | Path | Sequence[str | Path], split: str | None
-) -> tuple[list[str], list[int] | None]:
-    """:func:`resolve_shards` and each shard's sample count (None without a manifest)."""
+) -> tuple[list[str], list[int] | None, dict[str, Any] | None]:
+    """:func:`resolve_shards`, each shard's sample count and the manifest (None without one)."""
     if not isinstance(url_or_dir, (str, Path)):
         shards = [str(s) for s in url_or_dir]
         if not shards:
             raise LoaderError("no shards given")
-        return shards, None
+        return shards, None, None
     src = str(url_or_dir)
     if src.endswith(".tar"):
-        return [src], None
+        return [src], None, None
     if _is_url(src):
         manifest_url = src if src.endswith(MANIFEST) else src.rstrip("/") + "/" + MANIFEST
         base = manifest_url[: -len(MANIFEST)]
@@ -246,8 +248,8 @@ def _resolve(
             )
     counts = [int(e.get("samples", 0)) for e in entries]
     if _is_url(src):
-        return [urljoin(base, str(e["path"])) for e in entries], counts
-    return [str(Path(base) / str(e["path"])) for e in entries], counts
+        return [urljoin(base, str(e["path"])) for e in entries], counts, manifest
+    return [str(Path(base) / str(e["path"])) for e in entries], counts, manifest
 
 
 def rank_info() -> tuple[int, int]:
@@ -286,6 +288,11 @@ def _split_name(fname: str) -> tuple[str, str]:
 def _is_decoded_member(fname: str) -> bool:
     """True for the tar members :func:`decode_sample` reads (webdataset's key/suffix split)."""
     return _split_name(fname)[1] in DECODED_MEMBERS
+
+
+def _is_series_member(fname: str) -> bool:
+    """True for the tar members a ``mode="series"`` :func:`decode_sample` reads."""
+    return _split_name(fname)[1] in SERIES_DECODED_MEMBERS
 
 
 def _reporting_unknown(url: str, select: Callable[[str], bool] | None) -> Callable[[str], bool]:
@@ -349,142 +356,6 @@ def _expand_tars(
         yield {}  # end of shard: group_by_keys never joins samples across shards
 
 
-def tif_dn_fast(data: bytes, idx: Sequence[int]) -> tuple[np.ndarray, int] | None:
-    """Decode bands of a GeoTIFF laid out as geodelta writes it, without GDAL.
-
-    Handles little-endian strip TIFFs with one integer band per plane (``interleave=band`` or a
-    single band), uncompressed or deflate, predictor none or horizontal: the layout of every
-    ``before.tif``/``after.tif`` in a release (see ``pipelines/stages/encode.py``). Only the
-    strips of the requested bands are inflated. tifffile parses the header; the strips are inflated with
-    ``zlib`` and the predictor undone with one cumulative sum per band.
-
-    Args:
-        data: the GeoTIFF file bytes.
-        idx: 0-based band indexes to read, in this order.
-
-    Returns:
-        ``(dn, nodata)``: the (len(idx), H, W) array in the file's dtype and the file's nodata
-        value (``GDAL_NODATA``; 0 when the tag is absent), or ``None`` when the file is laid out
-        any other way (tiled, pixel-interleaved, LZW, float, big-endian, sparse or damaged
-        strips, ...): the caller then reads it with rasterio.
-    """
-    import numpy as np
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(io.BytesIO(data)) as tif:
-            if tif.byteorder != "<":
-                return None
-            page = tif.pages[0]
-            if not isinstance(page, tifffile.TiffPage):  # pragma: no cover - pages[0] is one
-                return None
-            dtype = page.dtype
-            spp = int(page.samplesperpixel)
-            h, w = int(page.imagelength), int(page.imagewidth)
-            compression, predictor = int(page.compression), int(page.predictor)
-            if (
-                page.is_tiled
-                or page.imagedepth != 1
-                or page.fillorder != 1
-                or dtype is None
-                or dtype.kind not in "ui"
-                or dtype.itemsize * 8 != page.bitspersample
-                or compression not in (_TIFF_UNCOMPRESSED, *_TIFF_DEFLATE)
-                or predictor not in (1, 2)
-                or (spp > 1 and int(page.planarconfig) != 2)
-                or not idx
-                or min(idx) < 0
-                or max(idx) >= spp
-                or h < 1
-                or w < 1
-            ):
-                return None
-            rows = min(int(page.rowsperstrip), h)
-            per_band = -(-h // rows)
-            offsets, counts = page.dataoffsets, page.databytecounts
-            if len(offsets) != spp * per_band or len(counts) != len(offsets):
-                return None
-            raw_nodata = page.tags.valueof(42113)  # GDAL_NODATA
-    except (tifffile.TiffFileError, ValueError, KeyError, IndexError, TypeError, OSError):
-        return None
-    nodata = 0
-    if raw_nodata is not None:
-        try:
-            nodata = int(str(raw_nodata).strip())
-        except ValueError:
-            return None
-        if not np.iinfo(dtype).min <= nodata <= np.iinfo(dtype).max:
-            return None
-    dt = dtype.newbyteorder("<")
-    view = memoryview(data)
-    out = np.empty((len(idx), h, w), dtype=dt)
-    for j, band in enumerate(idx):
-        for s in range(per_band):
-            k = band * per_band + s
-            o, c = int(offsets[k]), int(counts[k])
-            r0, r1 = s * rows, min(h, (s + 1) * rows)
-            need = (r1 - r0) * w
-            strip: bytes | memoryview = view[o : o + c]
-            if compression != _TIFF_UNCOMPRESSED:
-                try:
-                    strip = zlib.decompress(strip)
-                except zlib.error:
-                    return None
-            if c == 0 or len(strip) < need * dt.itemsize:
-                return None
-            out[j, r0:r1] = np.frombuffer(strip, dtype=dt, count=need).reshape(r1 - r0, w)
-    if predictor == 2:
-        np.cumsum(out, axis=-1, dtype=dt, out=out)
-    return out, nodata
-
-
-def tif_dn(data: bytes, idx: Sequence[int]) -> tuple[np.ndarray, float]:
-    """Bands ``idx`` (0-based, in this order) of a GeoTIFF and its nodata value.
-
-    :func:`tif_dn_fast` for the layout geodelta writes, rasterio for any other GeoTIFF; both give
-    the same array (dtype, band order, values) for the same file.
-
-    Args:
-        data: the GeoTIFF file bytes.
-        idx: 0-based band indexes.
-
-    Returns:
-        ``(dn, nodata)``: a (len(idx), H, W) array and the file's nodata value (0 when unset).
-    """
-    fast = tif_dn_fast(data, idx)
-    if fast is not None:
-        return fast
-    from rasterio.io import MemoryFile
-
-    with MemoryFile(data) as mf, mf.open() as ds:
-        dn = ds.read([i + 1 for i in idx])
-        nodata = 0.0 if ds.nodata is None else float(ds.nodata)
-    return dn, nodata
-
-
-def _reflectance_into(
-    out: np.ndarray, dn: np.ndarray, dn_nodata: float, scale: float, offset: float, nodata: float
-) -> None:
-    """``out[...] = dn * scale + offset`` in float32, ``nodata`` where ``dn == dn_nodata``."""
-    import numpy as np
-
-    np.multiply(dn, np.float32(scale), out=out, dtype=np.float32)
-    out += np.float32(offset)
-    out[dn == dn_nodata] = nodata
-
-
-def _band_plan(
-    meta: Mapping[str, Any], bands: Sequence[str] | None, key: str
-) -> tuple[list[int], float, float]:
-    """``(band indexes, dn_scale, dn_offset)`` of a sample's GeoTIFFs for the bands asked."""
-    names = list(meta["bands"])
-    wanted = list(bands) if bands is not None else names
-    missing = [b for b in wanted if b not in names]
-    if missing:
-        raise LoaderError(f"bands {missing} not in sample {key} (it has {names})", source=key)
-    return [names.index(b) for b in wanted], float(meta["dn_scale"]), float(meta["dn_offset"])
-
-
 def _decode_geotiff(
     data: bytes,
     *,
@@ -502,10 +373,10 @@ def _decode_geotiff(
             "dn_offset); pass meta=",
             source=key,
         )
-    idx, scale, offset = _band_plan(meta, bands, key)
+    idx, scale, offset = band_plan(meta, bands, key)
     dn, dn_nodata = tif_dn(data, idx)
     out = np.empty(dn.shape, dtype=np.float32)
-    _reflectance_into(out, dn, dn_nodata, scale, offset, nodata)
+    reflectance_into(out, dn, dn_nodata, scale, offset, nodata)
     return out
 
 
@@ -539,6 +410,7 @@ _DECODERS: dict[Codec, Callable[..., Any]] = {
     "png-index": _decode_png_index,
     "png-instance": _decode_png_index,  # 16-bit PNG -> uint16 (y, x)
     "json": _decode_json,
+    "geotiff-index": decode_geotiff_index,  # uint8 GeoTIFF -> (band, y, x) as stored
 }
 
 
@@ -564,8 +436,9 @@ def decode_member(
 
     Returns:
         The member's decoded form (the table's ``decoded``): float32 reflectance
-        (band, y, x) for a GeoTIFF, uint8 (y, x, 3) for an RGB PNG, uint8 (y, x) for an index
-        PNG, Python values for JSON.
+        (band, y, x) for a GeoTIFF ((time, band, y, x) for ``series.tif``, ``bands`` kept per
+        date), uint8 (y, x, 3) for an RGB PNG, uint8 (y, x) for an index PNG, uint8
+        (band, y, x) for an index GeoTIFF, Python values for JSON.
 
     Raises:
         LoaderError: a member name the table does not know (named), a GeoTIFF without
@@ -578,6 +451,8 @@ def decode_member(
             "(a newer release? upgrade geodelta)",
             source=key,
         )
+    if name == "series.tif":  # date-major T*C bands
+        return decode_series_geotiff(data, meta=meta, bands=bands, nodata=nodata, key=str(key))
     return _DECODERS[row.codec](data, meta=meta, bands=bands, nodata=nodata, key=str(key))
 
 
@@ -624,10 +499,12 @@ def decode_sample(
     bands: Sequence[str] | None = None,
     decode: Decode = "torch",
     nodata: float = math.nan,
+    mode: Mode = "pair",
 ) -> dict[str, Any]:
     """Decode one raw webdataset sample (member name -> bytes) into the TorchGeo-like dict.
 
-    Each member it reads (:data:`DECODED_MEMBERS`) is decoded by :func:`decode_member`.
+    Each member it reads (:data:`DECODED_MEMBERS`; with ``mode="series"``
+    :data:`geodelta._series.SERIES_DECODED_MEMBERS`) is decoded by :func:`decode_member`.
 
     Args:
         raw: the sample as webdataset yields it (``__key__``, ``__url__``, member bytes).
@@ -635,13 +512,15 @@ def decode_sample(
         decode: ``"torch"`` (tensors), ``"numpy"`` (arrays) or ``"raw"`` (the member bytes,
             untouched, plus ``meta``).
         nodata: value put where DN equals the tif's nodata value (0 in geodelta releases).
+        mode: ``"pair"`` (before/after) or ``"series"`` (every date, :mod:`geodelta._series`).
 
     Returns:
         ``{"image", "mask", "regions", "captions", "qa", "meta"}`` (see the module docstring;
-        ``regions`` only for releases with ``regions.png``).
+        ``regions`` only for releases with ``regions.png``); with ``mode="series"``
+        ``{"image", "dates", "mask", "first_change", "captions", "qa", "meta"}``.
 
     Raises:
-        LoaderError: a requested band is not in the sample.
+        LoaderError: a requested band is not in the sample; ``mode="series"`` on a pair sample.
     """
     import numpy as np
 
@@ -649,13 +528,19 @@ def decode_sample(
     meta: dict[str, Any] = decode_member("json", raw["json"], key=key)
     meta["__key__"] = key
     meta["__url__"] = raw.get("__url__")
+    if mode == "series":
+
+        def member(name: str) -> Any:
+            return decode_member(name, raw[name], meta=meta, bands=bands, nodata=nodata, key=key)
+
+        return decode_series_sample(raw, meta, bands=bands, decode=decode, decode_member=member)
     if decode == "raw":
         return {k: v for k, v in raw.items() if not k.startswith("__")} | {"meta": meta}
 
     def member_of(name: str) -> Any:
         return decode_member(name, raw[name], meta=meta, bands=bands, nodata=nodata, key=key)
 
-    _band_plan(meta, bands, key)  # a missing band fails before any GeoTIFF is read
+    band_plan(meta, bands, key)  # a missing band fails before any GeoTIFF is read
     meta["__bands__"] = list(bands) if bands is not None else list(meta["bands"])
     before, after = member_of("before.tif"), member_of("after.tif")
     if before.shape != after.shape:
@@ -697,6 +582,7 @@ def load(
     rank: int | None = None,
     world_size: int | None = None,
     transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    mode: Mode = "pair",
 ) -> ReleaseDataset:
     """A torch IterableDataset over a release's shards, one decoded sample at a time.
 
@@ -721,13 +607,18 @@ def load(
         world_size: number of nodes; ``None`` = :func:`rank_info`.
         transforms: applied to each decoded sample (``sample -> sample``), as TorchGeo's
             ``transforms=`` (with ``decode="raw"`` it gets the raw sample).
+        mode: ``"pair"`` (default; a series release reads as date 0 / date T-1) or
+            ``"series"``: ``image`` [T, C, H, W], ``dates``, ``mask`` [T-1, H, W],
+            ``first_change`` [H, W] (:mod:`geodelta._series`). A pair release refuses
+            ``"series"`` (by ``manifest["mode"]``; without a manifest, at its first sample).
 
     Returns:
         A :class:`geodelta._dataset.ReleaseDataset` (a ``webdataset.DataPipeline``, a torch
         ``IterableDataset``) with ``len()`` and ``plot``.
 
     Raises:
-        LoaderError: unknown split or decode mode, bad rank, unreadable manifest.
+        LoaderError: unknown split, decode or mode, bad rank, unreadable manifest,
+            ``mode="series"`` on a pair release.
     """
     import webdataset as wds
     from webdataset import tariterators
@@ -736,7 +627,12 @@ def load(
 
     if decode not in ("torch", "numpy", "raw"):
         raise LoaderError(f"decode must be 'torch', 'numpy' or 'raw' (got {decode!r})")
-    shards, counts = _resolve(url_or_dir, split)
+    if mode not in ("pair", "series"):
+        raise LoaderError(f"mode must be 'pair' or 'series' (got {mode!r})")
+    shards, counts, found = _resolve(url_or_dir, split)
+    if mode == "series" and found is not None and manifest_mode(found) != "series":
+        raise LoaderError(f"{PAIR_RELEASE} (manifest mode {manifest_mode(found)!r})",
+                          source=str(url_or_dir))  # fmt: skip
     env_rank, env_world = rank_info()
     r = env_rank if rank is None else rank
     w = env_world if world_size is None else world_size
@@ -751,13 +647,20 @@ def load(
         _open_shards,
         # decoded samples skip the members decode_sample never reads (the RGB and land-cover
         # PNGs) without copying them; "raw" keeps every member
-        functools.partial(_expand_tars, select=None if decode == "raw" else _is_decoded_member),
+        functools.partial(
+            _expand_tars,
+            select=None
+            if decode == "raw"
+            else (_is_series_member if mode == "series" else _is_decoded_member),
+        ),
         tariterators.group_by_keys,
     ]
     if shuffle > 0:
         stages.append(wds.shuffle(shuffle, seed=seed))
     stages.append(
-        wds.map(functools.partial(decode_sample, bands=bands, decode=decode, nodata=nodata))
+        wds.map(
+            functools.partial(decode_sample, bands=bands, decode=decode, nodata=nodata, mode=mode)
+        )
     )
     if transforms is not None:
         stages.append(wds.map(transforms))

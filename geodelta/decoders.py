@@ -11,19 +11,22 @@ members table (:mod:`geodelta.schemas.members`), through :func:`geodelta.data.de
 
         wds.WebDataset(urls).decode(geodelta.data.webdataset_handler, "rgb8")
 
-    GeoTIFF -> uint16 DN (band, y, x), every band (a handler sees one member, not the sample's
-    ``json``: for reflectance map :func:`geodelta.data.decode_members` over raw samples
-    instead); index/instance PNG -> the stored values (uint8 / uint16 (y, x)); RGB PNG -> uint8
-    (y, x, 3); JSON -> Python values. A member the table does not know is left to the next
-    handler.
+    GeoTIFF -> uint16 DN (band, y, x), every band (``series.tif``: its T*C bands, date-major;
+    a handler sees one member, not the sample's ``json``: for reflectance map
+    :func:`geodelta.data.decode_members` over raw samples instead); index GeoTIFF
+    (``step_masks.tif``) -> uint8 codes (step, y, x); index/instance PNG -> the stored values
+    (uint8 / uint16 (y, x)); RGB PNG -> uint8 (y, x, 3); JSON -> Python values. A member the
+    table does not know is left to the next handler.
 ``hf_features``
     the :class:`datasets.Features` of a shard sample (the dataset card's front matter lists the
     same): GeoTIFFs stay ``binary``, PNGs are ``Image()``, JSON members ``Json()``. Pass it to
-    ``load_dataset("webdataset", data_files=..., features=hf_features())``;
+    ``load_dataset("webdataset", data_files=..., features=hf_features())``
+    (``hf_features("series")`` for a series release);
     ``load_dataset(<release folder>)`` reads it from the card.
 ``hf_transform``
     a batch transform for ``Dataset.with_transform``: GeoTIFF bytes -> float32 reflectance
-    (band, y, x) with NaN for nodata, PNG images -> numpy arrays of the stored values.
+    (band, y, x) with NaN for nodata (``series.tif``: (time, band, y, x)), index GeoTIFF bytes
+    -> uint8 codes (step, y, x), PNG images -> numpy arrays of the stored values.
 
 torch, webdataset and datasets are not imported here (``datasets`` only inside
 :func:`hf_features`).
@@ -69,15 +72,25 @@ def webdataset_handler(key: str, data: bytes) -> Any:
     return decode_member(name, data)
 
 
-def hf_features() -> datasets.Features:
+def hf_features(mode: str = "pair") -> datasets.Features:
     """The Hugging Face features of a shard sample (GeoTIFFs as bytes, PNGs as images).
+
+    Args:
+        mode: the release's mode (``manifest["mode"]``): ``"pair"`` or ``"series"`` (the pair
+            members, then ``series.tif``, ``dates.json``, ``first_change.png``,
+            ``step_masks.tif``).
 
     Returns:
         ``datasets.Features`` for ``load_dataset("webdataset", ..., features=hf_features())``.
+
+    Raises:
+        LoaderError: an unknown mode.
     """
     from datasets import Features
 
-    return Features._from_yaml_list(_hf_feature_list())
+    if mode not in ("pair", "series"):
+        raise LoaderError(f"mode must be 'pair' or 'series' (got {mode!r})")
+    return Features._from_yaml_list(_hf_feature_list(mode))
 
 
 def _decode_value(name: str, value: Any, meta: Mapping[str, Any] | None, nodata: float) -> Any:
@@ -87,7 +100,7 @@ def _decode_value(name: str, value: Any, meta: Mapping[str, Any] | None, nodata:
     row = _member(name)
     if row is None or value is None:
         return value
-    if row.codec == "geotiff":
+    if row.codec in ("geotiff", "geotiff-index"):
         if not isinstance(value, bytes):
             raise LoaderError(
                 f"{name} came out of datasets as {type(value).__name__}, not bytes: its feature "

@@ -173,14 +173,18 @@ def check_config(cfg: BuildConfig) -> list[str]:
     return profile_problems(cfg)
 
 
-def write_demo_catalog(out_dir: str | Path, *, seed: int = 0, scale: float = 1.0) -> DemoCatalog:
+def write_demo_catalog(
+    out_dir: str | Path, *, seed: int = 0, scale: float = 1.0, series: bool = False
+) -> DemoCatalog:
     """Write the SYNTHETIC demo STAC catalog (scenes, land cover, truth) into ``out_dir``.
 
-    ``scale``: AOI size factor (1 = the demo AOI). Returns where its catalog, AOI and truth are.
+    ``scale``: AOI size factor (1 = the demo AOI); ``series``: five summers of imagery and
+    yearly land cover (2018-2022) for sequence builds instead of the two of the pair demo.
+    Returns where its catalog, AOI and truth are.
     """
     from geodelta.sources.demo.catalog import write_demo_catalog as write
 
-    return write(out_dir, seed=seed, scale=scale)
+    return write(out_dir, seed=seed, scale=scale, series=series)
 
 
 def output_location(cfg: BuildConfig) -> str:

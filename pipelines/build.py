@@ -340,13 +340,12 @@ def _drop_staging(cfg: BuildConfig, staging_root: str | Path) -> None:
 
 
 def check_series(cfg: BuildConfig) -> None:
-    """Refuse ``time.series``: sequence builds are not wired yet (issue 15), so nothing
-    half-works; the section is validated at load, its date selection is
-    :mod:`geodelta.pipelines.stages.series`."""
-    if cfg.time.series is not None:
+    """Refuse a ``time.series`` build that cannot work: sequences are labelled by a yearly
+    land-cover map per date (``labels.kind: landcover``)."""
+    if cfg.time.series is not None and cfg.labels.kind != "landcover":
         raise BuildError(
-            "time.series is set but sequence builds are not available yet (only pairs are "
-            "built); remove time.series to build pairs from time.t0 / time.t1"
+            f"time.series needs labels.kind: landcover (a land-cover map per date), not "
+            f"{cfg.labels.kind!r}; set labels.kind: landcover or remove time.series"
         )
 
 

@@ -21,6 +21,7 @@ from geodelta.errors import GeodeltaError
 from geodelta.pipelines import api, cli_export, cli_snapshot  # noqa: F401  (their commands)
 from geodelta.pipelines.cli_common import (  # noqa: F401  (re-exported: cli.app, cli._say...)
     DEMO_CONFIG,
+    DEMO_SERIES_CONFIG,
     REPO_ROOT,
     _fail,
     _load,
@@ -247,9 +248,12 @@ def demo_catalog(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the synthetic catalog to")],
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
     scale: Annotated[float, typer.Option(help="AOI size factor (1 = the demo AOI)")] = 1.0,
+    series: Annotated[
+        bool, typer.Option("--series", help="Five summers 2018-2022 for sequence builds")
+    ] = False,
 ) -> None:
     """Write the SYNTHETIC demo STAC catalog (scenes, land cover, truth)."""
-    cat = api.write_demo_catalog(out_dir, seed=seed, scale=scale)
+    cat = api.write_demo_catalog(out_dir, seed=seed, scale=scale, series=series)
     typer.echo(str(cat.catalog_path))
 
 
@@ -280,15 +284,25 @@ def demo(
         bool, typer.Option(help="Train the reference model on the release (train-reference)")
     ] = True,
     yes: Annotated[bool, typer.Option("--yes", help="Build even over a budget limit")] = False,
+    series: Annotated[
+        bool,
+        typer.Option(
+            "--series",
+            help="Sequences: five summers 2018-2022 (configs/demo-series.yaml, out build/demo-series)",
+        ),
+    ] = False,
 ) -> None:
     """Write the synthetic demo catalog, build a release from it, train the reference model on
     it, verify it."""
+    if series:
+        config = DEMO_SERIES_CONFIG if config == DEMO_CONFIG else config
+        out_dir = Path("build/demo-series") if out_dir == Path("build/demo") else out_dir
     out_dir = out_dir.resolve()
     annotation = _annotation_overrides(annotator, base_url, model, api_key_env)
     overrides: dict[str, Any] = {"annotation": annotation} if annotation else {}
     _check_annotator(_load(config, overrides))  # before minutes of catalog writing
     _say(f"writing the synthetic demo catalog to {out_dir / 'catalog'}")
-    cat = api.write_demo_catalog(out_dir / "catalog", scale=scale)
+    cat = api.write_demo_catalog(out_dir / "catalog", scale=scale, series=series)
     overrides["catalog"] = {"url": str(cat.catalog_path)}
     overrides["output"] = {"dir": str(out_dir / "release")}
     if scale != 1.0:

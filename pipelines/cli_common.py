@@ -100,6 +100,7 @@ def _main(
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+DEMO_SERIES_CONFIG = REPO_ROOT / "configs" / "demo-series.yaml"
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:

@@ -48,6 +48,20 @@ def _reference_lines(m: Any) -> list[str]:
         f"(chance R@1 {r.chance_recall_at_1:.3f})",
         f"reference captions ({c.samples} samples): BLEU-4 {c.bleu4:.3f} ROUGE-L "
         f"{c.rouge_l:.3f} CIDEr {c.cider:.3f}",
+        *_temporal_line(m),
+    ]
+
+
+def _temporal_line(m: Any) -> list[str]:
+    """The hard-negative retrieval of a sequence release (none for pairs)."""
+    t = getattr(m, "retrieval_temporal", None)
+    if t is None:
+        return []
+    return [
+        f"reference retrieval with {t.hard_negatives} same-place other-date negatives "
+        f"(gallery {t.gallery}): R@1 {t.recall_at_1:.3f} (chance {t.chance_recall_at_1:.3f}), "
+        f"temporal R@1 {t.temporal_recall_at_1:.3f} (chance "
+        f"{t.chance_temporal_recall_at_1:.3f})"
     ]
 
 

@@ -229,8 +229,27 @@ class TimeConfig(Section):
     t0: TimeWindow = Field(description="(start, end) of the before window, UTC")
     t1: TimeWindow = Field(description="(start, end) of the after window, UTC")
     series: SeriesConfig | None = Field(
-        default=None, description="Sequence mode (N dates per cell; not built yet); None = pairs"
+        default=None,
+        description="Sequence mode (N dates per cell, one per window); None = pairs. With it, "
+        "t0 and t1 may be left out: they default to the first and the last window",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _series_windows_as_t0_t1(cls, data: Any) -> Any:
+        """With ``series`` and no ``t0``/``t1``: the first and the last series window."""
+        if not isinstance(data, dict) or data.get("series") is None:
+            return data
+        if "t0" in data and "t1" in data:
+            return data
+        from geodelta.schemas.series import series_windows
+
+        windows = series_windows(SeriesConfig.model_validate(data["series"]))
+        return {
+            "t0": (windows[0].start, windows[0].end),
+            "t1": (windows[-1].start, windows[-1].end),
+            **data,
+        }
 
     @model_validator(mode="after")
     def _ordered(self) -> TimeConfig:

@@ -31,6 +31,7 @@ from typing import Any, Literal
 from geodelta.schemas.config import BuildConfig
 from geodelta.schemas.qa import (
     COUNT_QA_TYPES,
+    PAIR_QA_TYPES,
     QA_TYPES,
     RATIO_QA_TYPES,
     REQUIRED_QA_TYPES,
@@ -393,7 +394,13 @@ def _captions_suite(cfg: BuildConfig) -> tuple[ExpectationSpec, ...]:
 def _qa_suite(cfg: BuildConfig) -> tuple[ExpectationSpec, ...]:
     bins = [label for label, _, _ in CHANGE_RATIO_BINS]
     return (
-        _in_set("type", list(QA_TYPES), "a known QA type"),
+        # a sequence release (time.series) also holds the temporal types; a pair release's
+        # suite names the pair types only, as before them (same bytes)
+        _in_set(
+            "type",
+            list(QA_TYPES if cfg.time.series is not None else PAIR_QA_TYPES),
+            "a known QA type",
+        ),
         _not_null("answer"),
         _regex("answer", NON_BLANK_PATTERN, "the answer is not blank"),
         _in_set("answer_yes_no", ["yes", "no"], f"{', '.join(YES_NO_QA_TYPES)}: 'yes' or 'no'"),

@@ -11,6 +11,10 @@ that is not in this table is reported by verify and by the loader, never skipped
 Adding an output member: one row here, the bytes in ``encode_members``, a decoder in
 ``geodelta.data`` when its codec is new.
 
+A series release (issue 15, config ``time.series``) carries every pair member, unchanged in
+meaning (before = date 0, after = date T-1), then the :data:`SERIES_MEMBERS`;
+:func:`members_for` gives the members of a release mode.
+
 This module is pure data and imports nothing from geodelta: the ground-floor loader
 ``geodelta/data.py`` reads it, the one allowed upward edge from the ground floor
 (``geodelta.data`` -> ``geodelta.schemas.members``).
@@ -25,18 +29,36 @@ __all__ = [
     "CODECS",
     "HF_DTYPES",
     "MEMBERS",
+    "MODES",
     "SAMPLE_MEMBERS",
+    "SERIES_MEMBERS",
+    "SERIES_SAMPLE_MEMBERS",
     "Codec",
     "Member",
+    "Mode",
     "hf_feature_list",
     "member",
+    "members_for",
 ]
 
 #: How a member's bytes are encoded.
-Codec = Literal["geotiff", "png-rgb", "png-index", "png-instance", "json"]
+Codec = Literal["geotiff", "png-rgb", "png-index", "png-instance", "json", "geotiff-index"]
 
 #: Every codec, in the order the decoders are documented.
-CODECS: tuple[Codec, ...] = ("geotiff", "png-rgb", "png-index", "png-instance", "json")
+CODECS: tuple[Codec, ...] = (
+    "geotiff",
+    "png-rgb",
+    "png-index",
+    "png-instance",
+    "json",
+    "geotiff-index",
+)
+
+#: What a release holds per sample: a pair (two dates) or a series (T >= 3 dates).
+Mode = Literal["pair", "series"]
+
+#: Every release mode.
+MODES: tuple[Mode, ...] = ("pair", "series")
 
 #: The Hugging Face ``datasets`` feature dtype of each codec (the dataset card's
 #: ``dataset_info.features`` and :func:`geodelta.decoders.hf_features`): GeoTIFFs stay bytes
@@ -48,6 +70,7 @@ HF_DTYPES: dict[Codec, str] = {
     "png-index": "image",
     "png-instance": "image",
     "json": "json",
+    "geotiff-index": "binary",
 }
 
 
@@ -59,7 +82,8 @@ class Member:
         name: the member name, the tar member's suffix after ``<key>.`` (``before.tif``).
         codec: how the bytes are encoded: ``geotiff`` (uint16 multiband GeoTIFF), ``png-rgb``
             (8-bit RGB PNG), ``png-index`` (8-bit single-band PNG of class indexes),
-            ``png-instance`` (16-bit single-band PNG of instance ids) or ``json`` (UTF-8 JSON).
+            ``png-instance`` (16-bit single-band PNG of instance ids), ``json`` (UTF-8 JSON) or
+            ``geotiff-index`` (uint8 multiband GeoTIFF of class or transition codes).
         description: what the member holds; the dataset card prints it byte for byte.
         decoded: what :func:`geodelta.data.decode_member` returns for it.
     """
@@ -143,22 +167,76 @@ MEMBERS: tuple[Member, ...] = (
     ),
 )
 
+#: The members a series sample carries after :data:`MEMBERS` (issue 15), in tar order. T is the
+#: number of dates, C the number of bands; every raster is on date 0's grid (CRS + transform).
+SERIES_MEMBERS: tuple[Member, ...] = (
+    Member(
+        "series.tif",
+        "geotiff",
+        "every date of the sequence, co-registered onto date 0: uint16 GeoTIFF of T*C bands, "
+        "date-major (date 0 band 0, date 0 band 1, ..., date 1 band 0, ...), same encoding as "
+        'before.tif; band descriptions "YYYY-MM-DD band"',
+        "float32 reflectance (time, band, y, x), nodata -> NaN",
+    ),
+    Member(
+        "dates.json",
+        "json",
+        "the T dates in time order (SeriesDateMeta): item, acquisition time, window, clear and "
+        "valid fractions, label item, co-registration shift and residual onto date 0",
+        "list[dict] (SeriesDateMeta fields)",
+    ),
+    Member(
+        "first_change.png",
+        "png-index",
+        "first step at which each pixel changed: k = change between date k-1 and date k, "
+        "0 = never (or unknown)",
+        "uint8 step numbers (y, x)",
+    ),
+    Member(
+        "step_masks.tif",
+        "geotiff-index",
+        "per-step change masks: uint8 GeoTIFF of T-1 bands, band k = transition codes from date "
+        'k-1 to date k (as mask.png; 0 no change); band descriptions "YYYY-MM-DD..YYYY-MM-DD"',
+        "uint8 transition codes (step, y, x)",
+    ),
+)
+
 #: Member names in tar order (what ``manifest.json`` lists as ``members``).
 SAMPLE_MEMBERS: tuple[str, ...] = tuple(m.name for m in MEMBERS)
 
-_BY_NAME: dict[str, Member] = {m.name: m for m in MEMBERS}
+#: Member names of a series sample in tar order (the pair members, then the series members).
+SERIES_SAMPLE_MEMBERS: tuple[str, ...] = SAMPLE_MEMBERS + tuple(m.name for m in SERIES_MEMBERS)
+
+_BY_NAME: dict[str, Member] = {m.name: m for m in MEMBERS + SERIES_MEMBERS}
 
 
 def member(name: str) -> Member | None:
-    """The table row of a member name, or None for a name the table does not know."""
+    """The table row of a member name (pair or series), or None for a name the table does not know."""
     return _BY_NAME.get(name)
 
 
-def hf_feature_list() -> list[dict[str, str]]:
+def members_for(mode: str) -> tuple[Member, ...]:
+    """The members of a sample of a release mode, in tar order.
+
+    Args:
+        mode: ``"pair"`` (:data:`MEMBERS`) or ``"series"`` (:data:`MEMBERS` then
+            :data:`SERIES_MEMBERS`).
+
+    Raises:
+        ValueError: for any other mode (the message names the modes).
+    """
+    if mode == "pair":
+        return MEMBERS
+    if mode == "series":
+        return MEMBERS + SERIES_MEMBERS
+    raise ValueError(f"unknown release mode {mode!r} (expected one of: {', '.join(MODES)})")
+
+
+def hf_feature_list(mode: str = "pair") -> list[dict[str, str]]:
     """Hugging Face ``datasets`` features of a shard sample, as the card's YAML lists them.
 
-    ``__key__`` and ``__url__`` strings, then each member with its codec's dtype
-    (:data:`HF_DTYPES`), in table order.
+    ``__key__`` and ``__url__`` strings, then each member of the mode (:func:`members_for`) with
+    its codec's dtype (:data:`HF_DTYPES`), in table order.
     """
     keys = [{"name": "__key__", "dtype": "string"}, {"name": "__url__", "dtype": "string"}]
-    return keys + [{"name": m.name, "dtype": HF_DTYPES[m.codec]} for m in MEMBERS]
+    return keys + [{"name": m.name, "dtype": HF_DTYPES[m.codec]} for m in members_for(mode)]

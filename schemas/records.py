@@ -147,6 +147,20 @@ class ScenePair(Record):
         description="Land-cover item for the after date, or the item carrying the change mask",
     )
     score: float = Field(default=0.0, description="Pair score the pair stage maximised")
+    series: tuple[SceneRef, ...] = Field(
+        default=(),
+        description="Sequence mode: every chosen date in time order (before = the first, "
+        "after = the last); empty for a pair",
+    )
+    series_clear: tuple[float | None, ...] = Field(
+        default=(), description="Clear fraction of each date of ``series`` over the cell"
+    )
+    series_windows: tuple[int, ...] = Field(
+        default=(), description="Series window index of each date of ``series``"
+    )
+    series_labels: tuple[SceneRef, ...] = Field(
+        default=(), description="Land-cover item of each date of ``series`` (its year's map)"
+    )
 
     @property
     def key(self) -> str:
@@ -432,6 +446,100 @@ class CoregResult(Record):
     )
 
 
+# --------------------------------------------------------------------------------------------
+# What a sequence sample says (label stage -> annotate -> json / dates.json; issue 15), also
+# exported by geodelta.schemas.series
+# --------------------------------------------------------------------------------------------
+
+#: How a class's area went over a whole sequence (:class:`ClassTrend`).
+SERIES_TREND_WORDS: tuple[str, ...] = ("grew", "shrank", "stable")
+
+
+class SeriesDateMeta(Record):
+    """One date of a built sequence sample (one entry of ``dates.json``)."""
+
+    index: int = Field(ge=0, description="Position in the sequence, from 0 (the reference)")
+    window: int = Field(ge=0, description="Index of the series window it was chosen in")
+    item_id: str = Field(description="STAC item id of the scene")
+    datetime: UTCDatetime = Field(description="Acquisition time (UTC)")
+    clear_fraction: float | None = Field(
+        description="Pixel-level clear fraction over the cell (None without a classification band)"
+    )
+    valid_fraction: float = Field(ge=0, le=1, description="Fraction of pixels with data")
+    label_item: str | None = Field(
+        default=None, description="Land-cover item of this date's year (landcover labels)"
+    )
+    shift_px: tuple[float, float] = Field(
+        default=(0.0, 0.0),
+        description="(dy, dx) shift applied to register this date onto date 0 (0, 0 for date 0)",
+    )
+    residual_px: float = Field(
+        default=0.0, ge=0, description="Shift still measured after the correction (px)"
+    )
+
+
+class SeriesStep(Record):
+    """Step ``index`` of a sequence: from date ``index - 1`` to date ``index``."""
+
+    index: int = Field(ge=1, description="Step number k = 1..T-1 (date k-1 -> date k)")
+    start: UTCDatetime = Field(description="Acquisition time of date k-1")
+    end: UTCDatetime = Field(description="Acquisition time of date k")
+    changed_pixels: int = Field(ge=0, description="Valid pixels whose class changed at this step")
+
+
+class RegionHistory(Record):
+    """One region that changed at some step, followed through the whole sequence.
+
+    A region is an 8-connected component (at least ``min_region_px`` pixels) of the pixels
+    valid on every date whose class changed at one step or more (``first_change > 0``); ids by
+    decreasing size, ties by the first pixel in raster order. Its class at a date is the most
+    frequent class of its pixels at that date (ties: the lowest class index).
+    """
+
+    id: int = Field(ge=1, description="Region id (by decreasing size)")
+    pixels: int = Field(ge=1, description="Region size in pixels")
+    classes: tuple[str, ...] = Field(description="Dominant class at each date (length T)")
+    changed_steps: tuple[int, ...] = Field(
+        description="Steps k (1..T-1) at which the dominant class differs from date k-1's"
+    )
+    persistent: bool = Field(
+        description="True when the last date's dominant class differs from date 0's "
+        "(permanent); False when it came back (transient)"
+    )
+    bbox_px: tuple[int, int, int, int] = Field(
+        description="Pixel-edge box (x0, y0, x1, y1) holding the region"
+    )
+    box: tuple[int, int, int, int] = Field(description="The box normalised to 0..1000")
+    position: str = Field(description="Cell of the 3x3 grid holding the centroid")
+
+
+class ClassTrend(Record):
+    """The area of one class at each date of a sequence (pixels valid on every date)."""
+
+    class_name: str = Field(description="geodelta class label")
+    pixels: tuple[int, ...] = Field(description="Pixels of the class at each date (length T)")
+    trend: Literal["grew", "shrank", "stable"] = Field(
+        description="grew / shrank when last - first is beyond +/- threshold_px, else stable"
+    )
+    max_index: int = Field(ge=0, description="Date index of the largest area (first on ties)")
+
+
+class SeriesFacts(Record):
+    """Facts of a sequence sample, the ground truth of its temporal captions and QA."""
+
+    dates: tuple[UTCDatetime, ...] = Field(description="Acquisition times, in order (length T)")
+    shape: tuple[int, int] = Field(description="(height, width)")
+    valid_pixels: int = Field(ge=0, description="Pixels with a label on every date")
+    steps: tuple[SeriesStep, ...] = Field(description="The T-1 steps")
+    ever_changed_pixels: int = Field(ge=0, description="Valid pixels that changed at some step")
+    regions: tuple[RegionHistory, ...] = Field(description="Regions that changed, by size")
+    classes: tuple[ClassTrend, ...] = Field(
+        description="Every class present at some date, by class index"
+    )
+    min_region_px: int = Field(ge=1, description="Smallest region kept")
+    threshold_px: int = Field(ge=0, description="Area change a trend needs (pixels)")
+
+
 class SampleMeta(Record):
     """The ``json`` member of a shard sample (DESIGN.md)."""
 
@@ -509,8 +617,19 @@ class SampleMeta(Record):
         "to regions (phrase grounding); older samples have none",
     )
 
+    series: SeriesFacts | None = Field(
+        default=None,
+        description="Facts of a sequence sample (dates, steps, region histories, class "
+        "trends; geodelta.schemas.series.SeriesFacts); None = a pair sample",
+    )
+
     #: Optional fields left out of the json member when None (older samples have none of them).
-    OMIT_WHEN_NONE: ClassVar[tuple[str, ...]] = ("baseline_model", "fusion", "baseline_iou")
+    OMIT_WHEN_NONE: ClassVar[tuple[str, ...]] = (
+        "baseline_model",
+        "fusion",
+        "baseline_iou",
+        "series",
+    )
 
 
 QuarantineStage = Literal[
@@ -562,6 +681,10 @@ class ReleaseManifest(Record):
     config_hash: str = Field(description="sha256 of the normalised build config")
     config: dict[str, Any] = Field(description="The normalised build config")
     members: tuple[str, ...] = Field(description="Member names every sample carries")
+    mode: Literal["series"] | None = Field(
+        default=None,
+        description="'series' for a release of sequences (time.series); absent for pairs",
+    )
     splits: dict[str, int] = Field(description="Split -> number of samples")
     quarantined: dict[str, int] = Field(description="'stage:reason' -> number of records")
     shards: tuple[ShardInfo, ...] = Field(description="The shards")

@@ -4,7 +4,8 @@
 writes :class:`ReferenceMetrics`; ``geodelta release RELEASE_DIR`` checks them against the gate
 rules of the release's config (:class:`geodelta.schemas.config.GateConfig`) and refuses to publish
 when a rule fails. Gate rules name a metric by its dotted path (``masks.f1``,
-``retrieval.recall_at_5``, ``captions.cider``): :data:`GATE_METRICS` lists them all.
+``retrieval.recall_at_5``, ``captions.cider``; ``retrieval_temporal.recall_at_1`` on series
+releases): :data:`GATE_METRICS` lists them all.
 
 Importing this module imports pydantic only.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from geodelta.schemas.records import Record
 
@@ -51,6 +52,33 @@ class RetrievalMetrics(Record):
     gallery: int = Field(ge=0, description="Image pairs in the gallery")
     chance_recall_at_1: float = Field(ge=0, le=1, description="Recall@1 of a random ranking")
     text_encoder: str = Field(description="Frozen sentence encoder (package, version, model)")
+
+
+class TemporalRetrievalMetrics(Record):
+    """Text-to-interval retrieval with hard negatives (series releases only, issue 15).
+
+    Each caption of an evaluation series sample (dates d_0 .. d_{T-1}) queries a gallery that
+    holds every evaluation sample (interval d_0 -> d_{T-1}, from before.png/after.png) plus the
+    hard negatives: the other intervals d_i -> d_j (i < j) of every evaluation sequence, rendered
+    from ``series.tif`` as before.png is and embedded by the same pair encoder. A hit at k = the
+    caption's own sample among the k most similar; a tie with a hard negative counts as a miss.
+    ``temporal_*``: the same queries against their own place's intervals only (does the text
+    pin down *when*, not only *where*)."""
+
+    recall_at_1: float = Field(ge=0, le=1, description="Hit at 1 among samples + hard negatives")
+    recall_at_5: float = Field(ge=0, le=1, description="Hit at 5 among samples + hard negatives")
+    recall_at_10: float = Field(ge=0, le=1, description="Hit at 10 among samples + hard negatives")
+    temporal_recall_at_1: float = Field(
+        ge=0, le=1, description="Hit at 1 among the intervals of the query's own sequence"
+    )
+    queries: int = Field(ge=0, description="Captions of evaluation series samples used as queries")
+    samples: int = Field(ge=0, description="Evaluation series samples (sequences)")
+    hard_negatives: int = Field(ge=0, description="Other intervals of those sequences")
+    gallery: int = Field(ge=0, description="Evaluation samples + hard negatives")
+    chance_recall_at_1: float = Field(ge=0, le=1, description="1 / gallery")
+    chance_temporal_recall_at_1: float = Field(
+        ge=0, le=1, description="Mean over queries of 1 / intervals of the query's sequence"
+    )
 
 
 class CaptionMetrics(Record):
@@ -105,24 +133,55 @@ class ReferenceMetrics(Record):
     disagreement: DisagreementSummary | None = Field(
         default=None, description="Per-sample disagreement summary"
     )
+    retrieval_temporal: TemporalRetrievalMetrics | None = Field(
+        default=None,
+        description="Retrieval against same-place, different-date negatives (series releases "
+        "only; absent from a pair release's metrics.json)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _absent_when_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A pair release's metrics.json stays as it was: no ``retrieval_temporal`` key."""
+        data: dict[str, Any] = handler(self)
+        if self.retrieval_temporal is None:
+            data.pop("retrieval_temporal", None)
+        return data
+
+    def has_metric(self, name: str) -> bool:
+        """Whether these metrics hold gate metric ``name`` (the ``retrieval_temporal.*`` ones
+        only for a series release)."""
+        return name in GATE_METRICS and getattr(self, name.split(".", 1)[0]) is not None
 
     def metric(self, name: str) -> float:
         """The value of a gate metric by dotted path (``masks.f1``).
 
         Raises:
-            KeyError: ``name`` is not a gate metric; the message lists :data:`GATE_METRICS`.
+            KeyError: ``name`` is not a gate metric (the message lists :data:`GATE_METRICS`),
+                or a series-only metric of a pair release's metrics (:meth:`has_metric`).
         """
         if name not in GATE_METRICS:
             raise KeyError(
                 f"unknown reference metric {name!r}; use one of: {', '.join(GATE_METRICS)}"
             )
         section, field = name.split(".", 1)
+        if getattr(self, section) is None:
+            raise KeyError(
+                f"reference metric {name!r} is measured on series releases only (time.series); "
+                "these metrics have none"
+            )
         return float(getattr(getattr(self, section), field))
 
+
+#: Gate metrics of series releases only (:class:`TemporalRetrievalMetrics`).
+TEMPORAL_GATE_METRICS: tuple[str, ...] = tuple(
+    f"retrieval_temporal.{f}"
+    for f in ("recall_at_1", "recall_at_5", "recall_at_10", "temporal_recall_at_1")
+)
 
 #: Metric names a gate rule may use (``section.field`` of :class:`ReferenceMetrics`).
 GATE_METRICS: tuple[str, ...] = (
     *(f"masks.{f}" for f in ("precision", "recall", "f1", "iou")),
     *(f"retrieval.{f}" for f in ("recall_at_1", "recall_at_5", "recall_at_10")),
     *(f"captions.{f}" for f in ("bleu4", "rouge_l", "cider")),
+    *TEMPORAL_GATE_METRICS,
 )

@@ -22,13 +22,28 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field, model_validator
 
 from geodelta.schemas._section import Section
-from geodelta.schemas.records import Record, UTCDatetime
+from geodelta.schemas.records import (
+    SERIES_TREND_WORDS,
+    ClassTrend,
+    Record,
+    RegionHistory,
+    SeriesDateMeta,
+    SeriesFacts,
+    SeriesStep,
+    UTCDatetime,
+)
 
 __all__ = [
+    "SERIES_TREND_WORDS",
     "STEP_MONTHS",
+    "ClassTrend",
+    "RegionHistory",
     "SeriesConfig",
     "SeriesDate",
+    "SeriesDateMeta",
+    "SeriesFacts",
     "SeriesSelection",
+    "SeriesStep",
     "SeriesWindow",
     "series_windows",
 ]

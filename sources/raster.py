@@ -470,6 +470,30 @@ def clear_fraction(
     Raises:
         RasterReadError: the asset is missing or cannot be read.
     """
+    mask = read_clear_mask(
+        scene, asset_key, job, clear_classes, cloud_bits=cloud_bits, access=access
+    )
+    return float(mask.mean())
+
+
+def read_clear_mask(
+    scene: SceneRef,
+    asset_key: str,
+    job: TileJob,
+    clear_classes: Sequence[int],
+    *,
+    cloud_bits: Sequence[int] = (),
+    access: RasterAccess | None = None,
+) -> np.ndarray:
+    """The pixel-level clear mask of a scene over the cell, at the asset's native resolution.
+
+    The mask :func:`clear_fraction` averages (same read, same arguments): True where the
+    classification value is clear; nodata and pixels outside the asset are not clear. Sequence
+    date selection (:mod:`geodelta.pipelines.stages.series`) rates the dates of a cell on it.
+
+    Raises:
+        RasterReadError: the asset is missing or cannot be read.
+    """
     asset = scene.assets.get(asset_key)
     if asset is None:
         raise RasterReadError(
@@ -484,7 +508,7 @@ def clear_fraction(
         data, _ = _warp_read_in_env(
             asset, job, shape=shape, resampling=Resampling.nearest, item_id=scene.item_id
         )
-    return float(clear_mask(data, clear_classes, cloud_bits).mean())
+    return np.asarray(clear_mask(data, clear_classes, cloud_bits), dtype=bool)
 
 
 def clear_mask(

@@ -1,6 +1,7 @@
 """Sequences, foundations (issue 15): date selection by pixel clear fraction on the REAL eo-learn
 Sentinel-2 series (68 dates with s2cloudless masks, PROVENANCE.md section 1), the ``time.series``
-config section (validated at load, outside the hash when absent), and ``build`` refusing it."""
+config section (validated at load, outside the hash when absent), and ``build`` refusing a
+sequence that cannot work."""
 
 from __future__ import annotations
 
@@ -304,9 +305,16 @@ def test_build_check_rejects_a_window_spec_without_room(tmp_path: Path, demo_cat
 
 
 @pytest.mark.parametrize("check", [False, True])
-def test_build_refuses_a_series_config(tmp_path: Path, demo_catalog: Any, check: bool) -> None:
-    cfg = _config_file(tmp_path, demo_catalog, start="2016-01-01", end="2020-01-01")
-    args = ["build", str(cfg), "--no-progress"] + (["--check"] if check else [])
+def test_build_refuses_a_series_without_land_cover(
+    tmp_path: Path, demo_catalog: Any, check: bool
+) -> None:
+    """Sequences are labelled by a land-cover map per date: a change-mask label cannot work,
+    so it stops before any work, one line naming the key."""
+    path = _config_file(tmp_path, demo_catalog, start="2016-01-01", end="2020-01-01")
+    data = yaml.safe_load(path.read_text())
+    data["labels"] = {"kind": "change_mask", "asset": "mask"}
+    path.write_text(yaml.safe_dump(data))
+    args = ["build", str(path), "--no-progress"] + (["--check"] if check else [])
     line = _one_error(runner.invoke(app, args))
-    assert "sequence builds are not available yet" in line and "time.series" in line
+    assert "time.series needs labels.kind: landcover" in line and "'change_mask'" in line
     assert not (tmp_path / "release").exists()  # nothing written

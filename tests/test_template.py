@@ -21,7 +21,7 @@ from geodelta.annotators.template import (
 from geodelta.pipelines.stages.label import binary_mask, compute_facts, transition_mask
 from geodelta.schemas import ChangeFacts, QAItem
 from geodelta.schemas.classes import CLASS_INDEX
-from geodelta.schemas.qa import QA_TYPES, REQUIRED_QA_TYPES, YES_NO_QA_TYPES
+from geodelta.schemas.qa import PAIR_QA_TYPES, QA_TYPES, REQUIRED_QA_TYPES, YES_NO_QA_TYPES
 
 CLASS_TYPES = {
     "class_increase",
@@ -309,7 +309,10 @@ def test_claims_catch_wrong_yes_and_wrong_class() -> None:
 
 def test_qa_registry_is_the_one_list_of_types() -> None:
     """Every schema QA type has behaviour; required types apply always; groups match kinds."""
-    assert set(REGISTRY) == set(QA_TYPES)
+    from geodelta.annotators.temporal import TEMPORAL_REGISTRY  # the sequence types (issue 15)
+
+    assert set(REGISTRY) == set(PAIR_QA_TYPES)
+    assert set(REGISTRY) | set(TEMPORAL_REGISTRY) == set(QA_TYPES)
     assert REQUIRED_QA_TYPES == ("has_change", "change_ratio", "count_regions")
     assert YES_NO_QA_TYPES == ("has_change", "class_increase", "class_decrease")
     assert all(REGISTRY[t].answer_kind == "yes_no" for t in YES_NO_QA_TYPES)

@@ -21,9 +21,11 @@ if TYPE_CHECKING:
     from geodelta.annotators.llm.checks import check_output
     from geodelta.annotators.llm.prompt import (
         LLMOutput,
+        LLMSeriesOutput,
         PromptTemplate,
         facts_summary,
         response_schema,
+        series_summary,
     )
     from geodelta.annotators.llm.usage import LLMStats
 
@@ -32,11 +34,13 @@ __all__ = [
     "AnnotatorConfigError",
     "LLMAnnotator",
     "LLMOutput",
+    "LLMSeriesOutput",
     "LLMStats",
     "PromptTemplate",
     "check_output",
     "facts_summary",
     "response_schema",
+    "series_summary",
 ]
 
 _HOME = {
@@ -44,11 +48,13 @@ _HOME = {
     "AnnotatorConfigError": "geodelta.annotators.errors",
     "LLMAnnotator": "geodelta.annotators.llm.annotator",
     "LLMOutput": "geodelta.annotators.llm.prompt",
+    "LLMSeriesOutput": "geodelta.annotators.llm.prompt",
     "LLMStats": "geodelta.annotators.llm.usage",
     "PromptTemplate": "geodelta.annotators.llm.prompt",
     "check_output": "geodelta.annotators.llm.checks",
     "facts_summary": "geodelta.annotators.llm.prompt",
     "response_schema": "geodelta.annotators.llm.prompt",
+    "series_summary": "geodelta.annotators.llm.prompt",
 }
 
 

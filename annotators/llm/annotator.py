@@ -4,7 +4,10 @@ Shaped like Beam's ``ModelHandler`` and behind the interface of
 :class:`~geodelta.annotators.template.TemplateAnnotator`: make one :class:`LLMAnnotator` per
 worker (it owns one ``openai.AsyncOpenAI`` client on a private event-loop thread), then call
 :meth:`LLMAnnotator.annotate` per sample or :meth:`LLMAnnotator.annotate_batch` for many
-(requests then run concurrently, up to ``concurrency``).
+(requests then run concurrently, up to ``concurrency``). A sequence sample (issue 15) passes
+``series=`` (:class:`~geodelta.annotators.temporal.SeriesInput`: its sequence facts and
+land-cover stack): the prompt then carries the sequence's facts, the reply adds temporal
+captions and temporal QA, and every temporal claim is checked against the stack.
 
 For each sample:
 
@@ -65,6 +68,7 @@ from geodelta.annotators.llm.checks import check_output
 from geodelta.annotators.llm.prompt import PromptTemplate, response_schema
 from geodelta.annotators.llm.ratelimit import RateLimiter, backoff_delay, retry_after_seconds
 from geodelta.annotators.llm.usage import LLMStats, Reply, Spend
+from geodelta.annotators.temporal import SeriesInput
 from geodelta.errors import GeodeltaError
 from geodelta.schemas import SCHEMA_VERSION, Annotation, BuildConfig, ChangeFacts
 from geodelta.schemas.config import OpenAIConfig
@@ -178,6 +182,7 @@ class LLMAnnotator:
         self._loop = _LoopThread()
         self._holder: dict[str, Any] = {}
         self._sem: asyncio.Semaphore | None = None
+        self._series: dict[str, SeriesInput] = {}  # the running batch's sequence samples
         self._finalizer = weakref.finalize(self, _shutdown, self._loop, self._holder)
 
     @classmethod
@@ -253,7 +258,12 @@ class LLMAnnotator:
     # -- interface -----------------------------------------------------------------------------
 
     def annotate(
-        self, key: str, facts: ChangeFacts, *, images: tuple[bytes, bytes] | None = None
+        self,
+        key: str,
+        facts: ChangeFacts,
+        *,
+        images: tuple[bytes, bytes] | None = None,
+        series: SeriesInput | None = None,
     ) -> Annotation:
         """Captions and QA for one sample, every claim checked against the facts.
 
@@ -261,6 +271,9 @@ class LLMAnnotator:
             key: sample key.
             facts: the sample's facts.
             images: (before.png, after.png) bytes for vision models (``openai.vision``).
+            series: a sequence sample's facts and land-cover stack: the annotation then also
+                holds temporal captions (after the pair ones) and temporal QA items, each
+                checked against the stack.
 
         Returns:
             The checked annotation, with model, prompt version, tokens and cost.
@@ -269,7 +282,7 @@ class LLMAnnotator:
             AnnotationFailed: budget reached, endpoint unavailable after the retries, or no
                 reply passed the checks within ``max_fix_attempts``.
         """
-        result = self.annotate_batch([(key, facts)], images=[images])[0]
+        result = self.annotate_batch([(key, facts)], images=[images], series=[series])[0]
         if isinstance(result, AnnotationFailed):
             raise result
         return result
@@ -279,19 +292,26 @@ class LLMAnnotator:
         batch: Sequence[tuple[str, ChangeFacts]],
         *,
         images: Sequence[tuple[bytes, bytes] | None] | None = None,
+        series: Sequence[SeriesInput | None] | None = None,
     ) -> list[Annotation | AnnotationFailed]:
         """Annotate ``(key, facts)`` pairs concurrently (or through the Batch API), in order.
 
-        Failures are returned in place (dead-letter), not raised.
+        ``series`` gives, per sample, its sequence input (None for a pair sample). Failures
+        are returned in place (dead-letter), not raised.
         """
         imgs: list[tuple[bytes, bytes] | None] = (
             list(images) if images is not None else [None] * len(batch)
         )
-        if self.settings.batch:
-            run = run_batch_api(self, list(batch), imgs)
-        else:
-            run = self._run_concurrent(list(batch), imgs)
-        out: list[Annotation | AnnotationFailed] = self._loop.run(run)
+        seqs = list(series) if series is not None else [None] * len(batch)
+        self._series = {k: s for (k, _), s in zip(batch, seqs, strict=True) if s is not None}
+        try:
+            if self.settings.batch:
+                run = run_batch_api(self, list(batch), imgs)
+            else:
+                run = self._run_concurrent(list(batch), imgs)
+            out: list[Annotation | AnnotationFailed] = self._loop.run(run)
+        finally:
+            self._series = {}
         return out
 
     # -- one sample ----------------------------------------------------------------------------
@@ -309,12 +329,14 @@ class LLMAnnotator:
     def _messages(
         self, key: str, facts: ChangeFacts, images: tuple[bytes, bytes] | None
     ) -> list[dict[str, Any]]:
+        seq = self._series.get(key)
         return self.prompt.messages(
             key,
             facts,
             captions_per_sample=self.captions_per_sample,
             no_change_epsilon=self.no_change_epsilon,
             images=images if self.settings.vision else None,
+            series=seq.facts if seq is not None else None,
         )
 
     async def _one(
@@ -352,6 +374,7 @@ class LLMAnnotator:
             captions_per_sample=self.captions_per_sample,
             no_change_epsilon=self.no_change_epsilon,
             caption_chars=self.caption_chars,
+            series=self._series.get(key),
         )
         if parsed is None:
             return complaints, malformed
@@ -388,7 +411,9 @@ class LLMAnnotator:
 
     # -- one request ---------------------------------------------------------------------------
 
-    def _body(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    def _body(self, messages: list[dict[str, Any]], key: str | None = None) -> dict[str, Any]:
+        """The request body; a sequence sample's (``key`` in the running batch's series) asks
+        for the sequence reply schema."""
         s = self.settings
         body: dict[str, Any] = {
             "model": s.model,
@@ -399,7 +424,9 @@ class LLMAnnotator:
         if self.mode == "json_schema":
             body["response_format"] = {
                 "type": "json_schema",
-                "json_schema": response_schema(self.captions_per_sample),
+                "json_schema": response_schema(
+                    self.captions_per_sample, series=key is not None and key in self._series
+                ),
             }
         else:
             body["response_format"] = {"type": "json_object"}
@@ -469,7 +496,7 @@ class LLMAnnotator:
     async def _complete(self, key: str, messages: list[dict[str, Any]]) -> Reply:
         """One chat completion: cache, budget, rate limit, bounded retries."""
         while True:
-            body = self._body(messages)
+            body = self._body(messages, key)
             ck, hit = self._cached(body)
             if hit is not None:
                 return hit

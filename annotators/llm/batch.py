@@ -43,7 +43,7 @@ class BatchHost(Protocol):
         self, key: str, facts: ChangeFacts, images: tuple[bytes, bytes] | None
     ) -> list[dict[str, Any]]: ...
 
-    def _body(self, messages: list[dict[str, Any]]) -> dict[str, Any]: ...
+    def _body(self, messages: list[dict[str, Any]], key: str | None = None) -> dict[str, Any]: ...
 
     def _cached(self, body: dict[str, Any]) -> tuple[str, Reply | None]: ...
 
@@ -117,7 +117,7 @@ async def run_batch_api(
         for i, st in enumerate(states):
             if st.result is not None:
                 continue
-            body = host._body(st.messages)
+            body = host._body(st.messages, st.key)
             ck, hit = host._cached(body)
             if hit is not None:
                 replies[i] = hit

@@ -7,6 +7,13 @@ write them, and the task: the QA types that apply (:func:`geodelta.annotators.qa
 and the answer format of each (from its :class:`~geodelta.annotators.qa.QASpec`). The reply
 must match :func:`response_schema`, derived from the records.
 
+A sequence sample (issue 15) gets the same pair prompt, byte for byte, and after it the
+prompt file's ``=== series ===`` section: the sequence's facts
+(:class:`~geodelta.schemas.series.SeriesFacts`), a summary with the dates written ISO, and the
+temporal QA types that apply; its reply has ``temporal_captions`` besides the pair captions
+(:class:`LLMSeriesOutput`, ``response_schema(n, series=True)``). A pair sample's request names
+the pair QA types only (:data:`~geodelta.schemas.qa.PairQAType`), as before the temporal types.
+
 Every byte of a rendered prompt is part of the request body and so of its cache key: change a
 wording only with a new prompt version.
 """
@@ -28,12 +35,23 @@ from geodelta.annotators.errors import AnnotatorConfigError
 from geodelta.annotators.qa import REGISTRY, types_for
 from geodelta.annotators.qa.base import has_change
 from geodelta.annotators.template import format_hectares, format_percent
+from geodelta.annotators.temporal import TEMPORAL_REGISTRY, iso_day, series_types_for
 from geodelta.annotators.vocabulary import class_label
 from geodelta.schemas import Annotation, ChangeFacts, QAItem
-from geodelta.schemas.qa import QAType
+from geodelta.schemas.qa import PairQAType, QAType
 from geodelta.schemas.records import change_ratio_bin, component_box_px, normalised_box
+from geodelta.schemas.series import SeriesFacts
 
-__all__ = ["LLMOutput", "LLMQAItem", "PromptTemplate", "facts_summary", "response_schema"]
+__all__ = [
+    "LLMOutput",
+    "LLMQAItem",
+    "LLMSeriesOutput",
+    "LLMSeriesQAItem",
+    "PromptTemplate",
+    "facts_summary",
+    "response_schema",
+    "series_summary",
+]
 
 
 class LLMQAItem(BaseModel):
@@ -41,7 +59,7 @@ class LLMQAItem(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: QAType = Field(description=QAItem.model_fields["type"].description)
+    type: PairQAType = Field(description=QAItem.model_fields["type"].description)
     question: str = Field(min_length=1, description=QAItem.model_fields["question"].description)
     answer: str = Field(min_length=1, description=QAItem.model_fields["answer"].description)
 
@@ -53,6 +71,28 @@ class LLMOutput(BaseModel):
 
     captions: list[str] = Field(description=Annotation.model_fields["captions"].description)
     qa: list[LLMQAItem] = Field(description=Annotation.model_fields["qa"].description)
+
+
+class LLMSeriesQAItem(BaseModel):
+    """One QA item of a sequence sample: a pair type or a temporal type."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: QAType = Field(description=QAItem.model_fields["type"].description)
+    question: str = Field(min_length=1, description=QAItem.model_fields["question"].description)
+    answer: str = Field(min_length=1, description=QAItem.model_fields["answer"].description)
+
+
+class LLMSeriesOutput(BaseModel):
+    """What the model must return for a sequence sample: captions, temporal captions, QA."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    captions: list[str] = Field(description=Annotation.model_fields["captions"].description)
+    temporal_captions: list[str] = Field(
+        description="Captions about the sequence, each naming at least one date YYYY-MM-DD"
+    )
+    qa: list[LLMSeriesQAItem] = Field(description=Annotation.model_fields["qa"].description)
 
 
 def _strict(schema: Any) -> Any:
@@ -69,17 +109,79 @@ def _strict(schema: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=32)
-def response_schema(captions_per_sample: int) -> dict[str, Any]:
+def response_schema(captions_per_sample: int, *, series: bool = False) -> dict[str, Any]:
     """The JSON schema of the reply, derived from :class:`LLMOutput` (hence from the records).
 
-    The QA ``type`` enum is :data:`~geodelta.schemas.records.QAType`; the caption count is
+    The QA ``type`` enum is :data:`~geodelta.schemas.qa.PairQAType`; the caption count is
     fixed to ``captions_per_sample``. Strict-mode ready (closed objects, all required). Cached:
     do not modify the returned dict.
+
+    Args:
+        captions_per_sample: captions required.
+        series: the schema of a sequence sample's reply (:class:`LLMSeriesOutput`: every QA
+            type, and 1 to ``captions_per_sample`` temporal captions).
     """
-    schema = _strict(LLMOutput.model_json_schema())
+    if series:
+        schema = _strict(LLMSeriesOutput.model_json_schema())
+        schema["properties"]["temporal_captions"]["minItems"] = 1
+        schema["properties"]["temporal_captions"]["maxItems"] = captions_per_sample
+    else:
+        schema = _strict(LLMOutput.model_json_schema())
     schema["properties"]["captions"]["minItems"] = captions_per_sample
     schema["properties"]["captions"]["maxItems"] = captions_per_sample
-    return {"name": "geodelta_annotation", "strict": True, "schema": schema}
+    name = "geodelta_series_annotation" if series else "geodelta_annotation"
+    return {"name": name, "strict": True, "schema": schema}
+
+
+def series_summary(facts: SeriesFacts) -> dict[str, Any]:
+    """A sequence's facts as captions and answers must write them: dates ISO ``YYYY-MM-DD``,
+    class labels, each region's box and its changes with the acquisitions around them."""
+    days = [iso_day(d) for d in facts.dates]
+    steps = {
+        s.index: {
+            "from": days[s.index - 1],
+            "to": days[s.index],
+            "changed_pixels": s.changed_pixels,
+        }
+        for s in facts.steps
+    }
+    return {
+        "dates": days,
+        "steps": [steps[k] for k in sorted(steps)],
+        "regions": [
+            {
+                "id": r.id,
+                "box": list(r.box),
+                "position": r.position,
+                "pixels": r.pixels,
+                "class_at_each_date": [class_label(c) for c in r.classes],
+                "changes": [
+                    {
+                        "between": f"between {days[k - 1]} and {days[k]}",
+                        "from": class_label(r.classes[k - 1]),
+                        "to": class_label(r.classes[k]),
+                    }
+                    for k in r.changed_steps
+                ],
+                "change_count": len(r.changed_steps),
+                "permanence": (
+                    ("permanent" if r.persistent else "transient") if r.changed_steps else None
+                ),
+            }
+            for r in facts.regions
+        ],
+        "classes": [
+            {
+                "class": class_label(c.class_name),
+                "pixels_at_each_date": list(c.pixels),
+                "trend": c.trend,
+                "largest_on": (
+                    days[c.max_index] if c.pixels.count(max(c.pixels)) == 1 else "no single date"
+                ),
+            }
+            for c in facts.classes
+        ],
+    }
 
 
 def facts_summary(facts: ChangeFacts, no_change_epsilon: float) -> dict[str, Any]:
@@ -158,6 +260,9 @@ class PromptTemplate:
     """
 
     SECTIONS = ("system", "user", "fix")
+    #: Sections a prompt file may have: ``series``, appended to the user message of a sequence
+    #: sample.
+    OPTIONAL_SECTIONS = ("series",)
 
     def __init__(self, version: str) -> None:
         self.version = version
@@ -170,7 +275,11 @@ class PromptTemplate:
                 "openai.prompt_version",
                 f"prompt file {version}.txt lacks section(s) {', '.join(missing)}",
             )
-        self.templates = {k: string.Template(sections[k]) for k in self.SECTIONS}
+        self.templates = {
+            k: string.Template(sections[k])
+            for k in (*self.SECTIONS, *self.OPTIONAL_SECTIONS)
+            if k in sections
+        }
 
     def messages(
         self,
@@ -180,8 +289,23 @@ class PromptTemplate:
         captions_per_sample: int,
         no_change_epsilon: float = 0.0,
         images: tuple[bytes, bytes] | None = None,
+        series: SeriesFacts | None = None,
     ) -> list[dict[str, Any]]:
-        """The chat messages for one sample (system + user, images appended when given)."""
+        """The chat messages for one sample (system + user, images appended when given).
+
+        Args:
+            key: the sample key.
+            facts: the pair facts (date 0 -> date T-1 for a sequence sample).
+            captions_per_sample: captions (and at most as many temporal captions) to write.
+            no_change_epsilon: changed fractions at or below this read as "no change".
+            images: (before.png, after.png) for vision models.
+            series: a sequence sample's facts: the prompt file's ``series`` section is
+                appended to the user message (the pair part unchanged).
+
+        Raises:
+            AnnotatorConfigError: ``series`` given and the prompt file has no ``series``
+                section.
+        """
         types = types_for(facts, no_change_epsilon)
         task = {
             "captions": captions_per_sample,
@@ -204,6 +328,8 @@ class PromptTemplate:
                 "change', 'unchanged'), with no class, number or location."
             ),
         )
+        if series is not None:
+            user += "\n\n" + self._series_text(series, captions_per_sample)
         content: Any = user
         if images is not None:
             content = [{"type": "text", "text": user}]
@@ -215,6 +341,28 @@ class PromptTemplate:
             {"role": "system", "content": self.templates["system"].substitute()},
             {"role": "user", "content": content},
         ]
+
+    def _series_text(self, series: SeriesFacts, captions_per_sample: int) -> str:
+        """The ``series`` section for one sequence sample."""
+        template = self.templates.get("series")
+        if template is None:
+            raise AnnotatorConfigError(
+                "openai.prompt_version",
+                f"prompt file {self.version}.txt has no '=== series ===' section, which a "
+                "sequence sample needs; use a prompt version with one (e.g. change_v1)",
+            )
+        types = series_types_for(series)
+        task = {
+            "temporal_captions": f"1 to {captions_per_sample}",
+            "temporal_qa_types": types,
+            "answer_formats": {t: TEMPORAL_REGISTRY[t].answer_format for t in types},
+        }
+        return template.substitute(
+            series_facts=json.dumps(series.model_dump(mode="json"), sort_keys=True),
+            series_summary=json.dumps(series_summary(series), indent=1),
+            series_task=json.dumps(task),
+            n_temporal=captions_per_sample,
+        )
 
     def fix(self, complaints: Sequence[str]) -> dict[str, Any]:
         """The follow-up user message carrying the checker's complaints."""

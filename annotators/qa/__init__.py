@@ -9,6 +9,10 @@ The template annotator (:mod:`geodelta.annotators.template`), the claim checker
 (:mod:`geodelta.annotators.claims`) and the LLM annotator (:mod:`geodelta.annotators.llm`)
 dispatch through :data:`REGISTRY`. A new QA type is: its name in ``schemas/qa.py``, one module
 here, and one line in :data:`REGISTRY`.
+
+The temporal types of sequence samples (``schemas/qa.py`` ``TEMPORAL_QA_TYPES``) are not here:
+they are answered from the sequence, not from the pair facts, by
+:mod:`geodelta.annotators.temporal`.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from geodelta.annotators.qa import (
 )
 from geodelta.annotators.qa.base import QASpec
 from geodelta.schemas import ChangeFacts
-from geodelta.schemas.qa import QA_TYPES, REQUIRED_QA_TYPES
+from geodelta.schemas.qa import PAIR_QA_TYPES, REQUIRED_QA_TYPES
 
 __all__ = ["REGISTRY", "QASpec", "required_types", "spec", "types_for"]
 
@@ -56,10 +60,10 @@ REGISTRY: dict[str, QASpec] = {
     )
 }
 
-if set(REGISTRY) != set(QA_TYPES):  # every type of the schema has behaviour, and only those
+if set(REGISTRY) != set(PAIR_QA_TYPES):  # every pair type has behaviour, and only those
     raise TypeError(
-        f"annotators/qa: REGISTRY {sorted(REGISTRY)} differs from schemas.qa.QA_TYPES "
-        f"{sorted(QA_TYPES)}"
+        f"annotators/qa: REGISTRY {sorted(REGISTRY)} differs from schemas.qa.PAIR_QA_TYPES "
+        f"{sorted(PAIR_QA_TYPES)}"
     )
 
 
@@ -67,7 +71,7 @@ def spec(name: str) -> QASpec:
     """The behaviour of one QA type.
 
     Raises:
-        KeyError: not a QA type of :data:`geodelta.schemas.qa.QA_TYPES`.
+        KeyError: not a pair QA type (:data:`geodelta.schemas.qa.PAIR_QA_TYPES`).
     """
     return REGISTRY[name]
 

@@ -72,7 +72,7 @@ from geodelta.schemas import (
     SampleMeta,
     strip_secret,
 )
-from geodelta.schemas.members import SAMPLE_MEMBERS
+from geodelta.schemas.members import members_for
 
 __all__ = ["QUARANTINE_SCHEMA", "SAMPLES_SCHEMA", "write_release"]
 
@@ -227,8 +227,13 @@ def _quarantine_row(rec: QuarantineRecord) -> dict[str, Any]:
     return {**rec.model_dump(mode="json"), "geometry": cell_footprint_wkb(rec.cell_id)}
 
 
+def sample_members(cfg: BuildConfig) -> tuple[str, ...]:
+    """The members every sample of a release of ``cfg`` carries (pairs or sequences)."""
+    return tuple(m.name for m in members_for("pair" if cfg.time.series is None else "series"))
+
+
 def _load_metas(
-    staging: Staging, keys: Iterable[str]
+    staging: Staging, keys: Iterable[str], cfg: BuildConfig
 ) -> tuple[dict[str, SampleMeta], list[QuarantineRecord]]:
     """Read and check the ``json`` member of every staged sample.
 
@@ -237,7 +242,7 @@ def _load_metas(
     """
     metas: dict[str, SampleMeta] = {}
     dropped: list[QuarantineRecord] = []
-    expected = set(SAMPLE_MEMBERS)
+    expected = set(sample_members(cfg))
     for key in keys:
         cell_id = key.rsplit("_", 2)[0]  # key = {cell_id}_{t0}_{t1}
         try:
@@ -255,7 +260,7 @@ def _load_metas(
             continue
         if present != expected:
             detail = (
-                f"staged members differ from SAMPLE_MEMBERS (missing={sorted(expected - present)}, "
+                f"staged members differ from the members table (missing={sorted(expected - present)}, "
                 f"extra={sorted(present - expected)}); re-run the cell"
             )
             dropped.append(
@@ -357,7 +362,7 @@ def write_release(
     _clean(root)
 
     keys, staged_quarantine = staging.outcomes()
-    metas, dropped = _load_metas(staging, keys)
+    metas, dropped = _load_metas(staging, keys, cfg)
     dropped += _check_contract(root, cfg, staging, metas)
     places = _places(root, cfg, staging)
     quarantine = sorted(
@@ -408,7 +413,8 @@ def write_release(
         code_version=code_version,
         config_hash=cfg.config_hash(),
         config=_scrub_urls(cfg.recorded()),  # no local folder: same bytes anywhere
-        members=SAMPLE_MEMBERS,
+        members=sample_members(cfg),
+        mode="series" if cfg.time.series is not None else None,
         splits=splits,
         quarantined=funnel,
         shards=tuple(shards),

@@ -24,7 +24,7 @@ from geodelta.pipelines.release.layout import (
 )
 from geodelta.schemas import BuildConfig, SampleMeta, ShardInfo
 from geodelta.schemas.classes import BINARY_CHANGE, decode_transition
-from geodelta.schemas.members import MEMBERS, hf_feature_list
+from geodelta.schemas.members import hf_feature_list, members_for
 
 __all__ = ["dataset_card", "front_matter", "hf_license"]
 
@@ -84,7 +84,7 @@ def front_matter(cfg: BuildConfig, total: int, shards: Sequence[ShardInfo]) -> s
                 ],
             }
         ],
-        "dataset_info": {"config_name": "default", "features": hf_feature_list()},
+        "dataset_info": {"config_name": "default", "features": hf_feature_list(_mode(cfg))},
     }
     body = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
     return f"---\n{body}---\n"
@@ -144,10 +144,37 @@ _READ_WITH: dict[str, str] = {
     "png-instance": "`np.asarray(PIL.Image.open(io.BytesIO(b)))`: uint16 values as stored. Not "
     "webdataset's image decoders: they convert to 8 bits",
     "json": "`json.loads(b)`",
+    "geotiff-index": "`rasterio.open(io.BytesIO(b)).read()`: uint8 codes (band, y, x), every "
+    "band (one band per step)",
 }
 
 
-def _reading_lines(shards: Sequence[ShardInfo]) -> list[str]:
+def _mode(cfg: BuildConfig) -> str:
+    """The release mode of a config: ``series`` with ``time.series``, else ``pair``."""
+    return "pair" if cfg.time.series is None else "series"
+
+
+def _series_lines(cfg: BuildConfig) -> list[str]:
+    """What a sequence release adds to the card (nothing for pairs)."""
+    if cfg.time.series is None:
+        return []
+    s = cfg.time.series
+    return [
+        "## Sequences",
+        "",
+        f"Each sample is a sequence of at least {s.min_dates} dates, the clearest one per "
+        f"{s.step} window from {s.start:%Y-%m-%d} to {s.end:%Y-%m-%d} (pixel clear fraction >= "
+        f"{s.min_clear_fraction:g}), every date co-registered onto the first. The pair members "
+        "are its first and last date; `series.tif`, `dates.json`, `step_masks.tif` and "
+        '`first_change.png` hold every date and step. `geodelta.data.load(path, mode="series")` '
+        "yields `image` [T, C, H, W], `dates`, `mask` [T-1, H, W] and `first_change`; the "
+        "temporal QA types are when_appeared, which_first, change_count, permanence, "
+        "class_trend and max_area_date.",
+        "",
+    ]
+
+
+def _reading_lines(shards: Sequence[ShardInfo], mode: str = "pair") -> list[str]:
     """The card's "Reading the data" section: each member with plain tools, then HF datasets,
     webdataset, PyTorch (geodelta.data) and the GeoParquet sample table."""
     first = next((s.path for s in shards if s.split == "train"), None)
@@ -162,7 +189,10 @@ def _reading_lines(shards: Sequence[ShardInfo]) -> list[str]:
         "| member | read with |",
         "|---|---|",
     ]
-    lines += [f"| `{m.name}` | {_READ_WITH.get(m.codec, '(see geodelta.data)')} |" for m in MEMBERS]
+    lines += [
+        f"| `{m.name}` | {_READ_WITH.get(m.codec, '(see geodelta.data)')} |"
+        for m in members_for(mode)
+    ]
     lines += [
         "",
         "Reflectance = DN * `dn_scale` + `dn_offset` (both in the `json` member); DN 0 = no data. "
@@ -277,12 +307,13 @@ def dataset_card(
         "| member | content |",
         "|---|---|",
     ]
-    lines += [f"| `{m.name}` | {m.description} |" for m in MEMBERS]
+    lines += [f"| `{m.name}` | {m.description} |" for m in members_for(_mode(cfg))]
     lines += [
         "",
         "GeoTIFF values: reflectance = DN * 0.0001 - 0.1 (scale/offset also in the files); "
         "DN 0 = no data.",
         "",
+        *_series_lines(cfg),
         "## Change mask codes",
         "",
         "| code | from | to |",
@@ -302,7 +333,7 @@ def dataset_card(
         lines += ["", f"Details per record in `{QUARANTINE_TABLE}`."]
     else:
         lines.append("Nothing was quarantined.")
-    lines += _reading_lines(shards)
+    lines += _reading_lines(shards, _mode(cfg))
     lines += [
         "## Provenance",
         "",

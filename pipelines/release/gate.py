@@ -241,6 +241,25 @@ def _check_rule(
     )
 
 
+def _absent_metric(index: int, rule: GateRule) -> RuleResult:
+    """A rule on a metric these reference metrics do not hold (``retrieval_temporal.*`` of a
+    pair release): it fails, naming the rule to remove."""
+    return RuleResult(
+        index=index,
+        metric=rule.metric,
+        value=None,
+        previous=None,
+        min=rule.min,
+        max_drop=rule.max_drop,
+        passed=False,
+        skipped=(f"{rule.metric}: not in the reference metrics",),
+        message=(
+            f"gate: {rule.metric} is measured on series releases only (time.series) and this "
+            f"release has none; remove gate.rules[{index}] or build with time.series"
+        ),
+    )
+
+
 def check_gate(release_dir: str | Path, previous: str | Path | None = None) -> GateResult:
     """Check a release's reference metrics against its own gate.
 
@@ -311,8 +330,17 @@ def check_gate(release_dir: str | Path, previous: str | Path | None = None) -> G
     rules: list[RuleResult] = []
     if metrics is not None:
         for i, rule in enumerate(gate.rules):
+            if not metrics.has_metric(rule.metric):  # a series-only metric, a pair release
+                result = _absent_metric(i, rule)
+                rules.append(result)
+                problems.append(result.message)
+                continue
             value = metrics.metric(rule.metric)
-            before = prev_metrics.metric(rule.metric) if prev_metrics is not None else None
+            before = (
+                prev_metrics.metric(rule.metric)
+                if prev_metrics is not None and prev_metrics.has_metric(rule.metric)
+                else None
+            )
             result = _check_rule(i, rule, value, before, have_previous=prev_root is not None)
             rules.append(result)
             if not result.passed:

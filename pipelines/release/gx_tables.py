@@ -72,6 +72,17 @@ def _caption_no_change(captions: Sequence[Any]) -> str:
     return "no" if not any(says) else "mixed"
 
 
+def _pair_captions(rec: ReleaseRecord) -> Sequence[Any]:
+    """The captions about the pair (dates 0 and T-1): all of a pair sample's; a sequence
+    sample's without its temporal ones (those name dates: they may tell of a change that
+    came and went, which the pair's mask does not hold)."""
+    if rec.meta.series is None:
+        return rec.captions
+    from geodelta.annotators.temporal import is_temporal_caption
+
+    return [c for c in rec.captions if not (isinstance(c, str) and is_temporal_caption(c))]
+
+
 def cell_text(value: Any) -> str:
     """A table cell as text; a missing value (None, or NaN in pandas >= 3 string columns) is "None"."""
     return (
@@ -123,7 +134,7 @@ def _sample_row(rec: ReleaseRecord, cfg: BuildConfig) -> dict[str, Any]:
         "licence": m.licence,
         "attribution": m.attribution,
         "mask_no_change": "no" if changed else "yes",
-        "caption_no_change": _caption_no_change(rec.captions),
+        "caption_no_change": _caption_no_change(_pair_captions(rec)),
         "split_cell_conflicts": 0,
         "split_buffer_conflicts": 0,
         "crs_zone_offset": _zone_offset(m.crs, (min_lon + max_lon) / 2.0),

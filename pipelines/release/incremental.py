@@ -358,6 +358,8 @@ def _candidates(
 
     worker = Worker(cfg, code_version=code_version)
     out: dict[str, dict[str, Any]] = {}
+    if cfg.time.series is not None:  # a sequence reuses nothing yet: every cell is rebuilt
+        return out
     for whole in iter_blocks(cfg):
         block = restrict(whole, lambda c: c in prev.samples and c not in done)
         if block is None:

@@ -90,7 +90,8 @@ def write_manifest(release_dir: str | Path, manifest: ReleaseManifest) -> Releas
     root = Path(release_dir)
     files = tuple(sorted(manifest.files, key=lambda f: f.path))
     written = manifest.model_copy(update={"files": files})
-    data = redact_values(json_bytes(written.model_dump(mode="json")).decode("utf-8")).encode()
+    dumped = written.model_dump(mode="json", exclude={"mode"} if written.mode is None else None)
+    data = redact_values(json_bytes(dumped).decode("utf-8")).encode()
     write_atomic(root / MANIFEST_SHA256, checksum_line(hashlib.sha256(data).hexdigest(), MANIFEST))
     write_atomic(root / MANIFEST, data)
     return written

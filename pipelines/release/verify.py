@@ -43,11 +43,13 @@ from geodelta.pipelines.release.layout import (
 from geodelta.pipelines.release.manifest import manifest_sha256, recorded_sha256
 from geodelta.schemas import QAItem, ReleaseManifest, SampleMeta, parse_config
 from geodelta.schemas.config import recorded_hash
-from geodelta.schemas.members import MEMBERS, SAMPLE_MEMBERS, Codec, member
+from geodelta.schemas.members import SAMPLE_MEMBERS, Codec, member, members_for
+from geodelta.schemas.series import SeriesDateMeta
 
 __all__ = ["VerifyResult", "verify_release"]
 
 _QA_LIST = TypeAdapter(list[QAItem])
+_DATES_LIST = TypeAdapter(list[SeriesDateMeta])
 _MAX_PROBLEMS_PER_SHARD = 50
 #: PNG mode each PNG codec must have.
 _PNG_MODES: dict[Codec, str] = {"png-rgb": "RGB", "png-index": "L", "png-instance": "I;16"}
@@ -115,21 +117,30 @@ def _check_geotiff(
             if ds.crs is None:
                 problems.append(f"{where}: {name} has no CRS")
             if meta is not None:
-                if ds.count != len(meta.bands):
-                    problems.append(
-                        f"{where}: {name} has {ds.count} bands, json lists {len(meta.bands)}"
-                    )
+                want = _band_count(name, codec, meta)
+                if ds.count != want:
+                    problems.append(f"{where}: {name} has {ds.count} bands, the json says {want}")
                 if (ds.height, ds.width) != tuple(meta.shape):
                     problems.append(
                         f"{where}: {name} shape {(ds.height, ds.width)} != json shape "
                         f"{tuple(meta.shape)}"
                     )
-            if any(dt != "uint16" for dt in ds.dtypes):
-                problems.append(f"{where}: {name} dtype {ds.dtypes[0]}, expected uint16")
+            dtype = "uint8" if codec == "geotiff-index" else "uint16"
+            if any(dt != dtype for dt in ds.dtypes):
+                problems.append(f"{where}: {name} dtype {ds.dtypes[0]}, expected {dtype}")
             ds.read(1, window=((0, 1), (0, 1)))  # the data decodes
     except Exception as exc:  # rasterio raises several unrelated types on corrupt input
         problems.append(f"{where}: {name} does not decode as GeoTIFF ({exc})")
     return problems
+
+
+def _band_count(name: str, codec: Codec, meta: SampleMeta) -> int:
+    """Bands a GeoTIFF member must have: the json's bands; for a sequence, times its dates
+    (``series.tif``) or its steps (``step_masks.tif``)."""
+    dates = 0 if meta.series is None else len(meta.series.dates)
+    if codec == "geotiff-index":
+        return max(dates - 1, 0)
+    return len(meta.bands) * (dates if name == "series.tif" else 1)
 
 
 def _check_json(
@@ -148,6 +159,11 @@ def _check_json(
             _QA_LIST.validate_json(data)
         except ValidationError as exc:
             return [f"{where}: qa.json is not a list of QA items ({exc.error_count()} errors)"]
+    elif name == "dates.json":
+        try:
+            _DATES_LIST.validate_json(data)
+        except ValidationError as exc:
+            return [f"{where}: dates.json is not a list of dates ({exc.error_count()} errors)"]
     elif name != "json":
         try:
             json.loads(data)
@@ -164,6 +180,7 @@ _CHECKS: dict[Codec, _Check] = {
     "png-index": _check_png,
     "png-instance": _check_png,
     "json": _check_json,
+    "geotiff-index": _check_geotiff,
 }
 
 
@@ -200,7 +217,7 @@ def _check_sample(
                 f"{where}: json config_hash is {meta.config_hash[:12]} but {MANIFEST} says "
                 f"{manifest.config_hash[:12]}: the sample was built from another config"
             )
-    for m in MEMBERS:
+    for m in members_for(manifest.mode or "pair"):
         if m.name in members:
             problems.extend(_CHECKS[m.codec](where, m.name, members[m.name], m.codec, meta))
     return problems

@@ -32,6 +32,10 @@ image a PNG ``data:`` URI, no script, no external link. Sections (in page order,
     the sample footprints in lon/lat (rectangles coloured by split, the AOI box dashed).
 ``time``
     time-gap distribution.
+``series``
+    series releases only: dates per sample, the dates timeline, registration residual per date
+    index, first-change steps, regions and class trends, temporal QA balance, retrieval with
+    hard negatives (:mod:`.series`).
 ``validation``
     the Great Expectations summary written by the validate stage (``validation/summary.json``,
     with relative links into ``validation/`` for the Data Docs; "not run" when absent) and the
@@ -94,6 +98,7 @@ from geodelta.pipelines.report.sections import (
     time_section,
     transitions_section,
 )
+from geodelta.pipelines.report.series import series_section
 from geodelta.pipelines.report.validation import validation_section
 from geodelta.pipelines.report.verdict import verdict_section
 from geodelta.secrets import redact_values
@@ -123,6 +128,7 @@ _TOC = (
     ("coregistration", "Co-registration"),
     ("map", "Map"),
     ("time", "Time gap"),
+    ("series", "Dates and temporal QA"),
     ("validation", "Validation"),
     ("gallery", "Samples"),
     ("reference", "Reference model"),
@@ -164,6 +170,7 @@ def render_report(
     review = review_keys(rel.rows, review_count(rel.reference))
     scan_shards(rel, keep=[*worst, *others, *review[:REVIEW_THUMBNAILS]])
     prev = load_release(previous) if previous is not None else None
+    series = series_section(rel)  # None for a pair release
     sections = [
         verdict_section(rel, previous),  # the first screen: PUBLISH or DO NOT PUBLISH, and why
         *([diff_section(rel, prev, scores)] if prev is not None else []),
@@ -175,6 +182,7 @@ def render_report(
         coregistration_section(rel),
         map_section(rel),
         time_section(rel),
+        *([series] if series is not None else []),
         validation_section(rel, scores),
         gallery_section(rel, worst, others, scores),
         reference_section(rel, review),
@@ -189,7 +197,11 @@ def render_report(
             code_version=manifest.code_version,
             config_hash=manifest.config_hash[:12],
             compared=prev.manifest.version if prev is not None else None,
-            toc=[(i, t) for i, t in _TOC if i != "diff" or prev is not None],
+            toc=[
+                (i, t)
+                for i, t in _TOC
+                if (i != "diff" or prev is not None) and (i != "series" or series is not None)
+            ],
             sections=sections,
         )
     )

@@ -44,8 +44,20 @@ def annotate_sample(sample: Sample, annotator: Any, cfg: BuildConfig) -> Sample 
 
         rgb, vmax = rgb_indices(cfg), cfg.imagery.rgb_max_reflectance
         images = (rgb_png(sample.before, rgb, vmax), rgb_png(sample.after, rgb, vmax))
+    series = sample.series
     try:
-        annotation = annotator.annotate(sample.key, sample.facts, images=images)
+        if series is None:
+            annotation = annotator.annotate(sample.key, sample.facts, images=images)
+        else:  # a sequence: the LLM also writes the temporal part, checked against the stack
+            from geodelta.annotators.temporal import SeriesInput
+
+            assert series.facts is not None and series.lc is not None, "label the sequence first"
+            annotation = annotator.annotate(
+                sample.key,
+                sample.facts,
+                images=images,
+                series=SeriesInput(facts=series.facts, lc=series.lc),
+            )
     except AnnotationFailed as exc:
         return sample.quarantine("annotate", exc.reason, exc.detail)
     return dataclasses.replace(sample, annotation=annotation)

@@ -394,6 +394,17 @@ def _in_order(fn: Callable[[_T], _R], args: Iterable[_T], threads: int) -> Itera
                 fut.cancel()
 
 
+def series_span(cfg: Any) -> tuple[datetime, datetime] | None:
+    """The span a sequence build searches (first window's start, last window's end), or None
+    for pairs."""
+    if cfg.time.series is None:
+        return None
+    from geodelta.schemas.series import series_windows
+
+    windows = series_windows(cfg.time.series)
+    return windows[0].start, windows[-1].end
+
+
 def snapshot_items(cfg: Any, inner: Any, *, threads: int | None = None) -> list[dict[str, Any]]:
     """The item dicts of every search the build of ``cfg`` would make, without reading pixels.
 
@@ -425,8 +436,17 @@ def snapshot_items(cfg: Any, inner: Any, *, threads: int | None = None) -> list[
     labels = cfg.labels.searched_collection
     bc = cfg.runner.block_cells
 
+    span = series_span(cfg)
+
     def search_jobs(blocks: BlockSearch, jobs: list[TileJob]) -> None:
         for job in jobs:
+            if span is not None:  # a sequence: one search over every window (sequence.py)
+                found = blocks.search_cell(job, coll, span, cc)
+                if labels is not None:
+                    t_lo = min([span[0], *(s.datetime for s in found)])
+                    t_hi = max([span[1], *(s.datetime for s in found)])
+                    blocks.search_cell(job, (labels,), (t_lo, t_hi), None)
+                continue
             before = blocks.search_cell(job, coll, job.t0_window, cc)
             after = blocks.search_cell(job, coll, job.t1_window, cc)
             if labels is None:

@@ -30,9 +30,9 @@ from geodelta.annotators.caption_grounding import ground_captions
 from geodelta.errors import StageError
 from geodelta.pipelines.stages.label import region_image, region_records
 from geodelta.pipelines.stages.sample import Sample
-from geodelta.schemas import BuildConfig, SampleMeta
+from geodelta.schemas import Annotation, BuildConfig, SampleMeta
 from geodelta.schemas.members import SAMPLE_MEMBERS
-from geodelta.schemas.records import Transform
+from geodelta.schemas.records import GroundedCaption, Transform
 
 OUTPUT_DN_SCALE = 0.0001
 OUTPUT_DN_OFFSET = -0.1
@@ -311,9 +311,22 @@ def build_meta(
         code_version=code_version,
         config_hash=config_hash,
         regions=region_records(facts, crs=job.crs, transform=job.transform),
-        captions_grounded=ground_captions(ann.captions, facts),
+        captions_grounded=ground_captions(ann.captions, facts) + _temporal_grounded(sample),
+        series=None if sample.series is None else sample.series.facts,
         **_baseline_fields(sample),
     )
+
+
+def _temporal(sample: Sample) -> Annotation | None:
+    """The temporal annotation of a sequence sample (None for a pair)."""
+    return None if sample.series is None else sample.series.annotation
+
+
+def _temporal_grounded(sample: Sample) -> tuple[GroundedCaption, ...]:
+    """Temporal captions follow the pair's in captions.json; their regions are the sequence's
+    (the json's ``series.regions``), not regions.png's, so no phrase of theirs is grounded."""
+    t = _temporal(sample)
+    return () if t is None else tuple(GroundedCaption(text=c, spans=()) for c in t.captions)
 
 
 def _baseline_fields(sample: Sample) -> dict[str, Any]:
@@ -374,6 +387,10 @@ def rgb_indices(cfg: BuildConfig) -> tuple[int, int, int]:
     return (r, g, b)
 
 
+#: The temporal annotation of a pair: none.
+_NO_ANNOTATION = Annotation(captions=(), qa=(), annotator="none", annotator_version="0")
+
+
 def encode_members(sample: Sample, meta: SampleMeta, cfg: BuildConfig) -> dict[str, bytes]:
     """Encode a finished sample into its shard members.
 
@@ -394,6 +411,7 @@ def encode_members(sample: Sample, meta: SampleMeta, cfg: BuildConfig) -> dict[s
     """
     mask = _required(sample, sample.mask, "mask")
     ann = _required(sample, sample.annotation, "annotation")
+    temporal = _temporal(sample) or _NO_ANNOTATION
     _check_arrays(sample, cfg)
     rgb = rgb_indices(cfg)
     vmax = cfg.imagery.rgb_max_reflectance
@@ -415,7 +433,7 @@ def encode_members(sample: Sample, meta: SampleMeta, cfg: BuildConfig) -> dict[s
         "lc_before.png": index_png(lc_before),
         "lc_after.png": index_png(lc_after),
         "json": compact_json_bytes(meta_json(meta)),
-        "captions.json": compact_json_bytes(list(ann.captions)),
-        "qa.json": compact_json_bytes([q.model_dump(mode="json") for q in ann.qa]),
+        "captions.json": compact_json_bytes(list(ann.captions) + list(temporal.captions)),
+        "qa.json": compact_json_bytes([q.model_dump(mode="json") for q in ann.qa + temporal.qa]),
     }
     return {name: members[name] for name in SAMPLE_MEMBERS}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from geodelta.pipelines.stages.sample import Sample
 from geodelta.schemas import BuildConfig, QuarantineRecord
 
-__all__ = ["StagedSample", "finalize_sample"]
+__all__ = ["StagedSample", "check_temporal", "finalize_sample"]
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,35 @@ def finalize_sample(
     checked = validate_stage(sample, meta, cfg)
     if isinstance(checked, QuarantineRecord):
         return checked
-    return StagedSample(
-        cell_id=sample.pair.job.cell_id,
-        key=sample.key,
-        members=encode_members(sample, meta, cfg),
+    if sample.series is not None:
+        wrong = check_temporal(sample, cfg)
+        if wrong:
+            return sample.quarantine("validate", "temporal_claim", "; ".join(wrong))
+    members = encode_members(sample, meta, cfg)
+    if sample.series is not None:  # a sequence: the series members follow the pair's
+        from geodelta.pipelines.stages.encode_series import series_members
+
+        members.update(series_members(sample, meta))
+    return StagedSample(cell_id=sample.pair.job.cell_id, key=sample.key, members=members)
+
+
+def check_temporal(sample: Sample, cfg: BuildConfig) -> list[str]:
+    """What is false in a sequence sample's temporal captions and QA, re-derived from its
+    land-cover stack by the independent checker (:mod:`geodelta.annotators.temporal`); empty
+    when everything holds. A pair sample has nothing to check."""
+    series = sample.series
+    if series is None:
+        return []
+    if series.lc is None or series.annotation is None:
+        return ["the sequence has no land-cover stack or no temporal annotation"]
+    from geodelta.annotators.temporal import check_series_annotation
+
+    ann = series.annotation
+    return check_series_annotation(
+        ann.captions,
+        ann.qa,
+        series.lc,
+        [d.datetime for d in series.dates],
+        min_region_px=cfg.labels.min_region_px,
+        template=ann.annotator == "template-temporal",  # its own sentence forms only
     )

@@ -15,6 +15,8 @@ from geodelta.schemas import Annotation, ChangeFacts, CoregResult, QuarantineRec
 if TYPE_CHECKING:
     import numpy as np
 
+    from geodelta.schemas.series import SeriesDateMeta, SeriesFacts
+
 
 @dataclass(frozen=True)
 class BaselineResult:
@@ -34,6 +36,38 @@ class BaselineResult:
     threshold: float
     prob: np.ndarray
     iou: float
+
+
+@dataclass(frozen=True)
+class SeriesArrays:
+    """What a sequence sample holds beyond its pair (``time.series``; issue 15).
+
+    The pair of a sequence sample is its first and its last date: ``Sample.before`` is
+    ``stack[0]`` and ``Sample.after`` is ``stack[-1]`` (the same arrays, not copies).
+
+    Attributes:
+        dates: one record per date, in time order (shift and residual set by the coregister
+            stage, the label item by the label stage).
+        stack: (T, C, H, W) float32 reflectance on the cell grid; every date registered onto
+            date 0 once the coregister stage has run; NaN = no data.
+        context: per date, the registration band over the cell plus the margin (load stage,
+            when ``coregistration.margin_px`` > 0); dropped by the coregister stage.
+        lc: (T, H, W) uint8 land cover of each date (label stage).
+        step_masks: (T-1, H, W) uint8 transition codes of each step (label stage).
+        first_change: (H, W) uint8 first step at which each pixel changed, 0 = never.
+        facts: the temporal facts (label stage).
+        annotation: the temporal captions and QA (annotate stage), kept apart from the pair's
+            own so that each is checked by its own checker.
+    """
+
+    dates: tuple[SeriesDateMeta, ...]
+    stack: np.ndarray
+    context: tuple[np.ndarray, ...] | None = None
+    lc: np.ndarray | None = None
+    step_masks: np.ndarray | None = None
+    first_change: np.ndarray | None = None
+    facts: SeriesFacts | None = None
+    annotation: Annotation | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +93,7 @@ class Sample:
         valid: (H, W) bool, where the label is known on both dates (label stage).
         baseline: the baseline change model's output and the mask fusion (label stage, only
             when ``baseline.weights`` is configured).
+        series: the dates, stack and temporal labels of a sequence sample; None for a pair.
     """
 
     pair: ScenePair
@@ -75,6 +110,7 @@ class Sample:
     annotation: Annotation | None = None
     valid: np.ndarray | None = None
     baseline: BaselineResult | None = None
+    series: SeriesArrays | None = None
 
     @property
     def key(self) -> str:

@@ -164,9 +164,70 @@ class Worker:
             sample, self.cfg, code_version=self.code_version, config_hash=self.config_hash
         )
 
+    # -- sequences (time.series) -------------------------------------------------------------
+    def _clear_mask(self, scene: Any, job: TileJob) -> Any:
+        """Pixel-level clear mask of a scene over the cell; None without a classification band."""
+        asset = self.cfg.imagery.classification_asset
+        if asset is None or asset not in scene.assets:
+            return None
+        from geodelta.sources.raster import read_clear_mask
+
+        im = self.cfg.imagery
+        return read_clear_mask(
+            scene, asset, job, im.clear_classes, cloud_bits=im.cloud_bits, access=self.access
+        )
+
+    def series_pair(self, job: TileJob) -> ScenePair | QuarantineRecord:
+        """The pair stage of a sequence (:func:`~.sequence.search_series`)."""
+        from geodelta.pipelines.stages.sequence import search_series
+
+        catalog = self.catalog if self.block_search is None else self.block_search.for_cell(job)
+        return search_series(job, self.cfg, catalog, self._clear_mask)
+
+    def series_load(self, pair: ScenePair) -> Sample | QuarantineRecord:
+        """The load stage of a sequence (:func:`~.sequence.load_series`)."""
+        from geodelta.pipelines.stages.sequence import load_series
+
+        return load_series(pair, self.cfg, self.access)
+
+    def series_coregister(self, sample: Sample) -> Sample | QuarantineRecord:
+        """The coregister stage of a sequence (:func:`~.sequence.coregister_series`)."""
+        from geodelta.pipelines.stages.sequence import coregister_series
+
+        bands = self.cfg.imagery.bands
+        band = self.cfg.coregistration.band or bands[-1]
+        return coregister_series(sample, self.cfg.coregistration, band_index=bands.index(band))
+
+    def series_label(self, sample: Sample) -> Sample | QuarantineRecord:
+        """The label stage of a sequence (:func:`~.sequence.label_series_sample`), its pair
+        mask fused with the baseline model as a pair's is."""
+        from geodelta.pipelines.stages.sequence import label_series_sample
+
+        labelled = label_series_sample(sample, self.cfg, self.access)
+        if self.baseline is None or isinstance(labelled, QuarantineRecord):
+            return labelled
+        from geodelta.pipelines.stages.fuse import fuse_with_model
+
+        return fuse_with_model(labelled, self.baseline, self.cfg)
+
+    def series_annotate(self, sample: Sample) -> Sample | QuarantineRecord:
+        """The annotate stage of a sequence (:func:`~.sequence.annotate_series_sample`)."""
+        from geodelta.pipelines.stages.sequence import annotate_series_sample
+
+        return annotate_series_sample(sample, self.annotator, self.cfg)
+
     # -- chaining ----------------------------------------------------------------------------
     def steps(self) -> list[tuple[QuarantineStage, Callable[[Any], Any]]]:
         """The stages in order, each with the stage name its failures are recorded under."""
+        if self.cfg.time.series is not None:
+            return [
+                ("pair", self.series_pair),
+                ("load", self.series_load),
+                ("coregister", self.series_coregister),
+                ("label", self.series_label),
+                ("annotate", self.series_annotate),
+                ("validate", self.finalize),
+            ]
         return [
             ("pair", self.pair),
             ("load", self.load),

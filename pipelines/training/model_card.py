@@ -84,6 +84,24 @@ def _metrics_table(metrics: ReferenceMetrics) -> list[str]:
         f"{m.threshold}. Retrieval: {r.queries} caption queries against a gallery of {r.gallery} "
         f"pairs. Captions: {c.samples} samples, tokenizer {c.tokenizer}.",
         "",
+        *_temporal_retrieval(metrics),
+    ]
+
+
+def _temporal_retrieval(metrics: ReferenceMetrics) -> list[str]:
+    """Retrieval with hard negatives (series releases only; nothing for a pair release)."""
+    t = metrics.retrieval_temporal
+    if t is None:
+        return []
+    return [
+        "Retrieval with hard negatives (series release): each caption of the "
+        f"{t.samples} evaluation sequences against {t.gallery} image pairs, the evaluation "
+        f"samples plus {t.hard_negatives} other intervals of the same places: Recall@1 "
+        f"{_fmt(t.recall_at_1)} (chance {_fmt(t.chance_recall_at_1)}), Recall@5 "
+        f"{_fmt(t.recall_at_5)}, Recall@10 {_fmt(t.recall_at_10)}; among the same place's "
+        f"intervals only, Recall@1 {_fmt(t.temporal_recall_at_1)} (chance "
+        f"{_fmt(t.chance_temporal_recall_at_1)}).",
+        "",
     ]
 
 

@@ -77,6 +77,7 @@ from geodelta.pipelines.training.retrieval import (
     train_retrieval,
 )
 from geodelta.pipelines.training.shards import ShardError, split_urls
+from geodelta.pipelines.training.temporal_retrieval import release_temporal_retrieval
 from geodelta.schemas import FileInfo, ReleaseManifest
 from geodelta.schemas.config import ReferenceConfig
 from geodelta.schemas.reference import MaskMetrics, ReferenceMetrics, WeightsRef
@@ -300,6 +301,8 @@ def _train(
     say(f"text encoder: loading {TEXT_ENCODER}")
     train_caps, eval_caps = _read_captions(root, cfg, train_urls, eval_urls)
     retrieval = train_retrieval(train_urls, eval_urls, train_caps, eval_caps, cfg, say)
+    # 3b. series releases: against same-place, different-date negatives (None for pairs)
+    temporal = release_temporal_retrieval(manifest, retrieval, eval_urls, eval_caps, say)
     # 4. captions: nearest-neighbour consensus
     captions = score_captions(retrieval, train_caps, eval_caps, cfg, say)
     saved_pair = _save_pair_encoder(root, manifest, cfg, retrieval)
@@ -323,6 +326,7 @@ def _train(
         disagreement=disagreement_summary(
             scores, smoothing=cfg.disagreement_smoothing, top=cfg.review_top
         ),
+        retrieval_temporal=temporal,
     )
     _write_reference(root, manifest, metrics, captions, eval_caps, retrieval.eval_keys, scores)
     _update_manifest(root, manifest, _written(root, saved, saved_pair))

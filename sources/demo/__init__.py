@@ -1,6 +1,7 @@
 """The synthetic demo STAC catalog: geodelta's offline default input, with known truth.
 
-:func:`write_demo_catalog` writes it, :func:`load_truth` reads back what it was generated from
+:func:`write_demo_catalog` writes it (the series demo with ``series=True``), :func:`load_truth`
+(:func:`load_series_truth`) reads back what it was generated from
 (see :mod:`geodelta.sources.demo.catalog`). Importing this package is cheap: the generator
 (numpy, rasterio, pystac) is imported on first use of one of its names.
 """
@@ -14,14 +15,33 @@ from geodelta.sources.demo.constants import DemoCatalogError
 if TYPE_CHECKING:
     from geodelta.sources.demo.catalog import (
         DemoCatalog,
+        DemoSeriesTruth,
         DemoTruth,
+        load_series_truth,
         load_truth,
         write_demo_catalog,
     )
 
-__all__ = ["DemoCatalog", "DemoCatalogError", "DemoTruth", "load_truth", "write_demo_catalog"]
+__all__ = [
+    "DemoCatalog",
+    "DemoCatalogError",
+    "DemoSeriesTruth",
+    "DemoTruth",
+    "load_series_truth",
+    "load_truth",
+    "write_demo_catalog",
+]
 
-_LAZY = frozenset({"DemoCatalog", "DemoTruth", "load_truth", "write_demo_catalog"})
+_LAZY = frozenset(
+    {
+        "DemoCatalog",
+        "DemoSeriesTruth",
+        "DemoTruth",
+        "load_series_truth",
+        "load_truth",
+        "write_demo_catalog",
+    }
+)
 
 
 def __getattr__(name: str) -> Any:

@@ -61,6 +61,63 @@ SHIFTS_CONVENTION: Final[str] = (
     "scene to the before scene is (-dy, -dx). Before (t0) items are not shifted: (0, 0)."
 )
 
+#: The years of the series demo (``write_demo_catalog(..., series=True)``): one land-cover map
+#: and one summer of imagery each.
+SERIES_YEARS: Final[tuple[int, ...]] = (2018, 2019, 2020, 2021, 2022)
+
+#: Acquisition dates of the series demo's imagery: three per summer (June-August), on the
+#: 5-day revisit grid of 2020-06-14; 2020 and 2021 are the pair demo's dates.
+SERIES_DATES: Final[dict[int, tuple[str, ...]]] = {
+    2018: ("2018-06-10", "2018-07-05", "2018-08-09"),
+    2019: ("2019-06-15", "2019-07-15", "2019-08-19"),
+    2020: T0_DATES,
+    2021: T1_DATES,
+    2022: ("2022-06-09", "2022-07-09", "2022-08-18"),
+}
+
+#: Kind of injected change in the series demo -> (possible WorldCover from-classes, possible
+#: to-classes of its first change). How each kind goes on over the years:
+#: :data:`SERIES_HISTORIES`.
+SERIES_CHANGE_KINDS: Final[dict[str, tuple[tuple[int, ...], tuple[int, ...]]]] = {
+    "new_built_up": ((40, 30), (50,)),
+    "deforestation": ((10,), (30, 60)),
+    "flood": ((30,), (80,)),
+    "double_change": ((40,), (30,)),
+    "water_gain": ((30,), (80,)),
+    "water_loss": ((80,), (60,)),
+    "cropland_change": ((30,), (40,)),
+}
+
+#: Kind -> (history pattern, the change years of the first change of that kind). A pattern holds
+#: one letter per change state: ``F`` the from-class, ``T`` the to-class, ``U`` the second
+#: to-class of :data:`SERIES_SECOND_CLASS` (permanent kinds ``FT``, the transient flood ``FTF``,
+#: the double change ``FTU``); the change years say in which year each next state begins.
+#: Further changes of a kind draw their years at random.
+SERIES_HISTORIES: Final[dict[str, tuple[str, tuple[int, ...]]]] = {
+    "new_built_up": ("FT", (2020,)),
+    "deforestation": ("FT", (2021,)),
+    "flood": ("FTF", (2019, 2020)),
+    "double_change": ("FTU", (2019, 2021)),
+    "water_gain": ("FT", (2022,)),
+    "water_loss": ("FT", (2019,)),
+    "cropland_change": ("FT", (2022,)),
+}
+
+#: The ``U`` state of :data:`SERIES_HISTORIES`: cropland -> grassland -> bare.
+SERIES_SECOND_CLASS: Final[dict[str, int]] = {"double_change": 60}
+
+#: Weights of the kinds drawn at random once each kind is placed (order of
+#: :data:`SERIES_CHANGE_KINDS`).
+SERIES_KIND_WEIGHTS: Final[tuple[float, ...]] = (0.25, 0.2, 0.1, 0.1, 0.1, 0.05, 0.2)
+
+SERIES_SHIFTS_CONVENTION: Final[str] = (
+    "content displacement (dy, dx) in pixels of the item's 10 m grid, +dy = down (south), "
+    "+dx = right (east): pixel (r, c) of a shifted item shows what an unshifted item shows at "
+    "(r - dy, c - dx), so the content moved by +(dy, dx). The correction that aligns an item "
+    "to the reference year is (-dy, -dx). The first year's (reference) items are not shifted: "
+    "(0, 0)."
+)
+
 # --------------------------------------------------------------------------------------------
 # Shared by the modules of the demo (not for callers)
 # --------------------------------------------------------------------------------------------

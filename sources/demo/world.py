@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -412,9 +413,18 @@ def place_changes(
     grid: LonLatGrid,
     layout: Layout,
     n_changes: int,
+    *,
+    kinds_table: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]] = CHANGE_KINDS,
+    weights: Sequence[float] = (0.3, 0.25, 0.1, 0.1, 0.25),
+    tag: str = "changes",
 ) -> list[dict[str, Any]]:
-    """Choose change polygons: one of each kind first, then random kinds; none overlap."""
-    rng = seeded_rng(seed, "changes")
+    """Choose change polygons: one of each kind first, then random kinds; none overlap.
+
+    ``kinds_table`` (kind -> (from-classes, to-classes)), its ``weights`` for the random kinds
+    and the random stream ``tag`` default to the pair demo's (:data:`CHANGE_KINDS`); the series
+    demo passes its own.
+    """
+    rng = seeded_rng(seed, tag)
     lon, lat = grid.centres()
     x1d, y1d = to_local(lon, lat)
     ax0, ay0 = to_local(np.array(aoi[0]), np.array(aoi[1]))
@@ -432,16 +442,21 @@ def place_changes(
     tx, ty, tr = layout.town
     near_town = np.hypot(sx - tx, sy - ty) < 2.5 * tr
 
-    kinds = list(CHANGE_KINDS)
-    weights = np.array([0.3, 0.25, 0.1, 0.1, 0.25])
-    plan = kinds + [kinds[int(i)] for i in rng.choice(len(kinds), n_changes, p=weights)]
+    kinds = list(kinds_table)
+    if len(weights) != len(kinds):
+        raise DemoCatalogError(
+            f"change weights do not match the kinds (expected={len(kinds)}, actual={len(weights)})",
+            key="weights",
+        )
+    p = np.array(weights, dtype=np.float64)
+    plan = kinds + [kinds[int(i)] for i in rng.choice(len(kinds), n_changes, p=p)]
     plan = plan[: max(n_changes, len(kinds))]
 
     placed: list[Polygon] = []
     placed_local: list[Polygon] = []
     changes: list[dict[str, Any]] = []
     for kind in plan:
-        froms, tos = CHANGE_KINDS[kind]
+        froms, tos = kinds_table[kind]
         candidates = allowed & np.isin(sub, froms)
         if kind == "new_built_up" and np.any(candidates & near_town):
             candidates &= near_town  # the town grows
