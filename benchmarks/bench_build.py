@@ -594,6 +594,12 @@ NOTES = [
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--series" in argv:  # sequences: benchmarks/bench_build_series.py, same options
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_build_series
+
+        return int(bench_build_series.main([a for a in argv if a != "--series"]))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"tiny catalog (scale {QUICK_SCALE})")
     parser.add_argument("--scale", type=float, default=None, help="demo catalog scale")

@@ -276,3 +276,39 @@ def test_bench_scale_quick_writes_results(tmp_path: Path) -> None:
     assert "## Scaling" in section and "--quick" in section
     for row in ("2 workers / 1 worker throughput", "time per tile", "peak memory", "tree peak"):
         assert row in section, row
+
+
+@pytest.mark.slow
+def test_bench_build_series_runs_on_a_tiny_catalog(tmp_path: Path) -> None:
+    """``bench_build.py --series`` (issue 15) at scale 0.3: the same cells for T = 3, 4, 5, the
+    pair build and the floor, and its own section of the results file (others kept)."""
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## Another section\n\nkept as is\n")
+    work = tmp_path / "work"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench_build.py"),
+            "--series",
+            "--scale",
+            "0.3",
+            "--out",
+            str(work),
+            "--results",
+            str(results),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads((work / "bench_build_series.json").read_text())
+    by_t = figures["by_t"]
+    assert sorted(by_t) == ["3", "4", "5"]
+    samples = {r["samples"] for r in by_t.values()}
+    assert len(samples) == 1 and samples.pop() >= 1  # the same cells whatever T
+    assert figures["floor"]["samples"] == by_t["5"]["samples"]
+    assert all(r["rss_mb"] > 50 for r in by_t.values())
+    text = results.read_text()
+    assert "kept as is" in text and "## Sequence build throughput (issue 15)" in text
+    assert text.count("<!-- bench_build_series:start -->") == 1

@@ -336,8 +336,16 @@ def test_an_llm_annotates_sequences_with_checked_temporal_answers(
 def test_demo_series_command_builds_and_verifies(tmp_path: Path) -> None:
     res = runner.invoke(
         app,
-        ["demo", "--series", "--scale", "0.3", "--no-reference", "--no-progress"]
-        + ["--out", str(tmp_path)],
+        [
+            "demo",
+            "--series",
+            "--scale",
+            "0.3",
+            "--no-reference",
+            "--no-progress",
+            "--out",
+            str(tmp_path),
+        ],
     )
     assert res.exit_code == 0, res.output
     manifest = json.loads((tmp_path / "release" / "manifest.json").read_text())
