@@ -232,17 +232,6 @@ def render(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        text = head + section.rstrip("\n") + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_build"]:
@@ -273,7 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     res["floor"] = run_floor(out / "release-series-t5", series_cat)
     (out / "bench_build_series.json").write_text(json.dumps(res, indent=2, default=str))
     section = render(res)
-    write_results(args.results, section)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_build import write_results  # the same results-file editing
+
+    write_results(args.results, section, START, END)
     print(section)
     return 0
 

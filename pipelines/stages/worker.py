@@ -111,15 +111,8 @@ class Worker:
 
     def _clear_fraction(self, scene: Any, job: TileJob) -> float | None:
         """Pixel-level clear fraction of a scene over the cell; None without a classification band."""
-        asset = self.cfg.imagery.classification_asset
-        if asset is None or asset not in scene.assets:
-            return None
-        from geodelta.sources.raster import clear_fraction
-
-        im = self.cfg.imagery
-        return clear_fraction(
-            scene, asset, job, im.clear_classes, cloud_bits=im.cloud_bits, access=self.access
-        )
+        mask = self._clear_mask(scene, job)
+        return None if mask is None else float(mask.mean())
 
     def load(self, pair: ScenePair) -> Sample | QuarantineRecord:
         """The load stage (:func:`~geodelta.pipelines.stages.load.load_pair`)."""

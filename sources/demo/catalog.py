@@ -43,7 +43,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pystac
 from shapely.geometry import shape
 
@@ -65,18 +64,16 @@ from geodelta.sources.demo.constants import (
     ZONES,
     DemoCatalogError,
 )
-from geodelta.sources.demo.render import make_clouds, pixel_lonlat, reflectance_field, render_item
+from geodelta.sources.demo.render import make_clouds, reflectance_field
 from geodelta.sources.demo.series import DemoSeriesTruth, build_series, load_series_truth
 from geodelta.sources.demo.stac import (
-    imagery_item,
-    imagery_item_id,
     landcover_item,
+    render_dates,
     save_catalog,
     write_truth,
 )
 from geodelta.sources.demo.world import (
     demo_cells,
-    draw_shift,
     landcover_grid,
     make_cloud_grid,
     make_layout,
@@ -240,33 +237,19 @@ def _build(root: Path, *, seed: int, scale: float) -> tuple[float, float, float,
             make_clouds(seed, d.isoformat(), i, cloud_grid, layout, scale, is_t0)
             for i, d in enumerate(dates)
         ]
-        radiometry = []
-        for d in dates:
-            rng = seeded_rng(seed, f"radiometry/{d.isoformat()}")
-            gain = rng.uniform(0.985, 1.015, 4).astype(np.float32)
-            offset = rng.uniform(-0.002, 0.002, 4).astype(np.float32)
-            radiometry.append((gain, offset))
-        for tile in tiles:
-            unshifted = pixel_lonlat(tile, 0.0, 0.0) if is_t0 else None
-            for i, d in enumerate(dates):
-                item_id = imagery_item_id(d, tile.zone)
-                shift = (0.0, 0.0) if is_t0 else draw_shift(shift_rng)
-                shifts[item_id] = shift
-                lonlat = unshifted if unshifted is not None else pixel_lonlat(tile, *shift)
-                rendered = render_item(
-                    seed=seed,
-                    item_id=item_id,
-                    tile=tile,
-                    lonlat=lonlat,
-                    refl_field=refl_field,
-                    lc=lc_maps[year],
-                    lc_grid=lc_grid,
-                    clouds=clouds[i],
-                    cloud_grid=cloud_grid,
-                    radiometry=radiometry[i],
-                )
-                folder = root / IMAGERY_COLLECTION / item_id
-                imagery_items.append(imagery_item(item_id, d, tile, rendered, folder))
+        imagery_items += render_dates(
+            root,
+            seed=seed,
+            tiles=tiles,
+            dates=dates,
+            clouds=clouds,
+            refl_field=refl_field,
+            lc=lc_maps[year],
+            lc_grid=lc_grid,
+            cloud_grid=cloud_grid,
+            shift_rng=None if is_t0 else shift_rng,
+            shifts=shifts,
+        )
 
     save_catalog(root, imagery_items, lc_items)
     write_truth(root, changes, shifts)

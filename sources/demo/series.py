@@ -39,7 +39,6 @@ from shapely.geometry import mapping, shape
 
 from geodelta.schemas.classes import WORLDCOVER_TO_GEODELTA
 from geodelta.sources.demo.constants import (
-    IMAGERY_COLLECTION,
     LANDCOVER_COLLECTION,
     SERIES_CHANGE_KINDS,
     SERIES_DATES,
@@ -51,12 +50,11 @@ from geodelta.sources.demo.constants import (
     ZONES,
     DemoCatalogError,
 )
-from geodelta.sources.demo.render import make_clouds, pixel_lonlat, reflectance_field, render_item
-from geodelta.sources.demo.stac import imagery_item, imagery_item_id, landcover_item, save_catalog
+from geodelta.sources.demo.render import make_clouds, reflectance_field
+from geodelta.sources.demo.stac import landcover_item, render_dates, save_catalog
 from geodelta.sources.demo.world import (
     LonLatGrid,
     demo_cells,
-    draw_shift,
     landcover_grid,
     make_cloud_grid,
     make_layout,
@@ -215,7 +213,6 @@ def build_series(root: Path, *, seed: int, scale: float) -> tuple[float, float, 
     shift_rng = seeded_rng(seed, "series-shifts")
     shifts: dict[str, tuple[float, float]] = {}
     imagery_items: list[pystac.Item] = []
-    unshifted = {tile.zone: pixel_lonlat(tile, 0.0, 0.0) for tile in tiles}
     for n_year, year in enumerate(SERIES_YEARS):
         reference = n_year == 0
         refl_field = reflectance_field(lc_maps[year], layout)
@@ -227,32 +224,19 @@ def build_series(root: Path, *, seed: int, scale: float) -> tuple[float, float, 
             )
             for i, d in enumerate(dates)
         ]
-        radiometry = []
-        for d in dates:
-            rng = seeded_rng(seed, f"radiometry/{d.isoformat()}")
-            gain = rng.uniform(0.985, 1.015, 4).astype(np.float32)
-            offset = rng.uniform(-0.002, 0.002, 4).astype(np.float32)
-            radiometry.append((gain, offset))
-        for tile in tiles:
-            for i, d in enumerate(dates):
-                item_id = imagery_item_id(d, tile.zone)
-                shift = (0.0, 0.0) if reference else draw_shift(shift_rng)
-                shifts[item_id] = shift
-                lonlat = unshifted[tile.zone] if reference else pixel_lonlat(tile, *shift)
-                rendered = render_item(
-                    seed=seed,
-                    item_id=item_id,
-                    tile=tile,
-                    lonlat=lonlat,
-                    refl_field=refl_field,
-                    lc=lc_maps[year],
-                    lc_grid=lc_grid,
-                    clouds=clouds[i],
-                    cloud_grid=cloud_grid,
-                    radiometry=radiometry[i],
-                )
-                folder = root / IMAGERY_COLLECTION / item_id
-                imagery_items.append(imagery_item(item_id, d, tile, rendered, folder))
+        imagery_items += render_dates(
+            root,
+            seed=seed,
+            tiles=tiles,
+            dates=dates,
+            clouds=clouds,
+            refl_field=refl_field,
+            lc=lc_maps[year],
+            lc_grid=lc_grid,
+            cloud_grid=cloud_grid,
+            shift_rng=None if reference else shift_rng,
+            shifts=shifts,
+        )
 
     save_catalog(root, imagery_items, lc_items)
     _write_truth(root, changes, shifts)

@@ -34,8 +34,8 @@ from geodelta.sources.demo.constants import (
     SYNTHETIC_NOTE,
     DemoCatalogError,
 )
-from geodelta.sources.demo.render import Rendered, write_cog
-from geodelta.sources.demo.world import LonLatGrid, Tile
+from geodelta.sources.demo.render import Rendered, pixel_lonlat, render_item, write_cog
+from geodelta.sources.demo.world import LonLatGrid, Tile, draw_shift, seeded_rng
 
 __all__ = [
     "imagery_item",
@@ -86,6 +86,55 @@ def imagery_item_id(day: date, zone: int) -> str:
     """``DEMO_S2{A|B}_L2A_UTM{zone}_{yyyymmdd}``: the id of the imagery item of ``day``."""
     letter = _platform(day)[-1].upper()
     return f"DEMO_S2{letter}_L2A_UTM{zone}_{day:%Y%m%d}"
+
+
+def render_dates(
+    root: Path,
+    *,
+    seed: int,
+    tiles: list[Tile],
+    dates: list[date],
+    clouds: list[np.ndarray],
+    refl_field: np.ndarray,
+    lc: np.ndarray,
+    lc_grid: LonLatGrid,
+    cloud_grid: LonLatGrid,
+    shift_rng: np.random.Generator | None,
+    shifts: dict[str, tuple[float, float]],
+) -> list[pystac.Item]:
+    """Render and write the imagery items of ``dates`` on every tile (the pair and the series
+    demo share it): each date's radiometry from its own seeded stream; a known shift per item
+    drawn from ``shift_rng`` in (tile, date) order and recorded in ``shifts``, none when
+    ``shift_rng`` is None (the reference dates)."""
+    radiometry = []
+    for d in dates:
+        rng = seeded_rng(seed, f"radiometry/{d.isoformat()}")
+        gain = rng.uniform(0.985, 1.015, 4).astype(np.float32)
+        offset = rng.uniform(-0.002, 0.002, 4).astype(np.float32)
+        radiometry.append((gain, offset))
+    items = []
+    for tile in tiles:
+        unshifted = pixel_lonlat(tile, 0.0, 0.0) if shift_rng is None else None
+        for i, d in enumerate(dates):
+            item_id = imagery_item_id(d, tile.zone)
+            shift = (0.0, 0.0) if shift_rng is None else draw_shift(shift_rng)
+            shifts[item_id] = shift
+            lonlat = unshifted if unshifted is not None else pixel_lonlat(tile, *shift)
+            rendered = render_item(
+                seed=seed,
+                item_id=item_id,
+                tile=tile,
+                lonlat=lonlat,
+                refl_field=refl_field,
+                lc=lc,
+                lc_grid=lc_grid,
+                clouds=clouds[i],
+                cloud_grid=cloud_grid,
+                radiometry=radiometry[i],
+            )
+            folder = root / IMAGERY_COLLECTION / item_id
+            items.append(imagery_item(item_id, d, tile, rendered, folder))
+    return items
 
 
 def imagery_item(
