@@ -188,3 +188,35 @@ def test_planetary_computer_config_builds(tmp_path: Path) -> None:  # pragma: no
     cfg = load_config(PC_CONFIG, {"output": {"dir": str(tmp_path / "release")}})
     result = build(cfg, mode="overwrite", progress=False)
     assert result.samples > 0
+
+
+PC_SERIES_CONFIG = REPO / "configs" / "pc-sentinel2-lulc-series.yaml"
+
+
+def test_planetary_computer_series_config_validates_and_plans() -> None:
+    """The sequence example: one summer window a year 2018-2023 (io-lulc-annual-v02 maps each
+    of those years), t0/t1 the first and last window, the same cells as the pair example."""
+    from geodelta.pipelines.build import check_series
+    from geodelta.pipelines.stages.plan import plan_jobs
+    from geodelta.schemas.series import series_windows
+
+    cfg = load_config(PC_SERIES_CONFIG)
+    assert cfg.time.series is not None and cfg.labels.collection == "io-lulc-annual-v02"
+    windows = series_windows(cfg.time.series)
+    assert [w.start.year for w in windows] == [2018, 2019, 2020, 2021, 2022, 2023]
+    assert cfg.time.t0 == (windows[0].start, windows[0].end)
+    assert cfg.time.t1 == (windows[-1].start, windows[-1].end)
+    assert check_config(cfg) == []
+    check_series(cfg)  # landcover labels: a map per date
+    pair = plan_jobs(load_config(PC_CONFIG))
+    assert [j.cell_id for j in plan_jobs(cfg)] == [j.cell_id for j in pair]
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_planetary_computer_series_config_builds(tmp_path: Path) -> None:  # pragma: no cover
+    from geodelta.pipelines.api import build
+
+    cfg = load_config(PC_SERIES_CONFIG, {"output": {"dir": str(tmp_path / "release")}})
+    result = build(cfg, mode="overwrite", progress=False)
+    assert result.samples > 0
