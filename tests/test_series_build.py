@@ -352,3 +352,29 @@ def test_demo_series_command_builds_and_verifies(tmp_path: Path) -> None:
     assert manifest["mode"] == "series" and manifest["name"] == "geodelta-demo-series"
     assert "verified" in res.output
     assert (tmp_path / "catalog" / "truth" / "changes.geojson").is_file()
+
+
+def test_the_llava_export_shows_every_date(tmp_path: Path, series_build: dict[str, Any]) -> None:
+    """TEOChat-style export of a sequence: one image per date in time order, the first turn
+    naming the dates; date 0 and date T-1 render as before.png and after.png (within one 8-bit
+    level: the date images are drawn from series.tif's integer DN)."""
+    from geodelta.pipelines.api import export
+
+    out = export(series_build["release"], tmp_path / "llava")
+    assert sum(out.conversations.values()) == len(series_build["samples"])
+    convs = [
+        c
+        for split in out.conversations
+        for c in json.loads((tmp_path / "llava" / f"{split}.json").read_text())
+    ]
+    for conv in convs:
+        dates = json.loads(series_build["samples"][conv["id"]]["dates.json"])
+        assert conv["dates"] == [datetime.fromisoformat(d["datetime"]).isoformat() for d in dates]
+        assert len(conv["image"]) == len(dates)
+        first = conv["conversations"][0]["value"]
+        assert first.count("<image>") == len(dates)
+        assert all(d["datetime"][:10] in first for d in dates)
+        pngs = [_png((tmp_path / "llava" / p).read_bytes()).astype(int) for p in conv["image"]]
+        m = series_build["samples"][conv["id"]]
+        assert np.abs(pngs[0] - _png(m["before.png"]).astype(int)).max() <= 1
+        assert np.abs(pngs[-1] - _png(m["after.png"]).astype(int)).max() <= 1

@@ -44,6 +44,11 @@ CAPTION_PROMPT = (
     "<image>\n<image>\nThese are two satellite images of the same place, before ({t0}) and "
     "after ({t1}). Describe the changes between them."
 )
+#: The first human turn of a sequence sample: one image per date, then the caption request.
+SERIES_PROMPT = (
+    "These are {n} satellite images of the same place, taken on {dates}, in this order. "
+    "Describe the changes between them."
+)
 #: How boxes are explained in the first turn when the sample's QA uses them.
 BOX_NOTE = (
     " Boxes are written [x0, y0, x1, y1] with integer coordinates from 0 to 1000 across the "
@@ -60,6 +65,8 @@ Files:
 - `images/<key>/before.png`, `images/<key>/after.png`: the 8-bit true-colour before and after
   images (paths in `image` are relative to this folder).
 - `images/<key>/regions.png`: 16-bit region ids (0 = no change, k = region k of `regions`).
+- `images/<key>/date_<i>.png` (sequence releases): the 8-bit true-colour image of each date,
+  in time order; `image` then lists them all and `dates` gives their acquisition times.
 
 One conversation:
 
@@ -139,11 +146,18 @@ def _answer_value(q: dict[str, Any], boxes: dict[int, list[int]]) -> str:
 
 
 def conversation(meta: SampleMeta, captions: list[str], qa: list[dict[str, Any]]) -> dict[str, Any]:
-    """The conversation of one sample (image paths relative to the export folder)."""
+    """The conversation of one sample (image paths relative to the export folder): a pair's
+    two images, or every date of a sequence (``date_<i>.png``, in time order)."""
     key = meta.key
     boxes = {r.id: list(r.box) for r in meta.regions}
     grounded_types = {"refer_change", "count_boxes", "what_changed_here", "segment_change"}
-    first = CAPTION_PROMPT.format(t0=f"{meta.t0:%Y-%m-%d}", t1=f"{meta.t1:%Y-%m-%d}")
+    if meta.series is None:
+        first = CAPTION_PROMPT.format(t0=f"{meta.t0:%Y-%m-%d}", t1=f"{meta.t1:%Y-%m-%d}")
+        image = [f"images/{key}/before.png", f"images/{key}/after.png"]
+    else:
+        days = [f"{d:%Y-%m-%d}" for d in meta.series.dates]
+        first = "<image>\n" * len(days) + SERIES_PROMPT.format(n=len(days), dates=", ".join(days))
+        image = [f"images/{key}/date_{i}.png" for i in range(len(days))]
     if any(q["type"] in grounded_types for q in qa):
         first += BOX_NOTE
     turns: list[dict[str, str]] = [
@@ -159,7 +173,7 @@ def conversation(meta: SampleMeta, captions: list[str], qa: list[dict[str, Any]]
             grounding.append({"turn": len(turns) - 1, "type": q["type"], "region_ids": ids})
     return {
         "id": key,
-        "image": [f"images/{key}/before.png", f"images/{key}/after.png"],
+        "image": image,
         "image_size": [meta.shape[1], meta.shape[0]],
         "conversations": turns,
         "grounding": grounding,
@@ -171,8 +185,24 @@ def conversation(meta: SampleMeta, captions: list[str], qa: list[dict[str, Any]]
         "captions_grounded": [g.model_dump(mode="json") for g in meta.captions_grounded],
         "t0": meta.t0.isoformat(),
         "t1": meta.t1.isoformat(),
+        **({} if meta.series is None else {"dates": [d.isoformat() for d in meta.series.dates]}),
         "split": meta.split,
     }
+
+
+def _date_pngs(meta: SampleMeta, members: dict[str, bytes], config: dict[str, Any]) -> list[bytes]:
+    """One 8-bit true-colour PNG per date of a sequence sample, from ``series.tif`` (the
+    release's ``imagery.rgb`` bands and ``rgb_max_reflectance``, the encoder's rendering)."""
+    from geodelta.data import decode_member
+    from geodelta.pipelines.stages.encode import rgb_png
+
+    imagery = config.get("imagery") or {}
+    rgb = [str(b) for b in imagery.get("rgb", ("B04", "B03", "B02"))]
+    vmax = float(imagery.get("rgb_max_reflectance", 0.3))
+    stack = decode_member(
+        "series.tif", members["series.tif"], meta=meta.model_dump(mode="json"), bands=rgb
+    )
+    return [rgb_png(stack[t], (0, 1, 2), vmax) for t in range(stack.shape[0])]
 
 
 def export_llava(
@@ -210,6 +240,10 @@ def export_llava(
             for name in ("before.png", "after.png", "regions.png"):
                 write_atomic(folder / name, members[name])
                 images += 1
+            if meta.series is not None:  # a sequence: every date, in time order
+                for i, png in enumerate(_date_pngs(meta, members, manifest.config)):
+                    write_atomic(folder / f"date_{i}.png", png)
+                    images += 1
             conv = conversation(
                 meta, json.loads(members["captions.json"]), json.loads(members["qa.json"])
             )
