@@ -533,7 +533,10 @@ def search(
         return
     n, m = len(report.cells), report.cells_planned
     table = Table(title=f"geodelta search --dry-run: {f'sampled {n} of {m}' if n < m else m} cells")
-    for col in ("cell", "t0 / t1 scenes", "before (clear)", "after (clear)", "labels", "est. MB"):
+    cols = ("scenes / dates", "first date (clear)", "last date (clear)")
+    if not report.series:
+        cols = ("t0 / t1 scenes", "before (clear)", "after (clear)")
+    for col in ("cell", *cols, "labels", "est. MB"):
         table.add_column(col)
 
     def fmt(v: float | None) -> str:

@@ -365,3 +365,32 @@ def test_resume_of_a_started_build_is_not_asked_again(
     api.build_cells(cfg, first)
     result = api.build(cfg, mode="resume", progress=False)
     assert result.cells == count_cells(cfg).total and result.samples > 0
+
+
+def test_a_sequence_is_estimated_per_date() -> None:
+    """A sequence config: every date's bands and land-cover map read, every scene of the span
+    rated, one imagery search per block, CPU at T/2 pairs, the series members in the output."""
+    from geodelta.pipelines.stages.estimate import (
+        SERIES_RATED_PER_WINDOW,
+        asset_reads,
+        dates_per_sample,
+        estimate,
+        rated_per_cell,
+        sample_bytes,
+    )
+
+    pair = load_config(REPO / "configs" / "demo.yaml")
+    seq = load_config(REPO / "configs" / "demo-series.yaml")
+    t = dates_per_sample(seq)
+    assert dates_per_sample(pair) == 2 and t == 5
+    assert rated_per_cell(seq) == SERIES_RATED_PER_WINDOW * t
+    reads = {r.asset: r.reads for r in asset_reads(seq, rated_per_cell(seq), 10.0)}
+    assert reads == {"B02": t, "B03": t, "B04": t, "B08": t, "SCL": 15.0, "map": t}
+    a = estimate(pair, sample_catalog=False, blocks=False)
+    b = estimate(seq, sample_catalog=False, blocks=False)
+    assert a.cells == b.cells  # the same AOI and grid
+    assert b.cpu_hours == pytest.approx(a.cpu_hours * t / 2)
+    assert "T/2" in b.cpu_basis and "T/2" not in a.cpu_basis
+    side = SIDE_PX * SIDE_PX
+    assert sample_bytes(seq) - sample_bytes(pair) == side * (4 * 2 * t + (t - 1) + 1)
+    assert b.searches_per_block == a.searches_per_block - 1  # one imagery search over the span

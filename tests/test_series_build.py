@@ -378,3 +378,22 @@ def test_the_llava_export_shows_every_date(tmp_path: Path, series_build: dict[st
         m = series_build["samples"][conv["id"]]
         assert np.abs(pngs[0] - _png(m["before.png"]).astype(int)).max() <= 1
         assert np.abs(pngs[-1] - _png(m["after.png"]).astype(int)).max() <= 1
+
+
+def test_a_dry_run_picks_the_dates_the_build_picked(series_build: dict[str, Any]) -> None:
+    """``geodelta search --dry-run --read-clear`` on a sequence config: per cell, exactly the
+    dates the build chose (pixel-level), without reading imagery bands."""
+    from geodelta.pipelines.api import search
+
+    cfg = _config(series_build["catalog"], series_build["release"])
+    report = search(cfg, read_clear=True)
+    assert report.series and report.paired == len(series_build["samples"])
+    built = {
+        SampleMeta.model_validate_json(m["json"]).cell_id: [
+            d["item_id"] for d in json.loads(m["dates.json"])
+        ]
+        for m in series_build["samples"].values()
+    }
+    assert {c.cell_id: c.as_dict()["dates"] for c in report.cells} == built
+    line = next(ln for ln in report.summary_lines() if ln.startswith("sequence dates"))
+    assert f"{len(built)} of {len(built)} cells have enough dates" in line

@@ -63,10 +63,38 @@ CPU_BASIS = (
     "small builds are dominated by a fixed ~11 s (start-up, release, report: bench_build at scale 3)"
 )
 
+#: How a sequence's CPU is estimated: a pair's per date.
+SERIES_CPU_NOTE = (
+    "; a sequence of T dates at T/2 times a pair's cost (bench_build --series measured a T=5 "
+    "sample at 1.7x a pair's wall time: an upper-side estimate)"
+)
+
 #: Classification-band reads per cell: the pair stage rates scenes lazily, best first, and
 #: stops when no pair can win: 2.4 reads per cell on the demo (benchmarks/RESULTS.md, "Build
 #: throughput: what was optimised", pair row).
 RATED_SCENES_PER_CELL = 2.4
+
+#: Classification-band reads per window of a sequence: the sequence stage rates every scene of
+#: the series span (3 per summer window on the series demo, ``write_demo_catalog(series=True)``).
+SERIES_RATED_PER_WINDOW = 3.0
+
+
+def dates_per_sample(cfg: BuildConfig) -> int:
+    """Dates a sample holds: 2 for a pair, the number of ``time.series`` windows at most."""
+    if cfg.time.series is None:
+        return 2
+    from geodelta.schemas.series import series_windows
+
+    return len(series_windows(cfg.time.series))
+
+
+def rated_per_cell(cfg: BuildConfig) -> float:
+    """Classification-band reads per cell: :data:`RATED_SCENES_PER_CELL` for pairs, every
+    candidate of the span for sequences (:data:`SERIES_RATED_PER_WINDOW` per window)."""
+    if cfg.time.series is None:
+        return RATED_SCENES_PER_CELL
+    return SERIES_RATED_PER_WINDOW * dates_per_sample(cfg)
+
 
 #: Output bytes of the demo release 0.1.0 (configs/demo.yaml, scale 1): 16,480,256 B of shards
 #: for 70 samples = 235,432 B per sample, 0.55 of :func:`sample_bytes`' 425,984 B.
@@ -205,8 +233,9 @@ def asset_reads(cfg: BuildConfig, n_rated: float, resolution: float) -> list[Ass
     coll = cfg.imagery.collection
     ip = get_profile(coll)
     band_bytes = ip.dtype_bytes if ip is not None else 2
+    dates = dates_per_sample(cfg)
     reads = [
-        AssetRead(b, "imagery.bands", coll, 2, band_resolution(coll, b, resolution), band_bytes)
+        AssetRead(b, "imagery.bands", coll, dates, band_resolution(coll, b, resolution), band_bytes)
         for b in cfg.imagery.bands
     ]
     cls = cfg.imagery.classification_asset
@@ -214,7 +243,7 @@ def asset_reads(cfg: BuildConfig, n_rated: float, resolution: float) -> list[Ass
         res = band_resolution(coll, cls, resolution)
         reads.append(AssetRead(cls, "imagery.classification_asset", coll, n_rated, res, 2))
     labels = cfg.labels
-    maps = label_source(labels.kind).maps_per_pair
+    maps = label_source(labels.kind).maps_per_pair if cfg.time.series is None else dates
     searched = labels.searched_collection
     if searched:
         res = band_resolution(searched, labels.asset, resolution)
@@ -377,12 +406,17 @@ def sample_bytes(cfg: BuildConfig) -> int:
     renderings (3 x 8 bit), the change mask and two land-cover maps (8 bit), as
     ``build.space_note`` counts them."""
     side = cfg.grid.cell_size_px
-    return side * side * (len(cfg.imagery.bands) * 2 * 2 + 2 * 3 + 4)
+    pair = side * side * (len(cfg.imagery.bands) * 2 * 2 + 2 * 3 + 4)
+    if cfg.time.series is None:
+        return pair
+    t = dates_per_sample(cfg)  # series.tif (16 bit), step masks, first_change (8 bit)
+    return pair + side * side * (len(cfg.imagery.bands) * 2 * t + (t - 1) + 1)
 
 
 def _searches_per_block(cfg: BuildConfig) -> int:
-    """Imagery: one search per time window; labels of their own collection: one more."""
-    return 2 + (1 if cfg.labels.searched_collection else 0)
+    """Imagery: one search per time window (a sequence: one over its span); labels of their
+    own collection: one more."""
+    return (2 if cfg.time.series is None else 1) + (1 if cfg.labels.searched_collection else 0)
 
 
 def _typical_facts(cfg: BuildConfig) -> ChangeFacts:
@@ -596,14 +630,15 @@ def estimate(cfg: BuildConfig, *, sample_catalog: bool = True, blocks: bool = Tr
     per_block = _searches_per_block(cfg)
     res = cfg.grid.resolution_m
     side_m = res * cfg.grid.cell_size_px
-    reads = asset_reads(cfg, RATED_SCENES_PER_CELL, res)
+    rated = rated_per_cell(cfg)
+    reads = asset_reads(cfg, rated, res)
     pixels = sum(r.window_bytes(side_m * side_m) for r in reads)
     notes: list[str] = []
     tiles: float | None = None
     once: float | None = None
     basis = (
         "uncompressed pixels of the cell windows at each asset's native resolution, "
-        f"{RATED_SCENES_PER_CELL} classification-band reads per cell (measured on the demo); "
+        f"{rated:g} classification-band reads per cell (measured on the demo); "
         "from the config alone"
     )
     if sample_catalog:
@@ -639,7 +674,7 @@ def estimate(cfg: BuildConfig, *, sample_catalog: bool = True, blocks: bool = Tr
             basis = (
                 f"COG tiles of the sampled items {', '.join(described)}: each cell window "
                 f"rounded up to the tiles it touches and fetched afresh, {how}; "
-                f"{RATED_SCENES_PER_CELL} classification-band reads per cell"
+                f"{rated:g} classification-band reads per cell"
             )
     per_sample = sample_bytes(cfg)
     llm = llm_estimate(cfg, cells)
@@ -659,14 +694,15 @@ def estimate(cfg: BuildConfig, *, sample_catalog: bool = True, blocks: bool = Tr
         read_bytes_tiles_once=None if once is None else round(once * cells),
         read_bytes=round((tiles if tiles is not None else pixels) * cells),
         read_basis=basis,
-        cpu_hours=cells * CPU_MS_PER_TILE / 3.6e6,
-        cpu_basis=CPU_BASIS,
+        cpu_hours=cells * CPU_MS_PER_TILE * dates_per_sample(cfg) / 2 / 3.6e6,
+        cpu_basis=CPU_BASIS if cfg.time.series is None else CPU_BASIS + SERIES_CPU_NOTE,
         samples_max=cells,
         sample_bytes=per_sample,
         output_bytes=per_sample * cells,
         output_basis=(
-            f"{_bytes(per_sample)} per sample: the uncompressed members (both dates' bands, "
-            "RGB renderings, masks) from imagery.bands and grid.cell_size_px; the demo "
+            f"{_bytes(per_sample)} per sample: the uncompressed members ("
+            + ("both dates' bands" if cfg.time.series is None else "every date's bands")
+            + ", RGB renderings, masks) from imagery.bands and grid.cell_size_px; the demo "
             f"release's shards measured {DEMO_SHARD_RATIO}x of this; a build stages them "
             "first, so it needs about twice this on disk"
         ),

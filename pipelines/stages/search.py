@@ -54,6 +54,7 @@ class CellSearch:
             "region": self.region,
             "candidates_t0": self.candidates_t0,
             "candidates_t1": self.candidates_t1,
+            "dates": [d.item_id for d in p.series] if p and p.series else None,
             "before": p.before.item_id if p else None,
             "after": p.after.item_id if p else None,
             "before_clear": p.before_clear if p else None,
@@ -77,6 +78,9 @@ class SearchReport:
     stac_searches: int = 0
     """Searches sent to the catalog: one per plan block, collection and window
     (``runner.block_cells``), as the build searches."""
+    series: bool = False
+    """A sequence config (``time.series``): per cell the scenes of the span and the dates
+    chosen (``pair`` = the first and last date, ``pair.series`` every date)."""
 
     @property
     def estimated_bytes(self) -> int:
@@ -111,6 +115,7 @@ class SearchReport:
             "estimated_bytes": self.estimated_bytes,
             "truncated_searches": self.truncated_searches,
             "stac_searches": self.stac_searches,
+            "series": self.series,
             "cells": [c.as_dict() for c in self.cells],
         }
 
@@ -127,7 +132,12 @@ class SearchReport:
             scope = f"searched every planned cell ({self.cells_planned})"
         reasons = ", ".join(f"{r} x{k}" for r, k in self.quarantined.items())
         quarantined = f"{n - self.paired} quarantined" + (f" ({reasons})" if reasons else "")
-        if self.clear_source == "pixel_level_classification_band":
+        if self.series:
+            outcome = (
+                f"sequence dates ({'pixel-level' if self.clear_source.startswith('pixel') else 'scene-wide estimate'}): "
+                f"{self.paired} of {n} cells have enough dates, {quarantined}"
+            )
+        elif self.clear_source == "pixel_level_classification_band":
             outcome = (
                 f"pair stage, decided as the build decides (pixel-level clear fractions): "
                 f"{self.paired} of {n} cells paired, {quarantined}; the build's load and "
@@ -184,6 +194,16 @@ def scene_clear_estimate(scene: SceneRef, job: TileJob) -> float | None:
     if scene.cloud_cover is None:
         return None
     return max(0.0, min(1.0, 1.0 - float(scene.cloud_cover) / 100.0))
+
+
+def estimate_mask(fraction: float | None) -> Any:
+    """A clear mask whose clear fraction is ``fraction`` to 1e-4 (None: unknown, no mask): how
+    a scene-wide estimate enters the sequence stage's choice, which rates masks."""
+    if fraction is None:
+        return None
+    import numpy as np
+
+    return np.arange(10_000) < round(fraction * 10_000)
 
 
 def estimate_bytes(pair: ScenePair, cfg: BuildConfig, n_rated: int) -> int:
@@ -253,10 +273,11 @@ def dry_run(
         in plan order; the STAC searches made (one per plan block, collection and window,
         through the build's :class:`~geodelta.pipelines.stages.block_search.BlockSearch`).
     """
-    from geodelta.pipelines.stages.block_search import BlockSearch
+    from geodelta.pipelines.stages.block_search import BlockSearch, series_span
     from geodelta.pipelines.stages.blocks import expand_block, iter_blocks
     from geodelta.pipelines.stages.pair import search_and_pair
     from geodelta.pipelines.stages.plan import parse_cell_id
+    from geodelta.pipelines.stages.sequence import search_series
     from geodelta.sources.catalog import open_catalog
     from geodelta.sources.profiles import apply_defaults
 
@@ -280,24 +301,29 @@ def dry_run(
         planned, chosen = _sampled_jobs(cfg, max_cells)
     inner = catalog if catalog is not None else open_catalog(cfg.catalog, resolve=cfg.resolve)
     blocks = BlockSearch(inner, cfg.runner.block_cells)  # one search per block, as the build
+    series = cfg.time.series is not None
     if read_clear:
         from geodelta.pipelines.stages.worker import Worker
 
         worker = Worker(cfg, code_version="dry-run")
         worker.__dict__["catalog"] = inner  # the cached property, pre-filled
-        clear_fn: Any = worker._clear_fraction
+        clear_fn: Any = worker._clear_mask if series else worker._clear_fraction
         source: ClearSource = "pixel_level_classification_band"
     else:
-        clear_fn = scene_clear_estimate
+
+        def clear_fn(scene: SceneRef, j: TileJob) -> Any:
+            f = scene_clear_estimate(scene, j)
+            return estimate_mask(f) if series else f
+
         source = "scene_cloud_cover_estimate"
-    report = SearchReport(cells_planned=planned, clear_source=source)
+    report = SearchReport(cells_planned=planned, clear_source=source, series=series)
     coll = (cfg.imagery.collection,)
+    span = series_span(cfg)
     rated: set[str] = set()
 
-    def clear(scene: SceneRef, j: TileJob) -> float | None:
+    def clear(scene: SceneRef, j: TileJob) -> Any:
         rated.add(scene.item_id)
-        value: float | None = clear_fn(scene, j)
-        return value
+        return clear_fn(scene, j)
 
     bc = cfg.runner.block_cells
 
@@ -309,9 +335,14 @@ def dry_run(
     for job in sorted(chosen, key=block_of):  # a block's cells one after the other
         counting = _CountingCatalog(blocks.for_cell(job))
         rated.clear()
-        outcome = search_and_pair(job, cfg, counting, clear)
-        n0 = counting.counts.get((coll, job.t0_window), 0)
-        n1 = counting.counts.get((coll, job.t1_window), 0)
+        if series:  # one search over the span; n0 = its scenes, n1 = the dates chosen
+            outcome = search_series(job, cfg, counting, clear)
+            n0 = counting.counts.get((coll, span), 0) if span else 0
+            n1 = 0 if isinstance(outcome, QuarantineRecord) else len(outcome.series)
+        else:
+            outcome = search_and_pair(job, cfg, counting, clear)
+            n0 = counting.counts.get((coll, job.t0_window), 0)
+            n1 = counting.counts.get((coll, job.t1_window), 0)
         if isinstance(outcome, QuarantineRecord):
             cell = CellSearch(
                 job.cell_id, job.region, n0, n1, None, outcome.reason, outcome.detail, 0
