@@ -394,3 +394,14 @@ def test_a_sequence_is_estimated_per_date() -> None:
     side = SIDE_PX * SIDE_PX
     assert sample_bytes(seq) - sample_bytes(pair) == side * (4 * 2 * t + (t - 1) + 1)
     assert b.searches_per_block == a.searches_per_block - 1  # one imagery search over the span
+
+
+def test_a_sequence_prompt_is_counted_with_its_sequence_facts() -> None:
+    """An LLM-annotated sequence: the prompt estimate holds the series section, so it counts
+    more tokens than the same config's pairs."""
+    openai = {"annotator": "openai", "openai": {"model": "gpt-4o-mini"}}
+    pair = load_config(REPO / "configs" / "demo.yaml", {"annotation": openai})
+    seq = load_config(REPO / "configs" / "demo-series.yaml", {"annotation": openai})
+    a, b = llm_estimate(pair, 10), llm_estimate(seq, 10)
+    assert b.tokens_in > a.tokens_in and "sequence facts" in b.basis
+    assert "sequence facts" not in a.basis

@@ -470,6 +470,26 @@ def _typical_facts(cfg: BuildConfig) -> ChangeFacts:
     )
 
 
+def _typical_series(cfg: BuildConfig) -> Any:
+    """A sequence's facts for :data:`_TYPICAL` over the config's windows (one date each, the
+    two regions changing at different steps): what a sequence sample adds to a prompt."""
+    if cfg.time.series is None:
+        return None
+    import numpy as np
+
+    from geodelta.pipelines.stages.labels.series import label_series
+    from geodelta.schemas.classes import CLASS_INDEX as index
+    from geodelta.schemas.series import series_windows
+
+    dates = [w.start for w in series_windows(cfg.time.series)]
+    n = cfg.grid.cell_size_px
+    lc = np.full((len(dates), n, n), index["grassland"], dtype=np.uint8)
+    lc[:, : n // 2, n // 2 :] = index["tree_cover"]
+    lc[1:, : n // 4, : n // 4] = index["built_up"]  # appears at step 1 and stays
+    lc[-1:, : n // 2, n // 2 : 3 * n // 4] = index["grassland"]  # cut at the last step
+    return label_series(lc, dates, min_region_px=cfg.labels.min_region_px).facts
+
+
 def llm_estimate(cfg: BuildConfig, samples: int) -> LLMEstimate:
     """Tokens and dollars of annotating ``samples`` samples (see :class:`LLMEstimate`)."""
     a = cfg.annotation
@@ -487,6 +507,7 @@ def llm_estimate(cfg: BuildConfig, samples: int) -> LLMEstimate:
         captions_per_sample=a.captions_per_sample,
         no_change_epsilon=a.no_change_epsilon,
         images=images,
+        series=_typical_series(cfg),
     )
     tokens_in = LLMAnnotator._estimate_tokens(messages)
     tokens_out = s.max_output_tokens
@@ -511,7 +532,9 @@ def llm_estimate(cfg: BuildConfig, samples: int) -> LLMEstimate:
             f", batch x{s.batch_price_factor:g}" if s.batch else ""
         )
     basis = (
-        f"the prompt of {_TYPICAL} counted as the annotator counts it ({tokens_in:,} tokens), "
+        f"the prompt of {_TYPICAL}"
+        + ("" if cfg.time.series is None else " and its sequence facts")
+        + f" counted as the annotator counts it ({tokens_in:,} tokens), "
         f"the reply at annotation.openai.max_output_tokens ({tokens_out:,}), one request per "
         f"sample, {priced}; cached replies cost nothing"
     )
