@@ -397,3 +397,29 @@ def test_a_dry_run_picks_the_dates_the_build_picked(series_build: dict[str, Any]
     assert {c.cell_id: c.as_dict()["dates"] for c in report.cells} == built
     line = next(ln for ln in report.summary_lines() if ln.startswith("sequence dates"))
     assert f"{len(built)} of {len(built)} cells have enough dates" in line
+
+
+def test_drift_names_the_sequences_that_used_a_changed_middle_date(
+    tmp_path: Path, series_build: dict[str, Any]
+) -> None:
+    """``geodelta drift`` on a sequence release searches the series span (an unchanged catalog:
+    no drift), and a changed item that was only a middle date of some sequences affects
+    exactly those samples."""
+    from geodelta.pipelines.api import drift
+
+    cat = series_build["catalog"]
+    assert not drift(series_build["release"], catalog=str(cat.catalog_path)).drifted
+    used: dict[str, set[str]] = defaultdict(set)
+    for key, m in series_build["samples"].items():
+        for d in json.loads(m["dates.json"])[1:-1]:
+            used[d["item_id"]].add(key)
+    item = sorted(used)[0]
+    copy = tmp_path / "catalog"
+    shutil.copytree(cat.root, copy)
+    path = copy / "geodelta-demo-s2l2a" / item / f"{item}.json"
+    doc = json.loads(path.read_text())
+    doc["properties"]["s2:processing_baseline"] = "05.10"  # reprocessed under the same id
+    path.write_text(json.dumps(doc))
+    out = drift(series_build["release"], catalog=str(copy / "catalog.json"))
+    assert out.drifted and [(i.item_id, i.change) for i in out.items] == [(item, "changed")]
+    assert set(out.items[0].samples) == used[item]

@@ -246,26 +246,17 @@ def search_cells(
         The :class:`~geodelta.pipelines.stages.block_search.ItemRecorder` (its ``items``: the
         item dicts found) and, per cell, the (collection, id) of the items its searches return.
     """
-    from geodelta.pipelines.stages.block_search import BlockSearch, ItemRecorder
+    from geodelta.pipelines.stages.block_search import BlockSearch, ItemRecorder, cell_searches
     from geodelta.pipelines.stages.blocks import expand_block
 
-    coll = (cfg.imagery.collection,)
-    cc = cfg.imagery.max_cloud_cover
-    labels = cfg.labels.searched_collection
     recorder = ItemRecorder(inner)
     blocks = BlockSearch(recorder, cfg.runner.block_cells)
     found: dict[str, set[Key]] = {}
     for block in _blocks(cfg, cells):
         for job in expand_block(cfg, block):
-            before = blocks.search_cell(job, coll, job.t0_window, cc)
-            after = blocks.search_cell(job, coll, job.t1_window, cc)
-            seen = {(s.collection, s.item_id) for s in (*before, *after)}
-            if labels is not None:
-                t_lo = min([job.t0_window[0], *(s.datetime for s in before)])
-                t_hi = max([job.t1_window[1], *(s.datetime for s in after)])
-                got = blocks.search_cell(job, (labels,), (t_lo, t_hi), None)
-                seen |= {(s.collection, s.item_id) for s in got}
-            found[job.cell_id] = seen
+            found[job.cell_id] = {
+                (s.collection, s.item_id) for s in cell_searches(cfg, blocks, job)
+            }
     return recorder, found
 
 
@@ -280,6 +271,7 @@ class _Release:
     config: dict[str, Any]
     samples: list[dict[str, Any]]  # cell_id, key, before_item, after_item
     cells: list[str]  # samples' and quarantined cells, sorted
+    dates: dict[str, list[str]] = field(default_factory=dict)  # sequence key -> item per date
 
 
 def _open_release(path: str | Path) -> _Release:
@@ -298,7 +290,16 @@ def _open_release(path: str | Path) -> _Release:
     samples = read_table(root, SAMPLES_TABLE, columns=cols).to_pylist()
     quarantine = read_table(root, QUARANTINE_TABLE, columns=["cell_id"]).to_pylist()
     cells = sorted({str(r["cell_id"]) for r in (*samples, *quarantine) if r["cell_id"]})
-    return _Release(root, manifest.name, manifest.version, dict(manifest.config), samples, cells)
+    dates: dict[str, list[str]] = {}
+    if manifest.mode == "series":  # a sequence uses every date's item: dates.json says which
+        from geodelta.pipelines.release.layout import iter_tar_samples, shard_files
+
+        for shard in shard_files(root):
+            for key, members in iter_tar_samples(shard):
+                dates[key] = [str(d["item_id"]) for d in json.loads(members["dates.json"])]
+    return _Release(
+        root, manifest.name, manifest.version, dict(manifest.config), samples, cells, dates
+    )
 
 
 def release_cells(path: str | Path) -> list[str]:
@@ -322,8 +323,8 @@ def _affected(
     at_cell: dict[str, list[str]] = {}
     for r in rel.samples:
         at_cell.setdefault(str(r["cell_id"]), []).append(str(r["key"]))
-        for col in ("before_item", "after_item"):
-            used.setdefault(str(r[col]), set()).add(str(r["key"]))
+        for item_id in rel.dates.get(str(r["key"]), [r["before_item"], r["after_item"]]):
+            used.setdefault(str(item_id), set()).add(str(r["key"]))
     out: list[ItemDrift] = []
     samples: set[str] = set()
     bare: set[str] = set()

@@ -405,6 +405,33 @@ def series_span(cfg: Any) -> tuple[datetime, datetime] | None:
     return windows[0].start, windows[-1].end
 
 
+def cell_searches(cfg: Any, blocks: BlockSearch, job: TileJob) -> list[SceneRef]:
+    """Every search the pair (or sequence) stage makes for one cell, through ``blocks``, and
+    the items they return (imagery, then labels): the imagery of both windows (a sequence: of
+    its span, :mod:`.sequence`), and the label collection (``labels.searched_collection``)
+    over the widest window the stage could ask for (from the start of the first window or the
+    earliest candidate to the end of the last or the latest), which holds the items the stage
+    picks whatever the pixels decide."""
+    coll = (cfg.imagery.collection,)
+    cc = cfg.imagery.max_cloud_cover
+    span = series_span(cfg)
+    if span is not None:
+        images = blocks.search_cell(job, coll, span, cc)
+        lo, hi = span
+    else:
+        images = [
+            *blocks.search_cell(job, coll, job.t0_window, cc),
+            *blocks.search_cell(job, coll, job.t1_window, cc),
+        ]
+        lo, hi = job.t0_window[0], job.t1_window[1]
+    labels = cfg.labels.searched_collection
+    if labels is None:
+        return images
+    t_lo = min([lo, *(s.datetime for s in images)])
+    t_hi = max([hi, *(s.datetime for s in images)])
+    return [*images, *blocks.search_cell(job, (labels,), (t_lo, t_hi), None)]
+
+
 def snapshot_items(cfg: Any, inner: Any, *, threads: int | None = None) -> list[dict[str, Any]]:
     """The item dicts of every search the build of ``cfg`` would make, without reading pixels.
 
@@ -431,29 +458,11 @@ def snapshot_items(cfg: Any, inner: Any, *, threads: int | None = None) -> list[
     """
     from geodelta.pipelines.stages.blocks import expand_block, iter_blocks
 
-    coll = (cfg.imagery.collection,)
-    cc = cfg.imagery.max_cloud_cover
-    labels = cfg.labels.searched_collection
     bc = cfg.runner.block_cells
-
-    span = series_span(cfg)
 
     def search_jobs(blocks: BlockSearch, jobs: list[TileJob]) -> None:
         for job in jobs:
-            if span is not None:  # a sequence: one search over every window (sequence.py)
-                found = blocks.search_cell(job, coll, span, cc)
-                if labels is not None:
-                    t_lo = min([span[0], *(s.datetime for s in found)])
-                    t_hi = max([span[1], *(s.datetime for s in found)])
-                    blocks.search_cell(job, (labels,), (t_lo, t_hi), None)
-                continue
-            before = blocks.search_cell(job, coll, job.t0_window, cc)
-            after = blocks.search_cell(job, coll, job.t1_window, cc)
-            if labels is None:
-                continue
-            t_lo = min([job.t0_window[0], *(s.datetime for s in before)])
-            t_hi = max([job.t1_window[1], *(s.datetime for s in after)])
-            blocks.search_cell(job, (labels,), (t_lo, t_hi), None)
+            cell_searches(cfg, blocks, job)
 
     def search_block(jobs: list[TileJob]) -> ItemRecorder:
         recorder = ItemRecorder(inner)
