@@ -34,7 +34,7 @@ from geodelta.sources.demo.constants import (
     SYNTHETIC_NOTE,
     DemoCatalogError,
 )
-from geodelta.sources.demo.render import Rendered, pixel_lonlat, render_item, write_cog
+from geodelta.sources.demo.render import Clouds, Rendered, pixel_lonlat, render_item, write_cog
 from geodelta.sources.demo.world import LonLatGrid, Tile, draw_shift, seeded_rng
 
 __all__ = [
@@ -94,7 +94,7 @@ def render_dates(
     seed: int,
     tiles: list[Tile],
     dates: list[date],
-    clouds: list[np.ndarray],
+    clouds: list[Clouds],
     refl_field: np.ndarray,
     lc: np.ndarray,
     lc_grid: LonLatGrid,
