@@ -34,361 +34,44 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage as ndi
-from scipy.fft import fftfreq, fftn, ifftn
 
-from geodelta.errors import StageError
 from geodelta.pipelines.stages.sample import Sample
+from geodelta.pipelines.stages.shift_estimation import (
+    EDGE_TAPER,
+    GRADIENT_SIGMA,
+    CoregistrationError,
+    Neighbourhood,
+    TieWindows,
+    _Reference,
+    estimate_shift,
+    neighbourhood,
+    tie_points,
+)
+from geodelta.pipelines.stages.shift_estimation import (
+    _gradient as _gradient,  # re-exported: tests pin the estimate to skimage with it
+)
 from geodelta.schemas import CoregResult, QuarantineRecord
 from geodelta.schemas.config import CoregConfig
 
-#: Gaussian scale (px) of the gradient magnitude the registration runs on.
-GRADIENT_SIGMA = 1.0
-#: Share of each side tapered to zero before correlating (see :func:`_taper`).
-EDGE_TAPER = 0.1
-#: Pixels next to no-data (after dilation by this many px) carry no gradient.
-_INVALID_MARGIN_PX = 3
-#: Fewest valid pixels (in each image) an estimate needs.
-_MIN_VALID_PX = 16
-
-
-class CoregistrationError(StageError):
-    """The shift cannot be estimated: bad arguments or images without usable texture.
-
-    Attributes:
-        reason: machine-readable reason ('no_texture', 'too_few_valid', 'bad_input').
-    """
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
+__all__ = [
+    "EDGE_TAPER",
+    "GRADIENT_SIGMA",
+    "RECORD_DECIMALS",
+    "CoregistrationError",
+    "Neighbourhood",
+    "TieWindows",
+    "apply_shift",
+    "coregister",
+    "estimate_shift",
+    "neighbourhood",
+    "tie_points",
+]
 
 #: Decimals kept in the recorded shift, residual and error.
 RECORD_DECIMALS = 6
-
-
-def _gradient(image: np.ndarray, name: str) -> np.ndarray:
-    """Mean-removed gradient magnitude; zero on and next to NaN pixels."""
-    valid = np.isfinite(image)
-    n_valid = int(valid.sum())
-    if n_valid < _MIN_VALID_PX:
-        raise CoregistrationError(
-            "too_few_valid",
-            f"{name} image has too few valid pixels (min={_MIN_VALID_PX}, actual={n_valid})",
-        )
-    all_valid = n_valid == valid.size
-    values = image.ravel() if all_valid else image[valid]
-    if all_valid:  # nothing to fill (and no median to sort for)
-        filled = image.astype(np.float64)
-    else:
-        filled = np.where(valid, image, np.median(values)).astype(np.float64)
-    grad = ndi.gaussian_gradient_magnitude(filled, GRADIENT_SIGMA)
-    bad = ~valid
-    if not all_valid:
-        bad = ndi.binary_dilation(bad, iterations=_INVALID_MARGIN_PX)
-    good = grad.ravel() if all_valid else grad[~bad]
-    scale = 1.0 + float(np.abs(values).max())
-    spread = float(good.std()) if good.size else 0.0
-    if good.size < _MIN_VALID_PX or spread <= 1e-9 * scale:
-        raise CoregistrationError(
-            "no_texture",
-            f"{name} image has no usable texture (gradient std={spread:.3g} over {good.size} px "
-            "away from no-data)",
-        )
-    grad -= good.mean()
-    if not all_valid:
-        grad[bad] = 0.0
-    return grad * _window(grad.shape[0], grad.shape[1])
-
-
-@lru_cache(maxsize=8)
-def _window(height: int, width: int) -> np.ndarray:
-    """The 2-D taper of an image shape (read-only, cached: every cell has the same shape)."""
-    window = np.outer(_taper(height), _taper(width))
-    window.flags.writeable = False
-    return window
-
-
-def _taper(n: int) -> np.ndarray:
-    """Raised-cosine edge taper over ``EDGE_TAPER`` of the length at each end (Tukey window).
-
-    Cross-correlation treats the images as periodic; without a taper the wrap-around seam and
-    content entering / leaving at the borders bias the estimate (measured: up to 0.12 px).
-    """
-    window = np.ones(n)
-    m = min(n // 2, max(1, round(n * EDGE_TAPER)))
-    ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(m) + 0.5) / m)
-    window[:m] = ramp
-    window[n - m :] = ramp[::-1]
-    return window
-
-
-def estimate_shift(
-    reference: np.ndarray,
-    moving: np.ndarray,
-    *,
-    upsample_factor: int = 50,
-) -> tuple[tuple[float, float], float]:
-    """Estimate the sub-pixel shift that aligns ``moving`` with ``reference``.
-
-    Args:
-        reference: 2-D image (the before scene's band); NaN = no data.
-        moving: 2-D image of the same shape (the after scene's band); NaN = no data.
-        upsample_factor: precision is 1/upsample_factor px.
-
-    Returns:
-        ``((dy, dx), error)``: the shift to apply to ``moving`` (positive = content moves
-        down / right), and the cross-correlation error (0 = perfect match, ~1 = unrelated).
-
-    Raises:
-        CoregistrationError: shapes differ or are not 2-D, or an image has no usable texture
-            (all NaN, constant).
-    """
-    ref = np.asarray(reference, dtype=np.float64)
-    mov = np.asarray(moving, dtype=np.float64)
-    if ref.ndim != 2 or ref.shape != mov.shape:
-        raise CoregistrationError(
-            "bad_input",
-            f"reference and moving must be 2-D arrays of one shape "
-            f"(actual={ref.shape} and {mov.shape})",
-        )
-    if upsample_factor < 1:
-        raise CoregistrationError(
-            "bad_input", f"upsample_factor must be >= 1 (actual={upsample_factor})"
-        )
-    return _Reference(ref).estimate(mov, upsample_factor)
-
-
-class _Reference:
-    """A reference image prepared once (gradient and its spectrum) for several estimates.
-
-    :func:`coregister` estimates twice against the same reference (the shift, then the residual
-    after applying it), so the reference's gradient and FFT are computed once.
-    """
-
-    def __init__(self, reference: np.ndarray) -> None:
-        self.shape = reference.shape
-        self.freq = fftn(_gradient(reference, "reference"))
-        self.amp = float(np.sum(np.real(self.freq * self.freq.conj())))
-
-    def estimate(
-        self, moving: np.ndarray, upsample_factor: int
-    ) -> tuple[tuple[float, float], float]:
-        target = fftn(_gradient(moving, "moving"))
-        shift, error = _cross_correlate(self.freq, self.amp, target, upsample_factor)
-        return (float(shift[0]), float(shift[1])), float(error)
-
-
-def _cross_correlate(
-    src_freq: np.ndarray, src_amp: float, target_freq: np.ndarray, upsample_factor: int
-) -> tuple[np.ndarray, float]:
-    """Upsampled cross-correlation of two spectra: ``(shift, error)``.
-
-    The same arithmetic, operation for operation, as
-    :func:`skimage.registration.phase_cross_correlation` with ``normalization=None`` (so the
-    estimates are bit-identical to it), minus what a repeated reference makes redundant: the
-    reference spectrum and amplitude come in precomputed and the DFT kernels are cached.
-    """
-    shape = src_freq.shape
-    image_product = src_freq * target_freq.conj()
-    cross_correlation = ifftn(image_product)
-    maxima = np.unravel_index(np.argmax(np.abs(cross_correlation)), cross_correlation.shape)
-    midpoint = np.array([np.trunc(axis_size / 2) for axis_size in shape])
-    float_dtype = image_product.real.dtype
-    shift = np.stack(maxima).astype(float_dtype, copy=False)
-    shift[shift > midpoint] -= np.array(shape)[shift > midpoint]
-    if upsample_factor == 1:
-        cc_max = cross_correlation[maxima]
-        src_amp /= src_freq.size
-        target_amp = np.sum(np.real(target_freq * target_freq.conj())) / target_freq.size
-    else:
-        factor = np.array(upsample_factor, dtype=float_dtype)
-        shift = np.round(shift * factor) / factor
-        region = np.ceil(factor * 1.5)
-        dftshift = np.trunc(region / 2.0)
-        offsets = dftshift - shift * factor
-        data = image_product.conj()
-        for n_items, offset in list(zip(shape, offsets, strict=True))[::-1]:
-            kernel = _dft_kernel(n_items, int(region), float(factor), float(offset))
-            data = np.tensordot(kernel, data, axes=(1, -1))
-        cross_correlation = data.conj()
-        maxima = np.unravel_index(np.argmax(np.abs(cross_correlation)), cross_correlation.shape)
-        cc_max = cross_correlation[maxima]
-        peak = np.stack(maxima).astype(float_dtype, copy=False)
-        peak -= dftshift
-        shift += peak / factor
-        target_amp = np.sum(np.real(target_freq * target_freq.conj()))
-    for dim, size in enumerate(shape):
-        if size == 1:  # a shift along a length-1 axis has no effect
-            shift[dim] = 0
-    amp = src_amp * target_amp
-    if amp == 0 or np.isnan(cc_max) or np.isnan(amp):
-        return shift, math.nan
-    with np.errstate(invalid="ignore"):
-        error = 1.0 - cc_max * cc_max.conj() / amp
-    return shift, float(np.sqrt(np.abs(error)))
-
-
-@lru_cache(maxsize=64)
-def _dft_kernel(n_items: int, region: int, factor: float, offset: float) -> np.ndarray:
-    """One axis of the matrix-multiply DFT (skimage's ``_upsampled_dft``), cached."""
-    im2pi = 1j * 2 * np.pi
-    kernel = (np.arange(region) - offset)[:, None] * fftfreq(n_items, factor)
-    kernel = np.exp(-im2pi * kernel)
-    kernel.flags.writeable = False
-    return kernel
-
-
-#: Share of a tie-point window that must lie away from no-data for the window to count.
-_MIN_WINDOW_VALID = 0.5
-
-
-@dataclasses.dataclass(frozen=True)
-class Neighbourhood:
-    """The tie points around a cell and their consensus.
-
-    Attributes:
-        shift: consensus ``(dy, dx)`` (the median of the agreeing tie points; same sign convention
-            as :func:`estimate_shift`), or None when too few windows could be estimated.
-        usable: tie-point windows with an estimate within ``max_error`` and
-            ``max_shift_px``.
-        agreeing: usable windows within ``tie_agreement_px`` of the tie points' median.
-        windows: windows laid over the context.
-        error: median phase-correlation error of the agreeing tie points (NaN without any).
-    """
-
-    shift: tuple[float, float] | None
-    usable: int
-    agreeing: int
-    windows: int
-    error: float = math.nan
-
-    def holds(self, min_points: int) -> bool:
-        """A consensus: at least ``min_points`` windows agree, and they are a strict majority."""
-        return (
-            self.shift is not None
-            and self.agreeing >= min_points
-            and 2 * self.agreeing > self.usable
-        )
-
-
-class _Gradients:
-    """The gradient magnitude of a whole context image, cut into tie-point windows.
-
-    Computed once per image (not per window), so a window's gradient near its border sees the
-    pixels beyond it; each window is then mean-removed, zeroed next to no-data and tapered as
-    :func:`_gradient` does.
-    """
-
-    def __init__(self, image: np.ndarray) -> None:
-        valid = np.isfinite(image)
-        if valid.all():
-            filled = image.astype(np.float64)
-            self.bad = np.zeros(image.shape, dtype=bool)
-        else:
-            values = image[valid]
-            fill = float(np.median(values)) if values.size else 0.0
-            filled = np.where(valid, image, fill).astype(np.float64)
-            self.bad = ndi.binary_dilation(~valid, iterations=_INVALID_MARGIN_PX)
-        self.grad = ndi.gaussian_gradient_magnitude(filled, GRADIENT_SIGMA)
-        self.scale = 1.0 + (float(np.abs(filled).max()) if filled.size else 0.0)
-
-    def window(self, y: int, x: int, size: int) -> np.ndarray | None:
-        """The prepared gradient of one window, or None without enough valid texture."""
-        grad = self.grad[y : y + size, x : x + size]
-        bad = self.bad[y : y + size, x : x + size]
-        good = grad[~bad]
-        if good.size < max(_MIN_VALID_PX, _MIN_WINDOW_VALID * grad.size):
-            return None
-        if float(good.std()) <= 1e-9 * self.scale:
-            return None
-        out = grad - good.mean()
-        out[bad] = 0.0
-        return out * _window(size, size)
-
-
-def _offsets(length: int, size: int, stride: int) -> list[int]:
-    """Window starts along one axis: every ``stride`` px, the last one flush with the end."""
-    if length <= size:
-        return [0] if length == size else []
-    starts = list(range(0, length - size + 1, stride))
-    if starts[-1] != length - size:
-        starts.append(length - size)
-    return starts
-
-
-def tie_points(
-    reference: np.ndarray, moving: np.ndarray, cfg: CoregConfig
-) -> list[tuple[float, float, float]]:
-    """Shift estimates on a grid of windows over a context image pair.
-
-    Adjacent windows of ``cfg.tie_window_px`` (AROSICS-style tie points, here over one cell's
-    context; the last one of a row or column flush with the edge); a window needs half its pixels away from no-data and texture on both
-    dates, an error of at most ``cfg.max_error`` and a shift of at most ``cfg.max_shift_px``
-    (beyond it, a wrong peak; a scene really shifted that far leaves no usable tie point, and
-    the cell's own estimate quarantines it as 'shift_too_large').
-
-    Args:
-        reference: 2-D context of the before scene's registration band; NaN = no data.
-        moving: the after scene's band over the same grid.
-        cfg: the ``coregistration`` section.
-
-    Returns:
-        ``(dy, dx, error)`` of every usable window, in row-major window order (same sign
-        convention as :func:`estimate_shift`).
-    """
-    size = cfg.tie_window_px
-    stride = size
-    ref = _Gradients(np.asarray(reference, dtype=np.float64))
-    mov = _Gradients(np.asarray(moving, dtype=np.float64))
-    height, width = reference.shape
-    points: list[tuple[float, float, float]] = []
-    for y in _offsets(height, size, stride):
-        for x in _offsets(width, size, stride):
-            a, b = ref.window(y, x, size), mov.window(y, x, size)
-            if a is None or b is None:
-                continue
-            freq = fftn(a)
-            amp = float(np.sum(np.real(freq * freq.conj())))
-            shift, error = _cross_correlate(freq, amp, fftn(b), cfg.upsample_factor)
-            dy, dx = float(shift[0]), float(shift[1])
-            if (
-                math.isfinite(error)
-                and error <= cfg.max_error
-                and math.hypot(dy, dx) <= cfg.max_shift_px
-            ):
-                points.append((dy, dx, float(error)))
-    return points
-
-
-def neighbourhood(reference: np.ndarray, moving: np.ndarray, cfg: CoregConfig) -> Neighbourhood:
-    """The tie points over a context pair and their robust consensus.
-
-    The median of the usable tie points (per axis) is the robust centre; the tie points within
-    ``cfg.tie_agreement_px`` of it agree, and their median is the consensus shift.
-
-    Args:
-        reference: 2-D context of the before scene's registration band; NaN = no data.
-        moving: the after scene's band over the same grid.
-        cfg: the ``coregistration`` section.
-    """
-    size = cfg.tie_window_px
-    stride = size
-    height, width = reference.shape
-    windows = len(_offsets(height, size, stride)) * len(_offsets(width, size, stride))
-    points = tie_points(reference, moving, cfg)
-    if not points:
-        return Neighbourhood(None, 0, 0, windows)
-    arr = np.array(points, dtype=np.float64)
-    centre = np.median(arr[:, :2], axis=0)
-    near = np.hypot(*(arr[:, :2] - centre).T) <= cfg.tie_agreement_px
-    agreeing = arr[near] if near.any() else arr
-    dy, dx, error = (float(v) for v in np.median(agreeing, axis=0))
-    return Neighbourhood((dy, dx), len(points), int(near.sum()), windows, error)
 
 
 def apply_shift(stack: np.ndarray, shift: tuple[float, float]) -> np.ndarray:
@@ -558,7 +241,13 @@ def _no_consensus(hood: Neighbourhood, cfg: CoregConfig, what: str) -> str:
     )
 
 
-def coregister(sample: Sample, cfg: CoregConfig, *, band_index: int) -> Sample | QuarantineRecord:
+def coregister(
+    sample: Sample,
+    cfg: CoregConfig,
+    *,
+    band_index: int,
+    tie_reference: TieWindows | None = None,
+) -> Sample | QuarantineRecord:
     """Co-register the after scene of a sample onto its before scene.
 
     The shift of ``sample.after`` against ``sample.before`` is estimated on one band, on the
@@ -583,6 +272,10 @@ def coregister(sample: Sample, cfg: CoregConfig, *, band_index: int) -> Sample |
             optionally ``coreg_context``.
         cfg: the ``coregistration`` section of the build config.
         band_index: index of the band (in the stacks) to register on.
+        tie_reference: the tie-point windows of the before context (``coreg_context[0]``),
+            prepared once (:class:`TieWindows`, ``cfg.tie_window_px``) for several after scenes
+            registered onto the same before scene (the dates of a sequence); None prepares them
+            here. Windows prepared from other pixels are refused.
 
     Returns:
         A copy of the sample with ``after`` corrected, ``coreg`` set and the context dropped,
@@ -591,7 +284,9 @@ def coregister(sample: Sample, cfg: CoregConfig, *, band_index: int) -> Sample |
 
     Raises:
         IndexError: ``band_index`` is not a band of the stacks.
-        CoregistrationError: the before and after stacks differ in shape.
+        CoregistrationError: the before and after stacks (or contexts) differ in shape.
+        ValueError: ``tie_reference`` was not prepared from this sample's before context
+            with ``cfg.tie_window_px``.
     """
     n_bands = sample.before.shape[0]
     if not -n_bands <= band_index < n_bands or sample.after.shape[0] != n_bands:
@@ -614,7 +309,8 @@ def coregister(sample: Sample, cfg: CoregConfig, *, band_index: int) -> Sample |
             return _quarantine(sample, *(problem or ("coreg_failed", "no estimate")))
         dy, dx, error = cell
     else:
-        hood = neighbourhood(context[0], context[1], cfg)
+        reference = _tie_reference(tie_reference, context[0], cfg)  # reused by the check below
+        hood = neighbourhood(reference, context[1], cfg)
         if not hood.holds(cfg.min_tie_points) or hood.shift is None:
             # The cell's own reason comes first, except a shift beyond max_shift_px that tie
             # points within it contradict (a wrong peak, not a scene shifted that far).
@@ -668,7 +364,7 @@ def coregister(sample: Sample, cfg: CoregConfig, *, band_index: int) -> Sample |
         else:
             assert context is not None
             moved = apply_shift(context[1][np.newaxis], (dy, dx))[0]
-            check = neighbourhood(context[0], moved, cfg)
+            check = neighbourhood(reference, moved, cfg)
             if not check.holds(cfg.min_tie_points) or check.shift is None:
                 return _quarantine(
                     sample,
@@ -710,6 +406,24 @@ def coregister(sample: Sample, cfg: CoregConfig, *, band_index: int) -> Sample |
         agreeing=None if hood is None else hood.agreeing,
     )
     return dataclasses.replace(sample, after=after, coreg=result, coreg_context=None)
+
+
+def _tie_reference(
+    prepared: TieWindows | None, context: np.ndarray, cfg: CoregConfig
+) -> TieWindows:
+    """The before context's tie-point windows: ``prepared`` when it was made from these pixels
+    with the configured window size, else refused; prepared here when None."""
+    if prepared is None:
+        return TieWindows(context, cfg.tie_window_px)
+    if prepared.size != cfg.tie_window_px or not np.array_equal(
+        prepared.source, context, equal_nan=True
+    ):
+        raise ValueError(
+            "tie_reference was not prepared from this sample's before context with "
+            f"coregistration.tie_window_px={cfg.tie_window_px} (prepared: {prepared.size} px "
+            f"windows over {prepared.shape})"
+        )
+    return prepared
 
 
 def _rounded(value: float) -> float:

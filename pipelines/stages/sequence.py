@@ -217,18 +217,20 @@ def coregister_series(
         date's result (the pair's), or the quarantine record of the first date that failed,
         its detail naming the date.
     """
-    from geodelta.pipelines.stages.coregister import coregister
+    from geodelta.pipelines.stages.coregister import TieWindows, coregister
 
     series = sample.series
     assert series is not None, "coregister_series needs a sequence sample"
     stack = series.stack
     ref = stack[0]
+    # date 0's tie-point windows, prepared once for every date checked against it
+    prepared = None if series.context is None else TieWindows(series.context[0], cfg.tie_window_px)
     metas = [series.dates[0]]
     last = None
     for k in range(1, stack.shape[0]):
         ctx = None if series.context is None else (series.context[0], series.context[k])
         step = dataclasses.replace(sample, before=ref, after=stack[k], coreg_context=ctx)
-        out = coregister(step, cfg, band_index=band_index)
+        out = coregister(step, cfg, band_index=band_index, tie_reference=prepared)
         when = f"date {k} ({series.dates[k].datetime:%Y-%m-%d}, {series.dates[k].item_id})"
         if isinstance(out, QuarantineRecord):
             return out.model_copy(update={"detail": f"{when} onto date 0: {out.detail}"})
