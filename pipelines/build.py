@@ -23,6 +23,7 @@ from typing import Any
 from geodelta import __version__
 from geodelta.errors import BuildError, GeodeltaError
 from geodelta.pipelines.engines.run import check_remote, check_runner
+from geodelta.pipelines.progress import Progress
 from geodelta.pipelines.release.layout import MANIFEST, STAGING, Mode, read_manifest
 from geodelta.pipelines.release.upload import is_url, shown
 from geodelta.schemas import BuildConfig, ReleaseManifest, TileJob
@@ -260,6 +261,24 @@ class BuildResult:
     def quarantined(self) -> int:
         """Records in quarantine."""
         return sum(self.manifest.quarantined.values())
+
+
+class _CellsBar(Progress):
+    """The cells' bar; the first cell done (by the engine's count or the markers) calls
+    ``first``: the preload (:mod:`~geodelta.pipelines.release.preload`) starts then."""
+
+    def __init__(self, first: Callable[[], None], *args: Any) -> None:
+        super().__init__(*args)
+        self._first, self._start = first, self.completed
+
+    def advance(self, n: int) -> None:
+        super().advance(n)
+        self._first()
+
+    def set(self, completed: int) -> None:
+        super().set(completed)
+        if completed > self._start:
+            self._first()
 
 
 @dataclass(frozen=True)
@@ -554,8 +573,9 @@ def _build(
 ) -> BuildResult:
     """:func:`build` with the output folder's lock held."""
     from geodelta.pipelines.engines.run import run_cells
-    from geodelta.pipelines.progress import Progress, Watcher
+    from geodelta.pipelines.progress import Watcher
     from geodelta.pipelines.release.assemble import write_release
+    from geodelta.pipelines.release.preload import Preload, preload_modules
     from geodelta.pipelines.release.staging import Staging
     from geodelta.pipelines.report.render import write_report
 
@@ -605,7 +625,8 @@ def _build(
 
     stage("process")
     t = time.perf_counter()
-    with Progress(progress, "cells", n_cells, n_cells - n_todo) as bar:
+    warm = Preload(preload_modules(cfg))  # GX and matplotlib, beside the cells
+    with _CellsBar(warm.start, progress, "cells", n_cells, n_cells - n_todo) as bar:
         # Beam's workers report nothing back while they run: poll the completion markers.
         watcher = Watcher(staging, bar) if cfg.runner.name != "inprocess" else None
         try:
@@ -620,6 +641,7 @@ def _build(
         finally:
             if watcher is not None:
                 watcher.stop()
+            warm.join()  # no import left running beside the next stages (or the error)
         bar.set(len(staging.done_cells()))
     _check_done(staging, _plan_ids(cfg), retry)
     _refuse_empty(staging, n_cells, retry)
