@@ -109,9 +109,36 @@ def geotiff_bytes(
     """
     if dn.dtype != np.uint16:
         raise EncodeError(f"dn must be uint16 (actual dtype={dn.dtype}); convert with to_dn()")
-    if dn.ndim != 3:
-        raise EncodeError(f"dn must be (C, H, W) (actual ndim={dn.ndim})")
-    count, height, width = dn.shape
+    return write_geotiff(
+        dn,
+        crs=crs,
+        transform=transform,
+        band_names=band_names,
+        extra={"nodata": OUTPUT_NODATA, "predictor": 2},
+        scale_offset=(OUTPUT_DN_SCALE, OUTPUT_DN_OFFSET),
+    )
+
+
+def write_geotiff(
+    data: np.ndarray,
+    *,
+    crs: str,
+    transform: Transform,
+    band_names: Sequence[str],
+    extra: dict[str, Any] | None = None,
+    scale_offset: tuple[float, float] | None = None,
+) -> bytes:
+    """Write a (N, H, W) stack as an in-memory, deflate-compressed, band-interleaved GeoTIFF in
+    its own dtype: the CRS, the affine transform, one description per band, ``extra`` profile
+    keys (nodata, predictor) and, when given, the same scale/offset on every band. Shared by
+    :func:`geotiff_bytes` and the sequence members' writers; byte-deterministic.
+
+    Raises:
+        EncodeError: not (N, H, W), or not one band name per band.
+    """
+    if data.ndim != 3:
+        raise EncodeError(f"expected a (bands, y, x) stack (actual ndim={data.ndim})")
+    count, height, width = data.shape
     if len(band_names) != count:
         raise EncodeError(
             f"one band name per band is needed (bands={count}, names={len(band_names)})",
@@ -119,24 +146,24 @@ def geotiff_bytes(
         )
     profile: dict[str, Any] = {
         "driver": "GTiff",
-        "dtype": "uint16",
+        "dtype": str(data.dtype),
         "count": count,
         "height": height,
         "width": width,
         "crs": rasterio.crs.CRS.from_user_input(crs),
         "transform": Affine(*transform),
-        "nodata": OUTPUT_NODATA,
         "compress": "deflate",
-        "predictor": 2,
         "interleave": "band",
+        **(extra or {}),
     }
     with MemoryFile() as memfile:
         with memfile.open(**profile) as dst:
-            dst.write(np.ascontiguousarray(dn))
+            dst.write(np.ascontiguousarray(data))
             for i, name in enumerate(band_names, start=1):
                 dst.set_band_description(i, str(name))
-            dst.scales = (OUTPUT_DN_SCALE,) * count
-            dst.offsets = (OUTPUT_DN_OFFSET,) * count
+            if scale_offset is not None:
+                dst.scales = (scale_offset[0],) * count
+                dst.offsets = (scale_offset[1],) * count
         return bytes(memfile.read())
 
 

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
-import rasterio
-from rasterio.io import MemoryFile
-from rasterio.transform import Affine
 
 from geodelta._io import compact_json_bytes
-from geodelta.pipelines.stages.encode import EncodeError, geotiff_bytes, index_png, to_dn
+from geodelta.pipelines.stages.encode import (
+    EncodeError,
+    geotiff_bytes,
+    index_png,
+    to_dn,
+    write_geotiff,
+)
 from geodelta.pipelines.stages.sample import Sample, SeriesArrays
 from geodelta.schemas import SampleMeta
 from geodelta.schemas.members import SERIES_MEMBERS
@@ -37,28 +39,9 @@ def index_geotiff_bytes(
     Raises:
         EncodeError: wrong dtype, rank or number of band names.
     """
-    if codes.dtype != np.uint8 or codes.ndim != 3:
-        raise EncodeError(f"codes must be (N, H, W) uint8 (actual {codes.dtype} {codes.shape})")
-    count, height, width = codes.shape
-    if len(band_names) != count:
-        raise EncodeError(f"one name per band is needed (bands={count}, names={len(band_names)})")
-    profile: dict[str, Any] = {
-        "driver": "GTiff",
-        "dtype": "uint8",
-        "count": count,
-        "height": height,
-        "width": width,
-        "crs": rasterio.crs.CRS.from_user_input(crs),
-        "transform": Affine(*transform),
-        "compress": "deflate",
-        "interleave": "band",
-    }
-    with MemoryFile() as memfile:
-        with memfile.open(**profile) as dst:
-            dst.write(np.ascontiguousarray(codes))
-            for i, name in enumerate(band_names, start=1):
-                dst.set_band_description(i, str(name))
-        return bytes(memfile.read())
+    if codes.dtype != np.uint8:
+        raise EncodeError(f"codes must be uint8 (actual dtype={codes.dtype})")
+    return write_geotiff(codes, crs=crs, transform=transform, band_names=band_names)
 
 
 def series_band_names(series: SeriesArrays, bands: Sequence[str]) -> list[str]:

@@ -121,12 +121,8 @@ def search_series(
     dates = [scenes[d.item_id] for d in chosen.dates]
     labels: tuple[SceneRef, ...] = ()
     collection = cfg.labels.searched_collection
-    if collection is not None:
-        lo = min(span[0], dates[0].datetime)
-        hi = max(span[1], dates[-1].datetime)
-        items = [
-            s for s in catalog.search([collection], job.bbox_lonlat, (lo, hi)) if covers(s, job)
-        ]
+    if collection is not None:  # over the span: the window cell_searches (snapshot) uses too
+        items = [s for s in catalog.search([collection], job.bbox_lonlat, span) if covers(s, job)]
         picked = pick_series_landcover(items, [d.datetime for d in dates], cfg.labels)
         if isinstance(picked, Rejection):
             return _quarantine(job, "label", picked.reason, picked.detail)
