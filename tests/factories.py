@@ -442,3 +442,16 @@ def make_metrics(
         weights=weights or {},
         training={},
     )
+
+
+def flip_staged_member(raw: bytes, name: str) -> bytes:
+    """A staged sample's file (``samples/<key>.sample``) with one byte in the middle of member
+    ``name`` flipped, its header untouched: what a disk or a stray writer could do."""
+    from geodelta.pipelines.release.staging import unpack_sample
+
+    _, members = unpack_sample(raw)
+    body_start = len(raw) - sum(len(m) for m in members.values())
+    offset = body_start + sum(len(members[n]) for n in sorted(members) if n < name)
+    out = bytearray(raw)
+    out[offset + len(members[name]) // 2] ^= 0xFF
+    return bytes(out)

@@ -19,9 +19,10 @@ import fsspec
 import pytest
 
 from geodelta.pipelines.release.lock import Lease, OutputBusyError, hold_lease, hold_place
-from geodelta.pipelines.release.staging import STAMP_FILE, Staging, StagingError
+from geodelta.pipelines.release.staging import STAMP_FILE, Staging, StagingError, unpack_sample
 from geodelta.pipelines.release.upload import OutputError, check_reachable
 from geodelta.schemas import QuarantineRecord
+from tests.factories import flip_staged_member
 from tests.s3_server import S3Bucket, free_port
 
 #: A sample's members (names as a worker writes them; bytes arbitrary).
@@ -88,14 +89,14 @@ def test_round_trip_on_a_url(store_url: str) -> None:
     assert st.read_members("c1_a") == dict(sorted(MEMBERS.items()))
     assert st.read_member("c2_a", "json") == b"[2]"
     assert st.sample_problem("c1_a") is None and st.corrupt_cells() == {}
-    assert st.sample_location("c1_a") == f"{store_url}/samples/c1_a"
-    with pytest.raises(StagingError, match="not a local folder"):
-        st.sample_dir("c1_a")
-    # the layout is the local one: members, their checksums, one marker per cell
+    assert st.sample_location("c1_a") == f"{store_url}/samples/c1_a.sample"
+    # the layout is the local one: one object per sample (members and checksums), one marker
+    # per cell
     objects = _objects(store_url)
-    assert objects["samples/c1_a/json"] == MEMBERS["json"]
-    digests = json.loads(objects["samples/c1_a/.sha256.json"])
-    assert sorted(digests) == sorted(MEMBERS)
+    cells = ["cells/c0.json", "cells/c1.json", "cells/c2.json"]
+    assert sorted(objects) == [*cells, "samples/c1_a.sample", "samples/c2_a.sample"]
+    digests, members = unpack_sample(objects["samples/c1_a.sample"])
+    assert members == MEMBERS and sorted(digests) == sorted(MEMBERS)
     assert json.loads(objects["cells/c1.json"])["keys"] == ["c1_a"]
     assert not any(rel.startswith("tmp/") for rel in objects)  # no rename, no temp objects
 
@@ -114,7 +115,7 @@ def test_the_marker_is_the_commit_point(store_url: str) -> None:
     st = Staging(store_url)
     st.put_sample("c1_a", MEMBERS)
     assert st.done_cells() == set() and st.outcomes() == ([], [])
-    _rm(f"{store_url}/samples/c1_a/.sha256.json")  # died between the members and the checksums
+    _rm(f"{store_url}/samples/c1_a.sample")  # died before its sample was written whole
     with pytest.raises(StagingError, match=r"\['c1_a'\] were not put"):
         st.mark_cell("c1", keys=["c1_a"], quarantine=[])
     assert st.done_cells() == set()
@@ -128,8 +129,11 @@ def test_a_changed_object_is_found(store_url: str) -> None:
     for cell in ("c1", "c2", "c3"):
         st.put_sample(f"{cell}_a", MEMBERS)
         st.mark_cell(cell, keys=[f"{cell}_a"], quarantine=[])
-    _write(f"{store_url}/samples/c1_a/after.tif", b"II*\x00tampered")  # overwritten in place
-    _rm(f"{store_url}/samples/c2_a/json")  # deleted
+    c1 = f"{store_url}/samples/c1_a.sample"
+    _write(c1, flip_staged_member(_objects(store_url)["samples/c1_a.sample"], "after.tif"))
+    c2 = _objects(store_url)["samples/c2_a.sample"]
+    _write(f"{store_url}/samples/c2_a.sample", c2[: len(c2) - 3])  # cut short
+    _rm(f"{store_url}/samples/c3_a.sample")  # deleted
     problem = st.sample_problem("c1_a")
     assert problem is not None and "'after.tif'" in problem and "checksum" in problem
     with pytest.raises(StagingError, match="does not match the checksum"):
@@ -138,9 +142,9 @@ def test_a_changed_object_is_found(store_url: str) -> None:
         st.read_member("c1_a", "after.tif")
     assert st.read_member("c1_a", "json") == MEMBERS["json"]  # the others still read
     corrupt = st.corrupt_cells()
-    assert sorted(corrupt) == ["c1", "c2"]
-    assert "differ from those staged" in corrupt["c2"]
-    assert st.corrupt_cells(["c3"]) == {}
+    assert sorted(corrupt) == ["c1", "c2", "c3"]
+    assert "truncated" in corrupt["c2"] and "not in the staging area" in corrupt["c3"]
+    assert st.corrupt_cells(["c1"]) == {"c1": corrupt["c1"]}
 
 
 def test_iter_members_reads_ahead_in_order_and_raises_at_the_changed_sample(
@@ -152,7 +156,8 @@ def test_iter_members_reads_ahead_in_order_and_raises_at_the_changed_sample(
         st.put_sample(key, {"json": f"[{i}]".encode()})
     got = [(k, m["json"]) for k, m in st.iter_members(keys, ahead=4)]
     assert got == [(k, f"[{i}]".encode()) for i, k in enumerate(keys)]
-    _write(f"{store_url}/samples/c07_a/json", b"[x]")
+    c07 = f"{store_url}/samples/c07_a.sample"
+    _write(c07, flip_staged_member(_objects(store_url)["samples/c07_a.sample"], "json"))
     seen: list[str] = []
     with pytest.raises(StagingError, match="sample c07_a"):
         for key, _ in st.iter_members(keys, ahead=4):
@@ -163,8 +168,7 @@ def test_iter_members_reads_ahead_in_order_and_raises_at_the_changed_sample(
 def test_a_reput_drops_members_the_new_copy_lacks(store_url: str) -> None:
     st = Staging(store_url)
     st.put_sample("c1_a", MEMBERS)
-    _write(f"{store_url}/samples/c1_a/stray.png", b"x")  # an object nobody staged
-    assert "differ from those staged" in (st.sample_problem("c1_a") or "")
+    assert st.member_names("c1_a") == set(MEMBERS)
     st.put_sample("c1_a", {"json": b"new"})
     assert st.member_names("c1_a") == {"json"}
     assert st.read_members("c1_a") == {"json": b"new"} and st.sample_problem("c1_a") is None
@@ -175,8 +179,7 @@ def test_file_urls_stay_local(tmp_path: Path) -> None:
     st = Staging(f"file://{tmp_path}/stg")
     assert st.is_local and st.root == tmp_path / "stg"
     st.put_sample("c1_a", MEMBERS)
-    assert st.sample_dir("c1_a") == tmp_path / "stg" / "samples" / "c1_a"
-    assert st.sample_location("c1_a") == str(tmp_path / "stg" / "samples" / "c1_a")
+    assert st.sample_location("c1_a") == str(tmp_path / "stg" / "samples" / "c1_a.sample")
 
 
 def test_the_breaker_and_the_progress_watcher_work_on_a_url(

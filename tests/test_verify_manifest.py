@@ -35,7 +35,7 @@ from geodelta.schemas.reference import (
     REFERENCE_METRICS,
 )
 from geodelta.sources.demo.catalog import DemoCatalog, write_demo_catalog
-from tests.factories import demo_config, make_metrics
+from tests.factories import demo_config, flip_staged_member, make_metrics
 
 #: The smallest demo that still has a sample (scale 0.1 holds no whole cell).
 SCALE = 0.25
@@ -267,11 +267,9 @@ def test_a_corrupt_staged_member_is_rebuilt_on_resume_never_shipped(
     root = _copy(built, tmp_path / "r", staging=True)
     staging = Staging(root / STAGING)
     key = staging.outcomes()[0][0]
-    member = root / STAGING / "samples" / key / "before.tif"
+    member = root / STAGING / "samples" / f"{key}.sample"
     original = member.read_bytes()
-    broken = bytearray(original)
-    broken[len(broken) // 2] ^= 0xFF
-    member.write_bytes(bytes(broken))
+    member.write_bytes(flip_staged_member(original, "before.tif"))
 
     with pytest.raises(StagingError, match=rf"'before.tif' of sample {key} does not match"):
         staging.read_members(key)  # assembly never shards it
@@ -292,7 +290,9 @@ def test_a_staged_sample_without_checksums_runs_again(tmp_path: Path) -> None:
     staging.mark_cell("c", keys=["c_1_2"], quarantine=[])
     assert staging.corrupt_cells() == {}
     assert staging.member_names("c_1_2") == {"json", "qa.json"}
-    (tmp_path / "samples" / "c_1_2" / ".sha256.json").unlink()
+    packed = tmp_path / "samples" / "c_1_2.sample"
+    lines = packed.read_bytes().split(b"\n", 2)
+    packed.write_bytes(b"\n".join([lines[0], b"{}", lines[2]]))  # its header emptied
     assert "no readable checksums" in staging.corrupt_cells()["c"]
     staging.forget_cells(["c"])
     assert staging.done_cells() == set()

@@ -1,7 +1,7 @@
 """The staging area: where workers put finished samples before the release is assembled.
 
-One unit of work is one grid cell. A worker puts the members of each of the cell's samples
-(:meth:`Staging.put_sample`), then writes the cell's completion marker
+One unit of work is one grid cell. A worker puts each of the cell's samples, all its members in
+one file (:meth:`Staging.put_sample`), then writes the cell's completion marker
 (:meth:`Staging.mark_cell`) listing its sample keys and its quarantine records. Only markers
 count: a sample without a marker (a worker that died half way) is ignored, and a re-run of the
 cell overwrites it.
@@ -9,28 +9,33 @@ cell overwrites it.
 The root is a local folder (a path, or a ``file://`` URL) or any other fsspec URL
 (``s3://``, ``gs://``, ``az://``, ``memory://``...); the layout and the public API are the same:
 
-- **local folder**: every write is atomic (a temp file or directory in the same filesystem,
-  then :func:`os.replace`; a re-put swaps the sample's folder under an ``flock``), so several
-  worker processes can write different cells concurrently.
-- **object store**: there is no rename. A sample's members are written first, then its
-  ``.sha256.json``, then (by the caller) the cell's marker: the marker is the commit point, one
-  object written whole by a single PUT, so a reader sees a cell as done only once everything it
-  names is in place. A re-put first deletes members the new copy lacks. A retried task (an engine
-  that runs a cell again) writes identical bytes (same data, same bytes), so overwriting is safe;
-  reads check the digests, so a member changed or replaced since is found as locally. Listings
-  are never served from fsspec's cache (other processes write too). Credentials come from the
-  environment or the fsspec configuration (for S3 the ``AWS_*`` variables, ``AWS_ENDPOINT_URL``
-  included, which botocore reads), never from the build config.
+- **local folder**: every write is atomic (a temp file in the same filesystem, then
+  :func:`os.replace`, which also replaces an earlier copy whole), so several worker processes can
+  write different cells concurrently, or the same cell twice.
+- **object store**: there is no rename. A sample is one object written whole by a single PUT,
+  then (by the caller) the cell's marker: the marker is the commit point, one object written
+  whole by a single PUT, so a reader sees a cell as done only once everything it names is in
+  place. A retried task (an engine that runs a cell again) writes identical bytes (same data,
+  same bytes), so overwriting is safe; reads check the digests, so a sample changed or replaced
+  since is found as locally. Listings are never served from fsspec's cache (other processes
+  write too). Credentials come from the environment or the fsspec configuration (for S3 the
+  ``AWS_*`` variables, ``AWS_ENDPOINT_URL`` included, which botocore reads), never from the
+  build config.
+
+One file per sample, not one per member: creating a file costs ~0.1 ms on a local disk and a
+request on an object store, and a sample has a dozen members (measured in RESULTS.md, "Staging
+one file per sample").
 
 Layout under ``root``::
 
-    samples/<key>/<member>     one file per member (member names as in SAMPLE_MEMBERS)
-    samples/<key>/.sha256.json the sha256 of each member, written after them: a staged file
-                               that changed since is found (:meth:`Staging.corrupt_cells` on
-                               ``--resume``; reading it raises) and never sharded
+    samples/<key>.sample       one file per sample: the line ``geodelta-staged-sample/1``, a
+                               JSON line ``{"members": [[name, size, sha256], ...]}`` (names
+                               sorted), then the members' bytes in that order. A member that
+                               changed since it was written is found by its sha256
+                               (:meth:`Staging.corrupt_cells` on ``--resume``; reading it
+                               raises), a truncated file by its sizes; neither is sharded
     cells/<cell_id>.json       completion marker: {"cell_id", "keys", "quarantine"}
     tmp/                       in-flight writes (local only; safe to delete when no worker runs)
-    locks/                     per-key locks of a re-put (local only)
     config.json                the build's stamp (:data:`STAMP_FILE`, written by the build)
     breaker.json               the circuit breaker's trip (:data:`TRIP_FILE`)
 """
@@ -62,9 +67,10 @@ __all__ = [
 ]
 
 _MARKER_SUFFIX = ".json"
-#: In each sample folder: member name -> sha256 of its bytes (hidden: no member name starts
-#: with a dot).
-_DIGESTS = ".sha256.json"
+#: A staged sample's file: ``samples/<key>.sample`` (see the module docstring).
+_SAMPLE_SUFFIX = ".sample"
+#: Its first line.
+_SAMPLE_MAGIC = b"geodelta-staged-sample/1\n"
 #: The build's stamp in the staging area's root: the config hash and code version it was made
 #: with (:mod:`geodelta.pipelines.build`).
 STAMP_FILE = "config.json"
@@ -79,7 +85,7 @@ _ROOT_FILES = (
     "snapshot.parquet",  # the build's search snapshot (release/snapshot.py), and its
     "snapshot-release.parquet",  # copy for the release
 )
-_DIRS = ("samples", "cells", "tmp", "locks")
+_DIRS = ("samples", "cells", "tmp", "locks")  # locks/: left by geodelta <= 0.1 (per-key flock)
 #: Markers read per request batch on an object store.
 _BATCH = 256
 #: Samples :meth:`Staging.iter_members` reads ahead on an object store.
@@ -119,6 +125,50 @@ def _check_name(value: str, what: str) -> str:
 def quarantine_sort_key(rec: QuarantineRecord) -> tuple[str, str, str, str, str]:
     """The order of quarantine records everywhere: cell id, key, stage, reason, detail."""
     return (rec.cell_id, rec.key, rec.stage, rec.reason, rec.detail)
+
+
+#: A local sample read, as :meth:`Staging._unpacked` keeps it.
+_Cached = tuple[tuple[str, int, int, int], tuple[dict[str, str], dict[str, bytes]]]
+
+
+def pack_sample(members: dict[str, bytes]) -> bytes:
+    """A staged sample's file (see the module docstring): header, then the members' bytes."""
+    names = sorted(members)
+    header = [[n, len(members[n]), hashlib.sha256(members[n]).hexdigest()] for n in names]
+    line = json.dumps({"members": header}, separators=(",", ":")).encode("ascii")
+    return b"".join([_SAMPLE_MAGIC, line, b"\n", *(bytes(members[n]) for n in names)])
+
+
+def unpack_sample(raw: bytes) -> tuple[dict[str, str], dict[str, bytes]]:
+    """(member name -> recorded sha256, member name -> bytes) of a staged sample's file; the
+    bytes are not checked against the digests here (:meth:`Staging.read_members` does).
+
+    Raises:
+        ValueError: not a staged sample, an unreadable header, or a file shorter or longer than
+            its header says (the message says which).
+    """
+    if not raw.startswith(_SAMPLE_MAGIC):
+        raise ValueError("not a staged sample (no header line)")
+    end = raw.find(b"\n", len(_SAMPLE_MAGIC))
+    try:
+        if end < 0:
+            raise ValueError("no end of header")
+        entries = json.loads(raw[len(_SAMPLE_MAGIC) : end])["members"]
+        table = [(str(n), int(size), str(digest)) for n, size, digest in entries]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"no readable checksums ({exc})") from None
+    body = memoryview(raw)[end + 1 :]
+    want = sum(size for _, size, _ in table)
+    if len(body) != want or any(size < 0 for _, size, _ in table):
+        raise ValueError(f"{len(body)} bytes of members where its header lists {want}: truncated")
+    digests: dict[str, str] = {}
+    members: dict[str, bytes] = {}
+    at = 0
+    for name, size, digest in table:
+        digests[name] = digest
+        members[name] = bytes(body[at : at + size])
+        at += size
+    return digests, members
 
 
 def local_root(root: str | Path) -> Path | None:
@@ -233,6 +283,8 @@ class Staging:
         else:
             self.root = local
             self._shown = str(local)
+        #: the last local sample read: ((key, inode, size, mtime_ns), (digests, members))
+        self._last: _Cached | None = None
         self._samples = local / "samples"
         self._cells = local / "cells"
         self._tmp = local / "tmp"
@@ -285,8 +337,8 @@ class Staging:
     def put_sample(self, key: str, members: dict[str, bytes]) -> None:
         """Store the members of one sample, replacing any earlier copy of the same key.
 
-        Locally the members are written into a temp directory, which is then renamed into
-        place. On an object store the members are written in place, then the checksum file.
+        All members go into one file (one object), written atomically: locally a temp file
+        renamed into place; on an object store a single PUT.
 
         Args:
             key: sample key.
@@ -300,61 +352,26 @@ class Staging:
             raise StagingError(f"sample {key} has no members", key=key)
         for name in members:
             _check_name(name, "member name")
-        digests = {name: hashlib.sha256(data).hexdigest() for name, data in members.items()}
+        packed = pack_sample(members)
+        self._last = None
         if self._remote is not None:
-            self._put_remote(key, members, digests)
+            self._remote.write({self._sample_rel(key): packed})
             return
         tmp = self._tmp_path(key)
-        tmp.mkdir(parents=True)
         try:
-            for name, data in members.items():
-                (tmp / name).write_bytes(bytes(data))
-            (tmp / _DIGESTS).write_text(json.dumps(digests, sort_keys=True))
-            self._swap_in(tmp, self._samples / key)
+            tmp.write_bytes(packed)
+            os.replace(tmp, self._samples / f"{key}{_SAMPLE_SUFFIX}")
         finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            tmp.unlink(missing_ok=True)
 
-    def _put_remote(self, key: str, members: dict[str, bytes], digests: dict[str, str]) -> None:
-        """Members first, then the checksums (the marker, last, is the caller's). The listing
-        of an earlier copy's members (to delete those the new copy lacks) runs beside the
-        member writes: one round trip fewer per sample."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        remote = self._remote
-        assert remote is not None
-        folder = f"samples/{key}"
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            listed = pool.submit(remote.names, folder)
-            remote.write({f"{folder}/{name}": bytes(data) for name, data in members.items()})
-            stale = [n for n in listed.result() if n not in members and n != _DIGESTS]
-        remote.remove([f"{folder}/{name}" for name in stale])
-        remote.write({f"{folder}/{_DIGESTS}": json.dumps(digests, sort_keys=True).encode()})
-
-    def _swap_in(self, tmp: Path, dest: Path) -> None:
-        """Rename ``tmp`` to ``dest``, replacing an existing directory.
-
-        rename() cannot replace a non-empty directory, so an old copy is moved aside first. Two
-        workers re-putting the same key would interleave those steps, so the swap holds an
-        exclusive lock on the key (``flock`` on ``locks/<key>.lock``, released when the file
-        closes, also when the process dies).
-        """
-        import fcntl
-
-        locks = self._tmp.parent / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        with open(locks / f"{dest.name}.lock", "a+b") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if dest.exists():
-                old = self._tmp_path(f"{dest.name}.old")
-                os.replace(dest, old)
-                shutil.rmtree(old, ignore_errors=True)
-            os.replace(tmp, dest)
+    @staticmethod
+    def _sample_rel(key: str) -> str:
+        return f"samples/{key}{_SAMPLE_SUFFIX}"
 
     def _has_sample(self, key: str) -> bool:
         if self._remote is not None:
-            return self._remote.exists(f"samples/{key}/{_DIGESTS}")
-        return (self._samples / key).is_dir()
+            return self._remote.exists(self._sample_rel(key))
+        return (self._samples / f"{key}{_SAMPLE_SUFFIX}").is_file()
 
     def mark_cell(
         self, cell_id: str, *, keys: Sequence[str], quarantine: Sequence[QuarantineRecord]
@@ -480,102 +497,76 @@ class Staging:
             records.extend(cell_records)
         return sorted(keys), sorted(records, key=quarantine_sort_key)
 
-    def sample_dir(self, key: str) -> Path:
-        """Local directory holding the members of a sample (a local staging area only; see
-        :meth:`sample_location` for any staging area).
-
-        Raises:
-            StagingError: the sample was never put, or the staging area is not local.
-        """
-        if self._remote is not None:
-            raise StagingError(
-                f"the staging area {self._shown} is not a local folder; use sample_location()",
-                key=key,
-            )
-        path = self._samples / _check_name(key, "sample key")
-        if not path.is_dir():
-            raise StagingError(f"sample {key} is not in the staging area {self._shown}", key=key)
-        return path
-
     def sample_location(self, key: str) -> str:
-        """Where the members of a sample are: a local folder path or a URL prefix.
+        """Where a staged sample is: its file's local path or its object's URL.
 
         Raises:
             StagingError: the sample was never put.
         """
-        if self._remote is None:
-            return str(self.sample_dir(key))
         if not self._has_sample(_check_name(key, "sample key")):
             raise StagingError(f"sample {key} is not in the staging area {self._shown}", key=key)
-        return f"{self.root}/samples/{key}"
+        if self._remote is None:
+            return str(self._samples / f"{key}{_SAMPLE_SUFFIX}")
+        return f"{self.root}/{self._sample_rel(key)}"
 
-    def member_names(self, key: str) -> set[str]:
-        """Names of the members of a staged sample (its checksum file is not one).
+    def _where(self, key: str) -> str:
+        if self._remote is not None:
+            return f"{self._shown}/{self._sample_rel(key)}"
+        return str(self._samples / f"{key}{_SAMPLE_SUFFIX}")
+
+    def _unpacked(self, key: str) -> tuple[dict[str, str], dict[str, bytes]]:
+        """(digests, members) of a staged sample, unchecked. Locally the last one read is kept
+        while its file is the same (inode, size, mtime: a re-put by any process replaces the
+        file), as the release reads a sample's names, then its ``json``, in turn.
 
         Raises:
-            StagingError: the sample was never put.
+            StagingError: the sample was never put, or its file is not a whole staged sample.
         """
-        if self._remote is not None:
-            names = self._remote.names(f"samples/{_check_name(key, 'sample key')}")
-            if not names:
-                raise StagingError(
-                    f"sample {key} is not in the staging area {self._shown}", key=key
-                )
-            return {n for n in names if not n.startswith(".")}
-        d = self.sample_dir(key)
-        return {p.name for p in d.iterdir() if p.is_file() and not p.name.startswith(".")}
-
-    @staticmethod
-    def _parse_digests(raw: bytes | None) -> dict[str, str]:
+        _check_name(key, "sample key")
         try:
-            data = json.loads(raw) if raw is not None else None
-        except ValueError:
-            return {}
-        if isinstance(data, dict):
-            return {str(k): str(v) for k, v in data.items()}
-        return {}
-
-    def _digests(self, key: str) -> dict[str, str]:
-        if self._remote is not None:
-            try:
-                return self._parse_digests(self._remote.read(f"samples/{key}/{_DIGESTS}"))
-            except FileNotFoundError:
-                return {}
+            if self._remote is not None:
+                raw = self._remote.read(self._sample_rel(key))
+            else:
+                path = self._samples / f"{key}{_SAMPLE_SUFFIX}"
+                st = path.stat()
+                stamp = (key, st.st_ino, st.st_size, st.st_mtime_ns)
+                last = self._last
+                if last is not None and last[0] == stamp:
+                    return last[1]
+                raw = path.read_bytes()
+        except FileNotFoundError:
+            raise StagingError(
+                f"sample {key} is not in the staging area {self._shown}", key=key
+            ) from None
         try:
-            return self._parse_digests((self.sample_dir(key) / _DIGESTS).read_bytes())
-        except OSError:
-            return {}
+            found = unpack_sample(raw)
+        except ValueError as exc:
+            raise StagingError(
+                f"sample {key} cannot be read ({self._where(key)}: {exc}); re-run the build with "
+                "--resume (its cell is run again)",
+                key=key,
+            ) from None
+        if self._remote is None:
+            self._last = (stamp, found)
+        return found
+
+    def member_names(self, key: str) -> set[str]:
+        """Names of the members of a staged sample.
+
+        Raises:
+            StagingError: the sample was never put, or cannot be read.
+        """
+        return set(self._unpacked(key)[1])
 
     def _checked(self, key: str, name: str, data: bytes, digests: dict[str, str]) -> bytes:
         if digests.get(name) != hashlib.sha256(data).hexdigest():
-            where = (
-                f"{self._shown}/samples/{key}/{_DIGESTS}"
-                if self._remote is not None
-                else str(self._samples / key / _DIGESTS)
-            )
             raise StagingError(
                 f"staged member {name!r} of sample {key} does not match the checksum written with "
-                f"it ({where}): the staged file changed or is corrupt; "
+                f"it ({self._where(key)}): the staged file changed or is corrupt; "
                 "re-run the build with --resume (its cell is run again)",
                 key=key,
             )
         return data
-
-    def _raw_member(self, key: str, name: str) -> bytes:
-        if self._remote is not None:
-            try:
-                return self._remote.read(f"samples/{key}/{name}")
-            except FileNotFoundError:
-                if not self._has_sample(key):
-                    raise StagingError(
-                        f"sample {key} is not in the staging area {self._shown}", key=key
-                    ) from None
-                raise StagingError(f"sample {key} has no member {name!r}", key=key) from None
-        path = self.sample_dir(key) / name
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            raise StagingError(f"sample {key} has no member {name!r}", key=key) from None
 
     def read_member(self, key: str, name: str) -> bytes:
         """One member of a staged sample, checked against the sha256 written with it.
@@ -583,41 +574,20 @@ class Staging:
         Raises:
             StagingError: the sample or the member is missing, or its bytes changed.
         """
-        _check_name(key, "sample key")
-        data = self._raw_member(key, _check_name(name, "member name"))
-        return self._checked(key, name, data, self._digests(key))
-
-    def _remote_sample(self, key: str) -> tuple[set[str], dict[str, str], dict[str, bytes | None]]:
-        """An object-store sample in one listing and one batch of reads: (member names,
-        digests, member name -> bytes or None)."""
-        assert self._remote is not None
-        names = self.member_names(key)
-        rels = [f"samples/{key}/{n}" for n in sorted(names)]
-        found = self._remote.read_many([*rels, f"samples/{key}/{_DIGESTS}"])
-        digests = self._parse_digests(found.pop(f"samples/{key}/{_DIGESTS}"))
-        return names, digests, {rel.rsplit("/", 1)[1]: data for rel, data in found.items()}
+        digests, members = self._unpacked(key)
+        if _check_name(name, "member name") not in members:
+            raise StagingError(f"sample {key} has no member {name!r}", key=key)
+        return self._checked(key, name, members[name], digests)
 
     def read_members(self, key: str) -> dict[str, bytes]:
         """All members of a staged sample, by member name (sorted), each checked against the
         sha256 written with it.
 
         Raises:
-            StagingError: the sample is missing, or a member's bytes changed.
+            StagingError: the sample is missing or cannot be read, or a member's bytes changed.
         """
-        if self._remote is not None:
-            _, digests, data = self._remote_sample(_check_name(key, "sample key"))
-            out: dict[str, bytes] = {}
-            for name in sorted(data):
-                raw = data[name]
-                if raw is None:  # deleted between the listing and the read
-                    raise StagingError(f"sample {key} has no member {name!r}", key=key)
-                out[name] = self._checked(key, name, raw, digests)
-            return out
-        digests = self._digests(key)
-        return {
-            name: self._checked(key, name, (self.sample_dir(key) / name).read_bytes(), digests)
-            for name in sorted(self.member_names(key))
-        }
+        digests, members = self._unpacked(key)
+        return {name: self._checked(key, name, members[name], digests) for name in sorted(members)}
 
     def iter_members(
         self, keys: Iterable[str], *, ahead: int = _READ_AHEAD
@@ -653,21 +623,8 @@ class Staging:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def sample_problem(self, key: str) -> str | None:
-        """Why a staged sample cannot be trusted (missing, no checksums, a member whose bytes
-        or presence differ from the checksums written with it), or None."""
-        try:
-            if self._remote is not None:
-                names, digests, _ = self._remote_sample(_check_name(key, "sample key"))
-            else:
-                names, digests = self.member_names(key), self._digests(key)
-        except StagingError as exc:
-            return str(exc)
-        if not digests:
-            return f"sample {key} has no readable checksums ({_DIGESTS})"
-        if names != set(digests):
-            return (
-                f"sample {key}: members {sorted(names)} differ from those staged {sorted(digests)}"
-            )
+        """Why a staged sample cannot be trusted (missing, unreadable or truncated, a member
+        whose bytes differ from the checksum written with it), or None."""
         try:
             self.read_members(key)
         except StagingError as exc:
@@ -696,6 +653,7 @@ class Staging:
 
     def clear(self) -> None:
         """Delete every sample, marker and temp file (the root stays, with its files)."""
+        self._last = None
         if self._remote is not None:
             for name in ("samples", "cells", "tmp"):
                 self._remote.remove_tree(name)
