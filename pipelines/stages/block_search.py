@@ -84,15 +84,23 @@ def _overlaps(a: BBox, b: BBox) -> bool:
     return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
 
 
-def _touches_cell(scene: SceneRef, cell: BBox) -> bool:
-    """The static catalog's search test: box overlap, then geometry intersection."""
-    if not _overlaps(scene.bbox_lonlat, cell):
-        return False
-    if scene.geometry is None:
-        return True
-    from shapely.geometry import box
+def _touching(scenes: Sequence[SceneRef], cell: BBox) -> list[SceneRef]:
+    """The scenes the static catalog's search of ``cell`` returns, in order: box overlap, then
+    geometry intersection (the cell's box built once, when a scene needs it)."""
+    out: list[SceneRef] = []
+    cell_box = None
+    for scene in scenes:
+        if not _overlaps(scene.bbox_lonlat, cell):
+            continue
+        if scene.geometry is not None:
+            if cell_box is None:
+                from shapely.geometry import box
 
-    return bool(_shape(scene.geometry).intersects(box(*cell)))
+                cell_box = box(*cell)
+            if not _shape(scene.geometry).intersects(cell_box):
+                continue
+        out.append(scene)
+    return out
 
 
 #: id(geometry dict) -> (the dict, its shapely shape), as pair's footprint cache (unbuffered:
@@ -188,7 +196,7 @@ class BlockSearch:
         if found is _PER_CELL:
             self.per_cell += 1
             return self._inner_search(collections, cell, window, max_cloud_cover)
-        return [s for s in found if _touches_cell(s, cell)]
+        return _touching(found, cell)
 
 
 class _CellCatalog:
