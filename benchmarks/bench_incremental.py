@@ -4,8 +4,9 @@ Writes the SYNTHETIC demo catalog at ``--scale``, builds the previous version ov
 without its west side (cut so that the whole AOI plans about ``--grow`` more cells), then builds
 the whole AOI twice into fresh folders: from scratch, and with ``--from`` the previous version
 (same config, so the same bytes are due). Checks that the two give the same shards, file for
-file, and that every reused sample's members equal the previous release's (its ``json``
-member but for the config hash); prints the wall time per stage of both, the ratio, and the
+file, and the same quarantine table, row for row (the records ``--from`` carried over are those
+processing the cells writes), and that every reused sample's members equal the previous
+release's (its ``json`` member but for the config hash); prints the wall time per stage of both, the ratio, and the
 machine's load (1-minute load average before and after, cores). Writes nothing else (the
 lead copies the figures into RESULTS.md with this command).
 
@@ -35,12 +36,14 @@ def _members(release: Path) -> dict[str, dict[str, bytes]]:
 
 def _check(prev: Path, full: Path, inc: Path) -> str:
     """The identity checks; raises AssertionError on a difference."""
-    from geodelta.pipelines.release.layout import shard_files
+    from geodelta.pipelines.release.layout import QUARANTINE_TABLE, read_table, shard_files
 
     a, b = shard_files(full), shard_files(inc)
     assert [p.name for p in a] == [p.name for p in b], "shard names differ"
     for x, y in zip(a, b, strict=True):
         assert x.read_bytes() == y.read_bytes(), f"{y.name} differs from the full build's"
+    rows = [read_table(r, QUARANTINE_TABLE).to_pylist() for r in (full, inc)]
+    assert rows[0] == rows[1], f"{QUARANTINE_TABLE} rows differ from the full build's"
     old, new = _members(prev), _members(inc)
     for key, members in old.items():
         assert key in new, f"{key} missing"
@@ -50,7 +53,10 @@ def _check(prev: Path, full: Path, inc: Path) -> str:
                 assert {**was, "config_hash": now["config_hash"]} == now, key
             else:
                 assert new[key][name] == data, (key, name)
-    return f"{len(a)} shards identical to the full build's; {len(old)} previous samples equal"
+    return (
+        f"{len(a)} shards identical to the full build's; {len(rows[0])} quarantine rows equal; "
+        f"{len(old)} previous samples equal"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"demo scale {args.scale}: previous {prev.cells} cells, grown {full.cells} cells")
     print(
         f"--from counts: reused {counts['reused']}, new {counts['new']}, changed "
-        f"{counts['changed']} (retried {counts['retried']}), removed {counts['removed']}"
+        f"{counts['changed']} (retried {counts['retried']}), carried {counts['carried']}, "
+        f"removed {counts['removed']}"
     )
     print(f"check: {checked}")
     stages = sorted(set(full.stage_seconds) | set(inc.stage_seconds))

@@ -694,7 +694,10 @@ def _build(
         release_dir=release_dir,
         manifest=manifest,
         cells=n_cells,
-        resumed_cells=n_cells - n_todo - (0 if incremental is None else incremental.reused),
+        # reused_cells: the cells --from marked done (reused samples and carried quarantines)
+        resumed_cells=n_cells
+        - n_todo
+        - (0 if incremental is None else len(incremental.reused_cells)),
         seconds=time.perf_counter() - t_start,
         stage_seconds=timings,
         url=None if url is None else shown(url),
@@ -753,7 +756,10 @@ def summary_rows(result: BuildResult) -> list[tuple[str, str]]:
     inc = result.incremental
     if inc is not None:
         rows.append(("from", f"{inc['from']} ({inc['from_config_hash'][:12]})"))
-        rows += [(f"  {k}", str(inc[k])) for k in ("reused", "new", "changed", "removed")]
+        rows += [
+            (f"  {k}", str(inc.get(k, 0)))
+            for k in ("reused", "new", "changed", "carried", "removed")
+        ]
     if result.drift is not None:
         d = result.drift
         rows.append(

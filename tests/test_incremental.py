@@ -5,11 +5,18 @@ new version grows it back to the whole demo AOI. Reused samples must hold exactl
 full build writes (the shards of the ``--from`` build equal a full build's, file for file), the
 new cells are processed, the counts are right, and ``--from`` refuses another dataset, another
 sample-shaping config and a folder that is not a release, in one line (exit 2).
+
+Quarantined cells: the demo's three cells without a clear t0 scene (``pair:no_clear_scene_t0``,
+a verdict on the data) are carried over when their searches did not move (not processed; the
+quarantine table equals a full build's); a transient reason (``load:read_error``, an asset file
+missing while the previous version was built) is retried, and so is a verdict whose cell's
+searches now return a changed item.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,21 +28,26 @@ from geodelta.errors import BuildError
 from geodelta.pipelines.api import build, summary_rows, verify
 from geodelta.pipelines.cli import app
 from geodelta.pipelines.release.incremental import (
+    DATA_VERDICTS,
     RELEASE_SECTIONS,
+    TEMPLATE_VERDICTS,
     differing_sections,
+    is_data_verdict,
     open_previous,
     sample_inputs,
 )
 from geodelta.pipelines.release.layout import (
     DRIFT,
     INCREMENTAL,
+    QUARANTINE_TABLE,
     SAMPLES_TABLE,
     iter_tar_samples,
     read_table,
     shard_files,
 )
+from geodelta.schemas import QuarantineRecord
 from tests.conftest import REPO
-from tests.factories import demo_config
+from tests.factories import demo_config, make_config
 
 if TYPE_CHECKING:
     from geodelta.sources.demo.catalog import DemoCatalog
@@ -57,6 +69,11 @@ def _small_bbox(catalog: DemoCatalog) -> list[float]:
 def _members(release: Path) -> dict[str, dict[str, bytes]]:
     """key -> members of every sample in a release's shards."""
     return {k: m for shard in shard_files(release) for k, m in iter_tar_samples(shard)}
+
+
+def _quarantine(release: Path) -> list[dict[str, Any]]:
+    """The rows of a release's quarantine table."""
+    return read_table(release, QUARANTINE_TABLE).to_pylist()
 
 
 @pytest.fixture(scope="module")
@@ -93,18 +110,27 @@ def test_grown_aoi_counts(builds: dict[str, Any]) -> None:
     assert inc["from_config_hash"] == prev.manifest.config_hash
     assert inc["reused"] == len(prev_cells) == prev.samples
     assert inc["new"] == full.cells - prev.cells
-    assert inc["retried"] == len(prev_quarantined) and inc["changed"] == inc["retried"]
+    # the previous version's quarantined cells: no clear t0 scene, the catalog did not move ->
+    # the same verdict, carried over, not retried
+    assert {r["reason"] for r in _quarantine(prev.release_dir)} == {"no_clear_scene_t0"}
+    assert inc["carried"] == len(prev_quarantined) == 3
+    assert inc["retried"] == inc["changed"] == 0
     assert inc["removed"] == 0
-    assert inc["reused"] + inc["new"] + inc["changed"] == grown.cells
+    assert inc["reused"] + inc["new"] + inc["changed"] + inc["carried"] == grown.cells
     assert grown.resumed_cells == 0
+    # the carried records are what processing the cells writes: the full build's table
+    assert _quarantine(grown.release_dir) == _quarantine(full.release_dir)
+    assert grown.manifest.quarantined == full.manifest.quarantined
     # what the release, its card and its report say
     assert json.loads((grown.release_dir / INCREMENTAL).read_bytes()) == inc
     assert INCREMENTAL in {f.path for f in grown.manifest.files}
     card = (grown.release_dir / "README.md").read_text()
     assert "## Built incrementally" in card
-    assert f"| {inc['reused']} | {inc['new']} | {inc['changed']} | 0 |" in card
+    row = f"| {inc['reused']} | {inc['new']} | {inc['changed']} | {inc['carried']} | 0 |"
+    assert row in card
     report = (grown.release_dir / "report" / "index.html").read_text()
     assert f"{inc['reused']} cells reused, {inc['new']} new" in report
+    assert f"{inc['carried']} carried over (quarantined there on the same data)" in report
     assert not (full.release_dir / INCREMENTAL).exists()
     # the catalog did not move: a drift check over the previous release's cells, no drift
     drift = json.loads((grown.release_dir / DRIFT).read_bytes())
@@ -341,8 +367,9 @@ def test_cells_whose_searches_did_not_move_are_reused_without_the_pair_stage(
     builds: dict[str, Any], demo_catalog: DemoCatalog, tmp_path: Path, monkeypatch: Any
 ) -> None:
     """The catalog did not move (drift.json: none): the previous samples are copied without
-    running their pair stage again (no classification band read), and the release is still
-    byte for byte the previous one (same config)."""
+    running their pair stage again (no classification band read), the quarantined cells'
+    verdicts are carried over without processing them, and the release is still byte for byte
+    the previous one (same config)."""
     from geodelta.pipelines.stages.worker import Worker
 
     prev = builds["prev"]
@@ -363,6 +390,153 @@ def test_cells_whose_searches_did_not_move_are_reused_without_the_pair_stage(
     )
     sampled = set(read_table(prev.release_dir, SAMPLES_TABLE).column("cell_id").to_pylist())
     assert again.incremental["reused"] == len(sampled) == prev.samples
-    assert paired and not set(paired) & sampled  # only the retried (quarantined) cells ran
+    assert (again.incremental["carried"], again.incremental["retried"]) == (prev.quarantined, 0)
+    assert paired == []  # no cell ran: every one reused or carried over
     a, b = shard_files(prev.release_dir), shard_files(again.release_dir)
     assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+    for table in (SAMPLES_TABLE, QUARANTINE_TABLE):
+        assert (prev.release_dir / table).read_bytes() == (again.release_dir / table).read_bytes()
+
+
+# -- quarantined cells: carried over or retried ------------------------------------------------
+
+IMAGERY = "geodelta-demo-s2l2a"
+
+
+def _catalog_copy(demo_catalog: DemoCatalog, dest: Path) -> Path:
+    """A copy of the demo catalog (its ``catalog.json``)."""
+    shutil.copytree(demo_catalog.root, dest)
+    return dest / "catalog.json"
+
+
+def _on(cfg: Any, catalog: Path) -> Any:
+    """``cfg`` searching ``catalog`` (its url is provenance only: same config hash)."""
+    return cfg.model_copy(update={"catalog": cfg.catalog.model_copy(update={"url": str(catalog)})})
+
+
+def _paired(monkeypatch: Any) -> list[str]:
+    """The cells whose pair stage runs from now on (processed, or compared by ``--from``)."""
+    from geodelta.pipelines.stages.worker import Worker
+
+    real = Worker.pair
+    paired: list[str] = []
+
+    def pair(self: Any, job: Any) -> Any:
+        paired.append(job.cell_id)
+        return real(self, job)
+
+    monkeypatch.setattr(Worker, "pair", pair)
+    return paired
+
+
+def test_a_transient_quarantine_is_retried(
+    builds: dict[str, Any], demo_catalog: DemoCatalog, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The previous version was built while one band file of an item was missing (the cells
+    whose pair used it: ``load:read_error``); the file is back, the item's metadata never
+    changed (steady cells): the read errors are retried, the no-clear-scene verdicts carried,
+    and the release is byte for byte the clean build's (``builds["prev"]``, same config)."""
+    prev = builds["prev"]
+    catalog = _catalog_copy(demo_catalog, tmp_path / "catalog")
+    rows = read_table(prev.release_dir, SAMPLES_TABLE).to_pylist()
+    item = sorted(r["after_item"] for r in rows)[-1]  # used by some samples, not all
+    users = {r["cell_id"] for r in rows if item in (r["before_item"], r["after_item"])}
+    assert 0 < len(users) < len(rows)
+    band = catalog.parent / IMAGERY / item / "B04.tif"
+    small = {"aoi": {"bbox": _small_bbox(demo_catalog)}}
+    band.rename(band.with_name("B04.away"))
+    broken = build(
+        _on(demo_config(demo_catalog, tmp_path / "broken", **small, **FAST), catalog),
+        progress=False,
+    )
+    band.with_name("B04.away").rename(band)
+    reasons = {r["cell_id"]: r["reason"] for r in _quarantine(broken.release_dir)}
+    assert {c for c, r in reasons.items() if r == "read_error"} == users
+    paired = _paired(monkeypatch)
+    again = build(
+        _on(demo_config(demo_catalog, tmp_path / "again", **small, **FAST), catalog),
+        progress=False,
+        from_release=broken.release_dir,
+    )
+    inc = again.incremental
+    assert (inc["retried"], inc["changed"]) == (len(users), len(users))
+    assert inc["carried"] == prev.quarantined == len(reasons) - len(users)
+    assert inc["reused"] == prev.samples - len(users)
+    assert sorted(paired) == sorted(users)  # the read errors ran, nothing else
+    assert json.loads((again.release_dir / DRIFT).read_bytes())["items"] == []
+    assert again.manifest.config_hash == prev.manifest.config_hash
+    a, b = shard_files(prev.release_dir), shard_files(again.release_dir)
+    assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+    for table in (SAMPLES_TABLE, QUARANTINE_TABLE):
+        assert (prev.release_dir / table).read_bytes() == (again.release_dir / table).read_bytes()
+
+
+def test_a_verdict_whose_searches_moved_is_retried(
+    builds: dict[str, Any], demo_catalog: DemoCatalog, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """An item the no-clear-scene cells' searches return got a new processing baseline: those
+    cells are not steady any more, so they are processed again (same verdict: same pixels),
+    none carried; the quarantine table is still the previous one's."""
+    prev = builds["prev"]
+    catalog = _catalog_copy(demo_catalog, tmp_path / "catalog")
+    (row, *_) = _quarantine(prev.release_dir)
+    item = row["detail"].split("clear fractions: ")[1].split("=")[0]  # a scene the cell rated
+    path = catalog.parent / IMAGERY / item / f"{item}.json"
+    data = json.loads(path.read_text())
+    data["properties"]["s2:processing_baseline"] = "05.11"
+    path.write_text(json.dumps(data))
+    paired = _paired(monkeypatch)
+    small = {"aoi": {"bbox": _small_bbox(demo_catalog)}}
+    again = build(
+        _on(demo_config(demo_catalog, tmp_path / "again", **small, **FAST), catalog),
+        progress=False,
+        from_release=prev.release_dir,
+    )
+    drift = json.loads((again.release_dir / DRIFT).read_bytes())
+    (entry,) = drift["items"]
+    assert (entry["id"], entry["change"]) == (item, "changed")
+    quarantined = {r["cell_id"] for r in _quarantine(prev.release_dir)}
+    assert quarantined <= set(entry["cells"])  # the demo's items cover a whole zone
+    inc = again.incremental
+    assert (inc["carried"], inc["retried"]) == (0, len(quarantined))
+    assert quarantined <= set(paired)  # processed
+    assert _quarantine(again.release_dir) == _quarantine(prev.release_dir)
+
+
+def test_which_reasons_are_verdicts_on_the_data() -> None:
+    from geodelta.pipelines.stages.validate import PIXEL_RULES, RULES
+
+    template = make_config()
+    assert template.annotation.annotator == "template"
+    llm = template.model_copy(
+        update={"annotation": template.annotation.model_copy(update={"annotator": "openai"})}
+    )
+
+    def rec(stage: str, reason: str) -> QuarantineRecord:
+        return QuarantineRecord(key="c", cell_id="c", stage=stage, reason=reason, detail="d")
+
+    for what in (
+        ("pair", "no_clear_scene_t0"),
+        ("pair", "too_few_dates"),
+        ("load", "low_valid_fraction"),
+        ("coregister", "residual_too_large"),
+        ("label", "missing_label_year"),
+    ):
+        assert is_data_verdict(rec(*what), template) and is_data_verdict(rec(*what), llm), what
+    for what in (
+        ("load", "read_error"),
+        ("pair", "read_error"),
+        ("pair", "error:TimeoutError"),
+        ("label", "error:HTTPError"),
+        ("annotate", "llm_error"),
+        ("annotate", "claims"),
+        ("validate", "incomplete_sample"),
+        ("validate", "gx:expect_column_values_to_be_between:before_valid"),
+        ("shard", "bad_members"),
+    ):
+        assert not is_data_verdict(rec(*what), template), what
+    # the validate rules: every one, and only with the template annotator
+    rules = {("validate", n) for n, _ in (*PIXEL_RULES, *RULES)} | {("validate", "temporal_claim")}
+    assert rules == TEMPLATE_VERDICTS and not DATA_VERDICTS & TEMPLATE_VERDICTS
+    assert is_data_verdict(rec("validate", "caption_claims"), template)
+    assert not is_data_verdict(rec("validate", "caption_claims"), llm)

@@ -121,14 +121,17 @@ def _incremental_lines(inc: dict[str, Any] | None) -> list[str]:
         "",
         f"From `{inc['from']}` (config hash `{inc['from_config_hash'][:12]}`), cells:",
         "",
-        "| reused | new | changed | removed |",
-        "|---:|---:|---:|---:|",
-        f"| {inc['reused']} | {inc['new']} | {inc['changed']} | {inc['removed']} |",
+        "| reused | new | changed | carried | removed |",
+        "|---:|---:|---:|---:|---:|",
+        f"| {inc['reused']} | {inc['new']} | {inc['changed']} | {inc.get('carried', 0)} "
+        f"| {inc['removed']} |",
         "",
         "Reused samples were copied from the previous release's shards without reading pixels "
         "(their `json` member records this release's config hash); changed cells include "
-        f"{inc['retried']} that the previous release quarantined; removed samples' cells are no "
-        f"longer planned. Counts in `{INCREMENTAL}`.",
+        f"{inc['retried']} that the previous release quarantined (retried); carried cells kept "
+        "the previous release's quarantine record without being processed (a verdict on the "
+        "same, unchanged items); removed samples' cells are no longer planned. Counts in "
+        f"`{INCREMENTAL}`.",
         "",
     ]
 

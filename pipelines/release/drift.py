@@ -20,7 +20,8 @@ another one (``--catalog``), and compares what they return with that snapshot:
   ``assets.<key>.<field>`` (``assets.B04.href``, ``assets.B04.file:checksum``), an asset that
   appeared or went as ``assets.<key>``;
 * the **affected samples**: those whose pair used a removed or changed item (its before or after
-  item), and those of the cells whose searches return an added item, or a removed or changed
+  item; a sequence: the item of any of its dates, as its ``dates.json`` member records them),
+  and those of the cells whose searches return an added item, or a removed or changed
   item of the label collection (label items are not in ``samples.parquet``: a label item
   counts for every cell whose label search returns it); cells without a sample (quarantined)
   where an item was added, removed or changed are listed too: a new build may now make one.
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +53,7 @@ __all__ = [
     "drift_lines",
     "release_cells",
     "release_drift",
+    "series_dates",
     "snapshot_drift",
 ]
 
@@ -274,7 +276,35 @@ class _Release:
     dates: dict[str, list[str]] = field(default_factory=dict)  # sequence key -> item per date
 
 
-def _open_release(path: str | Path) -> _Release:
+def series_dates(
+    shard: str | Path, keys: Collection[str] | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """sample key -> the entries of its ``dates.json`` member, for the sequence samples of one
+    shard (those of ``keys`` only, when given). Only that member is read: the tar's headers
+    are walked and the other members skipped, not read.
+
+    Raises:
+        OSError, tarfile.TarError: the shard cannot be read; ValueError: a ``dates.json``
+            member is not JSON.
+    """
+    import tarfile
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    with tarfile.open(shard, mode="r:") as tar:
+        for info in tar:
+            key, _, member = info.name.partition(".")
+            if (
+                member != "dates.json"
+                or not info.isfile()
+                or (keys is not None and key not in keys)
+            ):
+                continue
+            f = tar.extractfile(info)
+            out[key] = json.loads(f.read()) if f is not None else []
+    return out
+
+
+def _open_release(path: str | Path, *, read_dates: bool = True) -> _Release:
     from geodelta.pipelines.release.layout import (
         QUARANTINE_TABLE,
         SAMPLES_TABLE,
@@ -291,12 +321,12 @@ def _open_release(path: str | Path) -> _Release:
     quarantine = read_table(root, QUARANTINE_TABLE, columns=["cell_id"]).to_pylist()
     cells = sorted({str(r["cell_id"]) for r in (*samples, *quarantine) if r["cell_id"]})
     dates: dict[str, list[str]] = {}
-    if manifest.mode == "series":  # a sequence uses every date's item: dates.json says which
-        from geodelta.pipelines.release.layout import iter_tar_samples, shard_files
+    if manifest.mode == "series" and read_dates:  # every date's item: dates.json says which
+        from geodelta.pipelines.release.layout import shard_files
 
         for shard in shard_files(root):
-            for key, members in iter_tar_samples(shard):
-                dates[key] = [str(d["item_id"]) for d in json.loads(members["dates.json"])]
+            for key, entries in series_dates(shard).items():
+                dates[key] = [str(d["item_id"]) for d in entries]
     return _Release(
         root, manifest.name, manifest.version, dict(manifest.config), samples, cells, dates
     )
@@ -500,6 +530,8 @@ def snapshot_drift(
     current: Any,
     cells: Iterable[str],
     stored: bytes | None = None,
+    *,
+    dates: Mapping[str, list[str]] | None = None,
 ) -> Drift:
     """The drift between a previous release's snapshot and this build's searches
     (``build --from``), over ``cells`` (the previous release's cells this build plans).
@@ -511,19 +543,25 @@ def snapshot_drift(
         cells: the cells compared.
         stored: the bytes of this build's own release snapshot, when written already: the
             items found are taken from it as stored (not written and read again).
+        dates: for a sequence release, sample key -> the item of each of its dates (its
+            ``dates.json`` member), as the caller read them (for a release at a URL, from the
+            shards it fetched); None: read from the shards in ``previous``.
     """
     from geodelta.pipelines.release.layout import SNAPSHOT
     from geodelta.sources.snapshot import SnapshotCatalog, read_snapshot
 
-    rel = _open_release(previous)
+    rel = _open_release(previous, read_dates=dates is None)
     keep = set(cells)
+    kept_samples = [r for r in rel.samples if str(r["cell_id"]) in keep]
+    used = rel.dates if dates is None else dates
     rel = _Release(
         rel.root,
         rel.name,
         rel.version,
         rel.config,
-        [r for r in rel.samples if str(r["cell_id"]) in keep],
+        kept_samples,
         [c for c in rel.cells if c in keep],
+        {str(r["key"]): list(used[str(r["key"])]) for r in kept_samples if str(r["key"]) in used},
     )
     snap_path = rel.root / SNAPSHOT
     kept = _by_key(read_snapshot(str(snap_path), resolve=False).items)

@@ -5,6 +5,8 @@ A sample's bytes are decided by its **inputs** (:func:`sample_inputs`):
 * the cell: its id, AOI region, split, CRS, transform, shape and lon/lat box (the plan);
 * the items it used: the before and after scenes (id, collection, datetime, cloud cover, the
   clear fraction the pair stage measured) and the label items, as the pair stage picks them;
+  a sequence (``time.series``) adds every date: its item id, datetime, clear fraction, series
+  window and land-cover item (:func:`series_picks`, recorded in its ``dates.json`` member);
 * the config sections that shape a sample (:data:`RELEASE_SECTIONS` are the others): every
   section of the normalised config (:meth:`~geodelta.schemas.BuildConfig.normalised`) except
   the dataset's name, version and description, the AOI (which cells are planned: a cell's own
@@ -13,25 +15,39 @@ A sample's bytes are decided by its **inputs** (:func:`sample_inputs`):
   seeds the template captions), and so does any section not named here;
 * the geodelta version (:data:`geodelta.__version__`): other code may write other bytes.
 
-Each sample's ``json`` member records all of these but the section hashes, plus the release's
-config hash. So, before the engines run, each planned cell that had a sample in the previous
-release gets the pair stage again (search and pick: no imagery read beyond the classification
-band the clear fraction needs, as in any build); when it picks the items the previous sample
-recorded, and the shaping sections and the code version are the same, the sample is
-**reused**: its members are copied byte for byte from the previous release's shard into the
-staging area, all but ``json``, whose ``config_hash`` is set to this build's (the release's
-identity, which changes with any config change, ``version`` included). Its bytes are then
-exactly what processing the cell would write; the cell is marked done and the engines skip it.
-Every other cell is processed: **new** (not in the previous release), **changed** (its items
-differ, or it was quarantined there: retried), while **removed** counts the previous samples
-whose cell is no longer planned.
+Each sample's ``json`` member records all of these but the section hashes and a sequence's
+middle dates, plus the release's config hash. So, before the engines run, each planned cell
+that had a sample in the previous release gets the pair stage again (search and pick: no
+imagery read beyond the classification band the clear fraction needs, as in any build; a
+sequence's pair stage, :meth:`~geodelta.pipelines.stages.worker.Worker.series_pair`, for a
+sequence release); when it picks the items the previous sample recorded (a sequence: in its
+``json`` and its ``dates.json`` members), and the shaping sections and the code version are
+the same, the sample is **reused**: its members are copied byte for byte from the previous
+release's shard into the staging area, all but ``json``, whose ``config_hash`` is set to this
+build's (the release's identity, which changes with any config change, ``version``
+included). Its bytes are then exactly what processing the cell would write; the cell is
+marked done and the engines skip it. Every other cell is processed: **new** (not in the
+previous release), **changed** (its items differ, or it was quarantined there and is
+**retried**), while **removed** counts the previous samples whose cell is no longer planned.
 
 Before that, the catalog drift since the previous release is measured (:mod:`.drift`: the
 previous release's snapshot against this build's searches, over its cells this build plans)
 and written to ``drift.json``; a sample that used an item which changed since (same id, other
-fields: a new processing baseline, other asset hrefs or checksums) is processed again, not
-reused. The previous release may be a local folder or any fsspec URL (its manifest and tables
-are fetched first, the shards of the reused samples when they are copied).
+fields: a new processing baseline, other asset hrefs or checksums; for a sequence, the item
+of any of its dates) is processed again, not reused. A cell whose searches return the very
+items they returned then, none changed (**steady**, :attr:`~.drift.Drift.steady`), picks what
+it picked then: its pair stage is not run again.
+
+A quarantined cell that is steady gets the same verdict again when the verdict is a function
+of its items and the config alone (:data:`DATA_VERDICTS`: no clear scene, too few dates, a
+valid fraction, a co-registration that cannot be trusted, a failed rule...; the ``validate``
+rules only with the template annotator): its quarantine records are **carried** over from the
+previous release's quarantine table (same code version and record layout required), the cell
+is marked done with them and not processed. Any other reason (a read or fetch error, an
+exception, the annotator, the LLM, the Great Expectations checkpoint, sharding) is retried.
+
+The previous release may be a local folder or any fsspec URL (its manifest and tables are
+fetched first, the shards of the reused samples when they are read).
 """
 
 from __future__ import annotations
@@ -39,6 +55,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tarfile
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,18 +64,30 @@ from typing import Any
 from geodelta._io import compact_json_bytes
 from geodelta.errors import BuildError, GeodeltaError
 from geodelta.pipelines.release.layout import MANIFEST, QUARANTINE_TABLE, SAMPLES_TABLE
-from geodelta.schemas import BuildConfig, ReleaseManifest, SampleMeta, ScenePair, parse_config
+from geodelta.schemas import (
+    SCHEMA_VERSION,
+    BuildConfig,
+    QuarantineRecord,
+    ReleaseManifest,
+    SampleMeta,
+    ScenePair,
+    parse_config,
+)
 
 __all__ = [
+    "DATA_VERDICTS",
     "RELEASE_SECTIONS",
     "REUSED_FILE",
+    "TEMPLATE_VERDICTS",
     "Incremental",
     "Previous",
     "differing_sections",
+    "is_data_verdict",
     "open_previous",
     "reuse_previous",
     "sample_inputs",
     "section_hashes",
+    "series_picks",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,9 +97,76 @@ log = logging.getLogger(__name__)
 RELEASE_SECTIONS = frozenset(
     {"name", "version", "description", "aoi", "shards", "reference", "gate"}
 )
-#: In the staging area's root: the cells reused from the previous release (a resumed build
-#: keeps its counts).
+#: In the staging area's root: the cells reused from the previous release, and those whose
+#: quarantine records were carried over (a resumed build keeps its counts).
 REUSED_FILE = "reused.json"
+#: ``(stage, reason)`` of the quarantine records that are verdicts on the data: with the same
+#: items (a steady cell), the same sample-shaping config and the same code version, processing
+#: the cell again writes the same record, so ``--from`` carries it over instead. Each is decided
+#: by the items' metadata (``pair``: what the searches return, which assets the items have) or
+#: by pixels read from those items through deterministic code (clear fractions, valid
+#: fractions, co-registration estimates, land-cover maps); a read that fails raises
+#: (``read_error``, ``error:*``: retried) rather than producing one of these. Left out on
+#: purpose: ``read_error`` and ``error:*`` (reads, fetches, signing, HTTP, timeouts: transient),
+#: every ``annotate`` reason (annotator and LLM errors), ``validate:incomplete_sample`` (a stage
+#: that did not run), ``validate:gx:*`` (the Great Expectations checkpoint judges the sample
+#: table, not one cell), every ``shard`` reason (a staging area's problem) and any reason not
+#: named here.
+DATA_VERDICTS: frozenset[tuple[str, str]] = frozenset(
+    {
+        # the pair stage (stages/pair.py, labels/*.pick): the items the searches return, their
+        # assets and dates, the clear fraction of their classification band over the cell
+        ("pair", "no_scene_t0"),
+        ("pair", "no_scene_t1"),
+        ("pair", "unknown_clear_fraction"),
+        ("pair", "no_clear_scene_t0"),
+        ("pair", "no_clear_scene_t1"),
+        ("pair", "no_pair_in_gap"),
+        ("pair", "no_landcover"),
+        ("pair", "same_landcover_item"),
+        ("pair", "no_change_mask"),
+        # a sequence's pair stage (stages/sequence.py, series.py, labels/series.py): the same
+        ("pair", "no_scenes"),
+        ("pair", "too_few_dates"),
+        ("label", "missing_label_year"),
+        # the label items' assets (labels/landcover.py, labels/series.py)
+        ("label", "no_landcover_asset"),
+        # the pixels of the items (stages/load.py, coregister.py)
+        ("load", "low_valid_fraction"),
+        ("coregister", "coreg_failed"),
+        ("coregister", "coreg_unreliable"),
+        ("coregister", "shift_too_large"),
+        ("coregister", "inconsistent"),
+        ("coregister", "residual_too_large"),
+    }
+)
+#: ``validate`` reasons (:data:`~geodelta.pipelines.stages.validate.PIXEL_RULES`,
+#: :data:`~geodelta.pipelines.stages.validate.RULES`, the temporal claim check) carried over
+#: only when the annotator is the template one: the record's detail lists every failed rule,
+#: the caption and QA rules among them, which an LLM's reply decides.
+TEMPLATE_VERDICTS: frozenset[tuple[str, str]] = frozenset(
+    ("validate", name)
+    for name in (
+        "constant_band",
+        "reflectance_range",
+        "key_format",
+        "time_order",
+        "bbox_lonlat",
+        "crs",
+        "valid_fraction",
+        "coreg_applied",
+        "caption_count",
+        "caption_length",
+        "qa_types",
+        "qa_answers",
+        "caption_claims",
+        "mask_codes",
+        "mask_facts",
+        "regions",
+        "licence",
+        "temporal_claim",
+    )
+)
 #: The ``json`` member's fields that come from the plan and the pair stage (the inputs).
 _PAIR_FIELDS = (
     "key",
@@ -114,7 +210,10 @@ def sample_inputs(pair: ScenePair) -> dict[str, Any]:
     """What the plan and the pair stage put in a sample's ``json`` member: its cell and the
     items it uses (see the module docstring), as that member holds them (JSON values)."""
     job = pair.job
-    labels = tuple(r.item_id for r in (pair.label_before, pair.label_after) if r is not None)
+    if pair.series:  # a sequence's label items: the map of every date
+        labels = tuple(r.item_id for r in pair.series_labels)
+    else:
+        labels = tuple(r.item_id for r in (pair.label_before, pair.label_after) if r is not None)
     values = {
         "key": pair.key,
         "cell_id": job.cell_id,
@@ -139,6 +238,53 @@ def sample_inputs(pair: ScenePair) -> dict[str, Any]:
     return {k: values[k] for k in _PAIR_FIELDS}
 
 
+#: What :func:`series_picks` compares of each date (the fields of ``dates.json`` the pair
+#: stage decides; valid fraction, shift and residual follow from the pixels).
+_DATE_FIELDS = ("index", "window", "item_id", "datetime", "clear_fraction", "label_item")
+
+
+def series_picks(pair: ScenePair) -> list[dict[str, Any]]:
+    """What a sequence's pair stage picked for each date, as its ``dates.json`` member records
+    it (:data:`_DATE_FIELDS` of each entry, JSON values)."""
+    from geodelta.schemas.series import SeriesDateMeta
+
+    labels: list[str | None] = [r.item_id for r in pair.series_labels]
+    labels = labels or [None] * len(pair.series)
+    out = []
+    for i, scene in enumerate(pair.series):
+        date = SeriesDateMeta(
+            index=i,
+            window=pair.series_windows[i],
+            item_id=scene.item_id,
+            datetime=scene.datetime,
+            clear_fraction=pair.series_clear[i],
+            valid_fraction=0.0,
+            label_item=labels[i],
+        ).model_dump(mode="json")
+        out.append({k: date[k] for k in _DATE_FIELDS})
+    return out
+
+
+def _same_picks(recorded: list[dict[str, Any]] | None, picks: list[dict[str, Any]]) -> bool:
+    """Whether a previous sample's ``dates.json`` entries record exactly these picks."""
+    if recorded is None or len(recorded) != len(picks):
+        return False
+    return all(
+        isinstance(r, dict) and {k: r.get(k) for k in _DATE_FIELDS} == p
+        for r, p in zip(recorded, picks, strict=True)
+    )
+
+
+def is_data_verdict(record: QuarantineRecord, cfg: BuildConfig) -> bool:
+    """Whether a quarantine record is a verdict on the data that processing the cell again
+    with the same items, config and code writes again (:data:`DATA_VERDICTS`;
+    :data:`TEMPLATE_VERDICTS` with the template annotator)."""
+    what = (record.stage, record.reason)
+    if what in DATA_VERDICTS:
+        return True
+    return cfg.annotation.annotator == "template" and what in TEMPLATE_VERDICTS
+
+
 # -- the previous release ---------------------------------------------------------------------
 
 
@@ -151,7 +297,9 @@ class Previous:
             as they are needed: :meth:`path`).
         manifest: its manifest.
         samples: cell id -> (sample key, shard path relative to ``root``).
-        quarantined: ids of the cells it quarantined (processed again).
+        quarantined: ids of the cells it quarantined (processed again, or their records
+            carried over).
+        quarantine: cell id -> the records of its quarantine table for that cell.
         remote: the release's fsspec target (:class:`~.upload.Target`) when it is at a URL.
         holder: keeps the temporary folder of a release at a URL (removed with this object).
     """
@@ -162,6 +310,7 @@ class Previous:
     quarantined: frozenset[str]
     remote: Any = None
     holder: Any = None
+    quarantine: dict[str, tuple[QuarantineRecord, ...]] = field(default_factory=dict)
 
     def path(self, rel: str) -> Path:
         """The local path of a file of the release (fetched first when it is at a URL)."""
@@ -253,7 +402,8 @@ def open_previous(path: str | Path, cfg: BuildConfig) -> Previous:
     try:
         manifest = read_manifest(root)
         samples = read_table(root, SAMPLES_TABLE, columns=["cell_id", "key", "shard"]).to_pylist()
-        quarantine = read_table(root, QUARANTINE_TABLE, columns=["cell_id"]).to_pylist()
+        quarantine = read_table(root, QUARANTINE_TABLE, columns=list(_RECORD_COLUMNS))
+        records = _records(quarantine.to_pylist())
     except GeodeltaError as exc:
         raise _not_release(path, str(exc)) from None
     if manifest.name != cfg.name:
@@ -275,10 +425,31 @@ def open_previous(path: str | Path, cfg: BuildConfig) -> Previous:
         root=root,
         manifest=manifest,
         samples={str(r["cell_id"]): (str(r["key"]), str(r["shard"])) for r in samples},
-        quarantined=frozenset(str(r["cell_id"]) for r in quarantine),
+        quarantined=frozenset(str(c) for c in quarantine.column("cell_id").to_pylist()),
         remote=remote,
         holder=holder,
+        quarantine=records,
     )
+
+
+#: The columns of a release's quarantine table that make a :class:`QuarantineRecord`.
+_RECORD_COLUMNS = ("key", "cell_id", "stage", "reason", "detail")
+
+
+def _records(rows: list[dict[str, Any]]) -> dict[str, tuple[QuarantineRecord, ...]]:
+    """cell id -> its quarantine records (rows that are no valid record are left out: their
+    cells are processed again)."""
+    out: dict[str, list[QuarantineRecord]] = {}
+    bad: set[str] = set()
+    for row in rows:
+        cell = str(row.get("cell_id") or "")
+        try:
+            rec = QuarantineRecord.model_validate({k: row.get(k) for k in _RECORD_COLUMNS})
+        except ValueError:
+            bad.add(cell)
+            continue
+        out.setdefault(cell, []).append(rec)
+    return {c: tuple(r) for c, r in out.items() if c and c not in bad}
 
 
 # -- reuse ------------------------------------------------------------------------------------
@@ -296,8 +467,10 @@ class Incremental:
         changed: planned cells it had, processed again (their items differ, or it quarantined
             them: ``retried`` of those).
         retried: of ``changed``, the cells it had quarantined.
+        carried: cells it had quarantined whose quarantine records were carried over (a
+            verdict on the same data: :data:`DATA_VERDICTS`), not processed.
         removed: its samples whose cell is not planned any more.
-        reused_cells: the ids of the reused cells.
+        reused_cells: the ids of the cells done by ``--from``: reused, and carried.
         drift: the catalog drift since the previous release (:class:`~.drift.Drift`, written
             to ``drift.json``); None when the previous release has no snapshot.
     """
@@ -308,6 +481,7 @@ class Incremental:
     new: int = 0
     changed: int = 0
     retried: int = 0
+    carried: int = 0
     removed: int = 0
     reused_cells: set[str] = field(default_factory=set)
     drift: Any = None
@@ -325,6 +499,7 @@ class Incremental:
             "new": self.new,
             "changed": self.changed,
             "retried": self.retried,
+            "carried": self.carried,
             "removed": self.removed,
         }
 
@@ -344,24 +519,29 @@ def _candidates(
     done: Collection[str],
     code_version: str,
     steady: Collection[str] = (),
-) -> dict[str, dict[str, Any]]:
+    stale: Collection[str] = (),
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """Planned cells (not ``done``) whose pair stage, run now, picks the items of the previous
-    sample's key: cell id -> :func:`sample_inputs`. The full comparison of the inputs follows
-    on the ``json`` member (:func:`_restamped`).
+    sample's key: cell id -> :func:`sample_inputs`, and for a sequence, cell id ->
+    :func:`series_picks` (compared with its ``dates.json`` member next). The full comparison
+    of the inputs follows on the ``json`` member (:func:`_restamped`).
 
     A ``steady`` cell (its searches return the very items they returned for the previous
     release, none changed: :attr:`~.drift.Drift.steady`) does not run the pair stage again
     (no classification band read): with the same items, the same sample-shaping config and the
-    same code version it picks what it picked then, so only its plan fields are compared."""
+    same code version it picks what it picked then, so only its plan fields are compared. A
+    ``stale`` cell (its sample used an item that changed) is processed whatever it picks: its
+    pair stage is not run here either."""
     from geodelta.pipelines.stages.blocks import expand_block, iter_blocks, restrict
     from geodelta.pipelines.stages.worker import Worker
 
     worker = Worker(cfg, code_version=code_version)
+    series = cfg.time.series is not None
+    pair_stage = worker.series_pair if series else worker.pair
     out: dict[str, dict[str, Any]] = {}
-    if cfg.time.series is not None:  # a sequence reuses nothing yet: every cell is rebuilt
-        return out
+    picks: dict[str, list[dict[str, Any]]] = {}
     for whole in iter_blocks(cfg):
-        block = restrict(whole, lambda c: c in prev.samples and c not in done)
+        block = restrict(whole, lambda c: c in prev.samples and c not in done and c not in stale)
         if block is None:
             continue
         for job in expand_block(cfg, block):
@@ -370,13 +550,15 @@ def _candidates(
                 out[job.cell_id] = {k: plan[k] for k in _PLAN_FIELDS}
                 continue
             try:
-                pair = worker.pair(job)
+                pair = pair_stage(job)
             except Exception as exc:  # the engines run it again and quarantine it if need be
                 log.info("--from: cell %s is processed (pair stage: %s)", job.cell_id, exc)
                 continue
             if isinstance(pair, ScenePair) and pair.key == prev.samples[job.cell_id][0]:
                 out[job.cell_id] = sample_inputs(pair)
-    return out
+                if series:
+                    picks[job.cell_id] = series_picks(pair)
+    return out, picks
 
 
 def _restamped(
@@ -455,11 +637,38 @@ def _copy(
     return reused
 
 
+def _previous_dates(prev: Previous, cells: Collection[str]) -> dict[str, list[dict[str, Any]]]:
+    """sample key -> the ``dates.json`` entries of the previous release's sequence samples of
+    ``cells`` (only that member is read; a shard that cannot be read gives none: its samples
+    are not reused, as :func:`_copy` would find)."""
+    from geodelta.pipelines.release.drift import series_dates
+
+    by_shard: dict[str, set[str]] = {}
+    for cell in cells:
+        key, shard = prev.samples[cell]
+        by_shard.setdefault(shard, set()).add(key)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for rel, keys in sorted(by_shard.items()):
+        try:
+            out.update(series_dates(prev.path(rel), keys))
+        except (OSError, ValueError, tarfile.TarError) as exc:
+            log.warning(
+                "--from: the dates of shard %s cannot be read (%s); its cells run", rel, exc
+            )
+    return out
+
+
 def _drift(
-    cfg: BuildConfig, prev: Previous, search: BuildConfig, cells: set[str], staging: Any
+    cfg: BuildConfig,
+    prev: Previous,
+    search: BuildConfig,
+    cells: set[str],
+    staging: Any,
+    dates: dict[str, list[dict[str, Any]]] | None,
 ) -> Any:
     """The catalog drift between the previous release's snapshot and this build's searches
-    over ``cells`` (:func:`~.drift.snapshot_drift`); None when it has no snapshot."""
+    over ``cells`` (:func:`~.drift.snapshot_drift`; ``dates``: a sequence release's
+    ``dates.json`` entries by sample key); None when it has no snapshot."""
     from geodelta.pipelines.release.layout import SNAPSHOT
     from geodelta.pipelines.release.snapshot import release_snapshot
 
@@ -471,7 +680,27 @@ def _drift(
 
     prev.path(SNAPSHOT)  # fetched when the release is at a URL
     current = open_catalog(search.catalog, resolve=search.resolve)
-    return snapshot_drift(prev.root, cfg, current, cells, release_snapshot(staging))
+    used = None if dates is None else {k: [str(d["item_id"]) for d in v] for k, v in dates.items()}
+    return snapshot_drift(prev.root, cfg, current, cells, release_snapshot(staging), dates=used)
+
+
+def _carry(
+    cfg: BuildConfig, prev: Previous, cells: Collection[str], staging: Any, code_version: str
+) -> set[str]:
+    """Mark the ``cells`` (steady, quarantined by the previous release) whose every quarantine
+    record there is a verdict on the data (:func:`is_data_verdict`) done with those records;
+    returns their ids. Nothing is carried from a release of another code version or record
+    layout (its verdicts may differ)."""
+    m = prev.manifest
+    if m.code_version != code_version or m.schema_version != SCHEMA_VERSION:
+        return set()
+    carried: set[str] = set()
+    for cell in sorted(cells):
+        records = prev.quarantine.get(cell, ())
+        if records and all(r.cell_id == cell and is_data_verdict(r, cfg) for r in records):
+            staging.mark_cell(cell, keys=[], quarantine=list(records))
+            carried.add(cell)
+    return carried
 
 
 def reuse_previous(
@@ -484,8 +713,9 @@ def reuse_previous(
     code_version: str,
     search: BuildConfig | None = None,
 ) -> Incremental:
-    """Copy the previous release's unchanged samples into the staging area (see the module
-    docstring) and count reused / new / changed / removed cells.
+    """Copy the previous release's unchanged samples into the staging area, carry its
+    quarantine verdicts on unchanged data over (see the module docstring) and count reused /
+    new / changed / retried / carried / removed cells.
 
     First the catalog drift since the previous release (:mod:`.drift`: its snapshot against
     the items this build searches, over its cells this build plans): a sample that used an
@@ -503,36 +733,45 @@ def reuse_previous(
             same config hash), default ``cfg``: the pair stage runs on the items they will see.
 
     Returns:
-        The counts; ``reused_cells`` holds the cells reused now or by the run a ``--resume``
-        finishes; ``drift`` the catalog drift (None: the previous release has no snapshot).
+        The counts; ``reused_cells`` holds the cells reused or carried now or by the run a
+        ``--resume`` finishes; ``drift`` the catalog drift (None: the previous release has no
+        snapshot).
     """
     search = search or cfg
     planned = 0
     still: set[str] = set()  # the previous release's sample cells still planned
-    retried: set[str] = set()  # its quarantined cells still planned
+    quarantined: set[str] = set()  # its quarantined cells still planned
     for cell_id in plan_ids:
         planned += 1
         if cell_id in prev.samples:
             still.add(cell_id)
         elif cell_id in prev.quarantined:
-            retried.add(cell_id)
-    drift = _drift(cfg, prev, search, still | retried, staging)
+            quarantined.add(cell_id)
+    series = cfg.time.series is not None
+    dates = _previous_dates(prev, still) if series else None
+    drift = _drift(cfg, prev, search, still | quarantined, staging, dates)
     stale: set[str] = set()  # cells whose sample used an item that changed or went
     if drift is not None:
         keys = {k for i in drift.items if i.change != "added" for k in i.samples}
         stale = {c for c, (key, _) in prev.samples.items() if key in keys}
     steady = set() if drift is None else drift.steady
-    candidates = _candidates(search, prev, done, code_version, steady)
-    candidates = {c: v for c, v in candidates.items() if c not in stale}
+    candidates, picks = _candidates(search, prev, done, code_version, steady, stale)
+    candidates = {
+        c: v
+        for c, v in candidates.items()
+        if c not in picks or _same_picks((dates or {}).get(prev.samples[c][0]), picks[c])
+    }
     reused = _reused_before(staging) & set(done)
     reused |= _copy(prev, candidates, staging, cfg, code_version)
+    reused |= _carry(cfg, prev, (quarantined & steady) - set(done), staging, code_version)
     staging.put_file(REUSED_FILE, json.dumps(sorted(reused)))
     m = prev.manifest
     out = Incremental(source=f"{m.name} {m.version}", source_hash=m.config_hash, drift=drift)
     out.reused_cells = reused
     out.reused = len(reused & still)
-    out.changed = len(still) - out.reused + len(retried)
-    out.retried = len(retried)
-    out.new = planned - len(still) - len(retried)
+    out.carried = len(reused & quarantined)
+    out.retried = len(quarantined) - out.carried
+    out.changed = len(still) - out.reused + out.retried
+    out.new = planned - len(still) - len(quarantined)
     out.removed = len(prev.samples) - len(still)
     return out

@@ -163,7 +163,8 @@ def summary_section(rel: Release) -> Section:
             (
                 "built from",
                 f"{inc['from']}: {inc['reused']} cells reused, {inc['new']} new, "
-                f"{inc['changed']} changed ({inc['retried']} quarantined there), "
+                f"{inc['changed']} changed ({inc['retried']} quarantined there, retried), "
+                f"{inc.get('carried', 0)} carried over (quarantined there on the same data), "
                 f"{inc['removed']} removed",
             )
         )
