@@ -66,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runner", default="inprocess", help="runner.name of the builds")
     parser.add_argument("--no-gx", action="store_true", help="validation.great_expectations off")
     parser.add_argument("--work", type=Path, default=None, help="folder to build in (default tmp)")
+    parser.add_argument(
+        "--series",
+        action="store_true",
+        help="the series demo catalog and configs/demo-series.yaml (sequences of 5 dates)",
+    )
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from geodelta.pipelines.api import build
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-incremental-"))
     load_before = os.getloadavg()[0]
-    cat = write_demo_catalog(work / "catalog", seed=0, scale=args.scale)
+    cat = write_demo_catalog(work / "catalog", seed=0, scale=args.scale, series=args.series)
     x0, y0, x1, y1 = cat.aoi_bbox
     small = [x0 + args.grow / (1 + args.grow) * (x1 - x0), y0, x1, y1]
     extra: dict[str, Any] = {"runner": {"name": args.runner}}
@@ -83,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(name: str, **kw: Any) -> Any:
         aoi = {"aoi": {"bbox": small}} if name == "previous" else {}
-        cfg = demo_config(cat, work / name, **aoi, **extra)
+        cfg = demo_config(cat, work / name, **aoi, **extra, series=args.series)
         t = time.perf_counter()
         result = build(cfg, progress=False, **kw)
         return result, time.perf_counter() - t
@@ -94,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     checked = _check(prev.release_dir, full.release_dir, inc.release_dir)
     load_after = os.getloadavg()[0]
     counts = inc.incremental
-    print(f"demo scale {args.scale}: previous {prev.cells} cells, grown {full.cells} cells")
+    kind = "series demo" if args.series else "demo"
+    print(f"{kind} scale {args.scale}: previous {prev.cells} cells, grown {full.cells} cells")
     print(
         f"--from counts: reused {counts['reused']}, new {counts['new']}, changed "
         f"{counts['changed']} (retried {counts['retried']}), carried {counts['carried']}, "

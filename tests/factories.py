@@ -354,9 +354,12 @@ def make_sample(
     )
 
 
-def demo_config(catalog: DemoCatalog, out: str | Path, **extra: Any) -> BuildConfig:
-    """``configs/demo.yaml`` over a demo catalog (its AOI), written to ``out``; ``extra``
-    replaces whole config sections (``shards={"max_samples": 4}``)."""
+def demo_config(
+    catalog: DemoCatalog, out: str | Path, *, series: bool = False, **extra: Any
+) -> BuildConfig:
+    """``configs/demo.yaml`` (``configs/demo-series.yaml`` with ``series``) over a demo catalog
+    (its AOI), written to ``out``; ``extra`` replaces whole config sections
+    (``shards={"max_samples": 4}``)."""
     from geodelta.schemas import load_config
 
     overrides = {
@@ -365,7 +368,9 @@ def demo_config(catalog: DemoCatalog, out: str | Path, **extra: Any) -> BuildCon
         "aoi": {"bbox": list(catalog.aoi_bbox)},
         **extra,
     }
-    return load_config(REPO / "configs" / "demo.yaml", overrides)
+    return load_config(
+        REPO / "configs" / ("demo-series.yaml" if series else "demo.yaml"), overrides
+    )
 
 
 def build_demo_release(
