@@ -63,3 +63,14 @@ def test_geotiff_checks_find_the_same_problems_in_verifys_one_environment() -> N
     assert "does not decode as GeoTIFF" in alone["not a tiff"][0]
     assert alone["no crs"] == ["w: before.tif has no CRS"]
     assert alone["uint8"] == ["w: before.tif dtype uint8, expected uint16"]
+
+
+def test_a_png_that_does_not_decode_is_named_the_same_every_time() -> None:
+    """PIL names a stream it cannot identify by its address; verify's message does not, so a
+    damaged release's report page is the same bytes on every render."""
+    from geodelta.pipelines.release.verify import _check_png
+
+    first = _check_png("s.tar: k", "mask.png", b"not a png at all", "png-index", None)
+    second = _check_png("s.tar: k", "mask.png", b"not a png at all", "png-index", None)
+    assert first == second and len(first) == 1
+    assert "does not decode as PNG" in first[0] and " at 0x" not in first[0]

@@ -46,7 +46,6 @@ from geodelta.pipelines.release.geoparquet import (
     MEMBER_OFFSETS_TYPE,
     cell_footprint_wkb,
     geoparquet_bytes,
-    member_offsets,
 )
 from geodelta.pipelines.release.layout import (
     CARD,
@@ -167,7 +166,9 @@ def _portable(rec: QuarantineRecord, places: list[tuple[str, str]]) -> Quarantin
     return rec if detail == rec.detail else rec.model_copy(update={"detail": detail})
 
 
-def _sample_row(meta: SampleMeta, shard: str, members: dict[str, bytes]) -> dict[str, Any]:
+def _sample_row(
+    meta: SampleMeta, shard: str, members: dict[str, bytes], offsets: list[dict[str, Any]]
+) -> dict[str, Any]:
     facts = meta.facts
     main = ""
     if facts.transitions:
@@ -209,18 +210,9 @@ def _sample_row(meta: SampleMeta, shard: str, members: dict[str, bytes]) -> dict
         "tokens_out": meta.tokens_out,
         "cost_usd": meta.cost_usd,
         "captions": captions,
-        "member_offsets": None,  # filled from the written shard (_with_offsets)
+        "member_offsets": offsets,  # as written (what member_offsets reads back)
         "geometry": cell_footprint_wkb(meta.cell_id),
     }
-
-
-def _with_offsets(root: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows with ``member_offsets`` read back from the shards written (tar headers only)."""
-    offsets: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for row in rows:
-        if row["shard"] not in offsets:
-            offsets[row["shard"]] = member_offsets(root / row["shard"])
-    return [{**row, "member_offsets": offsets[row["shard"]][row["key"]]} for row in rows]
 
 
 def _quarantine_row(rec: QuarantineRecord) -> dict[str, Any]:
@@ -380,7 +372,7 @@ def write_release(
         write_atomic(root / name, data)
         files.append(FileInfo(path=name, bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
 
-    put(SAMPLES_TABLE, geoparquet_bytes(_with_offsets(root, rows), SAMPLES_SCHEMA))
+    put(SAMPLES_TABLE, geoparquet_bytes(rows, SAMPLES_SCHEMA))
     put(
         QUARANTINE_TABLE,
         geoparquet_bytes([_quarantine_row(q) for q in quarantine], QUARANTINE_SCHEMA),

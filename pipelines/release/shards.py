@@ -46,8 +46,10 @@ TAR_USER = "geodelta"
 TAR_GROUP = "geodelta"
 TAR_MODE = 0o444
 
-#: ``(meta, shard path relative to the release, members) -> sample-table row``.
-RowFn = Callable[[SampleMeta, str, dict[str, bytes]], dict[str, Any]]
+#: ``(meta, shard path relative to the release, members, member offsets) -> sample-table row``;
+#: the offsets are the sample's members as written: ``[{name, offset, size}]`` in tar order,
+#: ``offset`` the byte offset of the member's data in the shard.
+RowFn = Callable[[SampleMeta, str, dict[str, bytes], list[dict[str, Any]]], dict[str, Any]]
 
 
 def shard_name(split: str, index: int) -> str:
@@ -69,8 +71,15 @@ class _SampleTar:
         # TarWriter opens "w|" without passing its format: tarfile's default (PAX) applies
         self._tar = tarfile.open(fileobj=stream, mode="w|")  # noqa: SIM115 (see close)
 
-    def write(self, key: str, members: dict[str, bytes]) -> None:
-        """Append one sample: its members in sorted name order, as ``{key}.{name}``."""
+    def write(self, key: str, members: dict[str, bytes]) -> list[dict[str, Any]]:
+        """Append one sample: its members in sorted name order, as ``{key}.{name}``.
+
+        Returns:
+            Each member's ``{name, offset, size}`` in tar order: ``offset`` is where its data
+            starts in the tar (after its header), as :func:`.geoparquet.member_offsets` reads
+            it back.
+        """
+        offsets = []
         for name in sorted(members):
             data = members[name]
             if not isinstance(data, bytes | bytearray | memoryview):
@@ -82,6 +91,10 @@ class _SampleTar:
             info.uname = TAR_USER
             info.gname = TAR_GROUP
             self._tar.addfile(info, io.BytesIO(data))
+            # the tar's offset is past the data, padded to whole blocks
+            padded = (info.size + tarfile.BLOCKSIZE - 1) // tarfile.BLOCKSIZE * tarfile.BLOCKSIZE
+            offsets.append({"name": name, "offset": self._tar.offset - padded, "size": info.size})
+        return offsets
 
     def close(self) -> None:
         """Write the end-of-archive blocks (the stream stays open)."""
@@ -146,7 +159,7 @@ def write_shards(
         cfg: the build config (``shards``).
         staging: the staging area holding the samples' members.
         metas: key -> metadata of every sample to write (its ``split`` picks the shards).
-        row: makes the sample-table row of each sample written.
+        row: makes the sample-table row of each sample written (with its member offsets).
 
     Returns:
         The shard infos (split order, then index) and the sample-table rows (shard order).
@@ -170,11 +183,11 @@ def write_shards(
             if current is None:
                 current = _open_shard(release_dir / shard_name(split, index), split)
                 index += 1
-            current.writer.write(key, members)
+            offsets = current.writer.write(key, members)
             current.samples += 1
             current.nbytes += size
             rel = current.path.relative_to(release_dir).as_posix()
-            rows.append(row(metas[key], rel, members))
+            rows.append(row(metas[key], rel, members, offsets))
         if current is not None:
             infos.append(_close_shard(current, release_dir))
     return infos, rows

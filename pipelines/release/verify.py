@@ -16,11 +16,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import rasterio
 from PIL import Image
@@ -47,9 +49,11 @@ from geodelta.schemas.config import recorded_hash
 from geodelta.schemas.members import SAMPLE_MEMBERS, Codec, member, members_for
 from geodelta.schemas.series import SeriesDateMeta
 
-__all__ = ["VerifyResult", "verify_release"]
+__all__ = ["SampleVisitor", "VerifyResult", "verify_release"]
 
 _QA_LIST = TypeAdapter(list[QAItem])
+#: An object's repr with its address (``<_io.BytesIO object at 0x7f...>``).
+_ADDRESS = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>")
 _DATES_LIST = TypeAdapter(list[SeriesDateMeta])
 _MAX_PROBLEMS_PER_SHARD = 50
 #: PNG mode each PNG codec must have.
@@ -72,6 +76,27 @@ class VerifyResult:
     samples: int
     problems: tuple[str, ...]
     notes: tuple[str, ...] = ()
+
+
+class SampleVisitor(Protocol):
+    """What :func:`verify_release` shows of its read, so that its caller needs no pass of its
+    own over the shards (the report reads each shard once this way).
+
+    For each shard of the manifest, in manifest order, :func:`verify_release` calls
+    :meth:`sample` with every sample of the shard in tar order, up to its end or the read error
+    (whatever the checks find), then :meth:`done` with that error (``None``: read to its end).
+    A shard missing on disk is not read: :meth:`unread` is called instead. An error a visitor
+    raises propagates out of :func:`verify_release`.
+    """
+
+    def sample(self, shard: str, key: str, members: dict[str, bytes]) -> None:
+        """One sample of ``shard`` (its path relative to the release), as read."""
+
+    def done(self, shard: str, error: Exception | None) -> None:
+        """The read of ``shard`` ended: at its end (``error`` None) or on ``error``."""
+
+    def unread(self, shard: str) -> None:
+        """``shard`` is missing on disk: verify did not read it."""
 
 
 def _check_file(root: Path, rel: str, size: int, sha256: str) -> list[str]:
@@ -105,7 +130,9 @@ def _check_png(
                     f"{(meta.shape[1], meta.shape[0])}"
                 )
     except (OSError, ValueError, SyntaxError) as exc:
-        problems.append(f"{where}: {name} does not decode as PNG ({exc})")
+        # PIL names the stream it could not identify by its address: not in the message
+        why = _ADDRESS.sub("the member", str(exc))
+        problems.append(f"{where}: {name} does not decode as PNG ({why})")
     return problems
 
 
@@ -225,22 +252,44 @@ def _check_sample(
 
 
 def _check_shard(
-    root: Path, rel: str, split: str, manifest: ReleaseManifest
+    root: Path,
+    rel: str,
+    split: str,
+    manifest: ReleaseManifest,
+    visitor: SampleVisitor | None = None,
 ) -> tuple[list[str], list[str]]:
-    """Problems and the keys of one shard."""
+    """Problems and the keys of one shard; ``visitor`` sees every sample, then how the read ended."""
     problems: list[str] = []
     keys: list[str] = []
     seen: set[str] = set()
-    try:
-        for key, members in iter_tar_samples(root / rel):
-            if key in seen:
-                problems.append(f"{rel}: {key}: members are not contiguous or the key repeats")
-            seen.add(key)
-            keys.append(key)
-            if len(problems) < _MAX_PROBLEMS_PER_SHARD:
-                problems.extend(_check_sample(rel, key, members, manifest, split))
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        problems.append(f"{rel}: not a readable tar after {len(keys)} samples ({exc})")
+    checking = True  # an error in the checks ends them (as a read error does), not the read
+    error: Exception | None = None
+    samples = iter_tar_samples(root / rel)
+    while checking or visitor is not None:
+        try:
+            key, members = next(samples)
+        except StopIteration:
+            break
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            if checking:
+                problems.append(f"{rel}: not a readable tar after {len(keys)} samples ({exc})")
+            error = exc
+            break
+        if checking:
+            try:
+                if key in seen:
+                    problems.append(f"{rel}: {key}: members are not contiguous or the key repeats")
+                seen.add(key)
+                keys.append(key)
+                if len(problems) < _MAX_PROBLEMS_PER_SHARD:
+                    problems.extend(_check_sample(rel, key, members, manifest, split))
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                problems.append(f"{rel}: not a readable tar after {len(keys)} samples ({exc})")
+                checking = False
+        if visitor is not None:  # outside the checks: its errors are its caller's
+            visitor.sample(rel, key, members)
+    if visitor is not None:
+        visitor.done(rel, error)
     return problems, keys
 
 
@@ -308,7 +357,9 @@ def _unlisted(root: Path, manifest: ReleaseManifest) -> list[str]:
     return sorted(found)
 
 
-def verify_release(release_dir: str | Path, *, strict: bool = False) -> VerifyResult:
+def verify_release(
+    release_dir: str | Path, *, strict: bool = False, visitor: SampleVisitor | None = None
+) -> VerifyResult:
     """Check a release against its ``manifest.json``.
 
     Recomputes the size and sha256 of every shard and file in the manifest, reads every shard
@@ -324,6 +375,7 @@ def verify_release(release_dir: str | Path, *, strict: bool = False) -> VerifyRe
     Args:
         release_dir: the release folder.
         strict: files the manifest does not list are problems, not notes.
+        visitor: shown every sample read (:class:`SampleVisitor`); it changes no check.
 
     Returns:
         The result; ``ok`` is True when ``problems`` is empty.
@@ -359,8 +411,10 @@ def verify_release(release_dir: str | Path, *, strict: bool = False) -> VerifyRe
             file_problems = _check_file(root, shard.path, shard.bytes, shard.sha256)
             problems.extend(file_problems)
             if file_problems and file_problems[0].endswith(": missing"):
+                if visitor is not None:
+                    visitor.unread(shard.path)
                 continue
-            shard_problems, keys = _check_shard(root, shard.path, shard.split, manifest)
+            shard_problems, keys = _check_shard(root, shard.path, shard.split, manifest, visitor)
             problems.extend(shard_problems)
             if len(keys) != shard.samples:
                 problems.append(

@@ -6,6 +6,11 @@ per-sample digests and text (one pass over every shard), the members of the few 
 page shows, the Great Expectations summary and the reference model's metrics. A side file that
 is missing reads as ``None``; one that cannot be read reads as ``None`` with a problem text
 (relative to the release, so that the page does not depend on where the release lies).
+
+Several parts of the report read every sample (:func:`scan_shards`, the grounding and series
+sections). Each is a :class:`ShardReader`; a :class:`Fanout` hands every sample read to all of
+them, each with its own error handling as if it had read the shard alone, so that one read of
+each shard serves them all (the page's read is verify's own: :func:`.scan.scan_release`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import tarfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 from geodelta.errors import ReleaseError
 from geodelta.pipelines.release.layout import (
@@ -33,12 +38,15 @@ from geodelta.schemas import ReleaseManifest
 
 __all__ = [
     "PROVENANCE_FIELDS",
+    "Fanout",
     "Release",
     "SampleInfo",
+    "ShardReader",
     "cfg",
     "gx_failed_keys",
     "load_release",
     "open_release",
+    "read_shards",
     "review_count",
     "review_keys",
     "scan_shards",
@@ -112,16 +120,19 @@ def _json_sha(value: Any) -> str:
     return _sha(json.dumps(value, sort_keys=True, separators=(",", ":")).encode())
 
 
-def _sample_info(members: dict[str, bytes]) -> SampleInfo:
+def _sample_info(members: dict[str, bytes], *, digests: bool = True) -> SampleInfo:
     meta = json.loads(members.get("json", b"{}"))
     facts = meta.get("facts", {}) if isinstance(meta, dict) else {}
     captions = json.loads(members.get("captions.json", b"[]"))
     qa = json.loads(members.get("qa.json", b"[]"))
+    fields = sorted(meta.items())  # without digests too: a json that is no object fails here
     return SampleInfo(
-        members={n: _sha(v) for n, v in sorted(members.items()) if n != "json"},
-        meta_fields={
-            k: _json_sha(v) for k, v in sorted(meta.items()) if k not in PROVENANCE_FIELDS
-        },
+        members=(
+            {n: _sha(v) for n, v in sorted(members.items()) if n != "json"} if digests else {}
+        ),
+        meta_fields=(
+            {k: _json_sha(v) for k, v in fields if k not in PROVENANCE_FIELDS} if digests else {}
+        ),
         transitions=[
             (
                 str(t.get("from_class", "")),
@@ -174,17 +185,120 @@ def open_release(root: str | Path) -> Release:
     return rel
 
 
+class ShardReader(Protocol):
+    """One part of the report that reads every sample of the release's shards.
+
+    Attributes:
+        catches: the errors that end its read of a shard (:meth:`fail`); any other propagates.
+    """
+
+    catches: ClassVar[tuple[type[Exception], ...]]
+
+    def add(self, key: str, members: dict[str, bytes]) -> None:
+        """Take one sample (the shard's samples in tar order)."""
+
+    def fail(self, shard: str, error: Exception) -> None:
+        """Its read of ``shard`` (path relative to the release) ended on ``error``."""
+
+
+class Fanout:
+    """Every sample read to each of several :class:`ShardReader`: each one sees what it would
+    see reading the shards alone. A reader whose ``add`` raises one of its ``catches`` gets
+    ``fail`` and no more sample of that shard; a read error ends the shard for every reader
+    (``fail`` for those that catch it; for another it propagates).
+
+    It has the methods of :class:`geodelta.pipelines.release.verify.SampleVisitor`, so that
+    verify's read serves the readers; :meth:`unread` reads a shard verify did not.
+
+    Attributes:
+        shards: the shards whose read ended, in that order.
+    """
+
+    def __init__(self, root: Path, readers: Sequence[ShardReader]) -> None:
+        self.root = root
+        self.readers = tuple(readers)
+        self.shards: list[str] = []
+        self._failed: set[int] = set()  # readers done with the shard being read
+
+    def sample(self, shard: str, key: str, members: dict[str, bytes]) -> None:
+        """One sample of ``shard``, to each reader not done with that shard."""
+        for i, reader in enumerate(self.readers):
+            if i in self._failed:
+                continue
+            try:
+                reader.add(key, members)
+            except reader.catches as exc:
+                reader.fail(shard, exc)
+                self._failed.add(i)
+
+    def done(self, shard: str, error: Exception | None) -> None:
+        """The read of ``shard`` ended, at its end or on ``error``."""
+        failed, self._failed = self._failed, set()
+        self.shards.append(shard)
+        if error is None:
+            return
+        for i, reader in enumerate(self.readers):
+            if i not in failed:
+                if not isinstance(error, reader.catches):
+                    raise error
+                reader.fail(shard, error)
+
+    def unread(self, shard: str) -> None:
+        """Read ``shard`` here (each reader then fails as it would have, e.g. on a missing file)."""
+        samples = iter_tar_samples(self.root / shard)
+        error: Exception | None = None
+        while True:
+            try:
+                key, members = next(samples)
+            except StopIteration:
+                break
+            except Exception as exc:  # the readers' catches decide (done)
+                error = exc
+                break
+            self.sample(shard, key, members)
+            if len(self._failed) == len(self.readers):  # nobody reads on
+                break
+        self.done(shard, error)
+
+
+def read_shards(rel: Release, readers: Sequence[ShardReader]) -> None:
+    """Read every shard of the manifest (in its order) once, for all ``readers``."""
+    fanout = Fanout(rel.root, readers)
+    for shard in rel.manifest.shards:
+        fanout.unread(shard.path)
+
+
+class SampleInfoReader:
+    """:func:`scan_shards` as a :class:`ShardReader`: fills ``rel.samples``, ``rel.kept`` and
+    ``rel.problems``; ``digests`` False leaves :class:`SampleInfo` ``members`` and
+    ``meta_fields`` empty (only a diff reads them)."""
+
+    catches: ClassVar[tuple[type[Exception], ...]] = (
+        OSError,
+        tarfile.TarError,
+        json.JSONDecodeError,
+    )
+
+    def __init__(self, rel: Release, keep: Iterable[str] = (), *, digests: bool = True) -> None:
+        self.rel = rel
+        self.wanted = set(keep)
+        self.digests = digests
+
+    def add(self, key: str, members: dict[str, bytes]) -> None:
+        """The sample's digests and text; its members when it is to be kept."""
+        self.rel.samples[key] = _sample_info(members, digests=self.digests)
+        if key in self.wanted:
+            self.rel.kept[key] = members
+
+    def fail(self, shard: str, error: Exception) -> None:
+        """A problem of the page's summary."""
+        why = str(error).replace(str(self.rel.root / shard), shard)  # the page is path-free
+        self.rel.problems.append(f"{shard}: cannot be read ({type(error).__name__}: {why})")
+
+
 def scan_shards(rel: Release, keep: Iterable[str] = ()) -> Release:
     """One pass over every shard: per-sample digests and text, members of the ``keep`` keys."""
-    wanted = set(keep)
-    for shard in rel.manifest.shards:
-        try:
-            for key, members in iter_tar_samples(rel.root / shard.path):
-                rel.samples[key] = _sample_info(members)
-                if key in wanted:
-                    rel.kept[key] = members
-        except (OSError, tarfile.TarError, json.JSONDecodeError) as exc:
-            rel.problems.append(f"{shard.path}: cannot be read ({type(exc).__name__}: {exc})")
+    read_shards(rel, [SampleInfoReader(rel, keep)])
     return rel
 
 

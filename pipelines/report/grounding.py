@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import tarfile
 from collections import Counter
-from typing import Any
+from typing import Any, ClassVar
 
-from geodelta.pipelines.release.layout import iter_tar_samples
-from geodelta.pipelines.report.data import Release
+from geodelta.pipelines.report.data import Release, read_shards
 from geodelta.pipelines.report.sections import Section, table
 from geodelta.schemas.qa import GROUNDED_QA_TYPES
 
-__all__ = ["grounding_section"]
+__all__ = ["GroundingScan", "grounding_section"]
 
 _TITLE = "Grounding"
 #: Bins of regions per sample.
@@ -44,28 +43,51 @@ def _pct(part: int, whole: int) -> str:
     return f"{100.0 * part / whole:.1f}%" if whole else "–"
 
 
+class GroundingScan:
+    """What the section reads of every sample: a :class:`~.data.ShardReader`.
+
+    Attributes:
+        samples: per sample, its regions, QA items and grounded captions.
+        problems: the shards that could not be read.
+    """
+
+    catches: ClassVar[tuple[type[Exception], ...]] = (OSError, tarfile.TarError, ValueError)
+
+    def __init__(self) -> None:
+        self.samples: list[dict[str, Any]] = []
+        self.problems: list[str] = []
+
+    def add(self, key: str, members: dict[str, bytes]) -> None:
+        """One sample's regions, QA items and grounded captions."""
+        meta = json.loads(members.get("json", b"{}"))
+        self.samples.append(
+            {
+                "regions": list(meta.get("regions", [])),
+                "captions": list(meta.get("captions_grounded", [])),
+                "qa": list(json.loads(members.get("qa.json", b"[]"))),
+            }
+        )
+
+    def fail(self, shard: str, error: Exception) -> None:
+        """A shard that could not be read."""
+        self.problems.append(f"{shard}: cannot be read ({type(error).__name__})")
+
+
 def _scan(rel: Release) -> tuple[list[dict[str, Any]], list[str]]:
     """Per sample: regions, QA items and grounded captions; and the shards that failed."""
-    out, problems = [], []
-    for shard in rel.manifest.shards:
-        try:
-            for _key, members in iter_tar_samples(rel.root / shard.path):
-                meta = json.loads(members.get("json", b"{}"))
-                out.append(
-                    {
-                        "regions": list(meta.get("regions", [])),
-                        "captions": list(meta.get("captions_grounded", [])),
-                        "qa": list(json.loads(members.get("qa.json", b"[]"))),
-                    }
-                )
-        except (OSError, tarfile.TarError, ValueError) as exc:
-            problems.append(f"{shard.path}: cannot be read ({type(exc).__name__})")
-    return out, problems
+    scan = GroundingScan()
+    read_shards(rel, [scan])
+    return scan.samples, scan.problems
 
 
-def grounding_section(rel: Release) -> Section:
-    """Regions per sample, box sizes, the share of QA items and captions that are grounded."""
-    samples, problems = _scan(rel)
+def grounding_section(rel: Release, scan: GroundingScan | None = None) -> Section:
+    """Regions per sample, box sizes, the share of QA items and captions that are grounded.
+
+    Args:
+        rel: the release.
+        scan: its samples as read already (:func:`~.scan.scan_release`); None: read them here.
+    """
+    samples, problems = (scan.samples, scan.problems) if scan is not None else _scan(rel)
     if not samples:
         return Section("grounding", _TITLE, empty=True)
     per_sample = [len(s["regions"]) for s in samples]

@@ -47,10 +47,11 @@ image a PNG ``data:`` URI, no script, no external link. Sections (in page order,
     the reference model's metrics (``reference/metrics.json``; "not trained yet" when absent)
     and the samples to review first: before/after/label and the model's own mask.
 
-The modules by role: :mod:`.data` reads the release, :mod:`.metrics` computes the numbers,
-:mod:`.sections`, :mod:`.validation`, :mod:`.samples`, :mod:`.reference` and :mod:`.diff` turn
-them into plain data per section, :mod:`.plots` draws the figures, and this module renders the
-templates (autoescaped) and writes the page.
+The modules by role: :mod:`.data` reads the release, :mod:`.scan` reads its shards once for
+the whole page (verify's read, shown to every section that reads each sample), :mod:`.metrics`
+computes the numbers, :mod:`.sections`, :mod:`.validation`, :mod:`.samples`, :mod:`.reference`
+and :mod:`.diff` turn them into plain data per section, :mod:`.plots` draws the figures, and
+this module renders the templates (autoescaped) and writes the page.
 
 Everything is deterministic: the same release (and previous release) give the same bytes.
 """
@@ -74,7 +75,6 @@ from geodelta.pipelines.report.data import (
     open_release,
     review_count,
     review_keys,
-    scan_shards,
 )
 from geodelta.pipelines.report.diff import ReleaseDiff, diff_releases, diff_section
 from geodelta.pipelines.report.drift import drift_section
@@ -163,16 +163,22 @@ def render_report(
     Raises:
         ReleaseError: a release has no (valid) manifest.
     """
+    from geodelta.pipelines.report.scan import scan_release  # verify's imports: GDAL, PIL
+
     rel = open_release(release_dir)
     manifest = rel.manifest
     scores = release_scores(rel)
     worst, others = gallery_keys(rel.rows, scores, max_gallery)
     review = review_keys(rel.rows, review_count(rel.reference))
-    scan_shards(rel, keep=[*worst, *others, *review[:REVIEW_THUMBNAILS]])
+    # one read of each shard: verify's, shared by the sections that read every sample
+    scan = scan_release(
+        rel, [*worst, *others, *review[:REVIEW_THUMBNAILS]], digests=previous is not None
+    )
     prev = load_release(previous) if previous is not None else None
-    series = series_section(rel)  # None for a pair release
+    series = series_section(rel, scan.series)  # None for a pair release
     sections = [
-        verdict_section(rel, previous),  # the first screen: PUBLISH or DO NOT PUBLISH, and why
+        # the first screen: PUBLISH or DO NOT PUBLISH, and why
+        verdict_section(rel, previous, verified=scan.verified),
         *([diff_section(rel, prev, scores)] if prev is not None else []),
         summary_section(rel),
         funnel_section(rel),
@@ -187,7 +193,7 @@ def render_report(
         gallery_section(rel, worst, others, scores),
         reference_section(rel, review),
         drift_section(rel),
-        grounding_section(rel),
+        grounding_section(rel, scan.grounding),
     ]
     return (
         _environment()

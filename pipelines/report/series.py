@@ -27,13 +27,13 @@ import re
 import tarfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from geodelta.pipelines.release.layout import REFERENCE_METRICS, iter_tar_samples
+from geodelta.pipelines.release.layout import REFERENCE_METRICS
 from geodelta.pipelines.report import plots
-from geodelta.pipelines.report.data import Release, cfg
+from geodelta.pipelines.report.data import Release, cfg, read_shards
 from geodelta.pipelines.report.metrics import median, pct
 from geodelta.pipelines.report.sections import Plot, Section, Table, table
 from geodelta.schemas.config import ValidationConfig
@@ -89,6 +89,22 @@ class SeriesScan:
     qa_samples: Counter[str] = field(default_factory=Counter)  # type -> samples asking it
     problems: list[str] = field(default_factory=list)
 
+    #: The errors that end the read of a shard (a :class:`~.data.ShardReader`).
+    catches: ClassVar[tuple[type[Exception], ...]] = (
+        OSError,
+        tarfile.TarError,
+        ValueError,
+        KeyError,
+    )
+
+    def add(self, key: str, members: dict[str, bytes]) -> None:
+        """Count one sample."""
+        _add_sample(self, key, members)
+
+    def fail(self, shard: str, error: Exception) -> None:
+        """A shard that could not be read."""
+        self.problems.append(f"{shard}: cannot be read ({type(error).__name__})")
+
 
 def _add_sample(scan: SeriesScan, key: str, members: dict[str, bytes]) -> None:
     from geodelta.data import decode_member
@@ -124,12 +140,7 @@ def _add_sample(scan: SeriesScan, key: str, members: dict[str, bytes]) -> None:
 def scan_series(rel: Release) -> SeriesScan:
     """One pass over the release's shards (shard order); unreadable shards become problems."""
     scan = SeriesScan()
-    for shard in rel.manifest.shards:
-        try:
-            for key, members in iter_tar_samples(rel.root / shard.path):
-                _add_sample(scan, key, members)
-        except (OSError, tarfile.TarError, ValueError, KeyError) as exc:
-            scan.problems.append(f"{shard.path}: cannot be read ({type(exc).__name__})")
+    read_shards(rel, [scan])
     return scan
 
 
@@ -389,11 +400,17 @@ def _retrieval(rel: Release) -> dict[str, Any]:
     }
 
 
-def series_section(rel: Release) -> Section | None:
-    """The "Dates and temporal QA" section of a series release; None for a pair release."""
+def series_section(rel: Release, scan: SeriesScan | None = None) -> Section | None:
+    """The "Dates and temporal QA" section of a series release; None for a pair release.
+
+    Args:
+        rel: the release.
+        scan: its samples as read already (:func:`~.scan.scan_release`); None: read them here.
+    """
     if not is_series(rel):
         return None
-    scan = scan_series(rel)
+    if scan is None:
+        scan = scan_series(rel)
     if not scan.samples:
         return Section(_IDENT, _TITLE, empty=True)
     per_sample: Counter[int] = Counter(len(d) for d in scan.dates)

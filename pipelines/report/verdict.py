@@ -25,7 +25,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from geodelta.errors import GeodeltaError
 from geodelta.pipelines.release.layout import (
@@ -40,6 +40,9 @@ from geodelta.pipelines.report.data import Release
 from geodelta.pipelines.report.metrics import Signed, pct
 from geodelta.pipelines.report.sections import Section
 from geodelta.schemas.reference import ReferenceMetrics
+
+if TYPE_CHECKING:  # pragma: no cover
+    from geodelta.pipelines.release.verify import VerifyResult
 
 __all__ = [
     "DRIFT_FILE",
@@ -180,10 +183,14 @@ def metric_changes(
     return tuple(out)
 
 
-def _verify_reason(rel: Release, paths: dict[Path, str]) -> Reason:
+def _verify_reason(
+    rel: Release, paths: dict[Path, str], verified: VerifyResult | None = None
+) -> Reason:
     from geodelta.pipelines.release.verify import verify_release
 
-    result = verify_release(rel.root, strict=True)  # as `geodelta release` verifies
+    result = (  # as `geodelta release` verifies
+        verified if verified is not None else verify_release(rel.root, strict=True)
+    )
     # the page being rendered replaces an earlier render of itself (a --resume, a re-render):
     # that file is listed once this render is written, so it is no problem of the release
     own = f"{REPORT_DIR}/{REPORT_FILE}: in the release folder, not in {MANIFEST}"
@@ -359,13 +366,17 @@ def _drift_reason(rel: Release) -> Reason:
 _ORDER: dict[str, int] = {"fail": 0, "warn": 1, "pass": 2, "info": 2, "skip": 2}
 
 
-def release_verdict(rel: Release, previous: str | Path | None = None) -> Verdict:
+def release_verdict(
+    rel: Release, previous: str | Path | None = None, *, verified: VerifyResult | None = None
+) -> Verdict:
     """PUBLISH or DO NOT PUBLISH for a release, with every reason.
 
     Args:
         rel: the release (opened by :func:`~.data.open_release`; shards need not be scanned).
         previous: the previous version's release folder (the gate's ``max_drop`` rules and the
             metric changes compare with it), or None.
+        verified: what ``verify_release(rel.root, strict=True)`` returned for it already
+            (:func:`~.scan.scan_release`); None: verify it here.
 
     Returns:
         The verdict: ``publish`` is True exactly when strict verification and the gate pass.
@@ -380,7 +391,7 @@ def release_verdict(rel: Release, previous: str | Path | None = None) -> Verdict
         pm = read_manifest(prev_root)
         prev_version = pm.version
         paths[prev_root] = f"{pm.name}-{pm.version}"
-    verify = _verify_reason(rel, paths)
+    verify = _verify_reason(rel, paths, verified)
     gate, rules = _gate_reasons(rel.root, prev_root, paths)
     current = reference_metrics(rel.reference)
     prev_metrics = read_metrics(prev_root)[0] if prev_root is not None else None
@@ -409,9 +420,12 @@ def _headline(r: Reason) -> str:
     return f"{r.check}: {first.removeprefix('gate: ')}"
 
 
-def verdict_section(rel: Release, previous: str | Path | None = None) -> Section:
-    """The first section of the page: the verdict banner, its reasons, the metric changes."""
-    v = release_verdict(rel, previous)
+def verdict_section(
+    rel: Release, previous: str | Path | None = None, *, verified: VerifyResult | None = None
+) -> Section:
+    """The first section of the page: the verdict banner, its reasons, the metric changes
+    (``verified``: as for :func:`release_verdict`)."""
+    v = release_verdict(rel, previous, verified=verified)
     blocking: Sequence[Reason] = v.blocking
     return Section(
         "verdict",
