@@ -135,8 +135,9 @@ def qa_count(release: Path) -> str:
     qa = sum(len(json.loads(b)) for _, b in _members(release, "qa.json"))
     total = sum(_manifest(release)["splits"].values())
     return (
-        "GX adds about 4 s of import and 2-3 s CPU per release (measured on the demo: "
-        f"{total} samples, {qa} QA items).\n"
+        "GX adds about 1.5 s of import and ~0.6 s per release once imported (measured on the "
+        f'demo: {total} samples, {qa} QA items; benchmarks/RESULTS.md, "Fixed costs of a '
+        'build").\n'
     )
 
 

@@ -136,17 +136,17 @@ def index_html(site_dir: str | Path) -> str:
 
 
 def make_offline(site_dir: str | Path) -> list[Path]:
-    """Rewrite every HTML page of a Data Docs site with :func:`offline_html`, in place, and its
-    ``index.html`` with :func:`index_html`.
+    """Rewrite every HTML page of a Data Docs site with :func:`offline_html`, in place, and
+    write its ``index.html`` with :func:`index_html` (whether GX built one or not).
 
     Static assets that no page refers to any more (GX ships fonts and animations, ~4 MB) are
     deleted.
 
     Returns:
-        The HTML pages rewritten.
+        The HTML pages written, sorted (``index.html`` among them).
     """
     site = Path(site_dir)
-    pages = sorted(site.rglob("*.html"))
+    pages = sorted({*site.rglob("*.html"), site / "index.html"})
     used: set[Path] = set()
     for page in pages:
         if page == site / "index.html":
