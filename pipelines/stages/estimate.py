@@ -53,14 +53,14 @@ __all__ = [
 
 #: CPU milliseconds per output tile, end to end (plan, cells, release, report; user + system of
 #: the whole process tree), in-process runner: ``python benchmarks/bench_build.py``,
-#: benchmarks/RESULTS.md "Build throughput" (2026-12-04 21:38, demo catalog at scale 3: 762
-#: tiles in 52.4 CPU s = 14.55 tiles per CPU second, with the co-registration's neighbourhood
-#: check). The Beam direct runner measured 73.6 ms/tile.
-CPU_MS_PER_TILE = 68.7
+#: benchmarks/RESULTS.md "Build throughput" (2026-12-05 02:56, demo catalog at scale 3: 762
+#: tiles in 49.4 CPU s = 15.42 tiles per CPU second, with the co-registration's neighbourhood
+#: check). The Beam direct runner measured 67.7 ms/tile.
+CPU_MS_PER_TILE = 64.9
 CPU_BASIS = (
     f"at {CPU_MS_PER_TILE} ms/tile measured by benchmarks/bench_build.py (in-process runner, "
-    "end to end, CPU time; RESULTS.md 2026-12-04, scale 3); network waits not included, and "
-    "small builds are dominated by a fixed ~11 s (start-up, release, report: bench_build at scale 3)"
+    "end to end, CPU time; RESULTS.md 2026-12-05, scale 3); network waits not included, and "
+    "small builds are dominated by a fixed ~9 s (start-up, release, report: bench_build at scale 3)"
 )
 
 #: How a sequence's CPU is estimated: a pair's per date.
