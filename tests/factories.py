@@ -460,3 +460,17 @@ def flip_staged_member(raw: bytes, name: str) -> bytes:
     out = bytearray(raw)
     out[offset + len(members[name]) // 2] ^= 0xFF
     return bytes(out)
+
+
+def record_cells(monkeypatch: Any, owner: type, method: str) -> list[str]:
+    """The cell ids ``owner.method(self, job)`` is called with from now on (e.g. ``Worker``'s
+    ``pair``: which cells ran their pair stage); the method still runs."""
+    real = getattr(owner, method)
+    cells: list[str] = []
+
+    def recorded(self: Any, job: Any) -> Any:
+        cells.append(job.cell_id)
+        return real(self, job)
+
+    monkeypatch.setattr(owner, method, recorded)
+    return cells

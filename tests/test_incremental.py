@@ -47,7 +47,7 @@ from geodelta.pipelines.release.layout import (
 )
 from geodelta.schemas import QuarantineRecord
 from tests.conftest import REPO
-from tests.factories import demo_config, make_config
+from tests.factories import demo_config, make_config, record_cells
 
 if TYPE_CHECKING:
     from geodelta.sources.demo.catalog import DemoCatalog
@@ -370,17 +370,8 @@ def test_cells_whose_searches_did_not_move_are_reused_without_the_pair_stage(
     running their pair stage again (no classification band read), the quarantined cells'
     verdicts are carried over without processing them, and the release is still byte for byte
     the previous one (same config)."""
-    from geodelta.pipelines.stages.worker import Worker
-
     prev = builds["prev"]
-    real = Worker.pair
-    paired: list[str] = []
-
-    def pair(self: Any, job: Any) -> Any:
-        paired.append(job.cell_id)
-        return real(self, job)
-
-    monkeypatch.setattr(Worker, "pair", pair)
+    paired = _paired(monkeypatch)
     again = build(
         demo_config(
             demo_catalog, tmp_path / "again", aoi={"bbox": _small_bbox(demo_catalog)}, **FAST
@@ -418,15 +409,7 @@ def _paired(monkeypatch: Any) -> list[str]:
     """The cells whose pair stage runs from now on (processed, or compared by ``--from``)."""
     from geodelta.pipelines.stages.worker import Worker
 
-    real = Worker.pair
-    paired: list[str] = []
-
-    def pair(self: Any, job: Any) -> Any:
-        paired.append(job.cell_id)
-        return real(self, job)
-
-    monkeypatch.setattr(Worker, "pair", pair)
-    return paired
+    return record_cells(monkeypatch, Worker, "pair")
 
 
 def test_a_transient_quarantine_is_retried(

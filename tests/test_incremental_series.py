@@ -39,6 +39,7 @@ from geodelta.pipelines.release.layout import (
 from geodelta.schemas import BuildConfig, ScenePair, load_config
 from geodelta.sources.demo.catalog import DemoCatalog, write_demo_catalog
 from tests.conftest import REPO
+from tests.factories import record_cells
 
 #: The series demo's scale: 8 cells of 1280 m, a sequence each.
 SCALE = 0.4
@@ -84,15 +85,7 @@ def _calls(mp: pytest.MonkeyPatch) -> list[str]:
     """The cells whose sequence pair stage runs from now on."""
     from geodelta.pipelines.stages.worker import Worker
 
-    real = Worker.series_pair
-    cells: list[str] = []
-
-    def series_pair(self: Any, job: Any) -> Any:
-        cells.append(job.cell_id)
-        return real(self, job)
-
-    mp.setattr(Worker, "series_pair", series_pair)
-    return cells
+    return record_cells(mp, Worker, "series_pair")
 
 
 def _edit(catalog: Path, item: str) -> None:
