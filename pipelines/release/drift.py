@@ -280,28 +280,16 @@ def series_dates(
     shard: str | Path, keys: Collection[str] | None = None
 ) -> dict[str, list[dict[str, Any]]]:
     """sample key -> the entries of its ``dates.json`` member, for the sequence samples of one
-    shard (those of ``keys`` only, when given). Only that member is read: the tar's headers
-    are walked and the other members skipped, not read.
+    shard (those of ``keys`` only, when given). Only that member is read
+    (:func:`~geodelta.pipelines.release.layout.read_tar_member`).
 
     Raises:
         OSError, tarfile.TarError: the shard cannot be read; ValueError: a ``dates.json``
             member is not JSON.
     """
-    import tarfile
+    from geodelta.pipelines.release.layout import read_tar_member
 
-    out: dict[str, list[dict[str, Any]]] = {}
-    with tarfile.open(shard, mode="r:") as tar:
-        for info in tar:
-            key, _, member = info.name.partition(".")
-            if (
-                member != "dates.json"
-                or not info.isfile()
-                or (keys is not None and key not in keys)
-            ):
-                continue
-            f = tar.extractfile(info)
-            out[key] = json.loads(f.read()) if f is not None else []
-    return out
+    return {k: json.loads(raw) for k, raw in read_tar_member(shard, "dates.json", keys).items()}
 
 
 def _open_release(path: str | Path, *, read_dates: bool = True) -> _Release:

@@ -34,15 +34,15 @@ A folder of published releases holds ``<name>-<version>/`` folders, the ``LATEST
 
 Other modules name these files through the constants here, never by their literal, and read
 them through the readers here (:func:`read_manifest`, :func:`read_table`, :func:`read_json`,
-:func:`read_record`, :func:`shard_files`, :func:`iter_tar_samples`); parquet tables are
-written as :func:`parquet_bytes` lays them out.
+:func:`read_record`, :func:`shard_files`, :func:`iter_tar_samples`, :func:`read_tar_member`);
+parquet tables are written as :func:`parquet_bytes` lays them out.
 """
 
 from __future__ import annotations
 
 import json
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -97,6 +97,7 @@ __all__ = [
     "read_manifest",
     "read_record",
     "read_table",
+    "read_tar_member",
     "shard_files",
 ]
 
@@ -244,6 +245,27 @@ def iter_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]
             members[member] = data
         if key is not None:
             yield key, members
+
+
+def read_tar_member(
+    path: str | Path, member: str, keys: Collection[str] | None = None
+) -> dict[str, bytes]:
+    """sample key -> the bytes of its member ``member``, for the samples of one shard (of
+    ``keys`` only, when given). The tar's headers are walked and the other members skipped,
+    not read (as :func:`iter_tar_samples` names keys and members: up to the first dot).
+
+    Raises:
+        OSError, tarfile.TarError: the shard cannot be read.
+    """
+    out: dict[str, bytes] = {}
+    with tarfile.open(path, mode="r:") as tar:
+        for info in tar:
+            key, _, name = info.name.partition(".")
+            if name != member or not info.isfile() or (keys is not None and key not in keys):
+                continue
+            f = tar.extractfile(info)
+            out[key] = f.read() if f is not None else b""
+    return out
 
 
 def read_table(

@@ -17,17 +17,18 @@ stage's own import meets the same error and raises it as it always did (e.g.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 import sys
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from geodelta.schemas import BuildConfig
 
-__all__ = ["GX_MODULES", "PLOT_MODULES", "Preload", "preload_modules"]
+__all__ = ["GX_MODULES", "PLOT_MODULES", "Preload", "gx_import_env", "preload_modules"]
 
 #: What :func:`geodelta.pipelines.release.gx.run_checkpoint` imports.
 GX_MODULES = (
@@ -45,6 +46,23 @@ PLOT_MODULES = (
 )
 
 _log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def gx_import_env() -> Iterator[None]:
+    """What Great Expectations' import needs around it (its one definition, used by
+    :func:`~geodelta.pipelines.release.gx._gx` and :class:`Preload`): analytics off (tests and
+    builds are offline), and GX 1.24's import of the stdlib's deprecated ``sre_constants`` /
+    ``sre_parse`` (a DeprecationWarning on Python >= 3.11, nothing we can change) silenced.
+    ``warnings.catch_warnings`` is not thread-safe: enter it in the main thread."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message=r"module 'sre_(constants|parse)' is deprecated",
+            category=DeprecationWarning,
+        )
+        yield
 
 
 def preload_modules(cfg: BuildConfig) -> tuple[str, ...]:
@@ -72,13 +90,7 @@ class Preload:
         self._closed = False  # joined: a late start() does nothing
         self._lock = threading.Lock()
         if any(m.partition(".")[0] == "great_expectations" for m in self._modules):
-            os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-            with warnings.catch_warnings():
-                warnings.filterwarnings(
-                    "ignore",
-                    message=r"module 'sre_(constants|parse)' is deprecated",
-                    category=DeprecationWarning,
-                )
+            with gx_import_env():
                 importlib.import_module("sre_constants")
                 importlib.import_module("sre_parse")
 
