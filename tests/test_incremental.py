@@ -41,6 +41,7 @@ from geodelta.pipelines.release.layout import (
     INCREMENTAL,
     QUARANTINE_TABLE,
     SAMPLES_TABLE,
+    VERIFIED,
     iter_tar_samples,
     read_table,
     shard_files,
@@ -171,6 +172,22 @@ def test_reused_samples_are_the_bytes_a_full_build_writes(builds: dict[str, Any]
         for name in fresh[key]:
             if name != "json":
                 assert fresh[key][name] == new[key][name]
+
+
+def test_the_report_does_not_decode_the_reused_samples_again(builds: dict[str, Any]) -> None:
+    """The previous release's report/verified.json vouches for the bytes copied from it: the
+    --from build's report skips their decodes (and says so), and records what a full build's
+    report records, which decoded every sample."""
+    prev, full, grown = builds["prev"], builds["full"], builds["grown"]
+    page = (grown.release_dir / "report" / "index.html").read_text()
+    assert (
+        f"the PNG and GeoTIFF decodes of {grown.incremental['reused']} samples copied byte for "
+        "byte" in page
+    )
+    assert "decodes of" not in (full.release_dir / "report" / "index.html").read_text()
+    records = [json.loads((b.release_dir / VERIFIED).read_bytes()) for b in (prev, full, grown)]
+    assert records[2] == records[1]  # every sample of the release, as a full build decodes them
+    assert set(records[0]["samples"].items()) < set(records[2]["samples"].items())
 
 
 def test_shrunk_from_full_is_byte_identical_to_a_fresh_build(builds: dict[str, Any]) -> None:

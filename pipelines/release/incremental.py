@@ -48,30 +48,40 @@ exception, the annotator, the LLM, the Great Expectations checkpoint, sharding) 
 
 The previous release may be a local folder or any fsspec URL (its manifest and tables are
 fetched first, the shards of the reused samples when they are read).
+
+The previous release's ``report/verified.json`` (the decode digest of each sample its report's
+verify passed, :func:`~.verify.decode_digest`) is read too, when its manifest lists it with the
+same sha256: this build's report does not decode again the PNG and GeoTIFF members of a sample
+with one of those digests (the same checks passed on the same bytes; :attr:`Incremental.trusted`).
+Every other check of verify (checksums, members, metadata, counts) still runs on every sample.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import tarfile
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from geodelta._io import compact_json_bytes
-from geodelta.errors import BuildError, GeodeltaError
-from geodelta.pipelines.release.layout import MANIFEST, QUARANTINE_TABLE, SAMPLES_TABLE
+from geodelta.pipelines.release.previous import (
+    RELEASE_SECTIONS,
+    Previous,
+    differing_sections,
+    open_previous,
+    read_by_offsets,
+    section_hashes,
+    shard_ok,
+    trusted_digests,
+)
 from geodelta.schemas import (
     SCHEMA_VERSION,
     BuildConfig,
     QuarantineRecord,
-    ReleaseManifest,
     SampleMeta,
     ScenePair,
-    parse_config,
 )
 
 __all__ = [
@@ -92,11 +102,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Normalised-config sections that shape the release but not the bytes of a sample; every other
-#: section (and any section added later) shapes samples.
-RELEASE_SECTIONS = frozenset(
-    {"name", "version", "description", "aoi", "shards", "reference", "gate"}
-)
 #: In the staging area's root: the cells reused from the previous release, and those whose
 #: quarantine records were carried over (a resumed build keeps its counts).
 REUSED_FILE = "reused.json"
@@ -191,21 +196,6 @@ _PAIR_FIELDS = (
 )
 
 
-def section_hashes(normalised: dict[str, Any]) -> dict[str, str]:
-    """sha256 of each section of a normalised config (top-level key -> hex)."""
-    return {
-        k: hashlib.sha256(json.dumps(v, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-        for k, v in normalised.items()
-    }
-
-
-def differing_sections(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """The sample-shaping sections (not :data:`RELEASE_SECTIONS`) two normalised configs differ
-    in (a section present in one only differs)."""
-    a, b = section_hashes(old), section_hashes(new)
-    return sorted(k for k in set(a) | set(b) if k not in RELEASE_SECTIONS and a.get(k) != b.get(k))
-
-
 def sample_inputs(pair: ScenePair) -> dict[str, Any]:
     """What the plan and the pair stage put in a sample's ``json`` member: its cell and the
     items it uses (see the module docstring), as that member holds them (JSON values)."""
@@ -285,173 +275,6 @@ def is_data_verdict(record: QuarantineRecord, cfg: BuildConfig) -> bool:
     return cfg.annotation.annotator == "template" and what in TEMPLATE_VERDICTS
 
 
-# -- the previous release ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Previous:
-    """A release ``--from`` names, read and accepted for this build.
-
-    Attributes:
-        root: its folder (for a release at a URL: a temporary folder its files are fetched to,
-            as they are needed: :meth:`path`).
-        manifest: its manifest.
-        samples: cell id -> (sample key, shard path relative to ``root``).
-        quarantined: ids of the cells it quarantined (processed again, or their records
-            carried over).
-        quarantine: cell id -> the records of its quarantine table for that cell.
-        remote: the release's fsspec target (:class:`~.upload.Target`) when it is at a URL.
-        holder: keeps the temporary folder of a release at a URL (removed with this object).
-    """
-
-    root: Path
-    manifest: ReleaseManifest
-    samples: dict[str, tuple[str, str]]
-    quarantined: frozenset[str]
-    remote: Any = None
-    holder: Any = None
-    quarantine: dict[str, tuple[QuarantineRecord, ...]] = field(default_factory=dict)
-
-    def path(self, rel: str) -> Path:
-        """The local path of a file of the release (fetched first when it is at a URL)."""
-        local = self.root / rel
-        if self.remote is not None and not local.is_file():
-            _fetch(self.remote, rel, self.root)
-        return local
-
-    def has(self, rel: str) -> bool:
-        """Whether the manifest lists ``rel`` (a file, or a shard)."""
-        listed = [f.path for f in self.manifest.files] + [s.path for s in self.manifest.shards]
-        return rel in listed
-
-
-#: The files of a release ``--from`` reads before any work (shards are fetched when copied).
-_FIRST = (MANIFEST, SAMPLES_TABLE, QUARANTINE_TABLE)
-
-
-def _fetch(target: Any, rel: str, root: Path) -> None:
-    """Download ``rel`` of a release at a URL into ``root`` (atomically)."""
-    local = root / rel
-    local.parent.mkdir(parents=True, exist_ok=True)
-    part = local.with_name(local.name + ".part")
-    target.fs.get_file(target.join(rel), str(part))
-    part.replace(local)
-
-
-class _Scratch:
-    """A temporary folder, removed when this object is collected (or at exit)."""
-
-    def __init__(self) -> None:
-        import shutil
-        import tempfile
-        import weakref
-
-        self.name = tempfile.mkdtemp(prefix="geodelta-from-")
-        self._remove = weakref.finalize(self, shutil.rmtree, self.name, ignore_errors=True)
-
-
-def _download_first(path: str) -> tuple[Path, Any, Any]:
-    """(local folder, target, temporary-folder holder) of a release at a URL, its manifest and
-    tables fetched."""
-    from geodelta.pipelines.release.upload import Target, check_reachable
-
-    try:
-        check_reachable(path, "--from")
-    except GeodeltaError as exc:
-        raise BuildError(str(exc)) from None
-    target = Target.parse(path)
-    holder = _Scratch()
-    root = Path(holder.name)
-    for rel in _FIRST:
-        try:
-            _fetch(target, rel, root)
-        except FileNotFoundError:
-            if rel == MANIFEST:
-                raise _not_release(target.url, f"{MANIFEST} is missing") from None
-        except OSError as exc:
-            raise BuildError(f"--from {target.url}: cannot read {rel} ({exc})") from None
-    return root, target, holder
-
-
-def _not_release(path: str | Path, why: str) -> BuildError:
-    return BuildError(f"--from {path} is not a release ({why}); give a release folder")
-
-
-def open_previous(path: str | Path, cfg: BuildConfig) -> Previous:
-    """Read the release ``--from`` names and check this build may reuse its samples.
-
-    Args:
-        path: the previous release: a local folder or an fsspec URL (``s3://...``: its
-            manifest and tables are fetched now, the shards of the samples reused later).
-        cfg: this build's config (collection profiles applied).
-
-    Raises:
-        BuildError: not a release; a URL that cannot be reached; a release of another
-            dataset name; a release whose sample-shaping config sections differ (named).
-    """
-    from geodelta.pipelines.release.layout import read_manifest, read_table
-
-    remote = holder = None
-    if "://" in str(path) and not str(path).startswith("file://"):
-        root, remote, holder = _download_first(str(path))
-        path = remote.url  # as shown: no query string, no user info
-    else:
-        root = Path(str(path).removeprefix("file://"))
-    if not root.is_dir():
-        raise _not_release(path, "no such folder")
-    try:
-        manifest = read_manifest(root)
-        samples = read_table(root, SAMPLES_TABLE, columns=["cell_id", "key", "shard"]).to_pylist()
-        quarantine = read_table(root, QUARANTINE_TABLE, columns=list(_RECORD_COLUMNS))
-        records = _records(quarantine.to_pylist())
-    except GeodeltaError as exc:
-        raise _not_release(path, str(exc)) from None
-    if manifest.name != cfg.name:
-        raise BuildError(
-            f"--from {path} is a release of {manifest.name!r}, this config builds {cfg.name!r}; "
-            "give a release of the same dataset"
-        )
-    try:
-        old = parse_config({**manifest.config, "output": {"dir": "."}}).normalised()
-    except GeodeltaError as exc:
-        raise BuildError(f"--from {path}: its config cannot be read ({exc})") from None
-    differ = differing_sections(old, cfg.normalised())
-    if differ:
-        raise BuildError(
-            f"--from {path} was built with other sample-shaping config sections "
-            f"({', '.join(differ)}); its samples cannot be reused: build without --from"
-        )
-    return Previous(
-        root=root,
-        manifest=manifest,
-        samples={str(r["cell_id"]): (str(r["key"]), str(r["shard"])) for r in samples},
-        quarantined=frozenset(str(c) for c in quarantine.column("cell_id").to_pylist()),
-        remote=remote,
-        holder=holder,
-        quarantine=records,
-    )
-
-
-#: The columns of a release's quarantine table that make a :class:`QuarantineRecord`.
-_RECORD_COLUMNS = ("key", "cell_id", "stage", "reason", "detail")
-
-
-def _records(rows: list[dict[str, Any]]) -> dict[str, tuple[QuarantineRecord, ...]]:
-    """cell id -> its quarantine records (rows that are no valid record are left out: their
-    cells are processed again)."""
-    out: dict[str, list[QuarantineRecord]] = {}
-    bad: set[str] = set()
-    for row in rows:
-        cell = str(row.get("cell_id") or "")
-        try:
-            rec = QuarantineRecord.model_validate({k: row.get(k) for k in _RECORD_COLUMNS})
-        except ValueError:
-            bad.add(cell)
-            continue
-        out.setdefault(cell, []).append(rec)
-    return {c: tuple(r) for c, r in out.items() if c and c not in bad}
-
-
 # -- reuse ------------------------------------------------------------------------------------
 
 
@@ -473,6 +296,8 @@ class Incremental:
         reused_cells: the ids of the cells done by ``--from``: reused, and carried.
         drift: the catalog drift since the previous release (:class:`~.drift.Drift`, written
             to ``drift.json``); None when the previous release has no snapshot.
+        trusted: the decode digests the previous release's report recorded in
+            ``report/verified.json`` (empty when it has none, or not as its manifest lists it).
     """
 
     source: str
@@ -485,6 +310,7 @@ class Incremental:
     removed: int = 0
     reused_cells: set[str] = field(default_factory=set)
     drift: Any = None
+    trusted: frozenset[str] = frozenset()
 
     def drift_dict(self) -> dict[str, Any] | None:
         """The drift as written to ``drift.json`` of the release (None: no drift check)."""
@@ -586,23 +412,6 @@ def _restamped(
     return compact_json_bytes(meta_json(meta.model_copy(update={"config_hash": config_hash})))
 
 
-def _shard_ok(prev: Previous, rel: str) -> bool:
-    want = {s.path: s.sha256 for s in prev.manifest.shards}.get(rel)
-    if want is None:
-        return False
-    try:
-        path = prev.path(rel)
-    except OSError:
-        return False
-    if not path.is_file():
-        return False
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest() == want
-
-
 def _copy(
     prev: Previous,
     candidates: dict[str, dict[str, Any]],
@@ -621,10 +430,11 @@ def _copy(
         by_shard.setdefault(shard, {})[key] = cell_id
     reused: set[str] = set()
     for rel, wanted in sorted(by_shard.items()):
-        if not _shard_ok(prev, rel):
+        if not shard_ok(prev, rel):
             log.warning("--from: shard %s does not match its manifest entry; its cells run", rel)
             continue
-        for sample_key, members in iter_tar_samples(prev.path(rel)):
+        read = read_by_offsets(prev, rel, wanted)
+        for sample_key, members in read if read is not None else iter_tar_samples(prev.path(rel)):
             cell = wanted.get(sample_key)
             if cell is None or "json" not in members:
                 continue
@@ -766,7 +576,12 @@ def reuse_previous(
     reused |= _carry(cfg, prev, (quarantined & steady) - set(done), staging, code_version)
     staging.put_file(REUSED_FILE, json.dumps(sorted(reused)))
     m = prev.manifest
-    out = Incremental(source=f"{m.name} {m.version}", source_hash=m.config_hash, drift=drift)
+    out = Incremental(
+        source=f"{m.name} {m.version}",
+        source_hash=m.config_hash,
+        drift=drift,
+        trusted=trusted_digests(prev) if reused else frozenset(),
+    )
     out.reused_cells = reused
     out.reused = len(reused & still)
     out.carried = len(reused & quarantined)

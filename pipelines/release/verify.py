@@ -13,14 +13,15 @@ list are reported: a note, or a problem with ``strict`` (what ``geodelta release
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import re
 import tarfile
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -49,7 +50,12 @@ from geodelta.schemas.config import recorded_hash
 from geodelta.schemas.members import SAMPLE_MEMBERS, Codec, member, members_for
 from geodelta.schemas.series import SeriesDateMeta
 
-__all__ = ["SampleVisitor", "VerifyResult", "verify_release"]
+__all__ = ["DECODE_CHECKS", "SampleVisitor", "VerifyResult", "decode_digest", "verify_release"]
+
+#: The version of the member decode checks (:data:`_CHECKS` on PNG and GeoTIFF members): part
+#: of every :func:`decode_digest`, so a digest recorded by other checks is never trusted. Bump
+#: it whenever a decode check changes what it accepts.
+DECODE_CHECKS = 1
 
 _QA_LIST = TypeAdapter(list[QAItem])
 #: An object's repr with its address (``<_io.BytesIO object at 0x7f...>``).
@@ -76,6 +82,11 @@ class VerifyResult:
     samples: int
     problems: tuple[str, ...]
     notes: tuple[str, ...] = ()
+    #: ``digests=True`` only: sample key -> :func:`decode_digest` of every sample found
+    #: without a problem (what ``report/verified.json`` records).
+    passed: Mapping[str, str] = field(default_factory=dict, compare=False)
+    #: samples whose decode checks were not run again: their digest was ``trusted``.
+    carried: int = field(default=0, compare=False)
 
 
 class SampleVisitor(Protocol):
@@ -212,10 +223,38 @@ _CHECKS: dict[Codec, _Check] = {
 }
 
 
+#: Codecs whose check decodes the member (what a trusted digest spares).
+_DECODED: frozenset[Codec] = frozenset(c for c in _CHECKS if c != "json")
+
+
+def decode_digest(members: Mapping[str, bytes], meta: SampleMeta, mode: str) -> str:
+    """sha256 of everything the decode checks of one sample read: :data:`DECODE_CHECKS`, the
+    metadata they compare against (shape, bands, dates) and each decoded member's name, codec
+    and bytes. Two samples with the same digest pass or fail those checks alike."""
+    head = {
+        "checks": DECODE_CHECKS,
+        "shape": list(meta.shape),
+        "bands": len(meta.bands),
+        "dates": 0 if meta.series is None else len(meta.series.dates),
+    }
+    digest = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
+    for m in members_for(mode):
+        if m.codec in _DECODED and m.name in members:
+            data = members[m.name]
+            digest.update(f"\0{m.name}\0{m.codec}\0{len(data)}\0".encode())
+            digest.update(data)
+    return digest.hexdigest()
+
+
 def _check_sample(
-    shard: str, key: str, members: dict[str, bytes], manifest: ReleaseManifest, split: str
+    shard: str,
+    key: str,
+    members: dict[str, bytes],
+    manifest: ReleaseManifest,
+    split: str,
+    decode: _Decode | None = None,
 ) -> list[str]:
-    """Problems of one sample of a shard."""
+    """Problems of one sample of a shard (``decode``: digests trusted and recorded)."""
     where = f"{shard}: {key}"
     problems: list[str] = []
     expected = set(manifest.members)
@@ -245,10 +284,26 @@ def _check_sample(
                 f"{where}: json config_hash is {meta.config_hash[:12]} but {MANIFEST} says "
                 f"{manifest.config_hash[:12]}: the sample was built from another config"
             )
-    for m in members_for(manifest.mode or "pair"):
-        if m.name in members:
+    mode = manifest.mode or "pair"
+    digest = None if decode is None or meta is None else decode_digest(members, meta, mode)
+    trusted = digest is not None and decode is not None and digest in decode.trusted
+    for m in members_for(mode):
+        if m.name in members and not (trusted and m.codec in _DECODED):
             problems.extend(_CHECKS[m.codec](where, m.name, members[m.name], m.codec, meta))
+    if decode is not None and digest is not None and not problems:
+        decode.passed[key] = digest
+        decode.carried += trusted
     return problems
+
+
+@dataclass
+class _Decode:
+    """Decode digests of one verify: those ``trusted`` (checked before, by the same checks, on
+    the same bytes) and those of the samples that ``passed`` now."""
+
+    trusted: Collection[str]
+    passed: dict[str, str] = field(default_factory=dict)
+    carried: int = 0
 
 
 def _check_shard(
@@ -257,6 +312,7 @@ def _check_shard(
     split: str,
     manifest: ReleaseManifest,
     visitor: SampleVisitor | None = None,
+    decode: _Decode | None = None,
 ) -> tuple[list[str], list[str]]:
     """Problems and the keys of one shard; ``visitor`` sees every sample, then how the read ended."""
     problems: list[str] = []
@@ -282,7 +338,7 @@ def _check_shard(
                 seen.add(key)
                 keys.append(key)
                 if len(problems) < _MAX_PROBLEMS_PER_SHARD:
-                    problems.extend(_check_sample(rel, key, members, manifest, split))
+                    problems.extend(_check_sample(rel, key, members, manifest, split, decode))
             except (tarfile.TarError, OSError, EOFError) as exc:
                 problems.append(f"{rel}: not a readable tar after {len(keys)} samples ({exc})")
                 checking = False
@@ -358,7 +414,12 @@ def _unlisted(root: Path, manifest: ReleaseManifest) -> list[str]:
 
 
 def verify_release(
-    release_dir: str | Path, *, strict: bool = False, visitor: SampleVisitor | None = None
+    release_dir: str | Path,
+    *,
+    strict: bool = False,
+    visitor: SampleVisitor | None = None,
+    digests: bool = False,
+    trusted: Collection[str] = frozenset(),
 ) -> VerifyResult:
     """Check a release against its ``manifest.json``.
 
@@ -376,6 +437,12 @@ def verify_release(
         release_dir: the release folder.
         strict: files the manifest does not list are problems, not notes.
         visitor: shown every sample read (:class:`SampleVisitor`); it changes no check.
+        digests: record the :func:`decode_digest` of every sample without a problem
+            (``passed``).
+        trusted: decode digests whose samples passed the decode checks before (a previous
+            release's ``report/verified.json``, for the samples ``build --from`` copied byte
+            for byte): a sample with one of them skips its PNG and GeoTIFF decodes, nothing
+            else (``carried`` counts them). Only with ``digests``.
 
     Returns:
         The result; ``ok`` is True when ``problems`` is empty.
@@ -403,6 +470,7 @@ def verify_release(
 
     split_totals: Counter[str] = Counter()
     all_keys: list[str] = []
+    decode = _Decode(trusted) if digests else None
     # one GDAL environment for every GeoTIFF member, with the options each open would set up
     # for itself without it (rasterio's defaults): a fresh one per member cost ~20 % of the
     # GeoTIFF checks
@@ -414,7 +482,9 @@ def verify_release(
                 if visitor is not None:
                     visitor.unread(shard.path)
                 continue
-            shard_problems, keys = _check_shard(root, shard.path, shard.split, manifest, visitor)
+            shard_problems, keys = _check_shard(
+                root, shard.path, shard.split, manifest, visitor, decode
+            )
             problems.extend(shard_problems)
             if len(keys) != shard.samples:
                 problems.append(
@@ -448,7 +518,12 @@ def verify_release(
     if not all_keys and not sum(manifest.splits.values()):
         problems.append(empty_release_problem(manifest))
     return VerifyResult(
-        ok=not problems, samples=len(all_keys), problems=tuple(problems), notes=tuple(notes)
+        ok=not problems,
+        samples=len(all_keys),
+        problems=tuple(problems),
+        notes=tuple(notes),
+        passed={} if decode is None else dict(sorted(decode.passed.items())),
+        carried=0 if decode is None else decode.carried,
     )
 
 

@@ -59,15 +59,18 @@ Everything is deterministic: the same release (and previous release) give the sa
 from __future__ import annotations
 
 import base64
+import json
+from collections.abc import Collection
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jinja2
 
 from geodelta._io import write_atomic
 from geodelta.errors import ReleaseError
 from geodelta.pipelines.release.datadocs import templates_environment
-from geodelta.pipelines.release.layout import REPORT_DIR, REPORT_FILE
+from geodelta.pipelines.release.layout import REPORT_DIR, REPORT_FILE, VERIFIED
 from geodelta.pipelines.release.manifest import list_files
 from geodelta.pipelines.report.data import (
     PROVENANCE_FIELDS,
@@ -102,6 +105,9 @@ from geodelta.pipelines.report.series import series_section
 from geodelta.pipelines.report.validation import validation_section
 from geodelta.pipelines.report.verdict import verdict_section
 from geodelta.secrets import redact_values
+
+if TYPE_CHECKING:
+    from geodelta.pipelines.release.verify import VerifyResult
 
 __all__ = [
     "PROVENANCE_FIELDS",
@@ -163,6 +169,17 @@ def render_report(
     Raises:
         ReleaseError: a release has no (valid) manifest.
     """
+    return _render(Path(release_dir), previous, max_gallery, frozenset())[0]
+
+
+def _render(
+    release_dir: Path,
+    previous: str | Path | None,
+    max_gallery: int,
+    trusted: Collection[str],
+) -> tuple[str, VerifyResult]:
+    """The page and its verify's result (decode digests recorded; ``trusted``: see
+    :func:`write_report`)."""
     from geodelta.pipelines.report.scan import scan_release  # verify's imports: GDAL, PIL
 
     rel = open_release(release_dir)
@@ -172,7 +189,10 @@ def render_report(
     review = review_keys(rel.rows, review_count(rel.reference))
     # one read of each shard: verify's, shared by the sections that read every sample
     scan = scan_release(
-        rel, [*worst, *others, *review[:REVIEW_THUMBNAILS]], digests=previous is not None
+        rel,
+        [*worst, *others, *review[:REVIEW_THUMBNAILS]],
+        digests=previous is not None,
+        trusted=trusted,
     )
     prev = load_release(previous) if previous is not None else None
     series = series_section(rel, scan.series)  # None for a pair release
@@ -195,7 +215,7 @@ def render_report(
         drift_section(rel),
         grounding_section(rel, scan.grounding),
     ]
-    return (
+    page = (
         _environment()
         .get_template("report.html")
         .render(
@@ -211,17 +231,30 @@ def render_report(
             sections=sections,
         )
     )
+    return page, scan.verified
 
 
 def write_report(
-    release_dir: str | Path, *, previous: str | Path | None = None, max_gallery: int = 8
+    release_dir: str | Path,
+    *,
+    previous: str | Path | None = None,
+    max_gallery: int = 8,
+    trusted: Collection[str] = frozenset(),
 ) -> Path:
-    """Write ``<release_dir>/report/index.html`` (atomically) and list it in the manifest.
+    """Write ``<release_dir>/report/index.html`` and ``report/verified.json`` (atomically) and
+    list them in the manifest.
+
+    ``verified.json`` records the decode digest (:func:`~geodelta.pipelines.release.verify.decode_digest`)
+    of every sample the page's verify found without a problem: a later ``build --from`` that
+    copies those samples byte for byte passes them as ``trusted``.
 
     Args:
         release_dir: a release written by :func:`geodelta.pipelines.release.assemble.write_release`.
         previous: an earlier release to diff against (``geodelta report --previous``).
         max_gallery: samples shown in the gallery.
+        trusted: decode digests whose samples passed the same decode checks before (see
+            :func:`~geodelta.pipelines.release.verify.verify_release`); the page says how many
+            samples were spared their decodes.
 
     Returns:
         Path of the HTML file.
@@ -235,8 +268,18 @@ def write_report(
             f"--previous {previous} is the release itself; give the earlier release's folder",
             path=str(previous),
         )
-    page = render_report(root, previous=previous, max_gallery=max_gallery)
+    page, verified = _render(root, previous, max_gallery, trusted)
     out = root / REPORT_DIR / REPORT_FILE
     write_atomic(out, redact_values(page))  # no secret by value in the report's text
-    list_files(root, [f"{REPORT_DIR}/{REPORT_FILE}"])  # the manifest lists the page as it is now
+    write_atomic(root / VERIFIED, verified_json(verified))
+    # the manifest lists the page and the record as they are now
+    list_files(root, [f"{REPORT_DIR}/{REPORT_FILE}", VERIFIED])
     return out
+
+
+def verified_json(verified: VerifyResult) -> bytes:
+    """The bytes of ``report/verified.json`` for a verify's result (keys sorted, one line)."""
+    from geodelta.pipelines.release.verify import DECODE_CHECKS
+
+    record = {"decode_checks": DECODE_CHECKS, "samples": dict(sorted(verified.passed.items()))}
+    return json.dumps(record, sort_keys=True, separators=(",", ":")).encode()

@@ -13,7 +13,7 @@ does not read (missing on disk) is read for the readers, so they say what they a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from geodelta.pipelines.release.verify import VerifyResult, verify_release
@@ -45,7 +45,13 @@ class ReleaseScan:
     series: SeriesScan | None
 
 
-def scan_release(rel: Release, keep: Iterable[str] = (), *, digests: bool = True) -> ReleaseScan:
+def scan_release(
+    rel: Release,
+    keep: Iterable[str] = (),
+    *,
+    digests: bool = True,
+    trusted: Collection[str] = frozenset(),
+) -> ReleaseScan:
     """Verify the release and read what the page needs of every sample, in one read.
 
     Fills ``rel.samples``, ``rel.kept`` (the ``keep`` keys) and ``rel.problems`` as
@@ -56,6 +62,8 @@ def scan_release(rel: Release, keep: Iterable[str] = (), *, digests: bool = True
         keep: the keys whose members the page shows.
         digests: compute the member and metadata digests of :class:`~.data.SampleInfo` (only
             a diff with a previous release reads them).
+        trusted: decode digests verify need not check again (``verify_release(trusted=)``);
+            ``verified.passed`` holds every sample's digest either way.
     """
     keep = tuple(keep)
 
@@ -67,7 +75,7 @@ def scan_release(rel: Release, keep: Iterable[str] = (), *, digests: bool = True
 
     parts, grounding, series = readers()
     fanout = Fanout(rel.root, parts)
-    verified = verify_release(rel.root, strict=True, visitor=fanout)
+    verified = verify_release(rel.root, strict=True, visitor=fanout, digests=True, trusted=trusted)
     if fanout.shards != [s.path for s in rel.manifest.shards]:
         # verify read another manifest (or none: it reports why): read the page's own shards
         rel.samples.clear()

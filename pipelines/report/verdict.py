@@ -33,6 +33,7 @@ from geodelta.pipelines.release.layout import (
     MANIFEST,
     REPORT_DIR,
     REPORT_FILE,
+    VERIFIED,
     read_json,
     read_manifest,
 )
@@ -193,15 +194,24 @@ def _verify_reason(
     )
     # the page being rendered replaces an earlier render of itself (a --resume, a re-render):
     # that file is listed once this render is written, so it is no problem of the release
-    own = f"{REPORT_DIR}/{REPORT_FILE}: in the release folder, not in {MANIFEST}"
-    problems = [p for p in result.problems if p != own]
+    own = {
+        f"{rel}: in the release folder, not in {MANIFEST}"
+        for rel in (f"{REPORT_DIR}/{REPORT_FILE}", VERIFIED)
+    }
+    problems = [p for p in result.problems if p not in own]
     if not problems:
+        carried = (
+            f"; the PNG and GeoTIFF decodes of {result.carried} samples copied byte for byte "
+            f"from the previous release were not repeated (its {VERIFIED} records they passed)"
+            if result.carried
+            else ""
+        )
         return Reason(
             "verify (strict)",
             "pass",
             f"{result.samples} samples",
             "0 problems",
-            "every checksum, member and count matches the manifest; no unlisted file",
+            "every checksum, member and count matches the manifest; no unlisted file" + carried,
         )
     shown = [_path_free(p, paths) for p in problems[:_SHOWN]]
     more = len(problems) - len(shown)

@@ -1,0 +1,322 @@
+"""The release ``build --from`` names (:mod:`.incremental`): opened, checked and read.
+
+:func:`open_previous` reads its manifest and tables (fetched first when it is at a URL) and
+refuses a release of another dataset or of other sample-shaping config sections;
+:func:`shard_ok` checks a shard against its manifest entry before anything is copied from it,
+:func:`read_by_offsets` reads the members of reused samples at the offsets its samples table
+records, and :func:`trusted_digests` the decode digests its report recorded
+(``report/verified.json``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tarfile
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from geodelta.errors import BuildError, GeodeltaError
+from geodelta.pipelines.release.layout import MANIFEST, QUARANTINE_TABLE, SAMPLES_TABLE
+from geodelta.schemas import BuildConfig, QuarantineRecord, ReleaseManifest, parse_config
+
+__all__ = [
+    "RELEASE_SECTIONS",
+    "Previous",
+    "differing_sections",
+    "open_previous",
+    "read_by_offsets",
+    "section_hashes",
+    "shard_ok",
+    "trusted_digests",
+]
+
+log = logging.getLogger(__name__)
+
+#: Normalised-config sections that shape the release but not the bytes of a sample; every other
+#: section (and any section added later) shapes samples.
+RELEASE_SECTIONS = frozenset(
+    {"name", "version", "description", "aoi", "shards", "reference", "gate"}
+)
+
+
+def section_hashes(normalised: dict[str, Any]) -> dict[str, str]:
+    """sha256 of each section of a normalised config (top-level key -> hex)."""
+    return {
+        k: hashlib.sha256(json.dumps(v, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        for k, v in normalised.items()
+    }
+
+
+def differing_sections(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The sample-shaping sections (not :data:`RELEASE_SECTIONS`) two normalised configs differ
+    in (a section present in one only differs)."""
+    a, b = section_hashes(old), section_hashes(new)
+    return sorted(k for k in set(a) | set(b) if k not in RELEASE_SECTIONS and a.get(k) != b.get(k))
+
+
+@dataclass(frozen=True)
+class Previous:
+    """A release ``--from`` names, read and accepted for this build.
+
+    Attributes:
+        root: its folder (for a release at a URL: a temporary folder its files are fetched to,
+            as they are needed: :meth:`path`).
+        manifest: its manifest.
+        samples: cell id -> (sample key, shard path relative to ``root``).
+        quarantined: ids of the cells it quarantined (processed again, or their records
+            carried over).
+        quarantine: cell id -> the records of its quarantine table for that cell.
+        remote: the release's fsspec target (:class:`~.upload.Target`) when it is at a URL.
+        holder: keeps the temporary folder of a release at a URL (removed with this object).
+    """
+
+    root: Path
+    manifest: ReleaseManifest
+    samples: dict[str, tuple[str, str]]
+    quarantined: frozenset[str]
+    remote: Any = None
+    holder: Any = None
+    quarantine: dict[str, tuple[QuarantineRecord, ...]] = field(default_factory=dict)
+    #: sample key -> its members' (name, data offset, size) in its shard (samples table)
+    offsets: dict[str, tuple[tuple[str, int, int], ...]] = field(default_factory=dict)
+
+    def path(self, rel: str) -> Path:
+        """The local path of a file of the release (fetched first when it is at a URL)."""
+        local = self.root / rel
+        if self.remote is not None and not local.is_file():
+            _fetch(self.remote, rel, self.root)
+        return local
+
+    def has(self, rel: str) -> bool:
+        """Whether the manifest lists ``rel`` (a file, or a shard)."""
+        listed = [f.path for f in self.manifest.files] + [s.path for s in self.manifest.shards]
+        return rel in listed
+
+
+#: The files of a release ``--from`` reads before any work (shards are fetched when copied).
+_FIRST = (MANIFEST, SAMPLES_TABLE, QUARANTINE_TABLE)
+
+
+def _fetch(target: Any, rel: str, root: Path) -> None:
+    """Download ``rel`` of a release at a URL into ``root`` (atomically)."""
+    local = root / rel
+    local.parent.mkdir(parents=True, exist_ok=True)
+    part = local.with_name(local.name + ".part")
+    target.fs.get_file(target.join(rel), str(part))
+    part.replace(local)
+
+
+class _Scratch:
+    """A temporary folder, removed when this object is collected (or at exit)."""
+
+    def __init__(self) -> None:
+        import shutil
+        import tempfile
+        import weakref
+
+        self.name = tempfile.mkdtemp(prefix="geodelta-from-")
+        self._remove = weakref.finalize(self, shutil.rmtree, self.name, ignore_errors=True)
+
+
+def _download_first(path: str) -> tuple[Path, Any, Any]:
+    """(local folder, target, temporary-folder holder) of a release at a URL, its manifest and
+    tables fetched."""
+    from geodelta.pipelines.release.upload import Target, check_reachable
+
+    try:
+        check_reachable(path, "--from")
+    except GeodeltaError as exc:
+        raise BuildError(str(exc)) from None
+    target = Target.parse(path)
+    holder = _Scratch()
+    root = Path(holder.name)
+    for rel in _FIRST:
+        try:
+            _fetch(target, rel, root)
+        except FileNotFoundError:
+            if rel == MANIFEST:
+                raise _not_release(target.url, f"{MANIFEST} is missing") from None
+        except OSError as exc:
+            raise BuildError(f"--from {target.url}: cannot read {rel} ({exc})") from None
+    return root, target, holder
+
+
+def _not_release(path: str | Path, why: str) -> BuildError:
+    return BuildError(f"--from {path} is not a release ({why}); give a release folder")
+
+
+def open_previous(path: str | Path, cfg: BuildConfig) -> Previous:
+    """Read the release ``--from`` names and check this build may reuse its samples.
+
+    Args:
+        path: the previous release: a local folder or an fsspec URL (``s3://...``: its
+            manifest and tables are fetched now, the shards of the samples reused later).
+        cfg: this build's config (collection profiles applied).
+
+    Raises:
+        BuildError: not a release; a URL that cannot be reached; a release of another
+            dataset name; a release whose sample-shaping config sections differ (named).
+    """
+    from geodelta.pipelines.release.layout import read_manifest, read_table
+
+    remote = holder = None
+    if "://" in str(path) and not str(path).startswith("file://"):
+        root, remote, holder = _download_first(str(path))
+        path = remote.url  # as shown: no query string, no user info
+    else:
+        root = Path(str(path).removeprefix("file://"))
+    if not root.is_dir():
+        raise _not_release(path, "no such folder")
+    try:
+        manifest = read_manifest(root)
+        samples = read_table(root, SAMPLES_TABLE, columns=["cell_id", "key", "shard"]).to_pylist()
+        offsets = _member_offsets(root)
+        quarantine = read_table(root, QUARANTINE_TABLE, columns=list(_RECORD_COLUMNS))
+        records = _records(quarantine.to_pylist())
+    except GeodeltaError as exc:
+        raise _not_release(path, str(exc)) from None
+    if manifest.name != cfg.name:
+        raise BuildError(
+            f"--from {path} is a release of {manifest.name!r}, this config builds {cfg.name!r}; "
+            "give a release of the same dataset"
+        )
+    try:
+        old = parse_config({**manifest.config, "output": {"dir": "."}}).normalised()
+    except GeodeltaError as exc:
+        raise BuildError(f"--from {path}: its config cannot be read ({exc})") from None
+    differ = differing_sections(old, cfg.normalised())
+    if differ:
+        raise BuildError(
+            f"--from {path} was built with other sample-shaping config sections "
+            f"({', '.join(differ)}); its samples cannot be reused: build without --from"
+        )
+    return Previous(
+        root=root,
+        manifest=manifest,
+        samples={str(r["cell_id"]): (str(r["key"]), str(r["shard"])) for r in samples},
+        quarantined=frozenset(str(c) for c in quarantine.column("cell_id").to_pylist()),
+        remote=remote,
+        holder=holder,
+        quarantine=records,
+        offsets=offsets,
+    )
+
+
+def _member_offsets(root: Path) -> dict[str, tuple[tuple[str, int, int], ...]]:
+    """sample key -> its members' (name, data offset, size) in its shard, from the samples
+    table's ``member_offsets`` column (none from a release without it: its shards are read as
+    tars)."""
+    from geodelta.pipelines.release.layout import read_table
+
+    try:
+        table = read_table(root, SAMPLES_TABLE, columns=["key", "member_offsets"])
+    except (GeodeltaError, KeyError):
+        return {}
+    out: dict[str, tuple[tuple[str, int, int], ...]] = {}
+    for key, members in zip(
+        table.column("key").to_pylist(), table.column("member_offsets").to_pylist(), strict=True
+    ):
+        if members:
+            out[str(key)] = tuple(
+                (str(m["name"]), int(m["offset"]), int(m["size"])) for m in members
+            )
+    return out
+
+
+#: The columns of a release's quarantine table that make a :class:`QuarantineRecord`.
+_RECORD_COLUMNS = ("key", "cell_id", "stage", "reason", "detail")
+
+
+def _records(rows: list[dict[str, Any]]) -> dict[str, tuple[QuarantineRecord, ...]]:
+    """cell id -> its quarantine records (rows that are no valid record are left out: their
+    cells are processed again)."""
+    out: dict[str, list[QuarantineRecord]] = {}
+    bad: set[str] = set()
+    for row in rows:
+        cell = str(row.get("cell_id") or "")
+        try:
+            rec = QuarantineRecord.model_validate({k: row.get(k) for k in _RECORD_COLUMNS})
+        except ValueError:
+            bad.add(cell)
+            continue
+        out.setdefault(cell, []).append(rec)
+    return {c: tuple(r) for c, r in out.items() if c and c not in bad}
+
+
+def trusted_digests(prev: Previous) -> frozenset[str]:
+    """The decode digests of the previous release's ``report/verified.json``, when its manifest
+    lists the file with its sha256 and the file records this version of the decode checks
+    (anything else: none, and every sample is decoded as in a full build)."""
+    from geodelta._io import sha256_file
+    from geodelta.pipelines.release.layout import VERIFIED
+    from geodelta.pipelines.release.verify import DECODE_CHECKS
+
+    want = {f.path: f.sha256 for f in prev.manifest.files}.get(VERIFIED)
+    if want is None:
+        return frozenset()
+    try:
+        path = prev.path(VERIFIED)
+        if sha256_file(path) != want:
+            log.warning("--from: %s does not match its manifest entry; not used", VERIFIED)
+            return frozenset()
+        record = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        log.warning("--from: %s cannot be read (%s); not used", VERIFIED, exc)
+        return frozenset()
+    if not isinstance(record, dict) or record.get("decode_checks") != DECODE_CHECKS:
+        return frozenset()
+    samples = record.get("samples")
+    if not isinstance(samples, dict):
+        return frozenset()
+    return frozenset(str(d) for d in samples.values())
+
+
+def shard_ok(prev: Previous, rel: str) -> bool:
+    want = {s.path: s.sha256 for s in prev.manifest.shards}.get(rel)
+    if want is None:
+        return False
+    try:
+        path = prev.path(rel)
+    except OSError:
+        return False
+    if not path.is_file():
+        return False
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest() == want
+
+
+def read_by_offsets(
+    prev: Previous, rel: str, keys: Collection[str]
+) -> list[tuple[str, dict[str, bytes]]] | None:
+    """The members of the samples ``keys`` of shard ``rel`` (checked against its manifest
+    entry), read at the offsets the samples table records: no walk through the tar. Each
+    member's tar header (the 512 bytes before its data) must name it, ``<key>.<member>``, with
+    that size; None when any does not (or a key has no offsets): the caller reads the tar."""
+    spans = [(key, prev.offsets.get(key)) for key in sorted(keys)]
+    if any(not members for _, members in spans):
+        return None
+    out: list[tuple[str, dict[str, bytes]]] = []
+    with open(prev.path(rel), "rb") as fh:
+        for key, members in spans:
+            got: dict[str, bytes] = {}
+            for name, offset, size in members or ():
+                if offset < 512:
+                    return None
+                fh.seek(offset - 512)
+                block = fh.read(512 + size)
+                try:
+                    info = tarfile.TarInfo.frombuf(block[:512], "utf-8", "surrogateescape")
+                except tarfile.TarError:
+                    return None
+                if info.name != f"{key}.{name}" or info.size != size or len(block) != 512 + size:
+                    return None
+                got[name] = block[512:]
+            out.append((key, got))
+    return out

@@ -1,0 +1,173 @@
+"""The report's record of verified samples (``report/verified.json``, issue 14).
+
+The report's verify records the decode digest of every sample it found without a problem; a
+``build --from`` passes the previous release's digests as ``trusted`` and verify then skips the
+PNG and GeoTIFF decodes of a sample with one of them, and nothing else. The trust is keyed by
+content: a damaged member, or metadata that expects another shape, gives another digest and
+is decoded (and caught) as in a full verify; a record the manifest does not vouch for, or one
+made by other decode checks, is not used at all.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from geodelta.pipelines.release.assemble import write_release
+from geodelta.pipelines.release.layout import VERIFIED, iter_tar_samples, read_manifest, shard_files
+from geodelta.pipelines.release.previous import open_previous, trusted_digests
+from geodelta.pipelines.release.staging import Staging
+from geodelta.pipelines.release.verify import DECODE_CHECKS, decode_digest, verify_release
+from geodelta.pipelines.report.render import write_report
+from geodelta.pipelines.stages.encode import build_meta, encode_members
+from geodelta.schemas import SampleMeta
+from tests.factories import make_config, make_sample
+
+SPLITS = ("train", "val", "test")
+CFG = make_config(validation={"great_expectations": False}, shards={"max_samples": 2})
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 factory samples, 2 per shard, with its report (and so its verified.json)."""
+    root = tmp_path_factory.mktemp("verified")
+    staging = Staging(root / "staging")
+    for i in range(6):
+        sample = make_sample(i, col=i, row=0, split=SPLITS[i % 3], change=i % 2 == 0)
+        meta = build_meta(sample, CFG, code_version="test", config_hash=CFG.config_hash())
+        staging.put_sample(sample.key, encode_members(sample, meta, CFG))
+        staging.mark_cell(meta.cell_id, keys=[sample.key], quarantine=[])
+    write_release(root / "rel", CFG, staging, code_version="test")
+    write_report(root / "rel")
+    return root / "rel"
+
+
+def _copy(release: Path, dest: Path) -> Path:
+    shutil.copytree(release, dest)
+    return dest
+
+
+def _samples(release: Path) -> dict[str, dict[str, bytes]]:
+    return {k: m for shard in shard_files(release) for k, m in iter_tar_samples(shard)}
+
+
+def _replace(shard: Path, key: str, member: str, data: bytes) -> None:
+    """Rewrite ``shard`` with ``{key}.{member}`` holding ``data`` (other members as they were)."""
+    with tarfile.open(shard) as tar:
+        items = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+    with tarfile.open(shard, "w") as tar:
+        for info, old in items:
+            new = data if info.name == f"{key}.{member}" else old
+            info.size = len(new)
+            tar.addfile(info, io.BytesIO(new))
+
+
+def test_the_record_holds_every_sample_digest_as_recomputed_from_the_shards(
+    release: Path,
+) -> None:
+    record = json.loads((release / VERIFIED).read_bytes())
+    assert record["decode_checks"] == DECODE_CHECKS
+    samples = _samples(release)
+    mode = read_manifest(release).mode or "pair"
+    expected = {
+        key: decode_digest(m, SampleMeta.model_validate_json(m["json"]), mode)
+        for key, m in samples.items()
+    }
+    assert record["samples"] == expected and len(expected) == 6
+    assert len(set(expected.values())) == 6  # six samples, six contents
+    listed = {f.path for f in read_manifest(release).files}
+    assert VERIFIED in listed  # its sha256 is in the manifest: a --from trusts nothing else
+    assert verify_release(release, strict=True).ok
+
+
+def test_trusted_digests_spare_the_decodes_of_those_bytes_only(
+    release: Path, tmp_path: Path
+) -> None:
+    trusted = frozenset(json.loads((release / VERIFIED).read_bytes())["samples"].values())
+    full = verify_release(release, strict=True, digests=True)
+    spared = verify_release(release, strict=True, digests=True, trusted=trusted)
+    assert full.ok and spared.ok
+    assert (full.carried, spared.carried) == (0, 6)
+    assert spared.passed == full.passed
+
+    # one PNG member damaged: its digest is not trusted, so it is decoded and fails as it would
+    rel = _copy(release, tmp_path / "damaged")
+    shard = shard_files(rel)[0]
+    key, members = next(iter_tar_samples(shard))
+    _replace(shard, key, "before.png", members["before.png"][:100])  # a truncated PNG
+    damaged = verify_release(rel, strict=True, digests=True, trusted=trusted)
+    decode = [p for p in damaged.problems if "before.png does not decode as PNG" in p]
+    assert decode and key in decode[0], damaged.problems
+    assert damaged.carried == 5 and key not in damaged.passed
+    # without the digests the same problem is found: trust changed nothing for that sample
+    assert decode[0] in verify_release(rel, strict=True).problems
+
+
+def test_the_digest_follows_what_the_checks_compare(release: Path) -> None:
+    """The metadata the decode checks compare against is part of the digest: a sample whose
+    json says another shape is not spared the decode that would catch it."""
+    members = next(iter(_samples(release).values()))
+    meta = SampleMeta.model_validate_json(members["json"])
+    digest = decode_digest(members, meta, "pair")
+    h, w = meta.shape
+    other = meta.model_copy(update={"shape": (h + 1, w)})
+    assert decode_digest(members, other, "pair") != digest
+    fewer = meta.model_copy(update={"bands": meta.bands[:-1]})
+    assert decode_digest(members, fewer, "pair") != digest
+    changed = {**members, "after.tif": members["after.tif"] + b"\0"}
+    assert decode_digest(changed, meta, "pair") != digest
+    # the json member itself is verified apart (key, split, config hash): not in the digest
+    assert decode_digest({**members, "json": b"{}"}, meta, "pair") == digest
+
+
+def test_from_trusts_the_record_only_as_its_manifest_lists_it(
+    release: Path, tmp_path: Path
+) -> None:
+    cfg = make_config(validation={"great_expectations": False}, shards={"max_samples": 2})
+    good = trusted_digests(open_previous(release, cfg))
+    assert good == frozenset(json.loads((release / VERIFIED).read_bytes())["samples"].values())
+
+    edited = _copy(release, tmp_path / "edited")
+    record = json.loads((edited / VERIFIED).read_bytes())
+    record["samples"]["extra"] = "0" * 64  # a digest added after the report wrote it
+    (edited / VERIFIED).write_text(json.dumps(record))
+    assert trusted_digests(open_previous(edited, cfg)) == frozenset()
+
+    other = _copy(release, tmp_path / "other-checks")
+    record = json.loads((other / VERIFIED).read_bytes())
+    record["decode_checks"] = DECODE_CHECKS + 1  # recorded by other decode checks
+    (other / VERIFIED).write_text(json.dumps(record))
+    from geodelta.pipelines.release.manifest import list_files
+
+    list_files(other, [VERIFIED])  # the manifest vouches for it, the checks differ
+    assert trusted_digests(open_previous(other, cfg)) == frozenset()
+
+
+def test_from_reads_reused_members_at_the_recorded_offsets(release: Path) -> None:
+    """``--from`` copies a reused sample's members by the samples table's offsets (no walk
+    through the tar), each checked against its tar header; anything that does not match is
+    read as a tar instead (None)."""
+    from dataclasses import replace
+
+    from geodelta.pipelines.release.previous import read_by_offsets
+
+    prev = open_previous(release, CFG)
+    shard = shard_files(release)[0]
+    rel = shard.relative_to(release).as_posix()
+    in_tar = dict(iter_tar_samples(shard))
+    assert dict(read_by_offsets(prev, rel, set(in_tar)) or []) == in_tar
+    assert [list(m) for m in in_tar.values()] == [
+        list(m) for _, m in read_by_offsets(prev, rel, sorted(in_tar)) or []
+    ]  # members in tar order, as the tar reader gives them
+    key = sorted(in_tar)[0]
+    name, offset, size = prev.offsets[key][0]
+    for wrong in ((name, offset + 512, size), (name, offset, size - 1), ("other", offset, size)):
+        moved = replace(prev, offsets={**prev.offsets, key: (wrong, *prev.offsets[key][1:])})
+        assert read_by_offsets(moved, rel, set(in_tar)) is None, wrong
+    missing = replace(prev, offsets={k: v for k, v in prev.offsets.items() if k != key})
+    assert read_by_offsets(missing, rel, set(in_tar)) is None
