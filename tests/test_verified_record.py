@@ -14,6 +14,7 @@ import io
 import json
 import shutil
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -148,26 +149,39 @@ def test_from_trusts_the_record_only_as_its_manifest_lists_it(
     assert trusted_digests(open_previous(other, cfg)) == frozenset()
 
 
-def test_from_reads_reused_members_at_the_recorded_offsets(release: Path) -> None:
+def test_from_reads_reused_members_at_the_recorded_offsets(release: Path, tmp_path: Path) -> None:
     """``--from`` copies a reused sample's members by the samples table's offsets (no walk
-    through the tar), each checked against its tar header; anything that does not match is
-    read as a tar instead (None)."""
-    from dataclasses import replace
-
-    from geodelta.pipelines.release.previous import read_by_offsets
+    through the tar), each checked against its tar header; offsets that do not match give None
+    there, and the shard is then read as a tar; a shard that is not its manifest entry gives
+    nothing to reuse."""
+    from geodelta.pipelines.release.previous import members_at_offsets, read_shard
 
     prev = open_previous(release, CFG)
     shard = shard_files(release)[0]
     rel = shard.relative_to(release).as_posix()
     in_tar = dict(iter_tar_samples(shard))
-    assert dict(read_by_offsets(prev, rel, set(in_tar)) or []) == in_tar
-    assert [list(m) for m in in_tar.values()] == [
-        list(m) for _, m in read_by_offsets(prev, rel, sorted(in_tar)) or []
-    ]  # members in tar order, as the tar reader gives them
+    data = shard.read_bytes()
+    at = members_at_offsets(data, set(in_tar), prev.offsets)
+    assert at is not None and dict(at) == in_tar
+    assert [list(m) for _, m in at] == [list(m) for m in in_tar.values()]  # tar order
     key = sorted(in_tar)[0]
     name, offset, size = prev.offsets[key][0]
-    for wrong in ((name, offset + 512, size), (name, offset, size - 1), ("other", offset, size)):
-        moved = replace(prev, offsets={**prev.offsets, key: (wrong, *prev.offsets[key][1:])})
-        assert read_by_offsets(moved, rel, set(in_tar)) is None, wrong
-    missing = replace(prev, offsets={k: v for k, v in prev.offsets.items() if k != key})
-    assert read_by_offsets(missing, rel, set(in_tar)) is None
+    wrong_spans = (
+        (name, offset + 512, size),
+        (name, offset, size - 1),
+        ("other", offset, size),
+        (name, len(data) - 10, size),
+    )
+    for wrong in wrong_spans:
+        moved = {**prev.offsets, key: (wrong, *prev.offsets[key][1:])}
+        assert members_at_offsets(data, set(in_tar), moved) is None, wrong
+    missing = {k: v for k, v in prev.offsets.items() if k != key}
+    assert members_at_offsets(data, set(in_tar), missing) is None
+    # read_shard: by offsets, or as a tar when they do not match; the same samples either way
+    assert dict(read_shard(prev, rel, set(in_tar)) or []) == in_tar
+    bad = replace(prev, offsets=missing)
+    assert dict(read_shard(bad, rel, set(in_tar)) or []) == in_tar
+    # a shard whose bytes are not its manifest entry's: nothing reused from it
+    copy = _copy(release, tmp_path / "edited")
+    (copy / rel).write_bytes(data[:-512] + b"x" * 512)
+    assert read_shard(open_previous(copy, CFG), rel, set(in_tar)) is None

@@ -71,9 +71,8 @@ from geodelta.pipelines.release.previous import (
     Previous,
     differing_sections,
     open_previous,
-    read_by_offsets,
+    read_shard,
     section_hashes,
-    shard_ok,
     trusted_digests,
 )
 from geodelta.schemas import (
@@ -421,8 +420,6 @@ def _copy(
 ) -> set[str]:
     """Copy the candidates' samples whose inputs are unchanged into the staging area and mark
     their cells; returns the ids of the cells reused."""
-    from geodelta.pipelines.release.layout import iter_tar_samples
-
     config_hash = cfg.config_hash()
     by_shard: dict[str, dict[str, str]] = {}
     for cell_id in candidates:
@@ -430,11 +427,11 @@ def _copy(
         by_shard.setdefault(shard, {})[key] = cell_id
     reused: set[str] = set()
     for rel, wanted in sorted(by_shard.items()):
-        if not shard_ok(prev, rel):
+        samples = read_shard(prev, rel, wanted)
+        if samples is None:
             log.warning("--from: shard %s does not match its manifest entry; its cells run", rel)
             continue
-        read = read_by_offsets(prev, rel, wanted)
-        for sample_key, members in read if read is not None else iter_tar_samples(prev.path(rel)):
+        for sample_key, members in samples:
             cell = wanted.get(sample_key)
             if cell is None or "json" not in members:
                 continue

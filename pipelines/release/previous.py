@@ -2,9 +2,8 @@
 
 :func:`open_previous` reads its manifest and tables (fetched first when it is at a URL) and
 refuses a release of another dataset or of other sample-shaping config sections;
-:func:`shard_ok` checks a shard against its manifest entry before anything is copied from it,
-:func:`read_by_offsets` reads the members of reused samples at the offsets its samples table
-records, and :func:`trusted_digests` the decode digests its report recorded
+:func:`read_shard` checks a shard against its manifest entry and reads the members of reused
+samples at the offsets its samples table records, and :func:`trusted_digests` the decode digests its report recorded
 (``report/verified.json``).
 """
 
@@ -13,24 +12,31 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
+import os
 import tarfile
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from geodelta.errors import BuildError, GeodeltaError
-from geodelta.pipelines.release.layout import MANIFEST, QUARANTINE_TABLE, SAMPLES_TABLE
+from geodelta.pipelines.release.layout import (
+    MANIFEST,
+    QUARANTINE_TABLE,
+    SAMPLES_TABLE,
+    iter_tar_samples,
+)
 from geodelta.schemas import BuildConfig, QuarantineRecord, ReleaseManifest, parse_config
 
 __all__ = [
     "RELEASE_SECTIONS",
     "Previous",
     "differing_sections",
+    "members_at_offsets",
     "open_previous",
-    "read_by_offsets",
+    "read_shard",
     "section_hashes",
-    "shard_ok",
     "trusted_digests",
 ]
 
@@ -275,48 +281,60 @@ def trusted_digests(prev: Previous) -> frozenset[str]:
     return frozenset(str(d) for d in samples.values())
 
 
-def shard_ok(prev: Previous, rel: str) -> bool:
+def read_shard(
+    prev: Previous, rel: str, keys: Collection[str]
+) -> Iterable[tuple[str, dict[str, bytes]]] | None:
+    """The samples of shard ``rel`` of the previous release, for reuse: None when the shard is
+    missing or its sha256 is not its manifest entry's (nothing of it is reused). Otherwise the
+    samples ``keys`` read at the offsets its samples table records (:func:`members_at_offsets`;
+    one read of the file, mapped: the checksum and the members), or, when those offsets do not
+    match the tar, every sample of the shard read as a tar (the caller picks its keys)."""
     want = {s.path: s.sha256 for s in prev.manifest.shards}.get(rel)
     if want is None:
-        return False
+        return None
     try:
         path = prev.path(rel)
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+            try:
+                if hashlib.sha256(data if data is not None else b"").hexdigest() != want:
+                    return None
+                found = members_at_offsets(data or b"", keys, prev.offsets)
+            finally:
+                if data is not None:
+                    data.close()
     except OSError:
-        return False
-    if not path.is_file():
-        return False
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest() == want
-
-
-def read_by_offsets(
-    prev: Previous, rel: str, keys: Collection[str]
-) -> list[tuple[str, dict[str, bytes]]] | None:
-    """The members of the samples ``keys`` of shard ``rel`` (checked against its manifest
-    entry), read at the offsets the samples table records: no walk through the tar. Each
-    member's tar header (the 512 bytes before its data) must name it, ``<key>.<member>``, with
-    that size; None when any does not (or a key has no offsets): the caller reads the tar."""
-    spans = [(key, prev.offsets.get(key)) for key in sorted(keys)]
-    if any(not members for _, members in spans):
         return None
+    return found if found is not None else iter_tar_samples(path)
+
+
+def members_at_offsets(
+    data: bytes | mmap.mmap,
+    keys: Collection[str],
+    offsets: dict[str, tuple[tuple[str, int, int], ...]],
+) -> list[tuple[str, dict[str, bytes]]] | None:
+    """The members of the samples ``keys`` of one shard's bytes ``data``, sliced at ``offsets``
+    (the samples table's: member name, data offset, size), in key order, members in tar order.
+    Each member's tar header (the 512 bytes before its data) must name it, ``<key>.<member>``,
+    with that size; None when any does not, or a key has no offsets."""
     out: list[tuple[str, dict[str, bytes]]] = []
-    with open(prev.path(rel), "rb") as fh:
-        for key, members in spans:
-            got: dict[str, bytes] = {}
-            for name, offset, size in members or ():
-                if offset < 512:
-                    return None
-                fh.seek(offset - 512)
-                block = fh.read(512 + size)
-                try:
-                    info = tarfile.TarInfo.frombuf(block[:512], "utf-8", "surrogateescape")
-                except tarfile.TarError:
-                    return None
-                if info.name != f"{key}.{name}" or info.size != size or len(block) != 512 + size:
-                    return None
-                got[name] = block[512:]
-            out.append((key, got))
+    for key in sorted(keys):
+        members = offsets.get(key)
+        if not members:
+            return None
+        got: dict[str, bytes] = {}
+        for name, offset, size in members:
+            if offset < 512 or offset + size > len(data):
+                return None
+            try:
+                info = tarfile.TarInfo.frombuf(
+                    data[offset - 512 : offset], "utf-8", "surrogateescape"
+                )
+            except tarfile.TarError:
+                return None
+            if info.name != f"{key}.{name}" or info.size != size:
+                return None
+            got[name] = bytes(data[offset : offset + size])
+        out.append((key, got))
     return out
