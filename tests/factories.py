@@ -392,6 +392,25 @@ def build_demo_release(
     return Path(build(cfg, mode="overwrite", progress=False).release_dir)
 
 
+def factory_release(root: Path, cfg: BuildConfig, n: int) -> Path:
+    """A release of ``n`` factory samples (:func:`make_sample`, splits in turn train / val /
+    test, every other one with a change) written by the release stage into ``root/rel``, its
+    staging area in ``root/staging``; returns the release folder."""
+    from geodelta.pipelines.release.assemble import write_release
+    from geodelta.pipelines.release.staging import Staging
+    from geodelta.pipelines.stages.encode import build_meta, encode_members
+
+    splits = ("train", "val", "test")
+    staging = Staging(root / "staging")
+    for i in range(n):
+        sample = make_sample(i, col=i, row=0, split=splits[i % 3], change=i % 2 == 0)
+        meta = build_meta(sample, cfg, code_version="test", config_hash=cfg.config_hash())
+        staging.put_sample(sample.key, encode_members(sample, meta, cfg))
+        staging.mark_cell(meta.cell_id, keys=[sample.key], quarantine=[])
+    write_release(root / "rel", cfg, staging, code_version="test")
+    return root / "rel"
+
+
 def make_metrics(
     *,
     f1: float = 0.5,

@@ -22,21 +22,15 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from geodelta.pipelines.release.assemble import write_release
 from geodelta.pipelines.release.geoparquet import member_offsets
 from geodelta.pipelines.release.layout import iter_tar_samples
 from geodelta.pipelines.release.shards import _SampleTar
-from geodelta.pipelines.release.staging import Staging
 from geodelta.pipelines.release.verify import verify_release
 from geodelta.pipelines.report.data import Release, _sample_info, open_release
 from geodelta.pipelines.report.scan import scan_release
 from geodelta.pipelines.report.series import SeriesScan, _add_sample
-from geodelta.pipelines.stages.encode import build_meta, encode_members
-from tests.factories import make_config, make_sample
+from tests.factories import factory_release, make_config
 from tests.series_release import series_release
-
-SPLITS = ("train", "val", "test")
-
 
 # -- the readers as the report ran them before, one pass each -----------------------------------
 
@@ -89,16 +83,8 @@ def _alone_series(rel: Release) -> SeriesScan:
 @pytest.fixture(scope="module")
 def pair_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """9 factory samples, 2 per shard: 2 shards per split."""
-    root = tmp_path_factory.mktemp("onepass")
     cfg = make_config(validation={"great_expectations": False}, shards={"max_samples": 2})
-    staging = Staging(root / "staging")
-    for i in range(9):
-        sample = make_sample(i, col=i, row=0, split=SPLITS[i % 3], change=i % 2 == 0)
-        meta = build_meta(sample, cfg, code_version="test", config_hash=cfg.config_hash())
-        staging.put_sample(sample.key, encode_members(sample, meta, cfg))
-        staging.mark_cell(meta.cell_id, keys=[sample.key], quarantine=[])
-    write_release(root / "rel", cfg, staging, code_version="test")
-    return root / "rel"
+    return factory_release(tmp_path_factory.mktemp("onepass"), cfg, 9)
 
 
 @pytest.fixture(scope="module")

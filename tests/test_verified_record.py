@@ -19,33 +19,22 @@ from pathlib import Path
 
 import pytest
 
-from geodelta.pipelines.release.assemble import write_release
 from geodelta.pipelines.release.layout import VERIFIED, iter_tar_samples, read_manifest, shard_files
 from geodelta.pipelines.release.previous import open_previous, trusted_digests
-from geodelta.pipelines.release.staging import Staging
 from geodelta.pipelines.release.verify import DECODE_CHECKS, decode_digest, verify_release
 from geodelta.pipelines.report.render import write_report
-from geodelta.pipelines.stages.encode import build_meta, encode_members
 from geodelta.schemas import SampleMeta
-from tests.factories import make_config, make_sample
+from tests.factories import factory_release, make_config
 
-SPLITS = ("train", "val", "test")
 CFG = make_config(validation={"great_expectations": False}, shards={"max_samples": 2})
 
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """6 factory samples, 2 per shard, with its report (and so its verified.json)."""
-    root = tmp_path_factory.mktemp("verified")
-    staging = Staging(root / "staging")
-    for i in range(6):
-        sample = make_sample(i, col=i, row=0, split=SPLITS[i % 3], change=i % 2 == 0)
-        meta = build_meta(sample, CFG, code_version="test", config_hash=CFG.config_hash())
-        staging.put_sample(sample.key, encode_members(sample, meta, CFG))
-        staging.mark_cell(meta.cell_id, keys=[sample.key], quarantine=[])
-    write_release(root / "rel", CFG, staging, code_version="test")
-    write_report(root / "rel")
-    return root / "rel"
+    rel = factory_release(tmp_path_factory.mktemp("verified"), CFG, 6)
+    write_report(rel)
+    return rel
 
 
 def _copy(release: Path, dest: Path) -> Path:
