@@ -170,6 +170,15 @@ def test_from_reads_reused_members_at_the_recorded_offsets(release: Path, tmp_pa
     assert dict(read_shard(prev, rel, set(in_tar)) or []) == in_tar
     bad = replace(prev, offsets=missing)
     assert dict(read_shard(bad, rel, set(in_tar)) or []) == in_tar
+    # a release whose samples table has no offsets (an older layout): its shards read as tars
+    import pyarrow.parquet as pq
+
+    older = _copy(release, tmp_path / "older")
+    table = pq.read_table(older / "samples.parquet")
+    pq.write_table(table.drop_columns(["member_offsets"]), older / "samples.parquet")
+    no_offsets = open_previous(older, CFG)
+    assert len(no_offsets.offsets) == 0 and len(prev.offsets) == 6
+    assert dict(read_shard(no_offsets, rel, set(in_tar)) or []) == in_tar
     # a shard whose bytes are not its manifest entry's: nothing reused from it
     copy = _copy(release, tmp_path / "edited")
     (copy / rel).write_bytes(data[:-512] + b"x" * 512)

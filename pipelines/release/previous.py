@@ -3,8 +3,8 @@
 :func:`open_previous` reads its manifest and tables (fetched first when it is at a URL) and
 refuses a release of another dataset or of other sample-shaping config sections;
 :func:`read_shard` checks a shard against its manifest entry and reads the members of reused
-samples at the offsets its samples table records, and :func:`trusted_digests` the decode digests its report recorded
-(``report/verified.json``).
+samples at the offsets its samples table records, and :func:`trusted_digests` returns the
+decode digests its report recorded (``report/verified.json``).
 """
 
 from __future__ import annotations
@@ -15,17 +15,21 @@ import logging
 import mmap
 import os
 import tarfile
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from geodelta._io import sha256_file
 from geodelta.errors import BuildError, GeodeltaError
 from geodelta.pipelines.release.layout import (
     MANIFEST,
     QUARANTINE_TABLE,
     SAMPLES_TABLE,
+    VERIFIED,
     iter_tar_samples,
+    read_manifest,
+    read_table,
 )
 from geodelta.schemas import BuildConfig, QuarantineRecord, ReleaseManifest, parse_config
 
@@ -40,7 +44,13 @@ __all__ = [
     "trusted_digests",
 ]
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 log = logging.getLogger(__name__)
+
+#: One member of a sample in its shard: (member name, data offset, size).
+Span = tuple[str, int, int]
 
 #: Normalised-config sections that shape the release but not the bytes of a sample; every other
 #: section (and any section added later) shapes samples.
@@ -88,7 +98,7 @@ class Previous:
     holder: Any = None
     quarantine: dict[str, tuple[QuarantineRecord, ...]] = field(default_factory=dict)
     #: sample key -> its members' (name, data offset, size) in its shard (samples table)
-    offsets: dict[str, tuple[tuple[str, int, int], ...]] = field(default_factory=dict)
+    offsets: Mapping[str, tuple[Span, ...]] = field(default_factory=dict)
 
     def path(self, rel: str) -> Path:
         """The local path of a file of the release (fetched first when it is at a URL)."""
@@ -167,8 +177,6 @@ def open_previous(path: str | Path, cfg: BuildConfig) -> Previous:
         BuildError: not a release; a URL that cannot be reached; a release of another
             dataset name; a release whose sample-shaping config sections differ (named).
     """
-    from geodelta.pipelines.release.layout import read_manifest, read_table
-
     remote = holder = None
     if "://" in str(path) and not str(path).startswith("file://"):
         root, remote, holder = _download_first(str(path))
@@ -179,8 +187,8 @@ def open_previous(path: str | Path, cfg: BuildConfig) -> Previous:
         raise _not_release(path, "no such folder")
     try:
         manifest = read_manifest(root)
-        samples = read_table(root, SAMPLES_TABLE, columns=["cell_id", "key", "shard"]).to_pylist()
-        offsets = _member_offsets(root)
+        table = _samples_table(root)
+        samples = table.select(["cell_id", "key", "shard"]).to_pylist()
         quarantine = read_table(root, QUARANTINE_TABLE, columns=list(_RECORD_COLUMNS))
         records = _records(quarantine.to_pylist())
     except GeodeltaError as exc:
@@ -208,29 +216,37 @@ def open_previous(path: str | Path, cfg: BuildConfig) -> Previous:
         remote=remote,
         holder=holder,
         quarantine=records,
-        offsets=offsets,
+        offsets=_Offsets(table) if "member_offsets" in table.column_names else {},
     )
 
 
-def _member_offsets(root: Path) -> dict[str, tuple[tuple[str, int, int], ...]]:
-    """sample key -> its members' (name, data offset, size) in its shard, from the samples
-    table's ``member_offsets`` column (none from a release without it: its shards are read as
-    tars)."""
-    from geodelta.pipelines.release.layout import read_table
-
+def _samples_table(root: Path) -> pa.Table:
+    """The samples table's columns ``--from`` reads, ``member_offsets`` too when the release
+    has it (one that has not: its shards are read as tars)."""
+    columns = ["cell_id", "key", "shard"]
     try:
-        table = read_table(root, SAMPLES_TABLE, columns=["key", "member_offsets"])
+        return read_table(root, SAMPLES_TABLE, columns=[*columns, "member_offsets"])
     except (GeodeltaError, KeyError):
-        return {}
-    out: dict[str, tuple[tuple[str, int, int], ...]] = {}
-    for key, members in zip(
-        table.column("key").to_pylist(), table.column("member_offsets").to_pylist(), strict=True
-    ):
-        if members:
-            out[str(key)] = tuple(
-                (str(m["name"]), int(m["offset"]), int(m["size"])) for m in members
-            )
-    return out
+        return read_table(root, SAMPLES_TABLE, columns=columns)
+
+
+class _Offsets(Mapping[str, tuple[Span, ...]]):
+    """sample key -> its member spans, read from the samples table's ``member_offsets`` column
+    when asked (kept as Arrow: a million samples' spans as Python tuples would take GBs)."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self._rows = {str(k): i for i, k in enumerate(table.column("key").to_pylist())}
+        self._column = table.column("member_offsets")
+
+    def __getitem__(self, key: str) -> tuple[Span, ...]:
+        members = self._column[self._rows[key]].as_py() or ()
+        return tuple((str(m["name"]), int(m["offset"]), int(m["size"])) for m in members)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
 
 
 #: The columns of a release's quarantine table that make a :class:`QuarantineRecord`.
@@ -257,9 +273,7 @@ def trusted_digests(prev: Previous) -> frozenset[str]:
     """The decode digests of the previous release's ``report/verified.json``, when its manifest
     lists the file with its sha256 and the file records this version of the decode checks
     (anything else: none, and every sample is decoded as in a full build)."""
-    from geodelta._io import sha256_file
-    from geodelta.pipelines.release.layout import VERIFIED
-    from geodelta.pipelines.release.verify import DECODE_CHECKS
+    from geodelta.pipelines.release.verify import DECODE_CHECKS  # verify imports GDAL, PIL
 
     want = {f.path: f.sha256 for f in prev.manifest.files}.get(VERIFIED)
     if want is None:
@@ -295,14 +309,14 @@ def read_shard(
     try:
         path = prev.path(rel)
         with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+            empty = os.fstat(fh.fileno()).st_size == 0  # mmap refuses an empty file
+            data = b"" if empty else mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
             try:
-                if hashlib.sha256(data if data is not None else b"").hexdigest() != want:
+                if hashlib.sha256(data).hexdigest() != want:
                     return None
-                found = members_at_offsets(data or b"", keys, prev.offsets)
+                found = members_at_offsets(data, keys, prev.offsets)
             finally:
-                if data is not None:
+                if isinstance(data, mmap.mmap):
                     data.close()
     except OSError:
         return None
@@ -312,7 +326,7 @@ def read_shard(
 def members_at_offsets(
     data: bytes | mmap.mmap,
     keys: Collection[str],
-    offsets: dict[str, tuple[tuple[str, int, int], ...]],
+    offsets: Mapping[str, tuple[Span, ...]],
 ) -> list[tuple[str, dict[str, bytes]]] | None:
     """The members of the samples ``keys`` of one shard's bytes ``data``, sliced at ``offsets``
     (the samples table's: member name, data offset, size), in key order, members in tar order.
@@ -335,6 +349,6 @@ def members_at_offsets(
                 return None
             if info.name != f"{key}.{name}" or info.size != size:
                 return None
-            got[name] = bytes(data[offset : offset + size])
+            got[name] = data[offset : offset + size]  # bytes (a slice of an mmap is too)
         out.append((key, got))
     return out

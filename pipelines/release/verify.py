@@ -442,7 +442,7 @@ def verify_release(
         trusted: decode digests whose samples passed the decode checks before (a previous
             release's ``report/verified.json``, for the samples ``build --from`` copied byte
             for byte): a sample with one of them skips its PNG and GeoTIFF decodes, nothing
-            else (``carried`` counts them). Only with ``digests``.
+            else (``carried`` counts them). Implies ``digests``.
 
     Returns:
         The result; ``ok`` is True when ``problems`` is empty.
@@ -470,7 +470,7 @@ def verify_release(
 
     split_totals: Counter[str] = Counter()
     all_keys: list[str] = []
-    decode = _Decode(trusted) if digests else None
+    decode = _Decode(trusted) if digests or trusted else None
     # one GDAL environment for every GeoTIFF member, with the options each open would set up
     # for itself without it (rasterio's defaults): a fresh one per member cost ~20 % of the
     # GeoTIFF checks
