@@ -242,11 +242,14 @@ class Worker:
 
 
 def guarded(stage: QuarantineStage, fn: Callable[[Any], Any], record: Any) -> Any:
-    """Run one stage; an exception becomes a quarantine record instead of a crash."""
+    """Run one stage (BLAS on one thread: :mod:`.threads`); an exception becomes a quarantine
+    record instead of a crash."""
+    from geodelta.pipelines.stages.threads import one_blas_thread
     from geodelta.sources.raster import RasterReadError
 
     try:
-        return fn(record)
+        with one_blas_thread():  # small matrix products: more BLAS threads only spin
+            return fn(record)
     except RasterReadError as exc:
         reason, detail = "read_error", str(exc)
     except Exception as exc:  # dead-letter: the run goes on, the record says what broke
