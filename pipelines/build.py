@@ -666,8 +666,11 @@ def _build(
 
     stage("report")
     t = time.perf_counter()
-    # --from: no decode repeated of the bytes the previous report/verified.json vouches for
-    trusted = frozenset() if incremental is None else incremental.trusted
+    # no decode repeated of the bytes whose decode checks passed on the workers (the cell
+    # markers), nor, with --from, of those the previous report/verified.json vouches for
+    trusted = staging.decode_digests()
+    if incremental is not None:
+        trusted |= incremental.trusted
     write_report(build_dir, previous=previous, trusted=trusted)
     timings["report"] = time.perf_counter() - t
     if build_dir != release_dir:  # --overwrite: the new release replaces the old one now

@@ -37,7 +37,7 @@ def test_geotiff_checks_find_the_same_problems_in_verifys_one_environment() -> N
     check says exactly what it says in the environment each open makes for itself."""
     import rasterio
 
-    from geodelta.pipelines.release.verify import _check_geotiff
+    from geodelta.pipelines.stages.member_checks import _check_geotiff
 
     good = _geotiff()
     cases = {
@@ -68,7 +68,7 @@ def test_geotiff_checks_find_the_same_problems_in_verifys_one_environment() -> N
 def test_a_png_that_does_not_decode_is_named_the_same_every_time() -> None:
     """PIL names a stream it cannot identify by its address; verify's message does not, so a
     damaged release's report page is the same bytes on every render."""
-    from geodelta.pipelines.release.verify import _check_png
+    from geodelta.pipelines.stages.member_checks import _check_png
 
     first = _check_png("s.tar: k", "mask.png", b"not a png at all", "png-index", None)
     second = _check_png("s.tar: k", "mask.png", b"not a png at all", "png-index", None)

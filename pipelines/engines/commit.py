@@ -41,7 +41,13 @@ def commit(staging: Staging, outcome: Outcome) -> None:
         staging.mark_cell(outcome.cell_id, keys=[], quarantine=[outcome])
         return
     staging.put_sample(outcome.key, outcome.members)
-    staging.mark_cell(outcome.cell_id, keys=[outcome.key], quarantine=[])
+    digest = outcome.decode_digest
+    staging.mark_cell(
+        outcome.cell_id,
+        keys=[outcome.key],
+        quarantine=[],
+        decoded=None if digest is None else {outcome.key: digest},
+    )
 
 
 @dataclass

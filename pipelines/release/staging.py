@@ -34,7 +34,9 @@ Layout under ``root``::
                                changed since it was written is found by its sha256
                                (:meth:`Staging.corrupt_cells` on ``--resume``; reading it
                                raises), a truncated file by its sizes; neither is sharded
-    cells/<cell_id>.json       completion marker: {"cell_id", "keys", "quarantine"}
+    cells/<cell_id>.json       completion marker: {"cell_id", "keys", "quarantine"}, and
+                               "decoded" {key: decode digest} for the samples whose decode
+                               checks the worker ran (:meth:`Staging.decode_digests`)
     tmp/                       in-flight writes (local only; safe to delete when no worker runs)
     config.json                the build's stamp (:data:`STAMP_FILE`, written by the build)
     breaker.json               the circuit breaker's trip (:data:`TRIP_FILE`)
@@ -50,8 +52,9 @@ import os
 import shutil
 import uuid
 from collections import deque
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from geodelta._io import write_atomic
 from geodelta.errors import ReleaseError
@@ -374,7 +377,12 @@ class Staging:
         return (self._samples / f"{key}{_SAMPLE_SUFFIX}").is_file()
 
     def mark_cell(
-        self, cell_id: str, *, keys: Sequence[str], quarantine: Sequence[QuarantineRecord]
+        self,
+        cell_id: str,
+        *,
+        keys: Sequence[str],
+        quarantine: Sequence[QuarantineRecord],
+        decoded: Mapping[str, str] | None = None,
     ) -> None:
         """Write the completion marker of a cell (after all its samples were put).
 
@@ -382,6 +390,8 @@ class Staging:
             cell_id: grid cell id.
             keys: keys of the samples the cell produced (each already put).
             quarantine: records of what the cell dropped.
+            decoded: sample key -> the decode digest of its members, whose decode checks the
+                worker ran (:meth:`decode_digests`).
 
         Raises:
             StagingError: a bad cell id, or a key whose sample was not put.
@@ -393,13 +403,15 @@ class Staging:
                 f"cell {cell_id}: samples {missing} were not put before marking the cell",
                 cell_id=cell_id,
             )
-        marker = {
+        marker: dict[str, Any] = {
             "cell_id": cell_id,
             "keys": sorted(keys),
             "quarantine": [
                 q.model_dump(mode="json") for q in sorted(quarantine, key=quarantine_sort_key)
             ],
         }
+        if decoded:
+            marker["decoded"] = {k: str(decoded[k]) for k in sorted(decoded) if k in keys}
         text = json.dumps(marker, sort_keys=True, indent=2)
         if self._remote is not None:
             self._remote.write({f"cells/{cell_id}{_MARKER_SUFFIX}": text.encode()})
@@ -480,6 +492,21 @@ class Staging:
             return
         for name in names:
             (self._cells / name).unlink(missing_ok=True)
+
+    def decode_digests(self) -> set[str]:
+        """The decode digests the workers recorded in the cell markers (:meth:`mark_cell`'s
+        ``decoded``) for the samples the markers list: the build's report does not decode
+        again the members of a sample whose digest is among them (trust by content: another
+        byte gives another digest). An unreadable marker gives none (the report decodes)."""
+        found: set[str] = set()
+        for _, raw in self._marker_bytes(self._marker_ids()):
+            try:
+                data = json.loads(raw) if raw is not None else {}
+                keys = set(data.get("keys", ()))
+                found.update(str(d) for k, d in dict(data.get("decoded", {})).items() if k in keys)
+            except (ValueError, TypeError, AttributeError):
+                continue
+        return found
 
     def outcomes(self) -> tuple[list[str], list[QuarantineRecord]]:
         """Sample keys and quarantine records of every marked cell.

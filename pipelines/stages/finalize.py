@@ -19,11 +19,15 @@ __all__ = ["StagedSample", "check_temporal", "finalize_sample"]
 
 @dataclass(frozen=True)
 class StagedSample:
-    """A finished sample: its encoded members, ready for the staging area."""
+    """A finished sample: its encoded members, ready for the staging area, and the
+    :func:`~geodelta.pipelines.release.verify.decode_digest` of those members, whose decode
+    checks passed here (recorded in the cell's marker: the build's report does not decode them
+    again)."""
 
     cell_id: str
     key: str
     members: dict[str, bytes]
+    decode_digest: str | None = None
 
 
 def finalize_sample(
@@ -38,7 +42,8 @@ def finalize_sample(
         config_hash: :meth:`~geodelta.schemas.BuildConfig.config_hash` of ``cfg`` (recorded).
 
     Returns:
-        The staged sample, or the validate stage's quarantine record.
+        The staged sample, or the validate stage's quarantine record (a rule, a temporal claim,
+        or a member that does not decode as its codec says: ``undecodable_member``).
     """
     from geodelta.pipelines.stages.encode import build_meta, encode_members
     from geodelta.pipelines.stages.validate import validate_stage
@@ -56,7 +61,20 @@ def finalize_sample(
         from geodelta.pipelines.stages.encode_series import series_members
 
         members.update(series_members(sample, meta))
-    return StagedSample(cell_id=sample.pair.job.cell_id, key=sample.key, members=members)
+    # the decode checks of verify, here on the workers rather than serially in the report
+    from geodelta.pipelines.stages.member_checks import decode_digest, decode_problems
+
+    mode = "pair" if sample.series is None else "series"
+    problems = decode_problems(members, meta, mode, where=sample.key)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return sample.quarantine("validate", "undecodable_member", problems[0] + more)
+    return StagedSample(
+        cell_id=sample.pair.job.cell_id,
+        key=sample.key,
+        members=members,
+        decode_digest=decode_digest(members, meta, mode),
+    )
 
 
 def check_temporal(sample: Sample, cfg: BuildConfig) -> list[str]:
