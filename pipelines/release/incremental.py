@@ -113,9 +113,9 @@ REUSED_FILE = "reused.json"
 #: (``read_error``, ``error:*``: retried) rather than producing one of these. Left out on
 #: purpose: ``read_error`` and ``error:*`` (reads, fetches, signing, HTTP, timeouts: transient),
 #: every ``annotate`` reason (annotator and LLM errors), ``validate:incomplete_sample`` (a stage
-#: that did not run), ``validate:undecodable_member`` (an encoder's fault, not the data's), ``validate:gx:*`` (the Great Expectations checkpoint judges the sample
-#: table, not one cell), every ``shard`` reason (a staging area's problem) and any reason not
-#: named here.
+#: that did not run), ``validate:undecodable_member`` (an encoder's fault, not the data's),
+#: ``validate:gx:*`` (the Great Expectations checkpoint judges the sample table, not one cell),
+#: every ``shard`` reason (a staging area's problem) and any reason not named here.
 DATA_VERDICTS: frozenset[tuple[str, str]] = frozenset(
     {
         # the pair stage (stages/pair.py, labels/*.pick): the items the searches return, their

@@ -273,7 +273,7 @@ def trusted_digests(prev: Previous) -> frozenset[str]:
     """The decode digests of the previous release's ``report/verified.json``, when its manifest
     lists the file with its sha256 and the file records this version of the decode checks
     (anything else: none, and every sample is decoded as in a full build)."""
-    from geodelta.pipelines.release.verify import DECODE_CHECKS  # verify imports GDAL, PIL
+    from geodelta.pipelines.stages.member_checks import DECODE_CHECKS  # imports GDAL, PIL
 
     want = {f.path: f.sha256 for f in prev.manifest.files}.get(VERIFIED)
     if want is None:

@@ -44,7 +44,6 @@ from geodelta.pipelines.stages.member_checks import (
     DECODED_CODECS,
     MEMBER_CHECKS,
     decode_digest,
-    decode_problems,
 )
 from geodelta.schemas import ReleaseManifest, SampleMeta, parse_config
 from geodelta.schemas.config import recorded_hash
@@ -55,7 +54,6 @@ __all__ = [
     "SampleVisitor",
     "VerifyResult",
     "decode_digest",
-    "decode_problems",
     "verify_release",
 ]
 

@@ -124,6 +124,8 @@ __all__ = [
     "write_report",
 ]
 
+_log = logging.getLogger(__name__)
+
 _TOC = (
     ("verdict", "Verdict"),
     ("diff", "Diff to previous"),
@@ -171,9 +173,6 @@ def render_report(
         ReleaseError: a release has no (valid) manifest.
     """
     return _render(Path(release_dir), previous, max_gallery, frozenset())[0]
-
-
-_log = logging.getLogger(__name__)
 
 
 def _render(

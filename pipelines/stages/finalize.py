@@ -20,7 +20,7 @@ __all__ = ["StagedSample", "check_temporal", "finalize_sample"]
 @dataclass(frozen=True)
 class StagedSample:
     """A finished sample: its encoded members, ready for the staging area, and the
-    :func:`~geodelta.pipelines.release.verify.decode_digest` of those members, whose decode
+    :func:`~.member_checks.decode_digest` of those members, whose decode
     checks passed here (recorded in the cell's marker: the build's report does not decode them
     again)."""
 
