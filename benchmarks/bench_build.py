@@ -343,7 +343,7 @@ def _finalize_parts(
     meta_name, validate_name, encode_name = FINALIZE_PARTS
     t = time.process_time()
     meta = build_meta(
-        sample, worker.cfg, code_version=worker.code_version, config_hash=worker.config_hash
+        sample, worker.cfg, code_version=worker.code_version, shaping_hash=worker.shaping_hash
     )
     total[meta_name] += time.process_time() - t
     t = time.process_time()

@@ -417,6 +417,29 @@ def normalised_hash(data: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+#: Normalised-config sections that shape the release but not the bytes of a sample; every other
+#: section (and any section added later) shapes samples.
+RELEASE_SECTIONS = frozenset(
+    {"name", "version", "description", "aoi", "shards", "reference", "gate"}
+)
+
+
+def shaping_hash(normalised: dict[str, Any]) -> str:
+    """sha256 of the sections of a normalised config that shape a sample (all but
+    :data:`RELEASE_SECTIONS`): what every sample's ``json`` records, so that a sample built
+    alike in another version (a grown AOI, another name, version or shard size) has the same
+    bytes."""
+    return normalised_hash({k: v for k, v in normalised.items() if k not in RELEASE_SECTIONS})
+
+
+def recorded_shaping_hash(recorded: dict[str, Any]) -> str:
+    """:func:`shaping_hash` of the config a manifest embeds, from its own text (as
+    :func:`recorded_hash`)."""
+    data = json.loads(json.dumps(recorded))
+    data.get("catalog", {}).pop("url", None)
+    return shaping_hash(data)
+
+
 def recorded_hash(recorded: dict[str, Any]) -> str:
     """The config hash of the config a manifest embeds (:meth:`BuildConfig.recorded`), from its
     own text: without ``catalog.url`` (provenance, outside the hash) it is the normalised config
@@ -535,6 +558,10 @@ class BuildConfig(Section):
     def config_hash(self) -> str:
         """sha256 of the normalised config (identifies what the release was built from)."""
         return normalised_hash(self.normalised())
+
+    def shaping_hash(self) -> str:
+        """sha256 of the config sections that shape a sample (:func:`shaping_hash`)."""
+        return shaping_hash(self.normalised())
 
     def recorded(self) -> dict[str, Any]:
         """The config ``manifest.json`` embeds: :meth:`normalised` plus ``catalog.url`` as

@@ -19,12 +19,12 @@ from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from geodelta.schemas.qa import QAType
 from geodelta.secrets import redact
 
-SCHEMA_VERSION = "1.1.0"
+SCHEMA_VERSION = "1.2.0"
 
 
 def _utc(value: datetime) -> datetime:
@@ -589,7 +589,17 @@ class SampleMeta(Record):
     licence: str = Field(min_length=1, description="Licence of the sample (SPDX id or text)")
     attribution: str = Field(min_length=1, description="Required attribution")
     code_version: str = Field(description="geodelta version that built the sample")
-    config_hash: str = Field(description="sha256 of the normalised build config")
+    config_hash: str | None = Field(
+        default=None,
+        description="Layouts before 1.2.0 only: sha256 of the normalised build config (the "
+        "manifest's config_hash)",
+    )
+    shaping_hash: str | None = Field(
+        default=None,
+        description="sha256 of the config sections that shape the sample (all but name, "
+        "version, description, aoi, shards, reference, gate): the same in every version that "
+        "builds the sample alike; None in layouts before 1.2.0, which carry config_hash",
+    )
     baseline_model: str | None = Field(
         default=None,
         description="Baseline change model that saw the sample: 'fc-siam-diff@sha256:<weights "
@@ -629,7 +639,17 @@ class SampleMeta(Record):
         "fusion",
         "baseline_iou",
         "series",
+        "config_hash",
+        "shaping_hash",
     )
+
+    @model_validator(mode="after")
+    def _one_hash(self) -> SampleMeta:
+        """A sample names the config it was built from: by shaping_hash (1.2.0 on) or by
+        config_hash (earlier layouts)."""
+        if self.shaping_hash is None and self.config_hash is None:
+            raise ValueError("a sample carries shaping_hash (or, before layout 1.2.0, config_hash)")
+        return self
 
 
 QuarantineStage = Literal[

@@ -404,7 +404,7 @@ def factory_release(root: Path, cfg: BuildConfig, n: int) -> Path:
     staging = Staging(root / "staging")
     for i in range(n):
         sample = make_sample(i, col=i, row=0, split=splits[i % 3], change=i % 2 == 0)
-        meta = build_meta(sample, cfg, code_version="test", config_hash=cfg.config_hash())
+        meta = build_meta(sample, cfg, code_version="test", shaping_hash=cfg.shaping_hash())
         staging.put_sample(sample.key, encode_members(sample, meta, cfg))
         staging.mark_cell(meta.cell_id, keys=[sample.key], quarantine=[])
     write_release(root / "rel", cfg, staging, code_version="test")

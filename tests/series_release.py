@@ -337,7 +337,7 @@ def series_release(root: Path, n: int = 12, *, shape: tuple[int, int] = (32, 32)
             shape=shape,
         )
         sample = replace(sample, before=_on_dn_grid(sample.before), after=_on_dn_grid(sample.after))
-        meta = build_meta(sample, cfg, code_version="0.1.0", config_hash=cfg.config_hash())
+        meta = build_meta(sample, cfg, code_version="0.1.0", shaping_hash=cfg.shaping_hash())
         members = _series_members(encode_members(sample, meta, cfg), sample, meta, plan, i)
         staging.put_sample(sample.key, members)
         staging.mark_cell(meta.cell_id, keys=[sample.key], quarantine=[])

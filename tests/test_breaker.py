@@ -303,7 +303,7 @@ def test_release_refuses_a_release_with_0_samples(empty_release: Path, tmp_path:
 
 
 def _finalize(sample: Any) -> Any:
-    return finalize_sample(sample, factories.make_config(), code_version="0", config_hash="h")
+    return finalize_sample(sample, factories.make_config(), code_version="0", shaping_hash="h")
 
 
 def test_a_clean_sample_passes_the_pixel_rules() -> None:

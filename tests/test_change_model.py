@@ -339,7 +339,7 @@ def test_meta_records_model_and_fusion_only_when_present() -> None:
 
     cfg = make_config()
     plain = make_sample(0)
-    meta = build_meta(plain, cfg, code_version="0", config_hash="h")
+    meta = build_meta(plain, cfg, code_version="0", shaping_hash="h")
     data = meta_json(meta)
     assert not {"baseline_model", "fusion", "baseline_iou"} & set(data)
     assert SampleMeta.model_validate(data) == meta
@@ -353,7 +353,7 @@ def test_meta_records_model_and_fusion_only_when_present() -> None:
         threshold=0.5,
         min_region_px=4,
     )
-    data = meta_json(build_meta(fused, cfg, code_version="0", config_hash="h"))
+    data = meta_json(build_meta(fused, cfg, code_version="0", shaping_hash="h"))
     assert data["baseline_model"].endswith("0" * 64) and data["fusion"] == "intersect"
     assert data["baseline_iou"] == pytest.approx(45 / (24 * 24 - 1))
 

@@ -22,6 +22,7 @@ from geodelta.pipelines.stages.encode import (
     encode_members,
     geotiff_bytes,
     index_png,
+    meta_json,
     rgb_indices,
     rgb_png,
     to_dn,
@@ -115,7 +116,7 @@ def test_index_png_keeps_values() -> None:
 def test_build_meta_matches_sample() -> None:
     cfg = make_config()
     sample = make_sample(3, col=2, row=5, split="val", nan_pixels=8)
-    meta = build_meta(sample, cfg, code_version="9.9.9", config_hash=cfg.config_hash())
+    meta = build_meta(sample, cfg, code_version="9.9.9", shaping_hash=cfg.shaping_hash())
     pair = sample.pair
     assert (
         meta.key
@@ -140,17 +141,18 @@ def test_build_meta_matches_sample() -> None:
     assert sample.annotation is not None
     assert meta.annotator == "template" and meta.model == sample.annotation.model
     assert meta.licence == "CC-BY-4.0" and meta.attribution == cfg.attribution
-    assert meta.code_version == "9.9.9" and meta.config_hash == cfg.config_hash()
+    assert meta.code_version == "9.9.9" and meta.shaping_hash == cfg.shaping_hash()
+    assert meta.config_hash is None and "config_hash" not in meta_json(meta)
 
 
 def test_build_meta_requires_stage_outputs() -> None:
     cfg = make_config()
     sample = dataclasses.replace(make_sample(0), annotation=None)
     with pytest.raises(EncodeError, match="annotation"):
-        build_meta(sample, cfg, code_version="0", config_hash="x")
+        build_meta(sample, cfg, code_version="0", shaping_hash="x")
     wrong = dataclasses.replace(make_sample(0), before=np.zeros((3, 32, 32), dtype=np.float32))
     with pytest.raises(EncodeError, match="bands=4"):
-        build_meta(wrong, cfg, code_version="0", config_hash="x")
+        build_meta(wrong, cfg, code_version="0", shaping_hash="x")
 
 
 def test_rgb_indices_from_config() -> None:
@@ -160,7 +162,7 @@ def test_rgb_indices_from_config() -> None:
 def test_encode_members_layout_and_determinism() -> None:
     cfg = make_config()
     sample = make_sample(1, nan_pixels=3)
-    meta = build_meta(sample, cfg, code_version="0.1.0", config_hash=cfg.config_hash())
+    meta = build_meta(sample, cfg, code_version="0.1.0", shaping_hash=cfg.shaping_hash())
     first = encode_members(sample, meta, cfg)
     again = encode_members(make_sample(1, nan_pixels=3), meta, cfg)
     assert tuple(first) == SAMPLE_MEMBERS
@@ -191,7 +193,7 @@ def test_encode_members_layout_and_determinism() -> None:
 def test_change_mask_sample_gets_blank_landcover() -> None:
     cfg = make_config()
     sample = dataclasses.replace(make_sample(2), lc_before=None, lc_after=None)
-    meta = build_meta(sample, cfg, code_version="0", config_hash="x")
+    meta = build_meta(sample, cfg, code_version="0", shaping_hash="x")
     members = encode_members(sample, meta, cfg)
     with Image.open(io.BytesIO(members["lc_before.png"])) as img:
         assert img.size == (32, 32) and int(np.asarray(img).max()) == 0
@@ -201,7 +203,7 @@ def test_secrets_never_reach_members() -> None:
     cfg = make_config()
     sample = make_sample(4, signed_href=True)
     assert "sig=" not in sample.pair.before.assets["B02"].href
-    meta = build_meta(sample, cfg, code_version="0", config_hash="x")
+    meta = build_meta(sample, cfg, code_version="0", shaping_hash="x")
     blob = b"".join(encode_members(sample, meta, cfg).values())
     assert b"SECRETSIGNATURE" not in blob and b"sig=" not in blob
 
@@ -209,7 +211,7 @@ def test_secrets_never_reach_members() -> None:
 def test_rasterio_reads_the_tif_from_disk(tmp_path: object) -> None:
     cfg = make_config()
     sample = make_sample(5)
-    meta = build_meta(sample, cfg, code_version="0", config_hash="x")
+    meta = build_meta(sample, cfg, code_version="0", shaping_hash="x")
     path = f"{tmp_path}/before.tif"
     with open(path, "wb") as f:
         f.write(encode_members(sample, meta, cfg)["before.tif"])

@@ -77,7 +77,7 @@ def fake_release(
     staging = Staging(root.with_name(f"{root.name}-staging"))
     for i, split in enumerate(("train", "val", "test")):
         sample = make_sample(i, col=i, row=0, split=split, change=True)
-        meta = build_meta(sample, cfg, code_version="test", config_hash=cfg.config_hash())
+        meta = build_meta(sample, cfg, code_version="test", shaping_hash=cfg.shaping_hash())
         staging.put_sample(sample.key, encode_members(sample, meta, cfg))
         staging.mark_cell(meta.cell_id, keys=[sample.key], quarantine=[])
     write_release(root, cfg, staging, code_version="test")

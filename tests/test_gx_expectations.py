@@ -58,7 +58,7 @@ def _record(i: int, cfg: BuildConfig, **kw: Any) -> ReleaseRecord:
     args: dict[str, Any] = {"col": 3 * i, "split": SPLITS[i % 3], "change": i % 2 == 0}
     args.update(kw)
     sample = make_sample(i, **args)
-    meta = build_meta(sample, cfg, code_version="0.1.0", config_hash=cfg.config_hash())
+    meta = build_meta(sample, cfg, code_version="0.1.0", shaping_hash=cfg.shaping_hash())
     assert sample.annotation is not None
     return ReleaseRecord(
         meta=meta,

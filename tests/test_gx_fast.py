@@ -51,7 +51,7 @@ def _records(cfg: BuildConfig) -> list[ReleaseRecord]:
     out = []
     for i in range(6):
         sample = make_sample(i, col=3 * i, split=SPLITS[i % 3], change=i % 2 == 0)
-        meta = build_meta(sample, cfg, code_version="0.1.0", config_hash=cfg.config_hash())
+        meta = build_meta(sample, cfg, code_version="0.1.0", shaping_hash=cfg.shaping_hash())
         assert sample.annotation is not None
         captions: list[Any] = list(sample.annotation.captions)
         if i == 0:

@@ -27,7 +27,7 @@ BUFFER = "gx:expect_column_values_to_be_between:split_buffer_conflicts"
 
 def _put(staging: Staging, cfg: BuildConfig, seed: int, **kw: object) -> str:
     sample = make_sample(seed, **kw)  # type: ignore[arg-type]
-    meta = build_meta(sample, cfg, code_version="0.1.0", config_hash=cfg.config_hash())
+    meta = build_meta(sample, cfg, code_version="0.1.0", shaping_hash=cfg.shaping_hash())
     staging.put_sample(sample.key, encode_members(sample, meta, cfg))
     staging.mark_cell(meta.cell_id, keys=[sample.key], quarantine=[])
     return sample.key

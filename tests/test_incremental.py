@@ -47,6 +47,7 @@ from geodelta.pipelines.release.layout import (
     shard_files,
 )
 from geodelta.schemas import QuarantineRecord
+from geodelta.schemas.config import recorded_shaping_hash
 from tests.conftest import REPO
 from tests.factories import demo_config, make_config, record_cells
 
@@ -65,6 +66,11 @@ FAST: dict[str, Any] = {
 def _small_bbox(catalog: DemoCatalog) -> list[float]:
     x0, y0, x1, y1 = catalog.aoi_bbox
     return [x0 + CUT * (x1 - x0), y0, x1, y1]
+
+
+def _shaping(result: Any) -> str:
+    """The shaping hash of the config a release's manifest embeds."""
+    return recorded_shaping_hash(result.manifest.config)
 
 
 def _members(release: Path) -> dict[str, dict[str, bytes]]:
@@ -156,22 +162,15 @@ def test_reused_samples_are_the_bytes_a_full_build_writes(builds: dict[str, Any]
     prev, full, grown = builds["prev"], builds["full"], builds["grown"]
     old, new = _members(prev.release_dir), _members(grown.release_dir)
     assert set(old) < set(new)
-    for key, members in old.items():  # copied byte for byte, but the release's config hash
-        assert set(new[key]) == set(members)
-        for name, data in members.items():
-            if name != "json":
-                assert new[key][name] == data, (key, name)
-        was, now = json.loads(members["json"]), json.loads(new[key]["json"])
-        assert now["config_hash"] == grown.manifest.config_hash != was["config_hash"]
-        assert {**was, "config_hash": now["config_hash"]} == now
-    # version 0.2.0 differs from the full build's 0.1.0: the hash in every json member too
-    assert grown.manifest.config_hash != full.manifest.config_hash
+    for key, members in old.items():  # copied byte for byte, json included
+        assert new[key] == members, key
+    # version 0.2.0 and the grown AOI differ from the previous release's config, not the
+    # sections that shape a sample: every json records the same shaping hash
+    assert grown.manifest.config_hash != full.manifest.config_hash != prev.manifest.config_hash
+    hashes = {json.loads(m["json"])["shaping_hash"] for m in (*old.values(), *new.values())}
+    assert hashes == {_shaping(grown)} == {_shaping(prev)}
     fresh = _members(full.release_dir)
-    assert set(fresh) == set(new)
-    for key in fresh:
-        for name in fresh[key]:
-            if name != "json":
-                assert fresh[key][name] == new[key][name]
+    assert fresh == new
 
 
 def test_the_from_report_records_what_a_full_build_records(builds: dict[str, Any]) -> None:
@@ -210,9 +209,9 @@ def test_shrunk_from_full_is_byte_identical_to_a_fresh_build(builds: dict[str, A
 
 def test_changed_items_are_not_reused(builds: dict[str, Any], demo_catalog: DemoCatalog) -> None:
     """The identity rule on one sample: other items (or another cell, split, clear fraction)
-    than the previous sample recorded -> processed; the same -> its json re-stamped only."""
+    than the previous sample recorded -> processed; the same -> its json reused as it is."""
     from geodelta.pipelines.build import planned
-    from geodelta.pipelines.release.incremental import _restamped
+    from geodelta.pipelines.release.incremental import _unchanged
     from geodelta.pipelines.stages.worker import Worker
     from geodelta.schemas import ScenePair
     from geodelta.sources.profiles import apply_defaults
@@ -225,19 +224,19 @@ def test_changed_items_are_not_reused(builds: dict[str, Any], demo_catalog: Demo
     pair = Worker(cfg, code_version=meta["code_version"]).pair(job)
     assert isinstance(pair, ScenePair) and pair.key == key
     inputs = sample_inputs(pair)
-    same = _restamped(members["json"], inputs, "0" * 64, meta["code_version"])
-    assert same is not None and json.loads(same) == {**meta, "config_hash": "0" * 64}
+    shaping = meta["shaping_hash"]
+    assert _unchanged(members["json"], inputs, shaping, meta["code_version"])
     for field, value in (
         ("before_item", "another-item"),
         ("label_items", ("lc-x", "lc-y")),
         ("split", "test" if meta["split"] != "test" else "train"),
         ("after_clear", 0.5),
     ):
-        assert (
-            _restamped(members["json"], {**inputs, field: value}, "0" * 64, meta["code_version"])
-            is None
+        assert not _unchanged(
+            members["json"], {**inputs, field: value}, shaping, meta["code_version"]
         ), field
-    assert _restamped(members["json"], inputs, "0" * 64, "0.0.0-other") is None  # other code
+    assert not _unchanged(members["json"], inputs, shaping, "0.0.0-other")  # other code
+    assert not _unchanged(members["json"], inputs, "0" * 64, meta["code_version"])  # config
 
 
 def test_sections_that_shape_samples() -> None:

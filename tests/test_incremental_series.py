@@ -24,8 +24,8 @@ import pytest
 
 from geodelta.pipelines.api import build
 from geodelta.pipelines.release.incremental import (
-    _restamped,
     _same_picks,
+    _unchanged,
     sample_inputs,
     series_picks,
 )
@@ -208,8 +208,7 @@ def test_a_sequence_is_reused_only_with_the_dates_it_recorded(builds: dict[str, 
     assert isinstance(pair, ScenePair) and pair.key == key and len(pair.series) >= 3
     inputs = sample_inputs(pair)
     assert list(inputs["label_items"]) == [d["label_item"] for d in builds["dates"][key]]
-    same = _restamped(members["json"], inputs, "0" * 64, meta["code_version"])
-    assert same is not None and json.loads(same) == {**meta, "config_hash": "0" * 64}
+    assert _unchanged(members["json"], inputs, meta["shaping_hash"], meta["code_version"])
     recorded = json.loads(members["dates.json"])
     picks = series_picks(pair)
     assert _same_picks(recorded, picks)
@@ -227,4 +226,5 @@ def test_a_sequence_is_reused_only_with_the_dates_it_recorded(builds: dict[str, 
     assert not _same_picks(None, picks)
     # the json member alone: other land-cover items of the sequence do not match either
     other_labels = {**inputs, "label_items": (*inputs["label_items"][:-1], "another-map")}
-    assert _restamped(members["json"], other_labels, "0" * 64, meta["code_version"]) is None
+    shaping = meta["shaping_hash"]
+    assert not _unchanged(members["json"], other_labels, shaping, meta["code_version"])

@@ -52,7 +52,7 @@ def _release(
         sample = make_sample(
             i, col=i, split=SPLIT_OF[i % 4], change=i % 4 != 0 and i not in no_change
         )
-        meta = build_meta(sample, cfg, code_version="0.1.0", config_hash=cfg.config_hash())
+        meta = build_meta(sample, cfg, code_version="0.1.0", shaping_hash=cfg.shaping_hash())
         staging.put_sample(sample.key, encode_members(sample, meta, cfg))
         quarantine = []
         if i % 3 == 0:

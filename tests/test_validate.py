@@ -192,7 +192,7 @@ def make_meta(facts: ChangeFacts | None = None) -> SampleMeta:
         licence="CC-BY-4.0",
         attribution="test attribution",
         code_version="0.1.0",
-        config_hash="0" * 64,
+        shaping_hash="0" * 64,
         regions=region_records(
             facts or make_facts(),
             crs="EPSG:32631",

@@ -148,19 +148,23 @@ def test_gate_minimum_edited_to_zero_fails_verify_and_release(built: Path, tmp_p
 def test_recomputed_config_hash_still_disagrees_with_the_samples(
     built: Path, tmp_path: Path
 ) -> None:
+    """An edit of a section that shapes samples, with the config hash recomputed and the
+    manifest resealed: every sample's shaping hash still names the config it was built with.
+    (An edit of a release-only section such as the gate, recomputed and resealed, is what the
+    published record catches: ``test_an_edit_after_publishing_shows``.)"""
     from geodelta.schemas import parse_config
 
     root = _copy(built, tmp_path / "r")
 
     def forge(data: dict[str, Any]) -> None:
-        _gate_min_zero(data)
+        data["config"]["annotation"]["captions_per_sample"] += 1
         cfg = parse_config({**data["config"], "output": {"dir": "."}})
         data["config_hash"] = cfg.config_hash()
 
     _edit_manifest(root, forge, reseal=True)
     result = verify(root)
     assert not result.ok
-    assert any("json config_hash is" in p for p in result.problems), result.problems
+    assert any("json shaping_hash is" in p for p in result.problems), result.problems
     assert not any("embedded config hashes" in p for p in result.problems)
 
 

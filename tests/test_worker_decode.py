@@ -38,7 +38,7 @@ def _config(catalog: Any, tmp_path: Path, **output: Any) -> Any:
 
 
 def _finalize(sample: Any) -> Any:
-    return finalize_sample(sample, factories.make_config(), code_version="0", config_hash="h")
+    return finalize_sample(sample, factories.make_config(), code_version="0", shaping_hash="h")
 
 
 def test_a_finished_sample_carries_the_digest_of_its_members() -> None:

@@ -15,17 +15,16 @@ A sample's bytes are decided by its **inputs** (:func:`sample_inputs`):
   seeds the template captions), and so does any section not named here;
 * the geodelta version (:data:`geodelta.__version__`): other code may write other bytes.
 
-Each sample's ``json`` member records all of these but the section hashes and a sequence's
-middle dates, plus the release's config hash. So, before the engines run, each planned cell
+Each sample's ``json`` member records all of these but a sequence's middle dates (the shaping
+sections by their hash, ``shaping_hash``). So, before the engines run, each planned cell
 that had a sample in the previous release gets the pair stage again (search and pick: no
 imagery read beyond the classification band the clear fraction needs, as in any build; a
 sequence's pair stage, :meth:`~geodelta.pipelines.stages.worker.Worker.series_pair`, for a
 sequence release); when it picks the items the previous sample recorded (a sequence: in its
 ``json`` and its ``dates.json`` members), and the shaping sections and the code version are
 the same, the sample is **reused**: its members are copied byte for byte from the previous
-release's shard into the staging area, all but ``json``, whose ``config_hash`` is set to this
-build's (the release's identity, which changes with any config change, ``version``
-included). Its bytes are then exactly what processing the cell would write; the cell is
+release's shard into the staging area, ``json`` included (it records no release-wide value).
+Its bytes are then exactly what processing the cell would write; the cell is
 marked done and the engines skip it. Every other cell is processed: **new** (not in the
 previous release), **changed** (its items differ, or it was quarantined there and is
 **retried**), while **removed** counts the previous samples whose cell is no longer planned.
@@ -349,7 +348,7 @@ def _candidates(
     """Planned cells (not ``done``) whose pair stage, run now, picks the items of the previous
     sample's key: cell id -> :func:`sample_inputs`, and for a sequence, cell id ->
     :func:`series_picks` (compared with its ``dates.json`` member next). The full comparison
-    of the inputs follows on the ``json`` member (:func:`_restamped`).
+    of the inputs follows on the ``json`` member (:func:`_unchanged`).
 
     A ``steady`` cell (its searches return the very items they returned for the previous
     release, none changed: :attr:`~.drift.Drift.steady`) does not run the pair stage again
@@ -386,29 +385,26 @@ def _candidates(
     return out, picks
 
 
-def _restamped(
-    raw: bytes, inputs: dict[str, Any], config_hash: str, code_version: str
-) -> bytes | None:
-    """The ``json`` member a build of this config writes for a sample whose previous ``json``
-    is ``raw``, or None when its inputs differ (items, cell, code version) or it does not read
-    back to its own bytes."""
+def _unchanged(raw: bytes, inputs: dict[str, Any], shaping_hash: str, code_version: str) -> bool:
+    """Whether a build of this config writes ``raw`` as the ``json`` member of the sample whose
+    previous ``json`` it is: its inputs (items, cell), shaping hash, code version and record
+    layout are this build's, and it reads back to its own bytes."""
     try:
         meta = SampleMeta.model_validate_json(raw)
     except ValueError:
-        return None
+        return False
     from geodelta.pipelines.stages.encode import meta_json
 
     if (
-        compact_json_bytes(meta_json(meta)) != raw
+        meta.shaping_hash != shaping_hash
         or meta.code_version != code_version
         or meta.schema_version != SampleMeta.model_fields["schema_version"].default
+        or compact_json_bytes(meta_json(meta)) != raw
     ):
-        return None
+        return False
     data = meta.model_dump(mode="json")
     expected = SampleMeta.model_validate({**data, **inputs})
-    if meta_json(expected) != meta_json(meta):
-        return None
-    return compact_json_bytes(meta_json(meta.model_copy(update={"config_hash": config_hash})))
+    return meta_json(expected) == meta_json(meta)
 
 
 def _copy(
@@ -420,7 +416,7 @@ def _copy(
 ) -> set[str]:
     """Copy the candidates' samples whose inputs are unchanged into the staging area and mark
     their cells; returns the ids of the cells reused."""
-    config_hash = cfg.config_hash()
+    shaping_hash = cfg.shaping_hash()
     by_shard: dict[str, dict[str, str]] = {}
     for cell_id in candidates:
         key, shard = prev.samples[cell_id]
@@ -435,10 +431,9 @@ def _copy(
             cell = wanted.get(sample_key)
             if cell is None or "json" not in members:
                 continue
-            restamped = _restamped(members["json"], candidates[cell], config_hash, code_version)
-            if restamped is None:
+            if not _unchanged(members["json"], candidates[cell], shaping_hash, code_version):
                 continue
-            staging.put_sample(sample_key, {**members, "json": restamped})
+            staging.put_sample(sample_key, members)
             staging.mark_cell(cell, keys=[sample_key], quarantine=[])
             reused.add(cell)
     return reused

@@ -32,6 +32,7 @@ from geodelta.pipelines.release.layout import (
     read_table,
 )
 from geodelta.schemas import BuildConfig, QuarantineRecord, ReleaseManifest, parse_config
+from geodelta.schemas.config import RELEASE_SECTIONS
 
 __all__ = [
     "RELEASE_SECTIONS",
@@ -51,12 +52,6 @@ log = logging.getLogger(__name__)
 
 #: One member of a sample in its shard: (member name, data offset, size).
 Span = tuple[str, int, int]
-
-#: Normalised-config sections that shape the release but not the bytes of a sample; every other
-#: section (and any section added later) shapes samples.
-RELEASE_SECTIONS = frozenset(
-    {"name", "version", "description", "aoi", "shards", "reference", "gate"}
-)
 
 
 def section_hashes(normalised: dict[str, Any]) -> dict[str, str]:

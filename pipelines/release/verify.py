@@ -7,7 +7,8 @@ The manifest itself is checked too, so its gate cannot be edited away: its sha25
 one ``manifest.sha256`` records (and, for a published release, the one
 ``<releases>/published/<name>-<version>.sha256`` recorded when it was published); the config
 it embeds must hash to its ``config_hash`` (the gate rules are part of that config), and every
-sample must carry that ``config_hash``. Files in the release folder that the manifest does not
+sample must carry the ``shaping_hash`` of that config's sample-shaping sections (a sample of a
+layout before 1.2.0: its ``config_hash``). Files in the release folder that the manifest does not
 list are reported: a note, or a problem with ``strict`` (what ``geodelta release`` uses).
 """
 
@@ -46,7 +47,7 @@ from geodelta.pipelines.stages.member_checks import (
     decode_digest,
 )
 from geodelta.schemas import ReleaseManifest, SampleMeta, parse_config
-from geodelta.schemas.config import recorded_hash
+from geodelta.schemas.config import recorded_hash, recorded_shaping_hash
 from geodelta.schemas.members import SAMPLE_MEMBERS, member, members_for
 
 __all__ = [
@@ -124,8 +125,10 @@ def _check_sample(
     manifest: ReleaseManifest,
     split: str,
     decode: _Decode | None = None,
+    shaping: str = "",
 ) -> list[str]:
-    """Problems of one sample of a shard (``decode``: digests trusted and recorded)."""
+    """Problems of one sample of a shard (``decode``: digests trusted and recorded; ``shaping``:
+    the shaping hash of the manifest's config)."""
     where = f"{shard}: {key}"
     problems: list[str] = []
     expected = set(manifest.members)
@@ -150,9 +153,15 @@ def _check_sample(
             problems.append(f"{where}: json key is {meta.key!r}")
         if meta.split != split:
             problems.append(f"{where}: json split is {meta.split!r} but the shard is {split!r}")
-        if meta.config_hash != manifest.config_hash:
+        if meta.shaping_hash is not None:
+            if meta.shaping_hash != shaping:
+                problems.append(
+                    f"{where}: json shaping_hash is {meta.shaping_hash[:12]} but the config in "
+                    f"{MANIFEST} gives {shaping[:12]}: the sample was built from another config"
+                )
+        elif meta.config_hash != manifest.config_hash:
             problems.append(
-                f"{where}: json config_hash is {meta.config_hash[:12]} but {MANIFEST} says "
+                f"{where}: json config_hash is {str(meta.config_hash)[:12]} but {MANIFEST} says "
                 f"{manifest.config_hash[:12]}: the sample was built from another config"
             )
     mode = manifest.mode or "pair"
@@ -184,6 +193,7 @@ def _check_shard(
     manifest: ReleaseManifest,
     visitor: SampleVisitor | None = None,
     decode: _Decode | None = None,
+    shaping: str = "",
 ) -> tuple[list[str], list[str]]:
     """Problems and the keys of one shard; ``visitor`` sees every sample, then how the read ended."""
     problems: list[str] = []
@@ -209,7 +219,9 @@ def _check_shard(
                 seen.add(key)
                 keys.append(key)
                 if len(problems) < _MAX_PROBLEMS_PER_SHARD:
-                    problems.extend(_check_sample(rel, key, members, manifest, split, decode))
+                    problems.extend(
+                        _check_sample(rel, key, members, manifest, split, decode, shaping)
+                    )
             except (tarfile.TarError, OSError, EOFError) as exc:
                 problems.append(f"{rel}: not a readable tar after {len(keys)} samples ({exc})")
                 checking = False
@@ -345,6 +357,7 @@ def verify_release(
     # one GDAL environment for every GeoTIFF member, with the options each open would set up
     # for itself without it (rasterio's defaults): a fresh one per member cost ~20 % of the
     # GeoTIFF checks
+    shaping = recorded_shaping_hash(manifest.config)
     with rasterio.Env.from_defaults():
         for shard in manifest.shards:
             file_problems = _check_file(root, shard.path, shard.bytes, shard.sha256)
@@ -354,7 +367,7 @@ def verify_release(
                     visitor.unread(shard.path)
                 continue
             shard_problems, keys = _check_shard(
-                root, shard.path, shard.split, manifest, visitor, decode
+                root, shard.path, shard.split, manifest, visitor, decode, shaping
             )
             problems.extend(shard_problems)
             if len(keys) != shard.samples:

@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 #: Metadata fields that change with every build and are not counted as a sample change.
-PROVENANCE_FIELDS: frozenset[str] = frozenset({"config_hash", "code_version"})
+PROVENANCE_FIELDS: frozenset[str] = frozenset({"config_hash", "shaping_hash", "code_version"})
 
 #: Samples in the review list when the reference metrics do not say (``review_top``).
 _DEFAULT_REVIEW = 20

@@ -275,7 +275,7 @@ def _valid_fraction(stack: np.ndarray) -> float:
 
 
 def build_meta(
-    sample: Sample, cfg: BuildConfig, *, code_version: str, config_hash: str
+    sample: Sample, cfg: BuildConfig, *, code_version: str, shaping_hash: str
 ) -> SampleMeta:
     """Build the ``json`` member of a finished sample.
 
@@ -283,7 +283,7 @@ def build_meta(
         sample: a sample with ``coreg``, ``mask``, ``facts`` and ``annotation`` set.
         cfg: the build config (bands, licence, attribution).
         code_version: geodelta version building the release.
-        config_hash: ``cfg.config_hash()`` (passed in so it is computed once per run).
+        shaping_hash: ``cfg.shaping_hash()`` (passed in so it is computed once per run).
 
     Returns:
         The :class:`SampleMeta` of the sample.
@@ -336,7 +336,7 @@ def build_meta(
         licence=cfg.licence,
         attribution=cfg.attribution,
         code_version=code_version,
-        config_hash=config_hash,
+        shaping_hash=shaping_hash,
         regions=region_records(facts, crs=job.crs, transform=job.transform),
         captions_grounded=ground_captions(ann.captions, facts) + _temporal_grounded(sample),
         series=None if sample.series is None else sample.series.facts,

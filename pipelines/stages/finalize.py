@@ -31,7 +31,7 @@ class StagedSample:
 
 
 def finalize_sample(
-    sample: Sample, cfg: BuildConfig, *, code_version: str, config_hash: str
+    sample: Sample, cfg: BuildConfig, *, code_version: str, shaping_hash: str
 ) -> StagedSample | QuarantineRecord:
     """Metadata, rule validation and encoded members of an annotated sample.
 
@@ -39,7 +39,7 @@ def finalize_sample(
         sample: a sample after the annotate stage.
         cfg: the build config.
         code_version: the geodelta version building the sample (recorded).
-        config_hash: :meth:`~geodelta.schemas.BuildConfig.config_hash` of ``cfg`` (recorded).
+        shaping_hash: :meth:`~geodelta.schemas.BuildConfig.shaping_hash` of ``cfg`` (recorded).
 
     Returns:
         The staged sample, or the validate stage's quarantine record (a rule, a temporal claim,
@@ -48,7 +48,7 @@ def finalize_sample(
     from geodelta.pipelines.stages.encode import build_meta, encode_members
     from geodelta.pipelines.stages.validate import validate_stage
 
-    meta = build_meta(sample, cfg, code_version=code_version, config_hash=config_hash)
+    meta = build_meta(sample, cfg, code_version=code_version, shaping_hash=shaping_hash)
     checked = validate_stage(sample, meta, cfg)
     if isinstance(checked, QuarantineRecord):
         return checked

@@ -47,6 +47,7 @@ class Worker:
         self.cfg = cfg
         self.code_version = code_version
         self.config_hash = cfg.config_hash()
+        self.shaping_hash = cfg.shaping_hash()
 
     # -- resources ---------------------------------------------------------------------------
     @cached_property
@@ -154,7 +155,7 @@ class Worker:
         from geodelta.pipelines.stages.finalize import finalize_sample
 
         return finalize_sample(
-            sample, self.cfg, code_version=self.code_version, config_hash=self.config_hash
+            sample, self.cfg, code_version=self.code_version, shaping_hash=self.shaping_hash
         )
 
     # -- sequences (time.series) -------------------------------------------------------------
