@@ -2,7 +2,7 @@
 
 A release directory holds::
 
-    shards/{split}-{i:06d}.tar   WebDataset tars, samples sorted by key within a split
+    shards/{split}-{i:06d}.tar   WebDataset tars, samples laid out by place within a split
     samples.parquet              one row per sample (metadata for filtering and reports;
                                  GeoParquet: footprint, captions, member offsets in the shard)
     quarantine.parquet           what did not become a sample, and why (GeoParquet: footprint)
@@ -326,10 +326,10 @@ def write_release(
 ) -> ReleaseManifest:
     """Write a release from the marked cells of a staging area.
 
-    Samples are grouped by split (their ``json`` member's ``split``), sorted by key and written
-    to ``shards/{split}-{i:06d}.tar``: a shard takes samples until it holds
-    ``shards.max_samples`` or the next sample would push it past ``shards.max_bytes`` (a
-    single larger sample still gets a shard of its own). Stale shards of an earlier run are
+    Samples are grouped by split (their ``json`` member's ``split``) and written to
+    ``shards/{split}-{i:06d}.tar`` laid out by place (:mod:`.shards`: place order, boundaries
+    chosen by the samples' keys, at most ``shards.max_samples`` samples and
+    ``shards.max_bytes`` bytes a shard). Stale shards of an earlier run are
     removed first. Staged samples that cannot be sharded (missing members, bad metadata) are
     quarantined at stage ``shard``. Before any shard is written, the Great Expectations
     checkpoint (:mod:`geodelta.pipelines.release.gx`) runs over the sample table; samples it

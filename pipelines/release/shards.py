@@ -1,6 +1,17 @@
 """Write a release's WebDataset shards: ``shards/{split}-{i:06d}.tar``, byte-deterministic.
 
-Samples are grouped by split, sorted by key and written with their members in name order;
+**Layout by place.** Samples are grouped by split and written in place order
+(:func:`place_order`: the square of :data:`PLACE_CELLS` x :data:`PLACE_CELLS` grid cells holding
+the sample's cell, squares column by column, then the key). Where a shard ends is decided by the
+samples themselves (:func:`ends_shard`: a hash of the key, one sample in ``max_samples // 2`` on
+average), besides the caps (``shards.max_samples``, ``shards.max_bytes``): content-defined
+boundaries, as rsync or restic cut files into chunks. So a version that adds or removes samples
+in one place (a grown AOI) changes only the shards of that place: every other shard holds the same
+samples as before, and with the same sample bytes (:mod:`.incremental`) it is the same file, which
+``--from`` copies whole and a mirror does not download again. Shards hold ``max_samples // 2``
+samples on average (a geometric spread, capped at ``max_samples``).
+
+Members are written
 every tar header carries the same mtime, owner and mode (:data:`TAR_MTIME`, :data:`TAR_USER`,
 :data:`TAR_GROUP`, :data:`TAR_MODE`), so the same staged samples give the same bytes. Each
 shard is written to a temporary file and renamed into place when closed.
@@ -14,6 +25,7 @@ in tarfile's default (PAX) format, a sample's members in sorted name order, each
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tarfile
@@ -26,6 +38,7 @@ from typing import IO, Any
 from geodelta._io import sha256_file, tmp_name
 from geodelta.pipelines.release.layout import SHARDS_DIR
 from geodelta.pipelines.release.staging import Staging
+from geodelta.pipelines.stages.plan import parse_cell_id
 from geodelta.schemas import BuildConfig, SampleMeta, ShardInfo
 
 __all__ = [
@@ -34,7 +47,10 @@ __all__ = [
     "TAR_MTIME",
     "TAR_USER",
     "RowFn",
+    "PLACE_CELLS",
     "clean_shards",
+    "ends_shard",
+    "place_order",
     "shard_name",
     "tar_entry_bytes",
     "write_shards",
@@ -50,6 +66,32 @@ TAR_MODE = 0o444
 #: the offsets are the sample's members as written: ``[{name, offset, size}]`` in tar order,
 #: ``offset`` the byte offset of the member's data in the shard.
 RowFn = Callable[[SampleMeta, str, dict[str, bytes], list[dict[str, Any]]], dict[str, Any]]
+
+
+#: Side, in grid cells, of the squares that order samples by place (:func:`place_order`).
+PLACE_CELLS = 16
+
+
+def place_order(key: str) -> tuple[int, str, int, int, str]:
+    """Where a sample goes among its split's samples: the square of ``PLACE_CELLS x
+    PLACE_CELLS`` cells of its grid holding its cell (zone, hemisphere and cell size, then the
+    squares column by column), then its key. A key whose cell is not a geodelta grid cell goes
+    after, by key."""
+    try:
+        c = parse_cell_id(key.rsplit("_", 2)[0])  # key = {cell_id}_{t0}_{t1}
+    except ValueError:
+        return (1, "", 0, 0, key)
+    grid = f"{c.zone:02d}{'N' if c.north else 'S'}-{c.size_m}"
+    return (0, grid, c.col // PLACE_CELLS, c.row // PLACE_CELLS, key)
+
+
+def ends_shard(key: str, every: int) -> bool:
+    """Whether a shard ends after the sample ``key`` (the caps aside): one key in ``every``,
+    by a hash of the key alone, so adding or removing a sample moves no boundary but its own."""
+    if every <= 1:
+        return True
+    digest = hashlib.sha256(key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % every == 0
 
 
 def shard_name(split: str, index: int) -> str:
@@ -149,10 +191,11 @@ def write_shards(
     metas: dict[str, SampleMeta],
     row: RowFn,
 ) -> tuple[list[ShardInfo], list[dict[str, Any]]]:
-    """Write every split's shards.
+    """Write every split's shards, laid out by place (see the module docstring).
 
-    A shard takes samples until it holds ``shards.max_samples`` or the next sample would push
-    it past ``shards.max_bytes`` (a single larger sample still gets a shard of its own).
+    A shard takes samples in place order until one ends it (:func:`ends_shard`), it holds
+    ``shards.max_samples`` or the next sample would push it past ``shards.max_bytes`` (a single
+    larger sample still gets a shard of its own).
 
     Args:
         release_dir: the release folder (``shards/`` is under it and exists).
@@ -170,10 +213,12 @@ def write_shards(
     infos: list[ShardInfo] = []
     rows: list[dict[str, Any]] = []
     max_samples, max_bytes = cfg.shards.max_samples, cfg.shards.max_bytes
+    every = max(1, max_samples // 2)
     for split in sorted(by_split):
         index = 0
         current: _ShardOut | None = None
-        for key, members in staging.iter_members(sorted(by_split[split])):  # reads ahead
+        ordered = sorted(by_split[split], key=place_order)
+        for key, members in staging.iter_members(ordered):  # reads ahead
             size = sum(tar_entry_bytes(f"{key}.{n}", len(v)) for n, v in members.items())
             if current is not None and (
                 current.samples >= max_samples or current.nbytes + size > max_bytes
@@ -188,6 +233,9 @@ def write_shards(
             current.nbytes += size
             rel = current.path.relative_to(release_dir).as_posix()
             rows.append(row(metas[key], rel, members, offsets))
+            if ends_shard(key, every):
+                infos.append(_close_shard(current, release_dir))
+                current = None
         if current is not None:
             infos.append(_close_shard(current, release_dir))
     return infos, rows
