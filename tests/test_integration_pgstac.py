@@ -332,11 +332,11 @@ def _geodelta_build(cfg: dict[str, Any], folder: Path) -> Release:
 
 
 def _comparable(sample: dict[str, bytes]) -> dict[str, Any]:
-    """The members of a sample, with the json parsed and its config hash left out (the configs
+    """The members of a sample, with the json parsed and its shaping hash left out (the configs
     differ in ``catalog``, ``runner`` and ``validation``)."""
     out: dict[str, Any] = dict(sample)
     meta = json.loads(sample["json"])
-    meta.pop("config_hash")
+    meta.pop("shaping_hash")
     out["json"] = meta
     return out
 

@@ -3,18 +3,18 @@
 **Layout by place.** Samples are grouped by split and written in place order
 (:func:`place_order`: the square of :data:`PLACE_CELLS` x :data:`PLACE_CELLS` grid cells holding
 the sample's cell, squares column by column, then the key). Where a shard ends is decided by the
-samples themselves (:func:`ends_shard`: a hash of the key, one sample in ``max_samples // 2`` on
-average), besides the caps (``shards.max_samples``, ``shards.max_bytes``): content-defined
+samples themselves (:func:`ends_shard`: a hash of the key, one key in ``max(2, max_samples //
+2)``), besides the caps (``shards.max_samples``, ``shards.max_bytes``): content-defined
 boundaries, as rsync or restic cut files into chunks. So a version that adds or removes samples
 in one place (a grown AOI) changes only the shards of that place: every other shard holds the same
 samples as before, and with the same sample bytes (:mod:`.incremental`) it is the same file, which
-``--from`` copies whole and a mirror does not download again. Shards hold ``max_samples // 2``
-samples on average (a geometric spread, capped at ``max_samples``).
+``--from`` copies whole and a mirror does not download again. Shards hold about
+``max_samples // 2`` samples on average (a geometric spread, capped at ``max_samples``).
 
-Members are written
-every tar header carries the same mtime, owner and mode (:data:`TAR_MTIME`, :data:`TAR_USER`,
-:data:`TAR_GROUP`, :data:`TAR_MODE`), so the same staged samples give the same bytes. Each
-shard is written to a temporary file and renamed into place when closed.
+A sample's members are written in name order; every tar header carries the same mtime, owner
+and mode (:data:`TAR_MTIME`, :data:`TAR_USER`, :data:`TAR_GROUP`, :data:`TAR_MODE`), so the same
+staged samples give the same bytes. Each shard is written to a temporary file and renamed into
+place when closed.
 
 The tars are written with the standard library's :mod:`tarfile` exactly as webdataset's
 ``TarWriter`` (``encoder=False``, ``compress=False``) writes them: a streamed ``"w|"`` archive
@@ -42,12 +42,12 @@ from geodelta.pipelines.stages.plan import parse_cell_id
 from geodelta.schemas import BuildConfig, SampleMeta, ShardInfo
 
 __all__ = [
+    "PLACE_CELLS",
     "TAR_GROUP",
     "TAR_MODE",
     "TAR_MTIME",
     "TAR_USER",
     "RowFn",
-    "PLACE_CELLS",
     "clean_shards",
     "ends_shard",
     "place_order",
@@ -213,7 +213,7 @@ def write_shards(
     infos: list[ShardInfo] = []
     rows: list[dict[str, Any]] = []
     max_samples, max_bytes = cfg.shards.max_samples, cfg.shards.max_bytes
-    every = max(1, max_samples // 2)
+    every = max(2, max_samples // 2)
     for split in sorted(by_split):
         index = 0
         current: _ShardOut | None = None
