@@ -447,9 +447,18 @@ def _trusted_done(staging: Any, cell_ids: Collection[str] | None = None) -> set[
     the corrupt file never reaches a shard."""
     import logging
 
+    from geodelta.pipelines.release.staging import LINKED_CELL
+
     corrupt = staging.corrupt_cells(cell_ids)
+    log = logging.getLogger(__name__)
+    linked = [c for c, problem in corrupt.items() if problem == LINKED_CELL]
+    if linked:
+        log.info(
+            "resume: %d cells linked by --from are decided again (%s)", len(linked), LINKED_CELL
+        )
     for cell_id, problem in sorted(corrupt.items()):
-        logging.getLogger(__name__).warning("resume: cell %s runs again: %s", cell_id, problem)
+        if problem != LINKED_CELL:
+            log.warning("resume: cell %s runs again: %s", cell_id, problem)
     staging.forget_cells(corrupt)
     return set(staging.done_cells())
 
@@ -649,14 +658,24 @@ def _build(
 
     stage("release")
     t = time.perf_counter()
-    manifest = write_release(
-        build_dir,
-        cfg,
-        staging,
-        code_version=__version__,
-        incremental=None if incremental is None else incremental.as_dict(),
-        drift=None if incremental is None else incremental.drift_dict(),
-    )
+    linked = None
+    if prev is not None and incremental is not None and incremental.linked:
+        from geodelta.pipelines.release.linked import LinkedSamples
+
+        linked = LinkedSamples(prev, incremental.linked)  # read from the previous shards
+    try:
+        manifest = write_release(
+            build_dir,
+            cfg,
+            staging,
+            code_version=__version__,
+            incremental=None if incremental is None else incremental.as_dict(),
+            drift=None if incremental is None else incremental.drift_dict(),
+            linked=linked,
+        )
+    finally:
+        if linked is not None:
+            linked.close()
     if not sum(manifest.splits.values()):  # every staged sample was dropped while sharding
         where = f"{build_dir} holds none; verify and release refuse it"
         raise EmptyReleaseError(

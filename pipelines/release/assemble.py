@@ -34,12 +34,13 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from pydantic import ValidationError
 
 from geodelta._io import json_bytes, write_atomic
+from geodelta.errors import ReleaseError
 from geodelta.pipelines.release.card import dataset_card
 from geodelta.pipelines.release.collection import stac_collection
 from geodelta.pipelines.release.geoparquet import (
@@ -72,6 +73,9 @@ from geodelta.schemas import (
     strip_secret,
 )
 from geodelta.schemas.members import members_for
+
+if TYPE_CHECKING:
+    from geodelta.pipelines.release.linked import LinkedSamples
 
 __all__ = ["QUARANTINE_SCHEMA", "SAMPLES_SCHEMA", "write_release"]
 
@@ -224,8 +228,26 @@ def sample_members(cfg: BuildConfig) -> tuple[str, ...]:
     return tuple(m.name for m in members_for("pair" if cfg.time.series is None else "series"))
 
 
+class _Source:
+    """Where the release reads a sample: the staging area, or the previous release for a
+    sample a ``--from`` build linked (:mod:`.linked`)."""
+
+    def __init__(self, staging: Staging, linked: LinkedSamples | None) -> None:
+        self.staging, self.linked = staging, linked
+
+    def member_names(self, key: str) -> set[str]:
+        if self.linked is not None and key in self.linked:
+            return self.linked.member_names(key)
+        return self.staging.member_names(key)
+
+    def read_member(self, key: str, name: str) -> bytes:
+        if self.linked is not None and key in self.linked:
+            return self.linked.read_member(key, name)
+        return self.staging.read_member(key, name)
+
+
 def _load_metas(
-    staging: Staging, keys: Iterable[str], cfg: BuildConfig
+    staging: _Source, keys: Iterable[str], cfg: BuildConfig
 ) -> tuple[dict[str, SampleMeta], list[QuarantineRecord]]:
     """Read and check the ``json`` member of every staged sample.
 
@@ -239,7 +261,7 @@ def _load_metas(
         cell_id = key.rsplit("_", 2)[0]  # key = {cell_id}_{t0}_{t1}
         try:
             present = staging.member_names(key)
-        except StagingError as exc:
+        except (StagingError, ReleaseError) as exc:
             dropped.append(
                 QuarantineRecord(
                     key=key,
@@ -263,6 +285,17 @@ def _load_metas(
             continue
         try:
             meta = SampleMeta.model_validate_json(staging.read_member(key, "json"))
+        except ReleaseError as exc:
+            dropped.append(
+                QuarantineRecord(
+                    key=key,
+                    cell_id=cell_id,
+                    stage="shard",
+                    reason="missing_sample",
+                    detail=str(exc),
+                )
+            )
+            continue
         except ValidationError as exc:
             dropped.append(
                 QuarantineRecord(
@@ -303,7 +336,7 @@ def _clean(release_dir: Path) -> None:
 
 
 def _check_contract(
-    root: Path, cfg: BuildConfig, staging: Staging, metas: dict[str, SampleMeta]
+    root: Path, cfg: BuildConfig, staging: _Source, metas: dict[str, SampleMeta]
 ) -> list[QuarantineRecord]:
     """Run the Great Expectations checkpoint (``validation/``); failing samples leave ``metas``."""
     from geodelta.pipelines.release.gx import validate_release
@@ -323,6 +356,7 @@ def write_release(
     extra_quarantine: Sequence[QuarantineRecord] = (),
     incremental: dict[str, Any] | None = None,
     drift: dict[str, Any] | None = None,
+    linked: LinkedSamples | None = None,
 ) -> ReleaseManifest:
     """Write a release from the marked cells of a staging area.
 
@@ -345,6 +379,8 @@ def write_release(
         incremental: a ``--from`` build's counts (:mod:`.incremental`): written to
             ``incremental.json`` and shown in the card.
         drift: a ``--from`` build's catalog drift (:mod:`.drift`): written to ``drift.json``.
+        linked: the samples a ``--from`` build linked (:mod:`.linked`): read from the previous
+            release, not the staging area.
 
     Returns:
         The manifest that was written to ``manifest.json``.
@@ -354,14 +390,15 @@ def write_release(
     _clean(root)
 
     keys, staged_quarantine = staging.outcomes()
-    metas, dropped = _load_metas(staging, keys, cfg)
-    dropped += _check_contract(root, cfg, staging, metas)
+    source = _Source(staging, linked)
+    metas, dropped = _load_metas(source, keys, cfg)
+    dropped += _check_contract(root, cfg, source, metas)
     places = _places(root, cfg, staging)
     quarantine = sorted(
         (_portable(q, places) for q in (*staged_quarantine, *extra_quarantine, *dropped)),
         key=quarantine_sort_key,
     )
-    shards, rows = write_shards(root, cfg, staging, metas, _sample_row)
+    shards, rows = write_shards(root, cfg, staging, metas, _sample_row, linked)
 
     splits = dict(sorted(Counter(m.split for m in metas.values()).items()))
     funnel = dict(sorted(Counter(f"{q.stage}:{q.reason}" for q in quarantine).items()))

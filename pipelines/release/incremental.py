@@ -22,8 +22,10 @@ imagery read beyond the classification band the clear fraction needs, as in any 
 sequence's pair stage, :meth:`~geodelta.pipelines.stages.worker.Worker.series_pair`, for a
 sequence release); when it picks the items the previous sample recorded (a sequence: in its
 ``json`` and its ``dates.json`` members), and the shaping sections and the code version are
-the same, the sample is **reused**: its members are copied byte for byte from the previous
-release's shard into the staging area, ``json`` included (it records no release-wide value).
+the same, the sample is **reused**: its members are taken byte for byte from the previous
+release's shard, ``json`` included (it records no release-wide value): **linked**, not staged
+(:mod:`.linked`: read from the previous shard when the release is written; a shard holding
+exactly the samples a previous shard held is that file, copied whole).
 Its bytes are then exactly what processing the cell would write; the cell is
 marked done and the engines skip it. Every other cell is processed: **new** (not in the
 previous release), **changed** (its items differ, or it was quarantined there and is
@@ -296,6 +298,8 @@ class Incremental:
             to ``drift.json``); None when the previous release has no snapshot.
         trusted: the decode digests the previous release's report recorded in
             ``report/verified.json`` (empty when it has none, or not as its manifest lists it).
+        linked: the keys of the samples reused now, left in the previous release's shards
+            (:class:`~.linked.LinkedSamples` reads them for the release).
     """
 
     source: str
@@ -309,6 +313,7 @@ class Incremental:
     reused_cells: set[str] = field(default_factory=set)
     drift: Any = None
     trusted: frozenset[str] = frozenset()
+    linked: frozenset[str] = frozenset()
 
     def drift_dict(self) -> dict[str, Any] | None:
         """The drift as written to ``drift.json`` of the release (None: no drift check)."""
@@ -413,17 +418,18 @@ def _copy(
     staging: Any,
     cfg: BuildConfig,
     code_version: str,
-) -> set[str]:
-    """Copy the candidates' samples whose inputs are unchanged into the staging area and mark
-    their cells; returns the ids of the cells reused."""
+) -> dict[str, str]:
+    """Link the candidates' samples whose inputs are unchanged (their cells marked done, their
+    members left in the previous release: :mod:`.linked`); returns ``{cell id: sample key}`` of
+    the cells reused."""
     shaping_hash = cfg.shaping_hash()
     by_shard: dict[str, dict[str, str]] = {}
     for cell_id in candidates:
         key, shard = prev.samples[cell_id]
         by_shard.setdefault(shard, {})[key] = cell_id
-    reused: set[str] = set()
+    reused: dict[str, str] = {}
     for rel, wanted in sorted(by_shard.items()):
-        samples = read_shard(prev, rel, wanted)
+        samples = read_shard(prev, rel, wanted, names=("json",))  # the rest stays there
         if samples is None:
             log.warning("--from: shard %s does not match its manifest entry; its cells run", rel)
             continue
@@ -433,9 +439,8 @@ def _copy(
                 continue
             if not _unchanged(members["json"], candidates[cell], shaping_hash, code_version):
                 continue
-            staging.put_sample(sample_key, members)
-            staging.mark_cell(cell, keys=[sample_key], quarantine=[])
-            reused.add(cell)
+            staging.mark_cell(cell, keys=[sample_key], quarantine=[], linked=True)
+            reused[cell] = sample_key
     return reused
 
 
@@ -515,7 +520,7 @@ def reuse_previous(
     code_version: str,
     search: BuildConfig | None = None,
 ) -> Incremental:
-    """Copy the previous release's unchanged samples into the staging area, carry its
+    """Link the previous release's unchanged samples (:mod:`.linked`), carry its
     quarantine verdicts on unchanged data over (see the module docstring) and count reused /
     new / changed / retried / carried / removed cells.
 
@@ -564,7 +569,8 @@ def reuse_previous(
         if c not in picks or _same_picks((dates or {}).get(prev.samples[c][0]), picks[c])
     }
     reused = _reused_before(staging) & set(done)
-    reused |= _copy(prev, candidates, staging, cfg, code_version)
+    linked = _copy(prev, candidates, staging, cfg, code_version)
+    reused |= set(linked)
     reused |= _carry(cfg, prev, (quarantined & steady) - set(done), staging, code_version)
     staging.put_file(REUSED_FILE, json.dumps(sorted(reused)))
     m = prev.manifest
@@ -575,6 +581,7 @@ def reuse_previous(
         trusted=trusted_digests(prev) if reused else frozenset(),
     )
     out.reused_cells = reused
+    out.linked = frozenset(linked.values())
     out.reused = len(reused & still)
     out.carried = len(reused & quarantined)
     out.retried = len(quarantined) - out.carried

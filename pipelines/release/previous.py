@@ -291,13 +291,14 @@ def trusted_digests(prev: Previous) -> frozenset[str]:
 
 
 def read_shard(
-    prev: Previous, rel: str, keys: Collection[str]
+    prev: Previous, rel: str, keys: Collection[str], names: Collection[str] | None = None
 ) -> Iterable[tuple[str, dict[str, bytes]]] | None:
     """The samples of shard ``rel`` of the previous release, for reuse: None when the shard is
     missing or its sha256 is not its manifest entry's (nothing of it is reused). Otherwise the
     samples ``keys`` read at the offsets its samples table records (:func:`members_at_offsets`;
     one read of the file, mapped: the checksum and the members), or, when those offsets do not
-    match the tar, every sample of the shard read as a tar (the caller picks its keys)."""
+    match the tar, every sample of the shard read as a tar (the caller picks its keys).
+    ``names``: only these members are read at the offsets (default all)."""
     want = {s.path: s.sha256 for s in prev.manifest.shards}.get(rel)
     if want is None:
         return None
@@ -309,7 +310,7 @@ def read_shard(
             try:
                 if hashlib.sha256(data).hexdigest() != want:
                     return None
-                found = members_at_offsets(data, keys, prev.offsets)
+                found = members_at_offsets(data, keys, prev.offsets, names)
             finally:
                 if isinstance(data, mmap.mmap):
                     data.close()
@@ -322,11 +323,13 @@ def members_at_offsets(
     data: bytes | mmap.mmap,
     keys: Collection[str],
     offsets: Mapping[str, tuple[Span, ...]],
+    names: Collection[str] | None = None,
 ) -> list[tuple[str, dict[str, bytes]]] | None:
     """The members of the samples ``keys`` of one shard's bytes ``data``, sliced at ``offsets``
     (the samples table's: member name, data offset, size), in key order, members in tar order.
     Each member's tar header (the 512 bytes before its data) must name it, ``<key>.<member>``,
-    with that size; None when any does not, or a key has no offsets."""
+    with that size; None when any does not, or a key has no offsets. ``names``: only these
+    members (default all)."""
     out: list[tuple[str, dict[str, bytes]]] = []
     for key in sorted(keys):
         members = offsets.get(key)
@@ -334,6 +337,8 @@ def members_at_offsets(
             return None
         got: dict[str, bytes] = {}
         for name, offset, size in members:
+            if names is not None and name not in names:
+                continue
             if offset < 512 or offset + size > len(data):
                 return None
             try:

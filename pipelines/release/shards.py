@@ -30,10 +30,10 @@ import io
 import os
 import tarfile
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from geodelta._io import sha256_file, tmp_name
 from geodelta.pipelines.release.layout import SHARDS_DIR
@@ -47,6 +47,7 @@ __all__ = [
     "TAR_MODE",
     "TAR_MTIME",
     "TAR_USER",
+    "Linked",
     "RowFn",
     "clean_shards",
     "ends_shard",
@@ -153,7 +154,6 @@ class _ShardOut:
     writer: _SampleTar
     split: str
     samples: int = 0
-    nbytes: int = 0
 
 
 def _open_shard(path: Path, split: str) -> _ShardOut:
@@ -184,12 +184,151 @@ def clean_shards(release_dir: Path) -> None:
             path.unlink()
 
 
+class Linked(Protocol):
+    """Samples taken from a previous release as they are (:class:`~.linked.LinkedSamples`)."""
+
+    def __contains__(self, key: object) -> bool: ...
+
+    def entry_bytes(self, key: str) -> int: ...
+
+    def spans(self, key: str) -> tuple[tuple[str, int, int], ...]: ...
+
+    def read_member(self, key: str, name: str) -> bytes: ...
+
+    def read_members(self, key: str) -> dict[str, bytes]: ...
+
+    def whole(self, split: str, keys: list[str]) -> ShardInfo | None: ...
+
+    def copy_shard(self, rel: str, dest: Path) -> None: ...
+
+
+class _LazyMembers(Mapping[str, bytes]):
+    """A linked sample's members, each read when asked (a copied shard's rows need two)."""
+
+    def __init__(self, linked: Linked, key: str) -> None:
+        self._linked, self._key = linked, key
+        self._names = [name for name, _, _ in linked.spans(key)]
+
+    def __getitem__(self, name: str) -> bytes:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._linked.read_member(self._key, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._names))
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+class _SplitWriter:
+    """One split's shards, one at a time. While a shard holds linked samples only, nothing is
+    read: when it closes, it is the previous release's shard with those samples (copied whole)
+    or they are read and written; a staged sample joining it starts the tar."""
+
+    def __init__(
+        self,
+        release_dir: Path,
+        split: str,
+        metas: dict[str, SampleMeta],
+        row: RowFn,
+        linked: Linked | None,
+    ) -> None:
+        self.release_dir, self.split, self.metas, self.row = release_dir, split, metas, row
+        self.linked = linked
+        self.infos: list[ShardInfo] = []
+        self.rows: list[dict[str, Any]] = []
+        self.index = 0
+        self.out: _ShardOut | None = None
+        self.pending: list[str] = []  # linked keys of the shard, not read yet
+        self.samples = 0
+        self.nbytes = 0
+
+    def full(self, size: int, max_samples: int, max_bytes: int) -> bool:
+        """Whether a sample of ``size`` bytes would not fit the open shard (caps)."""
+        return self.samples > 0 and (self.samples >= max_samples or self.nbytes + size > max_bytes)
+
+    def _write(self, key: str, members: dict[str, bytes]) -> None:
+        assert self.out is not None
+        offsets = self.out.writer.write(key, members)
+        self.out.samples += 1
+        self.rows.append(self.row(self.metas[key], self._rel(), members, offsets))
+
+    def _rel(self) -> str:
+        return shard_name(self.split, self.index)
+
+    def _open(self) -> None:
+        self.out = _open_shard(self.release_dir / self._rel(), self.split)
+        for key in self.pending:  # the linked samples before the first staged one
+            assert self.linked is not None
+            self._write(key, self.linked.read_members(key))
+        self.pending = []
+
+    def add(self, key: str, size: int, members: dict[str, bytes] | None) -> None:
+        """Append a sample: staged (its ``members``) or linked (None: read when needed)."""
+        self.samples += 1
+        self.nbytes += size
+        if members is None and self.out is None:
+            self.pending.append(key)
+            return
+        if self.out is None:
+            self._open()
+        if members is None:
+            assert self.linked is not None
+            members = self.linked.read_members(key)
+        self._write(key, members)
+
+    def close(self) -> None:
+        """Close the open shard, if any."""
+        if self.pending:
+            assert self.linked is not None
+            whole = self.linked.whole(self.split, self.pending)
+            if whole is None:
+                self._open()
+            else:
+                self._copy(whole)
+        if self.out is not None:
+            self.infos.append(_close_shard(self.out, self.release_dir))
+        self.out = None
+        if self.samples:
+            self.index += 1
+        self.samples = self.nbytes = 0
+
+    def _copy(self, previous: ShardInfo) -> None:
+        """The shard is the previous release's ``previous``, byte for byte: copy it."""
+        assert self.linked is not None
+        rel = self._rel()
+        path = self.release_dir / rel
+        tmp = tmp_name(path)
+        self.linked.copy_shard(previous.path, tmp)
+        os.replace(tmp, path)
+        size = path.stat().st_size
+        if size != previous.bytes:
+            raise OSError(f"{rel}: copied {size} bytes of {previous.path}, not {previous.bytes}")
+        self.infos.append(
+            ShardInfo(
+                path=rel,
+                split=self.split,
+                samples=len(self.pending),
+                bytes=size,
+                sha256=sha256_file(path),
+            )
+        )
+        for key in self.pending:
+            spans = self.linked.spans(key)
+            offsets = [{"name": n, "offset": o, "size": z} for n, o, z in spans]
+            members: Any = _LazyMembers(self.linked, key)
+            self.rows.append(self.row(self.metas[key], rel, members, offsets))
+        self.pending = []
+
+
 def write_shards(
     release_dir: Path,
     cfg: BuildConfig,
     staging: Staging,
     metas: dict[str, SampleMeta],
     row: RowFn,
+    linked: Linked | None = None,
 ) -> tuple[list[ShardInfo], list[dict[str, Any]]]:
     """Write every split's shards, laid out by place (see the module docstring).
 
@@ -203,6 +342,9 @@ def write_shards(
         staging: the staging area holding the samples' members.
         metas: key -> metadata of every sample to write (its ``split`` picks the shards).
         row: makes the sample-table row of each sample written (with its member offsets).
+        linked: the samples a ``--from`` build takes from the previous release as they are
+            (not in ``staging``); a shard of linked samples only that the previous release
+            holds, the same samples in the same order, is copied from it.
 
     Returns:
         The shard infos (split order, then index) and the sample-table rows (shard order).
@@ -215,27 +357,24 @@ def write_shards(
     max_samples, max_bytes = cfg.shards.max_samples, cfg.shards.max_bytes
     every = max(2, max_samples // 2)
     for split in sorted(by_split):
-        index = 0
-        current: _ShardOut | None = None
         ordered = sorted(by_split[split], key=place_order)
-        for key, members in staging.iter_members(ordered):  # reads ahead
-            size = sum(tar_entry_bytes(f"{key}.{n}", len(v)) for n, v in members.items())
-            if current is not None and (
-                current.samples >= max_samples or current.nbytes + size > max_bytes
-            ):
-                infos.append(_close_shard(current, release_dir))
-                current = None
-            if current is None:
-                current = _open_shard(release_dir / shard_name(split, index), split)
-                index += 1
-            offsets = current.writer.write(key, members)
-            current.samples += 1
-            current.nbytes += size
-            rel = current.path.relative_to(release_dir).as_posix()
-            rows.append(row(metas[key], rel, members, offsets))
+        is_linked = (lambda _: False) if linked is None else linked.__contains__
+        staged = staging.iter_members([k for k in ordered if not is_linked(k)])  # reads ahead
+        out = _SplitWriter(release_dir, split, metas, row, linked)
+        for key in ordered:
+            members: dict[str, bytes] | None = None
+            if linked is not None and key in linked:
+                size = linked.entry_bytes(key)
+            else:
+                got, members = next(staged)
+                assert got == key
+                size = sum(tar_entry_bytes(f"{key}.{n}", len(v)) for n, v in members.items())
+            if out.full(size, max_samples, max_bytes):
+                out.close()
+            out.add(key, size, members)
             if ends_shard(key, every):
-                infos.append(_close_shard(current, release_dir))
-                current = None
-        if current is not None:
-            infos.append(_close_shard(current, release_dir))
+                out.close()
+        out.close()
+        infos += out.infos
+        rows += out.rows
     return infos, rows

@@ -61,6 +61,7 @@ from geodelta.errors import ReleaseError
 from geodelta.schemas import QuarantineRecord
 
 __all__ = [
+    "LINKED_CELL",
     "STAMP_FILE",
     "TRIP_FILE",
     "Staging",
@@ -70,6 +71,12 @@ __all__ = [
 ]
 
 _MARKER_SUFFIX = ".json"
+
+#: :meth:`Staging.corrupt_cells`' problem for a cell whose samples a ``--from`` build linked.
+LINKED_CELL = (
+    "its samples were linked from the previous release of a --from build (linked again with "
+    "--from, else processed)"
+)
 #: A staged sample's file: ``samples/<key>.sample`` (see the module docstring).
 _SAMPLE_SUFFIX = ".sample"
 #: Its first line.
@@ -383,21 +390,27 @@ class Staging:
         keys: Sequence[str],
         quarantine: Sequence[QuarantineRecord],
         decoded: Mapping[str, str] | None = None,
+        linked: bool = False,
     ) -> None:
         """Write the completion marker of a cell (after all its samples were put).
 
         Args:
             cell_id: grid cell id.
-            keys: keys of the samples the cell produced (each already put).
+            keys: keys of the samples the cell produced (each already put, unless ``linked``).
             quarantine: records of what the cell dropped.
             decoded: sample key -> the decode digest of its members, whose decode checks the
                 worker ran (:meth:`decode_digests`).
+            linked: the samples are not put here but taken from a ``--from`` build's previous
+                release (:mod:`.linked`); a resumed build decides such a cell again
+                (:meth:`corrupt_cells` names it).
 
         Raises:
             StagingError: a bad cell id, or a key whose sample was not put.
         """
         _check_name(cell_id, "cell id")
-        missing = [k for k in keys if not self._has_sample(_check_name(k, "sample key"))]
+        missing = [
+            k for k in keys if not (self._has_sample(_check_name(k, "sample key")) or linked)
+        ]
         if missing:
             raise StagingError(
                 f"cell {cell_id}: samples {missing} were not put before marking the cell",
@@ -412,6 +425,8 @@ class Staging:
         }
         if decoded:
             marker["decoded"] = {k: str(decoded[k]) for k in sorted(decoded) if k in keys}
+        if linked:
+            marker["linked"] = True
         text = json.dumps(marker, sort_keys=True, indent=2)
         if self._remote is not None:
             self._remote.write({f"cells/{cell_id}{_MARKER_SUFFIX}": text.encode()})
@@ -450,7 +465,8 @@ class Staging:
 
     def _read_markers(
         self, *, skip_missing: bool
-    ) -> Iterator[tuple[str, list[str], list[QuarantineRecord]]]:
+    ) -> Iterator[tuple[str, list[str], list[QuarantineRecord], bool]]:
+        """(cell id, keys, records, linked) of each marker, in cell id order."""
         for cell_id, raw in self._marker_bytes(self._marker_ids()):
             try:
                 if raw is None:
@@ -460,13 +476,14 @@ class Staging:
                 data = json.loads(raw)
                 keys = [str(k) for k in data["keys"]]
                 records = [QuarantineRecord.model_validate(q) for q in data["quarantine"]]
+                linked = data.get("linked") is True
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise StagingError(
                     f"cell marker {self._marker_where(cell_id)} cannot be read ({exc}); delete it "
                     "to re-run the cell",
                     cell_id=cell_id,
                 ) from exc
-            yield cell_id, keys, records
+            yield cell_id, keys, records, linked
 
     def done_cells(self) -> set[str]:
         """Ids of the cells that have a completion marker."""
@@ -481,7 +498,8 @@ class Staging:
         Raises:
             StagingError: a marker that cannot be read.
         """
-        yield from self._read_markers(skip_missing=True)
+        for cell_id, keys, records, _ in self._read_markers(skip_missing=True):
+            yield cell_id, keys, records
 
     def forget_cells(self, cell_ids: Collection[str]) -> None:
         """Delete the completion markers of ``cell_ids`` (their samples stay until re-put), so a
@@ -519,7 +537,7 @@ class Staging:
         """
         keys: list[str] = []
         records: list[QuarantineRecord] = []
-        for _, cell_keys, cell_records in self._read_markers(skip_missing=False):
+        for _, cell_keys, cell_records, _ in self._read_markers(skip_missing=False):
             keys.extend(cell_keys)
             records.extend(cell_records)
         return sorted(keys), sorted(records, key=quarantine_sort_key)
@@ -660,16 +678,20 @@ class Staging:
 
     def corrupt_cells(self, cell_ids: Collection[str] | None = None) -> dict[str, str]:
         """Marked cells (all, or those of ``cell_ids``) with a sample that fails
-        :meth:`sample_problem`: cell id -> the problem. :meth:`forget_cells` makes a resumed
-        build run them again. Reads every staged byte of those cells once.
+        :meth:`sample_problem`, or whose samples were linked from a ``--from`` build's previous
+        release (:meth:`mark_cell`: decided again): cell id -> the problem. :meth:`forget_cells`
+        makes a resumed build run them again. Reads every staged byte of those cells once.
 
         Raises:
             StagingError: a marker that cannot be read.
         """
         wanted = None if cell_ids is None else set(cell_ids)
         found: dict[str, str] = {}
-        for cell_id, keys, _ in self.cells():
+        for cell_id, keys, _, linked in self._read_markers(skip_missing=True):
             if wanted is not None and cell_id not in wanted:
+                continue
+            if linked:
+                found[cell_id] = LINKED_CELL
                 continue
             for key in keys:
                 problem = self.sample_problem(key)

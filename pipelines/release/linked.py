@@ -1,0 +1,150 @@
+"""Samples a ``--from`` build takes from the previous release as they are: linked, not staged.
+
+A reused sample (:mod:`.incremental`) has exactly the bytes it has in the previous release, so
+its members are not copied into the staging area: its cell's marker names it as *linked*
+(:meth:`~.staging.Staging.mark_cell`) and the release stage reads it from the previous shard, at
+the offsets the previous samples table records (one mapping of each shard, each member's tar
+header checked to name it). A shard of the new layout that holds exactly the samples one previous
+shard held, in the same order (a place the new version left alone: :mod:`.shards`), is copied
+whole (:meth:`LinkedSamples.whole`).
+
+A resumed build does not trust links (the previous release is only known to a ``--from``
+build): the cells that linked are decided again (:func:`~.incremental.reuse_previous` links
+them again with ``--from``; without it they are processed).
+"""
+
+from __future__ import annotations
+
+import mmap
+import tarfile
+from collections.abc import Collection, Iterator
+from typing import TYPE_CHECKING
+
+from geodelta.errors import ReleaseError
+from geodelta.pipelines.release.shards import tar_entry_bytes
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from geodelta.pipelines.release.previous import Previous, Span
+    from geodelta.schemas import ShardInfo
+
+__all__ = ["LinkedSamples"]
+
+
+class LinkedSamples:
+    """The linked samples of a ``--from`` build: where each is in the previous release, and its
+    members read from there.
+
+    Args:
+        prev: the previous release (its shards were checked against its manifest when the
+            samples were reused: :func:`~.previous.read_shard`).
+        keys: the keys of the samples linked.
+    """
+
+    def __init__(self, prev: Previous, keys: Collection[str]) -> None:
+        self.prev = prev
+        wanted = set(keys)
+        self._shard = {key: shard for key, shard in prev.samples.values() if key in wanted}
+        self._maps: dict[str, mmap.mmap | bytes] = {}
+        self._held: dict[str, list[str]] | None = None
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._shard
+
+    def __len__(self) -> int:
+        return len(self._shard)
+
+    def spans(self, key: str) -> tuple[Span, ...]:
+        """The sample's members in its previous shard: (name, data offset, size), tar order."""
+        return tuple(self.prev.offsets.get(key, ()))
+
+    def entry_bytes(self, key: str) -> int:
+        """The bytes the sample takes in a tar (headers and padding included)."""
+        return sum(tar_entry_bytes(f"{key}.{name}", size) for name, _, size in self.spans(key))
+
+    def _data(self, rel: str) -> mmap.mmap | bytes:
+        data = self._maps.get(rel)
+        if data is None:
+            with open(self.prev.path(rel), "rb") as fh:
+                empty = fh.seek(0, 2) == 0  # mmap refuses an empty file
+                data = b"" if empty else mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            self._maps[rel] = data
+        return data
+
+    def member_names(self, key: str) -> set[str]:
+        """Names of the sample's members."""
+        return {name for name, _, _ in self.spans(key)}
+
+    def read_member(self, key: str, name: str) -> bytes:
+        """One member, read from the previous shard.
+
+        Raises:
+            ReleaseError: the sample is not linked, has no such member, or the shard's tar
+                header there does not name it with that size (the shard changed).
+        """
+        rel = self._shard.get(key)
+        span = next((s for s in self.spans(key) if s[0] == name), None)
+        if rel is None or span is None:
+            raise ReleaseError(f"sample {key} has no linked member {name!r}")
+        _, offset, size = span
+        data = self._data(rel)
+        try:
+            if offset < 512 or offset + size > len(data):
+                raise tarfile.TarError("outside the file")
+            info = tarfile.TarInfo.frombuf(data[offset - 512 : offset], "utf-8", "surrogateescape")
+        except tarfile.TarError as exc:
+            raise ReleaseError(
+                f"{rel}: no member {key}.{name} at {offset} ({exc}): the previous release "
+                "changed during the build"
+            ) from None
+        if info.name != f"{key}.{name}" or info.size != size:
+            raise ReleaseError(
+                f"{rel}: the member at {offset} is {info.name} ({info.size} bytes), not "
+                f"{key}.{name} ({size} bytes): the previous release changed during the build"
+            )
+        return bytes(data[offset : offset + size])
+
+    def read_members(self, key: str) -> dict[str, bytes]:
+        """Every member of the sample, by name (sorted)."""
+        return {name: self.read_member(key, name) for name in sorted(self.member_names(key))}
+
+    def iter_members(self, keys: Collection[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
+        """``(key, read_members(key))`` for each key, in the order given."""
+        for key in keys:
+            yield key, self.read_members(key)
+
+    def _shard_keys(self) -> dict[str, list[str]]:
+        """previous shard -> the keys of its linked samples, in tar order."""
+        if self._held is None:
+            held: dict[str, list[tuple[int, str]]] = {}
+            for key, rel in self._shard.items():
+                spans = self.spans(key)
+                if spans:
+                    held.setdefault(rel, []).append((min(s[1] for s in spans), key))
+            self._held = {rel: [k for _, k in sorted(v)] for rel, v in held.items()}
+        return self._held
+
+    def whole(self, split: str, keys: list[str]) -> ShardInfo | None:
+        """The previous shard's manifest entry when it holds exactly ``keys``, in this order,
+        every one of them linked, in ``split``: the new shard is that file, byte for byte (the
+        same samples' members, written the same way). None otherwise."""
+        rel = self._shard.get(keys[0]) if keys else None
+        if rel is None:
+            return None
+        info = next((s for s in self.prev.manifest.shards if s.path == rel), None)
+        if info is None or info.split != split or info.samples != len(keys):
+            return None
+        return info if self._shard_keys().get(rel) == keys else None
+
+    def copy_shard(self, rel: str, dest: Path) -> None:
+        """Write the previous shard ``rel`` to ``dest`` (from its mapping: read once)."""
+        with open(dest, "wb") as out:
+            out.write(self._data(rel))
+
+    def close(self) -> None:
+        """Unmap the previous shards."""
+        for data in self._maps.values():
+            if isinstance(data, mmap.mmap):
+                data.close()
+        self._maps.clear()

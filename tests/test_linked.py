@@ -1,0 +1,134 @@
+"""Samples a --from build links (pipelines/release/linked.py): reused samples stay in the previous
+release's shards (never staged), and a shard that holds exactly what a previous shard held is
+that file, copied whole; the release is the one a full build writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from geodelta.errors import ReleaseError, StagingError
+from geodelta.pipelines.api import build, verify
+from geodelta.pipelines.release.layout import SAMPLES_TABLE, shard_files
+from geodelta.pipelines.release.linked import LinkedSamples
+from geodelta.pipelines.release.previous import open_previous
+from geodelta.pipelines.release.staging import LINKED_CELL, Staging
+from geodelta.sources.demo.catalog import DemoCatalog
+from tests.conftest import SMALL_SHARDS
+from tests.factories import demo_config
+
+INPROCESS: dict[str, Any] = {**SMALL_SHARDS, "runner": {"name": "inprocess"}}
+
+
+class _Spy:
+    """Counts the shards copied whole and the samples put into a staging area."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.copied: list[str] = []
+        self.put: list[str] = []
+        copy, put = LinkedSamples.copy_shard, Staging.put_sample
+
+        def copy_shard(linked: LinkedSamples, rel: str, dest: Path) -> None:
+            self.copied.append(rel)
+            copy(linked, rel, dest)
+
+        def put_sample(staging: Staging, key: str, members: dict[str, bytes]) -> None:
+            self.put.append(key)
+            put(staging, key, members)
+
+        monkeypatch.setattr(LinkedSamples, "copy_shard", copy_shard)
+        monkeypatch.setattr(Staging, "put_sample", put_sample)
+
+
+def _files(release: Path) -> list[tuple[str, bytes]]:
+    return [(p.name, p.read_bytes()) for p in shard_files(release)]
+
+
+def test_the_same_cells_again_copy_every_shard_whole(
+    small_shards_release: Any,
+    demo_catalog: DemoCatalog,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--from a release of the same config: every sample linked, none staged, every shard
+    copied whole; shards and samples table byte-identical; the release verifies."""
+    small = small_shards_release
+    spy = _Spy(monkeypatch)
+    again = build(
+        demo_config(demo_catalog, tmp_path / "again", **INPROCESS),
+        progress=False,
+        from_release=small.release_dir,
+    )
+    assert again.incremental["reused"] == small.samples > 0
+    assert spy.put == []  # nothing staged: every reused sample is read from its shard
+    assert sorted(spy.copied) == sorted(s.path for s in small.manifest.shards)
+    assert len(spy.copied) > 1
+    assert _files(again.release_dir) == _files(small.release_dir)
+    table = [(r / SAMPLES_TABLE).read_bytes() for r in (small.release_dir, again.release_dir)]
+    assert table[0] == table[1]
+    checked = verify(again.release_dir, strict=True)
+    assert checked.ok, checked.problems
+
+
+def test_a_grown_aoi_copies_the_untouched_shards_and_equals_a_full_build(
+    demo_catalog: DemoCatalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x0, y0, x1, y1 = demo_catalog.aoi_bbox
+    cut = {"aoi": {"bbox": [x0 + 0.3 * (x1 - x0), y0, x1, y1]}}
+    prev = build(demo_config(demo_catalog, tmp_path / "prev", **cut, **INPROCESS), progress=False)
+    full = build(demo_config(demo_catalog, tmp_path / "full", **INPROCESS), progress=False)
+    spy = _Spy(monkeypatch)
+    grown = build(
+        demo_config(demo_catalog, tmp_path / "grown", **INPROCESS),
+        progress=False,
+        from_release=prev.release_dir,
+    )
+    inc = grown.incremental
+    assert inc["reused"] == prev.samples and inc["new"] > 0
+    assert len(spy.put) == grown.samples - inc["reused"]  # only the new samples were staged
+    assert spy.copied, "no shard of the previous release was kept whole"
+    # the copied shards are files of the previous release, and the release is a full build's
+    prev_files = {data for _, data in _files(prev.release_dir)}
+    mine = dict(_files(grown.release_dir))
+    kept = [name for name, data in mine.items() if data in prev_files]
+    assert len(kept) >= len(spy.copied)
+    assert _files(grown.release_dir) == _files(full.release_dir)
+    checked = verify(grown.release_dir, strict=True)
+    assert checked.ok, checked.problems
+
+
+def test_a_linked_marker_needs_no_staged_sample_and_a_resume_decides_it_again(
+    tmp_path: Path,
+) -> None:
+    staging = Staging(tmp_path / "stg")
+    with pytest.raises(StagingError, match="were not put"):
+        staging.mark_cell("c1", keys=["c1_20200101_20210101"], quarantine=[])
+    staging.mark_cell("c1", keys=["c1_20200101_20210101"], quarantine=[], linked=True)
+    assert staging.outcomes()[0] == ["c1_20200101_20210101"]
+    assert staging.corrupt_cells() == {"c1": LINKED_CELL}
+
+
+def test_a_previous_shard_changed_under_the_build_is_caught(
+    small_shards_release: Any, demo_catalog: DemoCatalog, tmp_path: Path
+) -> None:
+    import shutil
+
+    copy = tmp_path / "prev"
+    shutil.copytree(small_shards_release.release_dir, copy)
+    cfg = demo_config(demo_catalog, tmp_path / "out", **INPROCESS)
+    prev = open_previous(copy, cfg)
+    key, rel = next(iter(prev.samples.values()))
+    linked = LinkedSamples(prev, [key])
+    assert set(linked.read_members(key)) == linked.member_names(key) and key in linked
+    linked.close()
+    name, offset, _ = prev.offsets[key][0]
+    path = copy / rel
+    data = bytearray(path.read_bytes())
+    data[offset - 512 : offset - 500] = b"x" * 12  # the member's tar header, renamed
+    path.write_bytes(bytes(data))
+    linked = LinkedSamples(prev, [key])
+    with pytest.raises(ReleaseError, match="changed during the build"):
+        linked.read_member(key, name)
+    linked.close()
