@@ -1,10 +1,11 @@
-"""Atomic writes, file hashes and canonical JSON bytes: the one copy of each.
+"""Atomic writes, file hashes, canonical JSON bytes and the no-space error: the one copy of each.
 
 This is the ground floor: it imports nothing from the rest of geodelta.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -61,3 +62,15 @@ def json_bytes(data: Any, *, default: Any = None) -> bytes:
 def compact_json_bytes(data: Any) -> bytes:
     """Compact canonical JSON (sorted keys, no spaces, UTF-8): what sample members hold."""
     return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def no_space(exc: BaseException) -> OSError | None:
+    """The 'no space left on device' error in ``exc``'s chain (Beam wraps worker errors)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return seen
+        if "[Errno 28]" in str(seen) or "No space left on device" in str(seen):
+            return OSError(errno.ENOSPC, "No space left on device")
+        seen = seen.__cause__ or seen.__context__
+    return None

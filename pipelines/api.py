@@ -480,7 +480,9 @@ def build(
 
 def no_space(exc: BaseException) -> OSError | None:
     """The 'no space left on device' error in ``exc``'s chain (Beam wraps worker errors)."""
-    return _builder.no_space(exc)
+    from geodelta._io import no_space as find
+
+    return find(exc)
 
 
 def space_note(path: str | Path | None, cfg: BuildConfig | None = None) -> str:

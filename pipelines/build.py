@@ -10,7 +10,6 @@ defined here); this module never imports it.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import shutil
 import time
@@ -450,15 +449,9 @@ def _trusted_done(staging: Any, cell_ids: Collection[str] | None = None) -> set[
     from geodelta.pipelines.release.staging import LINKED_CELL
 
     corrupt = staging.corrupt_cells(cell_ids)
-    log = logging.getLogger(__name__)
-    linked = [c for c, problem in corrupt.items() if problem == LINKED_CELL]
-    if linked:
-        log.info(
-            "resume: %d cells linked by --from are decided again (%s)", len(linked), LINKED_CELL
-        )
-    for cell_id, problem in sorted(corrupt.items()):
-        if problem != LINKED_CELL:
-            log.warning("resume: cell %s runs again: %s", cell_id, problem)
+    for cell_id, problem in sorted(corrupt.items()):  # a linked cell: decided again, quietly
+        level = logging.DEBUG if problem == LINKED_CELL else logging.WARNING
+        logging.getLogger(__name__).log(level, "resume: cell %s runs again: %s", cell_id, problem)
     staging.forget_cells(corrupt)
     return set(staging.done_cells())
 
@@ -584,6 +577,7 @@ def _build(
     from geodelta.pipelines.engines.run import run_cells
     from geodelta.pipelines.progress import Watcher
     from geodelta.pipelines.release.assemble import write_release
+    from geodelta.pipelines.release.linked import linked_samples
     from geodelta.pipelines.release.preload import Preload, preload_modules
     from geodelta.pipelines.release.staging import Staging
     from geodelta.pipelines.report.render import write_report
@@ -658,12 +652,7 @@ def _build(
 
     stage("release")
     t = time.perf_counter()
-    linked = None
-    if prev is not None and incremental is not None and incremental.linked:
-        from geodelta.pipelines.release.linked import LinkedSamples
-
-        linked = LinkedSamples(prev, incremental.linked)  # read from the previous shards
-    try:
+    with linked_samples(prev, incremental) as linked:  # --from: read from the previous shards
         manifest = write_release(
             build_dir,
             cfg,
@@ -673,9 +662,6 @@ def _build(
             drift=None if incremental is None else incremental.drift_dict(),
             linked=linked,
         )
-    finally:
-        if linked is not None:
-            linked.close()
     if not sum(manifest.splits.values()):  # every staged sample was dropped while sharding
         where = f"{build_dir} holds none; verify and release refuse it"
         raise EmptyReleaseError(
@@ -805,15 +791,3 @@ def summary_rows(result: BuildResult) -> list[tuple[str, str]]:
     counts = Counter(s.split for s in m.shards)
     rows.append(("shards per split", ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))))
     return rows
-
-
-def no_space(exc: BaseException) -> OSError | None:
-    """The 'no space left on device' error in ``exc``'s chain (Beam wraps worker errors)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
-            return seen
-        if "[Errno 28]" in str(seen) or "No space left on device" in str(seen):
-            return OSError(errno.ENOSPC, "No space left on device")
-        seen = seen.__cause__ or seen.__context__
-    return None

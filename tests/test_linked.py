@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from geodelta.errors import ReleaseError, StagingError
+from geodelta.errors import ReleaseError
 from geodelta.pipelines.api import build, verify
 from geodelta.pipelines.release.layout import SAMPLES_TABLE, shard_files
 from geodelta.pipelines.release.linked import LinkedSamples
 from geodelta.pipelines.release.previous import open_previous
-from geodelta.pipelines.release.staging import LINKED_CELL, Staging
+from geodelta.pipelines.release.staging import LINKED_CELL, Staging, StagingError
 from geodelta.sources.demo.catalog import DemoCatalog
 from tests.conftest import SMALL_SHARDS
 from tests.factories import demo_config

@@ -18,7 +18,8 @@ from __future__ import annotations
 import mmap
 import tarfile
 from collections.abc import Collection, Iterator
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from geodelta.errors import ReleaseError
 from geodelta.pipelines.release.shards import tar_entry_bytes
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from geodelta.pipelines.release.previous import Previous, Span
     from geodelta.schemas import ShardInfo
 
-__all__ = ["LinkedSamples"]
+__all__ = ["LinkedSamples", "linked_samples"]
 
 
 class LinkedSamples:
@@ -148,3 +149,18 @@ class LinkedSamples:
             if isinstance(data, mmap.mmap):
                 data.close()
         self._maps.clear()
+
+
+@contextmanager
+def linked_samples(prev: Previous | None, incremental: Any) -> Iterator[LinkedSamples | None]:
+    """The samples a ``--from`` build linked (``incremental``: its
+    :class:`~.incremental.Incremental`), unmapped on exit; None without ``--from`` or links."""
+    keys = getattr(incremental, "linked", None)
+    if prev is None or not keys:
+        yield None
+        return
+    linked = LinkedSamples(prev, keys)
+    try:
+        yield linked
+    finally:
+        linked.close()
