@@ -132,3 +132,37 @@ def test_a_previous_shard_changed_under_the_build_is_caught(
     with pytest.raises(ReleaseError, match="changed during the build"):
         linked.read_member(key, name)
     linked.close()
+
+
+@pytest.mark.parametrize("again_from", [True, False])
+def test_a_resumed_from_build_links_again_or_processes(
+    small_shards_release: Any,
+    demo_catalog: DemoCatalog,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    again_from: bool,
+) -> None:
+    """A --from build that stops after linking leaves markers without staged samples; its
+    --resume decides those cells again: linked again with --from, processed without it. Either
+    way the release is the previous one's shards, file for file."""
+    from geodelta.pipelines.release import assemble
+
+    small = small_shards_release
+    cfg = demo_config(demo_catalog, tmp_path / "again", **INPROCESS)
+    real = assemble.write_release
+
+    def stop(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("the machine went away")
+
+    monkeypatch.setattr(assemble, "write_release", stop)
+    with pytest.raises(OSError, match="went away"):
+        build(cfg, progress=False, from_release=small.release_dir)
+    monkeypatch.setattr(assemble, "write_release", real)
+    spy = _Spy(monkeypatch)
+    kw: dict[str, Any] = {"from_release": small.release_dir} if again_from else {}
+    resumed = build(cfg, mode="resume", progress=False, **kw)
+    if again_from:
+        assert resumed.incremental["reused"] == small.samples and spy.put == []
+    else:
+        assert resumed.incremental is None and len(spy.put) == small.samples
+    assert _files(resumed.release_dir) == _files(small.release_dir)
