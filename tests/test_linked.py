@@ -30,9 +30,9 @@ class _Spy:
         self.put: list[str] = []
         copy, put = LinkedSamples.copy_shard, Staging.put_sample
 
-        def copy_shard(linked: LinkedSamples, rel: str, dest: Path) -> None:
+        def copy_shard(linked: LinkedSamples, rel: str, dest: Path) -> str | None:
             self.copied.append(rel)
-            copy(linked, rel, dest)
+            return copy(linked, rel, dest)
 
         def put_sample(staging: Staging, key: str, members: dict[str, bytes]) -> None:
             self.put.append(key)
@@ -166,3 +166,25 @@ def test_a_resumed_from_build_links_again_or_processes(
     else:
         assert resumed.incremental is None and len(spy.put) == small.samples
     assert _files(resumed.release_dir) == _files(small.release_dir)
+
+
+def test_a_copy_is_hashed_again_unless_its_source_was_hashed_as_it_is(
+    small_shards_release: Any, demo_catalog: DemoCatalog, tmp_path: Path
+) -> None:
+    import hashlib
+
+    from geodelta.pipelines.release.previous import read_shard
+
+    cfg = demo_config(demo_catalog, tmp_path, **INPROCESS)
+    prev = open_previous(small_shards_release.release_dir, cfg)
+    key, rel = next(iter(prev.samples.values()))
+    want = next(s.sha256 for s in prev.manifest.shards if s.path == rel)
+    linked = LinkedSamples(prev, [key])
+    assert linked.copy_shard(rel, tmp_path / "a.tar") is None  # never hashed: the caller hashes
+    assert read_shard(prev, rel, [key], names=("json",)) is not None  # hashes it, stamps it
+    assert linked.copy_shard(rel, tmp_path / "b.tar") == want
+    assert hashlib.sha256((tmp_path / "b.tar").read_bytes()).hexdigest() == want
+    ino, size, mtime = prev.checked[rel]
+    prev.checked[rel] = (ino, size, mtime - 1)  # the file was touched since it was hashed
+    assert linked.copy_shard(rel, tmp_path / "c.tar") is None
+    linked.close()

@@ -16,6 +16,7 @@ them again with ``--from``; without it they are processed).
 from __future__ import annotations
 
 import mmap
+import os
 import tarfile
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -138,10 +139,26 @@ class LinkedSamples:
             return None
         return info if self._shard_keys().get(rel) == keys else None
 
-    def copy_shard(self, rel: str, dest: Path) -> None:
-        """Write the previous shard ``rel`` to ``dest`` (from its mapping: read once)."""
+    def copy_shard(self, rel: str, dest: Path) -> str | None:
+        """Write the previous shard ``rel`` to ``dest`` (from its mapping: read once).
+
+        Returns:
+            Its sha256 when :func:`~.previous.read_shard` hashed the very file (same inode, size
+            and modification time, before and after the copy) to its manifest entry; None when
+            the copy must be hashed.
+        """
+        path = self.prev.path(rel)
+        stamp = self.prev.checked.get(rel)
+
+        def now() -> tuple[int, int, int]:
+            st = os.stat(path)
+            return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+        same = stamp is not None and now() == stamp
         with open(dest, "wb") as out:
             out.write(self._data(rel))
+        info = next((s for s in self.prev.manifest.shards if s.path == rel), None)
+        return info.sha256 if same and info is not None and now() == stamp else None
 
     def close(self) -> None:
         """Unmap the previous shards."""

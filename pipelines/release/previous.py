@@ -94,6 +94,10 @@ class Previous:
     quarantine: dict[str, tuple[QuarantineRecord, ...]] = field(default_factory=dict)
     #: sample key -> its members' (name, data offset, size) in its shard (samples table)
     offsets: Mapping[str, tuple[Span, ...]] = field(default_factory=dict)
+    #: shard -> (inode, size, mtime ns) of the file when :func:`read_shard` found its sha256 to
+    #: be its manifest entry's: the same stat later, the same bytes (:mod:`.linked` copies it
+    #: without hashing it again)
+    checked: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
     def path(self, rel: str) -> Path:
         """The local path of a file of the release (fetched first when it is at a URL)."""
@@ -305,11 +309,13 @@ def read_shard(
     try:
         path = prev.path(rel)
         with open(path, "rb") as fh:
-            empty = os.fstat(fh.fileno()).st_size == 0  # mmap refuses an empty file
+            st = os.fstat(fh.fileno())
+            empty = st.st_size == 0  # mmap refuses an empty file
             data = b"" if empty else mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
             try:
                 if hashlib.sha256(data).hexdigest() != want:
                     return None
+                prev.checked[rel] = (st.st_ino, st.st_size, st.st_mtime_ns)
                 found = members_at_offsets(data, keys, prev.offsets, names)
             finally:
                 if isinstance(data, mmap.mmap):

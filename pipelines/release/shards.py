@@ -199,7 +199,7 @@ class Linked(Protocol):
 
     def whole(self, split: str, keys: list[str]) -> ShardInfo | None: ...
 
-    def copy_shard(self, rel: str, dest: Path) -> None: ...
+    def copy_shard(self, rel: str, dest: Path) -> str | None: ...
 
 
 class _LazyMembers(Mapping[str, bytes]):
@@ -300,7 +300,7 @@ class _SplitWriter:
         rel = self._rel()
         path = self.release_dir / rel
         tmp = tmp_name(path)
-        self.linked.copy_shard(previous.path, tmp)
+        sha256 = self.linked.copy_shard(previous.path, tmp)  # known when the source was hashed
         os.replace(tmp, path)
         size = path.stat().st_size
         if size != previous.bytes:
@@ -311,7 +311,7 @@ class _SplitWriter:
                 split=self.split,
                 samples=len(self.pending),
                 bytes=size,
-                sha256=sha256_file(path),
+                sha256=sha256 or sha256_file(path),
             )
         )
         for key in self.pending:
