@@ -8,7 +8,7 @@ Beam, torch, rasterio or GDAL).
 A build is resumable and idempotent: every cell's outcome lands in the staging area
 (``<release>/.staging``) with a completion marker, written atomically; ``resume`` skips the
 cells that have one, and refuses a staging area made from another config. The release itself
-is assembled from the staging area in key order, so a resumed build is byte-identical to an
+is assembled from the staging area in place order, so a resumed build is byte-identical to an
 uninterrupted one. :func:`build_cells` runs the stages over some cells only (one mapped task of
 an orchestrator), :func:`build` then finishes the release.
 

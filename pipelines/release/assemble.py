@@ -257,66 +257,48 @@ def _load_metas(
     metas: dict[str, SampleMeta] = {}
     dropped: list[QuarantineRecord] = []
     expected = set(sample_members(cfg))
+
+    def drop(key: str, cell_id: str, reason: str, detail: str) -> None:
+        dropped.append(
+            QuarantineRecord(key=key, cell_id=cell_id, stage="shard", reason=reason, detail=detail)
+        )
+
     for key in keys:
         cell_id = key.rsplit("_", 2)[0]  # key = {cell_id}_{t0}_{t1}
         try:
             present = staging.member_names(key)
         except (StagingError, ReleaseError) as exc:
-            dropped.append(
-                QuarantineRecord(
-                    key=key,
-                    cell_id=cell_id,
-                    stage="shard",
-                    reason="missing_sample",
-                    detail=str(exc),
-                )
-            )
+            drop(key, cell_id, "missing_sample", str(exc))
             continue
         if present != expected:
-            detail = (
-                f"staged members differ from the members table (missing={sorted(expected - present)}, "
-                f"extra={sorted(present - expected)}); re-run the cell"
-            )
-            dropped.append(
-                QuarantineRecord(
-                    key=key, cell_id=cell_id, stage="shard", reason="bad_members", detail=detail
-                )
+            drop(
+                key,
+                cell_id,
+                "bad_members",
+                f"staged members differ from the members table (missing="
+                f"{sorted(expected - present)}, extra={sorted(present - expected)}); re-run the cell",
             )
             continue
         try:
             meta = SampleMeta.model_validate_json(staging.read_member(key, "json"))
-        except ReleaseError as exc:
-            dropped.append(
-                QuarantineRecord(
-                    key=key,
-                    cell_id=cell_id,
-                    stage="shard",
-                    reason="missing_sample",
-                    detail=str(exc),
-                )
-            )
+        except ReleaseError as exc:  # a linked sample whose previous shard changed
+            drop(key, cell_id, "missing_sample", str(exc))
             continue
         except ValidationError as exc:
-            dropped.append(
-                QuarantineRecord(
-                    key=key,
-                    cell_id=cell_id,
-                    stage="shard",
-                    reason="bad_meta",
-                    detail=f"the json member is not a valid SampleMeta ({exc.error_count()} "
-                    f"errors, first: {exc.errors()[0]['msg']}); re-run the cell",
-                )
+            drop(
+                key,
+                cell_id,
+                "bad_meta",
+                f"the json member is not a valid SampleMeta ({exc.error_count()} errors, first: "
+                f"{exc.errors()[0]['msg']}); re-run the cell",
             )
             continue
         if meta.key != key:
-            dropped.append(
-                QuarantineRecord(
-                    key=key,
-                    cell_id=meta.cell_id,
-                    stage="shard",
-                    reason="key_mismatch",
-                    detail=f"staged under {key!r} but its json says key={meta.key!r}; re-run the cell",
-                )
+            drop(
+                key,
+                meta.cell_id,
+                "key_mismatch",
+                f"staged under {key!r} but its json says key={meta.key!r}; re-run the cell",
             )
             continue
         metas[key] = meta
