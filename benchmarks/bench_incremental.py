@@ -17,6 +17,7 @@ lead copies the figures into RESULTS.md with this command).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -52,6 +53,37 @@ def _check(prev: Path, full: Path, inc: Path) -> str:
     )
 
 
+_FRESH = """
+import json, sys, time, types
+t = time.perf_counter()
+sys.path.insert(0, {root!r})
+from geodelta.pipelines.api import build
+from tests.factories import demo_config
+spec = json.loads({spec!r})
+cat = types.SimpleNamespace(**spec["cat"])  # what demo_config reads of a DemoCatalog
+kw = {{"from_release": spec["from"]}} if spec["from"] else {{}}
+res = build(demo_config(cat, spec["out"], **spec["extra"], series=spec["series"]), progress=False, **kw)
+stages = {{k: round(v, 2) for k, v in res.stage_seconds.items()}}
+print(json.dumps({{"wall": time.perf_counter() - t, "stages": stages}}))
+"""
+
+
+def _fresh(cat: Any, out: Path, extra: dict[str, Any], series: bool, kw: dict[str, Any]) -> Any:
+    """One build in a fresh interpreter (wall time from its first line: imports included)."""
+    import subprocess
+
+    spec = {
+        "cat": {"catalog_path": str(cat.catalog_path), "aoi_bbox": list(cat.aoi_bbox)},
+        "out": str(out),
+        "extra": extra,
+        "series": series,
+        "from": str(kw["from_release"]) if kw else None,
+    }
+    code = _FRESH.format(root=str(ROOT), spec=json.dumps(spec))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="demo catalog scale")
@@ -63,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         "--series",
         action="store_true",
         help="the series demo catalog and configs/demo-series.yaml (sequences of 5 dates)",
+    )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="also time the full and --from builds each in a fresh process (as from the command "
+        "line: imports and Great Expectations' first run included), into other folders",
     )
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -90,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     full, t_full = run("full")
     inc, t_inc = run("incremental", from_release=prev.release_dir)
     checked = _check(prev.release_dir, full.release_dir, inc.release_dir)
+    fresh = {}
+    if args.fresh:  # the same two builds, each in a process of its own
+        for name, kw in (("full", {}), ("incremental", {"from_release": prev.release_dir})):
+            fresh[name] = _fresh(cat, work / f"fresh-{name}", extra, args.series, kw)
     load_after = os.getloadavg()[0]
     counts = inc.incremental
     kind = "series demo" if args.series else "demo"
@@ -108,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     cells_full = sum(full.stage_seconds.get(s, 0) for s in ("plan", "process"))
     cells_inc = sum(inc.stage_seconds.get(s, 0) for s in ("reuse", "plan", "process"))
     print(f"cell work (reuse+plan+process): --from / full = {cells_inc / cells_full:.1%}")
+    if fresh:
+        f, i = fresh["full"], fresh["incremental"]
+        print(
+            f"fresh processes: full {f['wall']:.2f} s {f['stages']}, --from {i['wall']:.2f} s "
+            f"{i['stages']}: --from / full = {i['wall'] / f['wall']:.1%}"
+        )
     print(
         f"load average (1 min): {load_before:.2f} before, {load_after:.2f} after; "
         f"{os.cpu_count()} cores; runner {args.runner}; GX {'off' if args.no_gx else 'on'}"
