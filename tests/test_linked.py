@@ -188,3 +188,21 @@ def test_a_copy_is_hashed_again_unless_its_source_was_hashed_as_it_is(
     prev.checked[rel] = (ino, size, mtime - 1)  # the file was touched since it was hashed
     assert linked.copy_shard(rel, tmp_path / "c.tar") is None
     linked.close()
+
+
+def test_at_most_mapped_previous_shards_stay_open(
+    small_shards_release: Any, demo_catalog: DemoCatalog, tmp_path: Path
+) -> None:
+    """Each mapping holds a file descriptor: reading the samples of many previous shards keeps
+    only ``MAPPED`` of them mapped, and a shard read again after it was unmapped reads the same."""
+    cfg = demo_config(demo_catalog, tmp_path, **INPROCESS)
+    prev = open_previous(small_shards_release.release_dir, cfg)
+    keys = [key for key, _ in prev.samples.values()]
+    linked = LinkedSamples(prev, keys)
+    linked.MAPPED = 2
+    shards = {rel for _, rel in prev.samples.values()}
+    assert len(shards) > 2
+    first = {k: linked.read_members(k) for k in keys}
+    assert len(linked._maps) == 2
+    assert {k: linked.read_members(k) for k in reversed(keys)} == first
+    linked.close()

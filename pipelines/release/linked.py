@@ -19,6 +19,7 @@ import mmap
 import os
 import shutil
 import tarfile
+from collections import OrderedDict
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -45,12 +46,16 @@ class LinkedSamples:
         keys: the keys of the samples linked.
     """
 
+    #: Previous shards kept mapped at once (the least recently read is unmapped first).
+    MAPPED = 64
+
     def __init__(self, prev: Previous, keys: Collection[str]) -> None:
         self.prev = prev
         wanted = set(keys)
         self._shard = {key: shard for key, shard in prev.samples.values() if key in wanted}
-        self._maps: dict[str, mmap.mmap | bytes] = {}
+        self._maps: OrderedDict[str, mmap.mmap | bytes] = OrderedDict()  # least recent first
         self._held: dict[str, list[str]] | None = None
+        self._infos = {s.path: s for s in prev.manifest.shards}  # the previous manifest's entries
 
     def __contains__(self, key: object) -> bool:
         return key in self._shard
@@ -67,12 +72,20 @@ class LinkedSamples:
         return sum(tar_entry_bytes(f"{key}.{name}", size) for name, _, size in self.spans(key))
 
     def _data(self, rel: str) -> mmap.mmap | bytes:
+        """The previous shard ``rel``, mapped; at most :attr:`MAPPED` stay mapped (each mapping
+        holds a file descriptor: a release of thousands of shards would run out of them)."""
         data = self._maps.get(rel)
-        if data is None:
-            with open(self.prev.path(rel), "rb") as fh:
-                empty = fh.seek(0, 2) == 0  # mmap refuses an empty file
-                data = b"" if empty else mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-            self._maps[rel] = data
+        if data is not None:
+            self._maps.move_to_end(rel)
+            return data
+        with open(self.prev.path(rel), "rb") as fh:
+            empty = fh.seek(0, 2) == 0  # mmap refuses an empty file
+            data = b"" if empty else mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        self._maps[rel] = data
+        while len(self._maps) > self.MAPPED:
+            _, old = self._maps.popitem(last=False)
+            if isinstance(old, mmap.mmap):
+                old.close()  # what was read from it was copied out (bytes)
         return data
 
     def member_names(self, key: str) -> set[str]:
@@ -135,7 +148,7 @@ class LinkedSamples:
         rel = self._shard.get(keys[0]) if keys else None
         if rel is None:
             return None
-        info = next((s for s in self.prev.manifest.shards if s.path == rel), None)
+        info = self._infos.get(rel)
         if info is None or info.split != split or info.samples != len(keys):
             return None
         return info if self._shard_keys().get(rel) == keys else None
@@ -158,7 +171,7 @@ class LinkedSamples:
 
         same = stamp is not None and now() == stamp
         shutil.copyfile(path, dest)
-        info = next((s for s in self.prev.manifest.shards if s.path == rel), None)
+        info = self._infos.get(rel)
         return info.sha256 if same and info is not None and now() == stamp else None
 
     def close(self) -> None:

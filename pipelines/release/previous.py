@@ -17,6 +17,7 @@ import os
 import tarfile
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +99,11 @@ class Previous:
     #: be its manifest entry's: the same stat later, the same bytes (:mod:`.linked` copies it
     #: without hashing it again)
     checked: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+
+    @cached_property
+    def shard_sha256(self) -> dict[str, str]:
+        """shard path -> its sha256 in the manifest (one dict, not one per shard read)."""
+        return {s.path: s.sha256 for s in self.manifest.shards}
 
     def path(self, rel: str) -> Path:
         """The local path of a file of the release (fetched first when it is at a URL)."""
@@ -303,7 +309,7 @@ def read_shard(
     one read of the file, mapped: the checksum and the members), or, when those offsets do not
     match the tar, every sample of the shard read as a tar (the caller picks its keys).
     ``names``: only these members are read at the offsets (default all)."""
-    want = {s.path: s.sha256 for s in prev.manifest.shards}.get(rel)
+    want = prev.shard_sha256.get(rel)
     if want is None:
         return None
     try:
