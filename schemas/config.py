@@ -432,12 +432,18 @@ def shaping_hash(normalised: dict[str, Any]) -> str:
     return normalised_hash({k: v for k, v in normalised.items() if k not in RELEASE_SECTIONS})
 
 
+def _hashed_part(recorded: dict[str, Any]) -> dict[str, Any]:
+    """The normalised config a manifest's embedded config (:meth:`BuildConfig.recorded`) was
+    hashed as: a copy without ``catalog.url`` (provenance, outside the hash)."""
+    data = json.loads(json.dumps(recorded))
+    data.get("catalog", {}).pop("url", None)
+    return data
+
+
 def recorded_shaping_hash(recorded: dict[str, Any]) -> str:
     """:func:`shaping_hash` of the config a manifest embeds, from its own text (as
     :func:`recorded_hash`)."""
-    data = json.loads(json.dumps(recorded))
-    data.get("catalog", {}).pop("url", None)
-    return shaping_hash(data)
+    return shaping_hash(_hashed_part(recorded))
 
 
 def recorded_hash(recorded: dict[str, Any]) -> str:
@@ -445,9 +451,7 @@ def recorded_hash(recorded: dict[str, Any]) -> str:
     own text: without ``catalog.url`` (provenance, outside the hash) it is the normalised config
     that was hashed. Not re-parsed: a newer geodelta, whose sections have keys the release's did
     not, still finds the hash it was built with."""
-    data = json.loads(json.dumps(recorded))
-    data.get("catalog", {}).pop("url", None)
-    return normalised_hash(data)
+    return normalised_hash(_hashed_part(recorded))
 
 
 class BuildConfig(Section):

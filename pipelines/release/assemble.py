@@ -247,7 +247,7 @@ class _Source:
 
 
 def _load_metas(
-    staging: _Source, keys: Iterable[str], cfg: BuildConfig
+    source: _Source, keys: Iterable[str], cfg: BuildConfig
 ) -> tuple[dict[str, SampleMeta], list[QuarantineRecord]]:
     """Read and check the ``json`` member of every staged sample.
 
@@ -266,7 +266,7 @@ def _load_metas(
     for key in keys:
         cell_id = key.rsplit("_", 2)[0]  # key = {cell_id}_{t0}_{t1}
         try:
-            present = staging.member_names(key)
+            present = source.member_names(key)
         except (StagingError, ReleaseError) as exc:
             drop(key, cell_id, "missing_sample", str(exc))
             continue
@@ -280,7 +280,7 @@ def _load_metas(
             )
             continue
         try:
-            meta = SampleMeta.model_validate_json(staging.read_member(key, "json"))
+            meta = SampleMeta.model_validate_json(source.read_member(key, "json"))
         except ReleaseError as exc:  # a linked sample whose previous shard changed
             drop(key, cell_id, "missing_sample", str(exc))
             continue
@@ -318,12 +318,12 @@ def _clean(release_dir: Path) -> None:
 
 
 def _check_contract(
-    root: Path, cfg: BuildConfig, staging: _Source, metas: dict[str, SampleMeta]
+    root: Path, cfg: BuildConfig, source: _Source, metas: dict[str, SampleMeta]
 ) -> list[QuarantineRecord]:
     """Run the Great Expectations checkpoint (``validation/``); failing samples leave ``metas``."""
     from geodelta.pipelines.release.gx import validate_release
 
-    rejected = validate_release(root, cfg, metas, staging.read_member)
+    rejected = validate_release(root, cfg, metas, source.read_member)
     for rec in rejected:
         metas.pop(rec.key, None)
     return rejected

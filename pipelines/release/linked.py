@@ -18,18 +18,19 @@ from __future__ import annotations
 import mmap
 import os
 import shutil
-import tarfile
 from collections import OrderedDict
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from geodelta.errors import ReleaseError
+from geodelta.pipelines.release.previous import members_at_offsets
 from geodelta.pipelines.release.shards import tar_entry_bytes
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from geodelta.pipelines.release.incremental import Incremental
     from geodelta.pipelines.release.previous import Previous, Span
     from geodelta.schemas import ShardInfo
 
@@ -92,43 +93,37 @@ class LinkedSamples:
         """Names of the sample's members."""
         return {name for name, _, _ in self.spans(key)}
 
-    def read_member(self, key: str, name: str) -> bytes:
-        """One member, read from the previous shard.
+    def _read(self, key: str, names: Collection[str] | None) -> dict[str, bytes]:
+        """The sample's members ``names`` (all: None), sliced from its previous shard by
+        :func:`~.previous.members_at_offsets` (each member's tar header must name it).
 
         Raises:
-            ReleaseError: the sample is not linked, has no such member, or the shard's tar
-                header there does not name it with that size (the shard changed).
+            ReleaseError: the sample is not linked, or its previous shard does not hold its
+                members where its samples table says (the shard changed).
         """
         rel = self._shard.get(key)
-        span = next((s for s in self.spans(key) if s[0] == name), None)
-        if rel is None or span is None:
-            raise ReleaseError(f"sample {key} has no linked member {name!r}")
-        _, offset, size = span
-        data = self._data(rel)
-        try:
-            if offset < 512 or offset + size > len(data):
-                raise tarfile.TarError("outside the file")
-            info = tarfile.TarInfo.frombuf(data[offset - 512 : offset], "utf-8", "surrogateescape")
-        except tarfile.TarError as exc:
+        spans = self.spans(key)
+        if rel is None or not spans:
+            raise ReleaseError(f"sample {key} is not linked")
+        found = members_at_offsets(self._data(rel), [key], {key: spans}, names)
+        if found is None:
             raise ReleaseError(
-                f"{rel}: no member {key}.{name} at {offset} ({exc}): the previous release "
-                "changed during the build"
-            ) from None
-        if info.name != f"{key}.{name}" or info.size != size:
-            raise ReleaseError(
-                f"{rel}: the member at {offset} is {info.name} ({info.size} bytes), not "
-                f"{key}.{name} ({size} bytes): the previous release changed during the build"
+                f"{rel}: the members of {key} are not where its samples table says: the previous "
+                "release changed during the build"
             )
-        return bytes(data[offset : offset + size])
+        return {name: bytes(data) for name, data in found[0][1].items()}
+
+    def read_member(self, key: str, name: str) -> bytes:
+        """One member, read from the previous shard (:meth:`_read`'s errors; also a member the
+        sample does not have)."""
+        got = self._read(key, (name,))
+        if name not in got:
+            raise ReleaseError(f"sample {key} has no linked member {name!r}")
+        return got[name]
 
     def read_members(self, key: str) -> dict[str, bytes]:
         """Every member of the sample, by name (sorted)."""
-        return {name: self.read_member(key, name) for name in sorted(self.member_names(key))}
-
-    def iter_members(self, keys: Collection[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
-        """``(key, read_members(key))`` for each key, in the order given."""
-        for key in keys:
-            yield key, self.read_members(key)
+        return dict(sorted(self._read(key, None).items()))
 
     def _shard_keys(self) -> dict[str, list[str]]:
         """previous shard -> the keys of its linked samples, in tar order."""
@@ -183,10 +178,12 @@ class LinkedSamples:
 
 
 @contextmanager
-def linked_samples(prev: Previous | None, incremental: Any) -> Iterator[LinkedSamples | None]:
-    """The samples a ``--from`` build linked (``incremental``: its
-    :class:`~.incremental.Incremental`), unmapped on exit; None without ``--from`` or links."""
-    keys = getattr(incremental, "linked", None)
+def linked_samples(
+    prev: Previous | None, incremental: Incremental | None
+) -> Iterator[LinkedSamples | None]:
+    """The samples a ``--from`` build linked (``incremental``: what its reuse stage did),
+    unmapped on exit; None without ``--from`` or links."""
+    keys = None if incremental is None else incremental.linked
     if prev is None or not keys:
         yield None
         return

@@ -358,12 +358,13 @@ def write_shards(
     every = max(2, max_samples // 2)
     for split in sorted(by_split):
         ordered = sorted(by_split[split], key=place_order)
-        is_linked = (lambda _: False) if linked is None else linked.__contains__
-        staged = staging.iter_members([k for k in ordered if not is_linked(k)])  # reads ahead
+        mine = [linked is not None and k in linked for k in ordered]  # linked, not staged
+        staged = staging.iter_members([k for k, x in zip(ordered, mine, strict=True) if not x])
         out = _SplitWriter(release_dir, split, metas, row, linked)
-        for key in ordered:
+        for key, is_linked in zip(ordered, mine, strict=True):
             members: dict[str, bytes] | None = None
-            if linked is not None and key in linked:
+            if is_linked:
+                assert linked is not None
                 size = linked.entry_bytes(key)
             else:
                 got, members = next(staged)
