@@ -227,8 +227,9 @@ class ReferenceConfig(Section):
     threads: int = Field(
         default=1,
         ge=0,
-        description="torch intra-op threads while training (0 = torch's default); 1 gives the "
-        "same metrics on any machine",
+        description="torch intra-op threads while training (0 = torch's default); 1, with the "
+        "kernels the training pins (pipelines/training/numerics.py), gives the same metrics on "
+        "any x86-64 machine",
     )
 
 

@@ -94,6 +94,13 @@ def test_metrics_json_is_the_returned_record(trained: dict[str, Any]) -> None:
     assert len(m.training["change_model"]["losses"]) == 4
     assert len(m.training["pair_encoder"]["losses"]) == 15
     assert m.training["loader"]["workers"] == 2 and m.training["loader"]["shuffle_buffer"] == 64
+    # trained with the kernels every x86-64 CPU runs alike (the test process's torch is not)
+    assert m.training["numerics"] == {
+        "aten_cpu_capability": "DEFAULT",
+        "mkl_cbwr": "COMPATIBLE",
+        "mkldnn": False,
+        "threads": 1,
+    }
     for ref in m.weights.values():
         data = (release / ref.path).read_bytes()
         assert hashlib.sha256(data).hexdigest() == ref.sha256 and len(data) == ref.bytes
@@ -299,9 +306,14 @@ def test_errors_say_what_to_change(trained: dict[str, Any], tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-def test_a_rerun_gives_the_same_bytes(trained: dict[str, Any]) -> None:
-    """Same release + same settings = same metrics.json, weights, column and manifest (runs
-    last: it retrains the fixture's release in place)."""
+def test_a_rerun_gives_the_same_bytes(
+    trained: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same release + same settings = same metrics.json, weights, column and manifest, also
+    where the CPU would pick other kernels (runs last: it retrains the fixture's release in
+    place). The rerun's process sees the settings another CPU would give torch: oneDNN, MKL
+    and ATen held to older instruction sets (unpinned, oneDNN's alone moved the demo's masks F1
+    0.482 -> 0.591: pipelines/training/numerics.py)."""
     release = trained["release"]
     names = (
         "reference/metrics.json",
@@ -310,7 +322,16 @@ def test_a_rerun_gives_the_same_bytes(trained: dict[str, Any]) -> None:
         "reference/MODEL_CARD.md",
     )
     first = {n: (release / n).read_bytes() for n in names}
+    weights = {p: p.read_bytes() for p in sorted((release / "reference").rglob("weights.pt"))}
+    assert len(weights) == 2
+    for name, value in (
+        ("ONEDNN_MAX_CPU_ISA", "SSE41"),
+        ("MKL_ENABLE_INSTRUCTIONS", "SSE4_2"),
+        ("ATEN_CPU_CAPABILITY", "avx2"),  # the child's pinned value wins
+    ):
+        monkeypatch.setenv(name, value)
     again = train_reference(release, cfg=trained["cfg"], code_version="test")
+    assert {p: p.read_bytes() for p in weights} == weights
     assert again == trained["metrics"]
     assert {n: (release / n).read_bytes() for n in names} == first
     manifest = json.loads(first["manifest.json"])

@@ -68,6 +68,14 @@ from geodelta.pipelines.training.disagreement import (
     score_disagreements,
 )
 from geodelta.pipelines.training.model_card import model_card
+from geodelta.pipelines.training.numerics import (
+    child_error,
+    child_say,
+    child_spec,
+    numerics_record,
+    pinned_here,
+    run_pinned,
+)
 from geodelta.pipelines.training.retrieval import (
     TEXT_ENCODER,
     RetrievalRun,
@@ -271,13 +279,43 @@ def train_reference(
     manifest = _release_manifest(root)
     train_urls, eval_urls = _split_shards(root, manifest, cfg)
     _clean_reference(root)
-    threads = torch.get_num_threads()
+    if not pinned_here():  # torch ran here with the per-CPU kernels: train in a child
+        spec = {"release": str(root), "cfg": cfg.model_dump(mode="json"), "code": code_version}
+        run_pinned(_CHILD, spec, say)
+        return ReferenceMetrics.model_validate_json((root / REFERENCE_METRICS).read_bytes())
+    threads, onednn = torch.get_num_threads(), bool(torch.backends.mkldnn.enabled)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # see .numerics
     try:
         return _train(root, manifest, cfg, train_urls, eval_urls, code_version, say)
     finally:
         torch.set_num_threads(threads)
+        torch.backends.mkldnn.enabled = onednn  # type: ignore[assignment]
+
+
+#: What the child process of :func:`train_reference` runs.
+_CHILD = "from geodelta.pipelines.training.reference import _child_main; _child_main()"
+
+
+def _child_main() -> None:
+    """:func:`train_reference` in the child :func:`~.numerics.run_pinned` starts (pinned CPU
+    numerics): the parent's arguments on standard input, progress and errors to it."""
+    import sys
+
+    from geodelta.errors import GeodeltaError
+
+    try:
+        spec = child_spec()
+        train_reference(
+            spec["release"],
+            cfg=ReferenceConfig.model_validate(spec["cfg"]),
+            code_version=spec["code"],
+            on_progress=child_say,
+        )
+    except GeodeltaError as exc:
+        child_error(exc)
+        sys.exit(2)
 
 
 def _train(
@@ -474,8 +512,11 @@ def _training_record(
     from geodelta.annotators.models.change_model import train_config_dict
 
     chance, eval_n = captions.chance, len(retrieval.eval_keys)
+    import torch
+
     return {
         "reference_config": cfg.model_dump(mode="json"),
+        "numerics": numerics_record(torch.get_num_threads()),
         "change_model": {
             **train_config_dict(tcfg),
             "losses": card["training"]["losses"],
