@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +70,66 @@ def test_a_child_without_the_pinned_settings_refuses() -> None:
     )
     assert "runs without the pinned numerics" in out.stdout, out.stderr[-2000:]
     assert pinned_env(env)["ATEN_CPU_CAPABILITY"] == "default"
+
+
+# -- the baseline model's inference in a build's worker ---------------------------------------
+#: A worker's inference: the annotator loads the weights (pinning the numerics first) and runs
+#: them on a fixed random pair (``pinned``); or, as before the pinning, torch's defaults
+#: (``defaults``: the model called directly, oneDNN on). Prints a digest of the probabilities and
+#: whether the kernels were pinned.
+_INFER = """
+import hashlib, sys
+import numpy as np
+rng = np.random.default_rng(0)
+pair = (rng.random((4, 64, 64), dtype=np.float32), rng.random((4, 64, 64), dtype=np.float32))
+if sys.argv[2] == "defaults":
+    from geodelta.annotators.models.change_model import load_model, predict_proba
+    (prob,) = predict_proba(load_model(sys.argv[1])[0], [pair], batch_size=1, tile=None)
+else:
+    from geodelta.annotators.models.baseline import BaselineChangeAnnotator
+    model = BaselineChangeAnnotator(sys.argv[1], threads=1, tile=None)
+    (prob,) = model.run_inference([pair])
+from geodelta._numerics import pinned_here
+print(hashlib.sha256(np.ascontiguousarray(prob, dtype=np.float32).tobytes()).hexdigest(),
+      pinned_here())
+"""
+
+#: What another CPU would give torch, as far as this one can show it: oneDNN, MKL and ATen held
+#: to older instruction sets than this machine's.
+_OTHER_CPU = {
+    "ONEDNN_MAX_CPU_ISA": "SSE41",
+    "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+    "ATEN_CPU_CAPABILITY": "avx2",
+}
+
+
+def _infer(weights: Path, when: str, extra: dict[str, str]) -> tuple[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in PINNED and k not in _OTHER_CPU}
+    out = subprocess.run(
+        [sys.executable, "-c", _INFER, str(weights), when],
+        env={**env, **extra},
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    digest, pinned = out.stdout.split()
+    return digest, pinned
+
+
+@pytest.mark.slow
+def test_baseline_inference_is_the_same_under_other_instruction_sets(tmp_path: Path) -> None:
+    import torch
+
+    from geodelta.annotators.models.change_model import FCSiamDiff, save_model
+
+    torch.manual_seed(0)
+    model = FCSiamDiff(4, base_channels=8, dropout=0.0).eval()
+    weights = save_model(model, tmp_path, {"bands": ["B02", "B03", "B04", "B08"]}).weights
+    here = _infer(weights, "pinned", {})
+    other = _infer(weights, "pinned", _OTHER_CPU)
+    assert here == other and here[1] == "True"
+    # the control: with torch's defaults, the same knobs move the probabilities
+    unpinned_here = _infer(weights, "defaults", {})
+    unpinned_other = _infer(weights, "defaults", _OTHER_CPU)
+    assert unpinned_here[1] == unpinned_other[1] == "False"
+    assert unpinned_here[0] != unpinned_other[0]

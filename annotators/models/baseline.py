@@ -18,6 +18,8 @@ mask) with the model's probabilities:
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from geodelta._numerics import PINNED, pin_before_torch
 from geodelta.errors import ModelError
 from geodelta.schemas.classes import BINARY_CHANGE
 
@@ -37,6 +40,8 @@ __all__ = [
     "change_metrics",
     "fuse_masks",
 ]
+
+log = logging.getLogger(__name__)
 
 FusionMode = Literal["none", "intersect", "union"]
 FUSION_MODES: tuple[str, ...] = get_args(FusionMode)
@@ -160,6 +165,21 @@ def change_metrics(
     )
 
 
+@functools.cache
+def _pin_numerics() -> None:
+    """The pinned torch numerics of :mod:`geodelta._numerics` for this process's inference, set
+    once; where torch ran before with its per-CPU kernels, a warning says the masks may differ
+    from another machine's in pixels whose probability is near the threshold."""
+    if not pin_before_torch():
+        log.warning(
+            "the baseline change model runs with this CPU's own torch kernels (torch was "
+            "imported before the model loaded, without %s): its masks may differ from another "
+            "machine's where a probability is near the threshold; build with the geodelta "
+            "command, or set these variables before Python starts",
+            " ".join(f"{k}={v}" for k, v in PINNED.items()),
+        )
+
+
 class BaselineChangeAnnotator:
     """Change-probability maps from trained FC-Siam-diff weights (a ``ModelHandler`` look-alike).
 
@@ -204,6 +224,7 @@ class BaselineChangeAnnotator:
     def load_model(self) -> Any:
         """Load the weights once (checks their content hash); later calls reuse them."""
         if self._model is None:
+            _pin_numerics()  # before torch is imported, where it is not yet
             from geodelta.annotators.models.change_model import load_model
 
             if self.threads is not None:
@@ -227,9 +248,9 @@ class BaselineChangeAnnotator:
         Raises:
             BaselineError: a pair's band count differs from the model's.
         """
+        model = self.load_model()  # first: it pins the numerics before torch is imported
         from geodelta.annotators.models.change_model import predict_proba
 
-        model = self.load_model()
         for i, (b, _) in enumerate(batch):
             if b.ndim != 3 or b.shape[0] != model.in_channels:
                 raise BaselineError(
@@ -238,7 +259,14 @@ class BaselineChangeAnnotator:
                     "train a model on these bands",
                     key="baseline.weights",
                 )
-        return predict_proba(model, list(batch), batch_size=self.batch_size, tile=self.tile)
+        import torch
+
+        onednn = bool(torch.backends.mkldnn.enabled)
+        torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # geodelta._numerics
+        try:
+            return predict_proba(model, list(batch), batch_size=self.batch_size, tile=self.tile)
+        finally:
+            torch.backends.mkldnn.enabled = onednn  # type: ignore[assignment]
 
     # -- what samples record -----------------------------------------------------------------
     @property

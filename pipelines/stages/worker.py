@@ -89,7 +89,11 @@ class Worker:
             return None
         from geodelta.annotators.models.baseline import BaselineChangeAnnotator
 
-        return BaselineChangeAnnotator(self.cfg.resolve(b.weights), batch_size=b.batch_size)
+        # one thread: a worker is one core, and the sums of a product split over threads
+        # depend on their count (geodelta._numerics)
+        return BaselineChangeAnnotator(
+            self.cfg.resolve(b.weights), batch_size=b.batch_size, threads=1
+        )
 
     # -- stages ------------------------------------------------------------------------------
     def pair(self, job: TileJob) -> ScenePair | QuarantineRecord:

@@ -1,41 +1,18 @@
-"""CPU numerics that give the reference model the same floats on any x86-64 machine.
-
-The reference model's metrics gate a release, so two machines training it on the same release
-must get the same weights and metrics. With torch's defaults they do not: its kernels are
-chosen per CPU at run time. Measured on the demo release (one torch thread, the same seed):
-masks F1 0.653 on an Intel Xeon, 0.482 on an AMD EPYC; on the EPYC alone, oneDNN limited to
-AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``) gave F1 0.591 and ATen's kernels limited to AVX2
-(``ATEN_CPU_CAPABILITY=avx2``) moved retrieval R@1 and caption CIDEr. What is pinned, and
-why each:
-
-- ``ATEN_CPU_CAPABILITY=default``: ATen's vectorised kernels (reductions, activations) run the
-  one build compiled for every x86-64 CPU, not the AVX2 / AVX-512 builds picked per machine.
-- ``MKL_CBWR=COMPATIBLE``: MKL's conditional numerical reproducibility mode (matrix products
-  take the same code path on Intel and other x86-64 CPUs).
-- oneDNN off for the training (``torch.backends.mkldnn``): its JIT kernels and their blocking
-  depend on the CPU's instruction set and caches; convolutions then run as ATen's
-  im2col + MKL products, which the two settings above cover.
-- one intra-op thread (``reference.threads: 1``, the default): the reduction order of a
-  product split over threads depends on their count.
-
-The two environment variables are read once, when torch first runs a kernel (ATen) or MKL
-first runs: they cannot be changed in a process where torch has run. :func:`pinned_here`
-says whether this process has them; otherwise the training runs in a child process started
-with them (:func:`pinned_env`). Cost: the demo's training takes ~1.6x as long as with the
-per-CPU kernels. Other architectures (ARM) get the same floats among themselves, not the
-x86-64 ones.
+"""The reference training in a child process with the pinned CPU numerics of
+:mod:`geodelta._numerics` (read there why): :func:`run_pinned` starts it and relays what it
+says; :func:`child_spec`, :func:`child_say` and :func:`child_error` are the child's side.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from geodelta._numerics import PINNED, numerics_record, pinned_env, pinned_here
 from geodelta.errors import GeodeltaError, ModelError, ReleaseError
 
 __all__ = [
@@ -48,36 +25,6 @@ __all__ = [
     "pinned_here",
     "run_pinned",
 ]
-
-#: The environment of a process whose torch numerics are pinned.
-PINNED: Mapping[str, str] = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
-
-
-def pinned_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """``base`` (default: this process's environment) with the :data:`PINNED` variables."""
-    return {**(os.environ if base is None else base), **PINNED}
-
-
-def pinned_here() -> bool:
-    """Whether torch in this process runs the pinned kernels: the :data:`PINNED` variables are
-    set and ATen took them (it reads its own once, when torch first runs)."""
-    if any(os.environ.get(k) != v for k, v in PINNED.items()):
-        return False
-    import torch
-
-    return str(torch.backends.cpu.get_cpu_capability()).upper() == "DEFAULT"
-
-
-def numerics_record(threads: int) -> dict[str, Any]:
-    """What ``metrics.training.numerics`` records of the run (this process's settings)."""
-    import torch
-
-    return {
-        "aten_cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
-        "mkl_cbwr": os.environ.get("MKL_CBWR"),
-        "mkldnn": bool(torch.backends.mkldnn.enabled),
-        "threads": threads,
-    }
 
 
 # --------------------------------------------------------------------------------------------
