@@ -24,9 +24,9 @@ first runs: they cannot be changed in a process where torch has run. :func:`pinn
 says whether this process has them; :func:`pin_before_torch` sets them where torch has not
 been imported yet (a build's worker, before the baseline model loads); otherwise the reference
 training runs in a child process started with them
-(:mod:`geodelta.pipelines.training.numerics`). Cost: the demo's training takes ~1.6x as long as with the
-per-CPU kernels. Other architectures (ARM) get the same floats among themselves, not the
-x86-64 ones.
+(:mod:`geodelta.pipelines.training.numerics`). Cost: the demo's training takes ~1.6-1.9x as
+long as with the per-CPU kernels. Other architectures (ARM) get the same floats among
+themselves, not the x86-64 ones.
 """
 
 from __future__ import annotations

@@ -133,3 +133,19 @@ def test_baseline_inference_is_the_same_under_other_instruction_sets(tmp_path: P
     unpinned_other = _infer(weights, "defaults", _OTHER_CPU)
     assert unpinned_here[1] == unpinned_other[1] == "False"
     assert unpinned_here[0] != unpinned_other[0]
+
+
+def test_without_torch_the_baseline_names_the_extra(tmp_path: Path) -> None:
+    """Pinning first must not turn the missing-torch message into a traceback."""
+    fake = tmp_path / "site" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named torch')\n")
+    code = (
+        "from geodelta.annotators.models.baseline import BaselineChangeAnnotator\n"
+        "from geodelta.errors import MissingDependencyError\n"
+        "try:\n    BaselineChangeAnnotator('w.pt').load_model()\n"
+        "except MissingDependencyError as exc:\n    print(exc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert "pip install 'geodelta[model]'" in out.stdout, out.stderr[-2000:]

@@ -170,7 +170,11 @@ def _pin_numerics() -> None:
     """The pinned torch numerics of :mod:`geodelta._numerics` for this process's inference, set
     once; where torch ran before with its per-CPU kernels, a warning says the masks may differ
     from another machine's in pixels whose probability is near the threshold."""
-    if not pin_before_torch():
+    try:
+        pinned = pin_before_torch()
+    except ImportError:
+        return  # torch is not installed: load_model's import names the extra to install
+    if not pinned:
         log.warning(
             "the baseline change model runs with this CPU's own torch kernels (torch was "
             "imported before the model loaded, without %s): its masks may differ from another "
