@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from geodelta._numerics import PINNED, pinned_env
 from geodelta.errors import ConfigError, ModelError, ReleaseError
-from geodelta.pipelines.training.numerics import PINNED, pinned_env, run_pinned
+from geodelta.pipelines.training.numerics import run_pinned
 
 pytest.importorskip("torch")
 
@@ -69,7 +70,13 @@ def test_a_child_without_the_pinned_settings_refuses() -> None:
         [sys.executable, "-c", code], env=env, input="{}", capture_output=True, text=True
     )
     assert "runs without the pinned numerics" in out.stdout, out.stderr[-2000:]
-    assert pinned_env(env)["ATEN_CPU_CAPABILITY"] == "default"
+
+
+def test_the_pinned_settings_win_over_the_callers() -> None:
+    """A caller's own ATen setting (another machine's kernels) does not reach the child; the
+    rest of its environment does."""
+    env = pinned_env({"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AUTO", "HOME": "/h"})
+    assert env == {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "HOME": "/h"}
 
 
 # -- the baseline model's inference in a build's worker ---------------------------------------

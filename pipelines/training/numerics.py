@@ -12,19 +12,10 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from geodelta._numerics import PINNED, numerics_record, pinned_env, pinned_here
+from geodelta._numerics import PINNED, pinned_env, pinned_here
 from geodelta.errors import GeodeltaError, ModelError, ReleaseError
 
-__all__ = [
-    "PINNED",
-    "child_error",
-    "child_say",
-    "child_spec",
-    "numerics_record",
-    "pinned_env",
-    "pinned_here",
-    "run_pinned",
-]
+__all__ = ["child_error", "child_say", "child_spec", "run_pinned"]
 
 
 # --------------------------------------------------------------------------------------------

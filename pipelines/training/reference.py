@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from geodelta._io import json_bytes, sha256_file, write_atomic
+from geodelta._numerics import numerics_record, pinned_here
 from geodelta.errors import MissingDependencyError, ReleaseError
 from geodelta.pipelines.release.layout import (
     REFERENCE_CARD,
@@ -68,14 +69,7 @@ from geodelta.pipelines.training.disagreement import (
     score_disagreements,
 )
 from geodelta.pipelines.training.model_card import model_card
-from geodelta.pipelines.training.numerics import (
-    child_error,
-    child_say,
-    child_spec,
-    numerics_record,
-    pinned_here,
-    run_pinned,
-)
+from geodelta.pipelines.training.numerics import child_error, child_say, child_spec, run_pinned
 from geodelta.pipelines.training.retrieval import (
     TEXT_ENCODER,
     RetrievalRun,
