@@ -92,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-gx", action="store_true", help="validation.great_expectations off")
     parser.add_argument("--work", type=Path, default=None, help="folder to build in (default tmp)")
     parser.add_argument(
+        "--catalog",
+        type=Path,
+        default=None,
+        help="a demo catalog this benchmark wrote before with the same --scale and --series "
+        "(seed 0: the same files; writing one at scale 4 takes ~5 min); default: write one",
+    )
+    parser.add_argument(
         "--series",
         action="store_true",
         help="the series demo catalog and configs/demo-series.yaml (sequences of 5 dates)",
@@ -110,7 +117,16 @@ def main(argv: list[str] | None = None) -> int:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-incremental-"))
     load_before = os.getloadavg()[0]
-    cat = write_demo_catalog(work / "catalog", seed=0, scale=args.scale, series=args.series)
+    if args.catalog is None:
+        cat = write_demo_catalog(work / "catalog", seed=0, scale=args.scale, series=args.series)
+    else:  # the AOI is the one write_demo_catalog uses at that scale
+        from geodelta.sources.demo.catalog import DemoCatalog
+        from geodelta.sources.demo.world import scaled_aoi
+
+        root = args.catalog.resolve()
+        if not (root / "catalog.json").is_file():
+            parser.error(f"--catalog {root}: no catalog.json there; leave --catalog out")
+        cat = DemoCatalog(root, root / "catalog.json", scaled_aoi(args.scale), root / "truth")
     x0, y0, x1, y1 = cat.aoi_bbox
     small = [x0 + args.grow / (1 + args.grow) * (x1 - x0), y0, x1, y1]
     extra: dict[str, Any] = {"runner": {"name": args.runner}}

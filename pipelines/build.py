@@ -674,9 +674,11 @@ def _build(
     # no decode repeated of the bytes whose decode checks passed on the workers (the cell
     # markers), nor, with --from, of those the previous report/verified.json vouches for
     trusted = staging.decode_digests()
-    if incremental is not None:
+    carried = None
+    if incremental is not None:  # and the shards copied whole are not read again
         trusted |= incremental.trusted
-    write_report(build_dir, previous=previous, trusted=trusted)
+        carried = incremental.carried_shards
+    write_report(build_dir, previous=previous, trusted=trusted, carried=carried)
     timings["report"] = time.perf_counter() - t
     if build_dir != release_dir:  # --overwrite: the new release replaces the old one now
         from geodelta.pipelines.release.lock import swap_in

@@ -15,7 +15,7 @@ import io
 import json
 import shutil
 import tarfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -289,6 +289,9 @@ class _Recorder:
     def unread(self, shard: str) -> None:
         self.calls.append(("unread", shard))
 
+    def carried(self, shard: str, keys: Sequence[str]) -> None:
+        self.calls.append(("carried", shard, *keys))
+
 
 @pytest.mark.parametrize("kind", ["none", "truncated", "missing", "png"])
 def test_verify_shows_every_sample_read_and_decides_the_same(
@@ -350,10 +353,12 @@ def test_offsets_taken_while_writing_are_what_tarfile_reads_back(pair_release: P
             assert data[m["offset"] : m["offset"] + m["size"]] == members[m["name"]]
 
 
-def test_the_map_without_add_patch_is_the_same_png(
+def test_the_map_as_one_collection_is_the_same_png_as_a_patch_per_box(
     pair_release: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from matplotlib.axes import Axes
+    from matplotlib.collections import PolyCollection
+    from matplotlib.patches import Rectangle
 
     from geodelta.pipelines.report import plots
     from geodelta.pipelines.report.sections import aoi, box
@@ -370,7 +375,20 @@ def test_the_map_without_add_patch_is_the_same_png(
         (boxes[:1], plots.SPLIT_COLOURS, None),
     ]
     fast = [plots.footprint_map(b, colours=c, title="t", aoi=a) for b, c, a in cases]
-    monkeypatch.setattr(Axes, "add_artist", Axes.add_patch)  # what the map did before
+    add_artist = Axes.add_artist
+
+    def per_box(ax: Axes, artist: Any) -> Any:  # what the map drew before: a patch per box
+        if not isinstance(artist, PolyCollection):
+            return add_artist(ax, artist)
+        for path, face in zip(artist.get_paths(), artist.get_facecolors(), strict=True):
+            (x0, y0), (x1, y1) = path.vertices.min(axis=0), path.vertices.max(axis=0)
+            rect = Rectangle((x0, y0), x1 - x0, y1 - y0, facecolor=face[:3], edgecolor="black")
+            rect.set_linewidth(0.4)
+            rect.set_alpha(0.55)
+            ax.add_patch(rect)
+        return artist
+
+    monkeypatch.setattr(Axes, "add_artist", per_box)
     slow = [plots.footprint_map(b, colours=c, title="t", aoi=a) for b, c, a in cases]
     assert fast == slow
     assert len(set(fast)) == len(cases)

@@ -14,14 +14,23 @@ import io
 import json
 import shutil
 import tarfile
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import geodelta.pipelines.release.verify as verify_module
 from geodelta.pipelines.release.layout import VERIFIED, iter_tar_samples, read_manifest, shard_files
-from geodelta.pipelines.release.previous import open_previous, trusted_digests
-from geodelta.pipelines.release.verify import DECODE_CHECKS, decode_digest, verify_release
+from geodelta.pipelines.release.previous import open_previous, trusted_digests, verified_record
+from geodelta.pipelines.release.verify import (
+    DECODE_CHECKS,
+    CarriedShard,
+    decode_digest,
+    shard_context,
+    verify_release,
+)
 from geodelta.pipelines.report.render import write_report
 from geodelta.schemas import SampleMeta
 from tests.factories import factory_release, make_config
@@ -143,7 +152,8 @@ def test_from_reads_reused_members_at_the_recorded_offsets(release: Path, tmp_pa
     through the tar), each checked against its tar header; offsets that do not match give None
     there, and the shard is then read as a tar; a shard that is not its manifest entry gives
     nothing to reuse."""
-    from geodelta.pipelines.release.previous import members_at_offsets, read_shard
+    from geodelta.pipelines.release.layout import members_at_offsets
+    from geodelta.pipelines.release.previous import read_shard
 
     prev = open_previous(release, CFG)
     shard = shard_files(release)[0]
@@ -183,3 +193,115 @@ def test_from_reads_reused_members_at_the_recorded_offsets(release: Path, tmp_pa
     copy = _copy(release, tmp_path / "edited")
     (copy / rel).write_bytes(data[:-512] + b"x" * 512)
     assert read_shard(open_previous(copy, CFG), rel, set(in_tar)) is None
+
+
+# -- shards verified before: carried by checksum ---------------------------------------------
+
+
+class _Visits:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+
+    def sample(self, shard: str, key: str, members: dict[str, bytes]) -> None:
+        self.calls.append(("sample", shard, key))
+
+    def done(self, shard: str, error: Exception | None) -> None:
+        self.calls.append(("done", shard))
+
+    def unread(self, shard: str) -> None:
+        self.calls.append(("unread", shard))
+
+    def carried(self, shard: str, keys: Sequence[str]) -> None:
+        self.calls.append(("carried", shard, *keys))
+
+
+def _no_tar(*_: Any) -> Any:
+    raise AssertionError("a carried shard was read as a tar")
+
+
+def test_the_record_holds_every_clean_shard_with_its_keys_in_tar_order(release: Path) -> None:
+    record = json.loads((release / VERIFIED).read_bytes())
+    manifest = read_manifest(release)
+    assert len(manifest.shards) > 1
+    assert set(record["shards"]) == {s.sha256 for s in manifest.shards}
+    for s in manifest.shards:
+        keys = [k for k, _ in iter_tar_samples(release / s.path)]
+        assert record["shards"][s.sha256]["keys"] == keys
+        shaping = json.loads(next(iter_tar_samples(release / s.path))[1]["json"])["shaping_hash"]
+        assert record["shards"][s.sha256]["context"] == shard_context(
+            s.split, shaping, manifest.mode or "pair", manifest.members
+        )
+
+
+def test_carried_shards_are_not_read_and_verify_decides_the_same(
+    release: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = verify_release(release, strict=True, digests=True)
+    carried = verified_record(open_previous(release, CFG))[1]
+    assert set(carried) == set(full.shards) == {s.sha256 for s in read_manifest(release).shards}
+    seen = _Visits()
+    monkeypatch.setattr(verify_module, "iter_tar_samples", _no_tar)
+    again = verify_release(release, strict=True, digests=True, carried=carried, visitor=seen)
+    assert again == full and again.ok  # ok, samples, problems, notes
+    assert (again.passed, again.shards, again.carried) == (full.passed, full.shards, 6)
+    shards = read_manifest(release).shards
+    assert seen.calls == [("carried", s.path, *full.shards[s.sha256][1]) for s in shards]
+
+
+def test_a_shard_is_carried_only_with_its_bytes_and_context(
+    release: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    carried = verified_record(open_previous(release, CFG))[1]
+    # other bytes under the shard's name: not carried, read and caught as without the record
+    rel = _copy(release, tmp_path / "damaged")
+    shard = shard_files(rel)[0]
+    key, members = next(iter_tar_samples(shard))
+    _replace(shard, key, "before.png", members["before.png"][:100])
+    damaged = verify_release(rel, strict=True, digests=True, carried=carried)
+    assert damaged == verify_release(rel, strict=True, digests=True)
+    assert any("sha256 mismatch" in p for p in damaged.problems)
+    assert any("before.png does not decode as PNG" in p for p in damaged.problems)
+    in_shard = len(list(iter_tar_samples(shard)))
+    assert damaged.carried == 6 - in_shard  # the other shards' samples
+    # the same bytes in another context (a record of other checks, split, config...): read
+    other = {sha: CarriedShard("0" * 64, c.samples) for sha, c in carried.items()}
+    seen = _Visits()
+    read = verify_release(release, strict=True, digests=True, carried=other, visitor=seen)
+    assert read == verify_release(release, strict=True) and read.carried == 0
+    assert [c[0] for c in seen.calls].count("sample") == 6
+    # every input of the context counts
+    base = ("train", "a" * 64, "pair", ("json", "before.png"))
+    variants = [
+        ("val", *base[1:]),
+        (base[0], "b" * 64, *base[2:]),
+        (*base[:2], "series", base[3]),
+        (*base[:3], ("json",)),
+    ]
+    assert len({shard_context(*v) for v in [base, *variants]}) == 5
+
+
+def test_the_report_reads_the_same_with_carried_shards(
+    release: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page and the record are the same when the report's verify carries every shard: the
+    page's readers get the members they read sliced at the samples table's offsets (no tar
+    read), or, where the offsets do not match, the shard read as a tar."""
+    import geodelta.pipelines.report.data as data_module
+
+    carried = verified_record(open_previous(release, CFG))[1]
+    page = (release / "report" / "index.html").read_bytes()
+    record = (release / VERIFIED).read_bytes()
+    at_offsets = _copy(release, tmp_path / "offsets")
+    with monkeypatch.context() as m:
+        m.setattr(verify_module, "iter_tar_samples", _no_tar)
+        m.setattr(data_module, "iter_tar_samples", _no_tar)
+        write_report(at_offsets, carried=carried)
+    as_tar = _copy(release, tmp_path / "tar")
+    with monkeypatch.context() as m:
+        m.setattr(verify_module, "iter_tar_samples", _no_tar)
+        m.setattr(data_module, "members_at_offsets", lambda *_: None)  # offsets that differ
+        write_report(as_tar, carried=carried)
+    for rel in (at_offsets, as_tar):
+        assert (rel / "report" / "index.html").read_bytes() == page
+        assert (rel / VERIFIED).read_bytes() == record
+        assert verify_release(rel, strict=True).ok

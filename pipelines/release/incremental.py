@@ -62,9 +62,9 @@ from __future__ import annotations
 import json
 import logging
 import tarfile
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geodelta._io import compact_json_bytes
 from geodelta.pipelines.release.previous import (
@@ -74,7 +74,7 @@ from geodelta.pipelines.release.previous import (
     open_previous,
     read_shard,
     section_hashes,
-    trusted_digests,
+    verified_record,
 )
 from geodelta.schemas import (
     SCHEMA_VERSION,
@@ -83,6 +83,9 @@ from geodelta.schemas import (
     SampleMeta,
     ScenePair,
 )
+
+if TYPE_CHECKING:
+    from geodelta.pipelines.release.verify import CarriedShard
 
 __all__ = [
     "DATA_VERDICTS",
@@ -298,6 +301,9 @@ class Incremental:
             to ``drift.json``); None when the previous release has no snapshot.
         trusted: the decode digests the previous release's report recorded in
             ``report/verified.json`` (empty when it has none, or not as its manifest lists it).
+        carried_shards: the shards that report's verify found without a problem, by sha256
+            (:class:`~.verify.CarriedShard`; the report does not read those this build copies
+            whole again).
         linked: the keys of the samples reused now, left in the previous release's shards
             (:class:`~.linked.LinkedSamples` reads them for the release).
     """
@@ -313,6 +319,7 @@ class Incremental:
     reused_cells: set[str] = field(default_factory=set)
     drift: Any = None
     trusted: frozenset[str] = frozenset()
+    carried_shards: Mapping[str, CarriedShard] = field(default_factory=dict)
     linked: frozenset[str] = frozenset()
 
     def drift_dict(self) -> dict[str, Any] | None:
@@ -574,11 +581,13 @@ def reuse_previous(
     reused |= _carry(cfg, prev, (quarantined & steady) - set(done), staging, code_version)
     staging.put_file(REUSED_FILE, json.dumps(sorted(reused)))
     m = prev.manifest
+    verified = verified_record(prev) if reused else (frozenset(), {})
     out = Incremental(
         source=f"{m.name} {m.version}",
         source_hash=m.config_hash,
         drift=drift,
-        trusted=trusted_digests(prev) if reused else frozenset(),
+        trusted=verified[0],
+        carried_shards=verified[1],
     )
     out.reused_cells = reused
     out.linked = frozenset(linked.values())

@@ -43,8 +43,9 @@ parquet tables are written as :func:`parquet_bytes` lays them out.
 from __future__ import annotations
 
 import json
+import mmap
 import tarfile
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -92,9 +93,12 @@ __all__ = [
     "UPLOAD_STAMP",
     "VALIDATION_DIR",
     "VERIFIED",
+    "MemberOffsets",
     "Mode",
+    "Span",
     "beside",
     "iter_tar_samples",
+    "members_at_offsets",
     "parquet_bytes",
     "read_json",
     "read_manifest",
@@ -271,6 +275,64 @@ def read_tar_member(
                 continue
             f = tar.extractfile(info)
             out[key] = f.read() if f is not None else b""
+    return out
+
+
+#: One member of a sample in its shard: (member name, data offset, size).
+Span = tuple[str, int, int]
+
+
+class MemberOffsets(Mapping[str, tuple[Span, ...]]):
+    """sample key -> its member spans, read from the samples table's ``member_offsets`` column
+    when asked (kept as Arrow: a million samples' spans as Python tuples would take GBs)."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self._rows = {str(k): i for i, k in enumerate(table.column("key").to_pylist())}
+        self._column = table.column("member_offsets")
+
+    def __getitem__(self, key: str) -> tuple[Span, ...]:
+        members = self._column[self._rows[key]].as_py() or ()
+        return tuple((str(m["name"]), int(m["offset"]), int(m["size"])) for m in members)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
+def members_at_offsets(
+    data: bytes | mmap.mmap,
+    keys: Collection[str],
+    offsets: Mapping[str, tuple[Span, ...]],
+    names: Collection[str] | None = None,
+) -> list[tuple[str, dict[str, bytes]]] | None:
+    """The members of the samples ``keys`` of one shard's bytes ``data``, sliced at ``offsets``
+    (the samples table's: member name, data offset, size), in key order, members in tar order.
+    Each member's tar header (the 512 bytes before its data) must name it, ``<key>.<member>``,
+    with that size; None when any does not, or a key has no offsets. ``names``: only these
+    members (default all)."""
+    out: list[tuple[str, dict[str, bytes]]] = []
+    for key in sorted(keys):
+        members = offsets.get(key)
+        if not members:
+            return None
+        got: dict[str, bytes] = {}
+        for name, offset, size in members:
+            if names is not None and name not in names:
+                continue
+            if offset < 512 or offset + size > len(data):
+                return None
+            try:
+                info = tarfile.TarInfo.frombuf(
+                    data[offset - 512 : offset], "utf-8", "surrogateescape"
+                )
+            except tarfile.TarError:
+                return None
+            if info.name != f"{key}.{name}" or info.size != size:
+                return None
+            got[name] = data[offset : offset + size]  # bytes (a slice of an mmap is too)
+        out.append((key, got))
     return out
 
 

@@ -24,14 +24,15 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from geodelta.errors import ReleaseError
-from geodelta.pipelines.release.previous import members_at_offsets
+from geodelta.pipelines.release.layout import members_at_offsets
 from geodelta.pipelines.release.shards import tar_entry_bytes
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from geodelta.pipelines.release.incremental import Incremental
-    from geodelta.pipelines.release.previous import Previous, Span
+    from geodelta.pipelines.release.layout import Span
+    from geodelta.pipelines.release.previous import Previous
     from geodelta.schemas import ShardInfo
 
 __all__ = ["LinkedSamples", "linked_samples"]

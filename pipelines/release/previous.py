@@ -4,7 +4,8 @@
 refuses a release of another dataset or of other sample-shaping config sections;
 :func:`read_shard` checks a shard against its manifest entry and reads the members of reused
 samples at the offsets its samples table records, and :func:`trusted_digests` returns the
-decode digests its report recorded (``report/verified.json``).
+decode digests and verified shards its report recorded (``report/verified.json``:
+:func:`verified_record`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import json
 import logging
 import mmap
 import os
-import tarfile
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -28,7 +28,10 @@ from geodelta.pipelines.release.layout import (
     QUARANTINE_TABLE,
     SAMPLES_TABLE,
     VERIFIED,
+    MemberOffsets,
+    Span,
     iter_tar_samples,
+    members_at_offsets,
     read_manifest,
     read_table,
 )
@@ -39,20 +42,19 @@ __all__ = [
     "RELEASE_SECTIONS",
     "Previous",
     "differing_sections",
-    "members_at_offsets",
     "open_previous",
     "read_shard",
     "section_hashes",
     "trusted_digests",
+    "verified_record",
 ]
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-log = logging.getLogger(__name__)
+    from geodelta.pipelines.release.verify import CarriedShard
 
-#: One member of a sample in its shard: (member name, data offset, size).
-Span = tuple[str, int, int]
+log = logging.getLogger(__name__)
 
 
 def section_hashes(normalised: dict[str, Any]) -> dict[str, str]:
@@ -221,7 +223,7 @@ def open_previous(path: str | Path, cfg: BuildConfig) -> Previous:
         remote=remote,
         holder=holder,
         quarantine=records,
-        offsets=_Offsets(table) if "member_offsets" in table.column_names else {},
+        offsets=MemberOffsets(table) if "member_offsets" in table.column_names else {},
     )
 
 
@@ -233,25 +235,6 @@ def _samples_table(root: Path) -> pa.Table:
         return read_table(root, SAMPLES_TABLE, columns=[*columns, "member_offsets"])
     except (GeodeltaError, KeyError):
         return read_table(root, SAMPLES_TABLE, columns=columns)
-
-
-class _Offsets(Mapping[str, tuple[Span, ...]]):
-    """sample key -> its member spans, read from the samples table's ``member_offsets`` column
-    when asked (kept as Arrow: a million samples' spans as Python tuples would take GBs)."""
-
-    def __init__(self, table: pa.Table) -> None:
-        self._rows = {str(k): i for i, k in enumerate(table.column("key").to_pylist())}
-        self._column = table.column("member_offsets")
-
-    def __getitem__(self, key: str) -> tuple[Span, ...]:
-        members = self._column[self._rows[key]].as_py() or ()
-        return tuple((str(m["name"]), int(m["offset"]), int(m["size"])) for m in members)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._rows)
-
-    def __len__(self) -> int:
-        return len(self._rows)
 
 
 #: The columns of a release's quarantine table that make a :class:`QuarantineRecord`.
@@ -278,26 +261,47 @@ def trusted_digests(prev: Previous) -> frozenset[str]:
     """The decode digests of the previous release's ``report/verified.json``, when its manifest
     lists the file with its sha256 and the file records this version of the decode checks
     (anything else: none, and every sample is decoded as in a full build)."""
-    from geodelta.pipelines.stages.member_checks import DECODE_CHECKS  # imports GDAL, PIL
+    return verified_record(prev)[0]
 
+
+def verified_record(prev: Previous) -> tuple[frozenset[str], dict[str, CarriedShard]]:
+    """What the previous release's ``report/verified.json`` vouches for, when its manifest lists
+    the file with its sha256 and the file records this version of the decode checks: the
+    decode digests (:func:`trusted_digests`) and the shards its verify found without a problem,
+    by sha256 (:class:`~.verify.CarriedShard`: a shard this build copies whole is not read
+    again by its report). Anything else: nothing, and everything is verified as in a full
+    build."""
+    from geodelta.pipelines.release.verify import CarriedShard  # imports GDAL, PIL
+    from geodelta.pipelines.stages.member_checks import DECODE_CHECKS
+
+    nothing: tuple[frozenset[str], dict[str, CarriedShard]] = (frozenset(), {})
     want = {f.path: f.sha256 for f in prev.manifest.files}.get(VERIFIED)
     if want is None:
-        return frozenset()
+        return nothing
     try:
         path = prev.path(VERIFIED)
         if sha256_file(path) != want:
             log.warning("--from: %s does not match its manifest entry; not used", VERIFIED)
-            return frozenset()
+            return nothing
         record = json.loads(path.read_bytes())
     except (OSError, ValueError) as exc:
         log.warning("--from: %s cannot be read (%s); not used", VERIFIED, exc)
-        return frozenset()
+        return nothing
     if not isinstance(record, dict) or record.get("decode_checks") != DECODE_CHECKS:
-        return frozenset()
+        return nothing
     samples = record.get("samples")
     if not isinstance(samples, dict):
-        return frozenset()
-    return frozenset(str(d) for d in samples.values())
+        return nothing
+    shards: dict[str, CarriedShard] = {}
+    recorded = record.get("shards")
+    for sha, entry in (recorded if isinstance(recorded, dict) else {}).items():
+        keys = entry.get("keys") if isinstance(entry, dict) else None
+        context = entry.get("context") if isinstance(entry, dict) else None
+        if not isinstance(keys, list) or not isinstance(context, str):
+            continue
+        if all(isinstance(k, str) and isinstance(samples.get(k), str) for k in keys):
+            shards[str(sha)] = CarriedShard(context, tuple((k, samples[k]) for k in keys))
+    return frozenset(str(d) for d in samples.values()), shards
 
 
 def read_shard(
@@ -329,38 +333,3 @@ def read_shard(
     except OSError:
         return None
     return found if found is not None else iter_tar_samples(path)
-
-
-def members_at_offsets(
-    data: bytes | mmap.mmap,
-    keys: Collection[str],
-    offsets: Mapping[str, tuple[Span, ...]],
-    names: Collection[str] | None = None,
-) -> list[tuple[str, dict[str, bytes]]] | None:
-    """The members of the samples ``keys`` of one shard's bytes ``data``, sliced at ``offsets``
-    (the samples table's: member name, data offset, size), in key order, members in tar order.
-    Each member's tar header (the 512 bytes before its data) must name it, ``<key>.<member>``,
-    with that size; None when any does not, or a key has no offsets. ``names``: only these
-    members (default all)."""
-    out: list[tuple[str, dict[str, bytes]]] = []
-    for key in sorted(keys):
-        members = offsets.get(key)
-        if not members:
-            return None
-        got: dict[str, bytes] = {}
-        for name, offset, size in members:
-            if names is not None and name not in names:
-                continue
-            if offset < 512 or offset + size > len(data):
-                return None
-            try:
-                info = tarfile.TarInfo.frombuf(
-                    data[offset - 512 : offset], "utf-8", "surrogateescape"
-                )
-            except tarfile.TarError:
-                return None
-            if info.name != f"{key}.{name}" or info.size != size:
-                return None
-            got[name] = data[offset : offset + size]  # bytes (a slice of an mmap is too)
-        out.append((key, got))
-    return out

@@ -14,10 +14,12 @@ list are reported: a note, or a problem with ``strict`` (what ``geodelta release
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tarfile
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -52,13 +54,50 @@ from geodelta.schemas.members import SAMPLE_MEMBERS, member, members_for
 
 __all__ = [
     "DECODE_CHECKS",
+    "SHARD_CHECKS",
+    "CarriedShard",
     "SampleVisitor",
     "VerifyResult",
     "decode_digest",
+    "shard_context",
     "verify_release",
 ]
 
 _MAX_PROBLEMS_PER_SHARD = 50
+
+#: The version of the checks :func:`verify_release` runs on a shard's tar layout and on each
+#: sample's members and metadata (the decodes have :data:`DECODE_CHECKS`): bumped when they
+#: change, so that a shard verified by other checks is read again (:class:`CarriedShard`).
+SHARD_CHECKS = 1
+
+
+def shard_context(split: str, shaping: str, mode: str, members: Collection[str]) -> str:
+    """sha256 of everything the checks of one shard compare its bytes with, besides the bytes:
+    the check versions, the shard's split, the manifest's shaping hash, sample mode and member
+    list, and the members table. The same bytes in the same context pass or fail alike."""
+    record = {
+        "checks": [SHARD_CHECKS, DECODE_CHECKS],
+        "split": split,
+        "shaping": shaping,
+        "mode": mode,
+        "members": sorted(members),
+        "table": list(SAMPLE_MEMBERS),
+    }
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CarriedShard:
+    """A shard an earlier verify read and found without a problem (a previous release's
+    ``report/verified.json``, for the shards ``build --from`` copied whole), keyed by its sha256.
+
+    Attributes:
+        context: its :func:`shard_context` then; it is carried only into the same context.
+        samples: its samples in tar order, each with its :func:`decode_digest`.
+    """
+
+    context: str
+    samples: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -80,8 +119,12 @@ class VerifyResult:
     #: ``digests=True`` only: sample key -> :func:`decode_digest` of every sample found
     #: without a problem (what ``report/verified.json`` records).
     passed: Mapping[str, str] = field(default_factory=dict, compare=False)
-    #: samples whose decode checks were not run again: their digest was ``trusted``.
+    #: samples whose decode checks were not run again: their digest was ``trusted`` (or their
+    #: shard ``carried``).
     carried: int = field(default=0, compare=False)
+    #: ``digests=True`` only: sha256 -> (:func:`shard_context`, its keys in tar order) of every
+    #: shard found without a problem (what ``report/verified.json`` records of the shards).
+    shards: Mapping[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict, compare=False)
 
 
 class SampleVisitor(Protocol):
@@ -91,8 +134,9 @@ class SampleVisitor(Protocol):
     For each shard of the manifest, in manifest order, :func:`verify_release` calls
     :meth:`sample` with every sample of the shard in tar order, up to its end or the read error
     (whatever the checks find), then :meth:`done` with that error (``None``: read to its end).
-    A shard missing on disk is not read: :meth:`unread` is called instead. An error a visitor
-    raises propagates out of :func:`verify_release`.
+    A shard missing on disk is not read: :meth:`unread` is called instead; nor is a shard
+    ``carried`` (its bytes were verified before): :meth:`carried` is called instead. An error a
+    visitor raises propagates out of :func:`verify_release`.
     """
 
     def sample(self, shard: str, key: str, members: dict[str, bytes]) -> None:
@@ -103,6 +147,10 @@ class SampleVisitor(Protocol):
 
     def unread(self, shard: str) -> None:
         """``shard`` is missing on disk: verify did not read it."""
+
+    def carried(self, shard: str, keys: Sequence[str]) -> None:
+        """``shard`` (checksum checked) holds the bytes of a shard verified before, with the
+        samples ``keys`` in tar order: verify did not read it."""
 
 
 def _check_file(root: Path, rel: str, size: int, sha256: str) -> list[str]:
@@ -159,11 +207,14 @@ def _check_sample(
                     f"{where}: json shaping_hash is {meta.shaping_hash[:12]} but the config in "
                     f"{MANIFEST} gives {shaping[:12]}: the sample was built from another config"
                 )
-        elif meta.config_hash != manifest.config_hash:
-            problems.append(
-                f"{where}: json config_hash is {str(meta.config_hash)[:12]} but {MANIFEST} says "
-                f"{manifest.config_hash[:12]}: the sample was built from another config"
-            )
+        else:
+            if decode is not None:  # checked against the config hash: no shard record of it
+                decode.unshaped.add(key)
+            if meta.config_hash != manifest.config_hash:
+                problems.append(
+                    f"{where}: json config_hash is {str(meta.config_hash)[:12]} but {MANIFEST} says "
+                    f"{manifest.config_hash[:12]}: the sample was built from another config"
+                )
     mode = manifest.mode or "pair"
     digest = None if decode is None or meta is None else decode_digest(members, meta, mode)
     trusted = digest is not None and decode is not None and digest in decode.trusted
@@ -184,6 +235,7 @@ class _Decode:
     trusted: Collection[str]
     passed: dict[str, str] = field(default_factory=dict)
     carried: int = 0
+    unshaped: set[str] = field(default_factory=set)  # samples of a layout before 1.2.0
 
 
 def _check_shard(
@@ -303,6 +355,7 @@ def verify_release(
     visitor: SampleVisitor | None = None,
     digests: bool = False,
     trusted: Collection[str] = frozenset(),
+    carried: Mapping[str, CarriedShard] | None = None,
 ) -> VerifyResult:
     """Check a release against its ``manifest.json``.
 
@@ -353,7 +406,10 @@ def verify_release(
 
     split_totals: Counter[str] = Counter()
     all_keys: list[str] = []
-    decode = _Decode(trusted) if digests or trusted else None
+    decode = _Decode(trusted) if digests or trusted or carried else None
+    carried = carried or {}
+    clean: dict[str, tuple[str, tuple[str, ...]]] = {}  # the shards without a problem
+    mode = manifest.mode or "pair"
     # one GDAL environment for every GeoTIFF member, with the options each open would set up
     # for itself without it (rasterio's defaults): a fresh one per member cost ~20 % of the
     # GeoTIFF checks
@@ -366,15 +422,32 @@ def verify_release(
                 if visitor is not None:
                     visitor.unread(shard.path)
                 continue
-            shard_problems, keys = _check_shard(
-                root, shard.path, shard.split, manifest, visitor, decode, shaping
-            )
+            context = shard_context(shard.split, shaping, mode, manifest.members)
+            carry = None if file_problems else carried.get(shard.sha256)
+            shard_problems: list[str] = []
+            if decode is not None and carry is not None and carry.context == context:
+                # the same bytes passed the same checks before: not read again
+                keys = [k for k, _ in carry.samples]
+                decode.passed.update(carry.samples)
+                decode.carried += len(keys)
+                if visitor is not None:
+                    visitor.carried(shard.path, keys)
+            else:
+                shard_problems, keys = _check_shard(
+                    root, shard.path, shard.split, manifest, visitor, decode, shaping
+                )
             problems.extend(shard_problems)
             if len(keys) != shard.samples:
                 problems.append(
                     f"{shard.path}: sample count mismatch (expected {shard.samples}, actual "
                     f"{len(keys)})"
                 )
+            elif (
+                not (file_problems or shard_problems)
+                and decode is not None
+                and all(k in decode.passed and k not in decode.unshaped for k in keys)
+            ):
+                clean[shard.sha256] = (context, tuple(keys))
             split_totals[shard.split] += len(keys)
             all_keys.extend(keys)
 
@@ -408,6 +481,7 @@ def verify_release(
         notes=tuple(notes),
         passed={} if decode is None else dict(sorted(decode.passed.items())),
         carried=0 if decode is None else decode.carried,
+        shards={} if decode is None else dict(sorted(clean.items())),
     )
 
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import tarfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -29,7 +30,10 @@ from geodelta.pipelines.release.layout import (
     QUARANTINE_TABLE,
     REFERENCE_METRICS,
     SAMPLES_TABLE,
+    MemberOffsets,
+    Span,
     iter_tar_samples,
+    members_at_offsets,
     read_json,
     read_manifest,
     read_table,
@@ -54,6 +58,9 @@ __all__ = [
 
 #: Metadata fields that change with every build and are not counted as a sample change.
 PROVENANCE_FIELDS: frozenset[str] = frozenset({"config_hash", "shaping_hash", "code_version"})
+
+#: The members :class:`SampleInfoReader` reads of a sample (without digests, not kept).
+_TEXT_MEMBERS = frozenset({"json", "captions.json", "qa.json"})
 
 #: Samples in the review list when the reference metrics do not say (``review_top``).
 _DEFAULT_REVIEW = 20
@@ -200,6 +207,9 @@ class ShardReader(Protocol):
     def fail(self, shard: str, error: Exception) -> None:
         """Its read of ``shard`` (path relative to the release) ended on ``error``."""
 
+    def needs(self, key: str) -> frozenset[str] | None:
+        """The members of sample ``key`` it reads (None: all of them)."""
+
 
 class Fanout:
     """Every sample read to each of several :class:`ShardReader`: each one sees what it would
@@ -208,7 +218,8 @@ class Fanout:
     (``fail`` for those that catch it; for another it propagates).
 
     It has the methods of :class:`geodelta.pipelines.release.verify.SampleVisitor`, so that
-    verify's read serves the readers; :meth:`unread` reads a shard verify did not.
+    verify's read serves the readers; :meth:`unread` and :meth:`carried` read a shard verify
+    did not.
 
     Attributes:
         shards: the shards whose read ended, in that order.
@@ -219,6 +230,7 @@ class Fanout:
         self.readers = tuple(readers)
         self.shards: list[str] = []
         self._failed: set[int] = set()  # readers done with the shard being read
+        self._offsets: Mapping[str, tuple[Span, ...]] | None = None  # read on the first carry
 
     def sample(self, shard: str, key: str, members: dict[str, bytes]) -> None:
         """One sample of ``shard``, to each reader not done with that shard."""
@@ -260,6 +272,48 @@ class Fanout:
                 break
         self.done(shard, error)
 
+    def carried(self, shard: str, keys: Sequence[str]) -> None:
+        """``shard`` holds bytes verified before (verify did not read it): the readers get its
+        samples ``keys`` (tar order), only the members they read, sliced at the offsets the
+        samples table records (each member's tar header checked); the shard is read as a tar
+        instead where the table has no offsets or they do not match it."""
+        found = self._at_offsets(shard, keys)
+        if found is None:
+            self.unread(shard)
+            return
+        for key in keys:
+            self.sample(shard, key, found[key])
+            if len(self._failed) == len(self.readers):  # nobody reads on
+                break
+        self.done(shard, None)
+
+    def _at_offsets(self, shard: str, keys: Sequence[str]) -> dict[str, dict[str, bytes]] | None:
+        if self._offsets is None:
+            try:
+                table = read_table(self.root, SAMPLES_TABLE, columns=["key", "member_offsets"])
+                self._offsets = MemberOffsets(table)
+            except (ReleaseError, KeyError):  # no table, or one without offsets
+                self._offsets = {}
+        groups: dict[frozenset[str] | None, list[str]] = {}
+        for key in keys:
+            wanted = [r.needs(key) for r in self.readers]
+            names = None if None in wanted else frozenset().union(*wanted)  # type: ignore[arg-type]
+            groups.setdefault(names, []).append(key)
+        out: dict[str, dict[str, bytes]] = {}
+        try:
+            with (
+                open(self.root / shard, "rb") as fh,
+                mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data,
+            ):
+                for names, group in groups.items():
+                    found = members_at_offsets(data, group, self._offsets, names)
+                    if found is None:
+                        return None
+                    out.update(found)
+        except (OSError, ValueError):  # unreadable, or empty (mmap refuses it): read as a tar
+            return None
+        return out
+
 
 def read_shards(rel: Release, readers: Sequence[ShardReader]) -> None:
     """Read every shard of the manifest (in its order) once, for all ``readers``."""
@@ -289,6 +343,10 @@ class SampleInfoReader:
         self.rel.samples[key] = _sample_info(members, digests=self.digests)
         if key in self.wanted:
             self.rel.kept[key] = members
+
+    def needs(self, key: str) -> frozenset[str] | None:
+        """The text members; every member of a sample kept, or with ``digests``."""
+        return None if self.digests or key in self.wanted else _TEXT_MEMBERS
 
     def fail(self, shard: str, error: Exception) -> None:
         """A problem of the page's summary."""

@@ -68,6 +68,10 @@ class GroundingScan:
             }
         )
 
+    def needs(self, key: str) -> frozenset[str] | None:
+        """Its members: the metadata and the QA items."""
+        return frozenset({"json", "qa.json"})
+
     def fail(self, shard: str, error: Exception) -> None:
         """A shard that could not be read."""
         self.problems.append(f"{shard}: cannot be read ({type(error).__name__})")

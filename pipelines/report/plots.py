@@ -221,6 +221,7 @@ def footprint_map(
     No tiles and no coastline: the footprints, the AOI box (dashed) and a lon/lat grid. The
     aspect is corrected by cos(latitude) so cells look square.
     """
+    from matplotlib.collections import PolyCollection
     from matplotlib.patches import Patch, Rectangle
 
     with _figure(6.6, 4.4, left=0.7, right=1.3) as fig:
@@ -228,25 +229,23 @@ def footprint_map(
         xs: list[float] = []
         ys: list[float] = []
         seen: list[str] = []
+        corners: list[list[tuple[float, float]]] = []
+        faces: list[str] = []
         for (x0, y0, x1, y1), group in boxes:
-            colour = colours.get(group, "#7f7f7f")
-            # add_artist, not add_patch: the limits are set below from the boxes, and
-            # add_patch's data-limit update per box (unused) cost more than drawing them
-            ax.add_artist(
-                Rectangle(
-                    (x0, y0),
-                    x1 - x0,
-                    y1 - y0,
-                    facecolor=colour,
-                    edgecolor="black",
-                    linewidth=0.4,
-                    alpha=0.55,
-                )
-            )
+            corners.append([(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
+            faces.append(colours.get(group, "#7f7f7f"))
             xs += [x0, x1]
             ys += [y0, y1]
             if group not in seen:
                 seen.append(group)
+        if corners:
+            # one collection, not a patch per box: drawn in one pass (the limits are set below
+            # from the boxes, so the collection's own limits are not added)
+            ax.add_artist(
+                PolyCollection(
+                    corners, facecolors=faces, edgecolors="black", linewidths=0.4, alpha=0.55
+                )
+            )
         seen.sort(key=lambda g: (list(colours).index(g) if g in colours else len(colours), g))
         if aoi is not None:
             ax.add_patch(

@@ -61,7 +61,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -108,7 +108,7 @@ from geodelta.pipelines.report.verdict import verdict_section
 from geodelta.secrets import redact_values
 
 if TYPE_CHECKING:
-    from geodelta.pipelines.release.verify import VerifyResult
+    from geodelta.pipelines.release.verify import CarriedShard, VerifyResult
 
 __all__ = [
     "PROVENANCE_FIELDS",
@@ -180,9 +180,10 @@ def _render(
     previous: str | Path | None,
     max_gallery: int,
     trusted: Collection[str],
+    carried: Mapping[str, CarriedShard] | None = None,
 ) -> tuple[str, VerifyResult]:
-    """The page and its verify's result (decode digests recorded; ``trusted``: see
-    :func:`write_report`)."""
+    """The page and its verify's result (decode digests recorded; ``trusted`` and ``carried``:
+    see :func:`write_report`)."""
     from geodelta.pipelines.report.scan import scan_release  # verify's imports: GDAL, PIL
 
     rel = open_release(release_dir)
@@ -196,6 +197,7 @@ def _render(
         [*worst, *others, *review[:REVIEW_THUMBNAILS]],
         digests=previous is not None,
         trusted=trusted,
+        carried=carried,
     )
     prev = load_release(previous) if previous is not None else None
     series = series_section(rel, scan.series)  # None for a pair release
@@ -243,6 +245,7 @@ def write_report(
     previous: str | Path | None = None,
     max_gallery: int = 8,
     trusted: Collection[str] = frozenset(),
+    carried: Mapping[str, CarriedShard] | None = None,
 ) -> Path:
     """Write ``<release_dir>/report/index.html`` and ``report/verified.json`` (atomically) and
     list them in the manifest.
@@ -259,6 +262,10 @@ def write_report(
             :func:`~geodelta.pipelines.release.verify.verify_release`): the workers' of the
             build, a previous release's ``verified.json``; how many samples were spared their
             decodes is logged (INFO), not on the page, which reads the same either way.
+        carried: shards verified before, by sha256 (a previous release's ``verified.json``, for
+            the shards ``build --from`` copied whole): their checks are not run again nor their
+            images read (:func:`~geodelta.pipelines.release.verify.verify_release`); the page
+            reads the same either way.
 
     Returns:
         Path of the HTML file.
@@ -272,7 +279,7 @@ def write_report(
             f"--previous {previous} is the release itself; give the earlier release's folder",
             path=str(previous),
         )
-    page, verified = _render(root, previous, max_gallery, trusted)
+    page, verified = _render(root, previous, max_gallery, trusted, carried)
     if verified.carried:  # not on the page: it reads the same however its verify went
         _log.info(
             "report: the PNG and GeoTIFF decodes of %d of %d samples were not repeated (the same "
@@ -294,5 +301,12 @@ def verified_json(verified: VerifyResult) -> bytes:
     """The bytes of ``report/verified.json`` for a verify's result (keys sorted, one line)."""
     from geodelta.pipelines.release.verify import DECODE_CHECKS
 
-    record = {"decode_checks": DECODE_CHECKS, "samples": dict(verified.passed)}
+    record = {
+        "decode_checks": DECODE_CHECKS,
+        "samples": dict(verified.passed),
+        "shards": {
+            sha: {"context": context, "keys": list(keys)}
+            for sha, (context, keys) in verified.shards.items()
+        },
+    }
     return json.dumps(record, sort_keys=True, separators=(",", ":")).encode()

@@ -13,10 +13,10 @@ does not read (missing on disk) is read for the readers, so they say what they a
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
-from geodelta.pipelines.release.verify import VerifyResult, verify_release
+from geodelta.pipelines.release.verify import CarriedShard, VerifyResult, verify_release
 from geodelta.pipelines.report.data import (
     Fanout,
     Release,
@@ -51,6 +51,7 @@ def scan_release(
     *,
     digests: bool = True,
     trusted: Collection[str] = frozenset(),
+    carried: Mapping[str, CarriedShard] | None = None,
 ) -> ReleaseScan:
     """Verify the release and read what the page needs of every sample, in one read.
 
@@ -64,6 +65,9 @@ def scan_release(
             a diff with a previous release reads them).
         trusted: decode digests verify need not check again (``verify_release(trusted=)``);
             ``verified.passed`` holds every sample's digest either way.
+        carried: shards verified before (``verify_release(carried=)``): verify does not read
+            them; the readers get the members they read of them, sliced at the samples
+            table's offsets (:meth:`~.data.Fanout.carried`).
     """
     keep = tuple(keep)
 
@@ -75,7 +79,9 @@ def scan_release(
 
     parts, grounding, series = readers()
     fanout = Fanout(rel.root, parts)
-    verified = verify_release(rel.root, strict=True, visitor=fanout, digests=True, trusted=trusted)
+    verified = verify_release(
+        rel.root, strict=True, visitor=fanout, digests=True, trusted=trusted, carried=carried
+    )
     if fanout.shards != [s.path for s in rel.manifest.shards]:
         # verify read another manifest (or none: it reports why): read the page's own shards
         rel.samples.clear()

@@ -101,6 +101,10 @@ class SeriesScan:
         """Count one sample."""
         _add_sample(self, key, members)
 
+    def needs(self, key: str) -> frozenset[str] | None:
+        """Its members: the metadata, the dates, the first-change map and the QA items."""
+        return frozenset({"json", "dates.json", "first_change.png", "qa.json"})
+
     def fail(self, shard: str, error: Exception) -> None:
         """A shard that could not be read."""
         self.problems.append(f"{shard}: cannot be read ({type(error).__name__})")
