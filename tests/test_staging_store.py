@@ -19,7 +19,13 @@ import fsspec
 import pytest
 
 from geodelta.pipelines.release.lock import Lease, OutputBusyError, hold_lease, hold_place
-from geodelta.pipelines.release.staging import STAMP_FILE, Staging, StagingError, unpack_sample
+from geodelta.pipelines.release.staging import (
+    LINKED_CELL,
+    STAMP_FILE,
+    Staging,
+    StagingError,
+    unpack_sample,
+)
 from geodelta.pipelines.release.upload import OutputError, check_reachable
 from geodelta.schemas import QuarantineRecord
 from tests.factories import flip_staged_member
@@ -453,3 +459,54 @@ def test_an_unreachable_staging_store_stops_the_build_first(
     with pytest.raises(OutputError, match=r"^cannot reach output.staging s3://bucket/stg \("):
         build(cfg, mode="fresh", progress=False)
     assert not (tmp_path / "release").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("where", ["local", "store"])
+def test_many_cells_marked_in_one_file_read_as_their_own_markers(
+    where: str, tmp_path: Path
+) -> None:
+    """mark_cells (what a --from build marks: linked samples, carried verdicts) writes one file
+    (one PUT), and every reader sees the same cells as with a marker per cell; a cell's own
+    marker wins; forgetting cells rewrites the file without them, all of them removes it."""
+    roots = (
+        [tmp_path / "each", tmp_path / "group"]
+        if where == "local"
+        else [f"memory://geodelta-{uuid.uuid4().hex[:8]}/{x}" for x in ("each", "group")]
+    )
+    each, group = Staging(roots[0]), Staging(roots[1])
+    cells: list[tuple[str, list[str], list[QuarantineRecord]]] = [
+        ("c1", ["c1_a"], []),
+        ("c0", [], [_q("c0")]),
+        ("c2", ["c2_a"], []),
+    ]
+    for cell_id, keys, records in cells:
+        each.mark_cell(cell_id, keys=keys, quarantine=records, linked=True)
+    group.mark_cells(cells, linked=True)
+    group.mark_cells([])  # nothing to mark: no file
+    files = group._cell_files()
+    assert len(files) == 1 and files[0].endswith(".cells")
+    for st in (each, group):
+        assert st.done_cells() == {"c0", "c1", "c2"}
+        assert st.corrupt_cells() == dict.fromkeys(["c0", "c1", "c2"], LINKED_CELL)
+    assert list(each.cells()) == list(group.cells())
+    assert each.outcomes() == group.outcomes() == (["c1_a", "c2_a"], [_q("c0")])
+    # a worker's own marker of a grouped cell is the one read
+    group.put_sample("c2_a", MEMBERS)
+    group.mark_cell("c2", keys=["c2_a"], quarantine=[], decoded={"c2_a": "d" * 64})
+    assert group.corrupt_cells() == dict.fromkeys(["c0", "c1"], LINKED_CELL)
+    assert group.decode_digests() == {"d" * 64}
+    group.forget_cells(["c1", "c2"])
+    assert group.done_cells() == {"c0"} and len(group._cell_files()) == 1
+    group.forget_cells(["c0"])
+    assert group.done_cells() == set() and group._cell_files() == []
+    # a group file that is no JSON: one error naming it
+    group.mark_cells(cells[:1], linked=True)
+    (name,) = group._cell_files()
+    if where == "local":
+        (Path(roots[1]) / "cells" / name).write_bytes(b"{broken")
+    else:
+        fsspec.core.url_to_fs(roots[1])[0].pipe_file(
+            fsspec.core.url_to_fs(roots[1])[1] + f"/cells/{name}", b"{broken"
+        )
+    with pytest.raises(StagingError, match=rf"cell markers .*{name} cannot be read"):
+        group.done_cells()

@@ -434,7 +434,7 @@ def _copy(
     for cell_id in candidates:
         key, shard = prev.samples[cell_id]
         by_shard.setdefault(shard, {})[key] = cell_id
-    reused: dict[str, str] = {}
+    reused: dict[str, str] = {}  # in one marker file, not one per cell
     for rel, wanted in sorted(by_shard.items()):
         samples = read_shard(prev, rel, wanted, names=("json",))  # the rest stays there
         if samples is None:
@@ -446,8 +446,8 @@ def _copy(
                 continue
             if not _unchanged(members["json"], candidates[cell], shaping_hash, code_version):
                 continue
-            staging.mark_cell(cell, keys=[sample_key], quarantine=[], linked=True)
             reused[cell] = sample_key
+    staging.mark_cells([(c, [k], []) for c, k in sorted(reused.items())], linked=True)
     return reused
 
 
@@ -508,13 +508,13 @@ def _carry(
     m = prev.manifest
     if m.code_version != code_version or m.schema_version != SCHEMA_VERSION:
         return set()
-    carried: set[str] = set()
+    carried: dict[str, list[QuarantineRecord]] = {}
     for cell in sorted(cells):
         records = prev.quarantine.get(cell, ())
         if records and all(r.cell_id == cell and is_data_verdict(r, cfg) for r in records):
-            staging.mark_cell(cell, keys=[], quarantine=list(records))
-            carried.add(cell)
-    return carried
+            carried[cell] = list(records)
+    staging.mark_cells([(c, [], r) for c, r in carried.items()])  # one marker file
+    return set(carried)
 
 
 def reuse_previous(

@@ -37,6 +37,8 @@ Layout under ``root``::
     cells/<cell_id>.json       completion marker: {"cell_id", "keys", "quarantine"}, and
                                "decoded" {key: decode digest} for the samples whose decode
                                checks the worker ran (:meth:`Staging.decode_digests`)
+    cells/<digest>.cells       the markers of many cells in one file, {cell id: marker}
+                               (:meth:`Staging.mark_cells`: what ``build --from`` marks)
     tmp/                       in-flight writes (local only; safe to delete when no worker runs)
     config.json                the build's stamp (:data:`STAMP_FILE`, written by the build)
     breaker.json               the circuit breaker's trip (:data:`TRIP_FILE`)
@@ -58,6 +60,7 @@ from typing import Any
 
 from geodelta._io import write_atomic
 from geodelta.errors import ReleaseError
+from geodelta.pipelines.release.remote_dir import RemoteDir
 from geodelta.schemas import QuarantineRecord
 
 __all__ = [
@@ -71,6 +74,8 @@ __all__ = [
 ]
 
 _MARKER_SUFFIX = ".json"
+#: A file of several cells' markers (:meth:`Staging.mark_cells`).
+_GROUP_SUFFIX = ".cells"
 
 #: :meth:`Staging.corrupt_cells`' problem for a cell whose samples a ``--from`` build linked.
 LINKED_CELL = (
@@ -193,80 +198,6 @@ def local_root(root: str | Path) -> Path | None:
     return Path(root)
 
 
-class _Remote:
-    """The staging area's objects on an fsspec filesystem that is not a local disk."""
-
-    def __init__(self, url: str) -> None:
-        import fsspec
-
-        self.url = url.rstrip("/")
-        self.fs, path = fsspec.core.url_to_fs(self.url)
-        self.base = str(path).rstrip("/")
-
-    def path(self, rel: str) -> str:
-        return f"{self.base}/{rel}"
-
-    def write(self, files: dict[str, bytes]) -> None:
-        """Write objects (relative path -> bytes), concurrently where the filesystem can."""
-        if len(files) == 1:
-            ((rel, data),) = files.items()
-            self.fs.pipe_file(self.path(rel), data)
-        elif files:
-            self.fs.pipe({self.path(rel): data for rel, data in files.items()})
-
-    def read(self, rel: str) -> bytes:
-        """One object's bytes (``FileNotFoundError`` when missing)."""
-        return bytes(self.fs.cat_file(self.path(rel)))
-
-    def read_many(self, rels: Sequence[str]) -> dict[str, bytes | None]:
-        """Several objects (relative path -> bytes, None when missing), fetched concurrently
-        where the filesystem can. Other errors raise."""
-        if not rels:
-            return {}
-        found = self.fs.cat([self.path(r) for r in rels], on_error="return")
-        out: dict[str, bytes | None] = {}
-        for rel in rels:
-            value = found.get(self.path(rel))
-            if isinstance(value, FileNotFoundError) or value is None:
-                out[rel] = None
-            elif isinstance(value, BaseException):
-                raise value
-            else:
-                out[rel] = bytes(value)
-        return out
-
-    def exists(self, rel: str) -> bool:
-        return bool(self.fs.exists(self.path(rel)))
-
-    def names(self, rel_dir: str) -> list[str]:
-        """Names of the objects directly under ``rel_dir`` (fresh listing, never cached)."""
-        path = self.path(rel_dir)
-        self.fs.invalidate_cache(path)
-        try:
-            entries = self.fs.ls(path, detail=True)
-        except FileNotFoundError:
-            return []
-        prefix = path.rstrip("/") + "/"
-        return sorted(
-            str(e["name"])[len(prefix) :]
-            for e in entries
-            if e.get("type") == "file" and str(e["name"]).startswith(prefix)
-        )
-
-    def remove(self, rels: Sequence[str]) -> None:
-        """Delete objects; missing ones are not an error."""
-        for rel in rels:
-            with contextlib.suppress(FileNotFoundError):
-                self.fs.rm_file(self.path(rel))
-
-    def remove_tree(self, rel: str) -> None:
-        path = self.path(rel) if rel else self.base
-        self.fs.invalidate_cache(path)
-        with contextlib.suppress(FileNotFoundError):
-            self.fs.rm(path, recursive=True)
-        self.fs.invalidate_cache(path)
-
-
 class Staging:
     """A staging area in a local folder or at an fsspec URL (see the module docstring).
 
@@ -281,12 +212,12 @@ class Staging:
 
     def __init__(self, root: str | Path) -> None:
         local = local_root(root)
-        self._remote: _Remote | None = None
+        self._remote: RemoteDir | None = None
         self.root: Path | str
         if local is None:
             from geodelta.pipelines.release.upload import shown
 
-            self._remote = _Remote(str(root))
+            self._remote = RemoteDir(str(root))
             self.root = self._remote.url
             self._shown = shown(self._remote.url)  # for messages: no query string, no user
             local = Path(".")  # unused: the local paths below are never touched
@@ -407,6 +338,47 @@ class Staging:
         Raises:
             StagingError: a bad cell id, or a key whose sample was not put.
         """
+        text = json.dumps(
+            self._marker(cell_id, keys, quarantine, decoded, linked), sort_keys=True, indent=2
+        )
+        if self._remote is not None:
+            self._remote.write({f"cells/{cell_id}{_MARKER_SUFFIX}": text.encode()})
+        else:
+            write_atomic(self._cells / f"{cell_id}{_MARKER_SUFFIX}", text)
+
+    def mark_cells(
+        self,
+        cells: Sequence[tuple[str, Sequence[str], Sequence[QuarantineRecord]]],
+        *,
+        linked: bool = False,
+    ) -> None:
+        """:meth:`mark_cell` for many cells (cell id, keys, quarantine records) at once, in one
+        file (``cells/<digest>.cells``; one PUT on an object store, not one per cell): what a
+        ``build --from`` marks before any worker runs. A cell's own marker, where it has one
+        too, is the one read.
+
+        Raises:
+            StagingError: as :meth:`mark_cell`.
+        """
+        markers = {c: self._marker(c, k, q, None, linked) for c, k, q in cells}
+        if not markers:
+            return
+        raw = json.dumps(markers, sort_keys=True, separators=(",", ":")).encode()
+        name = f"{hashlib.sha256(raw).hexdigest()[:32]}{_GROUP_SUFFIX}"
+        if self._remote is not None:
+            self._remote.write({f"cells/{name}": raw})
+        else:
+            write_atomic(self._cells / name, raw)
+
+    def _marker(
+        self,
+        cell_id: str,
+        keys: Sequence[str],
+        quarantine: Sequence[QuarantineRecord],
+        decoded: Mapping[str, str] | None,
+        linked: bool,
+    ) -> dict[str, Any]:
+        """The marker of one cell, its names and samples checked (:meth:`mark_cell`)."""
         _check_name(cell_id, "cell id")
         missing = [
             k for k in keys if not (self._has_sample(_check_name(k, "sample key")) or linked)
@@ -427,47 +399,92 @@ class Staging:
             marker["decoded"] = {k: str(decoded[k]) for k in sorted(decoded) if k in keys}
         if linked:
             marker["linked"] = True
-        text = json.dumps(marker, sort_keys=True, indent=2)
+        return marker
+
+    def _cell_files(self) -> list[str]:
+        """Names of the files under ``cells/`` (fresh listing)."""
         if self._remote is not None:
-            self._remote.write({f"cells/{cell_id}{_MARKER_SUFFIX}": text.encode()})
+            return self._remote.names("cells")
+        with os.scandir(self._cells) as entries:
+            return sorted(e.name for e in entries if e.is_file())
+
+    def _groups(self, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The :meth:`mark_cells` files among ``names``: file name -> {cell id: marker} (one
+        that vanished meanwhile gives none).
+
+        Raises:
+            StagingError: a group file that cannot be read.
+        """
+        names = sorted(n for n in names if n.endswith(_GROUP_SUFFIX))
+        if self._remote is not None:
+            found = self._remote.read_many([f"cells/{n}" for n in names])
+            files = {n: found[f"cells/{n}"] for n in names}
         else:
-            write_atomic(self._cells / f"{cell_id}{_MARKER_SUFFIX}", text)
+            files = {}
+            for n in names:
+                with contextlib.suppress(FileNotFoundError):
+                    files[n] = (self._cells / n).read_bytes()
+        out: dict[str, dict[str, Any]] = {}
+        for name, raw in files.items():
+            try:
+                out[name] = {str(c): m for c, m in dict(json.loads(raw or b"{}")).items()}
+            except (ValueError, TypeError) as exc:
+                raise StagingError(
+                    f"cell markers {self._marker_where('', name)} cannot be read ({exc}); delete "
+                    "it to re-run its cells"
+                ) from exc
+        return out
+
+    def _index(self) -> tuple[set[str], dict[str, tuple[str, bytes]]]:
+        """The ids of the cells with a marker of their own, and those marked in a group only:
+        cell id -> (its group file, its marker's bytes)."""
+        names = self._cell_files()
+        own = {n[: -len(_MARKER_SUFFIX)] for n in names if n.endswith(_MARKER_SUFFIX)}
+        grouped: dict[str, tuple[str, bytes]] = {}
+        for group, markers in self._groups(names).items():
+            for cell_id, marker in markers.items():
+                if cell_id not in own:
+                    grouped[cell_id] = (group, json.dumps(marker, sort_keys=True).encode())
+        return own, grouped
 
     def _marker_ids(self) -> list[str]:
         """Ids of the marked cells, sorted."""
-        if self._remote is not None:
-            names = self._remote.names("cells")
-        else:
-            names = [p.name for p in self._cells.glob(f"*{_MARKER_SUFFIX}") if p.is_file()]
-        return sorted(n[: -len(_MARKER_SUFFIX)] for n in names if n.endswith(_MARKER_SUFFIX))
+        own, grouped = self._index()
+        return sorted(own | set(grouped))
 
-    def _marker_where(self, cell_id: str) -> str:
+    def _marker_where(self, cell_id: str, group: str | None = None) -> str:
+        name = group or f"{cell_id}{_MARKER_SUFFIX}"
         if self._remote is not None:
-            return f"{self._shown}/cells/{cell_id}{_MARKER_SUFFIX}"
-        return str(self._cells / f"{cell_id}{_MARKER_SUFFIX}")
+            return f"{self._shown}/cells/{name}"
+        return str(self._cells / name)
 
-    def _marker_bytes(self, ids: Sequence[str]) -> Iterator[tuple[str, bytes | None]]:
-        """(cell id, the marker's bytes or None when it vanished), in ``ids`` order; an
-        object store's markers are fetched in concurrent batches."""
-        if self._remote is None:
-            for cell_id in ids:
-                try:
-                    yield cell_id, (self._cells / f"{cell_id}{_MARKER_SUFFIX}").read_bytes()
-                except FileNotFoundError:
-                    yield cell_id, None
-            return
+    def _markers(self) -> Iterator[tuple[str, bytes | None, str | None]]:
+        """(cell id, the marker's bytes or None when it vanished, its group file or None) of
+        every marked cell, in cell id order; an object store's own markers are fetched in
+        concurrent batches."""
+        own, grouped = self._index()
+        ids = sorted(own | set(grouped))
         for i in range(0, len(ids), _BATCH):
             batch = ids[i : i + _BATCH]
-            rels = [f"cells/{c}{_MARKER_SUFFIX}" for c in batch]
-            found = self._remote.read_many(rels)
-            for cell_id, rel in zip(batch, rels, strict=True):
-                yield cell_id, found[rel]
+            rels = {c: f"cells/{c}{_MARKER_SUFFIX}" for c in batch if c in own}
+            found = self._remote.read_many(list(rels.values())) if self._remote else {}
+            for cell_id in batch:
+                if cell_id in grouped:
+                    group, marker = grouped[cell_id]
+                    yield cell_id, marker, group
+                elif self._remote is not None:
+                    yield cell_id, found[rels[cell_id]], None
+                else:
+                    raw = None
+                    with contextlib.suppress(FileNotFoundError):
+                        raw = (self._cells / f"{cell_id}{_MARKER_SUFFIX}").read_bytes()
+                    yield cell_id, raw, None
 
     def _read_markers(
         self, *, skip_missing: bool
     ) -> Iterator[tuple[str, list[str], list[QuarantineRecord], bool]]:
         """(cell id, keys, records, linked) of each marker, in cell id order."""
-        for cell_id, raw in self._marker_bytes(self._marker_ids()):
+        for cell_id, raw, group in self._markers():
             try:
                 if raw is None:
                     if skip_missing:  # forgotten meanwhile (another process)
@@ -479,8 +496,8 @@ class Staging:
                 linked = data.get("linked") is True
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise StagingError(
-                    f"cell marker {self._marker_where(cell_id)} cannot be read ({exc}); delete it "
-                    "to re-run the cell",
+                    f"cell marker {self._marker_where(cell_id, group)} cannot be read ({exc}); "
+                    "delete it to re-run the cell",
                     cell_id=cell_id,
                 ) from exc
             yield cell_id, keys, records, linked
@@ -503,8 +520,22 @@ class Staging:
 
     def forget_cells(self, cell_ids: Collection[str]) -> None:
         """Delete the completion markers of ``cell_ids`` (their samples stay until re-put), so a
-        resumed build runs those cells again."""
-        names = [f"{_check_name(c, 'cell id')}{_MARKER_SUFFIX}" for c in cell_ids]
+        resumed build runs those cells again (a group file is written again without them)."""
+        gone = {_check_name(c, "cell id") for c in cell_ids}
+        names = [f"{c}{_MARKER_SUFFIX}" for c in sorted(gone)]
+        for group, markers in self._groups(self._cell_files()).items():
+            if gone.isdisjoint(markers):
+                continue
+            kept = {c: m for c, m in markers.items() if c not in gone}
+            raw = json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()
+            if self._remote is not None:
+                self._remote.remove([f"cells/{group}"])
+                if kept:
+                    self._remote.write({f"cells/{group}": raw})
+            elif kept:
+                write_atomic(self._cells / group, raw)
+            else:
+                (self._cells / group).unlink(missing_ok=True)
         if self._remote is not None:
             self._remote.remove([f"cells/{n}" for n in names])
             return
@@ -517,7 +548,7 @@ class Staging:
         again the members of a sample whose digest is among them (trust by content: another
         byte gives another digest). An unreadable marker gives none (the report decodes)."""
         found: set[str] = set()
-        for _, raw in self._marker_bytes(self._marker_ids()):
+        for _, raw, _ in self._markers():
             try:
                 data = json.loads(raw) if raw is not None else {}
                 keys = set(data.get("keys", ()))
