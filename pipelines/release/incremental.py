@@ -400,23 +400,21 @@ def _candidates(
 def _unchanged(raw: bytes, inputs: dict[str, Any], shaping_hash: str, code_version: str) -> bool:
     """Whether a build of this config writes ``raw`` as the ``json`` member of the sample whose
     previous ``json`` it is: its inputs (items, cell), shaping hash, code version and record
-    layout are this build's, and it reads back to its own bytes."""
-    try:
-        meta = SampleMeta.model_validate_json(raw)
-    except ValueError:
-        return False
+    layout are this build's. The metadata with this build's inputs put in must write back to
+    ``raw`` byte for byte: so ``raw`` held those inputs already, and is what this code writes."""
     from geodelta.pipelines.stages.encode import meta_json
 
-    if (
-        meta.shaping_hash != shaping_hash
-        or meta.code_version != code_version
-        or meta.schema_version != SampleMeta.model_fields["schema_version"].default
-        or compact_json_bytes(meta_json(meta)) != raw
-    ):
+    try:
+        recorded = json.loads(raw)
+        expected = SampleMeta.model_validate({**recorded, **inputs})
+    except (ValueError, TypeError):  # no JSON object, or no valid SampleMeta
         return False
-    data = meta.model_dump(mode="json")
-    expected = SampleMeta.model_validate({**data, **inputs})
-    return meta_json(expected) == meta_json(meta)
+    return (
+        expected.shaping_hash == shaping_hash
+        and expected.code_version == code_version
+        and expected.schema_version == SampleMeta.model_fields["schema_version"].default
+        and compact_json_bytes(meta_json(expected)) == raw
+    )
 
 
 def _copy(
