@@ -18,6 +18,7 @@ from typing import Any
 import fsspec
 import pytest
 
+import geodelta.pipelines.release.staging as staging_module
 from geodelta.pipelines.release.lock import Lease, OutputBusyError, hold_lease, hold_place
 from geodelta.pipelines.release.staging import (
     LINKED_CELL,
@@ -461,9 +462,13 @@ def test_an_unreachable_staging_store_stops_the_build_first(
     assert not (tmp_path / "release").exists()  # refused before anything was written
 
 
+def _no_loads(*_: Any, **__: Any) -> Any:
+    raise AssertionError("a group file read again")
+
+
 @pytest.mark.parametrize("where", ["local", "store"])
 def test_many_cells_marked_in_one_file_read_as_their_own_markers(
-    where: str, tmp_path: Path
+    where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """mark_cells (what a --from build marks: linked samples, carried verdicts) writes one file
     (one PUT), and every reader sees the same cells as with a marker per cell; a cell's own
@@ -483,7 +488,7 @@ def test_many_cells_marked_in_one_file_read_as_their_own_markers(
         each.mark_cell(cell_id, keys=keys, quarantine=records, linked=True)
     group.mark_cells(cells, linked=True)
     group.mark_cells([])  # nothing to mark: no file
-    files = group._cell_files()
+    files = list(group._cell_files())
     assert len(files) == 1 and files[0].endswith(".cells")
     for st in (each, group):
         assert st.done_cells() == {"c0", "c1", "c2"}
@@ -498,7 +503,15 @@ def test_many_cells_marked_in_one_file_read_as_their_own_markers(
     group.forget_cells(["c1", "c2"])
     assert group.done_cells() == {"c0"} and len(group._cell_files()) == 1
     group.forget_cells(["c0"])
-    assert group.done_cells() == set() and group._cell_files() == []
+    assert group.done_cells() == set() and group._cell_files() == {}
+    # a file per 10,000 cells (here 2), each read once while it stays as it was
+    monkeypatch.setattr(staging_module, "_GROUP_CELLS", 2)
+    group.mark_cells(cells, linked=True)
+    assert len(group._cell_files()) == 2 and group.done_cells() == {"c0", "c1", "c2"}
+    monkeypatch.setattr(json, "loads", _no_loads)
+    assert group.done_cells() == {"c0", "c1", "c2"}  # the progress bar's polls: no re-read
+    monkeypatch.undo()
+    group.forget_cells(["c0", "c1", "c2"])
     # a group file that is no JSON: one error naming it
     group.mark_cells(cells[:1], linked=True)
     (name,) = group._cell_files()

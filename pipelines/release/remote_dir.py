@@ -60,18 +60,22 @@ class RemoteDir:
 
     def names(self, rel_dir: str) -> list[str]:
         """Names of the objects directly under ``rel_dir`` (fresh listing, never cached)."""
+        return sorted(self.sizes(rel_dir))
+
+    def sizes(self, rel_dir: str) -> dict[str, int]:
+        """Name -> size of the objects directly under ``rel_dir`` (fresh listing, never cached)."""
         path = self.path(rel_dir)
         self.fs.invalidate_cache(path)
         try:
             entries = self.fs.ls(path, detail=True)
         except FileNotFoundError:
-            return []
+            return {}
         prefix = path.rstrip("/") + "/"
-        return sorted(
-            str(e["name"])[len(prefix) :]
+        return {
+            str(e["name"])[len(prefix) :]: int(e.get("size") or 0)
             for e in entries
             if e.get("type") == "file" and str(e["name"]).startswith(prefix)
-        )
+        }
 
     def remove(self, rels: Sequence[str]) -> None:
         """Delete objects; missing ones are not an error."""

@@ -74,8 +74,9 @@ __all__ = [
 ]
 
 _MARKER_SUFFIX = ".json"
-#: A file of several cells' markers (:meth:`Staging.mark_cells`).
+#: A file of several cells' markers (:meth:`Staging.mark_cells`), and the most cells in one.
 _GROUP_SUFFIX = ".cells"
+_GROUP_CELLS = 10_000
 
 #: :meth:`Staging.corrupt_cells`' problem for a cell whose samples a ``--from`` build linked.
 LINKED_CELL = (
@@ -226,6 +227,8 @@ class Staging:
             self._shown = str(local)
         #: the last local sample read: ((key, inode, size, mtime_ns), (digests, members))
         self._last: _Cached | None = None
+        #: the group marker files read: name -> ((size, mtime_ns), {cell id: marker})
+        self._parsed: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
         self._samples = local / "samples"
         self._cells = local / "cells"
         self._tmp = local / "tmp"
@@ -361,14 +364,17 @@ class Staging:
             StagingError: as :meth:`mark_cell`.
         """
         markers = {c: self._marker(c, k, q, None, linked) for c, k, q in cells}
-        if not markers:
-            return
-        raw = json.dumps(markers, sort_keys=True, separators=(",", ":")).encode()
-        name = f"{hashlib.sha256(raw).hexdigest()[:32]}{_GROUP_SUFFIX}"
+        ids = sorted(markers)
+        files: dict[str, bytes] = {}
+        for i in range(0, len(ids), _GROUP_CELLS):  # a file read whole stays small
+            chunk = {c: markers[c] for c in ids[i : i + _GROUP_CELLS]}
+            raw = json.dumps(chunk, sort_keys=True, separators=(",", ":")).encode()
+            files[f"cells/{hashlib.sha256(raw).hexdigest()[:32]}{_GROUP_SUFFIX}"] = raw
         if self._remote is not None:
-            self._remote.write({f"cells/{name}": raw})
+            self._remote.write(files)
         else:
-            write_atomic(self._cells / name, raw)
+            for rel, raw in files.items():
+                write_atomic(Path(self.root) / rel, raw)
 
     def _marker(
         self,
@@ -401,50 +407,58 @@ class Staging:
             marker["linked"] = True
         return marker
 
-    def _cell_files(self) -> list[str]:
-        """Names of the files under ``cells/`` (fresh listing)."""
+    def _cell_files(self) -> dict[str, tuple[int, int]]:
+        """Name -> (size, mtime in ns; 0 on an object store) of the files under ``cells/``
+        (fresh listing)."""
         if self._remote is not None:
-            return self._remote.names("cells")
+            return {n: (size, 0) for n, size in self._remote.sizes("cells").items()}
         with os.scandir(self._cells) as entries:
-            return sorted(e.name for e in entries if e.is_file())
+            return {
+                e.name: (st.st_size, st.st_mtime_ns)
+                for e in entries
+                if e.is_file() and (st := e.stat())
+            }
 
-    def _groups(self, names: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """The :meth:`mark_cells` files among ``names``: file name -> {cell id: marker} (one
-        that vanished meanwhile gives none).
+    def _groups(self, files: Mapping[str, tuple[int, int]]) -> dict[str, dict[str, Any]]:
+        """The :meth:`mark_cells` files among ``files`` (:meth:`_cell_files`): file name ->
+        {cell id: marker}; one that vanished meanwhile gives none. A file read before with the
+        same name, size and mtime is not read again (the progress bar polls them).
 
         Raises:
             StagingError: a group file that cannot be read.
         """
-        names = sorted(n for n in names if n.endswith(_GROUP_SUFFIX))
+        wanted = {n: files[n] for n in sorted(files) if n.endswith(_GROUP_SUFFIX)}
+        todo = [n for n, stamp in wanted.items() if self._parsed.get(n, (None,))[0] != stamp]
         if self._remote is not None:
-            found = self._remote.read_many([f"cells/{n}" for n in names])
-            files = {n: found[f"cells/{n}"] for n in names}
+            found = self._remote.read_many([f"cells/{n}" for n in todo])
+            raws = {n: found[f"cells/{n}"] for n in todo}
         else:
-            files = {}
-            for n in names:
+            raws = {}
+            for n in todo:
                 with contextlib.suppress(FileNotFoundError):
-                    files[n] = (self._cells / n).read_bytes()
-        out: dict[str, dict[str, Any]] = {}
-        for name, raw in files.items():
+                    raws[n] = (self._cells / n).read_bytes()
+        for name, raw in raws.items():
             try:
-                out[name] = {str(c): m for c, m in dict(json.loads(raw or b"{}")).items()}
+                markers = {str(c): m for c, m in dict(json.loads(raw or b"{}")).items()}
             except (ValueError, TypeError) as exc:
                 raise StagingError(
                     f"cell markers {self._marker_where('', name)} cannot be read ({exc}); delete "
                     "it to re-run its cells"
                 ) from exc
-        return out
+            self._parsed[name] = (wanted[name], markers)
+        self._parsed = {n: v for n, v in self._parsed.items() if n in wanted}
+        return {n: v[1] for n, v in self._parsed.items() if n in raws or n not in todo}
 
-    def _index(self) -> tuple[set[str], dict[str, tuple[str, bytes]]]:
+    def _index(self) -> tuple[set[str], dict[str, tuple[str, dict[str, Any]]]]:
         """The ids of the cells with a marker of their own, and those marked in a group only:
-        cell id -> (its group file, its marker's bytes)."""
-        names = self._cell_files()
-        own = {n[: -len(_MARKER_SUFFIX)] for n in names if n.endswith(_MARKER_SUFFIX)}
-        grouped: dict[str, tuple[str, bytes]] = {}
-        for group, markers in self._groups(names).items():
+        cell id -> (its group file, its marker)."""
+        files = self._cell_files()
+        own = {n[: -len(_MARKER_SUFFIX)] for n in files if n.endswith(_MARKER_SUFFIX)}
+        grouped: dict[str, tuple[str, dict[str, Any]]] = {}
+        for group, markers in self._groups(files).items():
             for cell_id, marker in markers.items():
                 if cell_id not in own:
-                    grouped[cell_id] = (group, json.dumps(marker, sort_keys=True).encode())
+                    grouped[cell_id] = (group, marker)
         return own, grouped
 
     def _marker_ids(self) -> list[str]:
@@ -458,10 +472,10 @@ class Staging:
             return f"{self._shown}/cells/{name}"
         return str(self._cells / name)
 
-    def _markers(self) -> Iterator[tuple[str, bytes | None, str | None]]:
-        """(cell id, the marker's bytes or None when it vanished, its group file or None) of
-        every marked cell, in cell id order; an object store's own markers are fetched in
-        concurrent batches."""
+    def _markers(self) -> Iterator[tuple[str, Any, str | None]]:
+        """(cell id, the marker: its bytes, or as read from its group file, None when it
+        vanished; its group file or None) of every marked cell, in cell id order; an object
+        store's own markers are fetched in concurrent batches."""
         own, grouped = self._index()
         ids = sorted(own | set(grouped))
         for i in range(0, len(ids), _BATCH):
@@ -471,7 +485,7 @@ class Staging:
             for cell_id in batch:
                 if cell_id in grouped:
                     group, marker = grouped[cell_id]
-                    yield cell_id, marker, group
+                    yield cell_id, marker, group  # a dict
                 elif self._remote is not None:
                     yield cell_id, found[rels[cell_id]], None
                 else:
@@ -490,7 +504,7 @@ class Staging:
                     if skip_missing:  # forgotten meanwhile (another process)
                         continue
                     raise FileNotFoundError(self._marker_where(cell_id))
-                data = json.loads(raw)
+                data = json.loads(raw) if isinstance(raw, bytes) else raw
                 keys = [str(k) for k in data["keys"]]
                 records = [QuarantineRecord.model_validate(q) for q in data["quarantine"]]
                 linked = data.get("linked") is True
@@ -523,7 +537,7 @@ class Staging:
         resumed build runs those cells again (a group file is written again without them)."""
         gone = {_check_name(c, "cell id") for c in cell_ids}
         names = [f"{c}{_MARKER_SUFFIX}" for c in sorted(gone)]
-        for group, markers in self._groups(self._cell_files()).items():
+        for group, markers in dict(self._groups(self._cell_files())).items():
             if gone.isdisjoint(markers):
                 continue
             kept = {c: m for c, m in markers.items() if c not in gone}
@@ -550,7 +564,7 @@ class Staging:
         found: set[str] = set()
         for _, raw, _ in self._markers():
             try:
-                data = json.loads(raw) if raw is not None else {}
+                data = json.loads(raw) if isinstance(raw, bytes) else raw or {}
                 keys = set(data.get("keys", ()))
                 found.update(str(d) for k, d in dict(data.get("decoded", {})).items() if k in keys)
             except (ValueError, TypeError, AttributeError):
