@@ -473,10 +473,11 @@ def test_many_cells_marked_in_one_file_read_as_their_own_markers(
     """mark_cells (what a --from build marks: linked samples, carried verdicts) writes one file
     (one PUT), and every reader sees the same cells as with a marker per cell; a cell's own
     marker wins; forgetting cells rewrites the file without them, all of them removes it."""
+    bucket = f"geodelta-{uuid.uuid4().hex[:8]}"
     roots = (
         [tmp_path / "each", tmp_path / "group"]
         if where == "local"
-        else [f"memory://geodelta-{uuid.uuid4().hex[:8]}/{x}" for x in ("each", "group")]
+        else [f"memory://{bucket}/{x}" for x in ("each", "group")]
     )
     each, group = Staging(roots[0]), Staging(roots[1])
     cells: list[tuple[str, list[str], list[QuarantineRecord]]] = [
@@ -523,3 +524,5 @@ def test_many_cells_marked_in_one_file_read_as_their_own_markers(
         )
     with pytest.raises(StagingError, match=rf"cell markers .*{name} cannot be read"):
         group.done_cells()
+    if where == "store":
+        fsspec.filesystem("memory").rm(f"/{bucket}", recursive=True)

@@ -23,7 +23,7 @@ import pytest
 
 import geodelta.pipelines.release.verify as verify_module
 from geodelta.pipelines.release.layout import VERIFIED, iter_tar_samples, read_manifest, shard_files
-from geodelta.pipelines.release.previous import open_previous, trusted_digests, verified_record
+from geodelta.pipelines.release.previous import open_previous, verified_record
 from geodelta.pipelines.release.verify import (
     DECODE_CHECKS,
     CarriedShard,
@@ -128,14 +128,14 @@ def test_from_trusts_the_record_only_as_its_manifest_lists_it(
     release: Path, tmp_path: Path
 ) -> None:
     cfg = make_config(validation={"great_expectations": False}, shards={"max_samples": 2})
-    good = trusted_digests(open_previous(release, cfg))
+    good = verified_record(open_previous(release, cfg)).digests
     assert good == frozenset(json.loads((release / VERIFIED).read_bytes())["samples"].values())
 
     edited = _copy(release, tmp_path / "edited")
     record = json.loads((edited / VERIFIED).read_bytes())
     record["samples"]["extra"] = "0" * 64  # a digest added after the report wrote it
     (edited / VERIFIED).write_text(json.dumps(record))
-    assert trusted_digests(open_previous(edited, cfg)) == frozenset()
+    assert verified_record(open_previous(edited, cfg)).digests == frozenset()
 
     other = _copy(release, tmp_path / "other-checks")
     record = json.loads((other / VERIFIED).read_bytes())
@@ -144,7 +144,7 @@ def test_from_trusts_the_record_only_as_its_manifest_lists_it(
     from geodelta.pipelines.release.manifest import list_files
 
     list_files(other, [VERIFIED])  # the manifest vouches for it, the checks differ
-    assert trusted_digests(open_previous(other, cfg)) == frozenset()
+    assert verified_record(open_previous(other, cfg)).digests == frozenset()
 
 
 def test_from_reads_reused_members_at_the_recorded_offsets(release: Path, tmp_path: Path) -> None:
@@ -237,7 +237,7 @@ def test_carried_shards_are_not_read_and_verify_decides_the_same(
     release: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     full = verify_release(release, strict=True, digests=True)
-    carried = verified_record(open_previous(release, CFG))[1]
+    carried = verified_record(open_previous(release, CFG)).shards
     assert set(carried) == set(full.shards) == {s.sha256 for s in read_manifest(release).shards}
     seen = _Visits()
     monkeypatch.setattr(verify_module, "iter_tar_samples", _no_tar)
@@ -251,7 +251,7 @@ def test_carried_shards_are_not_read_and_verify_decides_the_same(
 def test_a_shard_is_carried_only_with_its_bytes_and_context(
     release: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    carried = verified_record(open_previous(release, CFG))[1]
+    carried = verified_record(open_previous(release, CFG)).shards
     # other bytes under the shard's name: not carried, read and caught as without the record
     rel = _copy(release, tmp_path / "damaged")
     shard = shard_files(rel)[0]
@@ -288,7 +288,7 @@ def test_the_report_reads_the_same_with_carried_shards(
     read), or, where the offsets do not match, the shard read as a tar."""
     import geodelta.pipelines.report.data as data_module
 
-    carried = verified_record(open_previous(release, CFG))[1]
+    carried = verified_record(open_previous(release, CFG)).shards
     page = (release / "report" / "index.html").read_bytes()
     record = (release / VERIFIED).read_bytes()
     at_offsets = _copy(release, tmp_path / "offsets")

@@ -579,13 +579,13 @@ def reuse_previous(
     reused |= _carry(cfg, prev, (quarantined & steady) - set(done), staging, code_version)
     staging.put_file(REUSED_FILE, json.dumps(sorted(reused)))
     m = prev.manifest
-    verified = verified_record(prev) if reused else (frozenset(), {})
+    verified = verified_record(prev) if reused else None
     out = Incremental(
         source=f"{m.name} {m.version}",
         source_hash=m.config_hash,
         drift=drift,
-        trusted=verified[0],
-        carried_shards=verified[1],
+        trusted=frozenset() if verified is None else verified.digests,
+        carried_shards={} if verified is None else verified.shards,
     )
     out.reused_cells = reused
     out.linked = frozenset(linked.values())

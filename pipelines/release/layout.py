@@ -16,8 +16,9 @@ A release directory holds::
     reference/               the reference model: metrics, model card, weights
                              (promotion.json once promoted)
     report/index.html        the quality report
-    report/verified.json     the decode digest of each sample the report's verify passed
-                             (``build --from`` skips the decodes of the same bytes)
+    report/verified.json     the decode digest of each sample the report's verify passed, and
+                             each shard it found without a problem (``build --from`` skips the
+                             decodes of the same bytes and the reads of the same shards)
     .staging/                a build's staging area (removed when the build succeeds;
                              ``output.staging`` puts it elsewhere: a folder or a URL)
     .geodelta-upload.json    at an fsspec URL, while an in-place upload is in progress
@@ -136,8 +137,10 @@ DATA_DOCS_DIR = "data_docs"
 GX_SUMMARY = f"{VALIDATION_DIR}/{GX_SUMMARY_FILE}"
 REPORT_DIR = "report"
 REPORT_FILE = "index.html"
-#: Written by the report beside its page: ``{"decode_checks": N, "samples": {key: digest}}``,
-#: the :func:`~.verify.decode_digest` of every sample its verify found without a problem.
+#: Written by the report beside its page: ``{"decode_checks": N, "samples": {key: digest},
+#: "shards": {sha256: {"context", "keys"}}}``, the :func:`~.verify.decode_digest` of every
+#: sample its verify found without a problem, and every such shard
+#: (:class:`~.verify.CarriedShard`).
 VERIFIED = f"{REPORT_DIR}/verified.json"
 STAGING = ".staging"
 #: Written into a published release when its reference model is promoted (not in the manifest:

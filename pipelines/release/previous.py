@@ -3,9 +3,8 @@
 :func:`open_previous` reads its manifest and tables (fetched first when it is at a URL) and
 refuses a release of another dataset or of other sample-shaping config sections;
 :func:`read_shard` checks a shard against its manifest entry and reads the members of reused
-samples at the offsets its samples table records, and :func:`trusted_digests` returns the
-decode digests and verified shards its report recorded (``report/verified.json``:
-:func:`verified_record`).
+samples at the offsets its samples table records, and :func:`verified_record` returns the
+decode digests and the verified shards its report recorded (``report/verified.json``).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from geodelta._io import sha256_file
 from geodelta.errors import BuildError, GeodeltaError
@@ -41,11 +40,11 @@ from geodelta.schemas.config import RELEASE_SECTIONS
 __all__ = [
     "RELEASE_SECTIONS",
     "Previous",
+    "VerifiedRecord",
     "differing_sections",
     "open_previous",
     "read_shard",
     "section_hashes",
-    "trusted_digests",
     "verified_record",
 ]
 
@@ -257,24 +256,28 @@ def _records(rows: list[dict[str, Any]]) -> dict[str, tuple[QuarantineRecord, ..
     return {c: tuple(r) for c, r in out.items() if c and c not in bad}
 
 
-def trusted_digests(prev: Previous) -> frozenset[str]:
-    """The decode digests of the previous release's ``report/verified.json``, when its manifest
-    lists the file with its sha256 and the file records this version of the decode checks
-    (anything else: none, and every sample is decoded as in a full build)."""
-    return verified_record(prev)[0]
+class VerifiedRecord(NamedTuple):
+    """What a release's ``report/verified.json`` vouches for (:func:`verified_record`).
+
+    Attributes:
+        digests: the decode digests of the samples its verify passed (``trusted``: those bytes
+            are not decoded again).
+        shards: the shards its verify found without a problem, by sha256 (``carried``: a shard
+            this build copies whole is not read again by its report).
+    """
+
+    digests: frozenset[str]
+    shards: dict[str, CarriedShard]
 
 
-def verified_record(prev: Previous) -> tuple[frozenset[str], dict[str, CarriedShard]]:
+def verified_record(prev: Previous) -> VerifiedRecord:
     """What the previous release's ``report/verified.json`` vouches for, when its manifest lists
-    the file with its sha256 and the file records this version of the decode checks: the
-    decode digests (:func:`trusted_digests`) and the shards its verify found without a problem,
-    by sha256 (:class:`~.verify.CarriedShard`: a shard this build copies whole is not read
-    again by its report). Anything else: nothing, and everything is verified as in a full
-    build."""
+    the file with its sha256 and the file records this version of the decode checks (anything
+    else: nothing, and everything is verified and decoded as in a full build)."""
     from geodelta.pipelines.release.verify import CarriedShard  # imports GDAL, PIL
     from geodelta.pipelines.stages.member_checks import DECODE_CHECKS
 
-    nothing: tuple[frozenset[str], dict[str, CarriedShard]] = (frozenset(), {})
+    nothing = VerifiedRecord(frozenset(), {})
     want = {f.path: f.sha256 for f in prev.manifest.files}.get(VERIFIED)
     if want is None:
         return nothing
@@ -301,7 +304,7 @@ def verified_record(prev: Previous) -> tuple[frozenset[str], dict[str, CarriedSh
             continue
         if all(isinstance(k, str) and isinstance(samples.get(k), str) for k in keys):
             shards[str(sha)] = CarriedShard(context, tuple((k, samples[k]) for k in keys))
-    return frozenset(str(d) for d in samples.values()), shards
+    return VerifiedRecord(frozenset(str(d) for d in samples.values()), shards)
 
 
 def read_shard(

@@ -412,12 +412,13 @@ class Staging:
         (fresh listing)."""
         if self._remote is not None:
             return {n: (size, 0) for n, size in self._remote.sizes("cells").items()}
+        out: dict[str, tuple[int, int]] = {}
         with os.scandir(self._cells) as entries:
-            return {
-                e.name: (st.st_size, st.st_mtime_ns)
-                for e in entries
-                if e.is_file() and (st := e.stat())
-            }
+            for e in entries:
+                if e.is_file():
+                    st = e.stat()
+                    out[e.name] = (st.st_size, st.st_mtime_ns)
+        return out
 
     def _groups(self, files: Mapping[str, tuple[int, int]]) -> dict[str, dict[str, Any]]:
         """The :meth:`mark_cells` files among ``files`` (:meth:`_cell_files`): file name ->
@@ -446,8 +447,9 @@ class Staging:
                     "it to re-run its cells"
                 ) from exc
             self._parsed[name] = (wanted[name], markers)
-        self._parsed = {n: v for n, v in self._parsed.items() if n in wanted}
-        return {n: v[1] for n, v in self._parsed.items() if n in raws or n not in todo}
+        # those listed and read as they are now (one that vanished keeps an old stamp)
+        self._parsed = {n: v for n, v in self._parsed.items() if v[0] == wanted.get(n)}
+        return {n: markers for n, (_, markers) in self._parsed.items()}
 
     def _index(self) -> tuple[set[str], dict[str, tuple[str, dict[str, Any]]]]:
         """The ids of the cells with a marker of their own, and those marked in a group only:
@@ -537,17 +539,17 @@ class Staging:
         resumed build runs those cells again (a group file is written again without them)."""
         gone = {_check_name(c, "cell id") for c in cell_ids}
         names = [f"{c}{_MARKER_SUFFIX}" for c in sorted(gone)]
-        for group, markers in dict(self._groups(self._cell_files())).items():
+        for group, markers in self._groups(self._cell_files()).items():
             if gone.isdisjoint(markers):
                 continue
             kept = {c: m for c, m in markers.items() if c not in gone}
             raw = json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()
-            if self._remote is not None:
-                self._remote.remove([f"cells/{group}"])
-                if kept:
-                    self._remote.write({f"cells/{group}": raw})
+            if kept and self._remote is not None:  # one PUT replaces the object whole
+                self._remote.write({f"cells/{group}": raw})
             elif kept:
                 write_atomic(self._cells / group, raw)
+            elif self._remote is not None:
+                self._remote.remove([f"cells/{group}"])
             else:
                 (self._cells / group).unlink(missing_ok=True)
         if self._remote is not None:

@@ -409,6 +409,7 @@ def verify_release(
     decode = _Decode(trusted) if digests or trusted or carried else None
     carried = carried or {}
     clean: dict[str, tuple[str, tuple[str, ...]]] = {}  # the shards without a problem
+    contexts: dict[str, str] = {}  # split -> shard_context
     mode = manifest.mode or "pair"
     # one GDAL environment for every GeoTIFF member, with the options each open would set up
     # for itself without it (rasterio's defaults): a fresh one per member cost ~20 % of the
@@ -422,7 +423,9 @@ def verify_release(
                 if visitor is not None:
                     visitor.unread(shard.path)
                 continue
-            context = shard_context(shard.split, shaping, mode, manifest.members)
+            if shard.split not in contexts:
+                contexts[shard.split] = shard_context(shard.split, shaping, mode, manifest.members)
+            context = contexts[shard.split]
             carry = None if file_problems else carried.get(shard.sha256)
             shard_problems: list[str] = []
             if decode is not None and carry is not None and carry.context == context:
