@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from geodelta import __version__
+from geodelta._heap import frozen_heap, refreeze
 from geodelta.errors import BuildError, GeodeltaError
 from geodelta.pipelines.engines.run import check_remote, check_runner
 from geodelta.pipelines.progress import Progress
@@ -553,6 +554,7 @@ def build(
         for place in _places(cfg):
             held.enter_context(hold_place(place))
         restore_swapped(release_dir)  # an --overwrite that died between its two renames
+        held.enter_context(frozen_heap())  # no full GC pass over what was alive before
         return _build(cfg, mode, progress, keep_staging, on_stage, previous, from_release)
 
 
@@ -645,6 +647,7 @@ def _build(
             if watcher is not None:
                 watcher.stop()
             warm.join()  # no import left running beside the next stages (or the error)
+            refreeze()  # what those imports made, out of the collector's full passes too
         bar.set(len(staging.done_cells()))
     _check_done(staging, _plan_ids(cfg), retry)
     _refuse_empty(staging, n_cells, retry)

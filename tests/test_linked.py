@@ -206,3 +206,64 @@ def test_at_most_mapped_previous_shards_stay_open(
     assert len(linked._maps) == 2
     assert {k: linked.read_members(k) for k in reversed(keys)} == first
     linked.close()
+
+
+def test_member_offsets_read_as_the_arrow_rows_say() -> None:
+    """The flat arrays give each row's spans as the column's own rows do: a list, an empty
+    one, a null; a column with a null field is read row by row, the same."""
+    import pyarrow as pa
+
+    from geodelta.pipelines.release.layout import MemberOffsets
+
+    span = pa.struct([("name", pa.string()), ("offset", pa.int64()), ("size", pa.int64())])
+    rows = [
+        [{"name": "json", "offset": 512, "size": 30}, {"name": "a.png", "offset": 1536, "size": 9}],
+        [],
+        None,
+        [{"name": "a.png", "offset": 4096, "size": 1}],
+    ]
+    table = pa.table(
+        {"key": ["k0", "k1", "k2", "k3"], "member_offsets": pa.array(rows, pa.list_(span))}
+    )
+    offsets = MemberOffsets(table)
+    assert dict(offsets) == {
+        "k0": (("json", 512, 30), ("a.png", 1536, 9)),
+        "k1": (),
+        "k2": (),
+        "k3": (("a.png", 4096, 1),),
+    }
+    rows[0][1]["size"] = None  # type: ignore[index]  # never written; still read as it is
+    odd = MemberOffsets(
+        pa.table({"key": ["k0", "k1", "k2", "k3"], "member_offsets": pa.array(rows, pa.list_(span))})
+    )
+    assert odd["k3"] == (("a.png", 4096, 1),) and odd["k1"] == ()
+
+
+def test_a_linked_sample_s_text_members_are_read_together_once(
+    small_shards_release: Any,
+    demo_catalog: DemoCatalog,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The release stage reads json, captions and QA of a linked sample more than once: one
+    read of the shard for the three, whatever the order; other members are read as asked."""
+    from geodelta.pipelines.release import linked as linked_module
+
+    cfg = demo_config(demo_catalog, tmp_path / "out", **INPROCESS)
+    prev = open_previous(small_shards_release.release_dir, cfg)
+    key, _ = next(iter(prev.samples.values()))
+    reads: list[frozenset[str] | None] = []
+    real = linked_module.members_at_offsets
+
+    def spy(data: Any, keys: Any, offsets: Any, names: Any = None) -> Any:
+        reads.append(None if names is None else frozenset(names))
+        return real(data, keys, offsets, names)
+
+    monkeypatch.setattr(linked_module, "members_at_offsets", spy)
+    linked = LinkedSamples(prev, [key])
+    whole = linked.read_members(key)
+    for name in ("qa.json", "json", "captions.json", "qa.json", "json"):
+        assert linked.read_member(key, name) == whole[name]
+    assert linked.read_member(key, "mask.png") == whole["mask.png"]
+    assert reads == [None, linked_module.TEXT_MEMBERS, frozenset({"mask.png"})]
+    linked.close()

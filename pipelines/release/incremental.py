@@ -66,7 +66,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from geodelta._io import compact_json_bytes
+from geodelta._io import HashAhead, compact_json_bytes
 from geodelta.pipelines.release.previous import (
     RELEASE_SECTIONS,
     Previous,
@@ -423,10 +423,11 @@ def _copy(
     staging: Any,
     cfg: BuildConfig,
     code_version: str,
+    ahead: HashAhead | None = None,
 ) -> dict[str, str]:
     """Link the candidates' samples whose inputs are unchanged (their cells marked done, their
     members left in the previous release: :mod:`.linked`); returns ``{cell id: sample key}`` of
-    the cells reused."""
+    the cells reused. ``ahead``: the previous shards' sha256, hashed ahead."""
     shaping_hash = cfg.shaping_hash()
     by_shard: dict[str, dict[str, str]] = {}
     for cell_id in candidates:
@@ -434,7 +435,7 @@ def _copy(
         by_shard.setdefault(shard, {})[key] = cell_id
     reused: dict[str, str] = {}  # in one marker file, not one per cell
     for rel, wanted in sorted(by_shard.items()):
-        samples = read_shard(prev, rel, wanted, names=("json",))  # the rest stays there
+        samples = read_shard(prev, rel, wanted, ("json",), ahead)  # the rest stays there
         if samples is None:
             log.warning("--from: shard %s does not match its manifest entry; its cells run", rel)
             continue
@@ -560,21 +561,25 @@ def reuse_previous(
         elif cell_id in prev.quarantined:
             quarantined.add(cell_id)
     series = cfg.time.series is not None
-    dates = _previous_dates(prev, still) if series else None
-    drift = _drift(cfg, prev, search, still | quarantined, staging, dates)
-    stale: set[str] = set()  # cells whose sample used an item that changed or went
-    if drift is not None:
-        keys = {k for i in drift.items if i.change != "added" for k in i.samples}
-        stale = {c for c, (key, _) in prev.samples.items() if key in keys}
-    steady = set() if drift is None else drift.steady
-    candidates, picks = _candidates(search, prev, done, code_version, steady, stale)
-    candidates = {
-        c: v
-        for c, v in candidates.items()
-        if c not in picks or _same_picks((dates or {}).get(prev.samples[c][0]), picks[c])
-    }
-    reused = _reused_before(staging) & set(done)
-    linked = _copy(prev, candidates, staging, cfg, code_version)
+    # the shards of its samples still planned, hashed by a thread while the drift check and
+    # the pair stage run here (a release at a URL: each hashed in _copy, once fetched)
+    shards = sorted({prev.samples[c][1] for c in still}) if prev.remote is None else []
+    with HashAhead(prev.root / rel for rel in shards) as ahead:
+        dates = _previous_dates(prev, still) if series else None
+        drift = _drift(cfg, prev, search, still | quarantined, staging, dates)
+        stale: set[str] = set()  # cells whose sample used an item that changed or went
+        if drift is not None:
+            keys = {k for i in drift.items if i.change != "added" for k in i.samples}
+            stale = {c for c, (key, _) in prev.samples.items() if key in keys}
+        steady = set() if drift is None else drift.steady
+        candidates, picks = _candidates(search, prev, done, code_version, steady, stale)
+        candidates = {
+            c: v
+            for c, v in candidates.items()
+            if c not in picks or _same_picks((dates or {}).get(prev.samples[c][0]), picks[c])
+        }
+        reused = _reused_before(staging) & set(done)
+        linked = _copy(prev, candidates, staging, cfg, code_version, ahead)
     reused |= set(linked)
     reused |= _carry(cfg, prev, (quarantined & steady) - set(done), staging, code_version)
     staging.put_file(REUSED_FILE, json.dumps(sorted(reused)))

@@ -287,15 +287,45 @@ Span = tuple[str, int, int]
 
 class MemberOffsets(Mapping[str, tuple[Span, ...]]):
     """sample key -> its member spans, read from the samples table's ``member_offsets`` column
-    when asked (kept as Arrow: a million samples' spans as Python tuples would take GBs)."""
+    when asked. Held as flat arrays (each member: a name code, its offset and size; ~20 bytes),
+    not as Python tuples (a million samples' spans would take GBs) nor as the Arrow column
+    (a row read from it costs ~15 us: several reads of a sample's spans per build)."""
 
     def __init__(self, table: pa.Table) -> None:
+        import numpy as np
+        import pyarrow.compute as pc
+
         self._rows = {str(k): i for i, k in enumerate(table.column("key").to_pylist())}
-        self._column = table.column("member_offsets")
+        column = table.column("member_offsets").combine_chunks()
+        flat = column.flatten()  # the members of the rows with a list, in row order
+        fields = [flat.field(n) for n in ("name", "offset", "size")]
+        if any(f.null_count for f in fields):  # no such table is written: read it as it is
+            self._column: Any = column
+            return
+        self._column = None
+        lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
+        self._starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        codes = fields[0].dictionary_encode()
+        self._names = [str(n) for n in codes.dictionary.to_pylist()]
+        self._codes = codes.indices.to_numpy(zero_copy_only=False)
+        self._offsets = fields[1].to_numpy(zero_copy_only=False).astype(np.int64)
+        self._sizes = fields[2].to_numpy(zero_copy_only=False).astype(np.int64)
 
     def __getitem__(self, key: str) -> tuple[Span, ...]:
-        members = self._column[self._rows[key]].as_py() or ()
-        return tuple((str(m["name"]), int(m["offset"]), int(m["size"])) for m in members)
+        row = self._rows[key]
+        if self._column is not None:
+            members = self._column[row].as_py() or ()
+            return tuple((str(m["name"]), int(m["offset"]), int(m["size"])) for m in members)
+        start, end = int(self._starts[row]), int(self._starts[row + 1])
+        names = self._names
+        return tuple(
+            zip(
+                [names[c] for c in self._codes[start:end].tolist()],
+                self._offsets[start:end].tolist(),
+                self._sizes[start:end].tolist(),
+                strict=True,
+            )
+        )
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._rows)

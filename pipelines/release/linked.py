@@ -35,7 +35,11 @@ if TYPE_CHECKING:
     from geodelta.pipelines.release.previous import Previous
     from geodelta.schemas import ShardInfo
 
-__all__ = ["LinkedSamples", "linked_samples"]
+__all__ = ["TEXT_MEMBERS", "LinkedSamples", "linked_samples"]
+
+#: The members of a linked sample kept once read (a few kB a sample: its metadata, captions
+#: and QA; the release stage holds every sample's metadata and tables of them anyway).
+TEXT_MEMBERS = frozenset({"json", "captions.json", "qa.json"})
 
 
 class LinkedSamples:
@@ -58,6 +62,7 @@ class LinkedSamples:
         self._maps: OrderedDict[str, mmap.mmap | bytes] = OrderedDict()  # least recent first
         self._held: dict[str, list[str]] | None = None
         self._infos = {s.path: s for s in prev.manifest.shards}  # the previous manifest's entries
+        self._text: dict[str, dict[str, bytes]] = {}  # key -> its text members, once read
 
     def __contains__(self, key: object) -> bool:
         return key in self._shard
@@ -116,8 +121,15 @@ class LinkedSamples:
 
     def read_member(self, key: str, name: str) -> bytes:
         """One member, read from the previous shard (:meth:`_read`'s errors; also a member the
-        sample does not have)."""
-        got = self._read(key, (name,))
+        sample does not have). The text members (:data:`TEXT_MEMBERS`) are read together the
+        first time one is asked for and kept: the release stage reads each of them more than
+        once (the metadata, Great Expectations' tables, the rows of the samples table)."""
+        if name in TEXT_MEMBERS:
+            got = self._text.get(key)
+            if got is None:
+                got = self._text[key] = self._read(key, TEXT_MEMBERS)
+        else:
+            got = self._read(key, (name,))
         if name not in got:
             raise ReleaseError(f"sample {key} has no linked member {name!r}")
         return got[name]
@@ -176,6 +188,7 @@ class LinkedSamples:
             if isinstance(data, mmap.mmap):
                 data.close()
         self._maps.clear()
+        self._text.clear()
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from geodelta._io import sha256_file
+from geodelta._io import HashAhead, file_stamp, sha256_file
 from geodelta.errors import BuildError, GeodeltaError
 from geodelta.pipelines.release.layout import (
     MANIFEST,
@@ -308,14 +308,20 @@ def verified_record(prev: Previous) -> VerifiedRecord:
 
 
 def read_shard(
-    prev: Previous, rel: str, keys: Collection[str], names: Collection[str] | None = None
+    prev: Previous,
+    rel: str,
+    keys: Collection[str],
+    names: Collection[str] | None = None,
+    ahead: HashAhead | None = None,
 ) -> Iterable[tuple[str, dict[str, bytes]]] | None:
     """The samples of shard ``rel`` of the previous release, for reuse: None when the shard is
     missing or its sha256 is not its manifest entry's (nothing of it is reused). Otherwise the
     samples ``keys`` read at the offsets its samples table records (:func:`members_at_offsets`;
     one read of the file, mapped: the checksum and the members), or, when those offsets do not
     match the tar, every sample of the shard read as a tar (the caller picks its keys).
-    ``names``: only these members are read at the offsets (default all)."""
+    ``names``: only these members are read at the offsets (default all); ``ahead``: the
+    shard's sha256 when it was hashed ahead (:class:`~geodelta._io.HashAhead`; the same
+    stamp as the file read)."""
     want = prev.shard_sha256.get(rel)
     if want is None:
         return None
@@ -326,9 +332,14 @@ def read_shard(
             empty = st.st_size == 0  # mmap refuses an empty file
             data = b"" if empty else mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
             try:
-                if hashlib.sha256(data).hexdigest() != want:
+                stamp = file_stamp(st)
+                if ahead is not None:
+                    digest = ahead.sha256(path, stamp)
+                else:
+                    digest = hashlib.sha256(data).hexdigest()
+                if digest != want:
                     return None
-                prev.checked[rel] = (st.st_ino, st.st_size, st.st_mtime_ns)
+                prev.checked[rel] = stamp
                 found = members_at_offsets(data, keys, prev.offsets, names)
             finally:
                 if isinstance(data, mmap.mmap):

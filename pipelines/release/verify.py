@@ -27,7 +27,7 @@ from typing import Protocol
 import rasterio
 from pydantic import ValidationError
 
-from geodelta._io import sha256_file
+from geodelta._io import HashAhead
 from geodelta.errors import ConfigError, ReleaseError
 from geodelta.pipelines.release.layout import (
     MANIFEST,
@@ -153,11 +153,11 @@ class SampleVisitor(Protocol):
         samples ``keys`` in tar order: verify did not read it."""
 
 
-def _check_file(root: Path, rel: str, size: int, sha256: str) -> list[str]:
+def _check_file(root: Path, rel: str, size: int, sha256: str, ahead: HashAhead) -> list[str]:
     path = root / rel
     if not path.is_file():
         return [f"{rel}: missing"]
-    actual_size, actual_sha = path.stat().st_size, sha256_file(path)
+    actual_size, actual_sha = path.stat().st_size, ahead.sha256(path)
     problems = []
     if actual_size != size:
         problems.append(f"{rel}: size mismatch (expected {size}, actual {actual_size})")
@@ -389,9 +389,26 @@ def verify_release(
     except ReleaseError as exc:
         return VerifyResult(ok=False, samples=0, problems=(f"{MANIFEST}: {exc}",))
 
+    # every checksum, in the order checked, hashed by a thread beside the reads and decodes
+    listed_files = [*(f.path for f in manifest.files), *(s.path for s in manifest.shards)]
+    with HashAhead(root / rel for rel in listed_files if (root / rel).is_file()) as ahead:
+        return _verify(root, manifest, ahead, strict, visitor, digests, trusted, carried or {})
+
+
+def _verify(
+    root: Path,
+    manifest: ReleaseManifest,
+    ahead: HashAhead,
+    strict: bool,
+    visitor: SampleVisitor | None,
+    digests: bool,
+    trusted: Collection[str],
+    carried: Mapping[str, CarriedShard],
+) -> VerifyResult:
+    """:func:`verify_release`'s checks, the checksums from ``ahead``."""
     problems: list[str] = _manifest_problems(root, manifest)
     for info in manifest.files:
-        problems.extend(_check_file(root, info.path, info.bytes, info.sha256))
+        problems.extend(_check_file(root, info.path, info.bytes, info.sha256, ahead))
     unlisted = [
         f"{rel}: in the release folder, not in {MANIFEST}" for rel in _unlisted(root, manifest)
     ]
@@ -407,7 +424,6 @@ def verify_release(
     split_totals: Counter[str] = Counter()
     all_keys: list[str] = []
     decode = _Decode(trusted) if digests or trusted or carried else None
-    carried = carried or {}
     clean: dict[str, tuple[str, tuple[str, ...]]] = {}  # the shards without a problem
     contexts: dict[str, str] = {}  # split -> shard_context
     mode = manifest.mode or "pair"
@@ -417,7 +433,7 @@ def verify_release(
     shaping = recorded_shaping_hash(manifest.config)
     with rasterio.Env.from_defaults():
         for shard in manifest.shards:
-            file_problems = _check_file(root, shard.path, shard.bytes, shard.sha256)
+            file_problems = _check_file(root, shard.path, shard.bytes, shard.sha256, ahead)
             problems.extend(file_problems)
             if file_problems and file_problems[0].endswith(": missing"):
                 if visitor is not None:
