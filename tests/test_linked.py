@@ -234,7 +234,9 @@ def test_member_offsets_read_as_the_arrow_rows_say() -> None:
     }
     rows[0][1]["size"] = None  # type: ignore[index]  # never written; still read as it is
     odd = MemberOffsets(
-        pa.table({"key": ["k0", "k1", "k2", "k3"], "member_offsets": pa.array(rows, pa.list_(span))})
+        pa.table(
+            {"key": ["k0", "k1", "k2", "k3"], "member_offsets": pa.array(rows, pa.list_(span))}
+        )
     )
     assert odd["k3"] == (("a.png", 4096, 1),) and odd["k1"] == ()
 
