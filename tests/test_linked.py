@@ -269,3 +269,38 @@ def test_a_linked_sample_s_text_members_are_read_together_once(
     assert linked.read_member(key, "mask.png") == whole["mask.png"]
     assert reads == [None, linked_module.TEXT_MEMBERS, frozenset({"mask.png"})]
     linked.close()
+
+
+def test_the_release_takes_a_linked_sample_s_metadata_as_the_reuse_stage_read_it(
+    small_shards_release: Any,
+    demo_catalog: DemoCatalog,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--from parses a reused sample's json once (reuse); the release stage takes that
+    metadata; a key without one is read and parsed from the shard, the same."""
+    from geodelta.schemas import SampleMeta
+
+    cfg = demo_config(demo_catalog, tmp_path / "out", **INPROCESS)
+    prev = open_previous(small_shards_release.release_dir, cfg)
+    (k0, _), (k1, _) = list(prev.samples.values())[:2]
+    parsed = SampleMeta.model_validate_json(LinkedSamples(prev, [k0]).read_member(k0, "json"))
+    linked = LinkedSamples(prev, [k0, k1], {k0: parsed})
+    assert linked.meta(k0) is parsed
+    assert linked.meta(k1) == SampleMeta.model_validate_json(linked.read_member(k1, "json"))
+    linked.close()
+    calls: list[str] = []
+    real = SampleMeta.model_validate_json
+
+    def counting(data: Any, *a: Any, **kw: Any) -> SampleMeta:
+        calls.append("parse")
+        return real(data, *a, **kw)
+
+    monkeypatch.setattr(SampleMeta, "model_validate_json", counting)
+    again = build(
+        demo_config(demo_catalog, tmp_path / "again", **INPROCESS),
+        progress=False,
+        from_release=small_shards_release.release_dir,
+    )
+    assert again.incremental is not None and again.incremental["reused"] > 0
+    assert calls == []  # every sample linked: no json parsed again by the release stage

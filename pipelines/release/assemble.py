@@ -245,6 +245,16 @@ class _Source:
             return self.linked.read_member(key, name)
         return self.staging.read_member(key, name)
 
+    def meta(self, key: str) -> SampleMeta:
+        """The sample's ``json`` member as metadata (a linked one's as the reuse stage read it).
+
+        Raises:
+            StagingError, ReleaseError: it cannot be read; ValidationError: not a SampleMeta.
+        """
+        if self.linked is not None and key in self.linked:
+            return self.linked.meta(key)
+        return SampleMeta.model_validate_json(self.staging.read_member(key, "json"))
+
 
 def _load_metas(
     source: _Source, keys: Iterable[str], cfg: BuildConfig
@@ -280,7 +290,7 @@ def _load_metas(
             )
             continue
         try:
-            meta = SampleMeta.model_validate_json(source.read_member(key, "json"))
+            meta = source.meta(key)
         except ReleaseError as exc:  # a linked sample whose previous shard changed
             drop(key, cell_id, "missing_sample", str(exc))
             continue

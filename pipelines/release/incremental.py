@@ -306,6 +306,8 @@ class Incremental:
             whole again).
         linked: the keys of the samples reused now, left in the previous release's shards
             (:class:`~.linked.LinkedSamples` reads them for the release).
+        metas: their metadata as the reuse stage read it (sample key -> :class:`SampleMeta`):
+            the release does not parse their ``json`` again.
     """
 
     source: str
@@ -321,6 +323,7 @@ class Incremental:
     trusted: frozenset[str] = frozenset()
     carried_shards: Mapping[str, CarriedShard] = field(default_factory=dict)
     linked: frozenset[str] = frozenset()
+    metas: dict[str, SampleMeta] = field(default_factory=dict)
 
     def drift_dict(self) -> dict[str, Any] | None:
         """The drift as written to ``drift.json`` of the release (None: no drift check)."""
@@ -397,24 +400,28 @@ def _candidates(
     return out, picks
 
 
-def _unchanged(raw: bytes, inputs: dict[str, Any], shaping_hash: str, code_version: str) -> bool:
-    """Whether a build of this config writes ``raw`` as the ``json`` member of the sample whose
-    previous ``json`` it is: its inputs (items, cell), shaping hash, code version and record
-    layout are this build's. The metadata with this build's inputs put in must write back to
-    ``raw`` byte for byte: so ``raw`` held those inputs already, and is what this code writes."""
+def _unchanged(
+    raw: bytes, inputs: dict[str, Any], shaping_hash: str, code_version: str
+) -> SampleMeta | None:
+    """The metadata when a build of this config writes ``raw`` as the ``json`` member of the
+    sample whose previous ``json`` it is (its inputs (items, cell), shaping hash, code version
+    and record layout are this build's), else None. The metadata with this build's inputs put
+    in must write back to ``raw`` byte for byte: so ``raw`` held those inputs already, and is
+    what this code writes (and the metadata returned is what ``raw`` reads as)."""
     from geodelta.pipelines.stages.encode import meta_json
 
     try:
         recorded = json.loads(raw)
         expected = SampleMeta.model_validate({**recorded, **inputs})
     except (ValueError, TypeError):  # no JSON object, or no valid SampleMeta
-        return False
-    return (
+        return None
+    same = (
         expected.shaping_hash == shaping_hash
         and expected.code_version == code_version
         and expected.schema_version == SampleMeta.model_fields["schema_version"].default
         and compact_json_bytes(meta_json(expected)) == raw
     )
+    return expected if same else None
 
 
 def _copy(
@@ -424,10 +431,12 @@ def _copy(
     cfg: BuildConfig,
     code_version: str,
     ahead: HashAhead | None = None,
+    metas: dict[str, SampleMeta] | None = None,
 ) -> dict[str, str]:
     """Link the candidates' samples whose inputs are unchanged (their cells marked done, their
     members left in the previous release: :mod:`.linked`); returns ``{cell id: sample key}`` of
-    the cells reused. ``ahead``: the previous shards' sha256, hashed ahead."""
+    the cells reused. ``ahead``: the previous shards' sha256, hashed ahead; ``metas``: filled
+    with the metadata of the samples linked (sample key -> its ``json`` as read)."""
     shaping_hash = cfg.shaping_hash()
     by_shard: dict[str, dict[str, str]] = {}
     for cell_id in candidates:
@@ -443,9 +452,12 @@ def _copy(
             cell = wanted.get(sample_key)
             if cell is None or "json" not in members:
                 continue
-            if not _unchanged(members["json"], candidates[cell], shaping_hash, code_version):
+            meta = _unchanged(members["json"], candidates[cell], shaping_hash, code_version)
+            if meta is None:
                 continue
             reused[cell] = sample_key
+            if metas is not None:
+                metas[sample_key] = meta
     staging.mark_cells([(c, [k], []) for c, k in sorted(reused.items())], linked=True)
     return reused
 
@@ -579,7 +591,8 @@ def reuse_previous(
             if c not in picks or _same_picks((dates or {}).get(prev.samples[c][0]), picks[c])
         }
         reused = _reused_before(staging) & set(done)
-        linked = _copy(prev, candidates, staging, cfg, code_version, ahead)
+        metas: dict[str, SampleMeta] = {}
+        linked = _copy(prev, candidates, staging, cfg, code_version, ahead, metas)
     reused |= set(linked)
     reused |= _carry(cfg, prev, (quarantined & steady) - set(done), staging, code_version)
     staging.put_file(REUSED_FILE, json.dumps(sorted(reused)))
@@ -594,6 +607,7 @@ def reuse_previous(
     )
     out.reused_cells = reused
     out.linked = frozenset(linked.values())
+    out.metas = metas
     out.reused = len(reused & still)
     out.carried = len(reused & quarantined)
     out.retried = len(quarantined) - out.carried

@@ -19,7 +19,7 @@ import mmap
 import os
 import shutil
 from collections import OrderedDict
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from geodelta.pipelines.release.incremental import Incremental
     from geodelta.pipelines.release.layout import Span
     from geodelta.pipelines.release.previous import Previous
-    from geodelta.schemas import ShardInfo
+    from geodelta.schemas import SampleMeta, ShardInfo
 
 __all__ = ["TEXT_MEMBERS", "LinkedSamples", "linked_samples"]
 
@@ -50,13 +50,18 @@ class LinkedSamples:
         prev: the previous release (its shards were checked against its manifest when the
             samples were reused: :func:`~.previous.read_shard`).
         keys: the keys of the samples linked.
+        metas: their metadata as read before (the reuse stage's: sample key -> ``SampleMeta``
+            of its ``json`` member), given back by :meth:`meta` without parsing it again.
     """
 
     #: Previous shards kept mapped at once (the least recently read is unmapped first).
     MAPPED = 64
 
-    def __init__(self, prev: Previous, keys: Collection[str]) -> None:
+    def __init__(
+        self, prev: Previous, keys: Collection[str], metas: Mapping[str, SampleMeta] | None = None
+    ) -> None:
         self.prev = prev
+        self._metas = metas or {}
         wanted = set(keys)
         self._shard = {key: shard for key, shard in prev.samples.values() if key in wanted}
         self._maps: OrderedDict[str, mmap.mmap | bytes] = OrderedDict()  # least recent first
@@ -134,6 +139,16 @@ class LinkedSamples:
             raise ReleaseError(f"sample {key} has no linked member {name!r}")
         return got[name]
 
+    def meta(self, key: str) -> SampleMeta:
+        """The sample's metadata: as read before, or its ``json`` member read and parsed
+        (:meth:`read_member`'s errors; pydantic's ``ValidationError`` for a bad one)."""
+        from geodelta.schemas import SampleMeta
+
+        known = self._metas.get(key)
+        if known is not None and key in self._shard:
+            return known
+        return SampleMeta.model_validate_json(self.read_member(key, "json"))
+
     def read_members(self, key: str) -> dict[str, bytes]:
         """Every member of the sample, by name (sorted)."""
         return dict(sorted(self._read(key, None).items()))
@@ -201,7 +216,7 @@ def linked_samples(
     if prev is None or not keys:
         yield None
         return
-    linked = LinkedSamples(prev, keys)
+    linked = LinkedSamples(prev, keys, incremental.metas if incremental is not None else None)
     try:
         yield linked
     finally:
