@@ -91,10 +91,11 @@ class HashAhead:
 
     Args:
         paths: the files to hash, in the order they will be asked for.
-        min_bytes: the bytes to hash (the files' sizes now) below which no child is started.
+        min_bytes: the bytes to hash (the files' sizes now) below which no child is started
+            (default :data:`AHEAD_MIN_BYTES`).
     """
 
-    def __init__(self, paths: Iterable[str | Path], *, min_bytes: int = AHEAD_MIN_BYTES) -> None:
+    def __init__(self, paths: Iterable[str | Path], *, min_bytes: int | None = None) -> None:
         self._order = [str(p) for p in paths]
         self._index = {p: i for i, p in enumerate(self._order)}
         self._got: dict[int, tuple[str, Stamp] | None] = {}
@@ -104,7 +105,7 @@ class HashAhead:
         for p in self._order:
             with contextlib.suppress(OSError):
                 total += os.stat(p).st_size
-        if total < min_bytes or not self._order:
+        if total < (AHEAD_MIN_BYTES if min_bytes is None else min_bytes) or not self._order:
             return
         try:
             self._child = subprocess.Popen(

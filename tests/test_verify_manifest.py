@@ -300,3 +300,36 @@ def test_a_staged_sample_without_checksums_runs_again(tmp_path: Path) -> None:
     assert "no readable checksums" in staging.corrupt_cells()["c"]
     staging.forget_cells(["c"])
     assert staging.done_cells() == set()
+
+
+def test_checksums_hashed_ahead_by_a_child_catch_the_same_edits(
+    built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large release's checksums are hashed by a child process (HashAhead, above
+    AHEAD_MIN_BYTES): forced here on the small one, verify passes a clean copy and names a
+    shard and a table whose bytes changed, as when it hashes each file itself."""
+    import geodelta._io as io_module
+    from geodelta.pipelines.release.layout import SAMPLES_TABLE, shard_files
+
+    started: list[Any] = []
+    real_init = io_module.HashAhead.__init__
+
+    def spy(self: Any, paths: Any, *, min_bytes: int | None = None) -> None:
+        real_init(self, paths, min_bytes=min_bytes)
+        started.append(self._child)
+
+    monkeypatch.setattr(io_module, "AHEAD_MIN_BYTES", 0)
+    monkeypatch.setattr(io_module.HashAhead, "__init__", spy)
+    root = _copy(built, tmp_path / "r")
+    assert verify(root).ok
+    assert started and all(child is not None for child in started)  # the child did hash
+    shard = shard_files(root)[0]
+    data = bytearray(shard.read_bytes())
+    data[-1024] ^= 0xFF  # a byte of the tar's end padding: the tar still reads
+    shard.write_bytes(bytes(data))
+    table = root / SAMPLES_TABLE
+    table.write_bytes(table.read_bytes() + b"\0")
+    problems = verify(root).problems
+    rel = shard.relative_to(root).as_posix()
+    assert any(p.startswith(f"{rel}: sha256 mismatch") for p in problems), problems
+    assert any(p.startswith(f"{SAMPLES_TABLE}: size mismatch") for p in problems), problems
