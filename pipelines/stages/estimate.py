@@ -53,14 +53,15 @@ __all__ = [
 
 #: CPU milliseconds per output tile, end to end (plan, cells, release, report; user + system of
 #: the whole process tree), in-process runner: ``python benchmarks/bench_build.py``,
-#: benchmarks/RESULTS.md "Build throughput" (2026-12-05 02:56, demo catalog at scale 3: 762
-#: tiles in 49.4 CPU s = 15.42 tiles per CPU second, with the co-registration's neighbourhood
-#: check). The Beam direct runner measured 67.7 ms/tile.
-CPU_MS_PER_TILE = 64.9
+#: benchmarks/RESULTS.md "Build throughput" (2026-12-05 19:52, an AMD EPYC, demo catalog at
+#: scale 3: 762 tiles in 52.6 CPU s = 14.49 tiles per CPU second, with the co-registration's
+#: neighbourhood check; 64.9 ms on the Intel Xeon of 02:56). The Beam direct runner measured
+#: 74.0 ms/tile.
+CPU_MS_PER_TILE = 69.0
 CPU_BASIS = (
     f"at {CPU_MS_PER_TILE} ms/tile measured by benchmarks/bench_build.py (in-process runner, "
     "end to end, CPU time; RESULTS.md 2026-12-05, scale 3); network waits not included, and "
-    "small builds are dominated by a fixed ~9 s (start-up, release, report: bench_build at scale 3)"
+    "small builds are dominated by a fixed ~8 s (start-up, release, report: bench_build at scale 3)"
 )
 
 #: How a sequence's CPU is estimated: a pair's per date.
