@@ -1,5 +1,5 @@
-"""Atomic writes, file hashes (one by one, or ahead in a thread), canonical JSON bytes and the
-no-space error: the one copy of each.
+"""Atomic writes, file hashes (one by one, or ahead in a child process), canonical JSON bytes and
+the no-space error: the one copy of each.
 
 This is the ground floor: it imports nothing from the rest of geodelta.
 """
@@ -136,18 +136,23 @@ class HashAhead:
             self._read += 1
         return self._got.pop(i, None)
 
+    def ahead(self, path: str | Path, stamp: Stamp) -> str | None:
+        """The sha256 the child computed of ``path`` when the file had ``stamp`` (the caller's,
+        of the file as it reads it now); None when it has none for that stamp (asked once)."""
+        i = self._index.pop(str(path), None)
+        got = self._result(i) if i is not None else None
+        return got[0] if got is not None and got[1] == stamp else None
+
     def sha256(self, path: str | Path, stamp: Stamp | None = None) -> str:
-        """The sha256 of ``path`` now: hashed ahead when its stamp is the same as it was then
-        (``stamp``: the caller's, taken from the file it holds open; default: ``stat`` now).
+        """The sha256 of ``path`` now: :meth:`ahead`'s, else hashed here (``stamp``: the
+        caller's, taken from the file it holds open or has just stat'ed; default: ``stat`` now).
 
         Raises:
             OSError: the file cannot be read (as :func:`sha256_file`).
         """
-        i = self._index.pop(str(path), None)
-        got = self._result(i) if i is not None else None
-        if got is not None:
-            digest, then = got
-            if then == (stamp if stamp is not None else file_stamp(os.stat(path))):
+        if str(path) in self._index:
+            digest = self.ahead(path, stamp if stamp is not None else file_stamp(os.stat(path)))
+            if digest is not None:
                 return digest
         return sha256_file(path)
 

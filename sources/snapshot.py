@@ -156,7 +156,7 @@ def _drop_schema_dump(record: logging.LogRecord) -> bool:
 
 def _to_arrow(items: list[dict[str, Any]]) -> Any:
     """``parse_stac_items_to_arrow(items, schema="FullFile").read_all()``, without its
-    ``memlog``: stac-geoparquet 0.7 reads the process's memory map (psutil's ``smaps_rollup``)
+    ``memlog``: stac-geoparquet 0.8 reads the process's memory map (psutil's ``smaps_rollup``)
     for a log line on every call, logged or not (~8 ms in a build process of 1 GB). The same
     function it calls for a whole file in memory, when the installed version has it."""
     import pyarrow as pa

@@ -94,3 +94,16 @@ def test_frozen_heap_freezes_for_the_build_and_leaves_a_caller_s_freeze() -> Non
         assert gc.get_freeze_count() == before  # left as it was, not unfrozen
     finally:
         gc.unfreeze()
+
+
+def test_ahead_gives_only_the_child_s_digest_for_the_stamp_asked(tmp_path: Path) -> None:
+    """What read_shard uses (it hashes the bytes it holds mapped itself otherwise): the
+    digest for the file as it is, None for another stamp, a file never listed, or asked twice."""
+    files = _files(tmp_path, 2)
+    with HashAhead(files, min_bytes=0) as ahead:
+        st = os.stat(files[0])
+        assert ahead.ahead(files[0], file_stamp(st)) == sha256_file(files[0])
+        assert ahead.ahead(files[0], file_stamp(st)) is None  # given once
+        other = (st.st_ino, st.st_size, st.st_mtime_ns + 1)
+        assert ahead.ahead(files[1], other) is None
+        assert ahead.ahead(tmp_path / "never-listed", other) is None

@@ -573,8 +573,8 @@ def reuse_previous(
         elif cell_id in prev.quarantined:
             quarantined.add(cell_id)
     series = cfg.time.series is not None
-    # the shards of its samples still planned, hashed by a thread while the drift check and
-    # the pair stage run here (a release at a URL: each hashed in _copy, once fetched)
+    # the shards of its samples still planned, hashed by a child process while the drift check
+    # and the pair stage run here (a release at a URL: each hashed in _copy, once fetched)
     shards = sorted({prev.samples[c][1] for c in still}) if prev.remote is None else []
     with HashAhead(prev.root / rel for rel in shards) as ahead:
         dates = _previous_dates(prev, still) if series else None

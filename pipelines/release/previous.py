@@ -333,9 +333,8 @@ def read_shard(
             data = b"" if empty else mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
             try:
                 stamp = file_stamp(st)
-                if ahead is not None:
-                    digest = ahead.sha256(path, stamp)
-                else:
+                digest = ahead.ahead(path, stamp) if ahead is not None else None
+                if digest is None:  # not hashed ahead (or since written): the bytes mapped
                     digest = hashlib.sha256(data).hexdigest()
                 if digest != want:
                     return None

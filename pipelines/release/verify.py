@@ -27,7 +27,7 @@ from typing import Protocol
 import rasterio
 from pydantic import ValidationError
 
-from geodelta._io import HashAhead
+from geodelta._io import HashAhead, file_stamp
 from geodelta.errors import ConfigError, ReleaseError
 from geodelta.pipelines.release.layout import (
     MANIFEST,
@@ -157,7 +157,8 @@ def _check_file(root: Path, rel: str, size: int, sha256: str, ahead: HashAhead) 
     path = root / rel
     if not path.is_file():
         return [f"{rel}: missing"]
-    actual_size, actual_sha = path.stat().st_size, ahead.sha256(path)
+    st = path.stat()
+    actual_size, actual_sha = st.st_size, ahead.sha256(path, file_stamp(st))
     problems = []
     if actual_size != size:
         problems.append(f"{rel}: size mismatch (expected {size}, actual {actual_size})")
@@ -389,9 +390,10 @@ def verify_release(
     except ReleaseError as exc:
         return VerifyResult(ok=False, samples=0, problems=(f"{MANIFEST}: {exc}",))
 
-    # every checksum, in the order checked, hashed by a thread beside the reads and decodes
-    listed_files = [*(f.path for f in manifest.files), *(s.path for s in manifest.shards)]
-    with HashAhead(root / rel for rel in listed_files if (root / rel).is_file()) as ahead:
+    # every checksum, in the order checked, hashed by a child process beside the reads and
+    # decodes (a file missing is reported by _check_file)
+    paths = [*(f.path for f in manifest.files), *(s.path for s in manifest.shards)]
+    with HashAhead(root / rel for rel in paths) as ahead:
         return _verify(root, manifest, ahead, strict, visitor, digests, trusted, carried or {})
 
 
