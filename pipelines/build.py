@@ -24,6 +24,7 @@ from geodelta._heap import frozen_heap, refreeze
 from geodelta.errors import BuildError, GeodeltaError
 from geodelta.pipelines.engines.run import check_remote, check_runner
 from geodelta.pipelines.progress import Progress
+from geodelta.pipelines.release.gx_child import CheckpointChild
 from geodelta.pipelines.release.layout import MANIFEST, STAGING, Mode, read_manifest
 from geodelta.pipelines.release.upload import is_url, shown
 from geodelta.schemas import BuildConfig, ReleaseManifest, TileJob
@@ -555,7 +556,8 @@ def build(
             held.enter_context(hold_place(place))
         restore_swapped(release_dir)  # an --overwrite that died between its two renames
         held.enter_context(frozen_heap())  # no full GC pass over what was alive before
-        return _build(cfg, mode, progress, keep_staging, on_stage, previous, from_release)
+        gx = held.enter_context(CheckpointChild(cfg))  # GX in a child, started with the cells
+        return _build(cfg, mode, progress, keep_staging, on_stage, previous, from_release, gx)
 
 
 def _resuming(cfg: BuildConfig, mode: Mode) -> bool:
@@ -573,7 +575,8 @@ def _build(
     keep_staging: bool,
     on_stage: Callable[[str], None] | None,
     previous: str | Path | None,
-    from_release: str | Path | None = None,
+    from_release: str | Path | None,
+    gx: CheckpointChild,
 ) -> BuildResult:
     """:func:`build` with the output folder's lock held."""
     from geodelta.pipelines.engines.run import run_cells
@@ -630,7 +633,8 @@ def _build(
 
     stage("process")
     t = time.perf_counter()
-    warm = Preload(preload_modules(cfg))  # GX and matplotlib, beside the cells
+    gx.start()  # imports GX and warms it up in a child process (mod:`.release.gx_child`)
+    warm = Preload(preload_modules(cfg))  # matplotlib, beside an engine's cells
     with _CellsBar(warm.start, progress, "cells", n_cells, n_cells - n_todo) as bar:
         # Beam's workers report nothing back while they run: poll the completion markers.
         watcher = Watcher(staging, bar) if cfg.runner.name != "inprocess" else None
@@ -664,6 +668,7 @@ def _build(
             incremental=None if incremental is None else incremental.as_dict(),
             drift=None if incremental is None else incremental.drift_dict(),
             linked=linked,
+            checkpoint=gx.run_checkpoint,
         )
     if not sum(manifest.splits.values()):  # every staged sample was dropped while sharding
         where = f"{build_dir} holds none; verify and release refuse it"
@@ -710,9 +715,7 @@ def _build(
         manifest=manifest,
         cells=n_cells,
         # reused_cells: the cells --from marked done (reused samples and carried quarantines)
-        resumed_cells=n_cells
-        - n_todo
-        - (0 if incremental is None else len(incremental.reused_cells)),
+        resumed_cells=n_cells - n_todo - len(incremental.reused_cells if incremental else ()),
         seconds=time.perf_counter() - t_start,
         stage_seconds=timings,
         url=None if url is None else shown(url),
@@ -784,9 +787,7 @@ def summary_rows(result: BuildResult) -> list[tuple[str, str]]:
                 f"{d['affected_samples']} samples affected",
             )
         )
-    rows += [
-        ("samples", str(result.samples)),
-    ]
+    rows.append(("samples", str(result.samples)))
     rows += [(f"  {split}", str(n)) for split, n in sorted(m.splits.items())]
     rows.append(("quarantined", str(result.quarantined)))
     rows += [(f"  {s}:{r}", str(n)) for s, r, n in funnel(m)]

@@ -75,6 +75,7 @@ from geodelta.schemas import (
 from geodelta.schemas.members import members_for
 
 if TYPE_CHECKING:
+    from geodelta.pipelines.release.gx import Checkpoint
     from geodelta.pipelines.release.linked import LinkedSamples
 
 __all__ = ["QUARANTINE_SCHEMA", "SAMPLES_SCHEMA", "write_release"]
@@ -328,12 +329,16 @@ def _clean(release_dir: Path) -> None:
 
 
 def _check_contract(
-    root: Path, cfg: BuildConfig, source: _Source, metas: dict[str, SampleMeta]
+    root: Path,
+    cfg: BuildConfig,
+    source: _Source,
+    metas: dict[str, SampleMeta],
+    checkpoint: Checkpoint | None,
 ) -> list[QuarantineRecord]:
     """Run the Great Expectations checkpoint (``validation/``); failing samples leave ``metas``."""
     from geodelta.pipelines.release.gx import validate_release
 
-    rejected = validate_release(root, cfg, metas, source.read_member)
+    rejected = validate_release(root, cfg, metas, source.read_member, checkpoint=checkpoint)
     for rec in rejected:
         metas.pop(rec.key, None)
     return rejected
@@ -349,6 +354,7 @@ def write_release(
     incremental: dict[str, Any] | None = None,
     drift: dict[str, Any] | None = None,
     linked: LinkedSamples | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> ReleaseManifest:
     """Write a release from the marked cells of a staging area.
 
@@ -373,6 +379,8 @@ def write_release(
         drift: a ``--from`` build's catalog drift (:mod:`.drift`): written to ``drift.json``.
         linked: the samples a ``--from`` build linked (:mod:`.linked`): read from the previous
             release, not the staging area.
+        checkpoint: what runs the GX checkpoint (default :func:`.gx.run_checkpoint`; a build
+            passes :meth:`.gx_child.CheckpointChild.run_checkpoint`).
 
     Returns:
         The manifest that was written to ``manifest.json``.
@@ -384,7 +392,7 @@ def write_release(
     keys, staged_quarantine = staging.outcomes()
     source = _Source(staging, linked)
     metas, dropped = _load_metas(source, keys, cfg)
-    dropped += _check_contract(root, cfg, source, metas)
+    dropped += _check_contract(root, cfg, source, metas, checkpoint)
     places = _places(root, cfg, staging)
     quarantine = sorted(
         (_portable(q, places) for q in (*staged_quarantine, *extra_quarantine, *dropped)),

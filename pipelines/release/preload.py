@@ -1,7 +1,9 @@
 """The heavy imports of the release and report stages, done early in a background thread.
 
-A fresh build process pays Great Expectations' import (about 2 s) in the release stage and
-matplotlib's (about 0.4 s) in the report stage, after every cell is done. With an engine
+A fresh build process paid Great Expectations' import (about 2 s) in the release stage and
+matplotlib's (about 0.4 s) in the report stage, after every cell was done. A build now runs
+its GX checkpoint in a child process started with the cells (:mod:`.gx_child`); what is left
+here is matplotlib's import, and GX's for a caller that asks for it. With an engine
 (Beam, Dask) the build's driver only waits on the workers while they run: the build starts
 :class:`Preload` once the first cell is done (the driver's own imports are over by then, so
 the preload never imports side by side with them) and joins it before the release stage.
@@ -66,12 +68,13 @@ def gx_import_env() -> Iterator[None]:
 
 
 def preload_modules(cfg: BuildConfig) -> tuple[str, ...]:
-    """The modules to preload for a build of ``cfg``: what its release and report stages
-    import (Great Expectations when ``validation.great_expectations`` is on, matplotlib);
-    none with the in-process runner (the driver runs the cells itself)."""
+    """The modules to preload for a build of ``cfg``: what its report stage imports
+    (matplotlib); none with the in-process runner (the driver runs the cells itself). Great
+    Expectations is not among them: a build runs its checkpoint in a child process that
+    imports GX while the cells run (:mod:`.gx_child`), so its driver need not import it."""
     if cfg.runner.name == "inprocess":
         return ()
-    return (GX_MODULES if cfg.validation.great_expectations else ()) + PLOT_MODULES
+    return PLOT_MODULES
 
 
 class Preload:
