@@ -26,6 +26,7 @@ from geodelta.pipelines.engines.run import check_remote, check_runner
 from geodelta.pipelines.progress import Progress
 from geodelta.pipelines.release.gx_child import CheckpointChild
 from geodelta.pipelines.release.layout import MANIFEST, STAGING, Mode, read_manifest
+from geodelta.pipelines.release.preload import PLOT_MODULES, Preload, preload_modules
 from geodelta.pipelines.release.upload import is_url, shown
 from geodelta.schemas import BuildConfig, ReleaseManifest, TileJob
 from geodelta.secrets import install_log_redaction, register_env_secret
@@ -556,7 +557,7 @@ def build(
             held.enter_context(hold_place(place))
         restore_swapped(release_dir)  # an --overwrite that died between its two renames
         held.enter_context(frozen_heap())  # no full GC pass over what was alive before
-        gx = held.enter_context(CheckpointChild(cfg))  # GX in a child, started with the cells
+        gx = held.enter_context(CheckpointChild(cfg, meanwhile=PLOT_MODULES))  # GX in a child
         return _build(cfg, mode, progress, keep_staging, on_stage, previous, from_release, gx)
 
 
@@ -583,7 +584,6 @@ def _build(
     from geodelta.pipelines.progress import Watcher
     from geodelta.pipelines.release.assemble import write_release
     from geodelta.pipelines.release.linked import linked_samples
-    from geodelta.pipelines.release.preload import Preload, preload_modules
     from geodelta.pipelines.release.staging import Staging
     from geodelta.pipelines.report.render import write_report
 

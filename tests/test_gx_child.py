@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -33,10 +34,16 @@ def _files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
-def test_the_child_writes_and_decides_what_this_process_does(tmp_path: Path) -> None:
+def test_the_child_writes_and_decides_what_this_process_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     metas, read = _release_inputs(CFG)
     here = validate_release(tmp_path / "here", CFG, metas, read)
-    with CheckpointChild(CFG, even_if_imported=True) as child:
+    (tmp_path / "gd_probe_meanwhile.py").write_text("import time\ntime.sleep(0.05)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "gd_probe_meanwhile", raising=False)
+    child = CheckpointChild(CFG, meanwhile=["gd_probe_meanwhile"], even_if_imported=True)
+    with child:
         child.start()
         assert child.running
         there = validate_release(
@@ -44,6 +51,8 @@ def test_the_child_writes_and_decides_what_this_process_does(tmp_path: Path) -> 
         )
         assert child.answered  # the verdict came from the child, not from a fallback
         assert not child.running  # one checkpoint a build: stopped once it answered
+    assert "gd_probe_meanwhile" in sys.modules  # imported while waiting, and joined
+    assert not [t for t in threading.enumerate() if t.name == "geodelta-preload"]
     assert {q.reason for q in here} == {PAIR, SPLIT}
     assert there == here
     a = _files(tmp_path / "here" / VALIDATION_DIR)
