@@ -24,9 +24,9 @@ from geodelta._heap import frozen_heap, refreeze
 from geodelta.errors import BuildError, GeodeltaError
 from geodelta.pipelines.engines.run import check_remote, check_runner
 from geodelta.pipelines.progress import Progress
-from geodelta.pipelines.release.gx_child import CheckpointChild
 from geodelta.pipelines.release.layout import MANIFEST, STAGING, Mode, read_manifest
 from geodelta.pipelines.release.preload import PLOT_MODULES, Preload, preload_modules
+from geodelta.pipelines.release.sidecar import Sidecar
 from geodelta.pipelines.release.upload import is_url, shown
 from geodelta.schemas import BuildConfig, ReleaseManifest, TileJob
 from geodelta.secrets import install_log_redaction, register_env_secret
@@ -557,8 +557,8 @@ def build(
             held.enter_context(hold_place(place))
         restore_swapped(release_dir)  # an --overwrite that died between its two renames
         held.enter_context(frozen_heap())  # no full GC pass over what was alive before
-        gx = held.enter_context(CheckpointChild(cfg, meanwhile=PLOT_MODULES))  # GX in a child
-        return _build(cfg, mode, progress, keep_staging, on_stage, previous, from_release, gx)
+        side = held.enter_context(Sidecar(cfg, meanwhile=PLOT_MODULES))
+        return _build(cfg, mode, progress, keep_staging, on_stage, previous, from_release, side)
 
 
 def _resuming(cfg: BuildConfig, mode: Mode) -> bool:
@@ -577,7 +577,7 @@ def _build(
     on_stage: Callable[[str], None] | None,
     previous: str | Path | None,
     from_release: str | Path | None,
-    gx: CheckpointChild,
+    side: Sidecar,
 ) -> BuildResult:
     """:func:`build` with the output folder's lock held."""
     from geodelta.pipelines.engines.run import run_cells
@@ -633,7 +633,7 @@ def _build(
 
     stage("process")
     t = time.perf_counter()
-    gx.start()  # imports GX and warms it up in a child process (mod:`.release.gx_child`)
+    side.start(n_todo)  # imports GX and matplotlib in a child process (:mod:`.release.sidecar`)
     warm = Preload(preload_modules(cfg))  # matplotlib, beside an engine's cells
     with _CellsBar(warm.start, progress, "cells", n_cells, n_cells - n_todo) as bar:
         # Beam's workers report nothing back while they run: poll the completion markers.
@@ -668,7 +668,7 @@ def _build(
             incremental=None if incremental is None else incremental.as_dict(),
             drift=None if incremental is None else incremental.drift_dict(),
             linked=linked,
-            checkpoint=gx.run_checkpoint,
+            checkpoint=side.run_checkpoint,
         )
     if not sum(manifest.splits.values()):  # every staged sample was dropped while sharding
         where = f"{build_dir} holds none; verify and release refuse it"
@@ -686,7 +686,7 @@ def _build(
     if incremental is not None:  # and the shards copied whole are not read again
         trusted |= incremental.trusted
         carried = incremental.carried_shards
-    write_report(build_dir, previous=previous, trusted=trusted, carried=carried)
+    write_report(build_dir, previous=previous, trusted=trusted, carried=carried, sidecar=side)
     timings["report"] = time.perf_counter() - t
     if build_dir != release_dir:  # --overwrite: the new release replaces the old one now
         from geodelta.pipelines.release.lock import swap_in

@@ -135,9 +135,10 @@ def qa_count(release: Path) -> str:
     qa = sum(len(json.loads(b)) for _, b in _members(release, "qa.json"))
     total = sum(_manifest(release)["splits"].values())
     return (
-        "GX adds about 1.5 s of import and ~0.6 s per release once imported (measured on the "
-        f'demo: {total} samples, {qa} QA items; benchmarks/RESULTS.md, "Fixed costs of a '
-        'build").\n'
+        "GX costs about 2 s of import and first run, which a build spends in a child process "
+        "while its cells run (`pipelines/release/gx_child.py`), and ~0.6 s per release once "
+        f"imported (measured on the demo: {total} samples, {qa} QA items; "
+        'benchmarks/RESULTS.md, "Fixed costs of a build" and "Incremental versions").\n'
     )
 
 

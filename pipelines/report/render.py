@@ -61,10 +61,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 
@@ -108,7 +108,9 @@ from geodelta.pipelines.report.verdict import verdict_section
 from geodelta.secrets import redact_values
 
 if TYPE_CHECKING:
+    from geodelta.pipelines.release.sidecar import Sidecar
     from geodelta.pipelines.release.verify import CarriedShard, VerifyResult
+    from geodelta.pipelines.report.data import Release
 
 __all__ = [
     "PROVENANCE_FIELDS",
@@ -118,6 +120,7 @@ __all__ = [
     "SampleScore",
     "diff_releases",
     "ks_distance",
+    "plain_sections",
     "render_report",
     "tv_distance",
     "validation_scores",
@@ -175,15 +178,41 @@ def render_report(
     return _render(Path(release_dir), previous, max_gallery, frozenset())[0]
 
 
+#: How many sections :func:`plain_sections` draws.
+_PLAIN = 6
+
+
+def _plain_sections(rel: Release, scores: Sequence[SampleScore]) -> list[Any]:
+    """The sections drawn from the release's tables and files alone (not from the samples
+    the scan reads from the shards, nor from a previous release), in page order: funnel,
+    co-registration, map, time, validation, drift."""
+    return [
+        funnel_section(rel),
+        coregistration_section(rel),
+        map_section(rel),
+        time_section(rel),
+        validation_section(rel, scores),
+        drift_section(rel),
+    ]
+
+
+def plain_sections(release_dir: str) -> list[Any]:
+    """:func:`_plain_sections` of the release in ``release_dir``: what a build's sidecar
+    (:mod:`~geodelta.pipelines.release.sidecar`) draws while the report reads the shards."""
+    rel = open_release(Path(release_dir))
+    return _plain_sections(rel, release_scores(rel))
+
+
 def _render(
     release_dir: Path,
     previous: str | Path | None,
     max_gallery: int,
     trusted: Collection[str],
     carried: Mapping[str, CarriedShard] | None = None,
+    sidecar: Sidecar | None = None,
 ) -> tuple[str, VerifyResult]:
-    """The page and its verify's result (decode digests recorded; ``trusted`` and ``carried``:
-    see :func:`write_report`)."""
+    """The page and its verify's result (decode digests recorded; ``trusted``, ``carried``
+    and ``sidecar``: see :func:`write_report`)."""
     from geodelta.pipelines.report.scan import scan_release  # verify's imports: GDAL, PIL
 
     rel = open_release(release_dir)
@@ -191,6 +220,10 @@ def _render(
     scores = release_scores(rel)
     worst, others = gallery_keys(rel.rows, scores, max_gallery)
     review = review_keys(rel.rows, review_count(rel.reference))
+    # the sections drawn from the tables alone, by the build's sidecar meanwhile (if any)
+    asked = sidecar is not None and sidecar.submit(
+        f"{__name__}:plain_sections", release_dir=str(release_dir.resolve())
+    )
     # one read of each shard: verify's, shared by the sections that read every sample
     scan = scan_release(
         rel,
@@ -201,23 +234,27 @@ def _render(
     )
     prev = load_release(previous) if previous is not None else None
     series = series_section(rel, scan.series)  # None for a pair release
+    ok, plain = sidecar.collect() if asked and sidecar is not None else (False, None)
+    if not ok or not isinstance(plain, list) or len(plain) != _PLAIN:
+        plain = _plain_sections(rel, scores)
+    funnel, coregistration, where, when, validation, drift = plain
     sections = [
         # the first screen: PUBLISH or DO NOT PUBLISH, and why
         verdict_section(rel, previous, verified=scan.verified),
         *([diff_section(rel, prev, scores)] if prev is not None else []),
         summary_section(rel),
-        funnel_section(rel),
-        transitions_section(rel),
+        funnel,
+        transitions_section(rel),  # these three read the samples the scan read
         captions_section(rel),
         qa_section(rel),
-        coregistration_section(rel),
-        map_section(rel),
-        time_section(rel),
+        coregistration,
+        where,
+        when,
         *([series] if series is not None else []),
-        validation_section(rel, scores),
+        validation,
         gallery_section(rel, worst, others, scores),
         reference_section(rel, review),
-        drift_section(rel),
+        drift,
         grounding_section(rel, scan.grounding),
     ]
     page = (
@@ -246,6 +283,7 @@ def write_report(
     max_gallery: int = 8,
     trusted: Collection[str] = frozenset(),
     carried: Mapping[str, CarriedShard] | None = None,
+    sidecar: Sidecar | None = None,
 ) -> Path:
     """Write ``<release_dir>/report/index.html`` and ``report/verified.json`` (atomically) and
     list them in the manifest.
@@ -266,6 +304,9 @@ def write_report(
             the shards ``build --from`` copied whole): their checks are not run again nor their
             images read (:func:`~geodelta.pipelines.release.verify.verify_release`); the page
             reads the same either way.
+        sidecar: a build's sidecar process (:mod:`~geodelta.pipelines.release.sidecar`): it
+            draws the sections that read only the tables (:func:`plain_sections`) while this
+            process reads the shards; drawn here when it has no answer. The same page.
 
     Returns:
         Path of the HTML file.
@@ -279,7 +320,7 @@ def write_report(
             f"--previous {previous} is the release itself; give the earlier release's folder",
             path=str(previous),
         )
-    page, verified = _render(root, previous, max_gallery, trusted, carried)
+    page, verified = _render(root, previous, max_gallery, trusted, carried, sidecar)
     if verified.carried:  # not on the page: it reads the same however its verify went
         _log.info(
             "report: the PNG and GeoTIFF decodes of %d of %d samples were not repeated (the same "

@@ -1,6 +1,7 @@
-"""The GX checkpoint run by a child process (pipelines/release/gx_child.py) decides and writes
-what the checkpoint run here does, byte for byte; when the child cannot answer, the checkpoint
-runs here and raises what it raises; a build in a fresh process never imports GX itself.
+"""The build's sidecar process (pipelines/release/sidecar.py): the GX checkpoint it runs decides
+and writes what the checkpoint run here does, byte for byte; when it cannot answer, the step
+runs here and raises what it raises; a build in a fresh process never imports GX itself and
+writes the same release, report included, as a build without a sidecar.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import pytest
 
 import geodelta.pipelines.release.gx as gxmod
 from geodelta.pipelines.release.gx import GXEvaluationError, validate_release
-from geodelta.pipelines.release.gx_child import CheckpointChild
 from geodelta.pipelines.release.gx_tables import build_tables
 from geodelta.pipelines.release.layout import VALIDATION_DIR
+from geodelta.pipelines.release.sidecar import Sidecar
 from tests.conftest import REPO
 from tests.factories import make_config
 from tests.test_gx_fast import PAIR, SPLIT, _records, _release_inputs
@@ -42,7 +43,7 @@ def test_the_child_writes_and_decides_what_this_process_does(
     (tmp_path / "gd_probe_meanwhile.py").write_text("import time\ntime.sleep(0.05)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "gd_probe_meanwhile", raising=False)
-    child = CheckpointChild(CFG, meanwhile=["gd_probe_meanwhile"], even_if_imported=True)
+    child = Sidecar(CFG, meanwhile=["gd_probe_meanwhile"], even_if_imported=True)
     with child:
         child.start()
         assert child.running
@@ -50,7 +51,7 @@ def test_the_child_writes_and_decides_what_this_process_does(
             tmp_path / "child", CFG, metas, read, checkpoint=child.run_checkpoint
         )
         assert child.answered  # the verdict came from the child, not from a fallback
-        assert not child.running  # one checkpoint a build: stopped once it answered
+        assert child.running  # kept for the report's sections
     assert "gd_probe_meanwhile" in sys.modules  # imported while waiting, and joined
     assert not [t for t in threading.enumerate() if t.name == "geodelta-preload"]
     assert {q.reason for q in here} == {PAIR, SPLIT}
@@ -64,13 +65,15 @@ def test_the_child_writes_and_decides_what_this_process_does(
 def test_a_child_that_died_leaves_the_checkpoint_to_this_process(tmp_path: Path) -> None:
     metas, read = _release_inputs(CFG)
     here = validate_release(tmp_path / "here", CFG, metas, read)
-    child = CheckpointChild(CFG, even_if_imported=True)
+    child = Sidecar(CFG, even_if_imported=True)
     child.start()
     assert child._child is not None
     child._child.kill()
     child._child.wait()
     there = validate_release(tmp_path / "after", CFG, metas, read, checkpoint=child.run_checkpoint)
     assert not child.answered and not child.running
+    assert not child.submit("os:getcwd")  # no child: the caller runs it
+    assert child.collect() == (False, None)
     assert there == here
     assert _files(tmp_path / "after" / VALIDATION_DIR) == _files(tmp_path / "here" / VALIDATION_DIR)
 
@@ -78,35 +81,55 @@ def test_a_child_that_died_leaves_the_checkpoint_to_this_process(tmp_path: Path)
 def test_an_error_in_the_child_is_raised_by_the_run_here() -> None:
     tables = build_tables(_records(CFG), CFG)
     tables["samples"] = tables["samples"].drop(columns=["before_valid"])  # a bug, not bad data
-    with CheckpointChild(CFG, even_if_imported=True) as child:
+    with Sidecar(CFG, even_if_imported=True) as child:
         child.start()
         with pytest.raises(GXEvaluationError, match="before_valid"):
             child.run_checkpoint(tables, CFG)
         assert not child.answered and not child.running
 
 
-def test_no_child_without_gx_or_when_this_process_has_it() -> None:
+def test_no_child_for_a_few_cells_or_when_this_process_has_what_it_imports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import matplotlib  # noqa: F401  (GX is, by the fixture)
+
     off = make_config(validation={"great_expectations": False})
-    for child in (CheckpointChild(off, even_if_imported=True), CheckpointChild(CFG)):
-        child.start()
-        assert not child.running
-        child.close()
+    for cfg, cells in ((CFG, None), (off, None), (CFG, Sidecar.MIN_CELLS)):
+        with Sidecar(cfg) as child:
+            child.start(cells)
+            assert not child.running
+    monkeypatch.delitem(sys.modules, "matplotlib")  # as if this process had not imported it
+    with Sidecar(off) as child:
+        child.start(Sidecar.MIN_CELLS - 1)
+        assert not child.running  # the cells would be done before it is ready
+    with Sidecar(off) as child:
+        child.start(Sidecar.MIN_CELLS)
+        assert child.running
+    assert not child.running
 
 
 _FRESH_BUILD = """
 import json, sys, types
 sys.path[:0] = [{repo!r}]
-import geodelta.pipelines.release.gx_child as gx_child
+from geodelta.pipelines.release.sidecar import Sidecar
 from geodelta.pipelines.api import build
 from tests.factories import demo_config
 
+Sidecar.MIN_CELLS = 0  # this small demo: fewer cells than a build starts a sidecar for
 answers = []
-ask = gx_child.CheckpointChild._ask
-gx_child.CheckpointChild._ask = lambda self, req: answers.append(ask(self, req)) or answers[-1]
+collect = Sidecar.collect
+
+
+def recorded(self, *args):
+    got = collect(self, *args)
+    answers.append(got[0])
+    return got
+
+
+Sidecar.collect = recorded
 cat = types.SimpleNamespace(catalog_path={catalog!r}, aoi_bbox={bbox!r})
 build(demo_config(cat, {out!r}, runner={{"name": "inprocess"}}), progress=False)
-print(json.dumps({{"answered": [a is not None for a in answers],
-                  "gx_here": "great_expectations" in sys.modules}}))
+print(json.dumps({{"answered": answers, "gx_here": "great_expectations" in sys.modules}}))
 """
 
 
@@ -125,7 +148,8 @@ def test_a_build_in_a_fresh_process_leaves_gx_to_the_child(tmp_path: Path) -> No
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
     )
     seen = json.loads(out.stdout.strip().splitlines()[-1])
-    assert seen == {"answered": [True], "gx_here": False}
+    # the checkpoint's verdict and the report's sections, both from the sidecar
+    assert seen == {"answered": [True, True], "gx_here": False}
     cfg = demo_config(cat, here, runner={"name": "inprocess"})
     assert cfg.validation.great_expectations and cfg.validation.data_docs
     build(cfg, progress=False)
@@ -134,6 +158,7 @@ def test_a_build_in_a_fresh_process_leaves_gx_to_the_child(tmp_path: Path) -> No
     listed = json.loads(manifest)
     paths = [f["path"] for f in listed["files"]] + [s["path"] for s in listed["shards"]]
     assert any(p.startswith(f"{VALIDATION_DIR}/data_docs/") for p in paths)
+    assert "report/index.html" in paths
     assert sum(listed["splits"].values()) > 0
     for path in paths:
         assert (fresh / path).read_bytes() == (here / path).read_bytes(), path
