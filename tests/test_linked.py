@@ -190,6 +190,33 @@ def test_a_copy_is_hashed_again_unless_its_source_was_hashed_as_it_is(
     linked.close()
 
 
+def test_a_shard_is_linked_on_one_filesystem_and_copied_across(
+    small_shards_release: Any,
+    demo_catalog: DemoCatalog,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import errno
+    import os
+
+    cfg = demo_config(demo_catalog, tmp_path, **INPROCESS)
+    prev = open_previous(small_shards_release.release_dir, cfg)
+    key, rel = next(iter(prev.samples.values()))
+    source = prev.path(rel)
+    linked = LinkedSamples(prev, [key])
+    linked.copy_shard(rel, tmp_path / "linked.tar")
+    assert os.path.samefile(source, tmp_path / "linked.tar")  # no byte written
+
+    def cross_device(src: Any, dst: Any) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+    linked.copy_shard(rel, tmp_path / "copied.tar")
+    assert not os.path.samefile(source, tmp_path / "copied.tar")
+    assert (tmp_path / "copied.tar").read_bytes() == Path(source).read_bytes()
+    linked.close()
+
+
 def test_at_most_mapped_previous_shards_stay_open(
     small_shards_release: Any, demo_catalog: DemoCatalog, tmp_path: Path
 ) -> None:

@@ -136,7 +136,7 @@ def qa_count(release: Path) -> str:
     total = sum(_manifest(release)["splits"].values())
     return (
         "GX costs about 2 s of import and first run, which a build spends in a child process "
-        "while its cells run (`pipelines/release/gx_child.py`), and ~0.6 s per release once "
+        "while its cells run (`pipelines/release/sidecar.py`), and ~0.6 s per release once "
         f"imported (measured on the demo: {total} samples, {qa} QA items; "
         'benchmarks/RESULTS.md, "Fixed costs of a build" and "Incremental versions").\n'
     )

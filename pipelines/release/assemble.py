@@ -380,7 +380,7 @@ def write_release(
         linked: the samples a ``--from`` build linked (:mod:`.linked`): read from the previous
             release, not the staging area.
         checkpoint: what runs the GX checkpoint (default :func:`.gx.run_checkpoint`; a build
-            passes :meth:`.gx_child.CheckpointChild.run_checkpoint`).
+            passes :meth:`.sidecar.Sidecar.run_checkpoint`).
 
     Returns:
         The manifest that was written to ``manifest.json``.

@@ -746,7 +746,7 @@ def validate_release(
         read_member: ``(key, member name) -> bytes`` (e.g. ``Staging.read_member``), used for
             ``captions.json`` and ``qa.json``.
         checkpoint: what runs the checkpoint (default :func:`run_checkpoint`; a build's
-            :class:`~geodelta.pipelines.release.gx_child.CheckpointChild` runs it in a child).
+            :class:`~geodelta.pipelines.release.sidecar.Sidecar` runs it in a child).
 
     Returns:
         One quarantine record (stage ``validate``) per sample with a failing row; the caller

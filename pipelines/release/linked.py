@@ -177,8 +177,12 @@ class LinkedSamples:
         return info if self._shard_keys().get(rel) == keys else None
 
     def copy_shard(self, rel: str, dest: Path) -> str | None:
-        """Copy the previous shard ``rel`` to ``dest`` (``shutil.copyfile``: a copy in the kernel,
-        ~6x faster here than writing it from a mapping).
+        """Put the previous shard ``rel`` at ``dest``: a hard link to it when both are on one
+        filesystem (no byte written: a release's files are never written in place, only
+        beside and renamed over, so the two names keep the same bytes whatever happens to
+        either release), else a copy (``shutil.copyfile``: in the kernel, ~6x faster here than
+        writing it from a mapping). Demo scale 4: 194 shards, 1.2 GB, ~0.4 s of copying and as
+        many dirty pages for the disk to write back.
 
         Returns:
             Its sha256 when :func:`~.previous.read_shard` hashed the very file (same inode, size
@@ -193,7 +197,10 @@ class LinkedSamples:
             return (st.st_ino, st.st_size, st.st_mtime_ns)
 
         same = stamp is not None and now() == stamp
-        shutil.copyfile(path, dest)
+        try:
+            os.link(path, dest)
+        except OSError:  # another filesystem, or one without hard links
+            shutil.copyfile(path, dest)
         info = self._infos.get(rel)
         return info.sha256 if same and info is not None and now() == stamp else None
 

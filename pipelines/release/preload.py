@@ -2,7 +2,7 @@
 
 A fresh build process paid Great Expectations' import (about 2 s) in the release stage and
 matplotlib's (about 0.4 s) in the report stage, after every cell was done. A build now runs
-its GX checkpoint in a child process started with the cells (:mod:`.gx_child`); what is left
+its GX checkpoint in a child process started with the cells (:mod:`.sidecar`); what is left
 here is matplotlib's import, and GX's for a caller that asks for it. With an engine
 (Beam, Dask) the build's driver only waits on the workers while they run: the build starts
 :class:`Preload` once the first cell is done (the driver's own imports are over by then, so
@@ -71,7 +71,7 @@ def preload_modules(cfg: BuildConfig) -> tuple[str, ...]:
     """The modules to preload for a build of ``cfg``: what its report stage imports
     (matplotlib); none with the in-process runner (the driver runs the cells itself). Great
     Expectations is not among them: a build runs its checkpoint in a child process that
-    imports GX while the cells run (:mod:`.gx_child`), so its driver need not import it."""
+    imports GX while the cells run (:mod:`.sidecar`), so its driver need not import it."""
     if cfg.runner.name == "inprocess":
         return ()
     return PLOT_MODULES

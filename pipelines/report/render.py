@@ -233,29 +233,35 @@ def _render(
         carried=carried,
     )
     prev = load_release(previous) if previous is not None else None
+    # this process's sections (they read the samples the scan read), drawn before it takes the
+    # sidecar's: the two draw side by side
+    verdict = verdict_section(rel, previous, verified=scan.verified)
+    diff = [diff_section(rel, prev, scores)] if prev is not None else []
+    summary = summary_section(rel)
+    samples = [transitions_section(rel), captions_section(rel), qa_section(rel)]
     series = series_section(rel, scan.series)  # None for a pair release
+    gallery = gallery_section(rel, worst, others, scores)
+    reference = reference_section(rel, review)
+    grounding = grounding_section(rel, scan.grounding)
     ok, plain = sidecar.collect() if asked and sidecar is not None else (False, None)
     if not ok or not isinstance(plain, list) or len(plain) != _PLAIN:
         plain = _plain_sections(rel, scores)
     funnel, coregistration, where, when, validation, drift = plain
     sections = [
-        # the first screen: PUBLISH or DO NOT PUBLISH, and why
-        verdict_section(rel, previous, verified=scan.verified),
-        *([diff_section(rel, prev, scores)] if prev is not None else []),
-        summary_section(rel),
+        verdict,  # the first screen: PUBLISH or DO NOT PUBLISH, and why
+        *diff,
+        summary,
         funnel,
-        transitions_section(rel),  # these three read the samples the scan read
-        captions_section(rel),
-        qa_section(rel),
+        *samples,  # transitions, captions, QA
         coregistration,
         where,
         when,
         *([series] if series is not None else []),
         validation,
-        gallery_section(rel, worst, others, scores),
-        reference_section(rel, review),
+        gallery,
+        reference,
         drift,
-        grounding_section(rel, scan.grounding),
+        grounding,
     ]
     page = (
         _environment()
