@@ -58,8 +58,11 @@ import json, sys, time, types
 t = time.perf_counter()
 sys.path.insert(0, {root!r})
 from geodelta.pipelines.api import build
+from geodelta.pipelines.release.sidecar import Sidecar
 from tests.factories import demo_config
 spec = json.loads({spec!r})
+if spec["no_sidecar"]:
+    Sidecar.MIN_CELLS = 10**9
 cat = types.SimpleNamespace(**spec["cat"])  # what demo_config reads of a DemoCatalog
 kw = {{"from_release": spec["from"]}} if spec["from"] else {{}}
 res = build(demo_config(cat, spec["out"], **spec["extra"], series=spec["series"]), progress=False, **kw)
@@ -68,7 +71,9 @@ print(json.dumps({{"wall": time.perf_counter() - t, "stages": stages}}))
 """
 
 
-def _fresh(cat: Any, out: Path, extra: dict[str, Any], series: bool, kw: dict[str, Any]) -> Any:
+def _fresh(
+    cat: Any, out: Path, extra: dict[str, Any], series: bool, kw: dict[str, Any], no_sidecar: bool
+) -> Any:
     """One build in a fresh interpreter (wall time from its first line: imports included)."""
     import subprocess
 
@@ -78,6 +83,7 @@ def _fresh(cat: Any, out: Path, extra: dict[str, Any], series: bool, kw: dict[st
         "extra": extra,
         "series": series,
         "from": str(kw["from_release"]) if kw else None,
+        "no_sidecar": no_sidecar,
     }
     code = _FRESH.format(root=str(ROOT), spec=json.dumps(spec))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -90,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grow", type=float, default=0.10, help="share of cells added")
     parser.add_argument("--runner", default="inprocess", help="runner.name of the builds")
     parser.add_argument("--no-gx", action="store_true", help="validation.great_expectations off")
+    parser.add_argument(
+        "--no-sidecar",
+        action="store_true",
+        help="no build starts its sidecar process (pipelines/release/sidecar.py): GX and the "
+        "report's figures in the build's process, as before session 14",
+    )
     parser.add_argument("--work", type=Path, default=None, help="folder to build in (default tmp)")
     parser.add_argument(
         "--catalog",
@@ -112,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from geodelta.pipelines.api import build
+    from geodelta.pipelines.release.sidecar import Sidecar
+
+    if args.no_sidecar:
+        Sidecar.MIN_CELLS = 10**9
     from geodelta.sources.demo.catalog import write_demo_catalog
     from tests.factories import demo_config
 
@@ -147,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     fresh = {}
     if args.fresh:  # the same two builds, each in a process of its own
         for name, kw in (("full", {}), ("incremental", {"from_release": prev.release_dir})):
-            fresh[name] = _fresh(cat, work / f"fresh-{name}", extra, args.series, kw)
+            out = work / f"fresh-{name}"
+            fresh[name] = _fresh(cat, out, extra, args.series, kw, args.no_sidecar)
     load_after = os.getloadavg()[0]
     counts = inc.incremental
     kind = "series demo" if args.series else "demo"
@@ -175,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"load average (1 min): {load_before:.2f} before, {load_after:.2f} after; "
         f"{os.cpu_count()} cores; runner {args.runner}; GX {'off' if args.no_gx else 'on'}"
+        f"; sidecar {'off' if args.no_sidecar else 'on'}"
     )
     return 0
 
