@@ -27,14 +27,14 @@ full passes would walk GX's modules during the checkpoint) and waits. Then:
 
 Meanwhile the build's process imports matplotlib (``meanwhile``) for the sections it draws.
 The release is the same, byte for byte (tests/test_sidecar.py builds the demo in a fresh
-process, which never imports GX, and compares every file with a build without a sidecar). An answer is used
-only when it is one: when the child cannot start, dies, or raises, the step runs in the build's
-process as it did before, and raises what it raises (a missing GX, an expectation GX cannot
-evaluate). No child is started when this process has imported both GX and matplotlib already,
-nor for fewer than :attr:`Sidecar.MIN_CELLS` cells to process (a small build in a test
-session or a long-lived worker, which has them imported after its first build): it would only
-add a process there. What the child prints goes nowhere (its standard output carries the
-answers).
+process, which never imports GX, and compares every file with a build without a sidecar). An
+answer is used only when it is one: when the child cannot start, dies, or raises, the step
+runs in the build's process as it did before, and raises what it raises (a missing GX, an
+expectation GX cannot evaluate). No child is started when this process has imported both GX
+and matplotlib already, nor for fewer than :attr:`Sidecar.MIN_CELLS` cells to process (a small
+build in a test session or a long-lived worker, which has them imported after its first
+build): it would only add a process there. What the child prints goes nowhere (its standard
+output carries the answers).
 """
 
 from __future__ import annotations
