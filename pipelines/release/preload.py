@@ -30,15 +30,8 @@ from collections.abc import Iterator, Sequence
 
 from geodelta.schemas import BuildConfig
 
-__all__ = ["GX_MODULES", "PLOT_MODULES", "Preload", "gx_import_env", "preload_modules"]
+__all__ = ["PLOT_MODULES", "Preload", "gx_import_env", "preload_modules"]
 
-#: What :func:`geodelta.pipelines.release.gx.run_checkpoint` imports.
-GX_MODULES = (
-    "great_expectations",
-    "great_expectations.core.run_identifier",
-    "great_expectations.data_context.types.base",
-    "great_expectations.expectations.expectation_configuration",
-)
 #: What the report's plots import (:mod:`geodelta.pipelines.report.plots`).
 PLOT_MODULES = (
     "matplotlib",

@@ -242,29 +242,20 @@ class Sidecar:
         return True, value
 
     def run_checkpoint(
-        self,
-        tables: Mapping[TableName, pd.DataFrame],
-        cfg: BuildConfig,
-        *,
-        site_dir: str | Path | None = None,
-        run_name: str | None = None,
-        gx_index: bool = True,
+        self, tables: Mapping[TableName, pd.DataFrame], cfg: BuildConfig, **kwargs: Any
     ) -> GXOutcome:
-        """:func:`.gx.run_checkpoint`, by the child when it is running, else (or when it
-        fails) here; the same arguments, the same verdict."""
+        """:func:`.gx.run_checkpoint` (the same arguments, the same verdict), by the child when
+        it is running, else (or when it fails) here."""
         from geodelta.pipelines.release import gx
 
-        kwargs = {"site_dir": site_dir, "run_name": run_name, "gx_index": gx_index}
         if self.submit(CHECKPOINT, tables=dict(tables), cfg=cfg, **kwargs):
             ok, outcome = self.collect(self._meanwhile)
             if ok and isinstance(outcome, gx.GXOutcome):
                 return outcome
             self.answered = False
-        if site_dir is not None:  # what a failed child may have left there
-            shutil.rmtree(site_dir, ignore_errors=True)
-        return gx.run_checkpoint(
-            tables, cfg, site_dir=site_dir, run_name=run_name, gx_index=gx_index
-        )
+        if kwargs.get("site_dir") is not None:  # what a failed child may have left there
+            shutil.rmtree(kwargs["site_dir"], ignore_errors=True)
+        return gx.run_checkpoint(tables, cfg, **kwargs)
 
     def _stop(self, why: str | None = None) -> None:
         child, self._child = self._child, None

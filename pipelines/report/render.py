@@ -221,9 +221,8 @@ def _render(
     worst, others = gallery_keys(rel.rows, scores, max_gallery)
     review = review_keys(rel.rows, review_count(rel.reference))
     # the sections drawn from the tables alone, by the build's sidecar meanwhile (if any)
-    asked = sidecar is not None and sidecar.submit(
-        f"{__name__}:plain_sections", release_dir=str(release_dir.resolve())
-    )
+    if sidecar is not None:
+        sidecar.submit(f"{__name__}:plain_sections", release_dir=str(release_dir.resolve()))
     # one read of each shard: verify's, shared by the sections that read every sample
     scan = scan_release(
         rel,
@@ -243,7 +242,8 @@ def _render(
     gallery = gallery_section(rel, worst, others, scores)
     reference = reference_section(rel, review)
     grounding = grounding_section(rel, scan.grounding)
-    ok, plain = sidecar.collect() if asked and sidecar is not None else (False, None)
+    # (False, None) when it was not asked (no child) or has no answer: drawn here then
+    ok, plain = sidecar.collect() if sidecar is not None else (False, None)
     if not ok or not isinstance(plain, list) or len(plain) != _PLAIN:
         plain = _plain_sections(rel, scores)
     funnel, coregistration, where, when, validation, drift = plain
