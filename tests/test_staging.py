@@ -132,3 +132,44 @@ def test_concurrent_reputs_of_one_key_leave_one_whole_copy(tmp_path: Path) -> No
     assert set(members) == {"json", "qa.json"}
     assert members["json"] in {b"0-19", b"1-19"}
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_a_marker_renamed_or_removed_while_listed_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer's temporary file listed by the scan and renamed before its stat (the race
+    that stopped a breaker check mid-build) is neither an error nor a marker; nor is a marker
+    removed between the listing and its stat."""
+    import os
+
+    from geodelta.pipelines.release import staging as staging_mod
+
+    st = Staging(tmp_path)
+    st.put_sample("a_1_2", {"json": b"{}"})
+    st.mark_cell("a", keys=["a_1_2"], quarantine=[])
+    st.put_sample("b_1_2", {"json": b"{}"})
+    st.mark_cell("b", keys=["b_1_2"], quarantine=[])
+    cells = tmp_path / "cells"
+    (tmp := cells / ".c.json.1.ab.tmp").write_bytes(b"{}")
+    (gone,) = [p for p in cells.iterdir() if p.name.startswith("b")]
+    real_scandir = os.scandir
+
+    class _Listing:
+        def __init__(self, path: Path) -> None:
+            with real_scandir(path) as it:
+                self.entries = list(it)
+            tmp.unlink()  # renamed into place by its writer ...
+            gone.unlink()  # ... and a marker removed, both after the listing
+
+        def __enter__(self) -> list[os.DirEntry[str]]:
+            return self.entries
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    monkeypatch.setattr(staging_mod.os, "scandir", _Listing)
+    assert st.done_cells() == {"a"}
+    monkeypatch.undo()
+    # the temporary name is never taken for a marker, even while it exists
+    tmp.write_bytes(b"{}")
+    assert all(not n.startswith(".") for n in st._cell_files())

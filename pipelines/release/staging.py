@@ -409,15 +409,21 @@ class Staging:
 
     def _cell_files(self) -> dict[str, tuple[int, int]]:
         """Name -> (size, mtime in ns; 0 on an object store) of the files under ``cells/``
-        (fresh listing)."""
+        (fresh listing; writers' temporary files and files gone before their stat left out)."""
         if self._remote is not None:
             return {n: (size, 0) for n, size in self._remote.sizes("cells").items()}
         out: dict[str, tuple[int, int]] = {}
         with os.scandir(self._cells) as entries:
             for e in entries:
-                if e.is_file():
+                # a writer's temporary file (a dot name) is not a marker yet, and any file may
+                # be renamed or removed between the listing and its stat
+                if e.name.startswith(".") or not e.is_file():
+                    continue
+                try:
                     st = e.stat()
-                    out[e.name] = (st.st_size, st.st_mtime_ns)
+                except FileNotFoundError:
+                    continue
+                out[e.name] = (st.st_size, st.st_mtime_ns)
         return out
 
     def _groups(self, files: Mapping[str, tuple[int, int]]) -> dict[str, dict[str, Any]]:
