@@ -141,13 +141,75 @@ def test_other_seed_differs_and_rewrite_replaces(tiny: DemoCatalog, tmp_path: Pa
     assert _hashes(other.root) == first
 
 
+def test_bounded_generation_writes_the_bytes_of_the_whole_grid_one(
+    demo: DemoCatalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What keeps a large demo in bounded memory and time (tiles rendered a block of rows at a
+    time, cloud blobs drawn near their centre only, each change checked against its
+    neighbours only) writes the same bytes as the whole-grid forms it replaced: a tile
+    rendered whole, every blob over the whole grid, every change against every other."""
+    from geodelta.sources.demo import render, world
+
+    class _EveryPolygon(world._PlacedPolygons):
+        def __init__(self, gap: float) -> None:
+            super().__init__(gap)
+            self.all: list[Polygon] = []
+
+        def clear_of(self, poly: Polygon) -> bool:
+            near = super().clear_of(poly)
+            whole = all(poly.distance(other) > self.gap for other in self.all)
+            assert near == whole
+            return whole
+
+        def add(self, poly: Polygon) -> None:
+            super().add(poly)
+            self.all.append(poly)
+
+    assert _tile_rows(demo) > render._ROW_BLOCK  # the demo's tiles span several blocks
+    monkeypatch.setattr(render, "_ROW_BLOCK", 10**9)
+    monkeypatch.setattr(render, "_BLOB_CUTOFF", math.inf)
+    monkeypatch.setattr(world, "_PlacedPolygons", _EveryPolygon)
+    whole = write_demo_catalog(tmp_path / "whole", seed=0, scale=SCALE)
+    assert _hashes(whole.root) == _hashes(demo.root)
+
+
+def test_placed_polygons_find_every_near_one() -> None:
+    """Checked against its neighbours only, a polygon is found clear exactly when it is more
+    than the gap from every placed polygon (boxes 60-400 m, many within the gap of a bucket
+    edge)."""
+    from geodelta.sources.demo import world
+
+    rng = np.random.default_rng(7)
+    placed = world._PlacedPolygons(80.0)
+    everyone: list[Polygon] = []
+    answers = []
+    for _ in range(600):
+        x, y = rng.uniform(-3000.0, 3000.0, 2)
+        w, h = rng.uniform(60.0, 400.0, 2)
+        poly = shapely.box(x, y, x + w, y + h)
+        whole = all(poly.distance(other) > 80.0 for other in everyone)
+        assert placed.clear_of(poly) == whole
+        answers.append(whole)
+        if whole or rng.random() < 0.5:  # overlapping ones too, as a dense map would have
+            placed.add(poly)
+            everyone.append(poly)
+    assert 50 < sum(answers) < 550  # both answers were asked many times
+
+
+def _tile_rows(demo: DemoCatalog) -> int:
+    """Rows of the demo's first imagery tile."""
+    first = sorted((demo.root / IMAGERY_COLLECTION).glob("*/B08.tif"))[0]
+    with rasterio.open(first) as src:
+        return int(src.height)
+
+
 def test_refuses_foreign_folder_and_bad_scale(tmp_path: Path) -> None:
     (tmp_path / "mine.txt").write_text("keep me")
     with pytest.raises(DemoCatalogError, match="not a demo catalog") as err:
         write_demo_catalog(tmp_path)
     assert err.value.key == "out_dir"
     assert (tmp_path / "mine.txt").read_text() == "keep me"
-    for bad in (0.0, -1.0, 10.0):
+    for bad in (0.0, -1.0, 10.5):
         with pytest.raises(DemoCatalogError, match="scale out of range") as err:
             write_demo_catalog(tmp_path / "x", scale=bad)
         assert err.value.key == "scale"

@@ -92,6 +92,7 @@ __all__ = [
     "DN_SCALE",
     "IMAGERY_COLLECTION",
     "LANDCOVER_COLLECTION",
+    "MAX_SCALE",
     "SERIES_DATES",
     "SERIES_YEARS",
     "SHIFTS_CONVENTION",
@@ -107,6 +108,10 @@ __all__ = [
     "load_truth",
     "write_demo_catalog",
 ]
+
+#: Largest ``scale`` :func:`write_demo_catalog` accepts: ~9,400 cells, ~7 GB of scenes, written
+#: in bounded memory (a tile is rendered a block of rows at a time).
+MAX_SCALE = 10.0
 
 # --------------------------------------------------------------------------------------------
 # Public records (the constants above are re-exported for callers)
@@ -177,11 +182,11 @@ def write_demo_catalog(
         Where things are, and the AOI used.
 
     Raises:
-        DemoCatalogError: ``scale`` out of range (0.1..4) or ``out_dir`` holds other files.
+        DemoCatalogError: ``scale`` out of range (0.1.. :data:`MAX_SCALE`) or ``out_dir`` holds other files.
     """
-    if not (isinstance(scale, int | float) and 0.1 <= scale <= 4.0):
+    if not (isinstance(scale, int | float) and 0.1 <= scale <= MAX_SCALE):
         raise DemoCatalogError(
-            f"scale out of range (min=0.1, max=4, actual={scale!r})", key="scale"
+            f"scale out of range (min=0.1, max={MAX_SCALE:g}, actual={scale!r})", key="scale"
         )
     out = Path(out_dir).resolve()
     if out.exists() and (

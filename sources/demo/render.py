@@ -78,6 +78,9 @@ _CLOUD_SCHEDULE: Final[tuple[tuple[int, float, float], ...]] = (
     (3, 400.0, 1000.0),
 )
 _CLOUD_THRESHOLD: Final[float] = 0.35
+#: A cloud blob is drawn where it adds at least ``exp(-_BLOB_CUTOFF)`` of its peak (~2e-22):
+#: drawn over the whole grid, a date's clouds cost (scale ** 4).
+_BLOB_CUTOFF: Final[float] = 50.0
 
 # --------------------------------------------------------------------------------------------
 # Reflectance
@@ -91,18 +94,20 @@ def reflectance_field(lc: np.ndarray, layout: Layout) -> np.ndarray:
     for code, spectrum in SPECTRA.items():
         lut[code] = spectrum
         amp[code] = _TEXTURE[code]
-    refl = np.moveaxis(lut[lc], -1, 0)  # (4, H, W)
     crop = lc == 40
     mix = layout.crop_mix[crop]
-    for b in range(4):
-        refl[b][crop] = _CROP_GREEN[b] * (1 - mix) + _CROP_SOIL[b] * mix
-    refl *= 1.0 + amp[lc] * layout.texture
+    texture = 1.0 + amp[lc] * layout.texture
     # a mild point-spread function (~5 m) so edges are not aliased when resampled
     psf = _PSF_SIGMA_M
     sigma = (psf / (M_PER_DEG_LAT / LC_STEPS_PER_DEG), psf / (M_PER_DEG_LON / LC_STEPS_PER_DEG))
-    for b in range(4):
-        refl[b] = ndimage.gaussian_filter(refl[b], sigma, mode="nearest")
-    return np.ascontiguousarray(refl, dtype=np.float32)
+    # band by band: one (H, W) temporary at a time (at demo scale 10 a band is ~290 M pixels)
+    refl = np.empty((lut.shape[1], *lc.shape), dtype=np.float32)
+    for b in range(lut.shape[1]):
+        band = lut[:, b][lc]
+        band[crop] = _CROP_GREEN[b] * (1 - mix) + _CROP_SOIL[b] * mix
+        band *= texture
+        ndimage.gaussian_filter(band, sigma, mode="nearest", output=refl[b])
+    return refl
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,7 +136,16 @@ def make_clouds(
     thickness = np.zeros((grid.height, grid.width), dtype=np.float32)
 
     def blob(cx: float, cy: float, sigma: float, amp: float) -> None:
-        thickness[...] += amp * np.exp(-0.5 * ((x - cx) ** 2 + (y - cy) ** 2) / sigma**2)
+        # over the rows and columns where it adds more than amp * exp(-_BLOB_CUTOFF) only:
+        # what it adds beyond is far below anything that reaches the cloud threshold
+        reach = sigma * math.sqrt(2.0 * _BLOB_CUTOFF)
+        cols = np.flatnonzero(np.abs(x[0] - cx) <= reach)
+        rows = np.flatnonzero(np.abs(y[:, 0] - cy) <= reach)
+        if not cols.size or not rows.size:
+            return
+        win = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        xw, yw = x[:, win[1]], y[win[0], :]
+        thickness[win] += amp * np.exp(-0.5 * ((xw - cx) ** 2 + (yw - cy) ** 2) / sigma**2)
 
     n_base, r_min, r_max = _CLOUD_SCHEDULE[index]
     n = max(1, round(n_base * scale**2))
@@ -174,15 +188,23 @@ class Rendered:
     cloud_cover: float  # percent of SCL pixels classed cloud (8, 9)
 
 
-def pixel_lonlat(tile: Tile, dy: float, dx: float) -> tuple[np.ndarray, np.ndarray]:
-    """Lon/lat of the ground each pixel shows: the centre of (r - dy, c - dx)."""
+def pixel_lonlat(
+    tile: Tile, dy: float, dx: float, rows: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lon/lat of the ground each pixel shows: the centre of (r - dy, c - dx); of the tile's
+    rows ``rows`` = (first, end) only when given (the same values as the whole tile's)."""
+    first, end = (0, tile.height) if rows is None else rows
     cols = np.arange(tile.width, dtype=np.float64)
-    rows = np.arange(tile.height, dtype=np.float64)
+    row_index = np.arange(first, end, dtype=np.float64)
     x = tile.x0 + (cols - dx + 0.5) * PIXEL_M
-    y = tile.y0 - (rows - dy + 0.5) * PIXEL_M
+    y = tile.y0 - (row_index - dy + 0.5) * PIXEL_M
     xx, yy = np.meshgrid(x, y)
-    lon, lat = Transformer.from_crs(tile.epsg, 4326, always_xy=True).transform(xx, yy)
+    lon, lat = _to_lonlat(tile.epsg).transform(xx, yy)
     return np.asarray(lon), np.asarray(lat)
+
+
+def _to_lonlat(epsg: int) -> Transformer:
+    return Transformer.from_crs(epsg, 4326, always_xy=True)
 
 
 def _scl_clear(lc_codes: np.ndarray) -> np.ndarray:
@@ -206,12 +228,18 @@ def _scl_to_20m(scl10: np.ndarray) -> np.ndarray:
     return out
 
 
+#: Rows of a tile rendered at a time (even: the 20 m SCL is made of 2x2 blocks). Every step of
+#: a pixel depends on that pixel alone, so the blocks only bound the temporaries (at demo scale
+#: 10 a tile is ~88 M pixels: rendered whole, ~10 GB of float64 temporaries).
+_ROW_BLOCK: Final[int] = 256
+
+
 def render_item(
     *,
     seed: int,
     item_id: str,
     tile: Tile,
-    lonlat: tuple[np.ndarray, np.ndarray],
+    shift: tuple[float, float],
     refl_field: np.ndarray,
     lc: np.ndarray,
     lc_grid: LonLatGrid,
@@ -219,11 +247,52 @@ def render_item(
     cloud_grid: LonLatGrid,
     radiometry: tuple[np.ndarray, np.ndarray],
 ) -> Rendered:
-    """Render one item: reflectance and land cover sampled at ``lonlat``, clouds and their
-    shadows over it (in the bands and the SCL), radiometry ``(gain, offset)`` and noise."""
-    lon, lat = lonlat
+    """Render one item: reflectance and land cover sampled at the pixel centres of ``tile``
+    displaced by ``shift`` (:func:`pixel_lonlat`), clouds and their shadows over it (in the
+    bands and the SCL), radiometry ``(gain, offset)`` and noise; :data:`_ROW_BLOCK` rows at a
+    time."""
+    height, width = tile.height, tile.width
+    # one draw for the whole item, in (band, row, col) order: the noise does not depend on
+    # how the rows are blocked
+    noise = seeded_rng(seed, f"noise/{item_id}").standard_normal(
+        (len(_CLOUD_BANDS), height, width), dtype=np.float32
+    )
+    dn = np.empty(noise.shape, dtype=np.uint16)
+    scl20 = np.empty((height // 2, width // 2), dtype=np.uint8)
+    for first in range(0, height, _ROW_BLOCK):
+        end = min(height, first + _ROW_BLOCK)
+        lon, lat = pixel_lonlat(tile, *shift, rows=(first, end))
+        dn[:, first:end], scl = _render_rows(
+            lon,
+            lat,
+            noise[:, first:end],
+            refl_field=refl_field,
+            lc=lc,
+            lc_grid=lc_grid,
+            clouds=clouds,
+            cloud_grid=cloud_grid,
+            radiometry=radiometry,
+        )
+        scl20[first // 2 : end // 2] = _scl_to_20m(scl)
+    cover = float(np.isin(scl20, (SCL_CLOUD_MEDIUM, SCL_CLOUD_HIGH)).mean() * 100.0)
+    return Rendered(dn=dn, scl=scl20, cloud_cover=round(cover, 4))
+
+
+def _render_rows(
+    lon: np.ndarray,
+    lat: np.ndarray,
+    noise: np.ndarray,
+    *,
+    refl_field: np.ndarray,
+    lc: np.ndarray,
+    lc_grid: LonLatGrid,
+    clouds: Clouds,
+    cloud_grid: LonLatGrid,
+    radiometry: tuple[np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """(DNs (4, h, w) uint16, SCL at 10 m (h, w)) of the pixels at ``lon``/``lat``."""
     row, col = lc_grid.frac_index(lon, lat)
-    refl = bilinear(refl_field, row, col)  # (4, H, W)
+    refl = bilinear(refl_field, row, col)  # (4, h, w)
     codes = lc[
         np.clip(np.rint(row).astype(np.intp), 0, lc.shape[0] - 1),
         np.clip(np.rint(col).astype(np.intp), 0, lc.shape[1] - 1),
@@ -244,19 +313,16 @@ def render_item(
     shadowed = (shade > 0) & ~cloudy
     refl *= np.where(shadowed, 1.0 - 0.6 * np.minimum(1.0, 2.0 * shade), 1.0)[None]
     brightness = 0.35 + 0.25 * np.clip((thick - _CLOUD_THRESHOLD) / 1.2, 0.0, 1.0)
-    for b in range(4):
+    for b in range(len(_CLOUD_BANDS)):
         refl[b] = refl[b] * (1 - alpha) + alpha * brightness * _CLOUD_BANDS[b]
     scl[shadowed] = SCL_CLOUD_SHADOW
     scl[cloudy] = SCL_CLOUD_MEDIUM
     scl[alpha >= 0.5] = SCL_CLOUD_HIGH
 
     gain, offset = radiometry
-    noise = seeded_rng(seed, f"noise/{item_id}").standard_normal(refl.shape, dtype=np.float32)
     refl = refl * gain[:, None, None] + offset[:, None, None] + _NOISE_SIGMA * noise
     dn = np.clip(np.rint((refl - DN_OFFSET) / DN_SCALE), 1, 65535).astype(np.uint16)
-    scl20 = _scl_to_20m(scl)
-    cover = float(np.isin(scl20, (SCL_CLOUD_MEDIUM, SCL_CLOUD_HIGH)).mean() * 100.0)
-    return Rendered(dn=dn, scl=scl20, cloud_cover=round(cover, 4))
+    return dn, scl
 
 
 # --------------------------------------------------------------------------------------------

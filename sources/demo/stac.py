@@ -34,7 +34,7 @@ from geodelta.sources.demo.constants import (
     SYNTHETIC_NOTE,
     DemoCatalogError,
 )
-from geodelta.sources.demo.render import Clouds, Rendered, pixel_lonlat, render_item, write_cog
+from geodelta.sources.demo.render import Clouds, Rendered, render_item, write_cog
 from geodelta.sources.demo.world import LonLatGrid, Tile, draw_shift, seeded_rng
 
 __all__ = [
@@ -114,17 +114,15 @@ def render_dates(
         radiometry.append((gain, offset))
     items = []
     for tile in tiles:
-        unshifted = pixel_lonlat(tile, 0.0, 0.0) if shift_rng is None else None
         for i, d in enumerate(dates):
             item_id = imagery_item_id(d, tile.zone)
             shift = (0.0, 0.0) if shift_rng is None else draw_shift(shift_rng)
             shifts[item_id] = shift
-            lonlat = unshifted if unshifted is not None else pixel_lonlat(tile, *shift)
             rendered = render_item(
                 seed=seed,
                 item_id=item_id,
                 tile=tile,
-                lonlat=lonlat,
+                shift=shift,
                 refl_field=refl_field,
                 lc=lc,
                 lc_grid=lc_grid,
