@@ -247,7 +247,9 @@ def _check_annotator(cfg: Any) -> None:
 def demo_catalog(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the synthetic catalog to")],
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
-    scale: Annotated[float, typer.Option(help="AOI size factor (1 = the demo AOI)")] = 1.0,
+    scale: Annotated[
+        float, typer.Option(help="AOI size factor (1 = the demo AOI, 75 cells; 0.1-10)")
+    ] = 1.0,
     series: Annotated[
         bool, typer.Option("--series", help="Five summers 2018-2022 for sequence builds")
     ] = False,
@@ -264,7 +266,9 @@ def demo(
     ] = Path("build/demo"),
     config: Annotated[Path, typer.Option(help="Demo build config")] = DEMO_CONFIG,
     progress: Annotated[bool, typer.Option(help="Show progress bars")] = True,
-    scale: Annotated[float, typer.Option(help="AOI size factor (1 = the demo AOI)")] = 1.0,
+    scale: Annotated[
+        float, typer.Option(help="AOI size factor (1 = the demo AOI, 75 cells; 0.1-10)")
+    ] = 1.0,
     annotator: Annotated[
         str | None,
         typer.Option(help="Override annotation.annotator: 'template' or 'openai'"),
