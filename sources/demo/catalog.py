@@ -255,6 +255,7 @@ def _build(root: Path, *, seed: int, scale: float) -> tuple[float, float, float,
             shift_rng=None if is_t0 else shift_rng,
             shifts=shifts,
         )
+        del refl_field  # before the next year's is made (4 x the land-cover grid, float32)
 
     save_catalog(root, imagery_items, lc_items)
     write_truth(root, changes, shifts)

@@ -237,6 +237,7 @@ def build_series(root: Path, *, seed: int, scale: float) -> tuple[float, float, 
             shift_rng=None if reference else shift_rng,
             shifts=shifts,
         )
+        del refl_field  # before the next year's is made (4 x the land-cover grid, float32)
 
     save_catalog(root, imagery_items, lc_items)
     _write_truth(root, changes, shifts)

@@ -336,30 +336,26 @@ def make_layout(seed: int, aoi: tuple[float, float, float, float], grid: LonLatG
     lc = np.full(shape, 30, dtype=np.uint8)  # grassland everywhere to start with
     # field parcels on a rotated grid, each cropped or not, each with its own soil share
     theta = math.radians(float(rng.uniform(-35.0, 35.0)))
-    u = x * math.cos(theta) + y * math.sin(theta)
-    v = -x * math.sin(theta) + y * math.cos(theta)
-    pu = np.floor(u / 230.0).astype(np.int64)
-    pv = np.floor(v / 160.0).astype(np.int64)
-    pu -= pu.min()
-    pv -= pv.min()
-    parcel_draw = rng.random((int(pu.max()) + 1, int(pv.max()) + 1, 2)).astype(np.float32)
-    cropped = parcel_draw[pu, pv, 0]
-    crop_mix = 0.1 + 0.5 * parcel_draw[pu, pv, 1]
-    agri = field("agri", 900.0)
-    lc[(cropped < 0.6) & (agri > -0.4)] = 40
+    cropped, crop_mix = _parcels(x1d.astype(np.float32), y1d.astype(np.float32), theta, rng)
+    lc[cropped & (field("agri", 900.0) > -0.4)] = 40
+    del cropped
     # forest blocks with ragged edges (~28 % of the area)
     forest = field("forest", 550.0) + 0.25 * field("forest-edge", 60.0)
     lc[forest > np.quantile(forest[::7, ::7], 0.72)] = 10
+    del forest
     shrub = field("shrub", 200.0)
     lc[(shrub > np.quantile(shrub[::7, ::7], 0.95)) & (lc != 10)] = 20
+    del shrub
     bare = field("bare", 120.0)
     lc[bare > np.quantile(bare[::7, ::7], 0.985)] = 60
+    del bare
     # a town: a ragged disc of built-up blocks with some green
     tx, ty = 0.35 * half_w, -0.40 * half_h
     tr = min(900.0, 0.35 * half_h)
     d_town = np.hypot(x - tx, y - ty) / tr
     town = d_town < 1.0 + 0.2 * field("town-edge", 150.0)
     lc[town & (field("town-blocks", 25.0) > -0.7)] = 50
+    del d_town, town
     # a lake with a wetland fringe
     lx, ly = -0.45 * half_w, 0.30 * half_h
     la, lb = min(550.0, 0.25 * half_w), min(350.0, 0.25 * half_h)
@@ -369,6 +365,7 @@ def make_layout(seed: int, aoi: tuple[float, float, float, float], grid: LonLatG
     q = np.sqrt((xr / la) ** 2 + (yr / lb) ** 2) - 0.15 * field("lake-edge", 100.0)
     lc[(q >= 1.0) & (q < 1.3) & (field("wetland", 120.0) > 0.0)] = 90
     lc[q < 1.0] = 80
+    del xr, yr, q
     # a meandering river across the AOI, west to east
     amp = 0.12 * half_h
     p1, p2 = rng.uniform(0.0, 2 * math.pi, 2)
@@ -377,17 +374,57 @@ def make_layout(seed: int, aoi: tuple[float, float, float, float], grid: LonLatG
     )
     half_width = 22.0 + 6.0 * field("river-width", 300.0)
     lc[np.abs(y - centre.astype(np.float32)[None, :]) < half_width] = 80
+    del half_width
 
     texture = 0.8 * field("texture-fine", 9.0) + 0.6 * field("texture-medium", 70.0)
     cx, cy = 0.45 * half_w, 0.40 * half_h
     cr = 0.07 * 2 * half_h
     return Layout(
         lc=lc,
-        crop_mix=crop_mix.astype(np.float32),
+        crop_mix=crop_mix,
         texture=texture,
         town=(tx, ty, tr),
         cloud=(cx, cy, cr),
     )
+
+
+#: Rows of the land-cover grid worked on at a time where a step needs full-size temporaries
+#: (at demo scale 10 the grid is ~290 M pixels: 1.2 GB per float32 array).
+_ROWS: Final[int] = 512
+
+
+def _parcels(
+    x: np.ndarray, y: np.ndarray, theta: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Field parcels on a grid rotated by ``theta`` (230 x 160 m), over the grid of pixel
+    centres ``x`` (W,) and ``y`` (H,) (float32, local metres): (cropped: (H, W) bool, soil
+    share: (H, W) float32), one draw of ``rng`` for all parcels; :data:`_ROWS` rows at a
+    time (twice: the parcel numbers' extremes first)."""
+    cos, sin = math.cos(theta), math.sin(theta)
+    xs = x[None, :]
+
+    def parcel_numbers(first: int) -> tuple[np.ndarray, np.ndarray]:
+        ys = y[first : first + _ROWS, None]
+        u = xs * cos + ys * sin
+        v = -xs * sin + ys * cos
+        return np.floor(u / 230.0).astype(np.int64), np.floor(v / 160.0).astype(np.int64)
+
+    lo = [np.iinfo(np.int64).max] * 2
+    hi = [np.iinfo(np.int64).min] * 2
+    for first in range(0, y.size, _ROWS):
+        for k, numbers in enumerate(parcel_numbers(first)):
+            lo[k], hi[k] = min(lo[k], int(numbers.min())), max(hi[k], int(numbers.max()))
+    draw = rng.random((hi[0] - lo[0] + 1, hi[1] - lo[1] + 1, 2)).astype(np.float32)
+    cropped = np.empty((y.size, x.size), dtype=bool)
+    crop_mix = np.empty((y.size, x.size), dtype=np.float32)
+    for first in range(0, y.size, _ROWS):
+        pu, pv = parcel_numbers(first)
+        pu -= lo[0]
+        pv -= lo[1]
+        rows = slice(first, first + _ROWS)
+        cropped[rows] = draw[pu, pv, 0] < 0.6
+        crop_mix[rows] = 0.1 + 0.5 * draw[pu, pv, 1]
+    return cropped, crop_mix
 
 
 def _ellipse_or_rect(rng: np.random.Generator, cx: float, cy: float) -> Polygon:
@@ -438,9 +475,13 @@ def place_changes(
     sx = x1d[cols[0] : cols[-1] + 1][None, :]
     sy = y1d[rows[0] : rows[-1] + 1][:, None]
     cx, cy, cr = layout.cloud
-    allowed = np.hypot(sx - cx, sy - cy) > 1.7 * cr + 250.0
     tx, ty, tr = layout.town
-    near_town = np.hypot(sx - tx, sy - ty) < 2.5 * tr
+    allowed = np.empty(sub.shape, dtype=bool)
+    near_town = np.empty(sub.shape, dtype=bool)
+    for first in range(0, sub.shape[0], _ROWS):  # float64 distances: a block at a time
+        rows = slice(first, first + _ROWS)
+        allowed[rows] = np.hypot(sx - cx, sy[rows] - cy) > 1.7 * cr + 250.0
+        near_town[rows] = np.hypot(sx - tx, sy[rows] - ty) < 2.5 * tr
 
     kinds = list(kinds_table)
     if len(weights) != len(kinds):
