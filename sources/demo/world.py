@@ -479,9 +479,9 @@ def place_changes(
     allowed = np.empty(sub.shape, dtype=bool)
     near_town = np.empty(sub.shape, dtype=bool)
     for first in range(0, sub.shape[0], _ROWS):  # float64 distances: a block at a time
-        rows = slice(first, first + _ROWS)
-        allowed[rows] = np.hypot(sx - cx, sy[rows] - cy) > 1.7 * cr + 250.0
-        near_town[rows] = np.hypot(sx - tx, sy[rows] - ty) < 2.5 * tr
+        block = slice(first, first + _ROWS)
+        allowed[block] = np.hypot(sx - cx, sy[block] - cy) > 1.7 * cr + 250.0
+        near_town[block] = np.hypot(sx - tx, sy[block] - ty) < 2.5 * tr
 
     kinds = list(kinds_table)
     if len(weights) != len(kinds):
