@@ -47,6 +47,7 @@ from geodelta.sources.demo.world import (
 
 __all__ = [
     "Clouds",
+    "DateScene",
     "Rendered",
     "make_clouds",
     "pixel_lonlat",
@@ -234,22 +235,26 @@ def _scl_to_20m(scl10: np.ndarray) -> np.ndarray:
 _ROW_BLOCK: Final[int] = 256
 
 
+@dataclass(frozen=True)
+class DateScene:
+    """What the items of one date are rendered from: the year's reflectance field and land
+    cover on their lon/lat grid, the date's clouds on theirs, and its radiometry
+    ``(gain, offset)`` per band."""
+
+    refl_field: np.ndarray
+    lc: np.ndarray
+    lc_grid: LonLatGrid
+    clouds: Clouds
+    cloud_grid: LonLatGrid
+    radiometry: tuple[np.ndarray, np.ndarray]
+
+
 def render_item(
-    *,
-    seed: int,
-    item_id: str,
-    tile: Tile,
-    shift: tuple[float, float],
-    refl_field: np.ndarray,
-    lc: np.ndarray,
-    lc_grid: LonLatGrid,
-    clouds: Clouds,
-    cloud_grid: LonLatGrid,
-    radiometry: tuple[np.ndarray, np.ndarray],
+    *, seed: int, item_id: str, tile: Tile, shift: tuple[float, float], scene: DateScene
 ) -> Rendered:
-    """Render one item: reflectance and land cover sampled at the pixel centres of ``tile``
-    displaced by ``shift`` (:func:`pixel_lonlat`), clouds and their shadows over it (in the
-    bands and the SCL), radiometry ``(gain, offset)`` and noise; :data:`_ROW_BLOCK` rows at a
+    """Render one item: the scene's reflectance and land cover sampled at the pixel centres of
+    ``tile`` displaced by ``shift`` (:func:`pixel_lonlat`), its clouds and their shadows over
+    it (in the bands and the SCL), its radiometry and noise; :data:`_ROW_BLOCK` rows at a
     time."""
     height, width = tile.height, tile.width
     # one draw for the whole item, in (band, row, col) order: the noise does not depend on
@@ -262,37 +267,19 @@ def render_item(
     for first in range(0, height, _ROW_BLOCK):
         end = min(height, first + _ROW_BLOCK)
         lon, lat = pixel_lonlat(tile, *shift, rows=(first, end))
-        dn[:, first:end], scl = _render_rows(
-            lon,
-            lat,
-            noise[:, first:end],
-            refl_field=refl_field,
-            lc=lc,
-            lc_grid=lc_grid,
-            clouds=clouds,
-            cloud_grid=cloud_grid,
-            radiometry=radiometry,
-        )
+        dn[:, first:end], scl = _render_rows(lon, lat, noise[:, first:end], scene)
         scl20[first // 2 : end // 2] = _scl_to_20m(scl)
     cover = float(np.isin(scl20, (SCL_CLOUD_MEDIUM, SCL_CLOUD_HIGH)).mean() * 100.0)
     return Rendered(dn=dn, scl=scl20, cloud_cover=round(cover, 4))
 
 
 def _render_rows(
-    lon: np.ndarray,
-    lat: np.ndarray,
-    noise: np.ndarray,
-    *,
-    refl_field: np.ndarray,
-    lc: np.ndarray,
-    lc_grid: LonLatGrid,
-    clouds: Clouds,
-    cloud_grid: LonLatGrid,
-    radiometry: tuple[np.ndarray, np.ndarray],
+    lon: np.ndarray, lat: np.ndarray, noise: np.ndarray, scene: DateScene
 ) -> tuple[np.ndarray, np.ndarray]:
     """(DNs (4, h, w) uint16, SCL at 10 m (h, w)) of the pixels at ``lon``/``lat``."""
+    lc, lc_grid, clouds, cloud_grid = scene.lc, scene.lc_grid, scene.clouds, scene.cloud_grid
     row, col = lc_grid.frac_index(lon, lat)
-    refl = bilinear(refl_field, row, col)  # (4, h, w)
+    refl = bilinear(scene.refl_field, row, col)  # (4, h, w)
     codes = lc[
         np.clip(np.rint(row).astype(np.intp), 0, lc.shape[0] - 1),
         np.clip(np.rint(col).astype(np.intp), 0, lc.shape[1] - 1),
@@ -319,7 +306,7 @@ def _render_rows(
     scl[cloudy] = SCL_CLOUD_MEDIUM
     scl[alpha >= 0.5] = SCL_CLOUD_HIGH
 
-    gain, offset = radiometry
+    gain, offset = scene.radiometry
     refl = refl * gain[:, None, None] + offset[:, None, None] + _NOISE_SIGMA * noise
     dn = np.clip(np.rint((refl - DN_OFFSET) / DN_SCALE), 1, 65535).astype(np.uint16)
     return dn, scl

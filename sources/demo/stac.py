@@ -34,7 +34,7 @@ from geodelta.sources.demo.constants import (
     SYNTHETIC_NOTE,
     DemoCatalogError,
 )
-from geodelta.sources.demo.render import Clouds, Rendered, render_item, write_cog
+from geodelta.sources.demo.render import Clouds, DateScene, Rendered, render_item, write_cog
 from geodelta.sources.demo.world import LonLatGrid, Tile, draw_shift, seeded_rng
 
 __all__ = [
@@ -118,18 +118,8 @@ def render_dates(
             item_id = imagery_item_id(d, tile.zone)
             shift = (0.0, 0.0) if shift_rng is None else draw_shift(shift_rng)
             shifts[item_id] = shift
-            rendered = render_item(
-                seed=seed,
-                item_id=item_id,
-                tile=tile,
-                shift=shift,
-                refl_field=refl_field,
-                lc=lc,
-                lc_grid=lc_grid,
-                clouds=clouds[i],
-                cloud_grid=cloud_grid,
-                radiometry=radiometry[i],
-            )
+            scene = DateScene(refl_field, lc, lc_grid, clouds[i], cloud_grid, radiometry[i])
+            rendered = render_item(seed=seed, item_id=item_id, tile=tile, shift=shift, scene=scene)
             folder = root / IMAGERY_COLLECTION / item_id
             items.append(imagery_item(item_id, d, tile, rendered, folder))
     return items
