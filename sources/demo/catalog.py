@@ -183,7 +183,8 @@ def write_demo_catalog(
         Where things are, and the AOI used.
 
     Raises:
-        DemoCatalogError: ``scale`` out of range (0.1.. :data:`MAX_SCALE`) or ``out_dir`` holds other files.
+        DemoCatalogError: ``scale`` out of range (0.1 to :data:`MAX_SCALE`) or ``out_dir``
+            holds other files.
     """
     if not (isinstance(scale, int | float) and 0.1 <= scale <= MAX_SCALE):
         raise DemoCatalogError(
